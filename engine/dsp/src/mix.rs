@@ -1,0 +1,1 @@
+//! Mixing kernels (being written).

@@ -1,0 +1,2 @@
+//! # earshot-wire (being written)
+#![forbid(unsafe_code)]
