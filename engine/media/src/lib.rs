@@ -29,4 +29,5 @@ pub use earshot_wire as wire;
 
 pub mod jitter;
 pub mod plan;
+pub mod rng;
 pub mod stream;

@@ -1,1 +1,468 @@
-//! (being written)
+//! From a session's hear relation to one plan per output leg.
+//!
+//! The control side turns "who hears whom" (SPEC section 1) into a [`HearMatrix`] of
+//! gains. [`SessionPlan::build`] then decides, once per change and never per packet,
+//! what each listener's output is:
+//! - [`OutputPlan::Silence`]: nobody audible (a participant alone on hold);
+//! - [`OutputPlan::Forward`]: exactly one audible source at unity gain with the same
+//!   codec and ptime as the listener, so its packets are re-stamped and sent as they
+//!   arrive, never decoded (the customer-agent path of a monitored call);
+//! - [`OutputPlan::Mix`]: anything else, decoded through jitter buffers and mixed at
+//!   ticks (a supervisor hearing both sides, a barge, a transcoded or attenuated path).
+//!
+//! The plan also answers the two questions the per-packet path asks, as lookups:
+//! [`SessionPlan::is_mixed_input`] (must this source's packets go into its jitter
+//! buffer?) and [`SessionPlan::forward_targets`] (which listeners forward it?).
+//!
+//! Legs are identified by their index in the session, `0..legs`. A plan is plain data of
+//! fixed size: building one does not allocate.
+
+use crate::{Codec, Gain, MAX_SESSION_LEGS};
+
+/// A leg's index within its session, `0..MAX_SESSION_LEGS`.
+pub type LegIndex = usize;
+
+/// The most sources one listener can mix: everyone but itself.
+pub const MAX_MIX_SOURCES: usize = MAX_SESSION_LEGS - 1;
+
+// Leg sets are u16 bitmasks; a session must fit.
+const _: () = assert!(MAX_SESSION_LEGS <= 16);
+
+/// Why a change to a [`HearMatrix`] was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Nobody hears themselves (SPEC section 1): the diagonal is always mute.
+    #[error("leg {0} cannot hear itself")]
+    SelfHearing(LegIndex),
+    /// A leg index at or beyond the matrix's leg count.
+    #[error("leg {leg} is outside a session of {legs} legs")]
+    LegOutOfRange {
+        /// The offending index.
+        leg: LegIndex,
+        /// The session's leg count.
+        legs: usize,
+    },
+}
+
+/// Gains from every source to every listener of one session. Starts all mute.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HearMatrix {
+    legs: usize,
+    /// `gains[listener][source]`; entries outside `legs` and on the diagonal stay mute.
+    gains: [[Gain; MAX_SESSION_LEGS]; MAX_SESSION_LEGS],
+}
+
+impl core::fmt::Debug for HearMatrix {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut list = f.debug_list();
+        for row in &self.gains[..self.legs] {
+            list.entry(&&row[..self.legs]);
+        }
+        list.finish()
+    }
+}
+
+impl HearMatrix {
+    /// A matrix for `legs` legs where nobody hears anybody.
+    ///
+    /// Panics if `legs > MAX_SESSION_LEGS`: the control side sizes sessions, so a bigger
+    /// one is a programmer error.
+    pub fn new(legs: usize) -> Self {
+        assert!(
+            legs <= MAX_SESSION_LEGS,
+            "{legs} legs exceed MAX_SESSION_LEGS"
+        );
+        HearMatrix {
+            legs,
+            gains: [[Gain::MUTE; MAX_SESSION_LEGS]; MAX_SESSION_LEGS],
+        }
+    }
+
+    /// How many legs the session has.
+    pub fn legs(&self) -> usize {
+        self.legs
+    }
+
+    /// The gain at which `listener` hears `source` (mute when out of range).
+    pub fn gain(&self, listener: LegIndex, source: LegIndex) -> Gain {
+        if listener < self.legs && source < self.legs {
+            self.gains[listener][source]
+        } else {
+            Gain::MUTE
+        }
+    }
+
+    /// True when `listener` hears `source` at all.
+    pub fn hears(&self, listener: LegIndex, source: LegIndex) -> bool {
+        !self.gain(listener, source).is_mute()
+    }
+
+    /// Sets the gain at which `listener` hears `source`. Refuses the diagonal (even a
+    /// mute gain, so a caller that tries it learns of its bug) and out-of-range legs,
+    /// leaving the matrix unchanged.
+    pub fn set(
+        &mut self,
+        listener: LegIndex,
+        source: LegIndex,
+        gain: Gain,
+    ) -> Result<(), PlanError> {
+        for leg in [listener, source] {
+            if leg >= self.legs {
+                return Err(PlanError::LegOutOfRange {
+                    leg,
+                    legs: self.legs,
+                });
+            }
+        }
+        if listener == source {
+            return Err(PlanError::SelfHearing(listener));
+        }
+        self.gains[listener][source] = gain;
+        Ok(())
+    }
+}
+
+/// The media format of one leg, as negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegFormat {
+    /// The leg's codec.
+    pub codec: Codec,
+    /// The leg's packetisation time.
+    pub ptime_ms: u32,
+}
+
+/// One source of a mixed output and its gain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MixSource {
+    /// The source leg.
+    pub source: LegIndex,
+    /// Its gain in the listener's mix (never mute).
+    pub gain: Gain,
+}
+
+/// The sources of one mixed output, in ascending leg order, in a fixed-capacity array.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MixSources {
+    sources: [MixSource; MAX_MIX_SOURCES],
+    len: usize,
+}
+
+impl MixSources {
+    const EMPTY: MixSources = MixSources {
+        sources: [MixSource {
+            source: 0,
+            gain: Gain::MUTE,
+        }; MAX_MIX_SOURCES],
+        len: 0,
+    };
+
+    /// The audible sources.
+    pub fn as_slice(&self) -> &[MixSource] {
+        &self.sources[..self.len]
+    }
+
+    /// How many sources are mixed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is mixed (never the case inside an [`OutputPlan::Mix`]).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, source: LegIndex, gain: Gain) {
+        // The diagonal is mute, so a listener has at most MAX_MIX_SOURCES audible sources.
+        assert!(self.len < MAX_MIX_SOURCES);
+        self.sources[self.len] = MixSource { source, gain };
+        self.len += 1;
+    }
+}
+
+impl core::fmt::Debug for MixSources {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// What one listener's output carries.
+// The Mix variant is large (~256 bytes) on purpose: plans live inline in a fixed array
+// per session and are rebuilt only on control changes; boxing would allocate.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputPlan {
+    /// Nobody audible: the output sends nothing (DTX) or silence, at the engine's choice.
+    Silence,
+    /// Re-stamp and send the packets of exactly one source as they arrive.
+    Forward {
+        /// The forwarded leg.
+        source: LegIndex,
+    },
+    /// Decode, mix at ticks, encode.
+    Mix(MixSources),
+}
+
+/// The plan of a whole session: one [`OutputPlan`] per leg plus per-source lookups.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionPlan {
+    legs: usize,
+    outputs: [OutputPlan; MAX_SESSION_LEGS],
+    /// Bit `s` set when some listener mixes source `s`.
+    mixed_inputs: u16,
+    /// `forward_targets[s]`: bit `l` set when listener `l` forwards source `s`.
+    forward_targets: [u16; MAX_SESSION_LEGS],
+}
+
+impl core::fmt::Debug for SessionPlan {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(&self.outputs[..self.legs]).finish()
+    }
+}
+
+impl SessionPlan {
+    /// Builds the plan of every listener from the gains and the legs' formats.
+    ///
+    /// Panics if `legs.len()` differs from `matrix.legs()` (a programmer error on the
+    /// control path).
+    pub fn build(matrix: &HearMatrix, legs: &[LegFormat]) -> SessionPlan {
+        assert_eq!(
+            legs.len(),
+            matrix.legs(),
+            "one format per leg of the matrix"
+        );
+        let mut plan = SessionPlan {
+            legs: legs.len(),
+            outputs: [OutputPlan::Silence; MAX_SESSION_LEGS],
+            mixed_inputs: 0,
+            forward_targets: [0; MAX_SESSION_LEGS],
+        };
+        for (listener, format) in legs.iter().enumerate() {
+            let mut sources = MixSources::EMPTY;
+            for source in 0..legs.len() {
+                let gain = matrix.gain(listener, source);
+                if source != listener && !gain.is_mute() {
+                    sources.push(source, gain);
+                }
+            }
+            plan.outputs[listener] = match sources.as_slice() {
+                [] => OutputPlan::Silence,
+                [only] if only.gain == Gain::UNITY && legs[only.source] == *format => {
+                    plan.forward_targets[only.source] |= 1 << listener;
+                    OutputPlan::Forward {
+                        source: only.source,
+                    }
+                }
+                mixed => {
+                    for m in mixed {
+                        plan.mixed_inputs |= 1 << m.source;
+                    }
+                    OutputPlan::Mix(sources)
+                }
+            };
+        }
+        plan
+    }
+
+    /// How many legs the session has.
+    pub fn legs(&self) -> usize {
+        self.legs
+    }
+
+    /// The plan of `listener`'s output. Panics when `listener` is out of range.
+    pub fn output(&self, listener: LegIndex) -> &OutputPlan {
+        assert!(listener < self.legs, "listener {listener} out of range");
+        &self.outputs[listener]
+    }
+
+    /// True when some listener mixes `source`, so its packets must go into its jitter
+    /// buffer and be decoded at ticks. False for out-of-range legs.
+    pub fn is_mixed_input(&self, source: LegIndex) -> bool {
+        source < self.legs && self.mixed_inputs & (1 << source) != 0
+    }
+
+    /// The listeners that forward `source`'s packets, in ascending order.
+    pub fn forward_targets(&self, source: LegIndex) -> LegSet {
+        LegSet(if source < self.legs {
+            self.forward_targets[source]
+        } else {
+            0
+        })
+    }
+}
+
+/// A set of legs of one session, iterated in ascending order without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LegSet(u16);
+
+impl LegSet {
+    /// True when `leg` is in the set.
+    pub fn contains(self, leg: LegIndex) -> bool {
+        leg < MAX_SESSION_LEGS && self.0 & (1 << leg) != 0
+    }
+    /// True when the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// How many legs are in the set.
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+}
+
+impl Iterator for LegSet {
+    type Item = LegIndex;
+    fn next(&mut self) -> Option<LegIndex> {
+        if self.0 == 0 {
+            return None;
+        }
+        let leg = self.0.trailing_zeros() as LegIndex;
+        self.0 &= self.0 - 1;
+        Some(leg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PCMU20: LegFormat = LegFormat {
+        codec: Codec::Pcmu,
+        ptime_ms: 20,
+    };
+    const U: Gain = Gain::UNITY;
+    // Leg indices in the scenarios below.
+    const C: usize = 0;
+    const A: usize = 1;
+    const S: usize = 2;
+
+    fn matrix(legs: usize, edges: &[(usize, usize)]) -> HearMatrix {
+        let mut m = HearMatrix::new(legs);
+        for &(listener, source) in edges {
+            m.set(listener, source, U).unwrap();
+        }
+        m
+    }
+
+    fn mixed(plan: &OutputPlan) -> Vec<usize> {
+        match plan {
+            OutputPlan::Mix(s) => s.as_slice().iter().map(|m| m.source).collect(),
+            other => panic!("expected a mix, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_diagonal_is_refused_and_stays_mute() {
+        let mut m = HearMatrix::new(3);
+        assert_eq!(m.set(1, 1, U), Err(PlanError::SelfHearing(1)));
+        assert_eq!(m.set(1, 1, Gain::MUTE), Err(PlanError::SelfHearing(1)));
+        assert_eq!(m.gain(1, 1), Gain::MUTE);
+        assert_eq!(
+            m.set(0, 3, U),
+            Err(PlanError::LegOutOfRange { leg: 3, legs: 3 })
+        );
+        assert_eq!(m, HearMatrix::new(3));
+    }
+
+    #[test]
+    fn monitor_forwards_the_call_and_mixes_both_sides_for_the_supervisor() {
+        let m = matrix(3, &[(C, A), (A, C), (S, C), (S, A)]);
+        let p = SessionPlan::build(&m, &[PCMU20; 3]);
+        assert_eq!(*p.output(C), OutputPlan::Forward { source: A });
+        assert_eq!(*p.output(A), OutputPlan::Forward { source: C });
+        assert_eq!(mixed(p.output(S)), vec![C, A]);
+        assert!(p.is_mixed_input(C) && p.is_mixed_input(A));
+        assert!(!p.is_mixed_input(S), "nobody hears a monitor");
+        assert_eq!(p.forward_targets(A).collect::<Vec<_>>(), vec![C]);
+        assert_eq!(p.forward_targets(C).collect::<Vec<_>>(), vec![A]);
+        assert!(p.forward_targets(S).is_empty());
+    }
+
+    #[test]
+    fn coach_mixes_for_the_agent_and_forwards_the_agent_to_the_customer() {
+        let m = matrix(3, &[(C, A), (A, C), (A, S), (S, C), (S, A)]);
+        let p = SessionPlan::build(&m, &[PCMU20; 3]);
+        assert_eq!(mixed(p.output(A)), vec![C, S]);
+        assert_eq!(*p.output(C), OutputPlan::Forward { source: A });
+        assert_eq!(mixed(p.output(S)), vec![C, A]);
+        assert!(p.is_mixed_input(S) && p.is_mixed_input(C) && p.is_mixed_input(A));
+        assert_eq!(p.forward_targets(A).collect::<Vec<_>>(), vec![C]);
+        assert!(p.forward_targets(C).is_empty());
+    }
+
+    #[test]
+    fn barge_mixes_for_everyone() {
+        let all: Vec<_> = (0..3)
+            .flat_map(|l| (0..3).map(move |s| (l, s)))
+            .filter(|(l, s)| l != s)
+            .collect();
+        let p = SessionPlan::build(&matrix(3, &all), &[PCMU20; 3]);
+        assert_eq!(mixed(p.output(C)), vec![A, S]);
+        assert_eq!(mixed(p.output(A)), vec![C, S]);
+        assert_eq!(mixed(p.output(S)), vec![C, A]);
+        assert!((0..3).all(|s| p.forward_targets(s).is_empty() && p.is_mixed_input(s)));
+    }
+
+    #[test]
+    fn hold_silences_both_and_a_monitor_on_the_agent_forwards_the_agent() {
+        let p = SessionPlan::build(&matrix(3, &[(S, A)]), &[PCMU20; 3]);
+        assert_eq!(*p.output(C), OutputPlan::Silence);
+        assert_eq!(*p.output(A), OutputPlan::Silence);
+        assert_eq!(*p.output(S), OutputPlan::Forward { source: A });
+        assert!((0..3).all(|s| !p.is_mixed_input(s)));
+        assert_eq!(p.forward_targets(A).collect::<Vec<_>>(), vec![S]);
+    }
+
+    #[test]
+    fn a_codec_or_ptime_mismatch_prevents_forwarding() {
+        let m = matrix(2, &[(0, 1), (1, 0)]);
+        let pcma20 = LegFormat {
+            codec: Codec::Pcma,
+            ptime_ms: 20,
+        };
+        let p = SessionPlan::build(&m, &[PCMU20, pcma20]);
+        assert_eq!(mixed(p.output(0)), vec![1]);
+        assert_eq!(mixed(p.output(1)), vec![0]);
+        let pcmu30 = LegFormat {
+            codec: Codec::Pcmu,
+            ptime_ms: 30,
+        };
+        let p = SessionPlan::build(&m, &[PCMU20, pcmu30]);
+        assert_eq!(mixed(p.output(0)), vec![1]);
+        assert!(p.is_mixed_input(0) && p.is_mixed_input(1));
+    }
+
+    #[test]
+    fn a_gain_other_than_unity_prevents_forwarding() {
+        let mut m = matrix(2, &[(0, 1), (1, 0)]);
+        m.set(0, 1, Gain::from_linear(0.5)).unwrap();
+        let p = SessionPlan::build(&m, &[PCMU20; 2]);
+        match p.output(0) {
+            OutputPlan::Mix(s) => {
+                assert_eq!(
+                    s.as_slice(),
+                    &[MixSource {
+                        source: 1,
+                        gain: Gain(2048)
+                    }]
+                );
+            }
+            other => panic!("expected a mix, got {other:?}"),
+        }
+        assert_eq!(*p.output(1), OutputPlan::Forward { source: 0 });
+    }
+
+    #[test]
+    fn a_full_session_mixes_fifteen_sources_per_listener() {
+        let n = MAX_SESSION_LEGS;
+        let all: Vec<_> = (0..n)
+            .flat_map(|l| (0..n).map(move |s| (l, s)))
+            .filter(|(l, s)| l != s)
+            .collect();
+        let p = SessionPlan::build(&matrix(n, &all), &[PCMU20; MAX_SESSION_LEGS]);
+        for l in 0..n {
+            let sources = mixed(p.output(l));
+            assert_eq!(sources.len(), MAX_MIX_SOURCES);
+            assert!(!sources.contains(&l));
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! # earshot-engine-api: how the control side programs the data plane
+//!
+//! The engine (`earshot-engine`) is programmed with the [`Request`]s defined here and
+//! answers each with a [`Response`]; it reports what it observes on the media as
+//! [`EngineEvent`]s. The same types cross two transports:
+//! - **in-process**, in the all-in-one `earshot` binary: [`EngineApi`] implemented by the
+//!   engine handle, which pushes each request onto a shard's bounded command queue and
+//!   resolves when the shard acknowledges it (the change is then live);
+//! - **the local Unix socket** between `earshot-control` and `earshot-engine`: the
+//!   versioned framing in [`protocol`], documented in `docs/engine-protocol.md`.
+//!
+//! This crate holds no state and does no I/O beyond [`protocol`]'s framing helpers over a
+//! caller's `Read`/`Write`.
+//!
+//! ## Contract
+//! - A session is the engine's view of one interaction: the legs that may hear each other.
+//!   All legs of a session live on one shard, chosen when the session's first leg is
+//!   allocated, because mixing needs every input frame on one core.
+//! - A leg is one participant's RTP stream each way, on its own local UDP port.
+//! - A [`SessionPlan`] replaces the whole hear relation of a session at once; the shard
+//!   applies it at a tick boundary and acknowledges it.
+//! - Every request is safe to retry: allocating an existing `(session, leg_key)` returns
+//!   the existing leg, removing a missing leg or session succeeds.
+#![forbid(unsafe_code)]
+
+pub mod protocol;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+pub use earshot_types::{Codec, Gain};
+
+/// The engine's identifier of a leg: shard index in the top 16 bits, then a slot index and
+/// a generation so that a stale id never names a reused slot.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LegId(pub u64);
+
+impl LegId {
+    /// Builds an id from its parts.
+    pub const fn new(shard: u16, slot: u32, generation: u16) -> LegId {
+        LegId(((shard as u64) << 48) | ((generation as u64) << 32) | slot as u64)
+    }
+    /// The shard that owns the leg.
+    pub const fn shard(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+    /// Slot in the shard's leg table.
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+    /// Generation of the slot when the leg was allocated.
+    pub const fn generation(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+}
+
+impl fmt::Debug for LegId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "leg{}.{}.{}", self.shard(), self.slot(), self.generation())
+    }
+}
+
+impl fmt::Display for LegId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// IP family of a leg's local address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
+pub enum Family {
+    /// IPv4.
+    #[default]
+    V4,
+    /// IPv6.
+    V6,
+}
+
+/// How a leg's media is carried (SPEC section 3, `message Media`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MediaConfig {
+    /// The peer's RTP address; `None` latches it from the first valid packet
+    /// (symmetric RTP).
+    pub remote: Option<SocketAddr>,
+    /// Audio codec.
+    pub codec: CodecName,
+    /// RTP payload type of the codec on this leg.
+    pub payload_type: u8,
+    /// Packetisation time: 10, 20, 30, 40 or 60 ms.
+    pub ptime_ms: u32,
+    /// RFC 4733 telephone-event payload type, if the leg negotiated one.
+    pub telephone_event_pt: Option<u8>,
+    /// RTCP multiplexed on the RTP port (RFC 5761); otherwise RTCP uses port+1.
+    pub rtcp_mux: bool,
+    /// Report the leg's first received packet as [`EngineEvent::FirstPacket`] (used for
+    /// supervisors whose phone rings: `auto_answer = false`).
+    pub report_first_packet: bool,
+}
+
+/// Codec names as they appear on the API (serialisable mirror of [`Codec`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum CodecName {
+    /// G.711 mu-law.
+    Pcmu,
+    /// G.711 A-law.
+    Pcma,
+}
+
+impl From<CodecName> for Codec {
+    fn from(c: CodecName) -> Codec {
+        match c {
+            CodecName::Pcmu => Codec::Pcmu,
+            CodecName::Pcma => Codec::Pcma,
+        }
+    }
+}
+
+/// One directed edge of the hear relation: `listener` hears `source` at `gain`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Edge {
+    /// The leg that hears.
+    pub listener: LegId,
+    /// The leg that is heard.
+    pub source: LegId,
+    /// Q12 gain (4096 = unity).
+    pub gain: u16,
+}
+
+/// The whole hear relation of one session, replacing the previous one atomically.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub struct SessionPlan {
+    /// Session key (the interaction id).
+    pub session: String,
+    /// Who hears whom; legs of the session absent from every edge hear silence.
+    pub edges: Vec<Edge>,
+    /// Legs that must never receive telephone events even where they hear the source
+    /// (monitoring supervisors, SPEC section 5).
+    pub no_dtmf: Vec<LegId>,
+}
+
+/// A request from the control side.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Allocates a leg of `session` (creating the session on first use) with its own
+    /// local port. Retrying with the same `(session, leg_key)` returns the same leg.
+    AllocateLeg {
+        /// Session key (the interaction id).
+        session: String,
+        /// The caller's name for the leg (the participant id), unique in the session.
+        leg_key: String,
+        /// Local address family.
+        family: Family,
+        /// Ask for this local port (used when reprogramming a restarted engine so that
+        /// legs keep their ports); refused if taken or outside the shard's range.
+        requested_port: Option<u16>,
+        /// RTCP will be multiplexed on the RTP port (RFC 5761): the leg needs one port
+        /// instead of a pair. Must match the later [`MediaConfig::rtcp_mux`].
+        #[serde(default)]
+        rtcp_mux: bool,
+    },
+    /// Sets or changes how a leg's media is carried.
+    ConfigureLeg {
+        /// The leg.
+        leg: LegId,
+        /// Its media.
+        media: MediaConfig,
+    },
+    /// Replaces a session's hear relation; live when acknowledged.
+    SetSessionPlan(SessionPlan),
+    /// Removes a leg and closes its port. Succeeds if already gone.
+    RemoveLeg {
+        /// The leg.
+        leg: LegId,
+    },
+    /// Removes a session and all its legs. Succeeds if already gone.
+    RemoveSession {
+        /// Session key.
+        session: String,
+    },
+    /// Everything the engine holds, for reconciliation.
+    Snapshot,
+    /// Counters and latency percentiles per shard.
+    Stats,
+}
+
+/// The engine's answer to one [`Request`].
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// A leg exists with this id and local address.
+    Leg(LegInfo),
+    /// The request was applied.
+    Done,
+    /// Answer to [`Request::Snapshot`].
+    Snapshot(EngineSnapshot),
+    /// Answer to [`Request::Stats`].
+    Stats(EngineStats),
+}
+
+/// What the engine knows about one leg.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct LegInfo {
+    /// Engine id.
+    pub leg: LegId,
+    /// Session key.
+    pub session: String,
+    /// Caller's key.
+    pub leg_key: String,
+    /// Local RTP address.
+    pub local: SocketAddr,
+    /// Local RTCP address (the RTP address when rtcp-mux).
+    pub local_rtcp: SocketAddr,
+    /// Current media configuration, if configured.
+    pub media: Option<MediaConfig>,
+    /// Remote address in use (configured or latched).
+    pub remote: Option<SocketAddr>,
+}
+
+/// Everything the engine holds.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, Default)]
+pub struct EngineSnapshot {
+    /// Every leg.
+    pub legs: Vec<LegInfo>,
+    /// Every session's current plan.
+    pub plans: Vec<SessionPlan>,
+}
+
+/// Drop reasons counted per shard. The names are the metric labels.
+pub const DROP_REASONS: [&str; 13] = [
+    "truncated",
+    "bad_version",
+    "bad_header",
+    "unknown_port",
+    "unconfigured_leg",
+    "wrong_source",
+    "unknown_payload_type",
+    "oversize",
+    "jitter_late",
+    "jitter_duplicate",
+    "jitter_overflow",
+    "tx_full",
+    "bad_rtcp",
+];
+
+/// Counters and latency percentiles of one shard.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, Default)]
+pub struct ShardStats {
+    /// Shard index.
+    pub shard: u16,
+    /// CPU the shard is pinned to, if pinned.
+    pub core: Option<usize>,
+    /// Legs allocated.
+    pub legs: u64,
+    /// Sessions with at least one leg.
+    pub sessions: u64,
+    /// Sessions by mode: (mode, count) with mode one of "forward_only", "mixed", "silent".
+    pub sessions_by_mode: Vec<(String, u64)>,
+    /// RTP and RTCP datagrams received.
+    pub packets_in: u64,
+    /// Bytes received (UDP payload).
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub packets_out: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_out: u64,
+    /// Drops by reason, in [`DROP_REASONS`] order.
+    pub drops: Vec<(String, u64)>,
+    /// Ticks that started later than one ptime after their deadline.
+    pub late_ticks: u64,
+    /// Ticks run.
+    pub ticks: u64,
+    /// Tick processing time percentiles in microseconds: p50, p90, p99, p99.9, max.
+    pub tick_processing_us: Percentiles,
+    /// Tick lateness (start minus deadline) percentiles in microseconds.
+    pub tick_lateness_us: Percentiles,
+    /// Command queue rejections because the queue was full.
+    pub commands_rejected: u64,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest value recorded.
+    pub max: f64,
+    /// Values recorded.
+    pub count: u64,
+}
+
+/// Per-shard statistics of the whole engine.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, Default)]
+pub struct EngineStats {
+    /// The I/O backend in use: "io_uring", "socket", "af_xdp" or "memory".
+    pub backend: String,
+    /// One entry per shard.
+    pub shards: Vec<ShardStats>,
+}
+
+/// Something the engine observed on the media, reported to the control side.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum EngineEvent {
+    /// A leg configured with `report_first_packet` received its first valid packet.
+    FirstPacket {
+        /// The leg.
+        leg: LegId,
+        /// Session key.
+        session: String,
+        /// Leg key.
+        leg_key: String,
+    },
+    /// A leg received nothing for the configured media timeout.
+    MediaTimeout {
+        /// The leg.
+        leg: LegId,
+        /// Session key.
+        session: String,
+        /// Leg key.
+        leg_key: String,
+    },
+    /// A leg without a configured remote latched onto this source address.
+    RemoteLatched {
+        /// The leg.
+        leg: LegId,
+        /// Address learned.
+        remote: SocketAddr,
+    },
+}
+
+/// Why the engine refused or could not apply a request.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum EngineError {
+    /// A field of the request is malformed; names the field.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The leg or session does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// No free port, leg or session slot, or a full command queue.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The engine is not reachable or shutting down.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// A port could not be opened, or another operating error.
+    #[error("engine failed: {0}")]
+    Internal(String),
+}
+
+/// A boxed future, so that [`EngineApi`] is object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Programs an engine: in-process (the engine handle) or remote (the socket client).
+pub trait EngineApi: Send + Sync {
+    /// Sends one request; resolves when the engine has applied it (or refused it).
+    fn call(&self, request: Request) -> BoxFuture<'_, Result<Response, EngineError>>;
+    /// Takes the next event the engine reported, waiting for one.
+    fn next_event(&self) -> BoxFuture<'_, Option<EngineEvent>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leg_ids_pack_and_unpack_their_parts() {
+        let id = LegId::new(3, 70_000, 9);
+        assert_eq!((id.shard(), id.slot(), id.generation()), (3, 70_000, 9));
+        assert_eq!(format!("{id}"), "leg3.70000.9");
+    }
+}

@@ -1,0 +1,118 @@
+//! Framing of the engine programming API on the local Unix socket.
+//!
+//! Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
+//! The client speaks first with a [`Hello`]; the engine answers with its own. Then each
+//! client frame is a [`ClientFrame::Call`] carrying an id chosen by the client, answered
+//! by a [`ServerFrame::Reply`] with the same id; the engine also sends
+//! [`ServerFrame::Event`] frames at any time. See `docs/engine-protocol.md`.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{EngineError, EngineEvent, Request, Response};
+
+/// The protocol version this build speaks. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts (a snapshot of a full engine fits).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The first frame in each direction.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always "earshot-engine".
+    pub protocol: String,
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+    /// Sender's software version (informational).
+    pub software: String,
+}
+
+impl Hello {
+    /// This build's hello.
+    pub fn current() -> Hello {
+        Hello {
+            protocol: "earshot-engine".into(),
+            version: PROTOCOL_VERSION,
+            software: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// A frame from the control side.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// A request with the caller's correlation id.
+    Call {
+        /// Correlation id, echoed in the reply.
+        id: u64,
+        /// The request.
+        request: Request,
+    },
+}
+
+/// A frame from the engine.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The answer to the call with this id.
+    Reply {
+        /// Correlation id of the call.
+        id: u64,
+        /// Its result.
+        result: Result<Response, EngineError>,
+    },
+    /// An event observed on the media.
+    Event(EngineEvent),
+}
+
+/// Writes one frame.
+pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(io::Error::other)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&body)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LegId, Request};
+
+    #[test]
+    fn frames_round_trip_and_oversize_lengths_are_refused() {
+        let mut buf = Vec::new();
+        let call = ClientFrame::Call { id: 7, request: Request::RemoveLeg { leg: LegId(5) } };
+        write_frame(&mut buf, &call).unwrap();
+        let back: ClientFrame = read_frame(&mut buf.as_slice()).unwrap().unwrap();
+        assert_eq!(back, call);
+        let eof: Option<ClientFrame> = read_frame(&mut [].as_slice()).unwrap();
+        assert!(eof.is_none());
+        let huge = [0xffu8, 0xff, 0xff, 0xff];
+        let err = read_frame::<_, ClientFrame>(&mut huge.as_slice()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}

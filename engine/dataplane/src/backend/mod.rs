@@ -1,0 +1,175 @@
+//! I/O backends behind one batch interface.
+//!
+//! A shard owns exactly one [`Backend`]. The interface admits zero-copy frames in both
+//! directions:
+//! - **receive**: [`Backend::poll_recv`] hands each datagram to the shard's
+//!   [`PacketHandler`] as a slice *where it lies* (a provided buffer of io_uring, a UMEM
+//!   frame of AF_XDP, a slot of a recvmmsg array), together with a [`TxSink`] so the
+//!   handler can forward at once without copying the packet out first;
+//! - **send**: [`TxSink::send_with`] lends the handler the buffer that goes to the wire
+//!   (a sendmmsg slot, a registered io_uring buffer, a UMEM frame after room for the
+//!   Ethernet/IP/UDP headers) and the handler builds the RTP packet directly in it.
+//!
+//! Sends are batched: a backend may hold them until [`Backend::flush`], which the shard
+//! calls once per loop iteration.
+//!
+//! Backends never block the shard except in [`Backend::wait`], which the shard calls
+//! only when it has nothing to do before its next deadline.
+
+use std::io;
+use std::net::SocketAddr;
+
+use earshot_engine_api::Family;
+use earshot_types::time::Instant;
+
+pub mod memory;
+pub mod socket;
+mod sys;
+pub mod uring;
+
+/// A received UDP datagram, borrowed from the backend's receive buffer.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// The local UDP port it arrived on (the port table's index).
+    pub local_port: u16,
+    /// The sender.
+    pub remote: SocketAddr,
+    /// UDP payload.
+    pub payload: &'a [u8],
+}
+
+/// Where a shard builds packets to send.
+pub trait TxSink {
+    /// Lends a buffer of at least [`MAX_UDP_PAYLOAD`] bytes for a datagram from local
+    /// `src_port` to `dst`; `build` writes the UDP payload at the start of it and returns
+    /// its length (0 cancels the send). Returns false when the backend has no free
+    /// transmit buffer; the caller counts that as a `tx_full` drop.
+    fn send_with(
+        &mut self,
+        src_port: u16,
+        dst: SocketAddr,
+        build: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> bool;
+}
+
+/// The shard side of a receive batch.
+pub trait PacketHandler {
+    /// One datagram, in place, with the sink for anything to send in response.
+    fn handle_datagram(&mut self, dgram: Datagram<'_>, tx: &mut dyn TxSink);
+}
+
+/// The largest UDP payload a leg sends or accepts: an Ethernet MTU of 1500 minus IPv6
+/// and UDP headers. Larger datagrams are counted as `oversize` and dropped.
+pub const MAX_UDP_PAYLOAD: usize = 1452;
+
+/// One shard's I/O.
+pub trait Backend: Send {
+    /// "io_uring", "socket", "af_xdp" or "memory".
+    fn name(&self) -> &'static str;
+
+    /// Starts receiving on local `port` (RTP, or RTCP on port+1) of the given family.
+    /// Called on the shard thread when a leg is allocated: it may make syscalls (bind),
+    /// it is the control path, not the packet path.
+    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()>;
+
+    /// Stops receiving on `port`; pending datagrams for it are discarded.
+    fn close_port(&mut self, port: u16);
+
+    /// Hands up to `max` received datagrams to `handler`, in place. Returns how many.
+    fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize>;
+
+    /// The sink for packets produced outside a receive batch (ticks).
+    fn tx(&mut self) -> &mut dyn TxSink;
+
+    /// Submits every send built since the last flush.
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// Sleeps until a datagram may be ready or until `deadline` (on the engine clock;
+    /// `now` is the current time), whichever is first. Backends that cannot sleep
+    /// precisely return early; the shard loop copes with early returns.
+    fn wait(&mut self, now: Instant, deadline: Instant) -> io::Result<()>;
+}
+
+/// Parses a backend name as used in configuration and flags.
+pub fn parse_kind(name: &str) -> io::Result<crate::config::BackendKind> {
+    use crate::config::BackendKind;
+    Ok(match name {
+        "auto" => BackendKind::Auto,
+        "io_uring" | "io-uring" | "uring" => BackendKind::IoUring,
+        "socket" | "sockets" => BackendKind::Socket,
+        "af_xdp" | "af-xdp" | "xdp" => BackendKind::AfXdp,
+        "memory" => BackendKind::Memory,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown backend {other:?}: use auto, io_uring, socket or af_xdp"),
+            ));
+        }
+    })
+}
+
+/// Builds each shard's backend, applying the fallback policy once: the first shard
+/// decides which backend works, says so in one log line, and every shard uses it.
+#[derive(Debug)]
+pub struct Factory {
+    cfg: crate::config::EngineConfig,
+    chosen: Option<crate::config::BackendKind>,
+}
+
+impl Factory {
+    /// A factory for `cfg`'s backend.
+    pub fn new(cfg: &crate::config::EngineConfig) -> io::Result<Factory> {
+        Ok(Factory { cfg: cfg.clone(), chosen: None })
+    }
+
+    /// Opens shard `i`'s backend.
+    pub fn open(&mut self, i: usize) -> io::Result<Box<dyn Backend>> {
+        use crate::config::BackendKind;
+        if let Some(kind) = self.chosen {
+            return self.open_kind(kind, i);
+        }
+        let order: &[BackendKind] = match self.cfg.backend {
+            BackendKind::Auto => &[BackendKind::IoUring, BackendKind::Socket],
+            BackendKind::AfXdp => &[BackendKind::AfXdp, BackendKind::IoUring, BackendKind::Socket],
+            BackendKind::IoUring => &[BackendKind::IoUring, BackendKind::Socket],
+            BackendKind::Socket => &[BackendKind::Socket],
+            BackendKind::Memory => &[BackendKind::Memory],
+        };
+        let mut last_err = None;
+        for (n, &kind) in order.iter().enumerate() {
+            match self.open_kind(kind, i) {
+                Ok(b) => {
+                    self.chosen = Some(kind);
+                    return Ok(b);
+                }
+                Err(e) => {
+                    let explicit = self.cfg.backend != BackendKind::Auto;
+                    if explicit && !self.cfg.fallback {
+                        return Err(io::Error::new(e.kind(), format!("backend {kind:?}: {e}")));
+                    }
+                    if let Some(next) = order.get(n + 1) {
+                        eprintln!("earshot-engine: backend {kind:?} unavailable ({e}); falling back to {next:?}");
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("no backend available")))
+    }
+
+    fn open_kind(&mut self, kind: crate::config::BackendKind, _i: usize) -> io::Result<Box<dyn Backend>> {
+        use crate::config::BackendKind;
+        match kind {
+            // TEMP(lead): wired once the io helper's backends land.
+            BackendKind::IoUring | BackendKind::Socket => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "not wired yet"))
+            }
+            BackendKind::AfXdp => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the AF_XDP backend is not built into this engine yet",
+            )),
+            BackendKind::Memory => Ok(Box::new(memory::MemoryBackend::new(4096, false).0)),
+            BackendKind::Auto => unreachable!("Auto expands to concrete kinds"),
+        }
+    }
+}

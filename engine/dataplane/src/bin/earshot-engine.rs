@@ -1,0 +1,123 @@
+//! `earshot-engine`: the data plane as its own process, programmed by `earshot-control`
+//! over a local Unix socket (`docs/engine-protocol.md`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Parser;
+use earshot_engine::config::{BackendKind, EngineConfig};
+use earshot_engine::engine::Engine;
+use earshot_engine::server::SocketServer;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// earshot's data plane: thread-per-core RTP anchoring and mixing.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file; flags override it. Every field is documented in
+    /// docs/configuration.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Number of shards (one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// I/O backend: auto, io_uring, socket, af_xdp.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Fail instead of falling back when the chosen backend cannot start.
+    #[arg(long)]
+    no_fallback: bool,
+    /// Interface for AF_XDP.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Local IPv4 address for legs.
+    #[arg(long)]
+    bind_v4: Option<std::net::Ipv4Addr>,
+    /// Local IPv6 address for legs.
+    #[arg(long)]
+    bind_v6: Option<std::net::Ipv6Addr>,
+    /// First port of shard 0 (aligned to --ports-per-shard).
+    #[arg(long)]
+    port_base: Option<u16>,
+    /// Ports per shard (a power of two).
+    #[arg(long)]
+    ports_per_shard: Option<u32>,
+    /// Unix socket of the programming API.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Do not pin shards to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            EngineConfig::from_toml(&text)?
+        }
+        None => EngineConfig::default(),
+    };
+    if let Some(n) = args.shards {
+        cfg.shards = n;
+    }
+    if let Some(b) = &args.backend {
+        cfg.backend = earshot_engine::backend::parse_kind(b)?;
+    }
+    if args.no_fallback {
+        cfg.fallback = false;
+    }
+    if args.interface.is_some() {
+        cfg.interface = args.interface.clone();
+    }
+    if args.bind_v4.is_some() {
+        cfg.bind_v4 = args.bind_v4;
+    }
+    if args.bind_v6.is_some() {
+        cfg.bind_v6 = args.bind_v6;
+    }
+    if let Some(p) = args.port_base {
+        cfg.port_base = p;
+    }
+    if let Some(p) = args.ports_per_shard {
+        cfg.ports_per_shard = p;
+    }
+    if let Some(s) = &args.socket {
+        cfg.socket = s.clone();
+    }
+    if args.no_pin {
+        cfg.pin = false;
+    }
+    cfg.validate()?;
+    anyhow::ensure!(cfg.backend != BackendKind::Memory, "backend = \"memory\" is for tests only");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut factory = earshot_engine::backend::Factory::new(&cfg)?;
+    let engine = Engine::start(&cfg, |i| factory.open(i))?;
+    eprintln!(
+        "earshot-engine: {} shard(s) on {}, ports {}..{}, API on {}",
+        cfg.shards,
+        engine.handle().backend_name(),
+        cfg.port_base,
+        u32::from(cfg.port_base) + cfg.ports_per_shard * cfg.shards as u32,
+        cfg.socket.display()
+    );
+    let server = SocketServer::start(&cfg.socket, engine.handle())
+        .with_context(|| format!("binding {}", cfg.socket.display()))?;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    }
+    eprintln!("earshot-engine: stopping");
+    drop(server);
+    engine.shutdown();
+    drop(factory);
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The shard's view of RTP on the packet path: the few header fields it routes on, read
+//! where the datagram lies, and the header it writes for each packet it sends.
+
+use crate::stats::DropReason;
+
+/// Length of the fixed RTP header earshot emits (no CSRCs, no extension).
+pub const HEADER_LEN: usize = 12;
+
+/// The routing fields of a received RTP packet, and where its payload is.
+#[derive(Clone, Copy, Debug)]
+pub struct RtpView {
+    /// Payload type.
+    pub payload_type: u8,
+    /// Marker bit.
+    pub marker: bool,
+    /// Sequence number.
+    pub seq: u16,
+    /// Timestamp.
+    pub ts: u32,
+    /// Synchronisation source.
+    pub ssrc: u32,
+    payload_start: usize,
+    payload_end: usize,
+}
+
+impl RtpView {
+    /// Validates `packet` with the wire crate's checked view and keeps what routing needs.
+    pub fn parse(packet: &[u8]) -> Result<RtpView, DropReason> {
+        use earshot_media::wire::rtp::RtpPacket;
+        let p = RtpPacket::new_checked(packet).map_err(|e| drop_reason(&e))?;
+        let payload = p.payload();
+        // The payload is a subslice of `packet`: its offset is a pointer difference.
+        let start = payload.as_ptr() as usize - packet.as_ptr() as usize;
+        Ok(RtpView {
+            payload_type: p.payload_type().0,
+            marker: p.marker(),
+            seq: p.seq().0,
+            ts: p.ts().0,
+            ssrc: p.ssrc().0,
+            payload_start: start,
+            payload_end: start + payload.len(),
+        })
+    }
+
+    /// The payload within the packet this view was parsed from.
+    pub fn payload<'a>(&self, packet: &'a [u8]) -> &'a [u8] {
+        &packet[self.payload_start..self.payload_end]
+    }
+}
+
+fn drop_reason(e: &earshot_media::wire::Error) -> DropReason {
+    use earshot_media::wire::Error;
+    match e {
+        Error::Truncated => DropReason::Truncated,
+        Error::BadVersion => DropReason::BadVersion,
+        _ => DropReason::BadHeader,
+    }
+}
+
+/// RFC 5761 section 4: with rtcp-mux, a second byte of 192..=223 is RTCP.
+pub fn looks_like_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 2 && (192..=223).contains(&packet[1])
+}
+
+/// Whether `packet` is a well-formed RTCP compound packet.
+pub fn rtcp_is_valid(packet: &[u8]) -> bool {
+    let mut n = 0;
+    for p in earshot_media::wire::rtcp::packets(packet) {
+        if p.is_err() {
+            return false;
+        }
+        n += 1;
+    }
+    n > 0
+}
+
+/// Writes a 12-byte RTP header at the start of `buf`; returns its length.
+#[inline]
+pub fn write_header(buf: &mut [u8], pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32) -> usize {
+    buf[0] = 0x80;
+    buf[1] = (u8::from(marker) << 7) | (pt & 0x7f);
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    HEADER_LEN
+}

@@ -1,0 +1,93 @@
+//! The shard thread's loop: the only place a shard meets a backend, a clock and its
+//! command queue.
+//!
+//! Each iteration:
+//! 1. drain at most `commands_per_iteration` commands, apply each, acknowledge it;
+//! 2. receive one batch, handing each datagram to the shard in place (forwarding
+//!    happens here);
+//! 3. run every tick that is due;
+//! 4. flush the batched sends;
+//! 5. if nothing arrived, wait on the backend until the next deadline (at most 1 ms, so
+//!    that commands are picked up promptly).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use earshot_engine_api::{EngineError, Response};
+use earshot_media::time::Duration;
+use futures_channel::oneshot;
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+use crate::shard::{Shard, ShardCommand, ShardHandler};
+
+/// A command and where to send its acknowledgement.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The command.
+    pub cmd: ShardCommand,
+    /// Resolved with the result once applied.
+    pub reply: oneshot::Sender<Result<Response, EngineError>>,
+}
+
+/// Loop parameters from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopParams {
+    /// Commands applied per iteration at most.
+    pub commands_per_iteration: usize,
+    /// Datagrams per receive batch.
+    pub recv_batch: usize,
+    /// Core to pin to.
+    pub core: Option<usize>,
+}
+
+/// The longest a shard sleeps: bounds how long a command waits to be picked up.
+const MAX_WAIT: Duration = Duration::from_millis(1);
+
+/// Runs a shard until `stop` is set.
+pub fn run(
+    mut shard: Shard,
+    mut backend: Box<dyn Backend>,
+    queue: Arc<ArrayQueue<Envelope>>,
+    clock: Clock,
+    stop: Arc<AtomicBool>,
+    params: LoopParams,
+) {
+    if let Some(core) = params.core {
+        // Pinning is best effort: a core that does not exist (a container with fewer
+        // CPUs than configured) leaves the thread unpinned rather than failing the engine.
+        let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    }
+    let now_fn = || clock.now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock.now();
+        for _ in 0..params.commands_per_iteration {
+            let Some(env) = queue.pop() else { break };
+            let result = shard.handle_command(now, backend.as_mut(), env.cmd);
+            // The caller may have given up waiting; the command is applied regardless.
+            let _ = env.reply.send(result);
+        }
+        let received = {
+            let mut handler = ShardHandler { shard: &mut shard, now };
+            backend.poll_recv(params.recv_batch, &mut handler).unwrap_or(0)
+        };
+        let now = clock.now();
+        if shard.poll_deadline().is_some_and(|d| d <= now) {
+            shard.handle_ticks(now, backend.tx(), &now_fn);
+        }
+        let _ = backend.flush();
+        if received == 0 && queue.is_empty() {
+            let now = clock.now();
+            let cap = now + MAX_WAIT;
+            let deadline = shard.poll_deadline().map_or(cap, |d| d.min(cap));
+            if deadline > now {
+                let _ = backend.wait(now, deadline);
+            }
+        }
+    }
+    // Acknowledge what is still queued so no caller waits forever.
+    while let Some(env) = queue.pop() {
+        let _ = env.reply.send(Err(EngineError::Unavailable("engine stopped".into())));
+    }
+}
