@@ -173,7 +173,13 @@ impl fmt::Display for RuleError {
                 field,
                 self.message
             ),
-            _ => write!(f, "{} ({}): {}", self.code.as_str(), self.reason, self.message),
+            _ => write!(
+                f,
+                "{} ({}): {}",
+                self.code.as_str(),
+                self.reason,
+                self.message
+            ),
         }
     }
 }

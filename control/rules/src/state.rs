@@ -110,7 +110,13 @@ impl Timeline {
         }
     }
 
-    fn push(&mut self, kind: EventKind, interaction_id: &str, actor: &Actor, details: &[(&str, &str)]) {
+    fn push(
+        &mut self,
+        kind: EventKind,
+        interaction_id: &str,
+        actor: &Actor,
+        details: &[(&str, &str)],
+    ) {
         self.events.push(Event {
             kind,
             interaction_id: interaction_id.to_owned(),
@@ -460,10 +466,7 @@ impl State {
     }
 
     /// A call verb needs a connected non-supervisor participant here.
-    fn check_call_member(
-        field: &'static str,
-        participant: &Participant,
-    ) -> Result<(), RuleError> {
+    fn check_call_member(field: &'static str, participant: &Participant) -> Result<(), RuleError> {
         if participant.is_supervisor() {
             return Err(RuleError::invalid(
                 field,
@@ -477,7 +480,10 @@ impl State {
         if !participant.is_connected() {
             return Err(RuleError::precondition(
                 reason::PARTICIPANT_NOT_CONNECTED,
-                format!("participant {} is not connected", participant.participant_id),
+                format!(
+                    "participant {} is not connected",
+                    participant.participant_id
+                ),
             ));
         }
         Ok(())
@@ -501,7 +507,13 @@ impl State {
 
     /// Ends a live supervision and disconnects its supervisor leg, with its *_STOPPED
     /// event. A no-op on an ended one.
-    fn end_supervision(&mut self, tl: &mut Timeline, supervision_id: &str, actor: &Actor, cause: &str) {
+    fn end_supervision(
+        &mut self,
+        tl: &mut Timeline,
+        supervision_id: &str,
+        actor: &Actor,
+        cause: &str,
+    ) {
         let Some(s) = self.supervisions.get_mut(supervision_id) else {
             return;
         };
@@ -591,7 +603,10 @@ impl State {
             &Actor::Orchestrator,
             &[
                 ("agent_participant_id", &consult.agent_participant_id),
-                ("specialist_participant_id", &consult.specialist_participant_id),
+                (
+                    "specialist_participant_id",
+                    &consult.specialist_participant_id,
+                ),
                 ("mode", mode.as_str()),
                 ("cause", cause),
             ],
@@ -599,7 +614,12 @@ impl State {
         Some(consult)
     }
 
-    fn move_to_conversation(&mut self, interaction_id: &str, participant_id: &str, conversation: u32) {
+    fn move_to_conversation(
+        &mut self,
+        interaction_id: &str,
+        participant_id: &str,
+        conversation: u32,
+    ) {
         if let Some(p) = self
             .interaction_mut(interaction_id)
             .participant_mut(participant_id)
@@ -889,7 +909,12 @@ impl State {
             if c.specialist_participant_id == participant_id {
                 // The specialist hung up: the agent goes back to the parked group, as
                 // if the consult had been cancelled.
-                self.close_consult(&mut tl, &interaction_id, ConsultEnd::Cancel, "SPECIALIST_LEFT");
+                self.close_consult(
+                    &mut tl,
+                    &interaction_id,
+                    ConsultEnd::Cancel,
+                    "SPECIALIST_LEFT",
+                );
                 self.move_to_conversation(
                     &interaction_id,
                     &c.agent_participant_id,
@@ -1124,7 +1149,10 @@ impl State {
             }
             return Err(RuleError::exists(
                 reason::PARTICIPANT_EXISTS,
-                format!("participant {} exists with other content", to.participant_id),
+                format!(
+                    "participant {} exists with other content",
+                    to.participant_id
+                ),
             ));
         }
         Self::not_ended(interaction)?;
@@ -1280,11 +1308,12 @@ impl State {
                 && s.requested_mode == mode
                 && s.supervisor_participant_id == req.supervisor_participant_id
                 && s.auto_answer == auto_answer;
-            let escalation_retry = same_call
-                && mode == SupervisionMode::Barge
-                && s.escalated_from.is_some();
+            let escalation_retry =
+                same_call && mode == SupervisionMode::Barge && s.escalated_from.is_some();
             if identical || escalation_retry {
-                return Ok(Done::existing(Subject::Supervision(s.supervision_id.clone())));
+                return Ok(Done::existing(Subject::Supervision(
+                    s.supervision_id.clone(),
+                )));
             }
             if same_call
                 && mode == SupervisionMode::Barge
@@ -1398,9 +1427,7 @@ impl State {
                         reason::SUPERVISOR_ALREADY_ACTIVE,
                         format!(
                             "user {} already supervises {} ({})",
-                            req.supervisor_user_id,
-                            req.interaction_id,
-                            c.supervision_id
+                            req.supervisor_user_id, req.interaction_id, c.supervision_id
                         ),
                     ));
                 }
@@ -1448,7 +1475,10 @@ impl State {
             {
                 return Err(RuleError::precondition(
                     reason::TARGET_IN_CONSULT,
-                    format!("{} is the specialist of an active consult", target.participant_id),
+                    format!(
+                        "{} is the specialist of an active consult",
+                        target.participant_id
+                    ),
                 ));
             }
             let group = interaction.talk_group_of(&req.target_participant_id);
@@ -1509,7 +1539,11 @@ impl State {
                 Some(now_ms),
             )
         } else {
-            (SupervisionState::Connecting, ParticipantState::Connecting, None)
+            (
+                SupervisionState::Connecting,
+                ParticipantState::Connecting,
+                None,
+            )
         };
         let supervision = Supervision {
             supervision_id: req.supervision_id.clone(),

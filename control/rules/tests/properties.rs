@@ -13,7 +13,9 @@ const PARTICIPANTS: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
 const USERS: [&str; 4] = ["u0", "u1", "u2", "u3"];
 /// Supervisor leg ids: mostly their own pool, sometimes a call participant's id (taken).
 const LEGS: [&str; 3] = ["v0", "v1", "v2"];
-const SUPERVISIONS: [&str; 5] = ["s0", "s1", "s2", "s3", "s4"];
+const SUPERVISIONS: [&str; 12] = [
+    "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+];
 const ALL_PERMS: [&str; 4] = [PERM_MONITOR, PERM_COACH, PERM_BARGE, PERM_CALL_ADD];
 
 fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strategy<Value = T> {
@@ -53,30 +55,42 @@ fn spec_for(participant_id: String) -> impl Strategy<Value = ParticipantSpec> {
         ],
         proptest::option::weighted(0.3, uid()),
     )
-        .prop_map(|(participant_id, internal, role, user_id)| ParticipantSpec {
-            participant_id,
-            kind: if internal {
-                ParticipantKind::Internal
-            } else {
-                ParticipantKind::External
+        .prop_map(
+            |(participant_id, internal, role, user_id)| ParticipantSpec {
+                participant_id,
+                kind: if internal {
+                    ParticipantKind::Internal
+                } else {
+                    ParticipantKind::External
+                },
+                role,
+                user_id,
             },
-            role,
-            user_id,
-        })
+        )
 }
 
 fn start() -> impl Strategy<Value = StartSupervision> {
     let leg = prop_oneof![4 => pick(&LEGS).prop_map(str::to_owned), 1 => pid()];
-    (iid(), sid(), uid(), leg, pid(), proptest::bool::weighted(0.8)).prop_map(
-        |(interaction_id, supervision_id, user, sp, target, auto_answer)| StartSupervision {
-            interaction_id,
-            supervision_id,
-            supervisor_user_id: user,
-            supervisor_participant_id: sp,
-            target_participant_id: target,
-            auto_answer,
-        },
+    // Targets mostly among the prelude's participants, so starts meet each other.
+    let target = prop_oneof![3 => pick(&PARTICIPANTS[..3]).prop_map(str::to_owned), 1 => pid()];
+    (
+        iid(),
+        sid(),
+        uid(),
+        leg,
+        target,
+        proptest::bool::weighted(0.8),
     )
+        .prop_map(
+            |(interaction_id, supervision_id, user, sp, target, auto_answer)| StartSupervision {
+                interaction_id,
+                supervision_id,
+                supervisor_user_id: user,
+                supervisor_participant_id: sp,
+                target_participant_id: target,
+                auto_answer,
+            },
+        )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -164,6 +178,34 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
+/// One command, or (sometimes) a monitor/coach start followed by the same supervisor's
+/// barge on the same target (under the same or a new id), so escalations happen often.
+fn command_group() -> impl Strategy<Value = Vec<Command>> {
+    prop_oneof![
+        12 => command().prop_map(|c| vec![c]),
+        1 => (start(), any::<bool>(), any::<bool>(), sid()).prop_map(
+            |(r, coach, same_id, other_id)| {
+                let mut escalate = r.clone();
+                if !same_id {
+                    escalate.supervision_id = other_id;
+                }
+                let first = if coach {
+                    Command::StartCoach(r)
+                } else {
+                    Command::StartMonitor(r)
+                };
+                vec![first, Command::StartBarge(escalate)]
+            }
+        ),
+    ]
+}
+
+/// A sequence of up to `max_groups` groups, flattened.
+fn commands(max_groups: usize) -> impl Strategy<Value = Vec<Command>> {
+    proptest::collection::vec(command_group(), 1..max_groups)
+        .prop_map(|groups| groups.into_iter().flatten().collect())
+}
+
 /// SPEC section 1 rules 1-4, read pair by pair, from the talk groups and supervisions
 /// alone (not from the crate's own relation code).
 fn brute_force_edges(st: &State, interaction: &Interaction) -> BTreeSet<(String, String)> {
@@ -240,7 +282,10 @@ fn check_invariants(st: &State) -> Result<(), TestCaseError> {
         let mut supervisors = BTreeSet::new();
         for s in &live {
             if s.mode == SupervisionMode::Coach {
-                prop_assert!(coached.insert(&s.target_participant_id), "two coaches in {iid}");
+                prop_assert!(
+                    coached.insert(&s.target_participant_id),
+                    "two coaches in {iid}"
+                );
             }
             prop_assert!(
                 supervisors.insert(&s.supervisor_user_id),
@@ -251,9 +296,14 @@ fn check_invariants(st: &State) -> Result<(), TestCaseError> {
             // CONNECTING exactly while the supervision is.
             let target = interaction.participant(&s.target_participant_id).unwrap();
             prop_assert!(!target.is_supervisor() && target.is_connected());
-            let leg = interaction.participant(&s.supervisor_participant_id).unwrap();
+            let leg = interaction
+                .participant(&s.supervisor_participant_id)
+                .unwrap();
             prop_assert!(leg.is_supervisor());
-            prop_assert_eq!(leg.supervision_id.as_deref(), Some(s.supervision_id.as_str()));
+            prop_assert_eq!(
+                leg.supervision_id.as_deref(),
+                Some(s.supervision_id.as_str())
+            );
             let expected = match s.state {
                 SupervisionState::Connecting => ParticipantState::Connecting,
                 _ => ParticipantState::Connected,
@@ -262,9 +312,15 @@ fn check_invariants(st: &State) -> Result<(), TestCaseError> {
             prop_assert!(s.requested_mode != SupervisionMode::Barge || s.auto_answer);
         }
         // Every non-disconnected supervisor leg serves a live supervision.
-        for p in interaction.participants.iter().filter(|p| p.is_supervisor()) {
+        for p in interaction
+            .participants
+            .iter()
+            .filter(|p| p.is_supervisor())
+        {
             if p.state != ParticipantState::Disconnected {
-                let s = st.supervision(p.supervision_id.as_deref().unwrap()).unwrap();
+                let s = st
+                    .supervision(p.supervision_id.as_deref().unwrap())
+                    .unwrap();
                 prop_assert!(s.is_live());
             }
         }
@@ -288,8 +344,15 @@ fn check_invariants(st: &State) -> Result<(), TestCaseError> {
 
         // An active consult has both parties connected.
         if let Some(c) = &interaction.consult {
-            prop_assert!(interaction.participant(&c.agent_participant_id).unwrap().is_connected());
-            let s = interaction.participant(&c.specialist_participant_id).unwrap();
+            prop_assert!(
+                interaction
+                    .participant(&c.agent_participant_id)
+                    .unwrap()
+                    .is_connected()
+            );
+            let s = interaction
+                .participant(&c.specialist_participant_id)
+                .unwrap();
             prop_assert!(s.is_connected());
         }
         if interaction.is_ended() {
@@ -327,9 +390,9 @@ fn check_invariants(st: &State) -> Result<(), TestCaseError> {
 fn scope(st: &State, cmd: &Command) -> Option<String> {
     match cmd {
         Command::UpsertUser { .. } | Command::SetPresence { .. } => None,
-        Command::StopSupervision { supervision_id } => {
-            st.supervision(supervision_id).map(|s| s.interaction_id.clone())
-        }
+        Command::StopSupervision { supervision_id } => st
+            .supervision(supervision_id)
+            .map(|s| s.interaction_id.clone()),
         Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) => {
             Some(r.interaction_id.clone())
         }
@@ -348,10 +411,35 @@ fn scope(st: &State, cmd: &Command) -> Option<String> {
     }
 }
 
-/// Every user exists with every permission and is AVAILABLE; random commands then
-/// change that.
+/// Every user exists with every permission and is AVAILABLE, `i0` is a call of customer
+/// `p0` and agent `p1` (user `u3`), `i1` the same plus agent `p2` in conference; random
+/// commands then change that.
 fn prelude() -> State {
     let mut st = State::default();
+    for iid in &INTERACTIONS[..2] {
+        st.apply(
+            0,
+            Command::CreateInteraction {
+                interaction_id: (*iid).to_owned(),
+                participants: vec![
+                    ParticipantSpec::new("p0", ParticipantKind::External, Role::Customer),
+                    ParticipantSpec::new("p1", ParticipantKind::Internal, Role::Agent)
+                        .with_user("u3"),
+                ],
+            },
+        )
+        .unwrap();
+    }
+    // i1 is a three-party conference.
+    st.apply(
+        0,
+        Command::AddParticipant {
+            interaction_id: "i1".into(),
+            participant: ParticipantSpec::new("p2", ParticipantKind::Internal, Role::Agent),
+            join_group_of: Some("p0".into()),
+        },
+    )
+    .unwrap();
     for u in USERS {
         st.apply(
             0,
@@ -421,7 +509,7 @@ proptest! {
 
     #[test]
     fn random_sequences_keep_every_invariant(
-        cmds in proptest::collection::vec(command(), 1..200)
+        cmds in commands(190)
     ) {
         run(&cmds)?;
     }
@@ -432,7 +520,7 @@ proptest! {
 
     #[test]
     fn state_commands_and_outcomes_survive_serde_and_replay(
-        cmds in proptest::collection::vec(command(), 1..150)
+        cmds in commands(150)
     ) {
         let (st, _) = run(&cmds)?;
         let json = serde_json::to_string(&st).unwrap();
@@ -468,40 +556,58 @@ fn random_sequences_reach_supervisions_consults_and_escalations() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let (mut supervised, mut consulted, mut escalated, mut accepted, mut total) =
-        (0, 0, 0, 0, 0);
+    let (mut supervised, mut consulted, mut escalated, mut accepted, mut total) = (0, 0, 0, 0, 0);
     let mut reasons = BTreeMap::new();
     for _ in 0..64 {
-        let cmds = proptest::collection::vec(command(), 200)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
+        let cmds = commands(190).new_tree(&mut runner).unwrap().current();
         let mut st = prelude();
         for (step, cmd) in cmds.into_iter().enumerate() {
             total += 1;
-            let is_start = matches!(cmd, Command::StartMonitor(_) | Command::StartCoach(_) | Command::StartBarge(_));
-            let r = st.apply(step as u64, cmd);
-            if let (true, Err(e)) = (is_start, &r) { *reasons.entry(e.reason).or_insert(0) += 1; }
-            if let Ok(out) = r {
-                accepted += usize::from(!out.existing);
-                for e in &out.events {
-                    match e.kind {
-                        EventKind::MonitorStarted
-                        | EventKind::CoachStarted
-                        | EventKind::BargeStarted => supervised += 1,
-                        EventKind::ConsultStarted => consulted += 1,
-                        _ => {}
-                    }
-                    if e.detail("escalated_from").is_some() {
-                        escalated += 1;
+            match st.apply(step as u64, cmd) {
+                Err(e) => *reasons.entry(e.reason).or_insert(0) += 1,
+                Ok(out) => {
+                    accepted += usize::from(!out.existing);
+                    for e in &out.events {
+                        match e.kind {
+                            EventKind::MonitorStarted
+                            | EventKind::CoachStarted
+                            | EventKind::BargeStarted => supervised += 1,
+                            EventKind::ConsultStarted => consulted += 1,
+                            _ => {}
+                        }
+                        if e.detail("escalated_from").is_some() {
+                            escalated += 1;
+                        }
                     }
                 }
             }
         }
     }
-    eprintln!("{reasons:?}");
+    // Every SPEC section 2 refusal is reached by the random sequences.
+    for why in [
+        reason::MISSING_PERMISSION,
+        reason::SUPERVISOR_NOT_AVAILABLE,
+        reason::COACH_ALREADY_ACTIVE,
+        reason::TARGET_EXTERNAL,
+        reason::TARGET_IN_CONSULT,
+        reason::TARGET_IN_CONFERENCE,
+        reason::STOP_CURRENT_FIRST,
+        reason::STOP_BARGE_FIRST,
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+        reason::SUPERVISOR_IS_PARTICIPANT,
+        reason::TARGET_NOT_CONNECTED,
+        reason::INTERACTION_ENDED,
+    ] {
+        assert!(
+            reasons.contains_key(why),
+            "{why} never reached: {reasons:?}"
+        );
+    }
     assert!(supervised > 100, "only {supervised} supervisions started");
     assert!(consulted > 10, "only {consulted} consults");
     assert!(escalated > 5, "only {escalated} escalations");
-    assert!(accepted * 10 > total, "only {accepted} of {total} changed something");
+    assert!(
+        accepted * 10 > total,
+        "only {accepted} of {total} changed something"
+    );
 }

@@ -12,11 +12,24 @@ fn monitor_needs_its_permission_and_call_add() {
     fx.call("i");
     fx.user("m-only", perms(&[PERM_MONITOR]), Presence::Available);
     fx.user("add-only", perms(&[PERM_CALL_ADD]), Presence::Available);
-    fx.user("m-add", perms(&[PERM_MONITOR, PERM_CALL_ADD]), Presence::Available);
-    let e = fx.refused(monitor("i", "s1", "m-only", "sp1", "a"), reason::MISSING_PERMISSION);
+    fx.user(
+        "m-add",
+        perms(&[PERM_MONITOR, PERM_CALL_ADD]),
+        Presence::Available,
+    );
+    let e = fx.refused(
+        monitor("i", "s1", "m-only", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
     assert_eq!(e.code, ErrorCode::PermissionDenied);
-    fx.refused(monitor("i", "s1", "add-only", "sp1", "a"), reason::MISSING_PERMISSION);
-    fx.refused(monitor("i", "s1", "nobody", "sp1", "a"), reason::MISSING_PERMISSION);
+    fx.refused(
+        monitor("i", "s1", "add-only", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
+    fx.refused(
+        monitor("i", "s1", "nobody", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
     fx.ok(monitor("i", "s1", "m-add", "sp1", "a"));
 }
 
@@ -24,12 +37,30 @@ fn monitor_needs_its_permission_and_call_add() {
 fn coach_and_barge_need_their_own_permission() {
     let mut fx = Fx::new();
     fx.call("i");
-    fx.user("m", perms(&[PERM_MONITOR, PERM_CALL_ADD]), Presence::Available);
-    fx.refused(coach("i", "s1", "m", "sp1", "a"), reason::MISSING_PERMISSION);
-    fx.refused(barge("i", "s1", "m", "sp1", "a"), reason::MISSING_PERMISSION);
-    fx.user("c", perms(&[PERM_COACH, PERM_CALL_ADD]), Presence::Available);
+    fx.user(
+        "m",
+        perms(&[PERM_MONITOR, PERM_CALL_ADD]),
+        Presence::Available,
+    );
+    fx.refused(
+        coach("i", "s1", "m", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
+    fx.refused(
+        barge("i", "s1", "m", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
+    fx.user(
+        "c",
+        perms(&[PERM_COACH, PERM_CALL_ADD]),
+        Presence::Available,
+    );
     fx.ok(coach("i", "s1", "c", "sp1", "a"));
-    fx.user("b", perms(&[PERM_BARGE, PERM_CALL_ADD]), Presence::Available);
+    fx.user(
+        "b",
+        perms(&[PERM_BARGE, PERM_CALL_ADD]),
+        Presence::Available,
+    );
     fx.refused(barge("i", "s2", "b", "sp2", "c"), reason::TARGET_EXTERNAL);
     fx.ok(barge("i", "s2", "b", "sp2", "a"));
 }
@@ -38,9 +69,16 @@ fn coach_and_barge_need_their_own_permission() {
 fn escalation_to_barge_needs_the_barge_permission() {
     let mut fx = Fx::new();
     fx.call("i");
-    fx.user("m", perms(&[PERM_MONITOR, PERM_CALL_ADD]), Presence::Available);
+    fx.user(
+        "m",
+        perms(&[PERM_MONITOR, PERM_CALL_ADD]),
+        Presence::Available,
+    );
     fx.ok(monitor("i", "s1", "m", "sp1", "a"));
-    fx.refused(barge("i", "s1", "m", "sp1", "a"), reason::MISSING_PERMISSION);
+    fx.refused(
+        barge("i", "s1", "m", "sp1", "a"),
+        reason::MISSING_PERMISSION,
+    );
     assert_eq!(fx.supervision("s1").mode, SupervisionMode::Monitor);
 }
 
@@ -80,7 +118,10 @@ fn a_new_user_is_offline_until_set_available() {
         permissions: all_perms(),
     });
     assert_eq!(fx.st.user("fresh").unwrap().presence, Presence::Offline);
-    fx.refused(monitor("i", "s1", "fresh", "sp1", "a"), reason::SUPERVISOR_NOT_AVAILABLE);
+    fx.refused(
+        monitor("i", "s1", "fresh", "sp1", "a"),
+        reason::SUPERVISOR_NOT_AVAILABLE,
+    );
 }
 
 #[test]
@@ -99,7 +140,10 @@ fn only_one_coach_per_agent() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(coach("i", "s1", "sup1", "sp1", "a"));
-    fx.refused(coach("i", "s2", "sup2", "sp2", "a"), reason::COACH_ALREADY_ACTIVE);
+    fx.refused(
+        coach("i", "s2", "sup2", "sp2", "a"),
+        reason::COACH_ALREADY_ACTIVE,
+    );
     // Monitoring the coached agent is fine.
     fx.ok(monitor("i", "s2", "sup2", "sp2", "a"));
     // Once the first coach stops, another supervisor may coach.
@@ -115,18 +159,30 @@ fn a_connecting_coach_counts_as_the_agents_coach() {
     r.auto_answer = false;
     fx.ok(Command::StartCoach(r));
     assert_eq!(fx.supervision("s1").state, SupervisionState::Connecting);
-    fx.refused(coach("i", "s2", "sup2", "sp2", "a"), reason::COACH_ALREADY_ACTIVE);
+    fx.refused(
+        coach("i", "s2", "sup2", "sp2", "a"),
+        reason::COACH_ALREADY_ACTIVE,
+    );
 }
 
 #[test]
 fn coach_and_barge_targets_must_be_internal_monitor_may_target_external() {
     let mut fx = Fx::new();
     fx.call("i");
-    fx.refused(coach("i", "s1", "sup1", "sp1", "c"), reason::TARGET_EXTERNAL);
-    fx.refused(barge("i", "s1", "sup1", "sp1", "c"), reason::TARGET_EXTERNAL);
+    fx.refused(
+        coach("i", "s1", "sup1", "sp1", "c"),
+        reason::TARGET_EXTERNAL,
+    );
+    fx.refused(
+        barge("i", "s1", "sup1", "sp1", "c"),
+        reason::TARGET_EXTERNAL,
+    );
     fx.ok(monitor("i", "s1", "sup1", "sp1", "c"));
     // Escalating a monitor of the customer is a barge into an external target.
-    fx.refused(barge("i", "s1", "sup1", "sp1", "c"), reason::TARGET_EXTERNAL);
+    fx.refused(
+        barge("i", "s1", "sup1", "sp1", "c"),
+        reason::TARGET_EXTERNAL,
+    );
 }
 
 #[test]
@@ -134,7 +190,10 @@ fn no_barge_into_the_specialist_of_an_active_consult() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(start_consult("i", "a", specialist("s")));
-    fx.refused(barge("i", "b1", "sup1", "sp1", "s"), reason::TARGET_IN_CONSULT);
+    fx.refused(
+        barge("i", "b1", "sup1", "sp1", "s"),
+        reason::TARGET_IN_CONSULT,
+    );
     // The consulting agent is not in a consult *as a specialist*: allowed.
     fx.ok(barge("i", "b2", "sup2", "sp2", "a"));
     // Monitoring and coaching the specialist are allowed.
@@ -158,10 +217,19 @@ fn no_barge_into_a_conference_of_three_non_supervisors() {
     fx.ok(stop("b1"));
     fx.ok(stop("b2"));
     fx.ok(add("i", agent("a2"), Some("a")));
-    fx.refused(barge("i", "b3", "sup1", "sp4", "a"), reason::TARGET_IN_CONFERENCE);
-    fx.refused(barge("i", "b3", "sup1", "sp4", "a2"), reason::TARGET_IN_CONFERENCE);
+    fx.refused(
+        barge("i", "b3", "sup1", "sp4", "a"),
+        reason::TARGET_IN_CONFERENCE,
+    );
+    fx.refused(
+        barge("i", "b3", "sup1", "sp4", "a2"),
+        reason::TARGET_IN_CONFERENCE,
+    );
     // Escalating the monitor is refused the same way.
-    fx.refused(barge("i", "m1", "sup2", "sp2", "a"), reason::TARGET_IN_CONFERENCE);
+    fx.refused(
+        barge("i", "m1", "sup2", "sp2", "a"),
+        reason::TARGET_IN_CONFERENCE,
+    );
     // Holding the customer leaves {a, a2}: no longer a conference.
     fx.ok(hold("i", "c"));
     fx.ok(barge("i", "b3", "sup1", "sp4", "a"));
@@ -172,10 +240,16 @@ fn monitor_and_coach_switch_only_through_a_stop() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(monitor("i", "s1", "sup1", "sp1", "a"));
-    fx.refused(coach("i", "s2", "sup1", "sp2", "a"), reason::STOP_CURRENT_FIRST);
+    fx.refused(
+        coach("i", "s2", "sup1", "sp2", "a"),
+        reason::STOP_CURRENT_FIRST,
+    );
     fx.ok(stop("s1"));
     fx.ok(coach("i", "s2", "sup1", "sp2", "a"));
-    fx.refused(monitor("i", "s3", "sup1", "sp3", "a"), reason::STOP_CURRENT_FIRST);
+    fx.refused(
+        monitor("i", "s3", "sup1", "sp3", "a"),
+        reason::STOP_CURRENT_FIRST,
+    );
 }
 
 #[test]
@@ -183,8 +257,14 @@ fn from_barge_stop_before_monitor_or_coach() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(barge("i", "s1", "sup1", "sp1", "a"));
-    fx.refused(monitor("i", "s2", "sup1", "sp2", "a"), reason::STOP_BARGE_FIRST);
-    fx.refused(coach("i", "s2", "sup1", "sp2", "a"), reason::STOP_BARGE_FIRST);
+    fx.refused(
+        monitor("i", "s2", "sup1", "sp2", "a"),
+        reason::STOP_BARGE_FIRST,
+    );
+    fx.refused(
+        coach("i", "s2", "sup1", "sp2", "a"),
+        reason::STOP_BARGE_FIRST,
+    );
     fx.ok(stop("s1"));
     fx.ok(monitor("i", "s2", "sup1", "sp2", "a"));
 }
@@ -195,10 +275,19 @@ fn one_supervision_per_supervisor_per_interaction() {
     fx.call("i");
     fx.ok(monitor("i", "s1", "sup1", "sp1", "a"));
     // Same mode, new id, same or other target.
-    fx.refused(monitor("i", "s2", "sup1", "sp2", "a"), reason::SUPERVISOR_ALREADY_ACTIVE);
-    fx.refused(monitor("i", "s2", "sup1", "sp2", "c"), reason::SUPERVISOR_ALREADY_ACTIVE);
+    fx.refused(
+        monitor("i", "s2", "sup1", "sp2", "a"),
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+    );
+    fx.refused(
+        monitor("i", "s2", "sup1", "sp2", "c"),
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+    );
     // Escalating onto another target is not an in-place escalation.
-    fx.refused(barge("i", "s2", "sup1", "sp2", "c"), reason::SUPERVISOR_ALREADY_ACTIVE);
+    fx.refused(
+        barge("i", "s2", "sup1", "sp2", "c"),
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+    );
 }
 
 #[test]
@@ -210,9 +299,15 @@ fn barge_onto_another_target_while_monitoring_is_supervisor_already_active() {
     });
     fx.ok(hold("i", "c")); // {a, a2}: 2 non-supervisors, barge-able
     fx.ok(monitor("i", "s1", "sup1", "sp1", "a"));
-    fx.refused(barge("i", "s2", "sup1", "sp2", "a2"), reason::SUPERVISOR_ALREADY_ACTIVE);
+    fx.refused(
+        barge("i", "s2", "sup1", "sp2", "a2"),
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+    );
     fx.ok(barge("i", "s2", "sup2", "sp2", "a2"));
-    fx.refused(barge("i", "s3", "sup2", "sp3", "a2"), reason::SUPERVISOR_ALREADY_ACTIVE);
+    fx.refused(
+        barge("i", "s3", "sup2", "sp3", "a2"),
+        reason::SUPERVISOR_ALREADY_ACTIVE,
+    );
     // A supervisor may supervise two different interactions at once.
     fx.call("j");
     fx.ok(monitor("j", "s4", "sup1", "sp1", "a"));
@@ -222,8 +317,14 @@ fn barge_onto_another_target_while_monitoring_is_supervisor_already_active() {
 fn a_participant_of_the_call_cannot_supervise_it() {
     let mut fx = Fx::new();
     fx.call("i");
-    fx.refused(monitor("i", "s1", "agent-u", "sp1", "c"), reason::SUPERVISOR_IS_PARTICIPANT);
-    fx.refused(barge("i", "s1", "agent-u", "sp1", "a"), reason::SUPERVISOR_IS_PARTICIPANT);
+    fx.refused(
+        monitor("i", "s1", "agent-u", "sp1", "c"),
+        reason::SUPERVISOR_IS_PARTICIPANT,
+    );
+    fx.refused(
+        barge("i", "s1", "agent-u", "sp1", "a"),
+        reason::SUPERVISOR_IS_PARTICIPANT,
+    );
     // Once the agent has left the call, its user may supervise it.
     fx.ok(add("i", agent("a2"), Some("c")));
     fx.ok(remove("i", "a"));
@@ -272,7 +373,10 @@ fn a_supervisor_leg_cannot_be_a_target() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(barge("i", "s1", "sup1", "sp1", "a"));
-    let e = fx.refused(monitor("i", "s2", "sup2", "sp2", "sp1"), reason::TARGET_IS_SUPERVISOR);
+    let e = fx.refused(
+        monitor("i", "s2", "sup2", "sp2", "sp1"),
+        reason::TARGET_IS_SUPERVISOR,
+    );
     assert_eq!(
         e.code,
         ErrorCode::InvalidArgument {
@@ -289,15 +393,33 @@ fn malformed_ids_name_the_field() {
     let cases: Vec<(Command, &str)> = vec![
         (monitor("i j", "s1", "sup1", "sp1", "a"), "interaction_id"),
         (monitor("i", "", "sup1", "sp1", "a"), "supervision_id"),
-        (monitor("i", "s1", "sup/1", "sp1", "a"), "supervisor_user_id"),
-        (monitor("i", "s1", "sup1", &long, "a"), "supervisor_participant_id"),
-        (monitor("i", "s1", "sup1", "sp1", "a\n"), "target_participant_id"),
+        (
+            monitor("i", "s1", "sup/1", "sp1", "a"),
+            "supervisor_user_id",
+        ),
+        (
+            monitor("i", "s1", "sup1", &long, "a"),
+            "supervisor_participant_id",
+        ),
+        (
+            monitor("i", "s1", "sup1", "sp1", "a\n"),
+            "target_participant_id",
+        ),
         (stop("é"), "supervision_id"),
         (hold("i", "a b"), "participant_id"),
-        (add("i", agent("bad id"), None), "participant.participant_id"),
-        (add("i", agent("ok").with_user("bad user"), None), "participant.user_id"),
+        (
+            add("i", agent("bad id"), None),
+            "participant.participant_id",
+        ),
+        (
+            add("i", agent("ok").with_user("bad user"), None),
+            "participant.user_id",
+        ),
         (transfer("i", "a", agent("")), "to.participant_id"),
-        (start_consult("i", "a", specialist("s p")), "specialist.participant_id"),
+        (
+            start_consult("i", "a", specialist("s p")),
+            "specialist.participant_id",
+        ),
         (conference("i", &["a", "c c"]), "participant_ids"),
     ];
     for (cmd, field) in cases {
@@ -316,9 +438,18 @@ fn unknown_ids_are_not_found() {
     let mut fx = Fx::new();
     fx.call("i");
     let cases: Vec<(Command, &str)> = vec![
-        (monitor("nope", "s1", "sup1", "sp1", "a"), reason::INTERACTION_NOT_FOUND),
-        (monitor("i", "s1", "ghost", "sp1", "a"), reason::USER_NOT_FOUND),
-        (monitor("i", "s1", "sup1", "sp1", "zz"), reason::PARTICIPANT_NOT_FOUND),
+        (
+            monitor("nope", "s1", "sup1", "sp1", "a"),
+            reason::INTERACTION_NOT_FOUND,
+        ),
+        (
+            monitor("i", "s1", "ghost", "sp1", "a"),
+            reason::USER_NOT_FOUND,
+        ),
+        (
+            monitor("i", "s1", "sup1", "sp1", "zz"),
+            reason::PARTICIPANT_NOT_FOUND,
+        ),
         (stop("nope"), reason::SUPERVISION_NOT_FOUND),
         (hold("i", "zz"), reason::PARTICIPANT_NOT_FOUND),
         (end("nope"), reason::INTERACTION_NOT_FOUND),
@@ -342,17 +473,35 @@ fn supervision_id_reused_with_other_content_already_exists() {
     fx.call("i");
     fx.call("j");
     fx.ok(monitor("i", "s1", "sup1", "sp1", "a"));
-    let e = fx.refused(monitor("j", "s1", "sup2", "sp1", "a"), reason::SUPERVISION_EXISTS);
+    let e = fx.refused(
+        monitor("j", "s1", "sup2", "sp1", "a"),
+        reason::SUPERVISION_EXISTS,
+    );
     assert_eq!(e.code, ErrorCode::AlreadyExists);
-    fx.refused(monitor("i", "s1", "sup1", "sp1", "c"), reason::SUPERVISION_EXISTS);
+    fx.refused(
+        monitor("i", "s1", "sup1", "sp1", "c"),
+        reason::SUPERVISION_EXISTS,
+    );
     // The supervisor leg id is taken by a call participant.
-    fx.refused(monitor("j", "s2", "sup1", "c", "a"), reason::PARTICIPANT_EXISTS);
+    fx.refused(
+        monitor("j", "s2", "sup1", "c", "a"),
+        reason::PARTICIPANT_EXISTS,
+    );
     // ... or by another supervisor's leg, even a disconnected one.
     fx.ok(stop("s1"));
-    fx.refused(monitor("i", "s3", "sup2", "sp1", "a"), reason::PARTICIPANT_EXISTS);
+    fx.refused(
+        monitor("i", "s3", "sup2", "sp1", "a"),
+        reason::PARTICIPANT_EXISTS,
+    );
     // The same supervisor may reuse its own disconnected leg id.
     fx.ok(coach("i", "s3", "sup1", "sp1", "a"));
-    let leg = fx.st.interaction("i").unwrap().participant("sp1").unwrap().clone();
+    let leg = fx
+        .st
+        .interaction("i")
+        .unwrap()
+        .participant("sp1")
+        .unwrap()
+        .clone();
     assert_eq!(leg.state, ParticipantState::Connected);
     assert_eq!(leg.supervision_id.as_deref(), Some("s3"));
 }
@@ -363,28 +512,52 @@ fn precedence_validation_not_found_ended_permission_participant_presence_transit
     fx.call("i");
     fx.ok(add("i", agent("a2").with_user("nobody"), Some("a")));
     // Validation beats not-found.
-    fx.refused(monitor("nope", "s 1", "ghost", "sp1", "a"), reason::INVALID_ID);
+    fx.refused(
+        monitor("nope", "s 1", "ghost", "sp1", "a"),
+        reason::INVALID_ID,
+    );
     // Not-found beats ended.
     fx.call("e");
     fx.ok(end("e"));
-    fx.refused(monitor("e", "s1", "ghost", "sp1", "a"), reason::USER_NOT_FOUND);
+    fx.refused(
+        monitor("e", "s1", "ghost", "sp1", "a"),
+        reason::USER_NOT_FOUND,
+    );
     // Ended beats permission.
-    fx.refused(monitor("e", "s1", "nobody", "sp1", "a"), reason::INTERACTION_ENDED);
+    fx.refused(
+        monitor("e", "s1", "nobody", "sp1", "a"),
+        reason::INTERACTION_ENDED,
+    );
     // Permission beats participant-of-call.
-    fx.refused(monitor("i", "s1", "nobody", "sp1", "c"), reason::MISSING_PERMISSION);
+    fx.refused(
+        monitor("i", "s1", "nobody", "sp1", "c"),
+        reason::MISSING_PERMISSION,
+    );
     // Participant-of-call beats presence.
     fx.user("agent-u", all_perms(), Presence::Busy);
-    fx.refused(monitor("i", "s1", "agent-u", "sp1", "c"), reason::SUPERVISOR_IS_PARTICIPANT);
+    fx.refused(
+        monitor("i", "s1", "agent-u", "sp1", "c"),
+        reason::SUPERVISOR_IS_PARTICIPANT,
+    );
     // Presence beats target checks.
     fx.user("sup1", all_perms(), Presence::Busy);
-    fx.refused(coach("i", "s1", "sup1", "sp1", "c"), reason::SUPERVISOR_NOT_AVAILABLE);
+    fx.refused(
+        coach("i", "s1", "sup1", "sp1", "c"),
+        reason::SUPERVISOR_NOT_AVAILABLE,
+    );
     // Transitions beat target checks.
     fx.user("sup1", all_perms(), Presence::Available);
     fx.ok(monitor("i", "s1", "sup1", "sp1", "a"));
-    fx.refused(coach("i", "s2", "sup1", "sp2", "c"), reason::STOP_CURRENT_FIRST);
+    fx.refused(
+        coach("i", "s2", "sup1", "sp2", "c"),
+        reason::STOP_CURRENT_FIRST,
+    );
     // Target-not-connected beats the mode's target checks.
     fx.ok(remove("i", "a2"));
-    fx.refused(coach("i", "s3", "sup2", "sp3", "a2"), reason::TARGET_NOT_CONNECTED);
+    fx.refused(
+        coach("i", "s3", "sup2", "sp3", "a2"),
+        reason::TARGET_NOT_CONNECTED,
+    );
 }
 
 #[test]
@@ -428,13 +601,18 @@ fn auto_answer_false_waits_for_first_rtp() {
     assert_eq!(kinds(&out), vec![EventKind::MonitorStarted]);
     let rel = fx.st.hear_relation("i").unwrap();
     assert!(rel.legs.contains("sp1"), "the ringing leg exists");
-    assert!(fx.hears("i", "sp1").is_empty(), "no audio before the first RTP");
+    assert!(
+        fx.hears("i", "sp1").is_empty(),
+        "no audio before the first RTP"
+    );
     // First RTP from a call participant is routine.
-    assert!(fx.ok(Command::MediaConnected {
-        interaction_id: "i".into(),
-        participant_id: "a".into(),
-    })
-    .existing);
+    assert!(
+        fx.ok(Command::MediaConnected {
+            interaction_id: "i".into(),
+            participant_id: "a".into(),
+        })
+        .existing
+    );
     let out = fx.ok(Command::MediaConnected {
         interaction_id: "i".into(),
         participant_id: "sp1".into(),
@@ -445,11 +623,13 @@ fn auto_answer_false_waits_for_first_rtp() {
     assert_eq!(fx.supervision("s1").state, SupervisionState::Active);
     assert_eq!(fx.hears("i", "sp1"), v(&["a", "c"]));
     // A second report changes nothing.
-    assert!(fx.ok(Command::MediaConnected {
-        interaction_id: "i".into(),
-        participant_id: "sp1".into(),
-    })
-    .existing);
+    assert!(
+        fx.ok(Command::MediaConnected {
+            interaction_id: "i".into(),
+            participant_id: "sp1".into(),
+        })
+        .existing
+    );
 }
 
 #[test]
@@ -475,7 +655,10 @@ fn media_timeout_of_a_supervisor_ends_its_supervision() {
         interaction_id: "i".into(),
         participant_id: "sp1".into(),
     });
-    assert_eq!(kinds(&out), vec![EventKind::MediaTimeout, EventKind::BargeStopped]);
+    assert_eq!(
+        kinds(&out),
+        vec![EventKind::MediaTimeout, EventKind::BargeStopped]
+    );
     assert_eq!(out.events[1].detail("cause"), Some("MEDIA_TIMEOUT"));
     assert_eq!(fx.supervision("s1").state, SupervisionState::Ended);
     assert!(fx.heard_by("i", "sp1").is_empty());
@@ -491,7 +674,10 @@ fn media_timeout_of_a_call_leg_is_recorded_once_per_outage() {
     };
     let out = fx.ok(timeout());
     assert_eq!(kinds(&out), vec![EventKind::MediaTimeout]);
-    assert!(out.hear_changed.is_empty(), "the call controller decides, not us");
+    assert!(
+        out.hear_changed.is_empty(),
+        "the call controller decides, not us"
+    );
     assert!(fx.ok(timeout()).existing);
     let back = fx.ok(Command::MediaConnected {
         interaction_id: "i".into(),

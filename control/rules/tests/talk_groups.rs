@@ -104,12 +104,21 @@ fn consult_parks_the_customer_and_cancel_brings_the_agent_back() {
     );
     assert_eq!(out.events[0].detail("mode"), Some("CANCEL"));
     assert_eq!(fx.groups("i"), vec![v(&["a", "c"])]);
-    let s = fx.st.interaction("i").unwrap().participant("s").unwrap().state;
+    let s = fx
+        .st
+        .interaction("i")
+        .unwrap()
+        .participant("s")
+        .unwrap()
+        .state;
     assert_eq!(s, ParticipantState::Disconnected);
     assert_eq!(fx.hears("i", "sp1"), v(&["a", "c"]));
     // Retrying the same end is quiet; another mode is refused.
     assert!(fx.ok(end_consult("i", ConsultEnd::Cancel)).existing);
-    fx.refused(end_consult("i", ConsultEnd::Transfer), reason::NO_ACTIVE_CONSULT);
+    fx.refused(
+        end_consult("i", ConsultEnd::Transfer),
+        reason::NO_ACTIVE_CONSULT,
+    );
 }
 
 #[test]
@@ -134,24 +143,39 @@ fn consult_conference_joins_all_three() {
     fx.ok(start_consult("i", "a", specialist("s")));
     fx.ok(end_consult("i", ConsultEnd::Conference));
     assert_eq!(fx.groups("i"), vec![v(&["a", "c", "s"])]);
-    fx.refused(barge("i", "b", "sup1", "sp1", "a"), reason::TARGET_IN_CONFERENCE);
+    fx.refused(
+        barge("i", "b", "sup1", "sp1", "a"),
+        reason::TARGET_IN_CONFERENCE,
+    );
 }
 
 #[test]
 fn consult_refusals() {
     let mut fx = Fx::new();
     fx.call("i");
-    fx.refused(end_consult("i", ConsultEnd::Cancel), reason::NO_ACTIVE_CONSULT);
+    fx.refused(
+        end_consult("i", ConsultEnd::Cancel),
+        reason::NO_ACTIVE_CONSULT,
+    );
     fx.ok(start_consult("i", "a", specialist("s")));
     // Identical retry.
     assert!(fx.ok(start_consult("i", "a", specialist("s"))).existing);
-    fx.refused(start_consult("i", "c", specialist("s2")), reason::CONSULT_ALREADY_ACTIVE);
-    fx.refused(start_consult("i", "a", agent("s")), reason::PARTICIPANT_EXISTS);
+    fx.refused(
+        start_consult("i", "c", specialist("s2")),
+        reason::CONSULT_ALREADY_ACTIVE,
+    );
+    fx.refused(
+        start_consult("i", "a", agent("s")),
+        reason::PARTICIPANT_EXISTS,
+    );
     fx.refused(transfer("i", "a", agent("b")), reason::CONSULT_ACTIVE);
     fx.refused(transfer("i", "s", agent("b")), reason::CONSULT_ACTIVE);
     fx.ok(end_consult("i", ConsultEnd::Cancel));
     fx.ok(hold("i", "a"));
-    fx.refused(start_consult("i", "a", specialist("s3")), reason::PARTICIPANT_ON_HOLD);
+    fx.refused(
+        start_consult("i", "a", specialist("s3")),
+        reason::PARTICIPANT_ON_HOLD,
+    );
 }
 
 #[test]
@@ -184,7 +208,10 @@ fn blind_transfer_replaces_the_agent_and_leaves_it_alone() {
     );
     assert_eq!(fx.groups("i"), vec![v(&["a"]), v(&["b", "c"])]);
     assert!(fx.ok(transfer("i", "a", agent("b"))).existing);
-    fx.refused(transfer("i", "a", customer("b")), reason::PARTICIPANT_EXISTS);
+    fx.refused(
+        transfer("i", "a", customer("b")),
+        reason::PARTICIPANT_EXISTS,
+    );
 }
 
 #[test]
@@ -213,7 +240,10 @@ fn conference_merges_the_named_groups_and_takes_them_off_hold() {
     fx.refused(conference("i", &["c"]), reason::TOO_FEW_PARTICIPANTS);
     fx.refused(conference("i", &["c", "c"]), reason::DUPLICATE_PARTICIPANT);
     fx.ok(monitor("i", "m", "sup1", "sp1", "a"));
-    fx.refused(conference("i", &["c", "sp1"]), reason::PARTICIPANT_IS_SUPERVISOR);
+    fx.refused(
+        conference("i", &["c", "sp1"]),
+        reason::PARTICIPANT_IS_SUPERVISOR,
+    );
 }
 
 #[test]
@@ -247,7 +277,11 @@ fn coach_escalates_to_barge_under_a_new_request_id() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.ok(coach("i", "s1", "sup1", "sp1", "a"));
-    assert_eq!(fx.heard_by("i", "sp1"), v(&["a"]), "only the agent hears the coach");
+    assert_eq!(
+        fx.heard_by("i", "sp1"),
+        v(&["a"]),
+        "only the agent hears the coach"
+    );
     // The escalating request names a new id and another leg id: the supervision keeps
     // its id and its leg, and the new id becomes an alias.
     let out = fx.ok(barge("i", "s2", "sup1", "sp-other", "a"));
@@ -259,7 +293,13 @@ fn coach_escalates_to_barge_under_a_new_request_id() {
     let s = fx.supervision("s2");
     assert_eq!(s.supervision_id, "s1");
     assert_eq!(s.supervisor_participant_id, "sp1");
-    assert!(fx.st.interaction("i").unwrap().participant("sp-other").is_none());
+    assert!(
+        fx.st
+            .interaction("i")
+            .unwrap()
+            .participant("sp-other")
+            .is_none()
+    );
     assert_eq!(fx.heard_by("i", "sp1"), v(&["a", "c"]));
     // The coach slot of the agent is free again.
     fx.ok(coach("i", "s3", "sup2", "sp2", "a"));
@@ -268,7 +308,10 @@ fn coach_escalates_to_barge_under_a_new_request_id() {
     fx.ok(stop("s2"));
     assert_eq!(fx.supervision("s1").state, SupervisionState::Ended);
     // The alias is taken.
-    fx.refused(monitor("i", "s2", "sup3", "sp9", "a"), reason::SUPERVISION_EXISTS);
+    fx.refused(
+        monitor("i", "s2", "sup3", "sp9", "a"),
+        reason::SUPERVISION_EXISTS,
+    );
 }
 
 #[test]
@@ -281,7 +324,10 @@ fn monitor_and_coach_alternate_through_stops_repeatedly() {
         // The same leg id is reused each time.
         fx.ok(monitor("i", &m, "sup1", "sp1", "a"));
         assert!(fx.heard_by("i", "sp1").is_empty());
-        fx.refused(coach("i", &c, "sup1", "sp1", "a"), reason::STOP_CURRENT_FIRST);
+        fx.refused(
+            coach("i", &c, "sup1", "sp1", "a"),
+            reason::STOP_CURRENT_FIRST,
+        );
         fx.ok(stop(&m));
         fx.ok(coach("i", &c, "sup1", "sp1", "a"));
         assert_eq!(fx.heard_by("i", "sp1"), v(&["a"]));
@@ -334,9 +380,11 @@ fn supervisions_follow_their_target_and_end_when_it_leaves() {
             EventKind::CoachStopped
         ]
     );
-    assert!(out.events[1..]
-        .iter()
-        .all(|e| e.detail("cause") == Some("TARGET_LEFT")));
+    assert!(
+        out.events[1..]
+            .iter()
+            .all(|e| e.detail("cause") == Some("TARGET_LEFT"))
+    );
     assert_eq!(fx.supervision("m1").state, SupervisionState::Ended);
     assert_eq!(fx.supervision("m2").state, SupervisionState::Active);
     let rel = fx.st.hear_relation("i").unwrap();
@@ -385,7 +433,10 @@ fn add_participant_alone_or_joining_and_retries() {
     assert_eq!(fx.groups("i"), vec![v(&["a", "c", "y"]), v(&["x"])]);
     assert!(fx.ok(add("i", agent("y"), Some("c"))).existing);
     fx.refused(add("i", customer("y"), None), reason::PARTICIPANT_EXISTS);
-    fx.refused(add("i", agent("z"), Some("nope")), reason::PARTICIPANT_NOT_FOUND);
+    fx.refused(
+        add("i", agent("z"), Some("nope")),
+        reason::PARTICIPANT_NOT_FOUND,
+    );
     let e = fx.refused(
         add(
             "i",
@@ -394,9 +445,17 @@ fn add_participant_alone_or_joining_and_retries() {
         ),
         reason::SUPERVISOR_ROLE_RESERVED,
     );
-    assert_eq!(e.code, ErrorCode::InvalidArgument { field: "participant.role" });
+    assert_eq!(
+        e.code,
+        ErrorCode::InvalidArgument {
+            field: "participant.role"
+        }
+    );
     fx.ok(remove("i", "x"));
-    fx.refused(add("i", agent("z"), Some("x")), reason::PARTICIPANT_NOT_CONNECTED);
+    fx.refused(
+        add("i", agent("z"), Some("x")),
+        reason::PARTICIPANT_NOT_CONNECTED,
+    );
 }
 
 #[test]

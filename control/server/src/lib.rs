@@ -1,7 +1,275 @@
-//! (being written)
+//! # earshot-control: the control sidecar's gRPC server
+//!
+//! The face that orchestration systems see (SPEC sections 2-4). It serves the
+//! `earshot.v1` services `Interactions`, `Supervision`, `Directory` and `Engine`, plus
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), on one tonic server.
+//! Each mutating RPC is validated, applied to the pure rules state machine
+//! (`earshot-rules`), persisted in an embedded redb database, published on
+//! `WatchEvents`, and programmed into the media engine through an
+//! [`EngineApi`](earshot_engine_api::EngineApi): in-process in the all-in-one `earshot`
+//! binary, or over the engine's Unix socket ([`EngineClient`]) in `earshot-control`.
+//!
+//! ## What it deliberately does not do
+//! It holds no media and no rules of its own: who may supervise whom and who hears whom
+//! are decided by `earshot-rules`; packets are the engine's. It serves no metrics, TLS
+//! or authentication yet: [`ServerConfig`] is the place where they will be configured
+//! and [`serve_with_listener`] the place where they will wrap the services.
+//!
+//! ## Contract
+//! - Every refusal is a `tonic::Status` with a `google.rpc.ErrorInfo` (domain
+//!   `earshot`) reason ([`error`]); INVALID_ARGUMENT names the field.
+//! - A reply means the change is durable (fsync'd): a kill -9 afterwards loses nothing.
+//!   The order of rules, store and engine is documented in [`core`].
+//! - Every mutating RPC is idempotent: an identical retry returns the existing object
+//!   and re-programs the engine if an earlier attempt could not.
+//! - On start, and whenever the engine was unreachable, the sidecar reconciles the
+//!   engine with the store: legs keep their local ports across an engine restart.
+//! - Events carry a global sequence number; `WatchEvents` resumes from any retained one
+//!   (the last [`ServerConfig::event_retention`] events).
 #![forbid(unsafe_code)]
-#![allow(missing_docs)]
 
+pub mod clock;
+pub mod convert;
+pub mod core;
+pub mod engine_client;
+pub mod error;
+pub mod media;
+pub mod service;
+pub mod store;
+
+/// Generated protobuf types and tonic stubs of `earshot.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod proto {
     tonic::include_proto!("earshot.v1");
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use earshot_engine_api::EngineApi;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, broadcast};
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::core::{Core, ReconcileReport, Shared};
+pub use crate::engine_client::{EngineClient, EngineClientConfig};
+pub use crate::error::{ApiError, ERROR_DOMAIN};
+
+/// The encoded `FileDescriptorSet` of every `earshot.v1` file, as served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/earshot_descriptor.bin"));
+
+/// The gRPC address used when none is configured: loopback only.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+
+/// How the server runs. Build with [`ServerConfig::new`] and adjust fields; new fields
+/// (TLS, authentication, metrics address) will be added with defaults.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// gRPC listen address. Default [`DEFAULT_GRPC_ADDR`] (loopback: the API has no
+    /// authentication yet).
+    pub grpc_addr: SocketAddr,
+    /// Directory of the redb database. Default `./earshot-data`.
+    pub data_dir: PathBuf,
+    /// Events kept for `WatchEvents` resumption. Default 100,000: at a few events per
+    /// call that is hours of a busy site, far beyond any client's reconnect.
+    pub event_retention: u64,
+    /// Commands between state snapshots. Default 1,000: bounds restart replay time and
+    /// journal size while keeping snapshot writes rare.
+    pub snapshot_every: u64,
+    /// How often the engine is compared with the store and repaired. Default 5 s; after
+    /// a failed engine call the next check runs within `reconcile_retry`.
+    pub reconcile_interval: Duration,
+    /// Delay before re-trying reconciliation after an engine failure. Default 500 ms.
+    pub reconcile_retry: Duration,
+    /// Wall clock for timeline stamps. Default [`SystemClock`].
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServerConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            grpc_addr: DEFAULT_GRPC_ADDR
+                .parse()
+                // A constant literal: parsing cannot fail (checked by a test).
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            data_dir: data_dir.into(),
+            event_retention: 100_000,
+            snapshot_every: 1_000,
+            reconcile_interval: Duration::from_secs(5),
+            reconcile_retry: Duration::from_millis(500),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::new("earshot-data")
+    }
+}
+
+/// Binds `config.grpc_addr` and serves until `shutdown` resolves.
+pub async fn serve(
+    config: ServerConfig,
+    engine: Arc<dyn EngineApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    serve_with_listener(config, listener, engine, shutdown).await
+}
+
+/// Opens the store, reconciles the engine, and serves on `listener` until `shutdown`
+/// resolves; then writes a snapshot.
+pub async fn serve_with_listener(
+    config: ServerConfig,
+    listener: TcpListener,
+    engine: Arc<dyn EngineApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shared = open_shared(&config, engine)?;
+    match shared.reconcile().await {
+        Ok(report) => tracing::info!(?report, "engine reconciled"),
+        Err(e) => {
+            shared.needs_reconcile.store(true, Ordering::Relaxed);
+            tracing::warn!(error = %e.message, "engine not reconciled yet; will retry");
+        }
+    }
+    let events_task = tokio::spawn(run_engine_events(Arc::clone(&shared)));
+    let reconcile_task = tokio::spawn(run_reconciler(
+        Arc::clone(&shared),
+        config.reconcile_interval,
+        config.reconcile_retry,
+    ));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    use proto::directory_server::DirectoryServer;
+    use proto::engine_server::EngineServer;
+    use proto::interactions_server::InteractionsServer;
+    use proto::supervision_server::SupervisionServer;
+    health_reporter
+        .set_serving::<InteractionsServer<service::InteractionsService>>()
+        .await;
+    health_reporter
+        .set_serving::<SupervisionServer<service::SupervisionService>>()
+        .await;
+    health_reporter
+        .set_serving::<DirectoryServer<service::DirectoryService>>()
+        .await;
+    health_reporter
+        .set_serving::<EngineServer<service::EngineService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection v1")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building reflection v1alpha")?;
+
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "gRPC serving");
+    // TLS, authentication and RPC metrics wrap the services here when added.
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(InteractionsServer::new(service::InteractionsService {
+            shared: Arc::clone(&shared),
+        }))
+        .add_service(SupervisionServer::new(service::SupervisionService {
+            shared: Arc::clone(&shared),
+        }))
+        .add_service(DirectoryServer::new(service::DirectoryService {
+            shared: Arc::clone(&shared),
+        }))
+        .add_service(EngineServer::new(service::EngineService {
+            shared: Arc::clone(&shared),
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+
+    events_task.abort();
+    reconcile_task.abort();
+    let _ = events_task.await;
+    let _ = reconcile_task.await;
+    {
+        let mut core = shared.core.lock().await;
+        shared.write_snapshot(&mut core);
+    }
+    result.context("gRPC server")
+}
+
+/// Opens the store and loads the state.
+pub fn open_shared(config: &ServerConfig, engine: Arc<dyn EngineApi>) -> anyhow::Result<Arc<Shared>> {
+    let store = store::Store::open(&config.data_dir, config.event_retention)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let core = Core::load(&store).context("loading the stored state")?;
+    let (events, _) = broadcast::channel(4096);
+    Ok(Arc::new(Shared {
+        core: Mutex::new(core),
+        store: Arc::new(store),
+        engine: core::EngineHandle(engine),
+        clock: Arc::clone(&config.clock),
+        events,
+        snapshot_every: config.snapshot_every.max(1),
+        needs_reconcile: AtomicBool::new(false),
+    }))
+}
+
+/// Feeds engine events into the rules until the engine's event stream ends.
+async fn run_engine_events(shared: Arc<Shared>) {
+    while let Some(event) = shared.engine.0.next_event().await {
+        if let Err(e) = shared.handle_engine_event(event.clone()).await {
+            // Stale events (a leg removed meanwhile) are refused by the rules; harmless.
+            tracing::debug!(?event, error = %e.message, "engine event not applied");
+        }
+    }
+}
+
+/// Reconciles every `interval`, and every `retry` while the engine is failing.
+async fn run_reconciler(shared: Arc<Shared>, interval: Duration, retry: Duration) {
+    let mut since_ms: u128 = 0;
+    loop {
+        tokio::time::sleep(retry).await;
+        since_ms += retry.as_millis();
+        if !shared.needs_reconcile.load(Ordering::Relaxed) && since_ms < interval.as_millis() {
+            continue;
+        }
+        since_ms = 0;
+        match shared.reconcile().await {
+            Ok(report) if report != ReconcileReport::default() => {
+                tracing::info!(?report, "engine repaired");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e.message, "reconcile failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_grpc_address_is_loopback_50051() {
+        let parsed: SocketAddr = DEFAULT_GRPC_ADDR.parse().unwrap();
+        assert!(parsed.ip().is_loopback());
+        assert_eq!(ServerConfig::default().grpc_addr, parsed);
+    }
 }

@@ -332,6 +332,15 @@ impl Store {
             .map_or(1, |v| v.value()))
     }
 
+    /// The sequence number the next event will get.
+    pub fn next_sequence(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx
+            .open_table(META)?
+            .get(NEXT_SEQUENCE)?
+            .map_or(1, |v| v.value()))
+    }
+
     /// Every event of one interaction, in order.
     pub fn timeline(&self, interaction_id: &str) -> Result<Vec<EventRecord>, StoreError> {
         let tx = self.db.begin_read()?;

@@ -231,7 +231,10 @@ impl Fx {
     }
 
     pub fn supervision(&self, sid: &str) -> Supervision {
-        self.st.supervision(sid).expect("supervision exists").clone()
+        self.st
+            .supervision(sid)
+            .expect("supervision exists")
+            .clone()
     }
 }
 

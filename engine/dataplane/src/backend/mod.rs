@@ -160,10 +160,17 @@ impl Factory {
     fn open_kind(&mut self, kind: crate::config::BackendKind, _i: usize) -> io::Result<Box<dyn Backend>> {
         use crate::config::BackendKind;
         match kind {
-            // TEMP(lead): wired once the io helper's backends land.
-            BackendKind::IoUring | BackendKind::Socket => {
-                Err(io::Error::new(io::ErrorKind::Unsupported, "not wired yet"))
-            }
+            BackendKind::IoUring => Ok(Box::new(uring::UringBackend::new(uring::UringConfig {
+                bind_v4: self.cfg.bind_v4,
+                bind_v6: self.cfg.bind_v6,
+                ..uring::UringConfig::default()
+            })?)),
+            BackendKind::Socket => Ok(Box::new(socket::SocketBackend::new(socket::SocketConfig {
+                bind_v4: self.cfg.bind_v4,
+                bind_v6: self.cfg.bind_v6,
+                batch: self.cfg.recv_batch,
+                ..socket::SocketConfig::default()
+            })?)),
             BackendKind::AfXdp => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the AF_XDP backend is not built into this engine yet",

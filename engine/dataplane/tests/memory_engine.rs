@@ -1,0 +1,136 @@
+//! The whole engine (threads, command queues, acknowledgements) on the in-memory backend:
+//! a barge session forwards nothing and mixes everything; a monitor session forwards.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use earshot_engine::backend::memory::{MemDatagram, MemoryBackend, MemoryNet};
+use earshot_engine::config::{BackendKind, EngineConfig};
+use earshot_engine::engine::Engine;
+use earshot_engine::server::block_on;
+use earshot_engine_api::{
+    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
+};
+
+fn start() -> (Engine, MemoryNet) {
+    let cfg = EngineConfig { backend: BackendKind::Memory, pin: false, seed: 7, ..EngineConfig::default() };
+    let net: Arc<Mutex<Option<MemoryNet>>> = Arc::default();
+    let slot = net.clone();
+    let engine = Engine::start(&cfg, move |_| {
+        let (b, n) = MemoryBackend::new(8192, false);
+        *slot.lock().unwrap() = Some(n);
+        Ok(Box::new(b))
+    })
+    .unwrap();
+    let n = net.lock().unwrap().take().unwrap();
+    (engine, n)
+}
+
+fn call(engine: &Engine, r: Request) -> Result<Response, EngineError> {
+    block_on(engine.handle().request(r))
+}
+
+fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
+    let Response::Leg(info) = call(engine, Request::AllocateLeg {
+        session: "call-1".into(),
+        leg_key: key.into(),
+        family: Family::V4,
+        requested_port: None,
+        rtcp_mux: true,
+    })
+    .unwrap() else {
+        panic!("not a leg")
+    };
+    let media = MediaConfig {
+        remote: Some(peer),
+        codec: CodecName::Pcmu,
+        payload_type: 0,
+        ptime_ms: 20,
+        telephone_event_pt: Some(101),
+        rtcp_mux: true,
+        report_first_packet: false,
+    };
+    call(engine, Request::ConfigureLeg { leg: info.leg, media }).unwrap();
+    (info.leg, info.local.port())
+}
+
+fn rtp(seq: u16, ts: u32, ssrc: u32, byte: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend(std::iter::repeat_n(byte, 160));
+    p
+}
+
+#[test]
+fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
+    let (engine, net) = start();
+    let pc: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let pa: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+    let ps: SocketAddr = "10.0.0.3:4000".parse().unwrap();
+    let (c, c_port) = leg(&engine, "customer", pc);
+    let (a, a_port) = leg(&engine, "agent", pa);
+    let (s, _s_port) = leg(&engine, "supervisor", ps);
+    let (c2, _) = leg(&engine, "customer", pc);
+    assert_eq!(c, c2, "allocating the same key again returns the same leg");
+    let e = |listener, source| Edge { listener, source, gain: 4096 };
+    let plan = SessionPlan {
+        session: "call-1".into(),
+        edges: vec![e(c, a), e(a, c), e(s, c), e(s, a)],
+        no_dtmf: vec![s],
+    };
+    assert_eq!(call(&engine, Request::SetSessionPlan(plan)).unwrap(), Response::Done);
+    // The customer talks: the agent must get the very same payload, re-stamped.
+    for i in 0..5u16 {
+        net.inject(MemDatagram { engine_port: c_port, peer: pc, payload: rtp(i, u32::from(i) * 160, 0xC, 0x55) })
+            .unwrap();
+    }
+    let mut to_agent = 0;
+    #[allow(clippy::disallowed_methods)] // A real-thread test bounds its wait in real time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    #[allow(clippy::disallowed_methods)]
+    while to_agent < 5 && std::time::Instant::now() < deadline {
+        if let Some(d) = net.take_sent() {
+            if d.peer == pa {
+                assert_eq!(d.engine_port, a_port);
+                assert_eq!(&d.payload[12..], &[0x55; 160][..], "forwarded, not re-encoded");
+                to_agent += 1;
+            }
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    assert_eq!(to_agent, 5);
+    let Response::Stats(stats) = call(&engine, Request::Stats).unwrap() else { panic!() };
+    assert_eq!(stats.shards[0].legs, 3);
+    assert!(stats.shards[0].packets_in >= 5);
+    call(&engine, Request::RemoveSession { session: "call-1".into() }).unwrap();
+    let Response::Snapshot(snap) = call(&engine, Request::Snapshot).unwrap() else { panic!() };
+    assert!(snap.legs.is_empty());
+    engine.shutdown();
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let (engine, _net) = start();
+    let err = call(&engine, Request::AllocateLeg {
+        session: "bad key!".into(),
+        leg_key: "x".into(),
+        family: Family::V4,
+        requested_port: None,
+        rtcp_mux: false,
+    })
+    .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "session"), "{err:?}");
+    let err = call(&engine, Request::AllocateLeg {
+        session: "s".into(),
+        leg_key: "x".into(),
+        family: Family::V6,
+        requested_port: None,
+        rtcp_mux: false,
+    })
+    .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "family"), "{err:?}");
+    engine.shutdown();
+}
