@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use earshot_engine_api::{
-    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Family, Gain, LegInfo, Request,
+    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Gain, LegInfo, Request,
     Response, SessionPlan,
 };
 use earshot_rules::{
@@ -274,14 +274,15 @@ impl Shared {
     async fn allocate(
         &self,
         key: &LegKey,
-        family: Family,
+        media: &MediaSpec,
         requested_port: Option<u16>,
     ) -> Result<LegInfo, ApiError> {
         let request = |requested_port| Request::AllocateLeg {
             session: key.0.clone(),
             leg_key: key.1.clone(),
-            family,
+            family: media.family(),
             requested_port,
+            rtcp_mux: media.rtcp_mux,
         };
         let first = self.call(request(requested_port)).await;
         let response = match first {
@@ -376,7 +377,7 @@ impl Shared {
                 Some(r) => r.clone(),
                 None => {
                     let info = self
-                        .allocate(&key, media.family(), wanted_ports.get(&key).copied())
+                        .allocate(&key, &media, wanted_ports.get(&key).copied())
                         .await?;
                     LegRecord {
                         leg: info.leg,
@@ -594,7 +595,7 @@ impl Shared {
             },
             EngineEvent::RemoteLatched { .. } => return Ok(()),
         };
-        self.mutate(command, None, |_| Ok(Vec::new())).await?;
+        drop(self.mutate(command, None, |_| Ok(Vec::new())).await?);
         Ok(())
     }
 }

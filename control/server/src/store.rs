@@ -27,7 +27,7 @@ use std::path::Path;
 
 use earshot_engine_api::{LegId, MediaConfig};
 use earshot_rules::{Actor, Command, Event, EventKind, State};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::media::MediaSpec;

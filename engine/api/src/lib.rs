@@ -60,7 +60,13 @@ impl LegId {
 
 impl fmt::Debug for LegId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "leg{}.{}.{}", self.shard(), self.slot(), self.generation())
+        write!(
+            f,
+            "leg{}.{}.{}",
+            self.shard(),
+            self.slot(),
+            self.generation()
+        )
     }
 }
 

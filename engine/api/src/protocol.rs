@@ -70,7 +70,10 @@ pub enum ServerFrame {
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, value: &T) -> io::Result<()> {
     let body = serde_json::to_vec(value).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let len = u32::try_from(body.len()).map_err(io::Error::other)?;
     w.write_all(&len.to_be_bytes())?;
@@ -88,7 +91,10 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Resul
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
@@ -105,7 +111,10 @@ mod tests {
     #[test]
     fn frames_round_trip_and_oversize_lengths_are_refused() {
         let mut buf = Vec::new();
-        let call = ClientFrame::Call { id: 7, request: Request::RemoveLeg { leg: LegId(5) } };
+        let call = ClientFrame::Call {
+            id: 7,
+            request: Request::RemoveLeg { leg: LegId(5) },
+        };
         write_frame(&mut buf, &call).unwrap();
         let back: ClientFrame = read_frame(&mut buf.as_slice()).unwrap().unwrap();
         assert_eq!(back, call);

@@ -23,7 +23,10 @@ impl Clock {
             .unwrap_or_default();
         const NTP_UNIX_OFFSET_S: u64 = 2_208_988_800;
         let frac = (u64::from(unix.subsec_nanos()) << 32) / 1_000_000_000;
-        Clock { epoch, ntp_epoch: ((unix.as_secs() + NTP_UNIX_OFFSET_S) << 32) | frac }
+        Clock {
+            epoch,
+            ntp_epoch: ((unix.as_secs() + NTP_UNIX_OFFSET_S) << 32) | frac,
+        }
     }
 
     /// Now, on the engine's timeline.

@@ -121,8 +121,10 @@ pub struct ConfigError {
 impl EngineConfig {
     /// Reads a TOML file; unknown fields are errors.
     pub fn from_toml(text: &str) -> Result<EngineConfig, ConfigError> {
-        let cfg: EngineConfig =
-            toml::from_str(text).map_err(|e| ConfigError { field: "file", message: e.to_string() })?;
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| ConfigError {
+            field: "file",
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -134,35 +136,69 @@ impl EngineConfig {
             return err("shards", format!("{} is not in 1..=256", self.shards));
         }
         if !self.cores.is_empty() && self.cores.len() < self.shards {
-            return err("cores", format!("{} cores listed for {} shards", self.cores.len(), self.shards));
+            return err(
+                "cores",
+                format!(
+                    "{} cores listed for {} shards",
+                    self.cores.len(),
+                    self.shards
+                ),
+            );
         }
         if !self.ports_per_shard.is_power_of_two() || self.ports_per_shard < 4 {
-            return err("ports_per_shard", format!("{} is not a power of two >= 4", self.ports_per_shard));
+            return err(
+                "ports_per_shard",
+                format!("{} is not a power of two >= 4", self.ports_per_shard),
+            );
         }
         if u32::from(self.port_base) % self.ports_per_shard != 0 {
             return err(
                 "port_base",
-                format!("{} is not aligned to ports_per_shard {}", self.port_base, self.ports_per_shard),
+                format!(
+                    "{} is not aligned to ports_per_shard {}",
+                    self.port_base, self.ports_per_shard
+                ),
             );
         }
         let end = u32::from(self.port_base) + self.ports_per_shard * self.shards as u32;
         if end > 65_536 || self.port_base < 1024 {
-            return err("port_base", format!("ranges {}..{end} leave 1024..=65535", self.port_base));
+            return err(
+                "port_base",
+                format!("ranges {}..{end} leave 1024..=65535", self.port_base),
+            );
         }
         if self.bind_v4.is_none() && self.bind_v6.is_none() {
-            return err("bind_v4", "at least one of bind_v4 and bind_v6 is needed".into());
+            return err(
+                "bind_v4",
+                "at least one of bind_v4 and bind_v6 is needed".into(),
+            );
         }
-        if self.jitter_min_ms == 0 || self.jitter_min_ms > self.jitter_max_ms || self.jitter_max_ms > 1000 {
-            return err("jitter_min_ms", format!("need 0 < min {} <= max {} <= 1000", self.jitter_min_ms, self.jitter_max_ms));
+        if self.jitter_min_ms == 0
+            || self.jitter_min_ms > self.jitter_max_ms
+            || self.jitter_max_ms > 1000
+        {
+            return err(
+                "jitter_min_ms",
+                format!(
+                    "need 0 < min {} <= max {} <= 1000",
+                    self.jitter_min_ms, self.jitter_max_ms
+                ),
+            );
         }
         if self.max_legs_per_shard == 0 || self.max_sessions_per_shard == 0 {
             return err("max_legs_per_shard", "capacities must be positive".into());
         }
         if self.backend == BackendKind::AfXdp && self.interface.is_none() {
-            return err("interface", "backend = \"af_xdp\" needs an interface".into());
+            return err(
+                "interface",
+                "backend = \"af_xdp\" needs an interface".into(),
+            );
         }
         if self.recv_batch == 0 || self.commands_per_iteration == 0 || self.command_queue == 0 {
-            return err("recv_batch", "batch sizes and queue lengths must be positive".into());
+            return err(
+                "recv_batch",
+                "batch sizes and queue lengths must be positive".into(),
+            );
         }
         Ok(())
     }
@@ -188,7 +224,10 @@ mod tests {
         let c = EngineConfig::default();
         c.validate().unwrap();
         assert_eq!(c.shard_port_first(0), 32768);
-        let c2 = EngineConfig { shards: 2, ..EngineConfig::default() };
+        let c2 = EngineConfig {
+            shards: 2,
+            ..EngineConfig::default()
+        };
         c2.validate().unwrap();
         assert_eq!(c2.shard_port_first(1), 49152);
         assert_eq!(c2.shard_port_count(1), 16384);

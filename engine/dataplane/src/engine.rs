@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_queue::ArrayQueue;
 use earshot_engine_api::{
-    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Request,
-    Response, ShardStats,
+    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Request, Response,
+    ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::Duration;
@@ -65,7 +65,8 @@ impl Engine {
         cfg: &EngineConfig,
         mut make_backend: impl FnMut(usize) -> io::Result<Box<dyn Backend>>,
     ) -> io::Result<Engine> {
-        cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let kernels = MixKernels::detect();
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
@@ -116,25 +117,30 @@ impl Engine {
         let (event_tx, event_rx) = futures_channel::mpsc::unbounded();
         {
             let (events, stop) = (events.clone(), stop.clone());
-            threads.push(std::thread::Builder::new().name("earshot-events".into()).spawn(
-                move || {
-                    while !stop.load(Ordering::Acquire) {
-                        while let Some(e) = events.pop() {
-                            if event_tx.unbounded_send(e).is_err() {
-                                return;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("earshot-events".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Acquire) {
+                            while let Some(e) = events.pop() {
+                                if event_tx.unbounded_send(e).is_err() {
+                                    return;
+                                }
                             }
+                            std::thread::park_timeout(std::time::Duration::from_millis(2));
                         }
-                        std::thread::park_timeout(std::time::Duration::from_millis(2));
-                    }
-                },
-            )?);
+                    })?,
+            );
         }
         let handle = Arc::new(EngineHandle {
             event_rx: Mutex::new(event_rx),
             queues,
             events,
             stop,
-            placement: Mutex::new(Placement { by_session: HashMap::new(), per_shard: vec![0; cfg.shards] }),
+            placement: Mutex::new(Placement {
+                by_session: HashMap::new(),
+                per_shard: vec![0; cfg.shards],
+            }),
             backend_name,
         });
         Ok(Engine { handle, threads })
@@ -190,9 +196,12 @@ impl EngineHandle {
             .ok_or_else(|| EngineError::NotFound(format!("shard {shard}")))?;
         let (tx, rx) = oneshot::channel();
         if queue.push(Envelope { cmd, reply: tx }).is_err() {
-            return Err(EngineError::ResourceExhausted(format!("shard {shard} command queue full")));
+            return Err(EngineError::ResourceExhausted(format!(
+                "shard {shard} command queue full"
+            )));
         }
-        rx.await.map_err(|_| EngineError::Unavailable(format!("shard {shard} stopped")))?
+        rx.await
+            .map_err(|_| EngineError::Unavailable(format!("shard {shard} stopped")))?
     }
 
     /// Chooses the shard of a session: where it already is, else the least loaded.
@@ -202,7 +211,12 @@ impl EngineHandle {
         if let Some(&s) = p.by_session.get(session) {
             return usize::from(s);
         }
-        let (best, _) = p.per_shard.iter().enumerate().min_by_key(|(_, n)| **n).unwrap_or((0, &0));
+        let (best, _) = p
+            .per_shard
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| **n)
+            .unwrap_or((0, &0));
         p.per_shard[best] += 1;
         p.by_session.insert(session.to_string(), best as u16);
         best
@@ -223,32 +237,47 @@ impl EngineHandle {
     /// Applies one request.
     pub async fn request(&self, req: Request) -> Result<Response, EngineError> {
         match req {
-            Request::AllocateLeg { session, leg_key, family, requested_port, rtcp_mux } => {
+            Request::AllocateLeg {
+                session,
+                leg_key,
+                family,
+                requested_port,
+                rtcp_mux,
+            } => {
                 validate_key("session", &session)?;
                 validate_key("leg_key", &leg_key)?;
                 let shard = self.place(&session);
                 let r = self
-                    .send(shard, ShardCommand::AllocateLeg {
-                        session: session.clone(),
-                        leg_key,
-                        family,
-                        requested_port,
-                        rtcp_mux,
-                    })
+                    .send(
+                        shard,
+                        ShardCommand::AllocateLeg {
+                            session: session.clone(),
+                            leg_key,
+                            family,
+                            requested_port,
+                            rtcp_mux,
+                        },
+                    )
                     .await;
                 if r.is_err() {
                     // Forget a placement that holds nothing (a refused first leg).
-                    let snap = self.send(shard, ShardCommand::Snapshot(EngineSnapshot::default())).await;
-                    if let Ok(Response::Snapshot(s)) = snap {
-                        if !s.legs.iter().any(|l| l.session == session) {
-                            self.forget(&session);
-                        }
+                    let snap = self
+                        .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
+                        .await;
+                    if let Ok(Response::Snapshot(s)) = snap
+                        && !s.legs.iter().any(|l| l.session == session)
+                    {
+                        self.forget(&session);
                     }
                 }
                 r
             }
             Request::ConfigureLeg { leg, media } => {
-                self.send(usize::from(leg.shard()), ShardCommand::ConfigureLeg { leg, media }).await
+                self.send(
+                    usize::from(leg.shard()),
+                    ShardCommand::ConfigureLeg { leg, media },
+                )
+                .await
             }
             Request::SetSessionPlan(plan) => {
                 let shard = self
@@ -260,21 +289,30 @@ impl EngineHandle {
                 if usize::from(leg.shard()) >= self.queues.len() {
                     return Ok(Response::Done);
                 }
-                self.send(usize::from(leg.shard()), ShardCommand::RemoveLeg { leg }).await
+                self.send(usize::from(leg.shard()), ShardCommand::RemoveLeg { leg })
+                    .await
             }
             Request::RemoveSession { session } => {
                 let Some(shard) = self.shard_of_session(&session) else {
                     return Ok(Response::Done);
                 };
-                let r = self.send(shard, ShardCommand::RemoveSession { session: session.clone() }).await;
+                let r = self
+                    .send(
+                        shard,
+                        ShardCommand::RemoveSession {
+                            session: session.clone(),
+                        },
+                    )
+                    .await;
                 self.forget(&session);
                 r
             }
             Request::Snapshot => {
                 let mut all = EngineSnapshot::default();
                 for shard in 0..self.queues.len() {
-                    if let Response::Snapshot(s) =
-                        self.send(shard, ShardCommand::Snapshot(EngineSnapshot::default())).await?
+                    if let Response::Snapshot(s) = self
+                        .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
+                        .await?
                     {
                         all.legs.extend(s.legs);
                         all.plans.extend(s.plans);
@@ -283,10 +321,14 @@ impl EngineHandle {
                 Ok(Response::Snapshot(all))
             }
             Request::Stats => {
-                let mut all = EngineStats { backend: self.backend_name.clone(), shards: Vec::new() };
+                let mut all = EngineStats {
+                    backend: self.backend_name.clone(),
+                    shards: Vec::new(),
+                };
                 for shard in 0..self.queues.len() {
-                    if let Response::Stats(s) =
-                        self.send(shard, ShardCommand::Stats(ShardStats::default())).await?
+                    if let Response::Stats(s) = self
+                        .send(shard, ShardCommand::Stats(ShardStats::default()))
+                        .await?
                     {
                         all.shards.extend(s.shards);
                     }
@@ -315,7 +357,9 @@ impl EngineApi for EngineHandle {
 pub fn validate_key(field: &str, key: &str) -> Result<(), EngineError> {
     let ok = !key.is_empty()
         && key.len() <= 128
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -340,5 +384,7 @@ fn os_seed() -> u64 {
 
 fn getrandom(buf: &mut [u8]) -> bool {
     use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).is_ok()
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_ok()
 }

@@ -69,8 +69,13 @@ pub fn run(
             let _ = env.reply.send(result);
         }
         let received = {
-            let mut handler = ShardHandler { shard: &mut shard, now };
-            backend.poll_recv(params.recv_batch, &mut handler).unwrap_or(0)
+            let mut handler = ShardHandler {
+                shard: &mut shard,
+                now,
+            };
+            backend
+                .poll_recv(params.recv_batch, &mut handler)
+                .unwrap_or(0)
         };
         let now = clock.now();
         if shard.poll_deadline().is_some_and(|d| d <= now) {
@@ -88,6 +93,8 @@ pub fn run(
     }
     // Acknowledge what is still queued so no caller waits forever.
     while let Some(env) = queue.pop() {
-        let _ = env.reply.send(Err(EngineError::Unavailable("engine stopped".into())));
+        let _ = env
+            .reply
+            .send(Err(EngineError::Unavailable("engine stopped".into())));
     }
 }

@@ -42,38 +42,47 @@ impl SocketServer {
         let events_to: Writer = Arc::new(Mutex::new(None));
         {
             let (engine, events_to, stop) = (engine.clone(), events_to.clone(), stop.clone());
-            thread::Builder::new().name("earshot-api-events".into()).spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    let Some(ev) = block_on(engine.next_event()) else { return };
-                    let mut w = events_to.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(s) = w.as_mut() {
-                        if write_frame(s, &ServerFrame::Event(ev)).is_err() {
+            thread::Builder::new()
+                .name("earshot-api-events".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let Some(ev) = block_on(engine.next_event()) else {
+                            return;
+                        };
+                        let mut w = events_to.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(s) = w.as_mut()
+                            && write_frame(s, &ServerFrame::Event(ev)).is_err()
+                        {
                             *w = None;
                         }
                     }
-                }
-            })?;
+                })?;
         }
         {
             let stop = stop.clone();
-            thread::Builder::new().name("earshot-api".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::Acquire) {
-                        return;
+            thread::Builder::new()
+                .name("earshot-api".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let Ok(conn) = conn else { continue };
+                        let (engine, events_to) = (engine.clone(), events_to.clone());
+                        let _ = thread::Builder::new()
+                            .name("earshot-api-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = serve_connection(conn, &engine, &events_to) {
+                                    eprintln!("earshot-engine: API connection ended: {e}");
+                                }
+                            });
                     }
-                    let Ok(conn) = conn else { continue };
-                    let (engine, events_to) = (engine.clone(), events_to.clone());
-                    let _ = thread::Builder::new()
-                        .name("earshot-api-conn".into())
-                        .spawn(move || {
-                            if let Err(e) = serve_connection(conn, &engine, &events_to) {
-                                eprintln!("earshot-engine: API connection ended: {e}");
-                            }
-                        });
-                }
-            })?;
+                })?;
         }
-        Ok(SocketServer { path: path.to_path_buf(), stop })
+        Ok(SocketServer {
+            path: path.to_path_buf(),
+            stop,
+        })
     }
 }
 
@@ -89,7 +98,9 @@ impl Drop for SocketServer {
 fn serve_connection(conn: UnixStream, engine: &EngineHandle, events_to: &Writer) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let writer: Writer = Arc::new(Mutex::new(Some(conn.try_clone()?)));
-    let Some(hello): Option<Hello> = read_frame(&mut reader)? else { return Ok(()) };
+    let Some(hello): Option<Hello> = read_frame(&mut reader)? else {
+        return Ok(());
+    };
     let mut w = conn;
     write_frame(&mut w, &Hello::current())?;
     if hello.protocol != "earshot-engine" || hello.version != PROTOCOL_VERSION {

@@ -19,6 +19,14 @@
 //! session's tick pulls a frame from each, mixes, encodes and sends. A session in which
 //! nobody mixes is never ticked: monitoring adds nothing to the primary call's path.
 
+// Index loops walk parallel per-leg arrays (legs, formats, plan outputs) by leg index,
+// which reads better than zipped iterators; nested `if`s keep the borrow scopes obvious.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::collapsible_if,
+    clippy::collapsible_match
+)]
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -34,7 +42,9 @@ use earshot_media::plan::{HearMatrix, LegFormat, OutputPlan, SessionPlan};
 use earshot_media::rng::SeedRng;
 use earshot_media::stream::OutputStream;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc};
+use earshot_media::{
+    Codec, Gain, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc,
+};
 
 use crate::backend::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use crate::rtp::{self, RtpView};
@@ -169,13 +179,24 @@ pub struct Shard {
 
 impl Shard {
     /// Builds a shard with all its tables allocated.
-    pub fn new(cfg: ShardConfig, kernels: MixKernels, events: Arc<ArrayQueue<EngineEvent>>) -> Shard {
-        assert!(cfg.port_first % 2 == 0, "port ranges start on an even port");
-        assert!(cfg.port_count >= 2 && cfg.port_count % 2 == 0, "port ranges hold pairs");
+    pub fn new(
+        cfg: ShardConfig,
+        kernels: MixKernels,
+        events: Arc<ArrayQueue<EngineEvent>>,
+    ) -> Shard {
+        assert!(
+            cfg.port_first.is_multiple_of(2),
+            "port ranges start on an even port"
+        );
+        assert!(
+            cfg.port_count >= 2 && cfg.port_count.is_multiple_of(2),
+            "port ranges hold pairs"
+        );
         let max_legs = cfg.max_legs as usize;
         let max_sessions = cfg.max_sessions as usize;
-        let mut free_ports: Vec<u16> =
-            (0..cfg.port_count / 2).map(|i| cfg.port_first + 2 * i).collect();
+        let mut free_ports: Vec<u16> = (0..cfg.port_count / 2)
+            .map(|i| cfg.port_first + 2 * i)
+            .collect();
         free_ports.reverse(); // Hand out the lowest port first.
         Shard {
             legs: (0..max_legs).map(|_| None).collect(),
@@ -232,10 +253,24 @@ impl Shard {
         cmd: ShardCommand,
     ) -> Result<Response, EngineError> {
         match cmd {
-            ShardCommand::AllocateLeg { session, leg_key, family, requested_port, rtcp_mux } => {
-                self.allocate_leg(now, backend, session, leg_key, family, requested_port, rtcp_mux)
+            ShardCommand::AllocateLeg {
+                session,
+                leg_key,
+                family,
+                requested_port,
+                rtcp_mux,
+            } => self.allocate_leg(
+                now,
+                backend,
+                session,
+                leg_key,
+                family,
+                requested_port,
+                rtcp_mux,
+            ),
+            ShardCommand::ConfigureLeg { leg, media } => {
+                self.configure_leg(now, backend, leg, media)
             }
-            ShardCommand::ConfigureLeg { leg, media } => self.configure_leg(now, backend, leg, media),
             ShardCommand::SetSessionPlan(plan) => self.set_plan(now, plan),
             ShardCommand::RemoveLeg { leg } => {
                 self.remove_leg(now, backend, leg);
@@ -266,6 +301,7 @@ impl Shard {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // The fields of one request, unpacked.
     fn allocate_leg(
         &mut self,
         now: Instant,
@@ -303,7 +339,9 @@ impl Shard {
         let port = self.take_port(requested_port, rtcp_mux)?;
         let Some(slot) = self.free_legs.pop() else {
             self.give_port(port, rtcp_mux);
-            return Err(EngineError::ResourceExhausted("no free leg slot on this shard".into()));
+            return Err(EngineError::ResourceExhausted(
+                "no free leg slot on this shard".into(),
+            ));
         };
         let sess_slot = match existing_session {
             Some(s) => s,
@@ -324,14 +362,19 @@ impl Shard {
             if existing_session.is_none() {
                 self.free_sessions.push(sess_slot);
             }
-            return Err(EngineError::Internal(format!("cannot open port {port}: {e}")));
+            return Err(EngineError::Internal(format!(
+                "cannot open port {port}: {e}"
+            )));
         }
         if existing_session.is_none() {
             self.sessions[sess_slot as usize] = Some(Session {
                 key: session.clone(),
                 legs: [NO_SLOT; MAX_SESSION_LEGS],
                 len: 0,
-                api_plan: ApiPlan { session: session.clone(), ..ApiPlan::default() },
+                api_plan: ApiPlan {
+                    session: session.clone(),
+                    ..ApiPlan::default()
+                },
                 plan: SessionPlan::build(&HearMatrix::new(0), &[]),
                 no_dtmf: 0,
                 matrix: HearMatrix::new(0),
@@ -395,7 +438,9 @@ impl Shard {
         let ssrc = Ssrc(self.rng.next_u32());
         let first_seq = SeqNo(self.rng.next_u32() as u16);
         let first_ts = RtpTs(self.rng.next_u32());
-        let leg = self.legs[slot as usize].as_mut().expect("resolved slot holds a leg");
+        let leg = self.legs[slot as usize]
+            .as_mut()
+            .expect("resolved slot holds a leg");
         let (port, family) = (leg.port, leg.family);
         // Reconfiguring keeps the output stream (and so its SSRC and sequence space) when
         // the format is unchanged, so that a retry or a remote change does not reset it.
@@ -498,12 +543,18 @@ impl Shard {
         let n = sess.len;
         let mut matrix = HearMatrix::new(n);
         let mut no_dtmf = 0u16;
-        let mut formats = [LegFormat { codec: Codec::Pcmu, ptime_ms: 20 }; MAX_SESSION_LEGS];
+        let mut formats = [LegFormat {
+            codec: Codec::Pcmu,
+            ptime_ms: 20,
+        }; MAX_SESSION_LEGS];
         let mut configured = [false; MAX_SESSION_LEGS];
         for i in 0..n {
             let leg = self.leg(sess.legs[i]);
             if let Some(m) = &leg.media {
-                formats[i] = LegFormat { codec: m.codec, ptime_ms: m.ptime_ms };
+                formats[i] = LegFormat {
+                    codec: m.codec,
+                    ptime_ms: m.ptime_ms,
+                };
                 configured[i] = true;
             }
             if sess.api_plan.no_dtmf.contains(&leg.id) {
@@ -557,7 +608,8 @@ impl Shard {
         let tick_ms = if tick_ms == 0 { 20 } else { tick_ms };
         // Staggering: a session's ticks fall at a phase derived from its slot, spreading
         // sessions evenly over the period instead of bursting every 20 ms.
-        let phase_ns = (u64::from(s).wrapping_mul(7_919) * 250_000) % (u64::from(tick_ms) * 1_000_000);
+        let phase_ns =
+            (u64::from(s).wrapping_mul(7_919) * 250_000) % (u64::from(tick_ms) * 1_000_000);
         let sess = self.session_mut(s);
         sess.matrix = matrix;
         sess.plan = plan;
@@ -615,13 +667,18 @@ impl Shard {
                 return Ok(self.free_singles.swap_remove(pos));
             }
             let base = p & !1;
-            let pos = self.free_ports.iter().position(|&f| f == base).ok_or_else(refuse)?;
+            let pos = self
+                .free_ports
+                .iter()
+                .position(|&f| f == base)
+                .ok_or_else(refuse)?;
             if !mux && p != base {
                 return Err(refuse());
             }
             self.free_ports.remove(pos);
             if mux {
-                self.free_singles.push(if p == base { base + 1 } else { base });
+                self.free_singles
+                    .push(if p == base { base + 1 } else { base });
             }
             return Ok(p);
         }
@@ -653,7 +710,9 @@ impl Shard {
 
     fn remove_leg(&mut self, now: Instant, backend: &mut dyn Backend, id: LegId) {
         let Ok(slot) = self.resolve(id) else { return };
-        let Some(leg) = self.legs[slot as usize].take() else { return };
+        let Some(leg) = self.legs[slot as usize].take() else {
+            return;
+        };
         backend.close_port(leg.port);
         if leg.rtcp_open {
             backend.close_port(leg.port + 1);
@@ -671,7 +730,9 @@ impl Shard {
         sess.legs.copy_within(idx + 1..sess.len, idx);
         sess.len -= 1;
         sess.legs[sess.len] = NO_SLOT;
-        sess.api_plan.edges.retain(|e| e.listener != id && e.source != id);
+        sess.api_plan
+            .edges
+            .retain(|e| e.listener != id && e.source != id);
         sess.api_plan.no_dtmf.retain(|&l| l != id);
         let remaining = sess.legs;
         let len = sess.len;
@@ -709,7 +770,9 @@ impl Shard {
             Some(&slot) if slot != NO_SLOT => slot,
             _ => return self.counters.drop(DropReason::UnknownPort),
         };
-        let leg = self.legs[slot as usize].as_mut().expect("port table names live legs");
+        let leg = self.legs[slot as usize]
+            .as_mut()
+            .expect("port table names live legs");
         let is_rtcp_port = leg.paired && d.local_port != leg.port;
         let Some(media) = leg.media.as_ref() else {
             return self.counters.drop(DropReason::UnconfiguredLeg);
@@ -723,10 +786,17 @@ impl Shard {
             Err(reason) => return self.counters.drop(reason),
         };
         // Symmetric RTP: latch the first valid source, then refuse every other one.
-        let leg = self.legs[slot as usize].as_mut().expect("port table names live legs");
+        let leg = self.legs[slot as usize]
+            .as_mut()
+            .expect("port table names live legs");
         match leg.remote {
             Some(r) if r != d.remote => {
-                if leg.latched || leg.media.as_ref().is_some_and(|m| m.config.remote.is_some()) {
+                if leg.latched
+                    || leg
+                        .media
+                        .as_ref()
+                        .is_some_and(|m| m.config.remote.is_some())
+                {
                     return self.counters.drop(DropReason::WrongSource);
                 }
             }
@@ -744,12 +814,17 @@ impl Shard {
         if leg.remote.is_none() {
             leg.remote = Some(d.remote);
             leg.latched = true;
-            let ev = EngineEvent::RemoteLatched { leg: leg.id, remote: d.remote };
+            let ev = EngineEvent::RemoteLatched {
+                leg: leg.id,
+                remote: d.remote,
+            };
             if self.events.push(ev).is_err() {
                 self.counters.events_lost += 1;
             }
         }
-        let leg = self.legs[slot as usize].as_mut().expect("port table names live legs");
+        let leg = self.legs[slot as usize]
+            .as_mut()
+            .expect("port table names live legs");
         leg.last_rx = now;
         leg.timed_out = false;
         if !leg.first_packet_seen {
@@ -808,10 +883,19 @@ impl Shard {
         packet: &[u8],
         tx: &mut dyn TxSink,
     ) {
-        let leg = self.legs[listener as usize].as_mut().expect("session legs are live");
-        let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else { return };
-        let Some(stamp) = m.out.forward(now, Ssrc(view.ssrc), SeqNo(view.seq), RtpTs(view.ts), view.marker)
-        else {
+        let leg = self.legs[listener as usize]
+            .as_mut()
+            .expect("session legs are live");
+        let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else {
+            return;
+        };
+        let Some(stamp) = m.out.forward(
+            now,
+            Ssrc(view.ssrc),
+            SeqNo(view.seq),
+            RtpTs(view.ts),
+            view.marker,
+        ) else {
             return;
         };
         m.mixed_active = false;
@@ -839,11 +923,16 @@ impl Shard {
         let sess = self.session(s);
         let (legs, n, no_dtmf) = (sess.legs, sess.len, sess.no_dtmf);
         for l in 0..n {
-            if l == src || no_dtmf & (1 << l) != 0 || self.session(s).matrix.gain(l, src).is_mute() {
+            if l == src || no_dtmf & (1 << l) != 0 || self.session(s).matrix.gain(l, src).is_mute()
+            {
                 continue;
             }
-            let leg = self.legs[legs[l] as usize].as_mut().expect("session legs are live");
-            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else { continue };
+            let leg = self.legs[legs[l] as usize]
+                .as_mut()
+                .expect("session legs are live");
+            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else {
+                continue;
+            };
             let Some(te_pt) = m.te_pt else { continue };
             // An event keeps one timestamp for all its packets; map the source's event
             // timestamp to one in the output's space, chosen when the event starts.
@@ -859,7 +948,14 @@ impl Shard {
             let stamp = m.out.event(out_ts, view.marker);
             let payload = view.payload(packet);
             let sent = tx.send_with(leg.port, remote, &mut |buf| {
-                let h = rtp::write_header(buf, te_pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
+                let h = rtp::write_header(
+                    buf,
+                    te_pt,
+                    stamp.marker,
+                    stamp.seq.0,
+                    stamp.ts.0,
+                    stamp.ssrc.0,
+                );
                 buf[h..h + payload.len()].copy_from_slice(payload);
                 h + payload.len()
             });
@@ -920,7 +1016,9 @@ impl Shard {
                     let c = &mut self.counters;
                     c.ticks += 1;
                     let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
-                    let _ = c.tick_processing_ns.record(end.saturating_since(start).as_nanos().max(1));
+                    let _ = c
+                        .tick_processing_ns
+                        .record(end.saturating_since(start).as_nanos().max(1));
                     if lateness > self.cfg.late_tick_threshold {
                         c.late_ticks += 1;
                     }
@@ -959,7 +1057,9 @@ impl Shard {
     }
 
     fn schedule(&mut self, s: u32) {
-        let sess = self.sessions[s as usize].as_mut().expect("scheduling a live session");
+        let sess = self.sessions[s as usize]
+            .as_mut()
+            .expect("scheduling a live session");
         let slot = ((sess.next_tick.as_nanos() / WHEEL_SLOT_NS) % WHEEL_SLOTS as u64) as usize;
         sess.wheel_next = self.wheel[slot];
         sess.scheduled = true;
@@ -1001,7 +1101,10 @@ impl Shard {
                 continue;
             }
             let scratch = &mut self.scratch;
-            let Some(m) = self.legs[legs[i] as usize].as_mut().and_then(|l| l.media.as_mut()) else {
+            let Some(m) = self.legs[legs[i] as usize]
+                .as_mut()
+                .and_then(|l| l.media.as_mut())
+            else {
                 continue;
             };
             while m.in_len < tick {
@@ -1013,14 +1116,21 @@ impl Shard {
         }
         // 2. Outputs: mix one tick for each mixed listener; send full frames.
         for l in 0..n {
-            let OutputPlan::Mix(_) = self.session(s).plan.output(l) else { continue };
+            let OutputPlan::Mix(_) = self.session(s).plan.output(l) else {
+                continue;
+            };
             let mut inputs: [&[i16]; MAX_SESSION_LEGS] = [&[]; MAX_SESSION_LEGS];
             let mut gains = [Gain::MUTE; MAX_SESSION_LEGS];
             let mut k = 0;
-            let sess = self.sessions[s as usize].as_ref().expect("ticking a live session");
+            let sess = self.sessions[s as usize]
+                .as_ref()
+                .expect("ticking a live session");
             if let OutputPlan::Mix(sources) = sess.plan.output(l) {
                 for &earshot_media::plan::MixSource { source: src, gain } in sources.as_slice() {
-                    if let Some(m) = self.legs[legs[src] as usize].as_ref().and_then(|x| x.media.as_ref()) {
+                    if let Some(m) = self.legs[legs[src] as usize]
+                        .as_ref()
+                        .and_then(|x| x.media.as_ref())
+                    {
                         inputs[k] = &m.in_pcm[..tick];
                         gains[k] = gain;
                         k += 1;
@@ -1032,10 +1142,14 @@ impl Shard {
             // written through a split borrow below.
             let mut chunk = [0i16; MAX_FRAME_SAMPLES];
             mix(&mut chunk[..tick], &inputs[..k], &gains[..k]);
-            let leg = self.legs[legs[l] as usize].as_mut().expect("session legs are live");
+            let leg = self.legs[legs[l] as usize]
+                .as_mut()
+                .expect("session legs are live");
             let port = leg.port;
             let remote = leg.remote;
-            let Some(m) = leg.media.as_mut() else { continue };
+            let Some(m) = leg.media.as_mut() else {
+                continue;
+            };
             let fs = m.frame_samples;
             if m.out_len + tick > fs {
                 m.out_len = 0; // ptime changed under us; restart the frame.
@@ -1053,7 +1167,8 @@ impl Shard {
             let (codec, pt) = (m.codec, m.payload_type);
             let pcm = &m.out_pcm[..fs];
             let sent = tx.send_with(port, remote, &mut |buf| {
-                let h = rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
+                let h =
+                    rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
                 g711::encode(codec, pcm, &mut buf[h..h + fs]);
                 h + fs
             });
@@ -1061,7 +1176,10 @@ impl Shard {
         }
         // 3. Consume the tick from every input.
         for i in 0..n {
-            if let Some(m) = self.legs[legs[i] as usize].as_mut().and_then(|l| l.media.as_mut()) {
+            if let Some(m) = self.legs[legs[i] as usize]
+                .as_mut()
+                .and_then(|l| l.media.as_mut())
+            {
                 if m.in_len >= tick {
                     m.in_pcm.copy_within(tick..m.in_len, 0);
                     m.in_len -= tick;
@@ -1078,7 +1196,9 @@ impl Shard {
             let slot = self.timeout_sweep;
             self.timeout_sweep = (self.timeout_sweep + 1) % max;
             let timeout = self.cfg.media_timeout;
-            let Some(leg) = self.legs[slot as usize].as_mut() else { continue };
+            let Some(leg) = self.legs[slot as usize].as_mut() else {
+                continue;
+            };
             if leg.media.is_none() || leg.timed_out || now.saturating_since(leg.last_rx) < timeout {
                 continue;
             }
@@ -1117,14 +1237,19 @@ impl Shard {
         for sess in self.sessions.iter().flatten() {
             if sess.mixing {
                 mixed += 1;
-            } else if (0..sess.len).any(|l| matches!(sess.plan.output(l), OutputPlan::Forward { .. })) {
+            } else if (0..sess.len)
+                .any(|l| matches!(sess.plan.output(l), OutputPlan::Forward { .. }))
+            {
                 fwd += 1;
             } else {
                 silent += 1;
             }
         }
-        s.sessions_by_mode =
-            vec![("forward_only".into(), fwd), ("mixed".into(), mixed), ("silent".into(), silent)];
+        s.sessions_by_mode = vec![
+            ("forward_only".into(), fwd),
+            ("mixed".into(), mixed),
+            ("silent".into(), silent),
+        ];
         self.counters.fill(s);
     }
 
@@ -1150,8 +1275,14 @@ impl Shard {
         let slot = id.slot();
         let ok = id.shard() == self.cfg.index
             && (slot as usize) < self.legs.len()
-            && self.legs[slot as usize].as_ref().is_some_and(|l| l.id == id);
-        if ok { Ok(slot) } else { Err(EngineError::NotFound(format!("leg {id}"))) }
+            && self.legs[slot as usize]
+                .as_ref()
+                .is_some_and(|l| l.id == id);
+        if ok {
+            Ok(slot)
+        } else {
+            Err(EngineError::NotFound(format!("leg {id}")))
+        }
     }
 
     fn index_in(&self, s: u32, id: LegId) -> Option<usize> {
@@ -1161,19 +1292,27 @@ impl Shard {
     }
 
     fn leg(&self, slot: u32) -> &Leg {
-        self.legs[slot as usize].as_ref().expect("slot holds a live leg")
+        self.legs[slot as usize]
+            .as_ref()
+            .expect("slot holds a live leg")
     }
 
     fn leg_mut(&mut self, slot: u32) -> &mut Leg {
-        self.legs[slot as usize].as_mut().expect("slot holds a live leg")
+        self.legs[slot as usize]
+            .as_mut()
+            .expect("slot holds a live leg")
     }
 
     fn session(&self, s: u32) -> &Session {
-        self.sessions[s as usize].as_ref().expect("slot holds a live session")
+        self.sessions[s as usize]
+            .as_ref()
+            .expect("slot holds a live session")
     }
 
     fn session_mut(&mut self, s: u32) -> &mut Session {
-        self.sessions[s as usize].as_mut().expect("slot holds a live session")
+        self.sessions[s as usize]
+            .as_mut()
+            .expect("slot holds a live session")
     }
 }
 
@@ -1221,21 +1360,36 @@ pub enum ShardCommand {
 /// Validates a leg's media configuration; names the offending field.
 pub fn validate_media(m: &MediaConfig) -> Result<(), EngineError> {
     let bad = |field: &str, message: String| {
-        Err(EngineError::InvalidArgument { field: field.into(), message })
+        Err(EngineError::InvalidArgument {
+            field: field.into(),
+            message,
+        })
     };
     if !earshot_media::PTIMES_MS.contains(&m.ptime_ms) {
-        return bad("ptime_ms", format!("{} is not one of 10, 20, 30, 40, 60", m.ptime_ms));
+        return bad(
+            "ptime_ms",
+            format!("{} is not one of 10, 20, 30, 40, 60", m.ptime_ms),
+        );
     }
     if m.payload_type > 127 {
-        return bad("payload_type", format!("{} is not a 7-bit payload type", m.payload_type));
+        return bad(
+            "payload_type",
+            format!("{} is not a 7-bit payload type", m.payload_type),
+        );
     }
     if let Some(te) = m.telephone_event_pt {
         if te > 127 || te == m.payload_type || te == PayloadType::CN.0 {
-            return bad("telephone_event_pt", format!("{te} clashes or is not a 7-bit payload type"));
+            return bad(
+                "telephone_event_pt",
+                format!("{te} clashes or is not a 7-bit payload type"),
+            );
         }
     }
     if (72..=95).contains(&m.payload_type) {
-        return bad("payload_type", format!("{} collides with RTCP packet types", m.payload_type));
+        return bad(
+            "payload_type",
+            format!("{} collides with RTCP packet types", m.payload_type),
+        );
     }
     Ok(())
 }

@@ -100,7 +100,11 @@ impl Counters {
         s.bytes_in = self.bytes_in;
         s.packets_out = self.packets_out;
         s.bytes_out = self.bytes_out;
-        s.drops = DROP_REASONS.iter().zip(self.drops).map(|(r, n)| ((*r).to_string(), n)).collect();
+        s.drops = DROP_REASONS
+            .iter()
+            .zip(self.drops)
+            .map(|(r, n)| ((*r).to_string(), n))
+            .collect();
         s.ticks = self.ticks;
         s.late_ticks = self.late_ticks;
         s.tick_processing_us = percentiles_us(&self.tick_processing_ns);

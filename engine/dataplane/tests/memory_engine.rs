@@ -13,7 +13,12 @@ use earshot_engine_api::{
 };
 
 fn start() -> (Engine, MemoryNet) {
-    let cfg = EngineConfig { backend: BackendKind::Memory, pin: false, seed: 7, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        backend: BackendKind::Memory,
+        pin: false,
+        seed: 7,
+        ..EngineConfig::default()
+    };
     let net: Arc<Mutex<Option<MemoryNet>>> = Arc::default();
     let slot = net.clone();
     let engine = Engine::start(&cfg, move |_| {
@@ -31,13 +36,16 @@ fn call(engine: &Engine, r: Request) -> Result<Response, EngineError> {
 }
 
 fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
-    let Response::Leg(info) = call(engine, Request::AllocateLeg {
-        session: "call-1".into(),
-        leg_key: key.into(),
-        family: Family::V4,
-        requested_port: None,
-        rtcp_mux: true,
-    })
+    let Response::Leg(info) = call(
+        engine,
+        Request::AllocateLeg {
+            session: "call-1".into(),
+            leg_key: key.into(),
+            family: Family::V4,
+            requested_port: None,
+            rtcp_mux: true,
+        },
+    )
     .unwrap() else {
         panic!("not a leg")
     };
@@ -50,7 +58,14 @@ fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
         rtcp_mux: true,
         report_first_packet: false,
     };
-    call(engine, Request::ConfigureLeg { leg: info.leg, media }).unwrap();
+    call(
+        engine,
+        Request::ConfigureLeg {
+            leg: info.leg,
+            media,
+        },
+    )
+    .unwrap();
     (info.leg, info.local.port())
 }
 
@@ -74,17 +89,28 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
     let (s, _s_port) = leg(&engine, "supervisor", ps);
     let (c2, _) = leg(&engine, "customer", pc);
     assert_eq!(c, c2, "allocating the same key again returns the same leg");
-    let e = |listener, source| Edge { listener, source, gain: 4096 };
+    let e = |listener, source| Edge {
+        listener,
+        source,
+        gain: 4096,
+    };
     let plan = SessionPlan {
         session: "call-1".into(),
         edges: vec![e(c, a), e(a, c), e(s, c), e(s, a)],
         no_dtmf: vec![s],
     };
-    assert_eq!(call(&engine, Request::SetSessionPlan(plan)).unwrap(), Response::Done);
+    assert_eq!(
+        call(&engine, Request::SetSessionPlan(plan)).unwrap(),
+        Response::Done
+    );
     // The customer talks: the agent must get the very same payload, re-stamped.
     for i in 0..5u16 {
-        net.inject(MemDatagram { engine_port: c_port, peer: pc, payload: rtp(i, u32::from(i) * 160, 0xC, 0x55) })
-            .unwrap();
+        net.inject(MemDatagram {
+            engine_port: c_port,
+            peer: pc,
+            payload: rtp(i, u32::from(i) * 160, 0xC, 0x55),
+        })
+        .unwrap();
     }
     let mut to_agent = 0;
     #[allow(clippy::disallowed_methods)] // A real-thread test bounds its wait in real time.
@@ -94,7 +120,11 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
         if let Some(d) = net.take_sent() {
             if d.peer == pa {
                 assert_eq!(d.engine_port, a_port);
-                assert_eq!(&d.payload[12..], &[0x55; 160][..], "forwarded, not re-encoded");
+                assert_eq!(
+                    &d.payload[12..],
+                    &[0x55; 160][..],
+                    "forwarded, not re-encoded"
+                );
                 to_agent += 1;
             }
         } else {
@@ -102,11 +132,21 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
         }
     }
     assert_eq!(to_agent, 5);
-    let Response::Stats(stats) = call(&engine, Request::Stats).unwrap() else { panic!() };
+    let Response::Stats(stats) = call(&engine, Request::Stats).unwrap() else {
+        panic!()
+    };
     assert_eq!(stats.shards[0].legs, 3);
     assert!(stats.shards[0].packets_in >= 5);
-    call(&engine, Request::RemoveSession { session: "call-1".into() }).unwrap();
-    let Response::Snapshot(snap) = call(&engine, Request::Snapshot).unwrap() else { panic!() };
+    call(
+        &engine,
+        Request::RemoveSession {
+            session: "call-1".into(),
+        },
+    )
+    .unwrap();
+    let Response::Snapshot(snap) = call(&engine, Request::Snapshot).unwrap() else {
+        panic!()
+    };
     assert!(snap.legs.is_empty());
     engine.shutdown();
 }
@@ -114,23 +154,35 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
 #[test]
 fn bad_requests_name_the_field() {
     let (engine, _net) = start();
-    let err = call(&engine, Request::AllocateLeg {
-        session: "bad key!".into(),
-        leg_key: "x".into(),
-        family: Family::V4,
-        requested_port: None,
-        rtcp_mux: false,
-    })
+    let err = call(
+        &engine,
+        Request::AllocateLeg {
+            session: "bad key!".into(),
+            leg_key: "x".into(),
+            family: Family::V4,
+            requested_port: None,
+            rtcp_mux: false,
+        },
+    )
     .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "session"), "{err:?}");
-    let err = call(&engine, Request::AllocateLeg {
-        session: "s".into(),
-        leg_key: "x".into(),
-        family: Family::V6,
-        requested_port: None,
-        rtcp_mux: false,
-    })
+    assert!(
+        matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "session"),
+        "{err:?}"
+    );
+    let err = call(
+        &engine,
+        Request::AllocateLeg {
+            session: "s".into(),
+            leg_key: "x".into(),
+            family: Family::V6,
+            requested_port: None,
+            rtcp_mux: false,
+        },
+    )
     .unwrap_err();
-    assert!(matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "family"), "{err:?}");
+    assert!(
+        matches!(err, EngineError::InvalidArgument { ref field, .. } if field == "family"),
+        "{err:?}"
+    );
     engine.shutdown();
 }

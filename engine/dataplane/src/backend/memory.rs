@@ -89,7 +89,11 @@ impl TxSink for MemTx {
         }
         // The in-memory network allocates per datagram: it is a test harness, not the
         // packet path of a production backend.
-        let d = MemDatagram { engine_port: src_port, peer: dst, payload: self.buf[..len].to_vec() };
+        let d = MemDatagram {
+            engine_port: src_port,
+            peer: dst,
+            payload: self.buf[..len].to_vec(),
+        };
         if self.outbound.push(d).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -113,7 +117,13 @@ impl MemoryBackend {
             buf: Box::new([0; MAX_UDP_PAYLOAD]),
             sent: 0,
         };
-        let b = MemoryBackend { net: net.clone(), discard_sends, sent: 0, open: vec![false; 65_536], tx };
+        let b = MemoryBackend {
+            net: net.clone(),
+            discard_sends,
+            sent: 0,
+            open: vec![false; 65_536],
+            tx,
+        };
         (b, net)
     }
 
@@ -136,7 +146,10 @@ impl Backend for MemoryBackend {
     fn open_port(&mut self, port: u16, _family: Family) -> io::Result<()> {
         let slot = &mut self.open[usize::from(port)];
         if *slot {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("port {port} in use")));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("port {port} in use"),
+            ));
         }
         *slot = true;
         Ok(())
@@ -149,13 +162,19 @@ impl Backend for MemoryBackend {
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize> {
         let mut n = 0;
         while n < max {
-            let Some(d) = self.net.inbound.pop() else { break };
+            let Some(d) = self.net.inbound.pop() else {
+                break;
+            };
             n += 1;
             if !self.open[usize::from(d.engine_port)] {
                 // A closed port: the kernel would have answered with ICMP; we drop.
                 continue;
             }
-            let dgram = Datagram { local_port: d.engine_port, remote: d.peer, payload: &d.payload };
+            let dgram = Datagram {
+                local_port: d.engine_port,
+                remote: d.peer,
+                payload: &d.payload,
+            };
             handler.handle_datagram(dgram, &mut self.tx);
         }
         Ok(n)

@@ -119,7 +119,10 @@ pub struct Factory {
 impl Factory {
     /// A factory for `cfg`'s backend.
     pub fn new(cfg: &crate::config::EngineConfig) -> io::Result<Factory> {
-        Ok(Factory { cfg: cfg.clone(), chosen: None })
+        Ok(Factory {
+            cfg: cfg.clone(),
+            chosen: None,
+        })
     }
 
     /// Opens shard `i`'s backend.
@@ -130,7 +133,11 @@ impl Factory {
         }
         let order: &[BackendKind] = match self.cfg.backend {
             BackendKind::Auto => &[BackendKind::IoUring, BackendKind::Socket],
-            BackendKind::AfXdp => &[BackendKind::AfXdp, BackendKind::IoUring, BackendKind::Socket],
+            BackendKind::AfXdp => &[
+                BackendKind::AfXdp,
+                BackendKind::IoUring,
+                BackendKind::Socket,
+            ],
             BackendKind::IoUring => &[BackendKind::IoUring, BackendKind::Socket],
             BackendKind::Socket => &[BackendKind::Socket],
             BackendKind::Memory => &[BackendKind::Memory],
@@ -148,7 +155,9 @@ impl Factory {
                         return Err(io::Error::new(e.kind(), format!("backend {kind:?}: {e}")));
                     }
                     if let Some(next) = order.get(n + 1) {
-                        eprintln!("earshot-engine: backend {kind:?} unavailable ({e}); falling back to {next:?}");
+                        eprintln!(
+                            "earshot-engine: backend {kind:?} unavailable ({e}); falling back to {next:?}"
+                        );
                     }
                     last_err = Some(e);
                 }
@@ -157,7 +166,11 @@ impl Factory {
         Err(last_err.unwrap_or_else(|| io::Error::other("no backend available")))
     }
 
-    fn open_kind(&mut self, kind: crate::config::BackendKind, _i: usize) -> io::Result<Box<dyn Backend>> {
+    fn open_kind(
+        &mut self,
+        kind: crate::config::BackendKind,
+        _i: usize,
+    ) -> io::Result<Box<dyn Backend>> {
         use crate::config::BackendKind;
         match kind {
             BackendKind::IoUring => Ok(Box::new(uring::UringBackend::new(uring::UringConfig {
@@ -165,12 +178,14 @@ impl Factory {
                 bind_v6: self.cfg.bind_v6,
                 ..uring::UringConfig::default()
             })?)),
-            BackendKind::Socket => Ok(Box::new(socket::SocketBackend::new(socket::SocketConfig {
-                bind_v4: self.cfg.bind_v4,
-                bind_v6: self.cfg.bind_v6,
-                batch: self.cfg.recv_batch,
-                ..socket::SocketConfig::default()
-            })?)),
+            BackendKind::Socket => Ok(Box::new(socket::SocketBackend::new(
+                socket::SocketConfig {
+                    bind_v4: self.cfg.bind_v4,
+                    bind_v6: self.cfg.bind_v6,
+                    batch: self.cfg.recv_batch,
+                    ..socket::SocketConfig::default()
+                },
+            )?)),
             BackendKind::AfXdp => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "the AF_XDP backend is not built into this engine yet",

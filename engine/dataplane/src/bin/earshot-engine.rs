@@ -58,7 +58,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut cfg = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             EngineConfig::from_toml(&text)?
         }
         None => EngineConfig::default(),
@@ -94,7 +95,10 @@ fn main() -> anyhow::Result<()> {
         cfg.pin = false;
     }
     cfg.validate()?;
-    anyhow::ensure!(cfg.backend != BackendKind::Memory, "backend = \"memory\" is for tests only");
+    anyhow::ensure!(
+        cfg.backend != BackendKind::Memory,
+        "backend = \"memory\" is for tests only"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
