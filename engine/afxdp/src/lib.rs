@@ -47,4 +47,4 @@ pub use program::{
     AttachMode, AttachedMode, MAX_ADDRS, MAX_PORT_RANGES, XdpCounters, XdpFilter, XdpProgram,
 };
 #[cfg(target_os = "linux")]
-pub use xsk::{BindMode, XskConfig, XskMode, XskSocket, XskStats};
+pub use xsk::{BindMode, XskConfig, XskMode, XskSocket, XskStats, XskTx};

@@ -734,7 +734,8 @@ mod tests {
                 priority: 0,
             });
         }
-        snap.routes.sort_by_key(|r| core::cmp::Reverse(r.prefix_len));
+        snap.routes
+            .sort_by_key(|r| core::cmp::Reverse(r.prefix_len));
         let oif = |a: &str| snap.route(a.parse().unwrap()).map(|r| r.oif);
         assert_eq!(oif("10.1.2.3"), Some(3));
         assert_eq!(oif("10.2.2.3"), Some(2));

@@ -117,6 +117,9 @@ pub struct XskStats {
 enum FrameState {
     /// RX frame, with the kernel (fill ring or RX ring).
     Kernel,
+    /// RX frame taken off the RX ring and lent to a `recv_batch` callback; back to the
+    /// fill ring (Kernel) when the batch ends.
+    Lent,
     /// TX frame on the free stack.
     Free,
     /// TX frame written, waiting for `flush` to put it on the TX ring.
@@ -184,6 +187,8 @@ pub struct XskSocket {
     state: Box<[FrameState]>,
     free_tx: Vec<u32>,
     pending_tx: Vec<XdpDesc>,
+    /// Descriptors of the receive batch in progress, sized to the RX ring at open.
+    rx_batch: Vec<XdpDesc>,
     stats: XskStats,
     rx: RingRx,
     tx: RingTx,
@@ -319,6 +324,7 @@ impl XskSocket {
             state: Box::default(),
             free_tx,
             pending_tx: Vec::with_capacity(cfg.tx_ring_size as usize),
+            rx_batch: Vec::with_capacity(cfg.rx_ring_size as usize),
             stats: XskStats::default(),
             rx,
             tx,
@@ -379,69 +385,101 @@ impl XskSocket {
     /// Receives up to `max` frames, calling `f` with each Ethernet frame in place, then
     /// returns them all to the fill ring. Returns the number received.
     pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        self.recv_batch_with_tx(max, |frame, _tx| f(frame))
+    }
+
+    /// Like [`XskSocket::recv_batch`], but also lends `f` an [`XskTx`] so it can build
+    /// frames to send (a reply, a forward) while the received frame is still in place:
+    /// received frames and transmit frames are disjoint parts of the UMEM, so no copy is
+    /// needed between them. At most the RX ring size is taken per call.
+    pub fn recv_batch_with_tx(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&[u8], &mut XskTx<'_>),
+    ) -> usize {
+        let max = max.min(self.rx_batch.capacity());
         let frame_size = u64::from(self.frame_size);
-        let mut received = 0usize;
-        let mut bad = 0u64;
+        // 1. Take the descriptors off the RX ring (into a buffer sized at open), so that
+        //    no ring borrow is alive while `f` sends.
+        self.rx_batch.clear();
         {
-            let mut rx = self.rx.receive(max);
-            // Every frame taken from RX goes back to fill in the same batch, and the fill
-            // ring holds all RX frames, so reserving as many fill slots as RX gave us
-            // always succeeds.
-            let mut fill = self.device.fill(rx.capacity());
-            let mut refill = core::iter::from_fn(|| {
-                let desc = rx.read()?;
-                let Some(idx) = usize::try_from(desc.addr / frame_size)
-                    .ok()
-                    .filter(|&i| i < self.state.len())
-                else {
-                    bad += 1;
-                    return Some(None);
-                };
-                if self.state[idx] != FrameState::Kernel {
-                    bad += 1;
-                    return Some(None);
-                }
-                let offset = (desc.addr % frame_size) as usize;
-                let len = desc.len as usize;
-                if offset + len > self.frame_size as usize {
-                    bad += 1;
-                    return Some(Some(idx as u64 * frame_size));
-                }
-                let chunk = self
-                    .umem
-                    .frame(xdpilone::BufIdx(idx as u32))
-                    .map(|c| c.addr);
-                if let Some(addr) = chunk {
-                    // SAFETY: the frame is in RX state: the kernel wrote it and released it
-                    // to us through the RX ring (acquire ordering in `receive`); it will not
-                    // touch it again until we put it back on the fill ring below, after `f`
-                    // returns. offset + len <= frame_size was checked above, so the slice
-                    // stays inside this frame of the mapping.
-                    let bytes = unsafe {
-                        core::slice::from_raw_parts(
-                            addr.as_ptr().cast::<u8>().add(offset).cast_const(),
-                            len,
-                        )
-                    };
-                    f(bytes);
-                    received += 1;
-                }
-                Some(Some(idx as u64 * frame_size))
-            })
-            .flatten();
-            let refilled = fill.insert(&mut refill);
-            drop(refill);
-            fill.commit();
+            // max <= rx_batch capacity = RX ring size (a u32).
+            let mut rx = self.rx.receive(max as u32);
+            while let Some(desc) = rx.read() {
+                self.rx_batch.push(desc);
+            }
             rx.release();
-            debug_assert!(refilled as usize >= received);
         }
+        // 2. Lend each frame in place. A descriptor that does not match our records is
+        //    counted and never touched (its addr is poisoned so step 3 skips it).
+        let mut received = 0usize;
+        for i in 0..self.rx_batch.len() {
+            let desc = self.rx_batch[i];
+            let idx = match self.frame_index(desc.addr) {
+                Some(idx) if self.state[idx] == FrameState::Kernel => idx,
+                _ => {
+                    self.stats.bad_descriptors += 1;
+                    self.rx_batch[i].addr = u64::MAX;
+                    continue;
+                }
+            };
+            self.state[idx] = FrameState::Lent;
+            let offset = (desc.addr % frame_size) as usize;
+            let len = desc.len as usize;
+            if offset + len > self.frame_size as usize {
+                self.stats.bad_descriptors += 1;
+                continue;
+            }
+            // idx < frame_count (a u32) by frame_index.
+            let Some(chunk) = self.umem.frame(xdpilone::BufIdx(idx as u32)) else {
+                self.stats.bad_descriptors += 1;
+                continue;
+            };
+            // SAFETY: the frame is Lent: the kernel wrote it and released it to us through
+            // the RX ring (acquire ordering in `receive`) and gets it back only in step 3,
+            // after `f` returns. offset + len <= frame_size was checked above, so the slice
+            // stays inside this frame. No other slice of this frame exists: `XskTx` only
+            // writes Free TX frames, and the slice does not outlive this iteration (`f` is
+            // generic over the slice's lifetime).
+            let bytes = unsafe {
+                core::slice::from_raw_parts(
+                    chunk.addr.as_ptr().cast::<u8>().add(offset).cast_const(),
+                    len,
+                )
+            };
+            f(bytes, &mut XskTx { sock: self });
+            received += 1;
+        }
+        // 3. Every lent frame goes back to the fill ring. The fill ring holds all RX
+        //    frames, so it always has room for the ones we took.
+        let mut refilled = 0u32;
+        {
+            let count = u32::try_from(self.rx_batch.len()).unwrap_or(u32::MAX);
+            let mut fill = self.device.fill(count);
+            let state = &mut self.state;
+            refilled += fill.insert(self.rx_batch.iter().filter_map(|desc| {
+                let idx = usize::try_from(desc.addr / frame_size).ok()?;
+                match state.get_mut(idx) {
+                    Some(s @ FrameState::Lent) => {
+                        *s = FrameState::Kernel;
+                        Some(idx as u64 * frame_size)
+                    }
+                    _ => None,
+                }
+            }));
+            fill.commit();
+        }
+        debug_assert!(refilled as usize >= received);
         self.stats.rx_frames += received as u64;
-        self.stats.bad_descriptors += bad;
         if self.device.needs_wakeup() {
             self.device.wake();
         }
         received
+    }
+
+    /// A transmit handle outside a receive batch (ticks): the same [`XskTx::send_with`].
+    pub fn tx_handle(&mut self) -> XskTx<'_> {
+        XskTx { sock: self }
     }
 
     /// Builds one frame in a free UMEM frame: `build` gets up to `max_len` bytes (bounded by
@@ -534,6 +572,25 @@ impl XskSocket {
         done.release();
     }
 
+    /// Blocks up to `timeout` (nanosecond precision, ppoll) until RX has frames. A shard
+    /// sleeping until its next tick needs better than the millisecond of `poll`.
+    pub fn wait_readable_for(&self, timeout: core::time::Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            // subsec_nanos < 1e9 always fits.
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one valid pollfd, count 1; a valid timespec; a null signal mask means
+        // the thread's mask is left as it is (plain poll semantics).
+        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, core::ptr::null()) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
     /// Blocks up to `timeout_ms` until RX has frames (for an idle loop; 0 polls).
     pub fn wait_readable(&self, timeout_ms: i32) -> bool {
         let mut pfd = libc::pollfd {
@@ -572,13 +629,40 @@ impl XskSocket {
         let mut census = (0, 0, 0, 0);
         for s in self.state.iter() {
             match s {
-                FrameState::Kernel => census.0 += 1,
+                FrameState::Kernel | FrameState::Lent => census.0 += 1,
                 FrameState::Free => census.1 += 1,
                 FrameState::Pending => census.2 += 1,
                 FrameState::InTx => census.3 += 1,
             }
         }
         census
+    }
+}
+
+/// The transmit side of an [`XskSocket`], lent by [`XskSocket::recv_batch_with_tx`] while
+/// a received frame is in place (or taken with [`XskSocket::tx_handle`]). It can only
+/// write free TX frames, never the RX frames being read.
+pub struct XskTx<'a> {
+    sock: &'a mut XskSocket,
+}
+
+impl core::fmt::Debug for XskTx<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XskTx")
+            .field("queue_id", &self.sock.queue_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskTx<'_> {
+    /// [`XskSocket::send_with`]: builds one frame in a free UMEM frame.
+    pub fn send_with(&mut self, max_len: usize, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.sock.send_with(max_len, build)
+    }
+
+    /// Largest frame `send_with` can build.
+    pub fn frame_capacity(&self) -> usize {
+        self.sock.frame_capacity()
     }
 }
 

@@ -608,8 +608,9 @@ impl Shard {
         let tick_ms = if tick_ms == 0 { 20 } else { tick_ms };
         // Staggering: a session's ticks fall at a phase derived from its slot, spreading
         // sessions evenly over the period instead of bursting every 20 ms.
-        let phase_ns =
-            (u64::from(s).wrapping_mul(7_919) * 250_000) % (u64::from(tick_ms) * 1_000_000);
+        // Phases are whole wheel slots, so that a tick's deadline is the start of its slot
+        // and the shard wakes exactly when it is due.
+        let phase_ns = (u64::from(s).wrapping_mul(7_919) % u64::from(tick_ms)) * WHEEL_SLOT_NS;
         let sess = self.session_mut(s);
         sess.matrix = matrix;
         sess.plan = plan;

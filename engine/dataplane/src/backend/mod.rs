@@ -22,6 +22,8 @@ use std::net::SocketAddr;
 use earshot_engine_api::Family;
 use earshot_types::time::Instant;
 
+#[cfg(target_os = "linux")]
+pub mod af_xdp;
 pub mod memory;
 pub mod socket;
 mod sys;
@@ -114,6 +116,10 @@ pub fn parse_kind(name: &str) -> io::Result<crate::config::BackendKind> {
 pub struct Factory {
     cfg: crate::config::EngineConfig,
     chosen: Option<crate::config::BackendKind>,
+    /// The XDP program, neighbour table and handover queues the AF_XDP shards share;
+    /// dropping the factory (after the engine) detaches the program.
+    #[cfg(target_os = "linux")]
+    af_xdp: Option<af_xdp::AfXdpShared>,
 }
 
 impl Factory {
@@ -122,6 +128,8 @@ impl Factory {
         Ok(Factory {
             cfg: cfg.clone(),
             chosen: None,
+            #[cfg(target_os = "linux")]
+            af_xdp: None,
         })
     }
 
@@ -169,7 +177,7 @@ impl Factory {
     fn open_kind(
         &mut self,
         kind: crate::config::BackendKind,
-        _i: usize,
+        i: usize,
     ) -> io::Result<Box<dyn Backend>> {
         use crate::config::BackendKind;
         match kind {
@@ -186,10 +194,13 @@ impl Factory {
                     ..socket::SocketConfig::default()
                 },
             )?)),
-            BackendKind::AfXdp => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the AF_XDP backend is not built into this engine yet",
-            )),
+            #[cfg(target_os = "linux")]
+            BackendKind::AfXdp => af_xdp::open_for_factory(&mut self.af_xdp, &self.cfg, i),
+            #[cfg(not(target_os = "linux"))]
+            BackendKind::AfXdp => {
+                let _ = i;
+                Err(io::Error::new(io::ErrorKind::Unsupported, "AF_XDP is only available on Linux"))
+            }
             BackendKind::Memory => Ok(Box::new(memory::MemoryBackend::new(4096, false).0)),
             BackendKind::Auto => unreachable!("Auto expands to concrete kinds"),
         }

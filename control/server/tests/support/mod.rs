@@ -186,6 +186,7 @@ impl EngineApi for FakeEngine {
 }
 
 /// A running server.
+#[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
     pub channel: Channel,

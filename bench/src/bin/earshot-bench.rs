@@ -1,0 +1,195 @@
+//! `earshot-bench`: the whole-engine benchmark runner (see the crate docs).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use earshot_bench::capacity::{self, SearchParams};
+use earshot_bench::scenario::{self, Scenario};
+use earshot_bench::udp;
+
+#[derive(Parser, Debug)]
+#[command(name = "earshot-bench", about = "earshot whole-engine benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Where result JSON files go.
+    #[arg(long, global = true, default_value = "bench/results")]
+    results: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// In-memory capacity search on one core (3-party PCMU barge sessions).
+    Capacity {
+        /// Scenario file; flags below override its fields.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Comma-separated session counts to ramp through.
+        #[arg(long, value_delimiter = ',')]
+        ramp: Option<Vec<u32>>,
+        /// Milliseconds per step (SPEC section 6 asks 60000).
+        #[arg(long)]
+        step_ms: Option<u64>,
+        /// Stop starting steps after this many seconds.
+        #[arg(long)]
+        max_seconds: Option<u64>,
+        /// Core to pin to.
+        #[arg(long)]
+        core: Option<usize>,
+        /// Result name.
+        #[arg(long, default_value = "capacity")]
+        name: String,
+    },
+    /// Engine through real UDP on loopback vs the bare batched reflector, same run.
+    Udp {
+        /// Scenario file (kind "udp"); required.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Override the backend ("io_uring" or "socket").
+        #[arg(long)]
+        backend: Option<String>,
+        /// Override milliseconds per measured run.
+        #[arg(long)]
+        duration_ms: Option<u64>,
+        /// Override the offered rate (0: unlimited).
+        #[arg(long)]
+        rate_pps: Option<u64>,
+        /// Result name (default: the scenario file's stem).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The bare batched reflector alone (recvmmsg/sendmmsg 64), for an external sender.
+    Reflector {
+        /// UDP port on 127.0.0.1.
+        #[arg(long, default_value_t = 40000)]
+        port: u16,
+        /// Core to pin to.
+        #[arg(long, default_value_t = 0)]
+        core: usize,
+        /// How long to run.
+        #[arg(long, default_value_t = 10_000)]
+        duration_ms: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("earshot-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
+    match cli.cmd {
+        Cmd::Capacity {
+            scenario: file,
+            ramp,
+            step_ms,
+            max_seconds,
+            core,
+            name,
+        } => {
+            let (mut p, name) = match file {
+                Some(f) => {
+                    let named = scenario::load(&f)?;
+                    match named.scenario {
+                        Scenario::Capacity(p) => (p, named.name),
+                        Scenario::Udp(_) => {
+                            return Err(std::io::Error::other("not a capacity scenario").into());
+                        }
+                    }
+                }
+                None => (
+                    SearchParams {
+                        ramp: vec![1000, 2000, 4000, 8000, 10000, 12000, 14000, 16000, 20000],
+                        step_ms: 3000,
+                        max_seconds: 60,
+                        resolution: 500,
+                        core: Some(0),
+                    },
+                    name,
+                ),
+            };
+            if let Some(r) = ramp {
+                p.ramp = r;
+            }
+            if let Some(s) = step_ms {
+                p.step_ms = s;
+            }
+            if let Some(m) = max_seconds {
+                p.max_seconds = m;
+            }
+            if core.is_some() {
+                p.core = core;
+            }
+            let r = capacity::search(&p)?;
+            println!(
+                "capacity: largest zero-late session count {:?} (first failure {:?}) in {:.1} s",
+                r.max_sessions_zero_late, r.min_sessions_failed, r.elapsed_s
+            );
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                params: &'a SearchParams,
+                result: &'a capacity::SearchResult,
+            }
+            scenario::write_result(&cli.results, &name, &Out { params: &p, result: &r })?;
+        }
+        Cmd::Udp {
+            scenario: file,
+            backend,
+            duration_ms,
+            rate_pps,
+            name,
+        } => {
+            let named = scenario::load(&file)?;
+            let Scenario::Udp(mut p) = named.scenario else {
+                return Err(std::io::Error::other("not a udp scenario").into());
+            };
+            if let Some(b) = backend {
+                p.backend = b;
+            }
+            if let Some(d) = duration_ms {
+                p.duration_ms = d;
+            }
+            if let Some(r) = rate_pps {
+                p.rate_pps = r;
+            }
+            let r = udp::compare(&p)?;
+            println!(
+                "udp: generator max {:.0} pps; reflector out {:.0} pps; {} out {:.0} pps; ratio out {:.3} in {:.3}",
+                r.generator_max_pps,
+                r.reflector.sut_out_pps,
+                r.engine.target,
+                r.engine.sut_out_pps,
+                r.ratio_out,
+                r.ratio_in
+            );
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                params: &'a udp::UdpParams,
+                result: &'a udp::UdpResult,
+            }
+            let name = name.unwrap_or(named.name);
+            scenario::write_result(&cli.results, &name, &Out { params: &p, result: &r })?;
+        }
+        Cmd::Reflector {
+            port,
+            core,
+            duration_ms,
+        } => {
+            let (i, o) = udp::reflector_alone(port, core, duration_ms)?;
+            let secs = duration_ms as f64 / 1000.0;
+            println!(
+                "reflector: {i} in ({:.0} pps), {o} out ({:.0} pps)",
+                i as f64 / secs,
+                o as f64 / secs
+            );
+        }
+    }
+    Ok(())
+}

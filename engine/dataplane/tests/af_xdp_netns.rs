@@ -1,0 +1,510 @@
+//! The AF_XDP backend end to end: a real engine on one end of a veth pair, real UDP
+//! sockets in another network namespace on the other end.
+//!
+//! One 3-party barge session per address family (every leg hears the other two at unity
+//! gain) runs for a few seconds of 20 ms PCMU; each peer socket must receive valid RTP
+//! from its own leg's local port with continuous sequence numbers and audible audio, while
+//! ping, TCP and UDP outside the engine's port range keep reaching the engine host's
+//! kernel. After the engine stops, the program is detached and the engine's ports reach
+//! the kernel again.
+//!
+//! Needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK), `ip` and `ping`; otherwise it
+//! prints SKIPPED with the reason and passes. Namespaces carry the pid in their names and
+//! are deleted in Drop, even when an assertion fails.
+#![cfg(target_os = "linux")]
+#![allow(unsafe_code)] // setns(2) to move a test thread into a namespace
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use earshot_engine::backend::Factory;
+use earshot_engine::config::{BackendKind, EngineConfig};
+use earshot_engine::engine::Engine;
+use earshot_engine::server::block_on;
+use earshot_engine_api::{
+    CodecName, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
+};
+
+const ENGINE_V4: &str = "10.78.0.1";
+const PEER_V4: &str = "10.78.0.2";
+const ENGINE_V6: &str = "fd78::1";
+const PEER_V6: &str = "fd78::2";
+const PORT_BASE: u16 = 40960;
+const PORTS_PER_SHARD: u32 = 1024;
+/// Packets each peer socket sends (20 ms apart: 3 s of audio).
+const PACKETS: u16 = 150;
+const RTP_HEADER: usize = 12;
+const PCMU_20MS: usize = 160;
+
+fn skip_reason() -> Option<String> {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return Some("needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK)".into());
+    }
+    for tool in ["ip", "ping"] {
+        let found = Command::new(tool).arg("-V").output().is_ok();
+        if !found {
+            return Some(format!("needs the `{tool}` binary"));
+        }
+    }
+    None
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The engine's namespace (`ve`: 10.78.0.1, fd78::1) and the peer's (`vp`: 10.78.0.2,
+/// fd78::2), joined by a veth pair. Deleting the namespaces deletes the veth.
+struct NetPair {
+    engine: String,
+    peer: String,
+}
+
+impl NetPair {
+    fn new(tag: &str) -> NetPair {
+        let pid = std::process::id();
+        let pair = NetPair {
+            engine: format!("exe-{pid}-{tag}"),
+            peer: format!("exp-{pid}-{tag}"),
+        };
+        ip(&["netns", "add", &pair.engine]);
+        ip(&["netns", "add", &pair.peer]);
+        ip(&[
+            "-n",
+            &pair.engine,
+            "link",
+            "add",
+            "ve",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vp",
+            "netns",
+            &pair.peer,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&pair.engine, "ve", ENGINE_V4, ENGINE_V6),
+            (&pair.peer, "vp", PEER_V4, PEER_V6),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        pair
+    }
+
+    fn xdp_attached(&self) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.engine, "link", "show", "ve"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.engine, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Moves the calling thread (only) into namespace `ns`.
+fn enter_netns(ns: &str) {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns with a valid namespace fd affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        shards: 1,
+        pin: false,
+        port_base: PORT_BASE,
+        ports_per_shard: PORTS_PER_SHARD,
+        bind_v4: Some(ENGINE_V4.parse().unwrap()),
+        bind_v6: Some(ENGINE_V6.parse().unwrap()),
+        backend: BackendKind::AfXdp,
+        fallback: false,
+        interface: Some("ve".into()),
+        max_legs_per_shard: 64,
+        max_sessions_per_shard: 16,
+        seed: 7,
+        ..EngineConfig::default()
+    }
+}
+
+fn request(engine: &Engine, req: Request) -> Response {
+    block_on(engine.handle().request(req)).expect("engine request")
+}
+
+/// A mu-law square wave (~500 Hz) of magnitude code `code` (0..=0x7f, larger is louder):
+/// G.711 writes a positive sample as `0xff ^ code` and a negative one as `0x7f ^ code`.
+fn tone_payload(code: u8) -> [u8; PCMU_20MS] {
+    let mut p = [0u8; PCMU_20MS];
+    for (i, b) in p.iter_mut().enumerate() {
+        *b = if (i / 8) % 2 == 0 {
+            0xff ^ code
+        } else {
+            0x7f ^ code
+        };
+    }
+    p
+}
+
+fn rtp_packet(
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    payload: &[u8; PCMU_20MS],
+) -> [u8; RTP_HEADER + PCMU_20MS] {
+    let mut pkt = [0u8; RTP_HEADER + PCMU_20MS];
+    pkt[0] = 0x80;
+    pkt[1] = 0; // PCMU
+    pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+    pkt[4..8].copy_from_slice(&ts.to_be_bytes());
+    pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    pkt[RTP_HEADER..].copy_from_slice(payload);
+    pkt
+}
+
+/// What one peer socket received from the engine.
+#[derive(Debug, Default)]
+struct Heard {
+    packets: usize,
+    from_wrong_addr: usize,
+    invalid: usize,
+    seq_gaps: usize,
+    ssrcs: Vec<u32>,
+    audible: usize,
+    last_seq: Option<u16>,
+}
+
+impl Heard {
+    fn take(&mut self, bytes: &[u8], from: SocketAddr, expected_from: SocketAddr) {
+        if from != expected_from {
+            self.from_wrong_addr += 1;
+            return;
+        }
+        if bytes.len() != RTP_HEADER + PCMU_20MS || bytes[0] >> 6 != 2 || bytes[1] & 0x7f != 0 {
+            self.invalid += 1;
+            return;
+        }
+        self.packets += 1;
+        let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
+        if self
+            .last_seq
+            .is_some_and(|last| seq != last.wrapping_add(1))
+        {
+            self.seq_gaps += 1;
+        }
+        self.last_seq = Some(seq);
+        let ssrc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if !self.ssrcs.contains(&ssrc) {
+            self.ssrcs.push(ssrc);
+        }
+        // mu-law silence is 0xff / 0x7f; anything well away from it is sound.
+        if bytes[RTP_HEADER..].iter().any(|&b| (b & 0x7f) < 0x60) {
+            self.audible += 1;
+        }
+    }
+}
+
+/// Peer side: binds one socket per leg in the peer namespace, reports their addresses,
+/// waits for `go`, then sends paced RTP from each and records what comes back.
+#[allow(clippy::disallowed_methods)] // real-time pacing of a real network peer
+fn run_peers(
+    ns: String,
+    binds: Vec<IpAddr>,
+    addrs_tx: mpsc::Sender<Vec<SocketAddr>>,
+    go_rx: mpsc::Receiver<Vec<SocketAddr>>,
+) -> Vec<Heard> {
+    enter_netns(&ns);
+    let socks: Vec<UdpSocket> = binds
+        .iter()
+        .map(|&ip| {
+            let s = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind peer socket");
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    addrs_tx
+        .send(socks.iter().map(|s| s.local_addr().unwrap()).collect())
+        .unwrap();
+    let targets = go_rx.recv().expect("leg addresses");
+    let mut heard: Vec<Heard> = socks.iter().map(|_| Heard::default()).collect();
+    let payloads: Vec<_> = (0..socks.len())
+        .map(|i| tone_payload(0x50 + 0x10 * (i as u8 % 3)))
+        .collect();
+    let mut buf = [0u8; 2048];
+    let drain = |heard: &mut Vec<Heard>, buf: &mut [u8]| {
+        for (i, s) in socks.iter().enumerate() {
+            while let Ok((n, from)) = s.recv_from(buf) {
+                heard[i].take(&buf[..n], from, targets[i]);
+            }
+        }
+    };
+    let start = std::time::Instant::now();
+    for n in 0..PACKETS {
+        for (i, s) in socks.iter().enumerate() {
+            let pkt = rtp_packet(0x1000 + i as u32, 100 + n, 160 * u32::from(n), &payloads[i]);
+            s.send_to(&pkt, targets[i]).expect("send RTP");
+        }
+        drain(&mut heard, &mut buf);
+        let next = start + Duration::from_millis(20 * (u64::from(n) + 1));
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+    }
+    // The engine's jitter buffer holds a few frames: collect the tail.
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(10));
+        drain(&mut heard, &mut buf);
+    }
+    heard
+}
+
+fn allocate_barge(
+    engine: &Engine,
+    session: &str,
+    family: Family,
+    remotes: &[SocketAddr],
+) -> Vec<LegInfo> {
+    let mut legs = Vec::new();
+    for (i, &remote) in remotes.iter().enumerate() {
+        let Response::Leg(info) = request(
+            engine,
+            Request::AllocateLeg {
+                session: session.into(),
+                leg_key: format!("p{i}"),
+                family,
+                requested_port: None,
+                rtcp_mux: true,
+            },
+        ) else {
+            panic!("AllocateLeg answers with a leg");
+        };
+        request(
+            engine,
+            Request::ConfigureLeg {
+                leg: info.leg,
+                media: MediaConfig {
+                    remote: Some(remote),
+                    codec: CodecName::Pcmu,
+                    payload_type: 0,
+                    ptime_ms: 20,
+                    telephone_event_pt: None,
+                    rtcp_mux: true,
+                    report_first_packet: false,
+                },
+            },
+        );
+        legs.push(info);
+    }
+    let mut edges = Vec::new();
+    for l in &legs {
+        for s in &legs {
+            if l.leg != s.leg {
+                edges.push(Edge {
+                    listener: l.leg,
+                    source: s.leg,
+                    gain: 4096,
+                });
+            }
+        }
+    }
+    request(
+        engine,
+        Request::SetSessionPlan(SessionPlan {
+            session: session.into(),
+            edges,
+            no_dtmf: Vec::new(),
+        }),
+    );
+    legs
+}
+
+/// Kernel traffic on the engine's interface while (or after) the engine runs: ping, TCP
+/// and UDP outside the port range from the peer namespace to the engine host.
+fn check_kernel_traffic(net: &NetPair, udp_port: u16) {
+    let udp = UdpSocket::bind((ENGINE_V4, udp_port)).expect("kernel UDP socket");
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let tcp = TcpListener::bind((ENGINE_V4, 0)).expect("kernel TCP listener");
+    let tcp_port = tcp.local_addr().unwrap().port();
+    let peer = net.peer.clone();
+    let client = std::thread::spawn(move || {
+        enter_netns(&peer);
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(b"kernel-udp", (ENGINE_V4, udp_port)).unwrap();
+        let mut c =
+            TcpStream::connect((ENGINE_V4, tcp_port)).expect("TCP connect to the engine host");
+        c.write_all(b"kernel-tcp").unwrap();
+    });
+    // The kernel completes the handshake before accept(): join first, so a failed
+    // connect fails the test instead of blocking accept() forever.
+    client.join().expect("UDP and TCP from the peer namespace");
+    let mut buf = [0u8; 64];
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("UDP outside the range reaches the kernel");
+    assert_eq!(&buf[..n], b"kernel-udp");
+    let (mut conn, _) = tcp.accept().expect("TCP accept");
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"kernel-tcp");
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &net.peer, "ping", "-c", "2", "-i", "0.2", "-W", "1", ENGINE_V4,
+        ])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success(), "ping to the engine host: {ping:?}");
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // waits on a real network in real time
+fn barge_sessions_over_af_xdp_on_veth_carry_rtp_both_families_and_spare_kernel_traffic() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED af_xdp_netns: {reason}");
+        return;
+    }
+    let net = NetPair::new("barge");
+    enter_netns(&net.engine);
+    let cfg = engine_config();
+    let mut factory = Factory::new(&cfg).expect("factory");
+    let engine = Engine::start(&cfg, |i| factory.open(i)).expect("engine starts on AF_XDP");
+    assert_eq!(engine.handle().backend_name(), "af_xdp");
+    assert!(
+        net.xdp_attached(),
+        "the XDP program is attached while the engine runs"
+    );
+
+    let (addrs_tx, addrs_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let binds: Vec<IpAddr> = [PEER_V4; 3]
+        .iter()
+        .chain(&[PEER_V6; 3])
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let peer_ns = net.peer.clone();
+    let peers = std::thread::spawn(move || run_peers(peer_ns, binds, addrs_tx, go_rx));
+    let remotes = addrs_rx.recv().expect("peer sockets bound");
+    let legs_v4 = allocate_barge(&engine, "s-v4", Family::V4, &remotes[..3]);
+    let legs_v6 = allocate_barge(&engine, "s-v6", Family::V6, &remotes[3..]);
+    let locals: Vec<SocketAddr> = legs_v4.iter().chain(&legs_v6).map(|l| l.local).collect();
+    for (l, family_ip) in locals.iter().zip([
+        ENGINE_V4, ENGINE_V4, ENGINE_V4, ENGINE_V6, ENGINE_V6, ENGINE_V6,
+    ]) {
+        assert_eq!(l.ip(), family_ip.parse::<IpAddr>().unwrap());
+        assert!((PORT_BASE..PORT_BASE + PORTS_PER_SHARD as u16).contains(&l.port()));
+    }
+    go_tx.send(locals.clone()).unwrap();
+
+    // While the media flows: the host's own traffic on the same interface still works.
+    check_kernel_traffic(&net, 9999);
+
+    let heard = peers.join().expect("peer thread");
+    for (i, h) in heard.iter().enumerate() {
+        println!("leg {i} ({}): {h:?}", locals[i]);
+        // 150 frames sent over 3 s; allow the first ones to go before the neighbour entry
+        // resolves and the jitter buffer fills.
+        assert!(
+            h.packets >= usize::from(PACKETS) / 2,
+            "leg {i} heard too little: {h:?}"
+        );
+        assert_eq!(
+            h.from_wrong_addr, 0,
+            "leg {i}: RTP from another address than its leg's: {h:?}"
+        );
+        assert_eq!(h.invalid, 0, "leg {i}: invalid RTP: {h:?}");
+        assert_eq!(
+            h.seq_gaps, 0,
+            "leg {i}: sequence numbers not continuous: {h:?}"
+        );
+        assert_eq!(
+            h.ssrcs.len(),
+            1,
+            "leg {i}: one output stream, one SSRC: {h:?}"
+        );
+        assert!(
+            h.audible >= h.packets / 2,
+            "leg {i} hears the other two: {h:?}"
+        );
+    }
+    let Response::Stats(stats) = request(&engine, Request::Stats) else {
+        panic!("Stats answers with stats");
+    };
+    assert_eq!(stats.backend, "af_xdp");
+    let shard = &stats.shards[0];
+    assert!(
+        shard.packets_in >= 6 * u64::from(PACKETS) * 9 / 10,
+        "{shard:?}"
+    );
+
+    engine.shutdown();
+    drop(factory);
+    assert!(
+        !net.xdp_attached(),
+        "stopping the engine detaches the program"
+    );
+    // The engine's ports now belong to the kernel again.
+    check_kernel_traffic(&net, PORT_BASE + 10);
+}
+
+#[test]
+fn missing_interface_fails_with_its_name_when_fallback_is_off() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED af_xdp_netns: {reason}");
+        return;
+    }
+    let net = NetPair::new("noif");
+    enter_netns(&net.engine);
+    let cfg = EngineConfig {
+        interface: Some("nosuchif0".into()),
+        ..engine_config()
+    };
+    let mut factory = Factory::new(&cfg).expect("factory");
+    let err = Engine::start(&cfg, |i| factory.open(i)).expect_err("no such interface");
+    let text = err.to_string();
+    assert!(text.contains("nosuchif0"), "{text}");
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{text}");
+
+    // With fallback on, the engine runs on io_uring (or sockets) instead.
+    let cfg = EngineConfig {
+        fallback: true,
+        ..cfg
+    };
+    let mut factory = Factory::new(&cfg).expect("factory");
+    let engine = Engine::start(&cfg, |i| factory.open(i)).expect("fallback backend");
+    assert_ne!(engine.handle().backend_name(), "af_xdp");
+    assert!(
+        !net.xdp_attached(),
+        "a failed AF_XDP start leaves no program behind"
+    );
+}

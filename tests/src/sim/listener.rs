@@ -1,0 +1,258 @@
+//! Listeners: the receiving half of each simulated phone, and tone detection.
+//!
+//! A listener keeps every RTP packet it receives (header fields, payload, when the engine
+//! sent it and when it arrived) and can rebuild a jitter-free playout of the audio,
+//! ordered by RTP timestamp, to measure tones with the Goertzel algorithm. Detection is
+//! by energy relative to the known talker amplitude, never by sample equality: G.711,
+//! mixing and concealment all change samples a little.
+
+use earshot_media::dsp::g711;
+use earshot_media::time::{Duration, Instant};
+use earshot_media::wire::rtp::{RtpPacket, RtpRepr};
+use earshot_media::Codec;
+
+use super::talker::TONE_AMPLITUDE;
+
+/// A tone counts as present when its measured amplitude is at least this fraction of
+/// the talkers' amplitude (-12 dB). A tone mixed at unity measures about 1.0; a tone
+/// that is absent measures below 0.01 (G.711 noise and leakage), so the margin is wide
+/// both ways.
+pub const PRESENT_FRACTION: f64 = 0.25;
+
+/// A frame whose tone measures below this fraction of the talkers' amplitude is silent
+/// for that tone (-20 dB): concealment fades a lost frame to 0.75, 0.375 and 0.19.
+pub const SILENT_FRACTION: f64 = 0.1;
+
+/// Samples per detection window: 100 ms at 8 kHz (10 Hz bins: every talker tone sits
+/// on a bin, so a window sees no leakage from the others).
+pub const WINDOW_SAMPLES: usize = 800;
+
+/// One received RTP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// When the engine sent it.
+    pub sent_at: Instant,
+    /// When it arrived here.
+    pub at: Instant,
+    /// SSRC.
+    pub ssrc: u32,
+    /// Sequence number.
+    pub seq: u16,
+    /// Timestamp.
+    pub ts: u32,
+    /// Marker bit.
+    pub marker: bool,
+    /// Payload type.
+    pub pt: u8,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// The receiving side of one endpoint.
+#[derive(Debug)]
+pub struct Listener {
+    codec: Codec,
+    audio_pt: u8,
+    packets: Vec<Received>,
+    /// Datagrams that were not valid RTP.
+    pub malformed: u64,
+}
+
+/// Rebuilt audio of one listener: samples placed by RTP timestamp.
+#[derive(Debug, Clone)]
+pub struct Playout {
+    /// Virtual time of sample 0 (when the engine sent the first audio packet).
+    pub start_at: Instant,
+    /// Linear samples (zero where nothing arrived).
+    pub samples: Vec<i16>,
+    /// Whether a packet covered each sample.
+    pub covered: Vec<bool>,
+}
+
+impl Listener {
+    /// A listener expecting `codec` audio on `audio_pt`.
+    pub fn new(codec: Codec, audio_pt: u8) -> Listener {
+        Listener { codec, audio_pt, packets: Vec::new(), malformed: 0 }
+    }
+
+    /// Takes one datagram sent by the engine at `sent_at`, arriving at `at`.
+    pub fn handle_datagram(&mut self, sent_at: Instant, at: Instant, bytes: &[u8]) {
+        let Ok(view) = RtpPacket::new_checked(bytes) else {
+            self.malformed += 1;
+            return;
+        };
+        let Ok(repr) = RtpRepr::parse(&view) else {
+            self.malformed += 1;
+            return;
+        };
+        self.packets.push(Received {
+            sent_at,
+            at,
+            ssrc: repr.ssrc.0,
+            seq: repr.seq.0,
+            ts: repr.ts.0,
+            marker: repr.marker,
+            pt: repr.payload_type.0,
+            payload: repr.payload.to_vec(),
+        });
+    }
+
+    /// Every packet received, in arrival order.
+    pub fn packets(&self) -> &[Received] {
+        &self.packets
+    }
+
+    /// Audio packets (the leg's audio payload type), in arrival order.
+    pub fn audio(&self) -> impl Iterator<Item = &Received> {
+        let pt = self.audio_pt;
+        self.packets.iter().filter(move |p| p.pt == pt)
+    }
+
+    /// Packets of payload type `pt`.
+    pub fn with_pt(&self, pt: u8) -> impl Iterator<Item = &Received> {
+        self.packets.iter().filter(move |p| p.pt == pt)
+    }
+
+    /// Decodes one audio packet's payload.
+    pub fn decode(&self, p: &Received) -> Vec<i16> {
+        let mut pcm = vec![0i16; p.payload.len()];
+        g711::decode(self.codec, &p.payload, &mut pcm);
+        pcm
+    }
+
+    /// The amplitude of `hz` in one audio packet, as a fraction of the talkers'
+    /// amplitude. Meaningful for 20 ms packets (50 Hz bins hold every talker tone).
+    pub fn packet_tone(&self, p: &Received, hz: f64) -> f64 {
+        tone_amplitude(&self.decode(p), hz) / TONE_AMPLITUDE
+    }
+
+    /// Rebuilds the audio by RTP timestamp (the jitter-free playout a phone would
+    /// produce with a large enough buffer). Timestamps are unwrapped relative to the
+    /// first audio packet; anything before it is ignored.
+    pub fn playout(&self) -> Playout {
+        let mut audio = self.audio();
+        let Some(first) = audio.next() else {
+            return Playout { start_at: Instant::ZERO, samples: Vec::new(), covered: Vec::new() };
+        };
+        let mut placed: Vec<(i64, Vec<i16>)> = vec![(0, self.decode(first))];
+        let (mut last_ts, mut last_ext) = (first.ts, 0i64);
+        for p in audio {
+            // Unwrap against the previous packet: consecutive packets are far closer
+            // than 2^31 samples.
+            let ext = last_ext + i64::from(p.ts.wrapping_sub(last_ts) as i32);
+            last_ts = p.ts;
+            last_ext = ext;
+            if ext >= 0 {
+                placed.push((ext, self.decode(p)));
+            }
+        }
+        let len = placed.iter().map(|(at, pcm)| *at as usize + pcm.len()).max().unwrap_or(0);
+        let mut samples = vec![0i16; len];
+        let mut covered = vec![false; len];
+        for (at, pcm) in placed {
+            let at = at as usize;
+            samples[at..at + pcm.len()].copy_from_slice(&pcm);
+            covered[at..at + pcm.len()].fill(true);
+        }
+        Playout { start_at: first.sent_at, samples, covered }
+    }
+
+    /// Tone report over the 100 ms windows of the playout that lie in `[from, to)`.
+    pub fn tone_report(&self, hz: f64, from: Instant, to: Instant) -> ToneReport {
+        self.playout().tone_report(hz, from, to)
+    }
+
+    /// True when `hz` is present in at least 90% of the 100 ms windows in `[from, to)`
+    /// (and there is at least one window).
+    pub fn hears(&self, hz: f64, from: Instant, to: Instant) -> bool {
+        let r = self.tone_report(hz, from, to);
+        r.windows > 0 && r.detected * 10 >= r.windows * 9
+    }
+
+    /// True when `hz` is present in no 100 ms window in `[from, to)`.
+    pub fn never_hears(&self, hz: f64, from: Instant, to: Instant) -> bool {
+        self.tone_report(hz, from, to).detected == 0
+    }
+}
+
+impl Playout {
+    /// The sample index at virtual time `t` (clamped to the playout).
+    pub fn index_at(&self, t: Instant) -> usize {
+        let n = (t.saturating_since(self.start_at).as_nanos() as u128 * 8_000 / 1_000_000_000) as usize;
+        n.min(self.samples.len())
+    }
+
+    /// Virtual time of sample `i`.
+    pub fn time_of(&self, i: usize) -> Instant {
+        self.start_at + Duration::from_nanos(i as u64 * 125_000)
+    }
+
+    /// Counts the 100 ms windows in `[from, to)` where `hz` is present.
+    pub fn tone_report(&self, hz: f64, from: Instant, to: Instant) -> ToneReport {
+        let (a, b) = (self.index_at(from), self.index_at(to));
+        let mut r = ToneReport { windows: 0, detected: 0, min_fraction: f64::INFINITY, max_fraction: 0.0 };
+        let mut i = a;
+        while i + WINDOW_SAMPLES <= b {
+            let f = tone_amplitude(&self.samples[i..i + WINDOW_SAMPLES], hz) / TONE_AMPLITUDE;
+            r.windows += 1;
+            r.detected += usize::from(f >= PRESENT_FRACTION);
+            r.min_fraction = r.min_fraction.min(f);
+            r.max_fraction = r.max_fraction.max(f);
+            i += WINDOW_SAMPLES;
+        }
+        r
+    }
+}
+
+/// How often a tone was present over a span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ToneReport {
+    /// Windows measured.
+    pub windows: usize,
+    /// Windows where the tone was present.
+    pub detected: usize,
+    /// Smallest amplitude seen (fraction of the talkers').
+    pub min_fraction: f64,
+    /// Largest amplitude seen (fraction of the talkers').
+    pub max_fraction: f64,
+}
+
+/// Amplitude of the `hz` component of `samples` (Goertzel): for a pure sine of
+/// amplitude `a` on a bin, returns about `a`.
+pub fn tone_amplitude(samples: &[i16], hz: f64) -> f64 {
+    let n = samples.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / n as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(hz: f64, amp: f64, n: usize) -> Vec<i16> {
+        (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16).collect()
+    }
+
+    #[test]
+    fn goertzel_measures_a_tone_and_ignores_the_others() {
+        let mut mix = sine(500.0, 8192.0, 800);
+        for (m, o) in mix.iter_mut().zip(sine(900.0, 8192.0, 800)) {
+            *m += o;
+        }
+        let at_500 = tone_amplitude(&mix, 500.0);
+        let at_1400 = tone_amplitude(&mix, 1400.0);
+        assert!((at_500 - 8192.0).abs() < 100.0, "500 Hz measured {at_500}");
+        assert!(at_1400 < 50.0, "absent 1400 Hz measured {at_1400}");
+    }
+}

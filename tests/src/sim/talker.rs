@@ -1,0 +1,233 @@
+//! Talkers: simulated phones that send one RTP stream of a sine tone.
+//!
+//! Each talker has its own SSRC, sequence numbers and timestamps, a sample clock that may
+//! run fast or slow (`drift_ppm`), and may interrupt its audio with RFC 4733 telephone
+//! events the way phones do (event packets replace audio packets for the event's
+//! duration, in the same sequence space). Tones are chosen with a whole number of
+//! cycles per 20 ms frame so that a receiver can measure them per packet.
+
+use earshot_media::dsp::g711;
+use earshot_media::time::{Duration, Instant};
+use earshot_media::wire::dtmf::{DtmfEvent, DtmfPacket, DtmfRepr};
+use earshot_media::wire::rtp::{CsrcList, RtpPacket, RtpRepr};
+use earshot_media::{Codec, PayloadType, RtpTs, SeqNo, Ssrc};
+
+/// Peak amplitude of every talker's tone: -12 dBFS (a quarter of full scale), loud
+/// enough to measure and low enough that a mix of four never saturates.
+pub const TONE_AMPLITUDE: f64 = 8192.0;
+
+/// The tone of a customer.
+pub const CUSTOMER_HZ: f64 = 500.0;
+/// The tone of an agent.
+pub const AGENT_HZ: f64 = 900.0;
+/// The tone of a supervisor.
+pub const SUPERVISOR_HZ: f64 = 1400.0;
+/// The tone of a specialist.
+pub const SPECIALIST_HZ: f64 = 2100.0;
+/// A short beacon a talker can insert to mark a moment in its stream (latency probes).
+pub const BEACON_HZ: f64 = 2700.0;
+
+/// What a talker sends.
+#[derive(Debug, Clone)]
+pub struct TalkerConfig {
+    /// Tone frequency in Hz.
+    pub tone_hz: f64,
+    /// Codec of the leg.
+    pub codec: Codec,
+    /// Audio payload type.
+    pub payload_type: u8,
+    /// Frame length.
+    pub ptime_ms: u32,
+    /// Telephone-event payload type, if negotiated.
+    pub telephone_event_pt: Option<u8>,
+    /// Sample-clock error in parts per million (positive: the phone runs fast).
+    pub drift_ppm: f64,
+    /// Insert one beacon frame every this many frames (0: never).
+    pub beacon_every_frames: u64,
+}
+
+impl TalkerConfig {
+    /// A PCMU, 20 ms talker of `tone_hz` with telephone events on PT 101 and no drift.
+    pub fn tone(tone_hz: f64) -> TalkerConfig {
+        TalkerConfig {
+            tone_hz,
+            codec: Codec::Pcmu,
+            payload_type: 0,
+            ptime_ms: 20,
+            telephone_event_pt: Some(101),
+            drift_ppm: 0.0,
+            beacon_every_frames: 0,
+        }
+    }
+}
+
+/// One telephone event a talker will send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtmfPlan {
+    /// Frame index (of the talker's own stream) at which the event starts.
+    pub start_frame: u64,
+    /// Frames the key is held.
+    pub frames: u64,
+    /// The event.
+    pub event: DtmfEvent,
+}
+
+/// A telephone-event packet a talker sent, for checking what receivers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentEvent {
+    /// Event code.
+    pub code: u8,
+    /// The E bit.
+    pub end: bool,
+    /// Duration field in timestamp units.
+    pub duration: u16,
+}
+
+/// A simulated phone sending one RTP stream.
+#[derive(Debug)]
+pub struct Talker {
+    cfg: TalkerConfig,
+    ssrc: Ssrc,
+    seq: SeqNo,
+    ts0: RtpTs,
+    start: Instant,
+    frame: u64,
+    /// Nanoseconds of virtual time per frame on this talker's (drifting) clock.
+    frame_ns: f64,
+    dtmf: Vec<DtmfPlan>,
+    /// Send times of beacon frames.
+    beacons: Vec<Instant>,
+    /// Every event packet sent.
+    events_sent: Vec<SentEvent>,
+    /// Audio packets sent.
+    audio_sent: u64,
+    active: bool,
+}
+
+impl Talker {
+    /// A talker whose first frame leaves at `start`; `ssrc`, `seq0` and `ts0` are the
+    /// stream's random initial values (drawn by the caller from the seeded RNG).
+    pub fn new(cfg: TalkerConfig, start: Instant, ssrc: u32, seq0: u16, ts0: u32) -> Talker {
+        let frame_ns = f64::from(cfg.ptime_ms) * 1e6 / (1.0 + cfg.drift_ppm * 1e-6);
+        Talker {
+            cfg,
+            ssrc: Ssrc(ssrc),
+            seq: SeqNo(seq0),
+            ts0: RtpTs(ts0),
+            start,
+            frame: 0,
+            frame_ns,
+            dtmf: Vec::new(),
+            beacons: Vec::new(),
+            events_sent: Vec::new(),
+            audio_sent: 0,
+            active: true,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TalkerConfig {
+        &self.cfg
+    }
+
+    /// The stream's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc.0
+    }
+
+    /// Schedules a telephone event.
+    pub fn add_dtmf(&mut self, plan: DtmfPlan) {
+        self.dtmf.push(plan);
+    }
+
+    /// Starts or stops sending (a muted or hung-up phone sends nothing).
+    pub fn set_active(&mut self, active: bool) {
+        self.active = active;
+    }
+
+    /// Send times of the beacon frames so far.
+    pub fn beacons(&self) -> &[Instant] {
+        &self.beacons
+    }
+
+    /// Every telephone-event packet sent so far.
+    pub fn events_sent(&self) -> &[SentEvent] {
+        &self.events_sent
+    }
+
+    /// Audio packets sent so far.
+    pub fn audio_sent(&self) -> u64 {
+        self.audio_sent
+    }
+
+    /// The frame index the talker is at, for scheduling events relative to now.
+    pub fn frame_index(&self) -> u64 {
+        self.frame
+    }
+
+    /// When the next frame leaves, on the virtual clock.
+    pub fn next_send_at(&self) -> Instant {
+        self.start + Duration::from_nanos((self.frame as f64 * self.frame_ns).round() as u64)
+    }
+
+    /// Builds the packet of the current frame (or nothing when inactive) into `out`
+    /// and moves to the next frame. Call at [`Talker::next_send_at`].
+    pub fn emit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let k = self.frame;
+        self.frame += 1;
+        if !self.active {
+            return false;
+        }
+        let samples = self.cfg.codec.frame_samples(self.cfg.ptime_ms);
+        let ts_of = |frame: u64| self.ts0.add((frame * samples as u64) as u32);
+        if let Some(plan) = self.dtmf.iter().copied().find(|p| (p.start_frame..p.start_frame + p.frames + 2).contains(&k)) {
+            if let Some(te_pt) = self.cfg.telephone_event_pt {
+                // The key is held `frames` frames; the final packet is sent three times
+                // (RFC 4733 section 2.5.1.4), each with its own sequence number.
+                let i = k - plan.start_frame;
+                let end = i + 1 >= plan.frames;
+                let duration = ((i.min(plan.frames - 1) + 1) * samples as u64).min(u64::from(u16::MAX)) as u16;
+                let repr = DtmfRepr { event: plan.event, end, volume: 10, duration };
+                let mut payload = [0u8; 4];
+                repr.emit(&mut DtmfPacket::new_unchecked(&mut payload[..]));
+                self.events_sent.push(SentEvent { code: u8::from(plan.event), end, duration });
+                self.write_rtp(out, te_pt, i == 0, ts_of(plan.start_frame), &payload);
+                return true;
+            }
+        }
+        let beacon = self.cfg.beacon_every_frames > 0 && k > 0 && k % self.cfg.beacon_every_frames == 0;
+        let hz = if beacon { BEACON_HZ } else { self.cfg.tone_hz };
+        if beacon {
+            self.beacons.push(now);
+        }
+        let mut pcm = [0i16; earshot_media::MAX_FRAME_SAMPLES];
+        for (i, s) in pcm[..samples].iter_mut().enumerate() {
+            let n = k * samples as u64 + i as u64;
+            let phase = 2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0;
+            *s = (TONE_AMPLITUDE * phase.sin()).round() as i16;
+        }
+        let mut payload = [0u8; earshot_media::MAX_FRAME_SAMPLES];
+        g711::encode(self.cfg.codec, &pcm[..samples], &mut payload[..samples]);
+        self.audio_sent += 1;
+        self.write_rtp(out, self.cfg.payload_type, k == 0, ts_of(k), &payload[..samples]);
+        true
+    }
+
+    fn write_rtp(&mut self, out: &mut Vec<u8>, pt: u8, marker: bool, ts: RtpTs, payload: &[u8]) {
+        let repr = RtpRepr {
+            marker,
+            payload_type: PayloadType(pt),
+            seq: self.seq,
+            ts,
+            ssrc: self.ssrc,
+            csrcs: CsrcList::EMPTY,
+            extension: None,
+            payload,
+            padding_len: 0,
+        };
+        out.resize(repr.buffer_len(), 0);
+        repr.emit(&mut RtpPacket::new_unchecked(&mut out[..]));
+        self.seq = self.seq.next();
+    }
+}

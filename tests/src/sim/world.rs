@@ -1,0 +1,499 @@
+//! The simulated world: one shard, its endpoints, the network between them, and virtual
+//! time.
+//!
+//! [`Sim`] drives one [`Shard`] directly (sans-IO). Time only moves when the simulation
+//! moves it, to the next of: a talker's next frame, the next datagram arrival, the
+//! shard's [`Shard::poll_deadline`]. At each instant it runs, in this fixed order:
+//! 1. every talker frame due: the packet goes onto the talker's uplink;
+//! 2. every datagram due: toward the engine through [`Shard::handle_packet`], toward an
+//!    endpoint into its [`Listener`];
+//! 3. the shard's ticks, if its deadline has passed ([`Shard::handle_ticks`]).
+//!
+//! Whatever the shard sends is captured by [`CaptureTx`] (with its virtual send time,
+//! source port and destination) and routed to the endpoint with that address through
+//! the endpoint's downlink. Ties in time are broken by insertion order, and nothing reads
+//! a real clock or iterates a hash map, so one seed gives one run, bit for bit.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+use earshot_engine::backend::memory::MemoryBackend;
+use earshot_engine::backend::{Datagram, MAX_UDP_PAYLOAD, TxSink};
+use earshot_engine::shard::{Shard, ShardCommand, ShardConfig};
+use earshot_engine_api::{
+    CodecName, Edge, EngineError, EngineEvent, Family, LegId, MediaConfig, Response, SessionPlan,
+    ShardStats,
+};
+use earshot_media::dsp::mix::MixKernels;
+use earshot_media::time::{Duration, Instant};
+use earshot_media::{Codec, Gain};
+
+use super::listener::Listener;
+use super::net::{Link, SimRng};
+use super::scenario::Hearing;
+use super::seed::SeedGuard;
+use super::talker::{Talker, TalkerConfig};
+
+/// The session every simulation's parties belong to.
+pub const SESSION: &str = "call-1";
+
+/// First port of the simulated shard's range.
+pub const PORT_FIRST: u16 = 20_000;
+/// Ports in the simulated shard's range.
+pub const PORT_COUNT: u16 = 256;
+
+/// A party (endpoint) of the simulation, by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Party(pub usize);
+
+/// How one party is set up.
+#[derive(Debug, Clone)]
+pub struct PartyConfig {
+    /// Name, for messages.
+    pub name: String,
+    /// What its phone sends.
+    pub talker: TalkerConfig,
+    /// Configure the leg without a remote so that the engine latches the first source.
+    pub latch: bool,
+    /// Path from the phone to the engine.
+    pub uplink: Link,
+    /// Path from the engine to the phone.
+    pub downlink: Link,
+}
+
+impl PartyConfig {
+    /// A party named `name` sending a PCMU tone of `tone_hz` over clean links.
+    pub fn tone(name: &str, tone_hz: f64) -> PartyConfig {
+        PartyConfig {
+            name: name.to_string(),
+            talker: TalkerConfig::tone(tone_hz),
+            latch: false,
+            uplink: Link::CLEAN,
+            downlink: Link::CLEAN,
+        }
+    }
+}
+
+/// A datagram the engine sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Virtual send time.
+    pub at: Instant,
+    /// Engine port it left from.
+    pub src_port: u16,
+    /// Destination.
+    pub dst: SocketAddr,
+    /// UDP payload.
+    pub bytes: Vec<u8>,
+}
+
+/// The shard's transmit sink in the simulation: keeps every datagram.
+#[derive(Debug)]
+pub struct CaptureTx {
+    now: Instant,
+    buf: Box<[u8; MAX_UDP_PAYLOAD]>,
+    pending: Vec<Captured>,
+}
+
+impl TxSink for CaptureTx {
+    fn send_with(&mut self, src_port: u16, dst: SocketAddr, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        let len = build(&mut self.buf[..]);
+        assert!(len <= MAX_UDP_PAYLOAD, "the shard built a datagram longer than the buffer it was lent");
+        if len > 0 {
+            self.pending.push(Captured { at: self.now, src_port, dst, bytes: self.buf[..len].to_vec() });
+        }
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    cfg: PartyConfig,
+    addr: SocketAddr,
+    leg: LegId,
+    engine_port: u16,
+    talker: Talker,
+    listener: Listener,
+    uplink_sent: u64,
+    uplink_lost: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Dest {
+    Engine { port: u16, from: SocketAddr },
+    Party(usize),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    at: Instant,
+    order: u64,
+    sent_at: Instant,
+    dest: Dest,
+    bytes: Vec<u8>,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for InFlight {
+    /// Reversed: the heap pops the earliest arrival, then the earliest sent.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.order).cmp(&(self.at, self.order))
+    }
+}
+
+/// One simulated shard with its endpoints and network. See the module doc.
+#[derive(Debug)]
+pub struct Sim {
+    now: Instant,
+    shard: Shard,
+    backend: MemoryBackend,
+    events: Arc<ArrayQueue<EngineEvent>>,
+    tx: CaptureTx,
+    rng: SimRng,
+    parties: Vec<Endpoint>,
+    in_flight: BinaryHeap<InFlight>,
+    order: u64,
+    captured: Vec<Captured>,
+    /// Engine datagrams to an address no party has.
+    unroutable: u64,
+    /// Engine datagrams to a party from a port other than its leg's.
+    wrong_port: u64,
+    plan_changes: Vec<(Instant, Hearing)>,
+    scratch: Vec<u8>,
+    guard: SeedGuard,
+}
+
+impl Sim {
+    /// A simulation of one shard, all randomness from `seed`; `label` names the test in
+    /// the failure message. Virtual time starts at 1 s.
+    pub fn new(label: &str, seed: u64) -> Sim {
+        let mut rng = SimRng::new(seed);
+        let cfg = ShardConfig {
+            index: 0,
+            port_first: PORT_FIRST,
+            port_count: PORT_COUNT,
+            max_legs: 32,
+            max_sessions: 8,
+            local_v4: Some(Ipv4Addr::LOCALHOST),
+            local_v6: None,
+            jitter_min_ms: 20,
+            jitter_max_ms: 200,
+            media_timeout: Duration::from_secs(30),
+            late_tick_threshold: Duration::from_millis(2),
+            seed: rng.next_u64(),
+        };
+        let events = Arc::new(ArrayQueue::new(1024));
+        let shard = Shard::new(cfg, MixKernels::detect(), events.clone());
+        let (backend, _net) = MemoryBackend::new(16, false);
+        let now = Instant::from_nanos(1_000_000_000);
+        Sim {
+            now,
+            shard,
+            backend,
+            events,
+            tx: CaptureTx { now, buf: Box::new([0; MAX_UDP_PAYLOAD]), pending: Vec::new() },
+            rng,
+            parties: Vec::new(),
+            in_flight: BinaryHeap::new(),
+            order: 0,
+            captured: Vec::new(),
+            unroutable: 0,
+            wrong_port: 0,
+            plan_changes: Vec::new(),
+            scratch: Vec::with_capacity(MAX_UDP_PAYLOAD),
+            guard: SeedGuard::new(label, seed),
+        }
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.guard.seed()
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The shard under test.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// Applies a command to the shard at the current time.
+    pub fn command(&mut self, cmd: ShardCommand) -> Result<Response, EngineError> {
+        self.shard.handle_command(self.now, &mut self.backend, cmd)
+    }
+
+    /// Allocates and configures a leg for a new party; its phone starts sending within
+    /// one frame (at a random phase).
+    pub fn add_party(&mut self, cfg: PartyConfig) -> Party {
+        let i = self.parties.len();
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 5004);
+        let leg = match self.command(ShardCommand::AllocateLeg {
+            session: SESSION.into(),
+            leg_key: cfg.name.clone(),
+            family: Family::V4,
+            requested_port: None,
+            rtcp_mux: true,
+        }) {
+            Ok(Response::Leg(info)) => info,
+            other => panic!("allocating {}: {other:?}", cfg.name),
+        };
+        let codec = match cfg.talker.codec {
+            Codec::Pcmu => CodecName::Pcmu,
+            Codec::Pcma => CodecName::Pcma,
+        };
+        let media = MediaConfig {
+            remote: if cfg.latch { None } else { Some(addr) },
+            codec,
+            payload_type: cfg.talker.payload_type,
+            ptime_ms: cfg.talker.ptime_ms,
+            telephone_event_pt: cfg.talker.telephone_event_pt,
+            rtcp_mux: true,
+            report_first_packet: false,
+        };
+        if let Err(e) = self.command(ShardCommand::ConfigureLeg { leg: leg.leg, media }) {
+            panic!("configuring {}: {e}", cfg.name);
+        }
+        let phase = self.rng.duration_up_to(Duration::from_millis(u64::from(cfg.talker.ptime_ms)));
+        let talker = Talker::new(
+            cfg.talker.clone(),
+            self.now + phase,
+            self.rng.next_u32(),
+            self.rng.next_u32() as u16,
+            self.rng.next_u32(),
+        );
+        let listener = Listener::new(cfg.talker.codec, cfg.talker.payload_type);
+        self.parties.push(Endpoint {
+            cfg,
+            addr,
+            leg: leg.leg,
+            engine_port: leg.local.port(),
+            talker,
+            listener,
+            uplink_sent: 0,
+            uplink_lost: 0,
+        });
+        Party(i)
+    }
+
+    /// Replaces the session's hear relation with `hearing` (edges at unity gain).
+    pub fn set_hearing(&mut self, hearing: &Hearing) {
+        let mut edges = Vec::new();
+        let mut no_dtmf = Vec::new();
+        for l in 0..self.parties.len() {
+            for s in 0..self.parties.len() {
+                if hearing.hears(Party(l), Party(s)) {
+                    edges.push(Edge { listener: self.parties[l].leg, source: self.parties[s].leg, gain: Gain::UNITY.0 });
+                }
+            }
+            if hearing.is_monitor(Party(l)) {
+                no_dtmf.push(self.parties[l].leg);
+            }
+        }
+        let plan = SessionPlan { session: SESSION.into(), edges, no_dtmf };
+        if let Err(e) = self.command(ShardCommand::SetSessionPlan(plan)) {
+            panic!("setting plan {hearing:?}: {e}");
+        }
+        self.plan_changes.push((self.now, hearing.clone()));
+    }
+
+    /// Every plan set so far, with when.
+    pub fn plan_changes(&self) -> &[(Instant, Hearing)] {
+        &self.plan_changes
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    /// Runs until virtual time `end` (everything due at `end` included).
+    pub fn run_until(&mut self, end: Instant) {
+        loop {
+            let mut next = end;
+            for p in &self.parties {
+                next = next.min(p.talker.next_send_at());
+            }
+            if let Some(f) = self.in_flight.peek() {
+                next = next.min(f.at);
+            }
+            if let Some(d) = self.shard.poll_deadline() {
+                next = next.min(d);
+            }
+            self.now = self.now.max(next);
+            self.step();
+            if self.now >= end {
+                break;
+            }
+        }
+    }
+
+    /// Everything due at `self.now`, in the documented order.
+    fn step(&mut self) {
+        let now = self.now;
+        self.tx.now = now;
+        for i in 0..self.parties.len() {
+            while self.parties[i].talker.next_send_at() <= now {
+                let mut buf = std::mem::take(&mut self.scratch);
+                if self.parties[i].talker.emit(now, &mut buf) {
+                    let p = &self.parties[i];
+                    let dest = Dest::Engine { port: p.engine_port, from: p.addr };
+                    let link = p.cfg.uplink;
+                    self.send_over(link, now, dest, &buf, Some(i));
+                }
+                self.scratch = buf;
+            }
+        }
+        while self.in_flight.peek().is_some_and(|f| f.at <= now) {
+            let Some(f) = self.in_flight.pop() else { break };
+            match f.dest {
+                Dest::Engine { port, from } => {
+                    let d = Datagram { local_port: port, remote: from, payload: &f.bytes };
+                    self.shard.handle_packet(now, d, &mut self.tx);
+                    self.route_sent();
+                }
+                Dest::Party(i) => self.parties[i].listener.handle_datagram(f.sent_at, now, &f.bytes),
+            }
+        }
+        if self.shard.poll_deadline().is_some_and(|d| d <= now) {
+            self.shard.handle_ticks(now, &mut self.tx, &|| now);
+            self.route_sent();
+        }
+    }
+
+    fn send_over(&mut self, link: Link, now: Instant, dest: Dest, bytes: &[u8], uplink_of: Option<usize>) {
+        let arrivals = link.transmit(&mut self.rng, now);
+        if let Some(i) = uplink_of {
+            self.parties[i].uplink_sent += 1;
+            self.parties[i].uplink_lost += u64::from(arrivals.is_lost());
+        }
+        let times = arrivals.as_slice();
+        for &at in times {
+            self.order += 1;
+            self.in_flight.push(InFlight { at, order: self.order, sent_at: now, dest, bytes: bytes.to_vec() });
+        }
+    }
+
+    /// Routes what the shard sent to the parties by destination address.
+    fn route_sent(&mut self) {
+        let sent = std::mem::take(&mut self.tx.pending);
+        for c in &sent {
+            match self.parties.iter().position(|p| p.addr == c.dst) {
+                Some(i) => {
+                    if c.src_port != self.parties[i].engine_port {
+                        self.wrong_port += 1;
+                    }
+                    let link = self.parties[i].cfg.downlink;
+                    self.send_over(link, c.at, Dest::Party(i), &c.bytes, None);
+                }
+                None => self.unroutable += 1,
+            }
+        }
+        self.captured.extend(sent);
+    }
+
+    /// Delivers `bytes` to engine port `port` from `from` at `at` (at least now),
+    /// bypassing every link: for malformed and foreign traffic.
+    pub fn inject_at(&mut self, at: Instant, port: u16, from: SocketAddr, bytes: Vec<u8>) {
+        self.order += 1;
+        let at = at.max(self.now);
+        self.in_flight.push(InFlight { at, order: self.order, sent_at: at, dest: Dest::Engine { port, from }, bytes });
+    }
+
+    /// The party's listener.
+    pub fn listener(&self, p: Party) -> &Listener {
+        &self.parties[p.0].listener
+    }
+
+    /// The party's talker.
+    pub fn talker(&self, p: Party) -> &Talker {
+        &self.parties[p.0].talker
+    }
+
+    /// The party's talker, to schedule events or mute it.
+    pub fn talker_mut(&mut self, p: Party) -> &mut Talker {
+        &mut self.parties[p.0].talker
+    }
+
+    /// The party's name.
+    pub fn name(&self, p: Party) -> &str {
+        &self.parties[p.0].cfg.name
+    }
+
+    /// The party's phone address.
+    pub fn addr(&self, p: Party) -> SocketAddr {
+        self.parties[p.0].addr
+    }
+
+    /// The party's leg.
+    pub fn leg(&self, p: Party) -> LegId {
+        self.parties[p.0].leg
+    }
+
+    /// The party's engine port.
+    pub fn engine_port(&self, p: Party) -> u16 {
+        self.parties[p.0].engine_port
+    }
+
+    /// Packets the party's phone sent, and how many of them its uplink lost.
+    pub fn uplink_counts(&self, p: Party) -> (u64, u64) {
+        (self.parties[p.0].uplink_sent, self.parties[p.0].uplink_lost)
+    }
+
+    /// Every party.
+    pub fn parties(&self) -> impl Iterator<Item = Party> + use<> {
+        (0..self.parties.len()).map(Party)
+    }
+
+    /// Every datagram the engine sent, in order.
+    pub fn captured(&self) -> &[Captured] {
+        &self.captured
+    }
+
+    /// Engine datagrams that went to no party's address.
+    pub fn unroutable(&self) -> u64 {
+        self.unroutable
+    }
+
+    /// Engine datagrams that reached a party from a port other than its leg's.
+    pub fn wrong_port(&self) -> u64 {
+        self.wrong_port
+    }
+
+    /// Takes the events the shard reported so far.
+    pub fn take_events(&mut self) -> Vec<EngineEvent> {
+        std::iter::from_fn(|| self.events.pop()).collect()
+    }
+
+    /// The shard's counters, through [`ShardCommand::Stats`].
+    pub fn stats(&mut self) -> ShardStats {
+        match self.command(ShardCommand::Stats(ShardStats::default())) {
+            Ok(Response::Stats(mut s)) if s.shards.len() == 1 => s.shards.remove(0),
+            other => panic!("stats: {other:?}"),
+        }
+    }
+
+    /// Drops counted for `reason` (one of `earshot_engine_api::DROP_REASONS`).
+    pub fn drops(&mut self, reason: &str) -> u64 {
+        let stats = self.stats();
+        stats.drops.iter().find(|(r, _)| r == reason).map(|(_, n)| *n).unwrap_or_else(|| {
+            panic!("{reason:?} is not a drop reason the shard reports")
+        })
+    }
+}
