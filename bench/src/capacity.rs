@@ -79,6 +79,14 @@ pub struct StepResult {
     /// Largest delay between a packet's due time and its delivery to the shard, in
     /// microseconds: when it grows past a period the core could not keep up.
     pub feed_lag_max_us: u64,
+    /// Longest gap between two iterations of the (spinning) loop, in microseconds:
+    /// time the thread was not running at all, i.e. preempted by the machine.
+    pub stall_max_us: u64,
+    /// Fraction of the step's wall time spent inside the shard (receive and ticks).
+    pub busy_fraction: f64,
+    /// `sessions / busy_fraction`: the sessions one core would carry if the shard had
+    /// it to itself, from the measured work per session (an estimate, not a pass).
+    pub projected_sessions: f64,
     /// Zero late ticks and the feeder never fell a whole period behind.
     pub passed: bool,
 }
@@ -264,11 +272,14 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
     let spacing_ns = PERIOD_NS / legs.max(1) as u64;
     let mut next: u64 = 0;
     let mut feed_lag_max_ns = 0u64;
+    let (mut busy_ns, mut stall_max_ns, mut last_end) = (0u64, 0u64, 0u64);
     loop {
         let now = clock.now();
         if now.as_nanos() >= end_ns {
             break;
         }
+        stall_max_ns = stall_max_ns.max(now.as_nanos().saturating_sub(last_end));
+        let mut worked = false;
         for _ in 0..FEED_BATCH {
             let period = next / legs as u64;
             let leg = (next % legs as u64) as usize;
@@ -291,11 +302,18 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
             };
             shard.handle_packet(now, d, &mut sink);
             next += 1;
+            worked = true;
         }
-        let now = clock.now();
-        if shard.poll_deadline().is_some_and(|d| d <= now) {
-            shard.handle_ticks(now, &mut sink, &now_fn);
+        let tick_now = clock.now();
+        if shard.poll_deadline().is_some_and(|d| d <= tick_now) {
+            shard.handle_ticks(tick_now, &mut sink, &now_fn);
+            worked = true;
         }
+        let end = clock.now().as_nanos();
+        if worked {
+            busy_ns += end - now.as_nanos();
+        }
+        last_end = end;
     }
     let stats = shard_stats(&mut shard, &mut backend)?;
     let drops = stats.drops.iter().map(|(_, n)| n).sum();
@@ -303,6 +321,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
     // the lateness histogram's view only through the shard config, so keep them equal.
     debug_assert_eq!(p.late_tick_threshold_us, 2000);
     let passed = stats.late_ticks == 0 && feed_lag_max_ns < PERIOD_NS;
+    let busy_fraction = busy_ns as f64 / end_ns.max(1) as f64;
     Ok(StepResult {
         sessions: p.sessions,
         step_ms: p.step_ms,
@@ -315,6 +334,9 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
         tick_processing_us: stats.tick_processing_us,
         tick_lateness_us: stats.tick_lateness_us,
         feed_lag_max_us: feed_lag_max_ns / 1000,
+        stall_max_us: stall_max_ns / 1000,
+        busy_fraction,
+        projected_sessions: f64::from(p.sessions) / busy_fraction.max(1e-9),
         passed,
     })
 }
@@ -343,6 +365,9 @@ pub struct SearchResult {
     pub max_sessions_zero_late: Option<u32>,
     /// Smallest session count that failed, if any did.
     pub min_sessions_failed: Option<u32>,
+    /// `projected_sessions` of the largest unsaturated step: the estimate of what one
+    /// unshared core carries, from measured work.
+    pub projected_sessions: Option<f64>,
     /// Every step, in the order run.
     pub steps: Vec<StepResult>,
     /// Seconds the search took.
@@ -356,7 +381,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
     let mut good: Option<u32> = None;
     let mut bad: Option<u32> = None;
     let mut steps = Vec::new();
-    let mut step = |n: u32, steps: &mut Vec<StepResult>| -> Result<bool, BenchError> {
+    let step = |n: u32, steps: &mut Vec<StepResult>| -> Result<bool, BenchError> {
         let r = run_step(&StepParams {
             sessions: n,
             step_ms: p.step_ms,
@@ -364,7 +389,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             late_tick_threshold_us: 2000,
         })?;
         eprintln!(
-            "capacity: {n} sessions: {} ticks, {} late, tick p50 {:.2} us p99 {:.2} us p99.9 {:.2} us, lateness p99 {:.0} us, feed lag max {} us -> {}",
+            "capacity: {n} sessions: {} ticks, {} late, tick p50 {:.2} us p99 {:.2} us p99.9 {:.2} us, lateness p99 {:.0} us, feed lag max {} us, stall max {} us, busy {:.3} (projected {:.0}) -> {}",
             r.ticks,
             r.late_ticks,
             r.tick_processing_us.p50,
@@ -372,35 +397,50 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             r.tick_processing_us.p999,
             r.tick_lateness_us.p99,
             r.feed_lag_max_us,
+            r.stall_max_us,
+            r.busy_fraction,
+            r.projected_sessions,
             if r.passed { "pass" } else { "FAIL" }
         );
-        let passed = r.passed;
+        let result = (r.passed, r.busy_fraction >= 1.0 || r.feed_lag_max_us >= PERIOD_NS / 1000);
         steps.push(r);
-        Ok(passed)
+        Ok(result)
     };
+    // The ramp goes on past a failed step (a noisy machine fails small steps too, and
+    // the work-per-session estimate still needs the larger ones) until the core is
+    // saturated or the time is up.
     for &n in &p.ramp {
         if clock.now().as_nanos() >= budget_ns {
             break;
         }
-        if step(n, &mut steps)? {
+        let (passed, saturated) = step(n, &mut steps)?;
+        if passed && bad.is_none() {
             good = Some(n);
-        } else {
+        } else if !passed && bad.is_none() {
             bad = Some(n);
+        }
+        if saturated {
             break;
         }
     }
-    while let (Some(b), g) = (bad, good.unwrap_or(0)) {
+    while let (Some(b), Some(g)) = (bad, good) {
         if b - g <= p.resolution.max(1) || clock.now().as_nanos() >= budget_ns {
             break;
         }
         let mid = g + (b - g) / 2;
-        if step(mid, &mut steps)? {
+        if step(mid, &mut steps)?.0 {
             good = Some(mid);
         } else {
             bad = Some(mid);
         }
     }
+    let projected_sessions = steps
+        .iter()
+        .filter(|s| s.busy_fraction < 1.0)
+        .max_by_key(|s| s.sessions)
+        .map(|s| s.projected_sessions);
     Ok(SearchResult {
+        projected_sessions,
         max_sessions_zero_late: good,
         min_sessions_failed: bad,
         steps,
@@ -429,6 +469,7 @@ mod tests {
         // Each tick sends one mixed frame to each of the three legs.
         assert_eq!(r.packets_out, r.ticks * 3);
         assert!(r.tick_processing_us.count == r.ticks);
+        assert!(r.busy_fraction > 0.0 && r.busy_fraction < 1.0);
     }
 
     #[test]

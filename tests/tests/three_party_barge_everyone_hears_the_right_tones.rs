@@ -2,7 +2,7 @@
 //! supervisor, agent hears customer and supervisor, supervisor hears customer and agent;
 //! each hears exactly those tones and never its own (no self-echo).
 
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, ms, seed_for};
+use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for};
 
 #[test]
 fn three_party_barge_everyone_hears_the_right_tones() {
@@ -14,7 +14,7 @@ fn three_party_barge_everyone_hears_the_right_tones() {
     let start = sim.now();
     sim.run_for(ms(3_000));
     // Skip the jitter buffers' start-up.
-    let (from, to) = (start + ms(500), sim.now() - ms(200));
+    let (from, to) = (start + ms(500), before(sim.now(), ms(200)));
     let expect = [
         (c, [AGENT_HZ, SUPERVISOR_HZ], CUSTOMER_HZ),
         (a, [CUSTOMER_HZ, SUPERVISOR_HZ], AGENT_HZ),

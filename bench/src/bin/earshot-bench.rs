@@ -129,8 +129,8 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             }
             let r = capacity::search(&p)?;
             println!(
-                "capacity: largest zero-late session count {:?} (first failure {:?}) in {:.1} s",
-                r.max_sessions_zero_late, r.min_sessions_failed, r.elapsed_s
+                "capacity: largest zero-late session count {:?} (first failure {:?}); projected from work {:?}; in {:.1} s",
+                r.max_sessions_zero_late, r.min_sessions_failed, r.projected_sessions, r.elapsed_s
             );
             #[derive(serde::Serialize)]
             struct Out<'a> {

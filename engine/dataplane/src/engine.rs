@@ -18,7 +18,7 @@ use earshot_engine_api::{
     ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
-use earshot_media::time::Duration;
+use earshot_media::time::{Duration, WallClock};
 use futures_channel::oneshot;
 
 use crate::backend::Backend;
@@ -92,7 +92,8 @@ impl Engine {
                 late_tick_threshold: Duration::from_micros(cfg.late_tick_threshold_us),
                 seed: seed.wrapping_add(i as u64),
             };
-            let shard = Shard::new(shard_cfg, kernels, events.clone());
+            let mut shard = Shard::new(shard_cfg, kernels, events.clone());
+            shard.set_ntp_at_zero(clock.ntp_at(earshot_media::time::Instant::ZERO));
             let queue = Arc::new(ArrayQueue::new(cfg.command_queue));
             queues.push(queue.clone());
             let core = if cfg.pin {

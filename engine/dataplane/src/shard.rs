@@ -46,6 +46,12 @@ use earshot_media::{
     Codec, Gain, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc,
 };
 
+use earshot_media::wire::rtcp::{
+    self, ReceiverReport, ReportBlock, ReportBlocks, RtcpRepr, SdesChunk, SdesChunks, SdesItem,
+    SdesItemType, SenderInfo, SenderReport,
+};
+use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
+
 use crate::backend::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use crate::rtp::{self, RtpView};
 use crate::stats::{Counters, DropReason};
@@ -81,6 +87,10 @@ pub struct ShardConfig {
 
 const NO_SLOT: u32 = u32::MAX;
 
+/// Mean interval between a leg's RTCP reports (RFC 3550 section 6.2's minimum of 5 s;
+/// each interval is randomised over [0.5, 1.5] of it).
+const RTCP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Granularity of the tick wheel.
 const WHEEL_SLOT_NS: u64 = 1_000_000;
 /// Slots in the wheel: more than the longest tick period (60 ms).
@@ -107,8 +117,19 @@ struct LegMedia {
     out_len: usize,
     /// Whether this output sent a mixed frame at its previous tick (marker logic).
     mixed_active: bool,
-    /// The previous talk-spurt state of mixed output.
+    /// Source timestamp of the telephone event being relayed, and its output timestamp.
     dtmf_out_ts: Option<(RtpTs, RtpTs)>,
+    /// Reception statistics for RTCP report blocks (RFC 3550 A.1, A.3, A.8).
+    rx_seq: SeqTracker,
+    rx_jitter: JitterEstimator,
+    rx_ssrc: Option<Ssrc>,
+    /// Middle 32 bits of the NTP time of the last SR received, and when it arrived.
+    last_sr: Option<(u32, Instant)>,
+    /// Payload octets sent, for the sender report.
+    octets_sent: u32,
+    packets_sent: u32,
+    /// When this leg next sends RTCP.
+    next_rtcp: Instant,
 }
 
 #[derive(Debug)]
@@ -172,6 +193,8 @@ pub struct Shard {
     counters: Counters,
     events: Arc<ArrayQueue<EngineEvent>>,
     timeout_sweep: u32,
+    rtcp_sweep: u32,
+    ntp_at_zero: u64,
     scratch: Box<[i16; MAX_FRAME_SAMPLES]>,
     /// Time of the first iteration: the wheel's origin.
     started: Option<Instant>,
@@ -215,6 +238,8 @@ impl Shard {
             counters: Counters::new(),
             events,
             timeout_sweep: 0,
+            rtcp_sweep: 0,
+            ntp_at_zero: 0,
             scratch: Box::new([0; MAX_FRAME_SAMPLES]),
             started: None,
             cfg,
@@ -489,6 +514,13 @@ impl Shard {
                 out_len: 0,
                 mixed_active: false,
                 dtmf_out_ts: None,
+                rx_seq: SeqTracker::new(),
+                rx_jitter: JitterEstimator::new(),
+                rx_ssrc: None,
+                last_sr: None,
+                octets_sent: 0,
+                packets_sent: 0,
+                next_rtcp: now + RTCP_INTERVAL,
             }));
         }
         let rtcp_open = leg.rtcp_open;
@@ -780,7 +812,7 @@ impl Shard {
         };
         // RTCP: on port+1, or multiplexed (RFC 5761: second byte 192..=223).
         if is_rtcp_port || (media.rtcp_mux && rtp::looks_like_rtcp(d.payload)) {
-            return self.handle_rtcp(slot, d);
+            return self.handle_rtcp(now, slot, d);
         }
         let view = match RtpView::parse(d.payload) {
             Ok(v) => v,
@@ -907,6 +939,10 @@ impl Shard {
             buf[h..h + payload.len()].copy_from_slice(payload);
             h + payload.len()
         });
+        if sent {
+            m.packets_sent = m.packets_sent.wrapping_add(1);
+            m.octets_sent = m.octets_sent.wrapping_add(payload.len() as u32);
+        }
         self.count_send(sent, rtp::HEADER_LEN + payload.len());
     }
 
@@ -964,11 +1000,103 @@ impl Shard {
         }
     }
 
-    fn handle_rtcp(&mut self, _slot: u32, d: Datagram<'_>) {
-        if !rtp::rtcp_is_valid(d.payload) {
-            self.counters.drop(DropReason::BadRtcp);
+    fn handle_rtcp(&mut self, now: Instant, slot: u32, d: Datagram<'_>) {
+        let mut sr_ntp = None;
+        for p in rtcp::packets(d.payload) {
+            let Ok(p) = p else {
+                return self.counters.drop(DropReason::BadRtcp);
+            };
+            match RtcpRepr::parse(&p) {
+                Ok(RtcpRepr::SenderReport(sr)) => sr_ntp = Some(sr.sender_info.ntp_ts),
+                Ok(_) => {}
+                Err(_) => return self.counters.drop(DropReason::BadRtcp),
+            }
         }
-        // Valid RTCP is counted in packets_in; receiver reports inform nothing yet.
+        // The peer's sender report feeds LSR/DLSR in our next report block, so that it
+        // can compute the round-trip time.
+        if let (Some(ntp), Some(m)) = (sr_ntp, self.leg_mut(slot).media.as_mut()) {
+            m.last_sr = Some(((ntp >> 16) as u32, now));
+        }
+    }
+
+    /// Sends the RTCP reports that are due, a bounded number per call.
+    fn send_rtcp(&mut self, now: Instant, tx: &mut dyn TxSink) {
+        const PER_CALL: u32 = 64;
+        let max = self.cfg.max_legs;
+        for _ in 0..PER_CALL.min(max) {
+            let slot = self.rtcp_sweep;
+            self.rtcp_sweep = (self.rtcp_sweep + 1) % max;
+            let jitter_ms = self.rng.next_u32() % 5_000;
+            let ntp = self.ntp_at_zero.wrapping_add(ntp_of(now));
+            let Some(leg) = self.legs[slot as usize].as_mut() else { continue };
+            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else { continue };
+            if m.next_rtcp > now {
+                continue;
+            }
+            // [0.5, 1.5] of the interval, so that legs set up together drift apart.
+            m.next_rtcp = now + Duration::from_millis(2_500 + u64::from(jitter_ms) / 2 * 2);
+            let ssrc = m.out.ssrc();
+            let block = m.rx_ssrc.map(|src| {
+                let loss = m.rx_seq.poll_interval_loss();
+                let (lsr, dlsr) = match m.last_sr {
+                    Some((mid, at)) => {
+                        let d = now.saturating_since(at).as_nanos();
+                        (mid, ((u128::from(d) << 16) / 1_000_000_000) as u32)
+                    }
+                    None => (0, 0),
+                };
+                ReportBlock {
+                    ssrc: src,
+                    fraction_lost: loss.fraction_lost,
+                    cumulative_lost: m.rx_seq.cumulative_lost().clamp(
+                        i64::from(ReportBlock::CUMULATIVE_LOST_MIN),
+                        i64::from(ReportBlock::CUMULATIVE_LOST_MAX),
+                    ) as i32,
+                    ext_highest_seq: m.rx_seq.extended_max(),
+                    jitter: m.rx_jitter.jitter(),
+                    lsr,
+                    dlsr,
+                }
+            });
+            let blocks_storage: &[ReportBlock] = match &block {
+                Some(b) => std::slice::from_ref(b),
+                None => &[],
+            };
+            let Ok(blocks) = ReportBlocks::from_slice(blocks_storage) else { continue };
+            let report = if m.packets_sent > 0 {
+                RtcpRepr::SenderReport(SenderReport {
+                    ssrc,
+                    sender_info: SenderInfo {
+                        ntp_ts: ntp,
+                        rtp_ts: m.out.event_timestamp(now),
+                        packet_count: m.packets_sent,
+                        octet_count: m.octets_sent,
+                    },
+                    reports: blocks,
+                    profile_extension: &[],
+                })
+            } else {
+                RtcpRepr::ReceiverReport(ReceiverReport { ssrc, reports: blocks, profile_extension: &[] })
+            };
+            let cname = *b"earshot";
+            let items = [SdesItem { kind: SdesItemType::Cname, value: &cname }];
+            let chunks = [SdesChunk { ssrc, items: earshot_media::wire::rtcp::SdesItems::from_slice(&items) }];
+            let Ok(sdes) = SdesChunks::from_slice(&chunks) else { continue };
+            let compound = [report, RtcpRepr::SourceDescription(sdes)];
+            let dst = if m.rtcp_mux { remote } else { SocketAddr::new(remote.ip(), remote.port().wrapping_add(1)) };
+            let src_port = if m.rtcp_mux { leg.port } else { leg.port + 1 };
+            let mut len = 0;
+            let sent = tx.send_with(src_port, dst, &mut |buf| {
+                len = rtcp::emit_compound(&compound, buf).unwrap_or(0);
+                len
+            });
+            if sent && len > 0 {
+                self.counters.packets_out += 1;
+                self.counters.bytes_out += len as u64;
+            } else if !sent {
+                self.counters.drop(DropReason::TxFull);
+            }
+        }
     }
 
     #[inline]
@@ -1055,6 +1183,14 @@ impl Shard {
             self.wheel_cursor += 1;
         }
         self.sweep_timeouts(now);
+        self.send_rtcp(now, tx);
+    }
+
+    /// Sets the NTP time (RFC 3550 64-bit format) that corresponds to `Instant::ZERO`, for
+    /// the wall-clock field of sender reports. Without it, SRs carry NTP time since the
+    /// engine's epoch.
+    pub fn set_ntp_at_zero(&mut self, ntp: u64) {
+        self.ntp_at_zero = ntp;
     }
 
     fn schedule(&mut self, s: u32) {
@@ -1173,6 +1309,10 @@ impl Shard {
                 g711::encode(codec, pcm, &mut buf[h..h + fs]);
                 h + fs
             });
+            if sent {
+                m.packets_sent = m.packets_sent.wrapping_add(1);
+                m.octets_sent = m.octets_sent.wrapping_add(fs as u32);
+            }
             self.count_send(sent, rtp::HEADER_LEN + fs);
         }
         // 3. Consume the tick from every input.
@@ -1393,6 +1533,12 @@ pub fn validate_media(m: &MediaConfig) -> Result<(), EngineError> {
         );
     }
     Ok(())
+}
+
+/// `now` as a 64-bit NTP duration (32.32 fixed point seconds).
+fn ntp_of(now: Instant) -> u64 {
+    let ns = now.as_nanos();
+    ((ns / 1_000_000_000) << 32) | (((ns % 1_000_000_000) << 32) / 1_000_000_000)
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

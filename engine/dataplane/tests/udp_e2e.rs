@@ -2,7 +2,7 @@
 //!
 //! Three `std::net::UdpSocket` endpoints (customer, agent, supervisor) each talk a tone at
 //! their own frequency while the session plan is switched live through monitor, coach,
-//! barge and hold. The test proves, per phase, who hears whom (SPEC section 1) by tone
+//! barge, hold and monitor again after the resume. The test proves, per phase, who hears whom (SPEC section 1) by tone
 //! detection on what each endpoint receives; that each endpoint's received RTP is one
 //! stream across every switch (SPEC section 5); that the monitored customer-agent path is
 //! forwarded bit-exactly; and that malformed datagrams are dropped, counted by reason,
@@ -74,9 +74,17 @@ enum Phase {
     Coach,
     Barge,
     Hold,
+    /// The customer is resumed, still monitored: every stream restarts after the hold.
+    Resume,
 }
 
-const PHASES: [Phase; 4] = [Phase::Monitor, Phase::Coach, Phase::Barge, Phase::Hold];
+const PHASES: [Phase; 5] = [
+    Phase::Monitor,
+    Phase::Coach,
+    Phase::Barge,
+    Phase::Hold,
+    Phase::Resume,
+];
 
 impl Phase {
     /// (listener, source) pairs of the hear relation, SPEC section 1, with the
@@ -84,7 +92,7 @@ impl Phase {
     fn hears(self) -> Vec<(Who, Who)> {
         use Who::*;
         match self {
-            Phase::Monitor => vec![
+            Phase::Monitor | Phase::Resume => vec![
                 (Customer, Agent),
                 (Agent, Customer),
                 (Supervisor, Customer),
@@ -520,7 +528,11 @@ fn run_scenario(backend: BackendKind, port_base: u16) {
         .collect();
     let exact = agent_monitor
         .iter()
-        .filter(|r| customer_sent_in_monitor.iter().any(|s| s[..] == r.bytes[12..]))
+        .filter(|r| {
+            customer_sent_in_monitor
+                .iter()
+                .any(|s| s[..] == r.bytes[12..])
+        })
         .count();
     let marked = agent_monitor
         .iter()

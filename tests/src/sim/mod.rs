@@ -34,3 +34,8 @@ pub const fn ms(ms: u64) -> Duration {
 pub fn after(t: Instant, d: Duration) -> Instant {
     t + d
 }
+
+/// `t - d` (saturating at the epoch): the time types only add durations.
+pub fn before(t: Instant, d: Duration) -> Instant {
+    Instant::from_nanos(t.as_nanos().saturating_sub(d.as_nanos()))
+}

@@ -119,6 +119,8 @@ struct Endpoint {
     listener: Listener,
     uplink_sent: u64,
     uplink_lost: u64,
+    /// Every datagram the phone sent.
+    uplink_log: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -287,6 +289,7 @@ impl Sim {
             listener,
             uplink_sent: 0,
             uplink_lost: 0,
+            uplink_log: Vec::new(),
         });
         Party(i)
     }
@@ -380,6 +383,7 @@ impl Sim {
     fn send_over(&mut self, link: Link, now: Instant, dest: Dest, bytes: &[u8], uplink_of: Option<usize>) {
         let arrivals = link.transmit(&mut self.rng, now);
         if let Some(i) = uplink_of {
+            self.parties[i].uplink_log.push(bytes.to_vec());
             self.parties[i].uplink_sent += 1;
             self.parties[i].uplink_lost += u64::from(arrivals.is_lost());
         }
@@ -454,6 +458,11 @@ impl Sim {
     /// Packets the party's phone sent, and how many of them its uplink lost.
     pub fn uplink_counts(&self, p: Party) -> (u64, u64) {
         (self.parties[p.0].uplink_sent, self.parties[p.0].uplink_lost)
+    }
+
+    /// Every datagram the party's phone sent, in order (before its uplink).
+    pub fn uplink_payloads(&self, p: Party) -> &[Vec<u8>] {
+        &self.parties[p.0].uplink_log
     }
 
     /// Every party.
