@@ -5,7 +5,7 @@
 
 use earshot_tests::sim::continuity::longest_send_gap;
 use earshot_tests::sim::listener::tone_amplitude;
-use earshot_tests::sim::talker::{BEACON_HZ, TONE_AMPLITUDE};
+use earshot_tests::sim::talker::TONE_AMPLITUDE;
 use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Link, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for};
 use earshot_media::time::{Duration, Instant};
 
@@ -13,15 +13,16 @@ use earshot_media::time::{Duration, Instant};
 /// by `listener`, in order.
 fn beacon_delays(sim: &Sim, talker: earshot_tests::sim::Party, listener: earshot_tests::sim::Party) -> Vec<(Instant, Duration)> {
     let sends = sim.talker(talker).beacons();
+    let beacon_hz = sim.talker(talker).config().beacon_hz;
     let play = sim.listener(listener).playout();
     let mut out: Vec<(Instant, Duration)> = Vec::new();
     let mut i = 0;
     while i + 160 <= play.samples.len() {
-        let f = tone_amplitude(&play.samples[i..i + 160], BEACON_HZ) / TONE_AMPLITUDE;
+        let f = tone_amplitude(&play.samples[i..i + 160], beacon_hz) / TONE_AMPLITUDE;
         if f > 0.5 {
             // Refine to the strongest 40-sample step of this beacon.
             let best = (0..5).map(|k| i + 40 * k).filter(|&j| j + 160 <= play.samples.len())
-                .max_by(|&x, &y| tone_amplitude(&play.samples[x..x + 160], BEACON_HZ).total_cmp(&tone_amplitude(&play.samples[y..y + 160], BEACON_HZ)))
+                .max_by(|&x, &y| tone_amplitude(&play.samples[x..x + 160], beacon_hz).total_cmp(&tone_amplitude(&play.samples[y..y + 160], beacon_hz)))
                 .unwrap_or(i);
             let heard = play.time_of(best);
             if let Some(&sent) = sends.iter().rev().find(|&&t| t <= heard) {
@@ -38,15 +39,16 @@ fn beacon_delays(sim: &Sim, talker: earshot_tests::sim::Party, listener: earshot
 #[test]
 fn clock_drift_does_not_grow_the_buffer() {
     let mut sim = Sim::new("clock_drift", seed_for("clock_drift"));
-    let drifting = |name: &str, hz: f64, ppm: f64| {
+    let drifting = |name: &str, hz: f64, ppm: f64, beacon_hz: f64| {
         let mut p = PartyConfig { uplink: Link::with_jitter(5, 5), ..PartyConfig::tone(name, hz) };
         p.talker.drift_ppm = ppm;
         p.talker.beacon_every_frames = 250; // one every 5 s
+        p.talker.beacon_hz = beacon_hz;
         p
     };
-    let c = sim.add_party(drifting("customer", CUSTOMER_HZ, 1000.0));
-    let a = sim.add_party(drifting("agent", AGENT_HZ, -1000.0));
-    let s = sim.add_party(drifting("supervisor", SUPERVISOR_HZ, 500.0));
+    let c = sim.add_party(drifting("customer", CUSTOMER_HZ, 1000.0, 2700.0));
+    let a = sim.add_party(drifting("agent", AGENT_HZ, -1000.0, 3100.0));
+    let s = sim.add_party(drifting("supervisor", SUPERVISOR_HZ, 500.0, 3500.0));
     sim.set_hearing(&Hearing::call(c, a).with(s, a, Mode::Barge));
     let start = sim.now();
     sim.run_for(ms(180_000));

@@ -284,6 +284,12 @@ pub struct ShardStats {
     pub tick_lateness_us: Percentiles,
     /// Command queue rejections because the queue was full.
     pub commands_rejected: u64,
+    /// Loop iterations that took longer than the stall budget (2.5 ms).
+    #[serde(default)]
+    pub stalls: u64,
+    /// Engine events lost because the event queue was full.
+    #[serde(default)]
+    pub events_lost: u64,
 }
 
 /// Latency percentiles in microseconds.

@@ -47,6 +47,8 @@ pub struct EngineHandle {
     /// path only.
     placement: Mutex<Placement>,
     backend_name: String,
+    /// Commands refused per shard because its queue was full (control side, atomic).
+    rejected: Vec<std::sync::atomic::AtomicU64>,
     /// Events forwarded by the pump thread from the shards' lock-free queue.
     event_rx: Mutex<futures_channel::mpsc::UnboundedReceiver<EngineEvent>>,
 }
@@ -135,6 +137,7 @@ impl Engine {
         }
         let handle = Arc::new(EngineHandle {
             event_rx: Mutex::new(event_rx),
+            rejected: (0..cfg.shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             queues,
             events,
             stop,
@@ -197,6 +200,7 @@ impl EngineHandle {
             .ok_or_else(|| EngineError::NotFound(format!("shard {shard}")))?;
         let (tx, rx) = oneshot::channel();
         if queue.push(Envelope { cmd, reply: tx }).is_err() {
+            self.rejected[shard].fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::ResourceExhausted(format!(
                 "shard {shard} command queue full"
             )));
@@ -331,7 +335,10 @@ impl EngineHandle {
                         .send(shard, ShardCommand::Stats(ShardStats::default()))
                         .await?
                     {
-                        all.shards.extend(s.shards);
+                        all.shards.extend(s.shards.into_iter().map(|mut st| {
+                            st.commands_rejected = self.rejected[shard].load(Ordering::Relaxed);
+                            st
+                        }));
                     }
                 }
                 Ok(Response::Stats(all))

@@ -45,6 +45,9 @@ pub struct LoopParams {
 /// The longest a shard sleeps: bounds how long a command waits to be picked up.
 const MAX_WAIT: Duration = Duration::from_millis(1);
 
+/// An iteration longer than this is a stall (a quarter of the shortest ptime).
+const STALL_BUDGET: Duration = Duration::from_micros(2_500);
+
 /// Runs a shard until `stop` is set.
 pub fn run(
     mut shard: Shard,
@@ -59,9 +62,12 @@ pub fn run(
         // CPUs than configured) leaves the thread unpinned rather than failing the engine.
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
+    // Best effort: without it ticks may wake up to 50 us late, which is still in budget.
+    let _ = crate::backend::set_timer_slack_ns(1_000);
     let now_fn = || clock.now();
     while !stop.load(Ordering::Relaxed) {
         let now = clock.now();
+        let iteration_start = now;
         for _ in 0..params.commands_per_iteration {
             let Some(env) = queue.pop() else { break };
             let result = shard.handle_command(now, backend.as_mut(), env.cmd);
@@ -82,6 +88,11 @@ pub fn run(
             shard.handle_ticks(now, backend.tx(), &now_fn);
         }
         let _ = backend.flush();
+        // Stall detector: an iteration that took longer than the budget delayed every
+        // packet and tick behind it. Counted, never logged, on this path.
+        if clock.now().saturating_since(iteration_start) > STALL_BUDGET {
+            shard.counters_mut().stalls += 1;
+        }
         if received == 0 && queue.is_empty() {
             let now = clock.now();
             let cap = now + MAX_WAIT;

@@ -60,6 +60,8 @@ pub struct Counters {
     pub late_ticks: u64,
     /// Events lost because the event queue was full.
     pub events_lost: u64,
+    /// Loop iterations over the stall budget.
+    pub stalls: u64,
     /// Tick processing time in nanoseconds.
     pub tick_processing_ns: Histogram<u64>,
     /// Tick start minus deadline in nanoseconds.
@@ -83,6 +85,7 @@ impl Counters {
             ticks: 0,
             late_ticks: 0,
             events_lost: 0,
+            stalls: 0,
             tick_processing_ns: h(),
             tick_lateness_ns: h(),
         }
@@ -107,6 +110,8 @@ impl Counters {
             .collect();
         s.ticks = self.ticks;
         s.late_ticks = self.late_ticks;
+        s.stalls = self.stalls;
+        s.events_lost = self.events_lost;
         s.tick_processing_us = percentiles_us(&self.tick_processing_ns);
         s.tick_lateness_us = percentiles_us(&self.tick_lateness_ns);
     }

@@ -66,7 +66,9 @@ pub fn check_stream(
         }
     }
     for &sw in switches {
-        if let Some(p) = packets.iter().find(|p| p.sent_at >= sw && p.pt == audio_pt) {
+        // A plan is set after everything due at its instant ran: packets sent at `sw`
+        // itself predate the switch.
+        if let Some(p) = packets.iter().find(|p| p.sent_at > sw && p.pt == audio_pt) {
             if !p.marker {
                 return Err(format!("no marker on the first packet after the switch at {sw:?} (seq {})", p.seq));
             }

@@ -54,7 +54,8 @@ pub struct Listener {
     codec: Codec,
     audio_pt: u8,
     packets: Vec<Received>,
-    /// Datagrams that were not valid RTP.
+    rtcp: Vec<(Instant, Vec<u8>)>,
+    /// Datagrams that were neither valid RTP nor valid RTCP.
     pub malformed: u64,
 }
 
@@ -72,11 +73,20 @@ pub struct Playout {
 impl Listener {
     /// A listener expecting `codec` audio on `audio_pt`.
     pub fn new(codec: Codec, audio_pt: u8) -> Listener {
-        Listener { codec, audio_pt, packets: Vec::new(), malformed: 0 }
+        Listener { codec, audio_pt, packets: Vec::new(), rtcp: Vec::new(), malformed: 0 }
     }
 
     /// Takes one datagram sent by the engine at `sent_at`, arriving at `at`.
+    /// RTCP (RFC 5761 demultiplexing: legs are rtcp-mux) is kept apart.
     pub fn handle_datagram(&mut self, sent_at: Instant, at: Instant, bytes: &[u8]) {
+        if earshot_media::wire::is_rtcp(bytes) {
+            if earshot_media::wire::rtcp::packets(bytes).all(|p| p.is_ok()) {
+                self.rtcp.push((sent_at, bytes.to_vec()));
+            } else {
+                self.malformed += 1;
+            }
+            return;
+        }
         let Ok(view) = RtpPacket::new_checked(bytes) else {
             self.malformed += 1;
             return;
@@ -100,6 +110,11 @@ impl Listener {
     /// Every packet received, in arrival order.
     pub fn packets(&self) -> &[Received] {
         &self.packets
+    }
+
+    /// Every valid RTCP compound packet received, with its send time.
+    pub fn rtcp(&self) -> &[(Instant, Vec<u8>)] {
+        &self.rtcp
     }
 
     /// Audio packets (the leg's audio payload type), in arrival order.

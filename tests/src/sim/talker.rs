@@ -24,7 +24,8 @@ pub const AGENT_HZ: f64 = 900.0;
 pub const SUPERVISOR_HZ: f64 = 1400.0;
 /// The tone of a specialist.
 pub const SPECIALIST_HZ: f64 = 2100.0;
-/// A short beacon a talker can insert to mark a moment in its stream (latency probes).
+/// The default frequency of the one-frame beacons a talker can insert to mark moments
+/// in its stream (delay probes). Like every tone here, a multiple of 50 Hz.
 pub const BEACON_HZ: f64 = 2700.0;
 
 /// What a talker sends.
@@ -44,6 +45,9 @@ pub struct TalkerConfig {
     pub drift_ppm: f64,
     /// Insert one beacon frame every this many frames (0: never).
     pub beacon_every_frames: u64,
+    /// Frequency of this talker's beacon frames: distinct per talker so that a listener
+    /// hearing several can tell whose beacon it measures.
+    pub beacon_hz: f64,
 }
 
 impl TalkerConfig {
@@ -57,6 +61,7 @@ impl TalkerConfig {
             telephone_event_pt: Some(101),
             drift_ppm: 0.0,
             beacon_every_frames: 0,
+            beacon_hz: BEACON_HZ,
         }
     }
 }
@@ -197,7 +202,7 @@ impl Talker {
             }
         }
         let beacon = self.cfg.beacon_every_frames > 0 && k > 0 && k % self.cfg.beacon_every_frames == 0;
-        let hz = if beacon { BEACON_HZ } else { self.cfg.tone_hz };
+        let hz = if beacon { self.cfg.beacon_hz } else { self.cfg.tone_hz };
         if beacon {
             self.beacons.push(now);
         }

@@ -27,6 +27,7 @@ pub mod af_xdp;
 pub mod memory;
 pub mod socket;
 mod sys;
+pub use sys::set_timer_slack_ns;
 pub mod uring;
 
 /// A received UDP datagram, borrowed from the backend's receive buffer.
