@@ -381,7 +381,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
     let mut good: Option<u32> = None;
     let mut bad: Option<u32> = None;
     let mut steps = Vec::new();
-    let step = |n: u32, steps: &mut Vec<StepResult>| -> Result<bool, BenchError> {
+    let step = |n: u32, steps: &mut Vec<StepResult>| -> Result<(bool, bool), BenchError> {
         let r = run_step(&StepParams {
             sessions: n,
             step_ms: p.step_ms,

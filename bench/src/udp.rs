@@ -98,6 +98,9 @@ pub struct UdpResult {
     pub ratio_in: f64,
 }
 
+/// How long the receiver keeps counting after the last send.
+const DRAIN_NS: u64 = 100_000_000;
+
 fn pin(core: usize) {
     // Best effort: the report names the core asked for.
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
@@ -184,7 +187,9 @@ fn generate(
         };
         let n = due.saturating_sub(offered).min(BATCH as u64) as usize;
         if n == 0 {
-            std::hint::spin_loop();
+            // Yield rather than spin: the receiver shares this core, and a spinning
+            // sender would add a scheduler timeslice to every latency sample.
+            std::thread::yield_now();
             continue;
         }
         let stamp = clock.now().as_nanos();
@@ -203,7 +208,7 @@ fn generate(
     }
     let elapsed_ns = clock.now().as_nanos() - start;
     // Let in-flight packets land before stopping the receiver.
-    let drain_until = clock.now().as_nanos() + 100_000_000;
+    let drain_until = clock.now().as_nanos() + DRAIN_NS;
     while clock.now().as_nanos() < drain_until {
         std::hint::spin_loop();
     }
@@ -266,7 +271,9 @@ pub fn run_reflector(
 }
 
 fn run_result(target: &str, g: &GenReport, sut_in: u64, sut_out: u64, lat: bool) -> RunResult {
-    let secs = g.elapsed_ns as f64 / 1e9;
+    // Rates over the sending window plus the drain, during which both systems still
+    // count what was in flight.
+    let secs = (g.elapsed_ns + DRAIN_NS) as f64 / 1e9;
     RunResult {
         target: target.to_string(),
         offered_pps: g.offered as f64 / secs,
@@ -343,6 +350,17 @@ fn program(
     Ok(targets)
 }
 
+fn engine_counts(api: &dyn EngineApi) -> Result<(String, u64, u64), BenchError> {
+    let Response::Stats(stats) = block_on_call(api, Request::Stats)? else {
+        return Err(BenchError::UnexpectedResponse("Stats"));
+    };
+    let (i, o) = stats
+        .shards
+        .iter()
+        .fold((0, 0), |(i, o), s| (i + s.packets_in, o + s.packets_out));
+    Ok((stats.backend, i, o))
+}
+
 /// Runs the three measurements of the module docs.
 pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     let duration_ns = p.duration_ms * 1_000_000;
@@ -392,6 +410,10 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
         max_legs_per_shard: (p.sessions * 3).max(16),
         max_sessions_per_shard: p.sessions.max(1),
         seed: 1,
+        // Below the kernel's ephemeral range (32768..60999), where the generator's own
+        // sockets live.
+        port_base: 16384,
+        ports_per_shard: 16384,
         socket: std::env::temp_dir().join("earshot-bench-unused.sock"),
         ..EngineConfig::default()
     };
@@ -401,15 +423,12 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     let gen_sock = net::bind(loopback(0))?;
     let peer = local_v4(&gen_sock)?;
     let targets = program(api.as_ref(), p, peer)?;
+    // Mixing sessions tick (and send) from the moment they are programmed: count only
+    // the generation window (and its drain), as for the reflector.
+    let (_, in0, out0) = engine_counts(api.as_ref())?;
     let g = generate(&targets, rate, duration_ns, p.gen_core, measure_latency, gen_sock)?;
-    let Response::Stats(stats) = block_on_call(api.as_ref(), Request::Stats)? else {
-        return Err(BenchError::UnexpectedResponse("Stats"));
-    };
-    let backend_name = stats.backend.clone();
-    let (sin, sout) = stats
-        .shards
-        .iter()
-        .fold((0, 0), |(i, o), s| (i + s.packets_in, o + s.packets_out));
+    let (backend_name, in1, out1) = engine_counts(api.as_ref())?;
+    let (sin, sout) = (in1 - in0, out1 - out0);
     drop(api);
     engine.shutdown();
     let engine_run = run_result(

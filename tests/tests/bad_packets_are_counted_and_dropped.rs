@@ -7,11 +7,26 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use earshot_engine_api::{DROP_REASONS, EngineEvent};
 use earshot_tests::sim::world::{PORT_COUNT, PORT_FIRST};
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for};
+use earshot_tests::sim::{
+    AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
+};
 
 /// A well-formed 20 ms PCMU packet with payload type `pt`, every payload byte `fill`.
 fn rtp(pt: u8, seq: u16, fill: u8) -> Vec<u8> {
-    let mut p = vec![0x80, pt, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    let mut p = vec![
+        0x80,
+        pt,
+        (seq >> 8) as u8,
+        seq as u8,
+        0,
+        0,
+        0,
+        0,
+        0xde,
+        0xad,
+        0xbe,
+        0xef,
+    ];
     p.extend(std::iter::repeat_n(fill, 160));
     p
 }
@@ -20,14 +35,27 @@ fn rtp(pt: u8, seq: u16, fill: u8) -> Vec<u8> {
 fn bad_packets_are_counted_and_dropped() {
     let mut sim = Sim::new("bad_packets", seed_for("bad_packets"));
     // The customer's leg latches its remote from the first valid packet.
-    let c = sim.add_party(PartyConfig { latch: true, ..PartyConfig::tone("customer", CUSTOMER_HZ) });
+    let c = sim.add_party(PartyConfig {
+        latch: true,
+        ..PartyConfig::tone("customer", CUSTOMER_HZ)
+    });
     let a = sim.add_party(PartyConfig::tone("agent", AGENT_HZ));
     let s = sim.add_party(PartyConfig::tone("supervisor", SUPERVISOR_HZ));
     sim.set_hearing(&Hearing::call(c, a).with(s, a, Mode::Barge));
     let start = sim.now();
     sim.run_for(ms(300));
-    let latched: Vec<_> = sim.take_events().into_iter().filter(|e| matches!(e, EngineEvent::RemoteLatched { .. })).collect();
-    assert_eq!(latched, vec![EngineEvent::RemoteLatched { leg: sim.leg(c), remote: sim.addr(c) }]);
+    let latched: Vec<_> = sim
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, EngineEvent::RemoteLatched { .. }))
+        .collect();
+    assert_eq!(
+        latched,
+        vec![EngineEvent::RemoteLatched {
+            leg: sim.leg(c),
+            remote: sim.addr(c)
+        }]
+    );
 
     let stranger = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 6000);
     let (cp, ap) = (sim.engine_port(c), sim.engine_port(a));
@@ -64,7 +92,11 @@ fn bad_packets_are_counted_and_dropped() {
     let stats = sim.stats();
     for reason in DROP_REASONS {
         let expected = kinds.iter().filter(|(r, ..)| *r == reason).count() as u64 * ROUNDS;
-        let got = stats.drops.iter().find(|(r, _)| r == reason).map_or(0, |(_, n)| *n);
+        let got = stats
+            .drops
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map_or(0, |(_, n)| *n);
         assert_eq!(got, expected, "drops for {reason}");
     }
 
@@ -73,11 +105,25 @@ fn bad_packets_are_counted_and_dropped() {
     for (listener, own) in tones {
         let l = sim.listener(listener);
         for (_, hz) in tones.iter().copied().filter(|(p, _)| *p != listener) {
-            assert!(l.hears(hz, from, to), "{} misses {hz} Hz amid bad packets: {:?}", sim.name(listener), l.tone_report(hz, from, to));
+            assert!(
+                l.hears(hz, from, to),
+                "{} misses {hz} Hz amid bad packets: {:?}",
+                sim.name(listener),
+                l.tone_report(hz, from, to)
+            );
         }
         assert!(l.never_hears(own, from, to));
-        assert_eq!(l.malformed, 0, "{} received something malformed", sim.name(listener));
+        assert_eq!(
+            l.malformed,
+            0,
+            "{} received something malformed",
+            sim.name(listener)
+        );
         // The foreign payload (all 0x55) never reaches anyone.
-        assert!(l.audio().all(|p| p.payload.iter().any(|&b| b != 0x55)), "a dropped packet's payload reached {}", sim.name(listener));
+        assert!(
+            l.audio().all(|p| p.payload.iter().any(|&b| b != 0x55)),
+            "a dropped packet's payload reached {}",
+            sim.name(listener)
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Coach on the agent: the agent hears the customer and the supervisor's whisper; the
 //! customer hears the agent only, never the supervisor; the supervisor hears both.
 
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for};
+use earshot_tests::sim::{
+    AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
+};
 
 #[test]
 fn coach_whisper_reaches_only_the_agent() {
@@ -15,8 +17,16 @@ fn coach_whisper_reaches_only_the_agent() {
     let (from, to) = (start + ms(500), before(sim.now(), ms(200)));
 
     let agent = sim.listener(a);
-    assert!(agent.hears(CUSTOMER_HZ, from, to), "agent misses the customer: {:?}", agent.tone_report(CUSTOMER_HZ, from, to));
-    assert!(agent.hears(SUPERVISOR_HZ, from, to), "agent misses the whisper: {:?}", agent.tone_report(SUPERVISOR_HZ, from, to));
+    assert!(
+        agent.hears(CUSTOMER_HZ, from, to),
+        "agent misses the customer: {:?}",
+        agent.tone_report(CUSTOMER_HZ, from, to)
+    );
+    assert!(
+        agent.hears(SUPERVISOR_HZ, from, to),
+        "agent misses the whisper: {:?}",
+        agent.tone_report(SUPERVISOR_HZ, from, to)
+    );
     assert!(agent.never_hears(AGENT_HZ, from, to));
 
     let customer = sim.listener(c);

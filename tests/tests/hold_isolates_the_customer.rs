@@ -2,7 +2,9 @@
 //! hears nothing at all (hold audio is out of scope) and the agent hears nobody either.
 //! Resume restores the call.
 
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for};
+use earshot_tests::sim::{
+    AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
+};
 
 #[test]
 fn hold_isolates_the_customer() {
@@ -20,24 +22,47 @@ fn hold_isolates_the_customer() {
     let (from, to) = (hold_at + ms(500), before(sim.now(), ms(200)));
 
     let sup = sim.listener(s);
-    assert!(sup.hears(AGENT_HZ, from, to), "supervisor misses the agent on hold: {:?}", sup.tone_report(AGENT_HZ, from, to));
-    assert!(sup.never_hears(CUSTOMER_HZ, from, to), "supervisor hears the held customer: {:?}", sup.tone_report(CUSTOMER_HZ, from, to));
+    assert!(
+        sup.hears(AGENT_HZ, from, to),
+        "supervisor misses the agent on hold: {:?}",
+        sup.tone_report(AGENT_HZ, from, to)
+    );
+    assert!(
+        sup.never_hears(CUSTOMER_HZ, from, to),
+        "supervisor hears the held customer: {:?}",
+        sup.tone_report(CUSTOMER_HZ, from, to)
+    );
     // The held customer is sent nothing once the hold is live (one in-flight packet of
     // slack for the packet already on the downlink).
-    let sent_to_customer_on_hold =
-        sim.listener(c).audio().filter(|p| p.sent_at > hold_at).count();
+    let sent_to_customer_on_hold = sim
+        .listener(c)
+        .audio()
+        .filter(|p| p.sent_at > hold_at)
+        .count();
     assert!(
         sent_to_customer_on_hold == 0,
         "held customer got {sent_to_customer_on_hold} audio packets after the hold ({customer_packets_before} before)"
     );
     let agent = sim.listener(a);
-    assert!(agent.audio().all(|p| p.sent_at <= hold_at), "the agent alone in its group got audio on hold");
+    assert!(
+        agent.audio().all(|p| p.sent_at <= hold_at),
+        "the agent alone in its group got audio on hold"
+    );
 
     let resume_at = sim.now();
     sim.set_hearing(&Hearing::call(c, a).with(s, a, Mode::Monitor));
     sim.run_for(ms(2_000));
     let (from, to) = (resume_at + ms(500), before(sim.now(), ms(200)));
-    assert!(sim.listener(c).hears(AGENT_HZ, from, to), "customer does not hear the agent after resume");
-    assert!(sim.listener(a).hears(CUSTOMER_HZ, from, to), "agent does not hear the customer after resume");
-    assert!(sim.listener(s).hears(CUSTOMER_HZ, from, to), "supervisor does not hear the customer after resume");
+    assert!(
+        sim.listener(c).hears(AGENT_HZ, from, to),
+        "customer does not hear the agent after resume"
+    );
+    assert!(
+        sim.listener(a).hears(CUSTOMER_HZ, from, to),
+        "agent does not hear the customer after resume"
+    );
+    assert!(
+        sim.listener(s).hears(CUSTOMER_HZ, from, to),
+        "supervisor does not hear the customer after resume"
+    );
 }

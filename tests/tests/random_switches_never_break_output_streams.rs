@@ -3,23 +3,38 @@
 //! every output leg's RTP stream stays continuous (one SSRC, seq +1, timestamps forward
 //! and within a frame of elapsed time, marker after each switch).
 
-use earshot_tests::sim::continuity::{StreamLimits, check_stream};
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, Party, PartyConfig, SUPERVISOR_HZ, Sim, ms};
+use earshot_tests::sim::continuity::{WITHIN_A_FRAME, check_all_streams};
+use earshot_tests::sim::{
+    AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, Party, PartyConfig, SUPERVISOR_HZ, Sim, ms, seed_for,
+};
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
 #[derive(Debug, Clone, Copy)]
 enum Step {
     Call,
     Hold,
-    Supervise { mode: u8, on_customer: bool, held: bool },
+    Supervise {
+        mode: u8,
+        on_customer: bool,
+        held: bool,
+    },
 }
 
 fn hearing(step: Step, c: Party, a: Party, s: Party) -> Hearing {
     match step {
         Step::Call => Hearing::call(c, a),
         Step::Hold => Hearing::held(c, a),
-        Step::Supervise { mode, on_customer, held } => {
-            let base = if held { Hearing::held(c, a) } else { Hearing::call(c, a) };
+        Step::Supervise {
+            mode,
+            on_customer,
+            held,
+        } => {
+            let base = if held {
+                Hearing::held(c, a)
+            } else {
+                Hearing::call(c, a)
+            };
             // Coach and barge need an internal target (SPEC section 2): the agent.
             let (mode, target) = match mode % 3 {
                 0 => (Mode::Monitor, if on_customer { c } else { a }),
@@ -40,9 +55,16 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    // Failures print the minimal input (seed and steps); no regression file, so that a
-    // run never writes into the source tree.
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    // The case generator is seeded like every simulation here (EARSHOT_SEED, else a
+    // fixed seed per test), so CI explores the same cases each run and a failure
+    // replays. Failures print the minimal input; no regression file is written into
+    // the source tree.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(seed_for("random_switches")),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_switches_never_break_output_streams(
@@ -58,20 +80,10 @@ proptest! {
             sim.run_for(ms(*run_ms));
         }
         sim.run_for(ms(200));
-        let parties = [c, a, s];
-        for p in parties {
-            let mut switches = Vec::new();
-            let mut before = None;
-            for (at, h) in sim.plan_changes() {
-                let kind = h.output_of(p, parties.iter().copied());
-                if before.is_some_and(|b| b != kind) {
-                    switches.push(*at);
-                }
-                before = Some(kind);
-            }
-            let limits = StreamLimits { frame_samples: 160, ts_slack_samples: 16, allow_seq_gaps: false };
-            let checked = check_stream(sim.listener(p).packets(), 0, limits, &switches);
-            prop_assert!(checked.is_ok(), "{}: {:?} (steps {:?})", sim.name(p), checked, steps);
-        }
+        // Switches less than a frame apart (mix -> forward -> mix) once pushed the output
+        // timestamp ahead of elapsed time by up to 1.5 frames; the limit is SPEC's
+        // "within a frame" (plus 2 ms).
+        let checked = check_all_streams(&sim, WITHIN_A_FRAME);
+        prop_assert!(checked.is_ok(), "{:?} (steps {:?})", checked, steps);
     }
 }

@@ -6,16 +6,30 @@
 use earshot_media::wire::dtmf::DtmfEvent;
 use earshot_tests::sim::talker::DtmfPlan;
 use earshot_tests::sim::world::Captured;
-use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, Link, Mode, PartyConfig, SUPERVISOR_HZ, SeedGuard, Sim, ms, seed_for};
+use earshot_tests::sim::{
+    AGENT_HZ, CUSTOMER_HZ, Hearing, Link, Mode, PartyConfig, SUPERVISOR_HZ, SeedGuard, Sim, ms,
+    seed_for,
+};
 
 fn run(seed: u64) -> Vec<Captured> {
     let mut sim = Sim::new("seeds_replay", seed);
     let rough = Link::with_jitter(5, 40).lossy(0.03).duplicating(0.02);
-    let party = |name: &str, hz: f64| PartyConfig { uplink: rough, downlink: rough, ..PartyConfig::tone(name, hz) };
-    let c = sim.add_party(PartyConfig { latch: true, ..party("customer", CUSTOMER_HZ) });
+    let party = |name: &str, hz: f64| PartyConfig {
+        uplink: rough,
+        downlink: rough,
+        ..PartyConfig::tone(name, hz)
+    };
+    let c = sim.add_party(PartyConfig {
+        latch: true,
+        ..party("customer", CUSTOMER_HZ)
+    });
     let a = sim.add_party(party("agent", AGENT_HZ));
     let s = sim.add_party(party("supervisor", SUPERVISOR_HZ));
-    sim.talker_mut(c).add_dtmf(DtmfPlan { start_frame: 30, frames: 6, event: DtmfEvent::Pound });
+    sim.talker_mut(c).add_dtmf(DtmfPlan {
+        start_frame: 30,
+        frames: 6,
+        event: DtmfEvent::Pound,
+    });
     for h in [
         Hearing::call(c, a).with(s, a, Mode::Monitor),
         Hearing::call(c, a).with(s, a, Mode::Barge),
@@ -33,8 +47,16 @@ fn seeds_replay_bit_for_bit() {
     let _guard = SeedGuard::new("seeds_replay", seed);
     let first = run(seed);
     let second = run(seed);
-    assert!(first.len() > 200, "only {} datagrams: the run proves little", first.len());
-    assert_eq!(first.len(), second.len(), "the replay sent a different number of datagrams");
+    assert!(
+        first.len() > 200,
+        "only {} datagrams: the run proves little",
+        first.len()
+    );
+    assert_eq!(
+        first.len(),
+        second.len(),
+        "the replay sent a different number of datagrams"
+    );
     if let Some(i) = (0..first.len()).find(|&i| first[i] != second[i]) {
         panic!("datagram {i} differs: {:?} vs {:?}", first[i], second[i]);
     }

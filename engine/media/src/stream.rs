@@ -160,8 +160,13 @@ impl OutputStream {
     /// Stamps a frame the engine mixed (or transcoded) at the tick `now`.
     /// `talkspurt_start` comes from the jitter buffer or mixer and sets the marker.
     pub fn mixed(&mut self, now: Instant, talkspurt_start: bool) -> Stamp {
+        // Leaving a forwarded source is a switch: the receiver should resync.
+        let switching = self.source.is_some() || self.marker_pending;
         let ts = match self.last_ts {
             None => self.start(now),
+            // A switch re-anchors on wall time (see `reanchor`), so that alternating
+            // quickly between forwarding and mixing cannot build up a lead.
+            Some(last) if switching => self.reanchor(now, last),
             Some(last) => {
                 let next = last.add(self.frame_samples);
                 let frame = i64::from(self.frame_samples);
@@ -174,7 +179,6 @@ impl OutputStream {
                 next.add((behind_frames.max(0) * frame) as u32)
             }
         };
-        // Leaving a forwarded source is a switch: the receiver should resync.
         let switched = self.source.take().is_some();
         let marker = talkspurt_start || self.marker_pending || switched;
         self.emit(ts, marker)
@@ -234,16 +238,7 @@ impl OutputStream {
         // A new source (or a restart of this one): map it to continue the output.
         let ts = match self.last_ts {
             None => self.start(now),
-            Some(last) => {
-                let earliest = last.add(self.frame_samples);
-                let ideal = self.ideal_ts(now);
-                // Frames must not overlap, so never less than a frame after the last.
-                if ideal.delta(earliest) >= 0 {
-                    ideal
-                } else {
-                    earliest
-                }
-            }
+            Some(last) => self.reanchor(now, last),
         };
         self.stats.remaps += 1;
         self.source = Some(SourceMap {
@@ -285,6 +280,16 @@ impl OutputStream {
         }
         self.stats.packets_sent += 1;
         Stamp { ssrc: self.ssrc, seq, ts, marker, pt: self.pt }
+    }
+
+    /// The timestamp of the first packet after a switch: where wall time says the stream
+    /// is, or just after the last packet if the stream is already ahead. It never goes
+    /// back, and it never adds a frame of lead: the first packet after a switch may
+    /// overlap the tail of the frame before it, which its marker bit tells the receiver
+    /// to absorb (it resynchronises playout on a marker).
+    fn reanchor(&self, now: Instant, last: RtpTs) -> RtpTs {
+        let ideal = self.ideal_ts(now);
+        if ideal.delta(last) > 0 { ideal } else { last.add(1) }
     }
 
     /// The first packet ever: anchors the time-to-timestamp mapping.

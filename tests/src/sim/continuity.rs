@@ -28,19 +28,34 @@ pub fn check_stream(
     limits: StreamLimits,
     switches: &[Instant],
 ) -> Result<(), String> {
-    let Some(first) = packets.first() else { return Ok(()) };
+    let Some(first) = packets.first() else {
+        return Ok(());
+    };
     let mut prev: Option<&Received> = None;
     let mut prev_audio: Option<&Received> = None;
-    let origin = packets.iter().find(|p| p.pt == audio_pt).map(|p| (p.ts, p.sent_at));
+    let origin = packets
+        .iter()
+        .find(|p| p.pt == audio_pt)
+        .map(|p| (p.ts, p.sent_at));
     for p in packets {
         if p.ssrc != first.ssrc {
-            return Err(format!("SSRC changed from {:#x} to {:#x} at {:?}", first.ssrc, p.ssrc, p.sent_at));
+            return Err(format!(
+                "SSRC changed from {:#x} to {:#x} at {:?}",
+                first.ssrc, p.ssrc, p.sent_at
+            ));
         }
         if let Some(q) = prev {
             let d = p.seq.wrapping_sub(q.seq) as i16;
-            let ok = if limits.allow_seq_gaps { d >= 1 } else { d == 1 };
+            let ok = if limits.allow_seq_gaps {
+                d >= 1
+            } else {
+                d == 1
+            };
             if !ok {
-                return Err(format!("seq {} follows {} at {:?}", p.seq, q.seq, p.sent_at));
+                return Err(format!(
+                    "seq {} follows {} at {:?}",
+                    p.seq, q.seq, p.sent_at
+                ));
             }
         }
         prev = Some(p);
@@ -50,12 +65,16 @@ pub fn check_stream(
         if let Some(q) = prev_audio {
             let d = p.ts.wrapping_sub(q.ts) as i32;
             if d <= 0 {
-                return Err(format!("ts {} follows {} at {:?}: not forward", p.ts, q.ts, p.sent_at));
+                return Err(format!(
+                    "ts {} follows {} at {:?}: not forward",
+                    p.ts, q.ts, p.sent_at
+                ));
             }
         }
         prev_audio = Some(p);
         if let Some((ts0, t0)) = origin {
-            let elapsed = (p.sent_at.saturating_since(t0).as_nanos() as u128 * 8_000 / 1_000_000_000) as i64;
+            let elapsed =
+                (p.sent_at.saturating_since(t0).as_nanos() as u128 * 8_000 / 1_000_000_000) as i64;
             let off = i64::from(p.ts.wrapping_sub(ts0) as i32) - elapsed;
             if off.abs() > i64::from(limits.frame_samples) + limits.ts_slack_samples {
                 return Err(format!(
@@ -68,10 +87,13 @@ pub fn check_stream(
     for &sw in switches {
         // A plan is set after everything due at its instant ran: packets sent at `sw`
         // itself predate the switch.
-        if let Some(p) = packets.iter().find(|p| p.sent_at > sw && p.pt == audio_pt) {
-            if !p.marker {
-                return Err(format!("no marker on the first packet after the switch at {sw:?} (seq {})", p.seq));
-            }
+        if let Some(p) = packets.iter().find(|p| p.sent_at > sw && p.pt == audio_pt)
+            && !p.marker
+        {
+            return Err(format!(
+                "no marker on the first packet after the switch at {sw:?} (seq {})",
+                p.seq
+            ));
         }
     }
     Ok(())
@@ -79,12 +101,48 @@ pub fn check_stream(
 
 /// The longest stretch of `[from, to)` in which no audio packet was sent: a silent gap
 /// in the stream.
-pub fn longest_send_gap(packets: &[Received], audio_pt: u8, from: Instant, to: Instant) -> Duration {
+pub fn longest_send_gap(
+    packets: &[Received],
+    audio_pt: u8,
+    from: Instant,
+    to: Instant,
+) -> Duration {
     let mut last = from;
     let mut worst = Duration::ZERO;
-    for p in packets.iter().filter(|p| p.pt == audio_pt && p.sent_at >= from && p.sent_at < to) {
+    for p in packets
+        .iter()
+        .filter(|p| p.pt == audio_pt && p.sent_at >= from && p.sent_at < to)
+    {
         worst = worst.max(p.sent_at.saturating_since(last));
         last = p.sent_at;
     }
     worst.max(to.saturating_since(last))
 }
+
+/// Runs [`check_stream`] on every party's output in `sim` (all legs PCMU, payload type
+/// 0, 20 ms), with the switches taken from the plans the simulation set: the instants
+/// where what a leg carries (silence, one forwarded source, a mix) changed.
+pub fn check_all_streams(sim: &super::Sim, limits: StreamLimits) -> Result<(), String> {
+    let parties: Vec<_> = sim.parties().collect();
+    for &p in &parties {
+        let mut switches = Vec::new();
+        let mut before = None;
+        for (at, h) in sim.plan_changes() {
+            let kind = h.output_of(p, parties.iter().copied());
+            if before.is_some_and(|b| b != kind) {
+                switches.push(*at);
+            }
+            before = Some(kind);
+        }
+        check_stream(sim.listener(p).packets(), 0, limits, &switches)
+            .map_err(|e| format!("{}'s output stream: {e}", sim.name(p)))?;
+    }
+    Ok(())
+}
+
+/// SPEC section 5's limits for clean links: one frame of 20 ms PCMU, plus 2 ms.
+pub const WITHIN_A_FRAME: StreamLimits = StreamLimits {
+    frame_samples: 160,
+    ts_slack_samples: 16,
+    allow_seq_gaps: false,
+};

@@ -6,10 +6,10 @@
 //! by energy relative to the known talker amplitude, never by sample equality: G.711,
 //! mixing and concealment all change samples a little.
 
+use earshot_media::Codec;
 use earshot_media::dsp::g711;
 use earshot_media::time::{Duration, Instant};
 use earshot_media::wire::rtp::{RtpPacket, RtpRepr};
-use earshot_media::Codec;
 
 use super::talker::TONE_AMPLITUDE;
 
@@ -73,7 +73,13 @@ pub struct Playout {
 impl Listener {
     /// A listener expecting `codec` audio on `audio_pt`.
     pub fn new(codec: Codec, audio_pt: u8) -> Listener {
-        Listener { codec, audio_pt, packets: Vec::new(), rtcp: Vec::new(), malformed: 0 }
+        Listener {
+            codec,
+            audio_pt,
+            packets: Vec::new(),
+            rtcp: Vec::new(),
+            malformed: 0,
+        }
     }
 
     /// Takes one datagram sent by the engine at `sent_at`, arriving at `at`.
@@ -147,7 +153,11 @@ impl Listener {
     pub fn playout(&self) -> Playout {
         let mut audio = self.audio();
         let Some(first) = audio.next() else {
-            return Playout { start_at: Instant::ZERO, samples: Vec::new(), covered: Vec::new() };
+            return Playout {
+                start_at: Instant::ZERO,
+                samples: Vec::new(),
+                covered: Vec::new(),
+            };
         };
         let mut placed: Vec<(i64, Vec<i16>)> = vec![(0, self.decode(first))];
         let (mut last_ts, mut last_ext) = (first.ts, 0i64);
@@ -161,7 +171,11 @@ impl Listener {
                 placed.push((ext, self.decode(p)));
             }
         }
-        let len = placed.iter().map(|(at, pcm)| *at as usize + pcm.len()).max().unwrap_or(0);
+        let len = placed
+            .iter()
+            .map(|(at, pcm)| *at as usize + pcm.len())
+            .max()
+            .unwrap_or(0);
         let mut samples = vec![0i16; len];
         let mut covered = vec![false; len];
         for (at, pcm) in placed {
@@ -169,7 +183,11 @@ impl Listener {
             samples[at..at + pcm.len()].copy_from_slice(&pcm);
             covered[at..at + pcm.len()].fill(true);
         }
-        Playout { start_at: first.sent_at, samples, covered }
+        Playout {
+            start_at: first.sent_at,
+            samples,
+            covered,
+        }
     }
 
     /// Tone report over the 100 ms windows of the playout that lie in `[from, to)`.
@@ -193,7 +211,8 @@ impl Listener {
 impl Playout {
     /// The sample index at virtual time `t` (clamped to the playout).
     pub fn index_at(&self, t: Instant) -> usize {
-        let n = (t.saturating_since(self.start_at).as_nanos() as u128 * 8_000 / 1_000_000_000) as usize;
+        let n =
+            (t.saturating_since(self.start_at).as_nanos() as u128 * 8_000 / 1_000_000_000) as usize;
         n.min(self.samples.len())
     }
 
@@ -205,7 +224,12 @@ impl Playout {
     /// Counts the 100 ms windows in `[from, to)` where `hz` is present.
     pub fn tone_report(&self, hz: f64, from: Instant, to: Instant) -> ToneReport {
         let (a, b) = (self.index_at(from), self.index_at(to));
-        let mut r = ToneReport { windows: 0, detected: 0, min_fraction: f64::INFINITY, max_fraction: 0.0 };
+        let mut r = ToneReport {
+            windows: 0,
+            detected: 0,
+            min_fraction: f64::INFINITY,
+            max_fraction: 0.0,
+        };
         let mut i = a;
         while i + WINDOW_SAMPLES <= b {
             let f = tone_amplitude(&self.samples[i..i + WINDOW_SAMPLES], hz) / TONE_AMPLITUDE;
@@ -256,7 +280,9 @@ mod tests {
     use super::*;
 
     fn sine(hz: f64, amp: f64, n: usize) -> Vec<i16> {
-        (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16).collect()
+        (0..n)
+            .map(|i| (amp * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16)
+            .collect()
     }
 
     #[test]

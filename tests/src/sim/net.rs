@@ -63,12 +63,20 @@ pub struct Link {
 
 impl Link {
     /// A clean LAN path: 1 ms, no jitter, no loss, no duplicates.
-    pub const CLEAN: Link =
-        Link { base_delay: Duration::from_millis(1), jitter: Duration::ZERO, loss: 0.0, dup: 0.0 };
+    pub const CLEAN: Link = Link {
+        base_delay: Duration::from_millis(1),
+        jitter: Duration::ZERO,
+        loss: 0.0,
+        dup: 0.0,
+    };
 
     /// A path with `base_ms` of delay and up to `jitter_ms` of random extra delay.
     pub fn with_jitter(base_ms: u64, jitter_ms: u64) -> Link {
-        Link { base_delay: Duration::from_millis(base_ms), jitter: Duration::from_millis(jitter_ms), ..Link::CLEAN }
+        Link {
+            base_delay: Duration::from_millis(base_ms),
+            jitter: Duration::from_millis(jitter_ms),
+            ..Link::CLEAN
+        }
     }
 
     /// The same path losing `loss` of its datagrams.
@@ -90,9 +98,18 @@ impl Link {
         let first = now + self.base_delay + rng.duration_up_to(self.jitter);
         let second = now + self.base_delay + rng.duration_up_to(self.jitter);
         match (lost, dup) {
-            (true, _) => Arrivals { times: [first, second], len: 0 },
-            (false, false) => Arrivals { times: [first, second], len: 1 },
-            (false, true) => Arrivals { times: [first, second], len: 2 },
+            (true, _) => Arrivals {
+                times: [first, second],
+                len: 0,
+            },
+            (false, false) => Arrivals {
+                times: [first, second],
+                len: 1,
+            },
+            (false, true) => Arrivals {
+                times: [first, second],
+                len: 2,
+            },
         }
     }
 }
@@ -130,10 +147,15 @@ mod tests {
             lost += usize::from(a.is_lost());
             dups += usize::from(a.as_slice().len() == 2);
             for &t in a.as_slice() {
-                assert!(t >= Instant::from_nanos(10_000_000) && t <= Instant::from_nanos(40_000_000));
+                assert!(
+                    t >= Instant::from_nanos(10_000_000) && t <= Instant::from_nanos(40_000_000)
+                );
             }
         }
         assert!((800..1200).contains(&lost), "lost {lost} of 20000 at 5%");
-        assert!((250..550).contains(&dups), "duplicated {dups} of 20000 at 2%");
+        assert!(
+            (250..550).contains(&dups),
+            "duplicated {dups} of 20000 at 2%"
+        );
     }
 }

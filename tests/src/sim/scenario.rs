@@ -52,17 +52,27 @@ pub enum OutputKind {
 impl Hearing {
     /// An active call: `customer` and `agent` in one group.
     pub fn call(customer: Party, agent: Party) -> Hearing {
-        Hearing { groups: vec![vec![customer, agent]], supervisions: Vec::new() }
+        Hearing {
+            groups: vec![vec![customer, agent]],
+            supervisions: Vec::new(),
+        }
     }
 
     /// `customer` on hold: customer and agent each alone.
     pub fn held(customer: Party, agent: Party) -> Hearing {
-        Hearing { groups: vec![vec![customer], vec![agent]], supervisions: Vec::new() }
+        Hearing {
+            groups: vec![vec![customer], vec![agent]],
+            supervisions: Vec::new(),
+        }
     }
 
     /// Adds a supervision.
     pub fn with(mut self, supervisor: Party, target: Party, mode: Mode) -> Hearing {
-        self.supervisions.push(Supervision { supervisor, target, mode });
+        self.supervisions.push(Supervision {
+            supervisor,
+            target,
+            mode,
+        });
         self
     }
 
@@ -86,7 +96,8 @@ impl Hearing {
 
     /// True when `p` is a monitoring supervisor (never receives telephone events).
     pub fn is_monitor(&self, p: Party) -> bool {
-        self.supervision_of(p).is_some_and(|s| s.mode == Mode::Monitor)
+        self.supervision_of(p)
+            .is_some_and(|s| s.mode == Mode::Monitor)
     }
 
     /// SPEC section 1: listener `l` hears source `x` exactly when
@@ -105,8 +116,9 @@ impl Hearing {
         match self.supervision_of(l) {
             Some(s) if s.mode != Mode::Barge => same_group(self.group_of(s.target)),
             _ => {
-                let coached_by_x =
-                    self.supervision_of(x).is_some_and(|s| s.mode == Mode::Coach && s.target == l);
+                let coached_by_x = self
+                    .supervision_of(x)
+                    .is_some_and(|s| s.mode == Mode::Coach && s.target == l);
                 same_group(self.member_group(l)) || coached_by_x
             }
         }

@@ -15,9 +15,10 @@ pub const SEED_ENV: &str = "EARSHOT_SEED";
 /// derived from `test_name` so that each test explores its own run but CI is stable.
 pub fn seed_for(test_name: &str) -> u64 {
     match std::env::var(SEED_ENV) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            panic!("{SEED_ENV}={v:?} is not an unsigned 64-bit number")
-        }),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{SEED_ENV}={v:?} is not an unsigned 64-bit number")),
         Err(_) => fnv1a(test_name.as_bytes()),
     }
 }
@@ -45,7 +46,10 @@ pub struct SeedGuard {
 impl SeedGuard {
     /// A guard that names `label` and `seed` on failure.
     pub fn new(label: &str, seed: u64) -> SeedGuard {
-        SeedGuard { seed, label: label.to_string() }
+        SeedGuard {
+            seed,
+            label: label.to_string(),
+        }
     }
 
     /// The seed this guard reports.

@@ -142,6 +142,7 @@ impl Talker {
 
     /// Schedules a telephone event.
     pub fn add_dtmf(&mut self, plan: DtmfPlan) {
+        assert!(plan.frames >= 1, "a key is held at least one frame");
         self.dtmf.push(plan);
     }
 
@@ -186,23 +187,44 @@ impl Talker {
         }
         let samples = self.cfg.codec.frame_samples(self.cfg.ptime_ms);
         let ts_of = |frame: u64| self.ts0.add((frame * samples as u64) as u32);
-        if let Some(plan) = self.dtmf.iter().copied().find(|p| (p.start_frame..p.start_frame + p.frames + 2).contains(&k)) {
-            if let Some(te_pt) = self.cfg.telephone_event_pt {
-                // The key is held `frames` frames; the final packet is sent three times
-                // (RFC 4733 section 2.5.1.4), each with its own sequence number.
-                let i = k - plan.start_frame;
-                let end = i + 1 >= plan.frames;
-                let duration = ((i.min(plan.frames - 1) + 1) * samples as u64).min(u64::from(u16::MAX)) as u16;
-                let repr = DtmfRepr { event: plan.event, end, volume: 10, duration };
-                let mut payload = [0u8; 4];
-                repr.emit(&mut DtmfPacket::new_unchecked(&mut payload[..]));
-                self.events_sent.push(SentEvent { code: u8::from(plan.event), end, duration });
-                self.write_rtp(out, te_pt, i == 0, ts_of(plan.start_frame), &payload);
-                return true;
-            }
+        let plan = self
+            .dtmf
+            .iter()
+            .copied()
+            .find(|p| (p.start_frame..p.start_frame + p.frames + 2).contains(&k));
+        if let Some(plan) = plan
+            && let Some(te_pt) = self.cfg.telephone_event_pt
+        {
+            // The key is held `frames` frames; the final packet is sent three times
+            // (RFC 4733 section 2.5.1.4), each with its own sequence number.
+            let i = k - plan.start_frame;
+            let end = i + 1 >= plan.frames;
+            let duration =
+                ((i.min(plan.frames - 1) + 1) * samples as u64).min(u64::from(u16::MAX)) as u16;
+            let repr = DtmfRepr {
+                event: plan.event,
+                end,
+                volume: 10,
+                duration,
+            };
+            let mut payload = [0u8; 4];
+            repr.emit(&mut DtmfPacket::new_unchecked(&mut payload[..]));
+            self.events_sent.push(SentEvent {
+                code: u8::from(plan.event),
+                end,
+                duration,
+            });
+            self.write_rtp(out, te_pt, i == 0, ts_of(plan.start_frame), &payload);
+            return true;
         }
-        let beacon = self.cfg.beacon_every_frames > 0 && k > 0 && k % self.cfg.beacon_every_frames == 0;
-        let hz = if beacon { self.cfg.beacon_hz } else { self.cfg.tone_hz };
+        let beacon = self.cfg.beacon_every_frames > 0
+            && k > 0
+            && k.is_multiple_of(self.cfg.beacon_every_frames);
+        let hz = if beacon {
+            self.cfg.beacon_hz
+        } else {
+            self.cfg.tone_hz
+        };
         if beacon {
             self.beacons.push(now);
         }
@@ -215,7 +237,13 @@ impl Talker {
         let mut payload = [0u8; earshot_media::MAX_FRAME_SAMPLES];
         g711::encode(self.cfg.codec, &pcm[..samples], &mut payload[..samples]);
         self.audio_sent += 1;
-        self.write_rtp(out, self.cfg.payload_type, k == 0, ts_of(k), &payload[..samples]);
+        self.write_rtp(
+            out,
+            self.cfg.payload_type,
+            k == 0,
+            ts_of(k),
+            &payload[..samples],
+        );
         true
     }
 

@@ -99,11 +99,24 @@ pub struct CaptureTx {
 }
 
 impl TxSink for CaptureTx {
-    fn send_with(&mut self, src_port: u16, dst: SocketAddr, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+    fn send_with(
+        &mut self,
+        src_port: u16,
+        dst: SocketAddr,
+        build: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> bool {
         let len = build(&mut self.buf[..]);
-        assert!(len <= MAX_UDP_PAYLOAD, "the shard built a datagram longer than the buffer it was lent");
+        assert!(
+            len <= MAX_UDP_PAYLOAD,
+            "the shard built a datagram longer than the buffer it was lent"
+        );
         if len > 0 {
-            self.pending.push(Captured { at: self.now, src_port, dst, bytes: self.buf[..len].to_vec() });
+            self.pending.push(Captured {
+                at: self.now,
+                src_port,
+                dst,
+                bytes: self.buf[..len].to_vec(),
+            });
         }
         true
     }
@@ -206,7 +219,11 @@ impl Sim {
             shard,
             backend,
             events,
-            tx: CaptureTx { now, buf: Box::new([0; MAX_UDP_PAYLOAD]), pending: Vec::new() },
+            tx: CaptureTx {
+                now,
+                buf: Box::new([0; MAX_UDP_PAYLOAD]),
+                pending: Vec::new(),
+            },
             rng,
             parties: Vec::new(),
             in_flight: BinaryHeap::new(),
@@ -268,10 +285,15 @@ impl Sim {
             rtcp_mux: true,
             report_first_packet: false,
         };
-        if let Err(e) = self.command(ShardCommand::ConfigureLeg { leg: leg.leg, media }) {
+        if let Err(e) = self.command(ShardCommand::ConfigureLeg {
+            leg: leg.leg,
+            media,
+        }) {
             panic!("configuring {}: {e}", cfg.name);
         }
-        let phase = self.rng.duration_up_to(Duration::from_millis(u64::from(cfg.talker.ptime_ms)));
+        let phase = self
+            .rng
+            .duration_up_to(Duration::from_millis(u64::from(cfg.talker.ptime_ms)));
         let talker = Talker::new(
             cfg.talker.clone(),
             self.now + phase,
@@ -301,14 +323,22 @@ impl Sim {
         for l in 0..self.parties.len() {
             for s in 0..self.parties.len() {
                 if hearing.hears(Party(l), Party(s)) {
-                    edges.push(Edge { listener: self.parties[l].leg, source: self.parties[s].leg, gain: Gain::UNITY.0 });
+                    edges.push(Edge {
+                        listener: self.parties[l].leg,
+                        source: self.parties[s].leg,
+                        gain: Gain::UNITY.0,
+                    });
                 }
             }
             if hearing.is_monitor(Party(l)) {
                 no_dtmf.push(self.parties[l].leg);
             }
         }
-        let plan = SessionPlan { session: SESSION.into(), edges, no_dtmf };
+        let plan = SessionPlan {
+            session: SESSION.into(),
+            edges,
+            no_dtmf,
+        };
         if let Err(e) = self.command(ShardCommand::SetSessionPlan(plan)) {
             panic!("setting plan {hearing:?}: {e}");
         }
@@ -356,7 +386,10 @@ impl Sim {
                 let mut buf = std::mem::take(&mut self.scratch);
                 if self.parties[i].talker.emit(now, &mut buf) {
                     let p = &self.parties[i];
-                    let dest = Dest::Engine { port: p.engine_port, from: p.addr };
+                    let dest = Dest::Engine {
+                        port: p.engine_port,
+                        from: p.addr,
+                    };
                     let link = p.cfg.uplink;
                     self.send_over(link, now, dest, &buf, Some(i));
                 }
@@ -367,11 +400,17 @@ impl Sim {
             let Some(f) = self.in_flight.pop() else { break };
             match f.dest {
                 Dest::Engine { port, from } => {
-                    let d = Datagram { local_port: port, remote: from, payload: &f.bytes };
+                    let d = Datagram {
+                        local_port: port,
+                        remote: from,
+                        payload: &f.bytes,
+                    };
                     self.shard.handle_packet(now, d, &mut self.tx);
                     self.route_sent();
                 }
-                Dest::Party(i) => self.parties[i].listener.handle_datagram(f.sent_at, now, &f.bytes),
+                Dest::Party(i) => self.parties[i]
+                    .listener
+                    .handle_datagram(f.sent_at, now, &f.bytes),
             }
         }
         if self.shard.poll_deadline().is_some_and(|d| d <= now) {
@@ -380,7 +419,14 @@ impl Sim {
         }
     }
 
-    fn send_over(&mut self, link: Link, now: Instant, dest: Dest, bytes: &[u8], uplink_of: Option<usize>) {
+    fn send_over(
+        &mut self,
+        link: Link,
+        now: Instant,
+        dest: Dest,
+        bytes: &[u8],
+        uplink_of: Option<usize>,
+    ) {
         let arrivals = link.transmit(&mut self.rng, now);
         if let Some(i) = uplink_of {
             self.parties[i].uplink_log.push(bytes.to_vec());
@@ -390,7 +436,13 @@ impl Sim {
         let times = arrivals.as_slice();
         for &at in times {
             self.order += 1;
-            self.in_flight.push(InFlight { at, order: self.order, sent_at: now, dest, bytes: bytes.to_vec() });
+            self.in_flight.push(InFlight {
+                at,
+                order: self.order,
+                sent_at: now,
+                dest,
+                bytes: bytes.to_vec(),
+            });
         }
     }
 
@@ -417,7 +469,13 @@ impl Sim {
     pub fn inject_at(&mut self, at: Instant, port: u16, from: SocketAddr, bytes: Vec<u8>) {
         self.order += 1;
         let at = at.max(self.now);
-        self.in_flight.push(InFlight { at, order: self.order, sent_at: at, dest: Dest::Engine { port, from }, bytes });
+        self.in_flight.push(InFlight {
+            at,
+            order: self.order,
+            sent_at: at,
+            dest: Dest::Engine { port, from },
+            bytes,
+        });
     }
 
     /// The party's listener.
@@ -501,8 +559,11 @@ impl Sim {
     /// Drops counted for `reason` (one of `earshot_engine_api::DROP_REASONS`).
     pub fn drops(&mut self, reason: &str) -> u64 {
         let stats = self.stats();
-        stats.drops.iter().find(|(r, _)| r == reason).map(|(_, n)| *n).unwrap_or_else(|| {
-            panic!("{reason:?} is not a drop reason the shard reports")
-        })
+        stats
+            .drops
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map(|(_, n)| *n)
+            .unwrap_or_else(|| panic!("{reason:?} is not a drop reason the shard reports"))
     }
 }
