@@ -35,6 +35,19 @@ fn loss_is_concealed_under_five_percent_random_loss() {
         );
         total_lost += lost;
     }
+    // The engine's own account: each input's jitter buffer concealed what the network
+    // lost (late packets are concealed too, so at least most of the losses).
+    for (p, _) in tones {
+        let (_, lost) = sim.uplink_counts(p);
+        let js = sim.shard().jitter_stats(sim.leg(p)).expect("configured leg");
+        assert!(
+            js.lost_frames * 10 >= lost * 7 && js.concealed_frames > 0,
+            "{}: jitter buffer saw {} lost and concealed {} frames; the network lost {lost}",
+            sim.name(p),
+            js.lost_frames,
+            js.concealed_frames
+        );
+    }
     for (listener, _) in tones {
         let l = sim.listener(listener);
         let gap = longest_send_gap(l.packets(), 0, from, to);

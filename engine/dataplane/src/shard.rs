@@ -256,6 +256,13 @@ impl Shard {
         &mut self.counters
     }
 
+    /// The jitter-buffer counters of a configured leg (for tests, benchmarks and
+    /// diagnostics; read on the shard's own thread).
+    pub fn jitter_stats(&self, leg: LegId) -> Option<earshot_media::jitter::JitterStats> {
+        let slot = self.resolve(leg).ok()?;
+        self.leg(slot).media.as_ref().map(|m| m.jitter.stats())
+    }
+
     /// Legs currently allocated.
     pub fn leg_count(&self) -> usize {
         self.cfg.max_legs as usize - self.free_legs.len()
