@@ -20,13 +20,12 @@ use earshot_engine::backend::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_engine::clock::Clock;
 use earshot_engine::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_engine_api::{
-    CodecName, Edge, Family, LegId, MediaConfig, Percentiles, Response, SessionPlan,
-    ShardStats,
+    CodecName, Edge, Family, LegId, MediaConfig, Percentiles, Response, SessionPlan, ShardStats,
 };
+use earshot_media::Codec;
 use earshot_media::dsp::g711;
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::Codec;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
@@ -213,10 +212,14 @@ fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchE
                 remote: Some(peer_of(ports.len() - 1)),
                 ..pcmu_20ms()
             };
-            shard.handle_command(now, &mut backend, ShardCommand::ConfigureLeg {
-                leg: info.leg,
-                media,
-            })?;
+            shard.handle_command(
+                now,
+                &mut backend,
+                ShardCommand::ConfigureLeg {
+                    leg: info.leg,
+                    media,
+                },
+            )?;
         }
         let mut edges = Vec::with_capacity(6);
         for &listener in &ids {
@@ -402,7 +405,10 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             r.projected_sessions,
             if r.passed { "pass" } else { "FAIL" }
         );
-        let result = (r.passed, r.busy_fraction >= 1.0 || r.feed_lag_max_us >= PERIOD_NS / 1000);
+        let result = (
+            r.passed,
+            r.busy_fraction >= 1.0 || r.feed_lag_max_us >= PERIOD_NS / 1000,
+        );
         steps.push(r);
         Ok(result)
     };

@@ -24,7 +24,9 @@ pub struct Mmsg {
 
 impl std::fmt::Debug for Mmsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mmsg").field("batch", &self.hdrs.len()).finish()
+        f.debug_struct("Mmsg")
+            .field("batch", &self.hdrs.len())
+            .finish()
     }
 }
 
@@ -115,9 +117,9 @@ impl Mmsg {
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
-                    Ok(0)
-                }
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(e),
             };
         }

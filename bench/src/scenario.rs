@@ -33,9 +33,10 @@ pub struct Named {
 pub fn load(path: &Path) -> Result<Named, BenchError> {
     let mut bytes = std::fs::read(path)?;
     let scenario: Scenario = simd_json::serde::from_slice(&mut bytes)?;
-    let name = path
-        .file_stem()
-        .map_or_else(|| "scenario".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = path.file_stem().map_or_else(
+        || "scenario".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
     Ok(Named { name, scenario })
 }
 

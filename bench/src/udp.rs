@@ -213,7 +213,9 @@ fn generate(
         std::hint::spin_loop();
     }
     stop.store(true, Ordering::Relaxed);
-    let latency = rx.join().map_err(|_| std::io::Error::other("receiver panicked"))?;
+    let latency = rx
+        .join()
+        .map_err(|_| std::io::Error::other("receiver panicked"))?;
     Ok(GenReport {
         offered,
         sent,
@@ -265,7 +267,9 @@ pub fn run_reflector(
         }
         let sent = m.send(sock, n)?;
         counters.packets_in.fetch_add(n as u64, Ordering::Relaxed);
-        counters.packets_out.fetch_add(sent as u64, Ordering::Relaxed);
+        counters
+            .packets_out
+            .fetch_add(sent as u64, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -301,28 +305,34 @@ fn program(
         let session = format!("s{s}");
         let mut ids: Vec<LegId> = Vec::with_capacity(legs_per);
         for k in 0..legs_per {
-            let Response::Leg(info) = block_on_call(api, Request::AllocateLeg {
-                session: session.clone(),
-                leg_key: format!("p{k}"),
-                family: Family::V4,
-                requested_port: None,
-                rtcp_mux: true,
-            })?
+            let Response::Leg(info) = block_on_call(
+                api,
+                Request::AllocateLeg {
+                    session: session.clone(),
+                    leg_key: format!("p{k}"),
+                    family: Family::V4,
+                    requested_port: None,
+                    rtcp_mux: true,
+                },
+            )?
             else {
                 return Err(BenchError::UnexpectedResponse("AllocateLeg"));
             };
-            block_on_call(api, Request::ConfigureLeg {
-                leg: info.leg,
-                media: MediaConfig {
-                    remote: Some(SocketAddr::V4(peer)),
-                    codec: CodecName::Pcmu,
-                    payload_type: 0,
-                    ptime_ms: 20,
-                    telephone_event_pt: None,
-                    rtcp_mux: true,
-                    report_first_packet: false,
+            block_on_call(
+                api,
+                Request::ConfigureLeg {
+                    leg: info.leg,
+                    media: MediaConfig {
+                        remote: Some(SocketAddr::V4(peer)),
+                        codec: CodecName::Pcmu,
+                        payload_type: 0,
+                        ptime_ms: 20,
+                        telephone_event_pt: None,
+                        rtcp_mux: true,
+                        report_first_packet: false,
+                    },
                 },
-            })?;
+            )?;
             ids.push(info.leg);
             match info.local {
                 SocketAddr::V4(a) => targets.push(a),
@@ -341,11 +351,14 @@ fn program(
                 }
             }
         }
-        block_on_call(api, Request::SetSessionPlan(SessionPlan {
-            session,
-            edges,
-            no_dtmf: Vec::new(),
-        }))?;
+        block_on_call(
+            api,
+            Request::SetSessionPlan(SessionPlan {
+                session,
+                edges,
+                no_dtmf: Vec::new(),
+            }),
+        )?;
     }
     Ok(targets)
 }
@@ -373,7 +386,14 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     // 1. The generator's ceiling, into a socket nobody reads.
     let sink = net::bind(loopback(0))?;
     let sink_addr = local_v4(&sink)?;
-    let g = generate(&[sink_addr], 0, duration_ns.min(1_000_000_000), p.gen_core, false, net::bind(loopback(0))?)?;
+    let g = generate(
+        &[sink_addr],
+        0,
+        duration_ns.min(1_000_000_000),
+        p.gen_core,
+        false,
+        net::bind(loopback(0))?,
+    )?;
     let generator_max_pps = g.sent as f64 / (g.elapsed_ns as f64 / 1e9);
     drop(sink);
     eprintln!("udp: generator max {generator_max_pps:.0} pps");
@@ -387,7 +407,14 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
         let (stop, counters, core) = (stop.clone(), counters.clone(), p.sut_core);
         std::thread::spawn(move || run_reflector(&refl_sock, core, &stop, &counters))
     };
-    let g = generate(&[refl_addr], rate, duration_ns, p.gen_core, true, net::bind(loopback(0))?)?;
+    let g = generate(
+        &[refl_addr],
+        rate,
+        duration_ns,
+        p.gen_core,
+        true,
+        net::bind(loopback(0))?,
+    )?;
     stop.store(true, Ordering::Relaxed);
     refl.join()
         .map_err(|_| std::io::Error::other("reflector panicked"))??;
@@ -426,7 +453,14 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     // Mixing sessions tick (and send) from the moment they are programmed: count only
     // the generation window (and its drain), as for the reflector.
     let (_, in0, out0) = engine_counts(api.as_ref())?;
-    let g = generate(&targets, rate, duration_ns, p.gen_core, measure_latency, gen_sock)?;
+    let g = generate(
+        &targets,
+        rate,
+        duration_ns,
+        p.gen_core,
+        measure_latency,
+        gen_sock,
+    )?;
     let (backend_name, in1, out1) = engine_counts(api.as_ref())?;
     let (sin, sout) = (in1 - in0, out1 - out0);
     drop(api);

@@ -137,7 +137,14 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 params: &'a SearchParams,
                 result: &'a capacity::SearchResult,
             }
-            scenario::write_result(&cli.results, &name, &Out { params: &p, result: &r })?;
+            scenario::write_result(
+                &cli.results,
+                &name,
+                &Out {
+                    params: &p,
+                    result: &r,
+                },
+            )?;
         }
         Cmd::Udp {
             scenario: file,
@@ -175,7 +182,14 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 result: &'a udp::UdpResult,
             }
             let name = name.unwrap_or(named.name);
-            scenario::write_result(&cli.results, &name, &Out { params: &p, result: &r })?;
+            scenario::write_result(
+                &cli.results,
+                &name,
+                &Out {
+                    params: &p,
+                    result: &r,
+                },
+            )?;
         }
         Cmd::Reflector {
             port,

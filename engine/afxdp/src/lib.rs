@@ -19,8 +19,10 @@
 //! 1. At start: `XdpProgram::attach(ifname, &filter, AttachMode::Auto)` once per interface;
 //!    `XskSocket::open(ifname, queue, &cfg)` and `socket.register(&program)` per queue;
 //!    `NeighborTable::start(..)` once, a `NeighborReader` per shard.
-//! 2. Each iteration: `recv_batch(max, |frame| ...)` -- parse with `frame::parse_udp`, hand
-//!    the payload to the media core; frames go back to the kernel when the batch ends.
+//! 2. Each iteration: `recv_batch_with_tx(max, |frame, tx| ...)` -- parse with
+//!    `frame::parse_udp`, hand the payload to the media core together with `tx` (an
+//!    [`XskTx`] that builds replies in free TX frames while the received frame is still in
+//!    place); frames go back to the fill ring when the batch ends.
 //! 3. For each output packet: `send_with(max_len, |buf| ...)` -- write the payload at
 //!    `headers.header_len()`, then `UdpHeaders::emit`; `false` means no free frame (counted).
 //! 4. End of iteration: `flush()`. When idle: `wait_readable(timeout_ms)`.

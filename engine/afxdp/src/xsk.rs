@@ -413,6 +413,7 @@ impl XskSocket {
         // 2. Lend each frame in place. A descriptor that does not match our records is
         //    counted and never touched (its addr is poisoned so step 3 skips it).
         let mut received = 0usize;
+        let mut lent = 0usize;
         for i in 0..self.rx_batch.len() {
             let desc = self.rx_batch[i];
             let idx = match self.frame_index(desc.addr) {
@@ -424,6 +425,7 @@ impl XskSocket {
                 }
             };
             self.state[idx] = FrameState::Lent;
+            lent += 1;
             let offset = (desc.addr % frame_size) as usize;
             let len = desc.len as usize;
             if offset + len > self.frame_size as usize {
@@ -451,25 +453,42 @@ impl XskSocket {
             received += 1;
         }
         // 3. Every lent frame goes back to the fill ring. The fill ring holds all RX
-        //    frames, so it always has room for the ones we took.
-        let mut refilled = 0u32;
-        {
-            let count = u32::try_from(self.rx_batch.len()).unwrap_or(u32::MAX);
-            let mut fill = self.device.fill(count);
-            let state = &mut self.state;
-            refilled += fill.insert(self.rx_batch.iter().filter_map(|desc| {
-                let idx = usize::try_from(desc.addr / frame_size).ok()?;
-                match state.get_mut(idx) {
-                    Some(s @ FrameState::Lent) => {
+        //    frames, so it always has room for the ones we took; but a reservation is
+        //    served from a cached view of the kernel's consumer index and may come back
+        //    short, so reserve again (which refreshes that view) until all are back.
+        let mut refilled = 0usize;
+        let mut next = 0usize;
+        let total = self.rx_batch.len();
+        while refilled < lent {
+            let want = u32::try_from(lent - refilled).unwrap_or(u32::MAX);
+            let mut fill = self.device.fill(want);
+            let room = fill.capacity() as usize;
+            if room == 0 {
+                // Cannot happen while the invariant holds; never spin on it.
+                debug_assert!(false, "fill ring full with {} frames lent", lent - refilled);
+                self.stats.bad_descriptors += (lent - refilled) as u64;
+                break;
+            }
+            let (state, batch) = (&mut self.state, &self.rx_batch);
+            // `take(room)` keeps the iterator from yielding a frame the ring has no slot
+            // for (`insert` polls the iterator before checking the slot).
+            let frames = core::iter::from_fn(|| {
+                while next < total {
+                    let desc = batch[next];
+                    next += 1;
+                    let idx = usize::try_from(desc.addr / frame_size).ok();
+                    if let Some(s @ FrameState::Lent) = idx.and_then(|i| state.get_mut(i)) {
                         *s = FrameState::Kernel;
-                        Some(idx as u64 * frame_size)
+                        return Some(desc.addr - desc.addr % frame_size);
                     }
-                    _ => None,
                 }
-            }));
+                None
+            })
+            .take(room);
+            refilled += fill.insert(frames) as usize;
             fill.commit();
         }
-        debug_assert!(refilled as usize >= received);
+        debug_assert!(refilled >= received);
         self.stats.rx_frames += received as u64;
         if self.device.needs_wakeup() {
             self.device.wake();

@@ -47,6 +47,8 @@ pub struct EngineHandle {
     /// path only.
     placement: Mutex<Placement>,
     backend_name: String,
+    /// Whether each shard's thread still runs.
+    alive: Vec<Arc<AtomicBool>>,
     /// Commands refused per shard because its queue was full (control side, atomic).
     rejected: Vec<std::sync::atomic::AtomicU64>,
     /// Events forwarded by the pump thread from the shards' lock-free queue.
@@ -77,6 +79,7 @@ impl Engine {
         let mut queues = Vec::new();
         let mut threads = Vec::new();
         let mut backend_name = String::new();
+        let mut alive = Vec::new();
         for i in 0..cfg.shards {
             let backend = make_backend(i)?;
             backend_name = backend.name().to_string();
@@ -109,9 +112,11 @@ impl Engine {
                 core,
             };
             let stop = stop.clone();
+            let shard_alive = Arc::new(AtomicBool::new(true));
+            alive.push(shard_alive.clone());
             let t = std::thread::Builder::new()
                 .name(format!("earshot-shard-{i}"))
-                .spawn(move || runtime::run(shard, backend, queue, clock, stop, params))?;
+                .spawn(move || runtime::run(shard, backend, queue, clock, stop, params, shard_alive))?;
             threads.push(t);
         }
         // Events are rare (first packets, timeouts, latching). One pump thread moves them
@@ -137,6 +142,7 @@ impl Engine {
         }
         let handle = Arc::new(EngineHandle {
             event_rx: Mutex::new(event_rx),
+            alive,
             rejected: (0..cfg.shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             queues,
             events,
@@ -199,11 +205,18 @@ impl EngineHandle {
             .get(shard)
             .ok_or_else(|| EngineError::NotFound(format!("shard {shard}")))?;
         let (tx, rx) = oneshot::channel();
+        if !self.alive[shard].load(Ordering::Acquire) {
+            return Err(EngineError::Unavailable(format!("shard {shard} is not running")));
+        }
         if queue.push(Envelope { cmd, reply: tx }).is_err() {
             self.rejected[shard].fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::ResourceExhausted(format!(
                 "shard {shard} command queue full"
             )));
+        }
+        // The shard may have died between the check and the push: answer for it.
+        if !self.alive[shard].load(Ordering::Acquire) {
+            runtime::drain_dead(queue);
         }
         rx.await
             .map_err(|_| EngineError::Unavailable(format!("shard {shard} stopped")))?

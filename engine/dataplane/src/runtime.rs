@@ -56,7 +56,11 @@ pub fn run(
     clock: Clock,
     stop: Arc<AtomicBool>,
     params: LoopParams,
+    alive: Arc<AtomicBool>,
 ) {
+    // Whatever ends this function (stop, or a panic unwinding through it) marks the shard
+    // dead and answers everything still queued, so no caller waits forever.
+    let _guard = DeadShardGuard { queue: queue.clone(), alive };
     if let Some(core) = params.core {
         // Pinning is best effort: a core that does not exist (a container with fewer
         // CPUs than configured) leaves the thread unpinned rather than failing the engine.
@@ -102,10 +106,26 @@ pub fn run(
             }
         }
     }
-    // Acknowledge what is still queued so no caller waits forever.
+}
+
+struct DeadShardGuard {
+    queue: Arc<ArrayQueue<Envelope>>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for DeadShardGuard {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
+        if std::thread::panicking() {
+            eprintln!("earshot-engine: a shard thread panicked; its legs are down");
+        }
+        drain_dead(&self.queue);
+    }
+}
+
+/// Answers every command queued to a shard that no longer runs.
+pub fn drain_dead(queue: &ArrayQueue<Envelope>) {
     while let Some(env) = queue.pop() {
-        let _ = env
-            .reply
-            .send(Err(EngineError::Unavailable("engine stopped".into())));
+        let _ = env.reply.send(Err(EngineError::Unavailable("shard stopped".into())));
     }
 }

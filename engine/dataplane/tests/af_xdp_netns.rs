@@ -21,7 +21,9 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use earshot_engine::backend::Factory;
+use earshot_afxdp::XskConfig;
+use earshot_engine::backend::af_xdp::{AfXdpConfig, AfXdpShared};
+use earshot_engine::backend::{Backend, Datagram, Factory, PacketHandler, TxSink};
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
@@ -77,7 +79,14 @@ struct NetPair {
 
 impl NetPair {
     fn new(tag: &str) -> NetPair {
+        NetPair::with_queues(tag, 1)
+    }
+
+    /// A pair whose veth ends have `queues` RX and TX queues each (the engine side's RX
+    /// queue of a frame is the peer side's TX queue, chosen by flow hash).
+    fn with_queues(tag: &str, queues: u32) -> NetPair {
         let pid = std::process::id();
+        let q = queues.to_string();
         let pair = NetPair {
             engine: format!("exe-{pid}-{tag}"),
             peer: format!("exp-{pid}-{tag}"),
@@ -90,11 +99,19 @@ impl NetPair {
             "link",
             "add",
             "ve",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "type",
             "veth",
             "peer",
             "name",
             "vp",
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
             "netns",
             &pair.peer,
         ]);
@@ -506,5 +523,148 @@ fn missing_interface_fails_with_its_name_when_fallback_is_off() {
     assert!(
         !net.xdp_attached(),
         "a failed AF_XDP start leaves no program behind"
+    );
+}
+
+/// Records every datagram and answers each with `ack:` + its payload, from the port it
+/// arrived on, through the sink lent with it.
+#[derive(Default)]
+struct EchoRecorder {
+    got: Vec<(u16, SocketAddr, Vec<u8>)>,
+}
+
+impl PacketHandler for EchoRecorder {
+    fn handle_datagram(&mut self, d: Datagram<'_>, tx: &mut dyn TxSink) {
+        self.got.push((d.local_port, d.remote, d.payload.to_vec()));
+        let payload = d.payload;
+        tx.send_with(d.local_port, d.remote, &mut |buf| {
+            buf[..4].copy_from_slice(b"ack:");
+            buf[4..4 + payload.len()].copy_from_slice(payload);
+            4 + payload.len()
+        });
+    }
+}
+
+#[test]
+#[allow(clippy::disallowed_methods)] // waits on a real network in real time
+fn datagrams_on_another_shards_queue_are_handed_over_and_answered_by_the_owner() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED af_xdp_netns: {reason}");
+        return;
+    }
+    const PORTS_EACH: u16 = 8;
+    let net = NetPair::with_queues("hand", 2);
+    enter_netns(&net.engine);
+    let cfg = EngineConfig {
+        shards: 2,
+        ..engine_config()
+    };
+    let small = XskConfig {
+        frame_count: 1024,
+        fill_ring_size: 512,
+        completion_ring_size: 512,
+        rx_ring_size: 512,
+        tx_ring_size: 512,
+        ..XskConfig::default()
+    };
+    let mut shared = AfXdpShared::start(
+        &cfg,
+        &AfXdpConfig {
+            xsk: small,
+            ..AfXdpConfig::default()
+        },
+    )
+    .expect("attach and start");
+    let mut backends = [
+        shared.open_shard(0).expect("shard 0"),
+        shared.open_shard(1).expect("shard 1"),
+    ];
+    let mut ports = Vec::new();
+    for (shard, backend) in backends.iter_mut().enumerate() {
+        for k in 0..PORTS_EACH {
+            let port = cfg.shard_port_first(shard) + 2 * k;
+            backend.open_port(port, Family::V4).expect("open port");
+            ports.push(port);
+        }
+    }
+
+    // The peer sends one datagram per port (all from one socket: the flow hash picks the
+    // queue per destination port, so with 16 flows some land on the other shard's queue)
+    // and resends whatever is not acknowledged yet, as a first send can meet an
+    // unresolved neighbour entry.
+    let peer_ns = net.peer.clone();
+    let peer_ports = ports.clone();
+    let peer = std::thread::spawn(move || {
+        enter_netns(&peer_ns);
+        let s = UdpSocket::bind((PEER_V4, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut acked: Vec<u16> = Vec::new();
+        let mut buf = [0u8; 256];
+        for _round in 0..60 {
+            for &p in peer_ports.iter().filter(|p| !acked.contains(p)) {
+                s.send_to(format!("d-{p}").as_bytes(), (ENGINE_V4, p))
+                    .unwrap();
+            }
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let expected = format!("ack:d-{}", from.port());
+                if buf[..n] == *expected.as_bytes() && !acked.contains(&from.port()) {
+                    acked.push(from.port());
+                }
+            }
+            if acked.len() == peer_ports.len() {
+                break;
+            }
+        }
+        acked
+    });
+
+    let mut recorders = [EchoRecorder::default(), EchoRecorder::default()];
+    while !peer.is_finished() {
+        for (b, r) in backends.iter_mut().zip(&mut recorders) {
+            b.poll_recv(64, r).expect("poll_recv");
+            b.flush().expect("flush");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut acked = peer.join().expect("peer thread");
+    acked.sort_unstable();
+    let mut all = ports.clone();
+    all.sort_unstable();
+    assert_eq!(
+        acked, all,
+        "every port answered, from the port the peer sent to"
+    );
+
+    for (shard, r) in recorders.iter().enumerate() {
+        assert!(!r.got.is_empty());
+        for (port, remote, payload) in &r.got {
+            let owner = usize::from((port - PORT_BASE) / PORTS_PER_SHARD as u16);
+            assert_eq!(
+                owner, shard,
+                "port {port} delivered to shard {shard}, its owner"
+            );
+            assert_eq!(remote.ip(), PEER_V4.parse::<IpAddr>().unwrap());
+            assert_eq!(payload, format!("d-{port}").as_bytes());
+        }
+    }
+    let (s0, s1) = (shared.stats(0), shared.stats(1));
+    println!("shard 0: {s0:?}\nshard 1: {s1:?}");
+    assert_eq!(
+        s0.handover_out + s1.handover_out,
+        s0.handover_in + s1.handover_in
+    );
+    assert!(
+        s0.handover_out + s1.handover_out > 0,
+        "16 flows hashed over 2 queues all landed on their owner's queue (chance 2^-16)"
+    );
+    assert_eq!(s0.handover_full + s1.handover_full, 0);
+    assert_eq!(
+        s0.rx_not_ours + s1.rx_not_ours + s0.rx_malformed + s1.rx_malformed,
+        0
+    );
+    let program = shared.program_counters();
+    assert_eq!(
+        program.pass_no_xsk, 0,
+        "both queues have a socket: {program:?}"
     );
 }

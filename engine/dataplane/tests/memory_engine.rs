@@ -186,3 +186,62 @@ fn bad_requests_name_the_field() {
     );
     engine.shutdown();
 }
+
+/// A backend that panics on its first receive: stands in for any bug on a shard thread.
+#[derive(Debug)]
+struct PanickingBackend(MemoryBackend);
+
+impl earshot_engine::backend::Backend for PanickingBackend {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn open_port(&mut self, port: u16, family: Family) -> std::io::Result<()> {
+        self.0.open_port(port, family)
+    }
+    fn close_port(&mut self, port: u16) {
+        self.0.close_port(port)
+    }
+    fn poll_recv(
+        &mut self,
+        _max: usize,
+        _h: &mut dyn earshot_engine::backend::PacketHandler,
+    ) -> std::io::Result<usize> {
+        panic!("injected shard failure");
+    }
+    fn tx(&mut self) -> &mut dyn earshot_engine::backend::TxSink {
+        self.0.tx()
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn wait(
+        &mut self,
+        now: earshot_media::time::Instant,
+        deadline: earshot_media::time::Instant,
+    ) -> std::io::Result<()> {
+        self.0.wait(now, deadline)
+    }
+}
+
+#[test]
+fn a_dead_shard_answers_unavailable_instead_of_hanging() {
+    use earshot_engine::backend::Backend;
+    let cfg = EngineConfig { backend: BackendKind::Memory, pin: false, ..EngineConfig::default() };
+    let engine = Engine::start(&cfg, |_| {
+        let (b, _n) = MemoryBackend::new(16, false);
+        Ok(Box::new(PanickingBackend(b)) as Box<dyn Backend>)
+    })
+    .unwrap();
+    // The shard dies at its first receive (a request may still be answered before it).
+    // Every request must come back; once dead, as Unavailable, never hanging.
+    let mut unavailable = 0;
+    for _ in 0..50 {
+        match call(&engine, Request::Stats) {
+            Ok(_) => assert_eq!(unavailable, 0, "a dead shard answered"),
+            Err(EngineError::Unavailable(_)) => unavailable += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(unavailable >= 49, "only {unavailable} of 50 requests saw the shard as down");
+    engine.shutdown();
+}
