@@ -290,6 +290,10 @@ pub struct ShardStats {
     /// Engine events lost because the event queue was full.
     #[serde(default)]
     pub events_lost: u64,
+    /// The I/O backend's own counters (names depend on the backend: for example
+    /// `rx_no_buffers` on io_uring, `tx_no_neighbor` on AF_XDP).
+    #[serde(default)]
+    pub backend_counters: Vec<(String, u64)>,
 }
 
 /// Latency percentiles in microseconds.

@@ -53,6 +53,14 @@ pub struct EngineConfig {
     pub fallback: bool,
     /// Network interface for AF_XDP.
     pub interface: Option<String>,
+    /// AF_XDP: the NIC queue of each shard (shard i uses `xdp_queues[i]`); empty means
+    /// queue i for shard i. Steer each shard's port range to its queue (docs/tuning.md).
+    pub xdp_queues: Vec<u32>,
+    /// AF_XDP: UMEM frames per shard (each 4 KiB). Default: the backend's 2048 (8 MiB).
+    pub xdp_umem_frames: Option<u32>,
+    /// AF_XDP: "auto" (native if the driver supports it, else generic), "native" or
+    /// "generic". Default auto.
+    pub xdp_attach_mode: String,
     /// Legs per shard. Default 32768 (10,000 three-party sessions with headroom).
     pub max_legs_per_shard: u32,
     /// Sessions per shard. Default 12000.
@@ -93,6 +101,9 @@ impl Default for EngineConfig {
             backend: BackendKind::Auto,
             fallback: true,
             interface: None,
+            xdp_queues: Vec::new(),
+            xdp_umem_frames: None,
+            xdp_attach_mode: "auto".into(),
             max_legs_per_shard: 32768,
             max_sessions_per_shard: 12000,
             jitter_min_ms: 20,
@@ -192,6 +203,22 @@ impl EngineConfig {
             return err(
                 "interface",
                 "backend = \"af_xdp\" needs an interface".into(),
+            );
+        }
+        if !["auto", "native", "generic"].contains(&self.xdp_attach_mode.as_str()) {
+            return err(
+                "xdp_attach_mode",
+                format!("{:?} is not auto, native or generic", self.xdp_attach_mode),
+            );
+        }
+        if !self.xdp_queues.is_empty() && self.xdp_queues.len() < self.shards {
+            return err(
+                "xdp_queues",
+                format!(
+                    "{} queues listed for {} shards",
+                    self.xdp_queues.len(),
+                    self.shards
+                ),
             );
         }
         if self.recv_batch == 0 || self.commands_per_iteration == 0 || self.command_queue == 0 {

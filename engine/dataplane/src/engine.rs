@@ -116,7 +116,9 @@ impl Engine {
             alive.push(shard_alive.clone());
             let t = std::thread::Builder::new()
                 .name(format!("earshot-shard-{i}"))
-                .spawn(move || runtime::run(shard, backend, queue, clock, stop, params, shard_alive))?;
+                .spawn(move || {
+                    runtime::run(shard, backend, queue, clock, stop, params, shard_alive)
+                })?;
             threads.push(t);
         }
         // Events are rare (first packets, timeouts, latching). One pump thread moves them
@@ -143,7 +145,9 @@ impl Engine {
         let handle = Arc::new(EngineHandle {
             event_rx: Mutex::new(event_rx),
             alive,
-            rejected: (0..cfg.shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            rejected: (0..cfg.shards)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             queues,
             events,
             stop,
@@ -206,7 +210,9 @@ impl EngineHandle {
             .ok_or_else(|| EngineError::NotFound(format!("shard {shard}")))?;
         let (tx, rx) = oneshot::channel();
         if !self.alive[shard].load(Ordering::Acquire) {
-            return Err(EngineError::Unavailable(format!("shard {shard} is not running")));
+            return Err(EngineError::Unavailable(format!(
+                "shard {shard} is not running"
+            )));
         }
         if queue.push(Envelope { cmd, reply: tx }).is_err() {
             self.rejected[shard].fetch_add(1, Ordering::Relaxed);

@@ -60,7 +60,10 @@ pub fn run(
 ) {
     // Whatever ends this function (stop, or a panic unwinding through it) marks the shard
     // dead and answers everything still queued, so no caller waits forever.
-    let _guard = DeadShardGuard { queue: queue.clone(), alive };
+    let _guard = DeadShardGuard {
+        queue: queue.clone(),
+        alive,
+    };
     if let Some(core) = params.core {
         // Pinning is best effort: a core that does not exist (a container with fewer
         // CPUs than configured) leaves the thread unpinned rather than failing the engine.
@@ -126,6 +129,8 @@ impl Drop for DeadShardGuard {
 /// Answers every command queued to a shard that no longer runs.
 pub fn drain_dead(queue: &ArrayQueue<Envelope>) {
     while let Some(env) = queue.pop() {
-        let _ = env.reply.send(Err(EngineError::Unavailable("shard stopped".into())));
+        let _ = env
+            .reply
+            .send(Err(EngineError::Unavailable("shard stopped".into())));
     }
 }

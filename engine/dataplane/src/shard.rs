@@ -325,6 +325,11 @@ impl Shard {
             }
             ShardCommand::Stats(mut stats) => {
                 self.fill_stats(&mut stats);
+                stats.backend_counters = backend
+                    .counters()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
                 Ok(Response::Stats(earshot_engine_api::EngineStats {
                     backend: backend.name().to_string(),
                     shards: vec![stats],
@@ -1035,8 +1040,12 @@ impl Shard {
             self.rtcp_sweep = (self.rtcp_sweep + 1) % max;
             let jitter_ms = self.rng.next_u32() % 5_000;
             let ntp = self.ntp_at_zero.wrapping_add(ntp_of(now));
-            let Some(leg) = self.legs[slot as usize].as_mut() else { continue };
-            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else { continue };
+            let Some(leg) = self.legs[slot as usize].as_mut() else {
+                continue;
+            };
+            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else {
+                continue;
+            };
             if m.next_rtcp > now {
                 continue;
             }
@@ -1069,7 +1078,9 @@ impl Shard {
                 Some(b) => std::slice::from_ref(b),
                 None => &[],
             };
-            let Ok(blocks) = ReportBlocks::from_slice(blocks_storage) else { continue };
+            let Ok(blocks) = ReportBlocks::from_slice(blocks_storage) else {
+                continue;
+            };
             let report = if m.packets_sent > 0 {
                 RtcpRepr::SenderReport(SenderReport {
                     ssrc,
@@ -1083,14 +1094,30 @@ impl Shard {
                     profile_extension: &[],
                 })
             } else {
-                RtcpRepr::ReceiverReport(ReceiverReport { ssrc, reports: blocks, profile_extension: &[] })
+                RtcpRepr::ReceiverReport(ReceiverReport {
+                    ssrc,
+                    reports: blocks,
+                    profile_extension: &[],
+                })
             };
             let cname = *b"earshot";
-            let items = [SdesItem { kind: SdesItemType::Cname, value: &cname }];
-            let chunks = [SdesChunk { ssrc, items: earshot_media::wire::rtcp::SdesItems::from_slice(&items) }];
-            let Ok(sdes) = SdesChunks::from_slice(&chunks) else { continue };
+            let items = [SdesItem {
+                kind: SdesItemType::Cname,
+                value: &cname,
+            }];
+            let chunks = [SdesChunk {
+                ssrc,
+                items: earshot_media::wire::rtcp::SdesItems::from_slice(&items),
+            }];
+            let Ok(sdes) = SdesChunks::from_slice(&chunks) else {
+                continue;
+            };
             let compound = [report, RtcpRepr::SourceDescription(sdes)];
-            let dst = if m.rtcp_mux { remote } else { SocketAddr::new(remote.ip(), remote.port().wrapping_add(1)) };
+            let dst = if m.rtcp_mux {
+                remote
+            } else {
+                SocketAddr::new(remote.ip(), remote.port().wrapping_add(1))
+            };
             let src_port = if m.rtcp_mux { leg.port } else { leg.port + 1 };
             let mut len = 0;
             let sent = tx.send_with(src_port, dst, &mut |buf| {
@@ -1465,6 +1492,9 @@ impl Shard {
 }
 
 /// A command for one shard (the engine routes each [`earshot_engine_api::Request`]).
+// Commands are few and travel by value through a bounded queue on the control path; the
+// size of the stats variant does not matter there.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ShardCommand {
     /// See [`earshot_engine_api::Request::AllocateLeg`].

@@ -226,7 +226,11 @@ impl earshot_engine::backend::Backend for PanickingBackend {
 #[test]
 fn a_dead_shard_answers_unavailable_instead_of_hanging() {
     use earshot_engine::backend::Backend;
-    let cfg = EngineConfig { backend: BackendKind::Memory, pin: false, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        backend: BackendKind::Memory,
+        pin: false,
+        ..EngineConfig::default()
+    };
     let engine = Engine::start(&cfg, |_| {
         let (b, _n) = MemoryBackend::new(16, false);
         Ok(Box::new(PanickingBackend(b)) as Box<dyn Backend>)
@@ -242,6 +246,9 @@ fn a_dead_shard_answers_unavailable_instead_of_hanging() {
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    assert!(unavailable >= 49, "only {unavailable} of 50 requests saw the shard as down");
+    assert!(
+        unavailable >= 49,
+        "only {unavailable} of 50 requests saw the shard as down"
+    );
     engine.shutdown();
 }

@@ -489,7 +489,19 @@ pub fn open_for_factory(
     shard: usize,
 ) -> io::Result<Box<dyn Backend>> {
     if shared.is_none() {
-        *shared = Some(AfXdpShared::start(cfg, &AfXdpConfig::default())?);
+        let mut xcfg = AfXdpConfig::default();
+        if !cfg.xdp_queues.is_empty() {
+            xcfg.queues = cfg.xdp_queues.clone();
+        }
+        if let Some(frames) = cfg.xdp_umem_frames {
+            xcfg.xsk.frame_count = frames;
+        }
+        xcfg.attach = match cfg.xdp_attach_mode.as_str() {
+            "native" => AttachMode::Native,
+            "generic" => AttachMode::Generic,
+            _ => AttachMode::Auto,
+        };
+        *shared = Some(AfXdpShared::start(cfg, &xcfg)?);
     }
     let Some(state) = shared.as_mut() else {
         // Set just above.
@@ -764,6 +776,10 @@ impl TxSink for AfXdpBackend {
 }
 
 impl Backend for AfXdpBackend {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.stats().pairs()
+    }
+
     fn name(&self) -> &'static str {
         "af_xdp"
     }
@@ -885,6 +901,32 @@ impl Backend for AfXdpBackend {
         // Readable or not, the shard loop re-checks everything; early returns are fine.
         self.xsk.wait_readable_for(timeout);
         Ok(())
+    }
+}
+
+impl AfXdpStats {
+    /// The counters as (name, value) pairs, for the engine's stats.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        let c = self;
+        vec![
+            ("rx_frames", c.rx_frames),
+            ("rx_datagrams", c.rx_datagrams),
+            ("rx_bytes", c.rx_bytes),
+            ("rx_not_udp", c.rx_not_udp),
+            ("rx_malformed", c.rx_malformed),
+            ("rx_not_ours", c.rx_not_ours),
+            ("rx_closed_port", c.rx_closed_port),
+            ("handover_out", c.handover_out),
+            ("handover_full", c.handover_full),
+            ("handover_in", c.handover_in),
+            ("tx_frames", c.tx_frames),
+            ("tx_bytes", c.tx_bytes),
+            ("tx_no_neighbor", c.tx_no_neighbor),
+            ("tx_wrong_interface", c.tx_wrong_interface),
+            ("tx_no_source", c.tx_no_source),
+            ("tx_too_big", c.tx_too_big),
+            ("tx_full", c.tx_full),
+        ]
     }
 }
 

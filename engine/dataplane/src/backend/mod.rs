@@ -87,6 +87,12 @@ pub trait Backend: Send {
     /// Submits every send built since the last flush.
     fn flush(&mut self) -> io::Result<()>;
 
+    /// The backend's own counters as (name, value) pairs, for the engine's stats (read
+    /// on the control path; may allocate).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Sleeps until a datagram may be ready or until `deadline` (on the engine clock;
     /// `now` is the current time), whichever is first. Backends that cannot sleep
     /// precisely return early; the shard loop copes with early returns.
@@ -200,7 +206,10 @@ impl Factory {
             #[cfg(not(target_os = "linux"))]
             BackendKind::AfXdp => {
                 let _ = i;
-                Err(io::Error::new(io::ErrorKind::Unsupported, "AF_XDP is only available on Linux"))
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "AF_XDP is only available on Linux",
+                ))
             }
             BackendKind::Memory => Ok(Box::new(memory::MemoryBackend::new(4096, false).0)),
             BackendKind::Auto => unreachable!("Auto expands to concrete kinds"),

@@ -403,6 +403,10 @@ impl SocketBackend {
 }
 
 impl Backend for SocketBackend {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counters().pairs()
+    }
+
     fn name(&self) -> &'static str {
         "socket"
     }

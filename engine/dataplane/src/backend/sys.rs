@@ -429,7 +429,11 @@ impl Drop for MmapRegion {
 pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
     // SAFETY: PR_SET_TIMERSLACK takes an unsigned long by value and touches no memory.
     let r = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub(crate) fn page_size() -> usize {
@@ -633,5 +637,29 @@ mod tests {
         assert_eq!(decode_sockaddr(&[]), None);
         let unix = (libc::AF_UNIX as u16).to_ne_bytes();
         assert_eq!(decode_sockaddr(&[unix[0], unix[1], 0, 0, 0, 0, 0, 0]), None);
+    }
+}
+
+impl IoCounters {
+    /// The counters as (name, value) pairs, for the engine's stats.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        let c = self;
+        vec![
+            ("rx_datagrams", c.rx_datagrams),
+            ("rx_bytes", c.rx_bytes),
+            ("rx_oversize", c.rx_oversize),
+            ("rx_bad_source", c.rx_bad_source),
+            ("rx_errors", c.rx_errors),
+            ("rx_no_buffers", c.rx_no_buffers),
+            ("rx_rearms", c.rx_rearms),
+            ("rx_stale", c.rx_stale),
+            ("tx_datagrams", c.tx_datagrams),
+            ("tx_bytes", c.tx_bytes),
+            ("tx_would_block", c.tx_would_block),
+            ("tx_errors", c.tx_errors),
+            ("tx_no_port", c.tx_no_port),
+            ("tx_full", c.tx_full),
+            ("tx_implicit_flushes", c.tx_implicit_flushes),
+        ]
     }
 }

@@ -769,6 +769,10 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counters().pairs()
+    }
+
     fn name(&self) -> &'static str {
         "io_uring"
     }
