@@ -381,8 +381,6 @@ pub struct SearchResult {
 pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
     let clock = Clock::new();
     let budget_ns = p.max_seconds * 1_000_000_000;
-    let mut good: Option<u32> = None;
-    let mut bad: Option<u32> = None;
     let mut steps = Vec::new();
     let step = |n: u32, steps: &mut Vec<StepResult>| -> Result<(bool, bool), BenchError> {
         let r = run_step(&StepParams {
@@ -419,16 +417,19 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
         if clock.now().as_nanos() >= budget_ns {
             break;
         }
-        let (passed, saturated) = step(n, &mut steps)?;
-        if passed && bad.is_none() {
-            good = Some(n);
-        } else if !passed && bad.is_none() {
-            bad = Some(n);
-        }
+        let (_, saturated) = step(n, &mut steps)?;
         if saturated {
             break;
         }
     }
+    // The largest passing count, and the smallest failure above it (a preempted small
+    // step must not hide a clean larger one).
+    let mut good = steps.iter().filter(|s| s.passed).map(|s| s.sessions).max();
+    let mut bad = steps
+        .iter()
+        .filter(|s| !s.passed && good.is_none_or(|g| s.sessions > g))
+        .map(|s| s.sessions)
+        .min();
     while let (Some(b), Some(g)) = (bad, good) {
         if b - g <= p.resolution.max(1) || clock.now().as_nanos() >= budget_ns {
             break;

@@ -63,7 +63,7 @@ const CUSTOMER: usize = 0;
 const AGENT: usize = 1;
 const SUPERVISOR: usize = 2;
 /// The shard's seed: fixed so SSRCs and initial sequence numbers repeat run to run.
-const SHARD_SEED: u64 = 0x5eed_0f_ea25_4071;
+const SHARD_SEED: u64 = 0x005e_ed0f_ea25_4071;
 
 /// One operation of the cost model; the binary's first argument names it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -370,7 +370,10 @@ impl ShardRig {
         let (mut backend, _net) = MemoryBackend::new(1, true);
         let now = Instant::from_nanos(0);
         let peers: [SocketAddr; LEGS] = core::array::from_fn(|i| {
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + i as u8), 40_000))
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(10, 0, 0, 1 + i as u8),
+                40_000,
+            ))
         });
         let mut ids = [LegId(0); LEGS];
         let mut ports = [0u16; LEGS];
@@ -533,7 +536,10 @@ mod tests {
     #[test]
     fn forward_pure_forwards_every_packet_without_ticking() {
         let r = run(Mode::ForwardPure, 100).expect("rig builds");
-        assert_eq!((r.packets_in, r.packets_out, r.drops, r.ticks), (100, 100, 0, 0));
+        assert_eq!(
+            (r.packets_in, r.packets_out, r.drops, r.ticks),
+            (100, 100, 0, 0)
+        );
     }
 
     #[test]

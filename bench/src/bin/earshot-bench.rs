@@ -37,9 +37,9 @@ enum Cmd {
         /// Core to pin to.
         #[arg(long)]
         core: Option<usize>,
-        /// Result name.
-        #[arg(long, default_value = "capacity")]
-        name: String,
+        /// Result name (default: the scenario file's stem, else "capacity").
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Engine through real UDP on loopback vs the bare batched reflector, same run.
     Udp {
@@ -98,7 +98,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 Some(f) => {
                     let named = scenario::load(&f)?;
                     match named.scenario {
-                        Scenario::Capacity(p) => (p, named.name),
+                        Scenario::Capacity(p) => (p, name.unwrap_or(named.name)),
                         Scenario::Udp(_) => {
                             return Err(std::io::Error::other("not a capacity scenario").into());
                         }
@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                         resolution: 500,
                         core: Some(0),
                     },
-                    name,
+                    name.unwrap_or_else(|| "capacity".to_string()),
                 ),
             };
             if let Some(r) = ramp {

@@ -272,3 +272,16 @@ mod tests {
         assert_eq!(e.field, "interface");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_configuration_is_valid() {
+        let text = include_str!("../../../docs/earshot-engine.example.toml");
+        let cfg = EngineConfig::from_toml(text).unwrap();
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.cores, vec![0, 1]);
+    }
+}

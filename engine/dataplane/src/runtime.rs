@@ -42,6 +42,9 @@ pub struct LoopParams {
     pub core: Option<usize>,
 }
 
+/// Receive batches per loop iteration at most.
+const RECV_BATCHES: usize = 8;
+
 /// The longest a shard sleeps: bounds how long a command waits to be picked up.
 const MAX_WAIT: Duration = Duration::from_millis(1);
 
@@ -81,11 +84,17 @@ pub fn run(
             // The caller may have given up waiting; the command is applied regardless.
             let _ = env.reply.send(result);
         }
-        let received = {
-            let mut handler = ShardHandler {
-                shard: &mut shard,
-                now,
-            };
+        // Receive until the backend runs dry, at most RECV_BATCHES batches, so a burst is
+        // absorbed before the ticks run but cannot starve them either.
+        let mut received = 0;
+        for _ in 0..RECV_BATCHES {
+            let mut handler = ShardHandler { shard: &mut shard, now };
+            let n = backend.poll_recv(params.recv_batch, &mut handler).unwrap_or(0);
+            received += n;
+            if n < params.recv_batch {
+                break;
+            }
+        }
             backend
                 .poll_recv(params.recv_batch, &mut handler)
                 .unwrap_or(0)
