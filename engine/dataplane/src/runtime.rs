@@ -88,17 +88,18 @@ pub fn run(
         // absorbed before the ticks run but cannot starve them either.
         let mut received = 0;
         for _ in 0..RECV_BATCHES {
-            let mut handler = ShardHandler { shard: &mut shard, now };
-            let n = backend.poll_recv(params.recv_batch, &mut handler).unwrap_or(0);
+            let mut handler = ShardHandler {
+                shard: &mut shard,
+                now,
+            };
+            let n = backend
+                .poll_recv(params.recv_batch, &mut handler)
+                .unwrap_or(0);
             received += n;
             if n < params.recv_batch {
                 break;
             }
         }
-            backend
-                .poll_recv(params.recv_batch, &mut handler)
-                .unwrap_or(0)
-        };
         let now = clock.now();
         if shard.poll_deadline().is_some_and(|d| d <= now) {
             shard.handle_ticks(now, backend.tx(), &now_fn);
