@@ -29,7 +29,7 @@ awk -v threshold="$threshold" '
     FNR == NR && /"mode":/ { base[field($0, "mode")] = field($0, "instructions_per_op"); next }
     /"mode":/ {
         mode = field($0, "mode"); now = field($0, "instructions_per_op")
-        if (!(mode in base)) { printf "%-14s %12s  (no baseline)\n", mode, now; continue }
+        if (!(mode in base)) { printf "%-14s %12s  (no baseline)\n", mode, now; next }
         pct = (now - base[mode]) * 100 / base[mode]
         verdict = "ok"
         if (pct > threshold) { verdict = "REGRESSION"; failed = 1 }

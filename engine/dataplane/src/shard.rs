@@ -1271,17 +1271,19 @@ impl Shard {
             if !self.session(s).plan.is_mixed_input(i) {
                 continue;
             }
-            let scratch = &mut self.scratch;
             let Some(m) = self.legs[legs[i] as usize]
                 .as_mut()
                 .and_then(|l| l.media.as_mut())
             else {
                 continue;
             };
+            // Decoded straight into the staging buffer: in_len < tick <= frame, and the
+            // buffer holds two of the longest frames.
             while m.in_len < tick {
                 let fs = m.frame_samples;
-                let _kind = m.jitter.poll_frame(now, &mut scratch[..fs]);
-                m.in_pcm[m.in_len..m.in_len + fs].copy_from_slice(&scratch[..fs]);
+                let _kind = m
+                    .jitter
+                    .poll_frame(now, &mut m.in_pcm[m.in_len..m.in_len + fs]);
                 m.in_len += fs;
             }
         }
@@ -1309,10 +1311,11 @@ impl Shard {
                 }
             }
             let mix = self.kernels.mix;
-            // Inputs borrow other legs immutably; the listener's own accumulator is
-            // written through a split borrow below.
-            let mut chunk = [0i16; MAX_FRAME_SAMPLES];
-            mix(&mut chunk[..tick], &inputs[..k], &gains[..k]);
+            // Inputs borrow other legs immutably, so the mix lands in the shard's scratch
+            // buffer (a different field), not in the listener's own leg.
+            let chunk = &mut self.scratch[..tick];
+            mix(chunk, &inputs[..k], &gains[..k]);
+            let chunk = &self.scratch[..tick];
             let leg = self.legs[legs[l] as usize]
                 .as_mut()
                 .expect("session legs are live");
@@ -1325,18 +1328,22 @@ impl Shard {
             if m.out_len + tick > fs {
                 m.out_len = 0; // ptime changed under us; restart the frame.
             }
-            m.out_pcm[m.out_len..m.out_len + tick].copy_from_slice(&chunk[..tick]);
-            m.out_len += tick;
-            if m.out_len < fs {
-                continue;
+            // The common case, a tick of one whole frame, encodes straight from the mix.
+            let whole = m.out_len == 0 && tick == fs;
+            if !whole {
+                m.out_pcm[m.out_len..m.out_len + tick].copy_from_slice(chunk);
+                m.out_len += tick;
+                if m.out_len < fs {
+                    continue;
+                }
+                m.out_len = 0;
             }
-            m.out_len = 0;
             let talkspurt = !m.mixed_active;
             m.mixed_active = true;
             let stamp = m.out.mixed(now, talkspurt);
             let Some(remote) = remote else { continue };
             let (codec, pt) = (m.codec, m.payload_type);
-            let pcm = &m.out_pcm[..fs];
+            let pcm = if whole { chunk } else { &m.out_pcm[..fs] };
             let sent = tx.send_with(port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
@@ -1355,7 +1362,9 @@ impl Shard {
                 .as_mut()
                 .and_then(|l| l.media.as_mut())
             {
-                if m.in_len >= tick {
+                if m.in_len == tick {
+                    m.in_len = 0;
+                } else if m.in_len > tick {
                     m.in_pcm.copy_within(tick..m.in_len, 0);
                     m.in_len -= tick;
                 }
