@@ -4,7 +4,7 @@
 #
 # Usage: perf/check.sh [MODE...]
 # Environment: PERF_THRESHOLD_PCT (default 10), and those of callgrind.sh.
-# Not run in CI: valgrind makes it slow (about a minute after the release build, most
+# Not run in CI: valgrind makes it slow (10-20 seconds after the release build, most
 # of it in the barge-tick and forward runs). Run it before and after a change to the
 # packet or tick path, and refresh the baseline with perf/callgrind.sh when a change
 # is intended.
