@@ -463,6 +463,26 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     )?;
     let (backend_name, in1, out1) = engine_counts(api.as_ref())?;
     let (sin, sout) = (in1 - in0, out1 - out0);
+    // Where the missing packets went: the shard's drops and the backend's own counters.
+    if let Ok(Response::Stats(stats)) = block_on_call(api.as_ref(), Request::Stats) {
+        for s in &stats.shards {
+            let nonzero = |v: &Vec<(String, u64)>| {
+                v.iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            eprintln!(
+                "udp: shard {} drops [{}] backend [{}] late_ticks={} stalls={}",
+                s.shard,
+                nonzero(&s.drops),
+                nonzero(&s.backend_counters),
+                s.late_ticks,
+                s.stalls
+            );
+        }
+    }
     drop(api);
     engine.shutdown();
     let engine_run = run_result(

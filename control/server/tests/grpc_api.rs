@@ -11,6 +11,14 @@ use support::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+async fn next_event(stream: &mut tonic::Streaming<proto::Event>) -> proto::Event {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("event within 5 s")
+        .expect("stream open")
+        .expect("event, not error")
+}
+
 fn local_of(p: &proto::Participant) -> String {
     p.leg.as_ref().expect("leg").local.clone()
 }
@@ -246,10 +254,9 @@ async fn watch_events_resumes_after_a_sequence_and_refuses_expired_ones() {
         .await
         .unwrap()
         .into_inner();
-    let a = stream.next().await.unwrap().unwrap();
-    let b = stream.next().await.unwrap().unwrap();
+    let a = next_event(&mut stream).await;
+    let b = next_event(&mut stream).await;
     assert_eq!((a.sequence, b.sequence), (resume_from + 1, resume_from + 2));
-    let _ = stream.next().await.unwrap().unwrap();
     // A live event follows the backlog on the same stream.
     api.end_interaction(proto::EndInteractionRequest {
         interaction_id: "call-4".into(),
@@ -257,11 +264,7 @@ async fn watch_events_resumes_after_a_sequence_and_refuses_expired_ones() {
     })
     .await
     .unwrap();
-    let live = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let live = next_event(&mut stream).await;
     assert_eq!(live.sequence, last + 1);
 
     let err = api

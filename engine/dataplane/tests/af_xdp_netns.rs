@@ -18,18 +18,20 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use earshot_afxdp::XskConfig;
 use earshot_engine::backend::af_xdp::{AfXdpConfig, AfXdpShared};
 use earshot_engine::backend::{Backend, Datagram, Factory, PacketHandler, TxSink};
 use earshot_engine::config::{BackendKind, EngineConfig};
-use earshot_engine::engine::Engine;
+use earshot_engine::engine::{Engine, EngineHandle};
 use earshot_engine::server::block_on;
 use earshot_engine_api::{
     CodecName, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
 };
+use earshot_media::Codec;
+use earshot_media::dsp::g711;
 
 const ENGINE_V4: &str = "10.78.0.1";
 const PEER_V4: &str = "10.78.0.2";
@@ -37,8 +39,8 @@ const ENGINE_V6: &str = "fd78::1";
 const PEER_V6: &str = "fd78::2";
 const PORT_BASE: u16 = 40960;
 const PORTS_PER_SHARD: u32 = 1024;
-/// Packets each peer socket sends (20 ms apart: 3 s of audio).
-const PACKETS: u16 = 150;
+/// Packets each peer socket sends per phase (20 ms apart: 1.2 s of audio).
+const PACKETS_PER_PHASE: u16 = 60;
 const RTP_HEADER: usize = 12;
 const PCMU_20MS: usize = 160;
 
@@ -183,18 +185,124 @@ fn request(engine: &Engine, req: Request) -> Response {
     block_on(engine.handle().request(req)).expect("engine request")
 }
 
-/// A mu-law square wave (~500 Hz) of magnitude code `code` (0..=0x7f, larger is louder):
-/// G.711 writes a positive sample as `0xff ^ code` and a negative one as `0x7f ^ code`.
-fn tone_payload(code: u8) -> [u8; PCMU_20MS] {
-    let mut p = [0u8; PCMU_20MS];
-    for (i, b) in p.iter_mut().enumerate() {
-        *b = if (i / 8) % 2 == 0 {
-            0xff ^ code
-        } else {
-            0x7f ^ code
-        };
+const SAMPLE_RATE_HZ: f64 = 8000.0;
+/// Tone amplitude: -12 dBFS.
+const TONE_DBFS: f64 = -12.0;
+/// A tone is heard when its mean per-frame power is at most this far below the sent
+/// power, and absent when at least `ABSENT_DB` below.
+const PRESENT_DB: f64 = -6.0;
+const ABSENT_DB: f64 = -30.0;
+/// Frames at the start of each phase whose audio is ignored (neighbour resolution,
+/// jitter buffer fill and the plan switch settle): 200 ms.
+const SETTLE_TICKS: u16 = 10;
+
+/// The three parties of each session, in leg order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    Customer,
+    Agent,
+    Supervisor,
+}
+
+const ALL: [Who; 3] = [Who::Customer, Who::Agent, Who::Supervisor];
+
+impl Who {
+    fn idx(self) -> usize {
+        self as usize
     }
-    p
+
+    /// Each party talks its own tone; all are multiples of 8000 / 160 = 50 Hz, so a 20 ms
+    /// frame holds whole periods and the Goertzel bins do not leak into each other.
+    fn tone_hz(self) -> f64 {
+        match self {
+            Who::Customer => 500.0,
+            Who::Agent => 900.0,
+            Who::Supervisor => 1400.0,
+        }
+    }
+}
+
+/// The supervision modes the test switches through, in order, live on the same legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Monitor,
+    Barge,
+}
+
+const PHASES: [Phase; 2] = [Phase::Monitor, Phase::Barge];
+
+impl Phase {
+    /// (listener, source) pairs of the hear relation (SPEC section 1), the supervisor
+    /// targeting the agent.
+    fn hears(self) -> Vec<(Who, Who)> {
+        use Who::*;
+        match self {
+            Phase::Monitor => vec![
+                (Customer, Agent),
+                (Agent, Customer),
+                (Supervisor, Customer),
+                (Supervisor, Agent),
+            ],
+            Phase::Barge => vec![
+                (Customer, Agent),
+                (Customer, Supervisor),
+                (Agent, Customer),
+                (Agent, Supervisor),
+                (Supervisor, Customer),
+                (Supervisor, Agent),
+            ],
+        }
+    }
+
+    fn plan(self, session: &str, legs: &[LegInfo]) -> SessionPlan {
+        SessionPlan {
+            session: session.into(),
+            edges: self
+                .hears()
+                .into_iter()
+                .map(|(l, s)| Edge {
+                    listener: legs[l.idx()].leg,
+                    source: legs[s.idx()].leg,
+                    gain: 4096,
+                })
+                .collect(),
+            no_dtmf: Vec::new(),
+        }
+    }
+}
+
+fn tone_amplitude() -> f64 {
+    32767.0 * 10f64.powf(TONE_DBFS / 20.0)
+}
+
+/// Frame `n` (20 ms) of `who`'s tone, PCMU.
+fn tone_payload(who: Who, n: u64) -> [u8; PCMU_20MS] {
+    let w = 2.0 * std::f64::consts::PI * who.tone_hz() / SAMPLE_RATE_HZ;
+    let mut pcm = [0i16; PCMU_20MS];
+    for (i, s) in pcm.iter_mut().enumerate() {
+        let t = n * PCMU_20MS as u64 + i as u64;
+        *s = (tone_amplitude() * (w * t as f64).sin()).round() as i16;
+    }
+    let mut payload = [0u8; PCMU_20MS];
+    g711::encode(Codec::Pcmu, &pcm, &mut payload);
+    payload
+}
+
+/// Power of `hz` in one frame relative to the sent tone's power, as a linear ratio
+/// (Goertzel, as in `udp_e2e.rs`).
+fn relative_power(frame: &[i16], hz: f64) -> f64 {
+    let n = frame.len() as f64;
+    let w = 2.0 * std::f64::consts::PI * hz / SAMPLE_RATE_HZ;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in frame {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let mag2 = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let amp = 2.0 * mag2.sqrt() / n;
+    (amp / tone_amplitude()).powi(2)
 }
 
 fn rtp_packet(
@@ -221,14 +329,28 @@ struct Heard {
     invalid: usize,
     seq_gaps: usize,
     ssrcs: Vec<u32>,
-    audible: usize,
     last_seq: Option<u16>,
+    /// Sum of each party's relative tone power over the frames analysed, per phase.
+    power: [[f64; 3]; PHASES.len()],
+    /// Frames analysed (received after the phase's settling ticks), per phase.
+    frames: [usize; PHASES.len()],
 }
 
 impl Heard {
-    fn take(&mut self, bytes: &[u8], from: SocketAddr, expected_from: SocketAddr) {
+    fn take(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        expected_from: SocketAddr,
+        phase: usize,
+        tick: u16,
+    ) {
         if from != expected_from {
             self.from_wrong_addr += 1;
+            return;
+        }
+        // RTCP (rtcp-mux) is not part of the audio stream.
+        if bytes.len() >= 2 && (192..=223).contains(&bytes[1]) {
             return;
         }
         if bytes.len() != RTP_HEADER + PCMU_20MS || bytes[0] >> 6 != 2 || bytes[1] & 0x7f != 0 {
@@ -248,21 +370,44 @@ impl Heard {
         if !self.ssrcs.contains(&ssrc) {
             self.ssrcs.push(ssrc);
         }
-        // mu-law silence is 0xff / 0x7f; anything well away from it is sound.
-        if bytes[RTP_HEADER..].iter().any(|&b| (b & 0x7f) < 0x60) {
-            self.audible += 1;
+        if tick >= SETTLE_TICKS {
+            let mut pcm = [0i16; PCMU_20MS];
+            g711::decode(Codec::Pcmu, &bytes[RTP_HEADER..], &mut pcm);
+            for who in ALL {
+                self.power[phase][who.idx()] += relative_power(&pcm, who.tone_hz());
+            }
+            self.frames[phase] += 1;
         }
+    }
+
+    /// Mean relative power (dB) of each party's tone in `phase`.
+    fn levels_db(&self, phase: usize) -> [f64; 3] {
+        let frames = self.frames[phase];
+        self.power[phase].map(|s| {
+            if frames == 0 {
+                f64::NEG_INFINITY
+            } else {
+                10.0 * (s / frames as f64).max(1e-12).log10()
+            }
+        })
     }
 }
 
-/// Peer side: binds one socket per leg in the peer namespace, reports their addresses,
-/// waits for `go`, then sends paced RTP from each and records what comes back.
+/// One session's plan switch, applied by the peer thread at each phase start.
+struct PlanSwitch {
+    engine: Arc<EngineHandle>,
+    sessions: Vec<(String, Vec<LegInfo>)>,
+}
+
+/// Peer side: binds one socket per leg in the peer namespace (parties C, A, S per
+/// family), reports their addresses, waits for the legs, then for each phase switches
+/// the plans and sends paced tones from each socket, recording what comes back.
 #[allow(clippy::disallowed_methods)] // real-time pacing of a real network peer
 fn run_peers(
     ns: String,
     binds: Vec<IpAddr>,
     addrs_tx: mpsc::Sender<Vec<SocketAddr>>,
-    go_rx: mpsc::Receiver<Vec<SocketAddr>>,
+    go_rx: mpsc::Receiver<(Vec<SocketAddr>, PlanSwitch)>,
 ) -> Vec<Heard> {
     enter_netns(&ns);
     let socks: Vec<UdpSocket> = binds
@@ -276,38 +421,56 @@ fn run_peers(
     addrs_tx
         .send(socks.iter().map(|s| s.local_addr().unwrap()).collect())
         .unwrap();
-    let targets = go_rx.recv().expect("leg addresses");
+    let (targets, switch) = go_rx.recv().expect("leg addresses");
     let mut heard: Vec<Heard> = socks.iter().map(|_| Heard::default()).collect();
-    let payloads: Vec<_> = (0..socks.len())
-        .map(|i| tone_payload(0x50 + 0x10 * (i as u8 % 3)))
-        .collect();
     let mut buf = [0u8; 2048];
-    let drain = |heard: &mut Vec<Heard>, buf: &mut [u8]| {
+    let drain = |heard: &mut Vec<Heard>, buf: &mut [u8], phase: usize, tick: u16| {
         for (i, s) in socks.iter().enumerate() {
             while let Ok((n, from)) = s.recv_from(buf) {
-                heard[i].take(&buf[..n], from, targets[i]);
+                heard[i].take(&buf[..n], from, targets[i], phase, tick);
             }
         }
     };
-    let start = std::time::Instant::now();
-    for n in 0..PACKETS {
-        for (i, s) in socks.iter().enumerate() {
-            let pkt = rtp_packet(0x1000 + i as u32, 100 + n, 160 * u32::from(n), &payloads[i]);
-            s.send_to(&pkt, targets[i]).expect("send RTP");
+    let mut sent: u16 = 0;
+    for (p, phase) in PHASES.iter().enumerate() {
+        for (session, legs) in &switch.sessions {
+            let r = block_on(
+                switch
+                    .engine
+                    .request(Request::SetSessionPlan(phase.plan(session, legs))),
+            );
+            assert_eq!(r.expect("plan applied"), Response::Done);
         }
-        drain(&mut heard, &mut buf);
-        let next = start + Duration::from_millis(20 * (u64::from(n) + 1));
-        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        let start = std::time::Instant::now();
+        for t in 0..PACKETS_PER_PHASE {
+            for (i, s) in socks.iter().enumerate() {
+                let who = ALL[i % 3];
+                let payload = tone_payload(who, u64::from(sent));
+                let pkt = rtp_packet(
+                    0x1000 + i as u32,
+                    100 + sent,
+                    160 * u32::from(sent),
+                    &payload,
+                );
+                s.send_to(&pkt, targets[i]).expect("send RTP");
+            }
+            sent += 1;
+            drain(&mut heard, &mut buf, p, t);
+            let next = start + Duration::from_millis(20 * (u64::from(t) + 1));
+            std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        }
     }
-    // The engine's jitter buffer holds a few frames: collect the tail.
+    // The engine's jitter buffer holds a few frames: collect the tail (not analysed).
     for _ in 0..30 {
         std::thread::sleep(Duration::from_millis(10));
-        drain(&mut heard, &mut buf);
+        drain(&mut heard, &mut buf, PHASES.len() - 1, 0);
     }
     heard
 }
 
-fn allocate_barge(
+/// Allocates and configures one leg per remote (parties C, A, S) in `session`, with no
+/// plan yet (the peer thread sets one per phase).
+fn allocate_legs(
     engine: &Engine,
     session: &str,
     family: Family,
@@ -344,26 +507,6 @@ fn allocate_barge(
         );
         legs.push(info);
     }
-    let mut edges = Vec::new();
-    for l in &legs {
-        for s in &legs {
-            if l.leg != s.leg {
-                edges.push(Edge {
-                    listener: l.leg,
-                    source: s.leg,
-                    gain: 4096,
-                });
-            }
-        }
-    }
-    request(
-        engine,
-        Request::SetSessionPlan(SessionPlan {
-            session: session.into(),
-            edges,
-            no_dtmf: Vec::new(),
-        }),
-    );
     legs
 }
 
@@ -406,7 +549,8 @@ fn check_kernel_traffic(net: &NetPair, udp_port: u16) {
 
 #[test]
 #[allow(clippy::disallowed_methods)] // waits on a real network in real time
-fn barge_sessions_over_af_xdp_on_veth_carry_rtp_both_families_and_spare_kernel_traffic() {
+fn monitor_then_barge_over_af_xdp_on_veth_hear_the_right_tones_both_families_and_spare_kernel_traffic()
+ {
     if let Some(reason) = skip_reason() {
         println!("SKIPPED af_xdp_netns: {reason}");
         return;
@@ -432,8 +576,8 @@ fn barge_sessions_over_af_xdp_on_veth_carry_rtp_both_families_and_spare_kernel_t
     let peer_ns = net.peer.clone();
     let peers = std::thread::spawn(move || run_peers(peer_ns, binds, addrs_tx, go_rx));
     let remotes = addrs_rx.recv().expect("peer sockets bound");
-    let legs_v4 = allocate_barge(&engine, "s-v4", Family::V4, &remotes[..3]);
-    let legs_v6 = allocate_barge(&engine, "s-v6", Family::V6, &remotes[3..]);
+    let legs_v4 = allocate_legs(&engine, "s-v4", Family::V4, &remotes[..3]);
+    let legs_v6 = allocate_legs(&engine, "s-v6", Family::V6, &remotes[3..]);
     let locals: Vec<SocketAddr> = legs_v4.iter().chain(&legs_v6).map(|l| l.local).collect();
     for (l, family_ip) in locals.iter().zip([
         ENGINE_V4, ENGINE_V4, ENGINE_V4, ENGINE_V6, ENGINE_V6, ENGINE_V6,
@@ -441,20 +585,21 @@ fn barge_sessions_over_af_xdp_on_veth_carry_rtp_both_families_and_spare_kernel_t
         assert_eq!(l.ip(), family_ip.parse::<IpAddr>().unwrap());
         assert!((PORT_BASE..PORT_BASE + PORTS_PER_SHARD as u16).contains(&l.port()));
     }
-    go_tx.send(locals.clone()).unwrap();
+    let switch = PlanSwitch {
+        engine: engine.handle(),
+        sessions: vec![("s-v4".into(), legs_v4), ("s-v6".into(), legs_v6)],
+    };
+    go_tx.send((locals.clone(), switch)).unwrap();
 
     // While the media flows: the host's own traffic on the same interface still works.
     check_kernel_traffic(&net, 9999);
 
     let heard = peers.join().expect("peer thread");
+    let mut failures = Vec::new();
     for (i, h) in heard.iter().enumerate() {
-        println!("leg {i} ({}): {h:?}", locals[i]);
-        // 150 frames sent over 3 s; allow the first ones to go before the neighbour entry
-        // resolves and the jitter buffer fills.
-        assert!(
-            h.packets >= usize::from(PACKETS) / 2,
-            "leg {i} heard too little: {h:?}"
-        );
+        let listener = ALL[i % 3];
+        let family = if i < 3 { "v4" } else { "v6" };
+        println!("leg {i} {family} {listener:?} ({}): {h:?}", locals[i]);
         assert_eq!(
             h.from_wrong_addr, 0,
             "leg {i}: RTP from another address than its leg's: {h:?}"
@@ -462,27 +607,56 @@ fn barge_sessions_over_af_xdp_on_veth_carry_rtp_both_families_and_spare_kernel_t
         assert_eq!(h.invalid, 0, "leg {i}: invalid RTP: {h:?}");
         assert_eq!(
             h.seq_gaps, 0,
-            "leg {i}: sequence numbers not continuous: {h:?}"
+            "leg {i}: sequence numbers not continuous across the switch: {h:?}"
         );
         assert_eq!(
             h.ssrcs.len(),
             1,
             "leg {i}: one output stream, one SSRC: {h:?}"
         );
-        assert!(
-            h.audible >= h.packets / 2,
-            "leg {i} hears the other two: {h:?}"
-        );
+        for (p, phase) in PHASES.iter().enumerate() {
+            let hears = phase.hears();
+            let db = h.levels_db(p);
+            println!(
+                "  {family} {phase:?}: {listener:?} analysed {} frames; C {:.1} dB, A {:.1} dB, S {:.1} dB",
+                h.frames[p], db[0], db[1], db[2]
+            );
+            // Frames after settling: PACKETS_PER_PHASE - SETTLE_TICKS sent; allow for a
+            // few held in the jitter buffer across the phase boundary.
+            if h.frames[p] < usize::from(PACKETS_PER_PHASE - SETTLE_TICKS) * 3 / 4 {
+                failures.push(format!(
+                    "{family} {phase:?}: {listener:?} analysed only {} frames",
+                    h.frames[p]
+                ));
+            }
+            for source in ALL {
+                let level = db[source.idx()];
+                let heard = hears.contains(&(listener, source));
+                if heard && level < PRESENT_DB {
+                    failures.push(format!(
+                        "{family} {phase:?}: {listener:?} should hear {source:?}, level {level:.1} dB"
+                    ));
+                }
+                if !heard && level > ABSENT_DB {
+                    failures.push(format!(
+                        "{family} {phase:?}: {listener:?} must not hear {source:?}, level {level:.1} dB"
+                    ));
+                }
+            }
+        }
     }
+    assert!(
+        failures.is_empty(),
+        "who hears whom:\n  {}",
+        failures.join("\n  ")
+    );
     let Response::Stats(stats) = request(&engine, Request::Stats) else {
         panic!("Stats answers with stats");
     };
     assert_eq!(stats.backend, "af_xdp");
     let shard = &stats.shards[0];
-    assert!(
-        shard.packets_in >= 6 * u64::from(PACKETS) * 9 / 10,
-        "{shard:?}"
-    );
+    let sent = 6 * u64::from(PACKETS_PER_PHASE) * PHASES.len() as u64;
+    assert!(shard.packets_in >= sent * 9 / 10, "{shard:?}");
 
     engine.shutdown();
     drop(factory);

@@ -248,7 +248,10 @@ fn a_dead_shard_answers_unavailable_instead_of_hanging() {
     }
     assert!(unavailable > 0, "the shard never reported down");
     assert!(
-        matches!(call(&engine, Request::Stats), Err(EngineError::Unavailable(_))),
+        matches!(
+            call(&engine, Request::Stats),
+            Err(EngineError::Unavailable(_))
+        ),
         "once down, a shard stays down"
     );
     engine.shutdown();

@@ -456,7 +456,7 @@ impl AfXdpShared {
                 src_v6: self.own.bind_v6.filter(|a| !a.is_unspecified()),
                 ident: Ipv4Ident::new((shard as u16).wrapping_mul(0x9e37)),
             },
-            _program: Arc::clone(&self.program),
+            program: Arc::clone(&self.program),
         })
     }
 
@@ -719,8 +719,9 @@ pub struct AfXdpBackend {
     stats: AfXdpStats,
     published: Arc<[StatsCell]>,
     tx: TxPath,
-    /// Keeps the program attached while any shard still runs.
-    _program: Arc<XdpProgram>,
+    /// Keeps the program attached while any shard still runs; shard 0 also reads its
+    /// verdict counters for the engine's stats.
+    program: Arc<XdpProgram>,
 }
 
 impl AfXdpBackend {
@@ -777,7 +778,25 @@ impl TxSink for AfXdpBackend {
 
 impl Backend for AfXdpBackend {
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.stats().pairs()
+        let mut pairs = self.stats().pairs();
+        // The program's verdicts are per interface, not per shard: shard 0 reports them,
+        // so that summing over shards counts each frame once. Read on the control path
+        // only (a map lookup per counter).
+        if self.shard == 0 {
+            let c = self.program.counters();
+            pairs.extend([
+                ("xdp_redirected", c.redirected),
+                ("xdp_pass_not_ip", c.pass_not_ip),
+                ("xdp_pass_not_udp", c.pass_not_udp),
+                ("xdp_pass_fragment", c.pass_fragment),
+                ("xdp_pass_not_our_port", c.pass_not_our_port),
+                ("xdp_pass_not_our_addr", c.pass_not_our_addr),
+                ("xdp_pass_truncated", c.pass_truncated),
+                ("xdp_pass_no_xsk", c.pass_no_xsk),
+                ("xdp_pass_no_config", c.pass_no_config),
+            ]);
+        }
+        pairs
     }
 
     fn name(&self) -> &'static str {
