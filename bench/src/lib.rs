@@ -8,6 +8,8 @@
 //!   the in-memory packet path (no kernel in the way);
 //! - [`udp`]: the same engine behind real UDP on loopback, against a bare batched UDP
 //!   reflector measured in the same run (the kernel's ceiling, SPEC section 6);
+//! - [`veth`]: AF_XDP vs io_uring vs sockets across a veth pair between two network
+//!   namespaces, with a socket and an AF_XDP reflector as baselines (needs root);
 //! - [`scenario`]: JSON scenario files (`bench/scenarios/*.json`) and JSON results
 //!   (`bench/results/*.json`).
 //!
@@ -22,6 +24,8 @@ pub mod capacity;
 pub mod net;
 pub mod scenario;
 pub mod udp;
+#[cfg(target_os = "linux")]
+pub mod veth;
 
 /// Why a benchmark run could not complete.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,10 @@ const PROTOS: [&str; 5] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files: Vec<PathBuf> = PROTOS.iter().map(|p| PathBuf::from(PROTO_ROOT).join(p)).collect();
+    let files: Vec<PathBuf> = PROTOS
+        .iter()
+        .map(|p| PathBuf::from(PROTO_ROOT).join(p))
+        .collect();
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

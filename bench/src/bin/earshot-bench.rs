@@ -59,6 +59,24 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// AF_XDP vs io_uring vs sockets across a veth pair (two namespaces; needs root).
+    Veth {
+        /// Engine backends to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "af_xdp,io_uring,socket")]
+        backends: Vec<String>,
+        /// Forwarded 2-leg sessions in the engine.
+        #[arg(long, default_value_t = 500)]
+        sessions: u32,
+        /// Milliseconds per pass (two passes per system under test).
+        #[arg(long, default_value_t = 3000)]
+        duration_ms: u64,
+        /// Offered rate of the latency pass.
+        #[arg(long, default_value_t = 50_000)]
+        latency_rate_pps: u64,
+        /// Result name.
+        #[arg(long, default_value = "veth")]
+        name: String,
+    },
     /// The bare batched reflector alone (recvmmsg/sendmmsg 64), for an external sender.
     Reflector {
         /// UDP port on 127.0.0.1.
@@ -182,6 +200,51 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 result: &'a udp::UdpResult,
             }
             let name = name.unwrap_or(named.name);
+            scenario::write_result(
+                &cli.results,
+                &name,
+                &Out {
+                    params: &p,
+                    result: &r,
+                },
+            )?;
+        }
+        Cmd::Veth {
+            backends,
+            sessions,
+            duration_ms,
+            latency_rate_pps,
+            name,
+        } => {
+            let p = earshot_bench::veth::VethParams {
+                backends,
+                sessions,
+                duration_ms,
+                latency_rate_pps,
+                sut_core: 0,
+                gen_core: 1,
+            };
+            let r = earshot_bench::veth::run(&p)?;
+            println!("veth: generator max {:.0} pps", r.generator_max_pps);
+            for c in &r.cases {
+                println!(
+                    "veth: {:<18} in {:>8.0} out {:>8.0} pps  ratio out {:.2}  busy sut {:>3.0}% gen {:>3.0}%  p50 {:>7.1} us  p99 {:>8.1} us (at {:.0} pps)",
+                    c.target,
+                    c.sut_in_pps,
+                    c.sut_out_pps,
+                    c.ratio_out,
+                    100.0 * c.sut_core_busy,
+                    100.0 * c.gen_core_busy,
+                    c.latency_us.p50,
+                    c.latency_us.p99,
+                    c.latency_offered_pps
+                );
+            }
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                params: &'a earshot_bench::veth::VethParams,
+                result: &'a earshot_bench::veth::VethResult,
+            }
             scenario::write_result(
                 &cli.results,
                 &name,

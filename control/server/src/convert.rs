@@ -47,7 +47,10 @@ fn role_in(field: &str, v: i32) -> Result<Role, ApiError> {
         Ok(proto::Role::Specialist) => Ok(Role::Specialist),
         Ok(proto::Role::Supervisor) => Ok(Role::Supervisor),
         Ok(proto::Role::Other) => Ok(Role::Other),
-        _ => Err(ApiError::invalid(field, format!("role {v} is not a known role"))),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("role {v} is not a known role"),
+        )),
     }
 }
 
@@ -118,7 +121,10 @@ pub fn presence_in(v: i32) -> Result<Presence, ApiError> {
         Ok(P::Meeting) => Ok(Presence::Meeting),
         Ok(P::OnQueue) => Ok(Presence::OnQueue),
         Ok(P::Offline) => Ok(Presence::Offline),
-        _ => Err(ApiError::invalid("presence", format!("presence {v} is not a known presence"))),
+        _ => Err(ApiError::invalid(
+            "presence",
+            format!("presence {v} is not a known presence"),
+        )),
     }
 }
 
@@ -231,7 +237,9 @@ pub fn participant_out(
             leg_out(core, &interaction.interaction_id, &p.participant_id)
         },
         talk_group,
-        supervision_id: supervision.map(|s| s.supervision_id.clone()).unwrap_or_default(),
+        supervision_id: supervision
+            .map(|s| s.supervision_id.clone())
+            .unwrap_or_default(),
         supervision_mode: supervision.map_or(0, |s| mode_out(s.mode) as i32),
         target_participant_id: supervision
             .map(|s| s.target_participant_id.clone())

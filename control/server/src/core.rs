@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use earshot_engine_api::{
-    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Gain, LegInfo, Request,
-    Response, SessionPlan,
+    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Gain, LegInfo, Request, Response,
+    SessionPlan,
 };
 use earshot_rules::{
     Command, Outcome, ParticipantState, State, Subject, SupervisionFilter, SupervisionMode,
@@ -312,7 +312,14 @@ impl Shared {
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
         let result = self
-            .sync_inner(core, interaction_id, wanted_ports, current_plan, &mut puts, &mut deletes)
+            .sync_inner(
+                core,
+                interaction_id,
+                wanted_ports,
+                current_plan,
+                &mut puts,
+                &mut deletes,
+            )
             .await;
         // Record what the engine acknowledged even when a later call failed.
         if let Err(e) = self.store.update_legs(&puts, &deletes) {
@@ -491,8 +498,11 @@ impl Shared {
         let mut wanted_ports = HashMap::new();
         let mut puts = Vec::new();
         let mut deletes = Vec::new();
-        let records: Vec<(LegKey, LegRecord)> =
-            core.legs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let records: Vec<(LegKey, LegRecord)> = core
+            .legs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (key, record) in records {
             match engine_legs.get(&key) {
                 Some(info) => {

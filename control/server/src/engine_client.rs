@@ -147,7 +147,9 @@ impl EngineClient {
         let written = {
             let mut writer = self.inner.writer.lock().await;
             match writer.as_mut() {
-                None => Err(EngineError::Unavailable("not connected to the engine".into())),
+                None => Err(EngineError::Unavailable(
+                    "not connected to the engine".into(),
+                )),
                 Some(w) => write_frame(w, &ClientFrame::Call { id, request })
                     .await
                     .map_err(|e| EngineError::Unavailable(format!("engine socket: {e}"))),
@@ -203,7 +205,9 @@ async fn run_connection(
     loop {
         match handshake(&path).await {
             Ok(stream) => {
-                let Some(strong) = inner.upgrade() else { return };
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
                 delay = strong.config.reconnect_min;
                 let (mut read, write) = stream.into_split();
                 *strong.writer.lock().await = Some(write);
@@ -212,7 +216,9 @@ async fn run_connection(
                 tracing::info!(path = %path.display(), "connected to the engine");
                 let end = serve(&inner, &mut read, &events).await;
                 let _ = connected.send(false);
-                let Some(strong) = inner.upgrade() else { return };
+                let Some(strong) = inner.upgrade() else {
+                    return;
+                };
                 *strong.writer.lock().await = None;
                 let failed: Vec<_> = lock_pending(&strong.pending).drain().collect();
                 for (_, tx) in failed {
@@ -226,7 +232,9 @@ async fn run_connection(
                 tracing::debug!(error = %e, path = %path.display(), "engine not reachable");
             }
         }
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let max = strong.config.reconnect_max;
         drop(strong);
         tokio::time::sleep(delay).await;

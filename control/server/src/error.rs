@@ -88,7 +88,11 @@ impl ApiError {
 
     /// The store failed: nothing was acknowledged.
     pub fn store(err: impl std::fmt::Display) -> ApiError {
-        ApiError::new(Code::Internal, reason::STORE_FAILED, format!("store: {err}"))
+        ApiError::new(
+            Code::Internal,
+            reason::STORE_FAILED,
+            format!("store: {err}"),
+        )
     }
 
     /// The single mapping of every earshot error to a gRPC status.
@@ -166,7 +170,10 @@ mod tests {
         let info = status.get_details_error_info().expect("error info");
         assert_eq!(info.domain, ERROR_DOMAIN);
         assert_eq!(info.reason, reason::INVALID_FIELD);
-        assert_eq!(info.metadata.get("field").map(String::as_str), Some("media.ptime_ms"));
+        assert_eq!(
+            info.metadata.get("field").map(String::as_str),
+            Some("media.ptime_ms")
+        );
         let bad = status.get_details_bad_request().expect("bad request");
         assert_eq!(bad.field_violations[0].field, "media.ptime_ms");
     }

@@ -216,7 +216,10 @@ pub async fn serve_with_listener(
 }
 
 /// Opens the store and loads the state.
-pub fn open_shared(config: &ServerConfig, engine: Arc<dyn EngineApi>) -> anyhow::Result<Arc<Shared>> {
+pub fn open_shared(
+    config: &ServerConfig,
+    engine: Arc<dyn EngineApi>,
+) -> anyhow::Result<Arc<Shared>> {
     let store = store::Store::open(&config.data_dir, config.event_retention)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let core = Core::load(&store).context("loading the stored state")?;

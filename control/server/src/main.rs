@@ -40,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let engine = EngineClient::connect(&args.engine_socket, EngineClientConfig::default());
-    if !engine.wait_connected(std::time::Duration::from_secs(2)).await {
+    if !engine
+        .wait_connected(std::time::Duration::from_secs(2))
+        .await
+    {
         tracing::warn!(
             socket = %args.engine_socket.display(),
             "engine not reachable yet; serving and retrying in the background"

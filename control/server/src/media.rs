@@ -77,7 +77,11 @@ impl MediaSpec {
                     format!("payload type {} is not 0..127", m.payload_type),
                 )
             })?;
-        let ptime_ms = if m.ptime_ms == 0 { DEFAULT_PTIME_MS } else { m.ptime_ms };
+        let ptime_ms = if m.ptime_ms == 0 {
+            DEFAULT_PTIME_MS
+        } else {
+            m.ptime_ms
+        };
         if !PTIMES_MS.contains(&ptime_ms) {
             return Err(ApiError::invalid(
                 field("ptime_ms"),
@@ -183,13 +187,22 @@ mod tests {
     fn every_malformed_field_is_named() {
         let mut m = pcmu();
         m.remote = "not-an-address".into();
-        assert_eq!(field_of(MediaSpec::from_proto("p.media", Some(&m)).unwrap_err()), "p.media.remote");
+        assert_eq!(
+            field_of(MediaSpec::from_proto("p.media", Some(&m)).unwrap_err()),
+            "p.media.remote"
+        );
         let mut m = pcmu();
         m.remote = "0.0.0.0:4000".into();
-        assert_eq!(field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()), "media.remote");
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.remote"
+        );
         let mut m = pcmu();
         m.codec = 0;
-        assert_eq!(field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()), "media.codec");
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.codec"
+        );
         let mut m = pcmu();
         m.payload_type = 128;
         assert_eq!(
@@ -198,14 +211,20 @@ mod tests {
         );
         let mut m = pcmu();
         m.ptime_ms = 25;
-        assert_eq!(field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()), "media.ptime_ms");
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.ptime_ms"
+        );
         let mut m = pcmu();
         m.telephone_event_pt = Some(0);
         assert_eq!(
             field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
             "media.telephone_event_pt"
         );
-        assert_eq!(field_of(MediaSpec::from_proto("media", None).unwrap_err()), "media");
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", None).unwrap_err()),
+            "media"
+        );
     }
 
     #[test]

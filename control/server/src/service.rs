@@ -52,7 +52,11 @@ fn interaction_view(core: &Core, interaction_id: &str) -> Result<proto::Interact
         .interaction(interaction_id)
         .map(|i| convert::interaction_out(core, i))
         .ok_or_else(|| {
-            not_found(rules::reason::INTERACTION_NOT_FOUND, "interaction", interaction_id)
+            not_found(
+                rules::reason::INTERACTION_NOT_FOUND,
+                "interaction",
+                interaction_id,
+            )
         })
 }
 
@@ -71,7 +75,11 @@ fn supervision_view(core: &Core, supervision_id: &str) -> Result<proto::Supervis
         .supervision(supervision_id)
         .map(|s| convert::supervision_out(core, s))
         .ok_or_else(|| {
-            not_found(rules::reason::SUPERVISION_NOT_FOUND, "supervision", supervision_id)
+            not_found(
+                rules::reason::SUPERVISION_NOT_FOUND,
+                "supervision",
+                supervision_id,
+            )
         })
 }
 
@@ -118,7 +126,10 @@ impl InteractionsService {
         interaction_id: &str,
         actor: Option<String>,
     ) -> Reply<proto::Interaction> {
-        let (core, _) = self.shared.mutate(command, actor, |_| Ok(Vec::new())).await?;
+        let (core, _) = self
+            .shared
+            .mutate(command, actor, |_| Ok(Vec::new()))
+            .await?;
         Ok(Response::new(interaction_view(&core, interaction_id)?))
     }
 
@@ -140,7 +151,11 @@ impl InteractionsService {
         let interaction = interaction_view(&core, &entry.interaction_id)?;
         let participant = participant_view(&core, &entry.interaction_id, &entry.participant_id)
             .ok_or_else(|| {
-                ApiError::new(Code::Internal, "PARTICIPANT_MISSING", "participant not recorded")
+                ApiError::new(
+                    Code::Internal,
+                    "PARTICIPANT_MISSING",
+                    "participant not recorded",
+                )
             })?;
         Ok((participant, interaction, outcome.existing))
     }
@@ -217,7 +232,11 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let core = self.shared.core.lock().await;
         if !req.on_behalf_of_user_id.is_empty() {
             let user = core.rules.user(&req.on_behalf_of_user_id).ok_or_else(|| {
-                not_found(rules::reason::USER_NOT_FOUND, "user", &req.on_behalf_of_user_id)
+                not_found(
+                    rules::reason::USER_NOT_FOUND,
+                    "user",
+                    &req.on_behalf_of_user_id,
+                )
             })?;
             if !user.has_permission(rules::PERM_INTERACTION_VIEW) {
                 return Err(ApiError::new(
@@ -246,7 +265,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let more = page.len() > page_size;
         page.truncate(page_size);
         let next_page_token = if more {
-            page.last().map(|i| i.interaction_id.clone()).unwrap_or_default()
+            page.last()
+                .map(|i| i.interaction_id.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -268,7 +289,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let command = Command::EndInteraction {
             interaction_id: req.interaction_id.clone(),
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn add_participant(
@@ -284,8 +306,7 @@ impl proto::interactions_server::Interactions for InteractionsService {
             participant: spec,
             join_group_of: (!req.join_group_of.is_empty()).then(|| req.join_group_of.clone()),
         };
-        let (participant, interaction, existing) =
-            self.joining_verb(command, entry, actor).await?;
+        let (participant, interaction, existing) = self.joining_verb(command, entry, actor).await?;
         Ok(Response::new(proto::AddParticipantResponse {
             participant: Some(participant),
             interaction: Some(interaction),
@@ -303,7 +324,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
             interaction_id: req.interaction_id.clone(),
             participant_id: req.participant_id,
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn hold(&self, request: Request<proto::HoldRequest>) -> Reply<proto::Interaction> {
@@ -313,7 +335,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
             interaction_id: req.interaction_id.clone(),
             participant_id: req.participant_id,
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn resume(&self, request: Request<proto::ResumeRequest>) -> Reply<proto::Interaction> {
@@ -323,7 +346,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
             interaction_id: req.interaction_id.clone(),
             participant_id: req.participant_id,
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn start_consult(
@@ -357,7 +381,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
             interaction_id: req.interaction_id.clone(),
             mode,
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn transfer(
@@ -389,7 +414,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
             interaction_id: req.interaction_id.clone(),
             participant_ids: req.participant_ids,
         };
-        self.interaction_verb(command, &req.interaction_id, actor).await
+        self.interaction_verb(command, &req.interaction_id, actor)
+            .await
     }
 
     async fn get_timeline(
@@ -439,7 +465,10 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let live = self.shared.events.subscribe();
         let store = Arc::clone(&self.shared.store);
         let after = if req.live_only {
-            store.next_sequence().map_err(ApiError::store)?.saturating_sub(1)
+            store
+                .next_sequence()
+                .map_err(ApiError::store)?
+                .saturating_sub(1)
         } else {
             req.after_sequence
         };
@@ -458,9 +487,7 @@ fn check_retained(store: &crate::store::Store, after: u64) -> Result<(), ApiErro
         return Err(ApiError::new(
             Code::OutOfRange,
             reason::EVENTS_EXPIRED,
-            format!(
-                "events after {after} are no longer retained; the oldest retained is {first}"
-            ),
+            format!("events after {after} are no longer retained; the oldest retained is {first}"),
         ));
     }
     Ok(())
@@ -661,7 +688,9 @@ impl proto::supervision_server::Supervision for SupervisionService {
             .into_iter()
             .map(|s| convert::supervision_out(&core, s))
             .collect();
-        Ok(Response::new(proto::ListSupervisionsResponse { supervisions }))
+        Ok(Response::new(proto::ListSupervisionsResponse {
+            supervisions,
+        }))
     }
 }
 

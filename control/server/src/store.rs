@@ -216,7 +216,10 @@ impl Store {
         for row in tx.open_table(LEGS)?.iter()? {
             let (k, v) = row?;
             let (i, p) = k.value();
-            legs.push(((i.to_owned(), p.to_owned()), serde_json::from_slice(v.value())?));
+            legs.push((
+                (i.to_owned(), p.to_owned()),
+                serde_json::from_slice(v.value())?,
+            ));
         }
         Ok(Loaded {
             snapshot,
@@ -297,7 +300,10 @@ impl Store {
         {
             let mut legs = tx.open_table(LEGS)?;
             for ((i, p), rec) in puts {
-                legs.insert((i.as_str(), p.as_str()), serde_json::to_vec(rec)?.as_slice())?;
+                legs.insert(
+                    (i.as_str(), p.as_str()),
+                    serde_json::to_vec(rec)?.as_slice(),
+                )?;
             }
             for (i, p) in deletes {
                 legs.remove((i.as_str(), p.as_str()))?;
@@ -386,13 +392,24 @@ mod tests {
         {
             let store = Store::open(dir.path(), 100).unwrap();
             let (_, recs) = store
-                .commit_command(&entry(), &[event("a", EventKind::HoldStarted), event("b", EventKind::HoldEnded)])
+                .commit_command(
+                    &entry(),
+                    &[
+                        event("a", EventKind::HoldStarted),
+                        event("b", EventKind::HoldEnded),
+                    ],
+                )
                 .unwrap();
             assert_eq!(recs.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2]);
-            assert_eq!(recs[0].actor, "cc", "the named actor overrides orchestrator");
+            assert_eq!(
+                recs[0].actor, "cc",
+                "the named actor overrides orchestrator"
+            );
         }
         let store = Store::open(dir.path(), 100).unwrap();
-        let (_, recs) = store.commit_command(&entry(), &[event("a", EventKind::HoldEnded)]).unwrap();
+        let (_, recs) = store
+            .commit_command(&entry(), &[event("a", EventKind::HoldEnded)])
+            .unwrap();
         assert_eq!(recs[0].sequence, 3);
         let tl = store.timeline("a").unwrap();
         assert_eq!(tl.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 3]);
@@ -404,11 +421,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 3).unwrap();
         for _ in 0..5 {
-            store.commit_command(&entry(), &[event("a", EventKind::HoldStarted)]).unwrap();
+            store
+                .commit_command(&entry(), &[event("a", EventKind::HoldStarted)])
+                .unwrap();
         }
         assert_eq!(store.first_retained().unwrap(), 3);
         let after = store.events_after(0, 100).unwrap();
-        assert_eq!(after.iter().map(|r| r.sequence).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(
+            after.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
         assert_eq!(store.timeline("a").unwrap().len(), 5);
     }
 
@@ -427,6 +449,9 @@ mod tests {
         let (i2, _) = store.commit_command(&entry(), &[]).unwrap();
         let loaded = store.load().unwrap();
         assert_eq!(loaded.snapshot.unwrap().journal_upto, i1);
-        assert_eq!(loaded.journal.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [i2]);
+        assert_eq!(
+            loaded.journal.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            [i2]
+        );
     }
 }

@@ -55,7 +55,11 @@ async fn monitor_then_coach_is_refused_until_stopped_and_barge_escalation_keeps_
     assert!(engine.hears("call-1", "sup", "c") && engine.hears("call-1", "sup", "a"));
     assert!(!engine.hears("call-1", "a", "sup") && !engine.hears("call-1", "c", "sup"));
     let sup_leg = engine.leg("call-1", "sup").unwrap().leg;
-    assert_eq!(engine.plan("call-1").unwrap().no_dtmf, vec![sup_leg], "monitors get no DTMF");
+    assert_eq!(
+        engine.plan("call-1").unwrap().no_dtmf,
+        vec![sup_leg],
+        "monitors get no DTMF"
+    );
 
     let refused = sup
         .start_coach(supervise("call-1", "s2", "sup-user", "sup-2", "a", 21002))
@@ -70,7 +74,10 @@ async fn monitor_then_coach_is_refused_until_stopped_and_barge_escalation_keeps_
     })
     .await
     .unwrap();
-    assert!(engine.leg("call-1", "sup").is_none(), "a stopped supervisor's leg is removed");
+    assert!(
+        engine.leg("call-1", "sup").is_none(),
+        "a stopped supervisor's leg is removed"
+    );
 
     let coach = sup
         .start_coach(supervise("call-1", "s2", "sup-user", "sup-2", "a", 21002))
@@ -90,9 +97,16 @@ async fn monitor_then_coach_is_refused_until_stopped_and_barge_escalation_keeps_
         .into_inner()
         .supervision
         .unwrap();
-    assert_eq!(barge.supervision_id, "s2", "escalation keeps the supervision");
+    assert_eq!(
+        barge.supervision_id, "s2",
+        "escalation keeps the supervision"
+    );
     assert_eq!(barge.mode, proto::SupervisionMode::Barge as i32);
-    assert_eq!(barge.leg.unwrap().local, coach_local, "escalation keeps the leg and port");
+    assert_eq!(
+        barge.leg.unwrap().local,
+        coach_local,
+        "escalation keeps the leg and port"
+    );
     assert!(engine.hears("call-1", "c", "sup-2") && engine.hears("call-1", "sup-2", "c"));
     assert!(engine.leg("call-1", "sup-3").is_none());
     server.stop().await;
@@ -104,20 +118,32 @@ async fn malformed_fields_are_invalid_argument_naming_the_field() {
     let server = TestServer::start(dir.path(), FakeEngine::new(30000)).await;
     let mut api = server.interactions();
 
-    let err = api.create_interaction(create_call("bad id!")).await.unwrap_err();
+    let err = api
+        .create_interaction(create_call("bad id!"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(reason_of(&err), ("INVALID_ID".into(), Some("interaction_id".into())));
+    assert_eq!(
+        reason_of(&err),
+        ("INVALID_ID".into(), Some("interaction_id".into()))
+    );
 
     let mut req = create_call("call-2");
     req.participants[1].media.as_mut().unwrap().ptime_ms = 25;
     let err = api.create_interaction(req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(reason_of(&err).1.as_deref(), Some("participants[1].media.ptime_ms"));
+    assert_eq!(
+        reason_of(&err).1.as_deref(),
+        Some("participants[1].media.ptime_ms")
+    );
 
     let mut req = create_call("call-2");
     req.participants[0].media.as_mut().unwrap().remote = "300.1.1.1:5".into();
     let err = api.create_interaction(req).await.unwrap_err();
-    assert_eq!(reason_of(&err).1.as_deref(), Some("participants[0].media.remote"));
+    assert_eq!(
+        reason_of(&err).1.as_deref(),
+        Some("participants[0].media.remote")
+    );
 
     let mut req = create_call("call-2");
     req.participants[0].kind = 0;
@@ -155,10 +181,21 @@ async fn identical_retries_return_the_existing_object_and_different_content_is_a
     let engine = FakeEngine::new(30000);
     let server = TestServer::start(dir.path(), engine.clone()).await;
     let mut api = server.interactions();
-    let first = api.create_interaction(create_call("call-3")).await.unwrap().into_inner();
-    let again = api.create_interaction(create_call("call-3")).await.unwrap().into_inner();
+    let first = api
+        .create_interaction(create_call("call-3"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = api
+        .create_interaction(create_call("call-3"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.existing);
-    assert_eq!(first.interaction, again.interaction, "same legs, same ports");
+    assert_eq!(
+        first.interaction, again.interaction,
+        "same legs, same ports"
+    );
 
     let mut different = create_call("call-3");
     different.participants.pop();
@@ -181,7 +218,11 @@ async fn identical_retries_return_the_existing_object_and_different_content_is_a
             .await
             .unwrap()
             .into_inner();
-        assert!(held.participants.iter().any(|p| p.participant_id == "c" && p.on_hold));
+        assert!(
+            held.participants
+                .iter()
+                .any(|p| p.participant_id == "c" && p.on_hold)
+        );
     }
     assert!(!engine.hears("call-3", "a", "c"));
     let timeline = api
@@ -197,7 +238,10 @@ async fn identical_retries_return_the_existing_object_and_different_content_is_a
         .filter(|e| e.kind == proto::EventKind::HoldStarted as i32)
         .count();
     assert_eq!(holds, 1, "a retried hold records one event");
-    assert_eq!(timeline[0].kind, proto::EventKind::InteractionCreated as i32);
+    assert_eq!(
+        timeline[0].kind,
+        proto::EventKind::InteractionCreated as i32
+    );
     assert!(timeline.windows(2).all(|w| w[0].sequence < w[1].sequence));
     let hold = timeline
         .iter()
@@ -210,9 +254,10 @@ async fn identical_retries_return_the_existing_object_and_different_content_is_a
 #[tokio::test]
 async fn watch_events_resumes_after_a_sequence_and_refuses_expired_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let server =
-        TestServer::start_with(dir.path(), FakeEngine::new(30000), |c| c.event_retention = 4)
-            .await;
+    let server = TestServer::start_with(dir.path(), FakeEngine::new(30000), |c| {
+        c.event_retention = 4
+    })
+    .await;
     let mut api = server.interactions();
     api.create_interaction(create_call("call-4")).await.unwrap();
     for verb in 0..3 {
@@ -284,10 +329,10 @@ async fn watch_events_resumes_after_a_sequence_and_refuses_expired_ones() {
 async fn reflection_lists_every_service_and_health_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), FakeEngine::new(30000)).await;
@@ -326,7 +371,10 @@ async fn reflection_lists_every_service_and_health_reports_serving() {
         "earshot.v1.Engine",
         "grpc.health.v1.Health",
     ] {
-        assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing from {names:?}"
+        );
     }
     let stats = server
         .engine()
@@ -380,9 +428,21 @@ async fn state_survives_a_restart_and_a_restarted_engine_gets_its_legs_back_on_t
         .await
         .unwrap()
         .into_inner();
-    let c_before = before.participants.iter().find(|p| p.participant_id == "c").unwrap();
-    let c_after = after.participants.iter().find(|p| p.participant_id == "c").unwrap();
-    assert_eq!(local_of(c_before), local_of(c_after), "the customer keeps its port");
+    let c_before = before
+        .participants
+        .iter()
+        .find(|p| p.participant_id == "c")
+        .unwrap();
+    let c_after = after
+        .participants
+        .iter()
+        .find(|p| p.participant_id == "c")
+        .unwrap();
+    assert_eq!(
+        local_of(c_before),
+        local_of(c_after),
+        "the customer keeps its port"
+    );
     assert_eq!(engine2.leg("call-5", "sup").unwrap().local.port(), sup_port);
     assert!(engine2.hears("call-5", "sup", "c") && engine2.hears("call-5", "c", "a"));
     assert!(!engine2.hears("call-5", "c", "sup"));
@@ -448,7 +508,14 @@ async fn engine_down_is_unavailable_and_the_reconciler_programs_it_when_back() {
         .unwrap()
         .into_inner();
     assert!(retry.existing);
-    assert!(retry.interaction.unwrap().participants.iter().all(|p| p.leg.is_some()));
+    assert!(
+        retry
+            .interaction
+            .unwrap()
+            .participants
+            .iter()
+            .all(|p| p.leg.is_some())
+    );
     server.stop().await;
 }
 
@@ -476,7 +543,10 @@ async fn a_ringing_supervisor_becomes_active_on_its_first_packet() {
     assert_eq!(started.state, proto::SupervisionState::Connecting as i32);
     let leg = engine.leg("call-7", "sup").unwrap();
     assert!(leg.media.as_ref().unwrap().report_first_packet);
-    assert!(!engine.hears("call-7", "sup", "a"), "no audio before answer");
+    assert!(
+        !engine.hears("call-7", "sup", "a"),
+        "no audio before answer"
+    );
 
     engine.emit(EngineEvent::FirstPacket {
         leg: leg.leg,

@@ -129,7 +129,11 @@ impl FakeEngine {
                     session,
                     leg_key,
                     local,
-                    local_rtcp: if rtcp_mux { local } else { ([127, 0, 0, 1], port + 1).into() },
+                    local_rtcp: if rtcp_mux {
+                        local
+                    } else {
+                        ([127, 0, 0, 1], port + 1).into()
+                    },
                     media: None,
                     remote: None,
                 };
@@ -268,7 +272,12 @@ pub fn media(remote_port: u16) -> proto::Media {
     }
 }
 
-pub fn spec(id: &str, kind: proto::ParticipantKind, role: proto::Role, port: u16) -> proto::ParticipantSpec {
+pub fn spec(
+    id: &str,
+    kind: proto::ParticipantKind,
+    role: proto::Role,
+    port: u16,
+) -> proto::ParticipantSpec {
     proto::ParticipantSpec {
         participant_id: id.into(),
         kind: kind as i32,
@@ -280,12 +289,22 @@ pub fn spec(id: &str, kind: proto::ParticipantKind, role: proto::Role, port: u16
 
 /// customer `c` + agent `a` (user `agent-1`).
 pub fn create_call(id: &str) -> proto::CreateInteractionRequest {
-    let mut agent = spec("a", proto::ParticipantKind::Internal, proto::Role::Agent, 20002);
+    let mut agent = spec(
+        "a",
+        proto::ParticipantKind::Internal,
+        proto::Role::Agent,
+        20002,
+    );
     agent.user_id = "agent-1".into();
     proto::CreateInteractionRequest {
         interaction_id: id.into(),
         participants: vec![
-            spec("c", proto::ParticipantKind::External, proto::Role::Customer, 20000),
+            spec(
+                "c",
+                proto::ParticipantKind::External,
+                proto::Role::Customer,
+                20000,
+            ),
             agent,
         ],
         actor: String::new(),

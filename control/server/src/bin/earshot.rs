@@ -1,0 +1,132 @@
+//! `earshot`: the engine and the control sidecar in one process, the engine programmed
+//! in-process. This is what `cargo run --release` at the repository root starts, with
+//! defaults that need no configuration: gRPC on 127.0.0.1:50051, RTP on 127.0.0.1, data
+//! in `./earshot-data`, and the best I/O backend that works on the host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use earshot_control::ServerConfig;
+use earshot_engine::backend::{Factory, parse_kind};
+use earshot_engine::config::EngineConfig;
+use earshot_engine::engine::Engine;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// earshot: monitor, coach and barge into live calls.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run engine and control in one process (the default).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// gRPC listen address. Non-loopback addresses need TLS or a token (see docs/operations.md).
+    #[arg(long, default_value = earshot_control::DEFAULT_GRPC_ADDR)]
+    grpc: SocketAddr,
+    /// Where the database lives.
+    #[arg(long, default_value = "earshot-data")]
+    data_dir: PathBuf,
+    /// Engine configuration file (TOML, docs/configuration.md); flags below override it.
+    #[arg(long)]
+    engine_config: Option<PathBuf>,
+    /// I/O backend: auto, io_uring, socket, af_xdp.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Local IPv4 address for RTP legs.
+    #[arg(long)]
+    bind_v4: Option<std::net::Ipv4Addr>,
+    /// Local IPv6 address for RTP legs.
+    #[arg(long)]
+    bind_v6: Option<std::net::Ipv6Addr>,
+    /// Number of data-plane shards.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Do not pin shards to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let run = match cli.command {
+        Some(Command::Run(r)) => r,
+        None => cli.run,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut cfg = match &run.engine_config {
+        Some(p) => EngineConfig::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?,
+        None => EngineConfig::default(),
+    };
+    if let Some(b) = &run.backend {
+        cfg.backend = parse_kind(b)?;
+    }
+    if run.bind_v4.is_some() {
+        cfg.bind_v4 = run.bind_v4;
+    }
+    if run.bind_v6.is_some() {
+        cfg.bind_v6 = run.bind_v6;
+    }
+    if let Some(n) = run.shards {
+        cfg.shards = n;
+    }
+    if run.no_pin {
+        cfg.pin = false;
+    }
+    cfg.validate()?;
+
+    let mut factory = Factory::new(&cfg)?;
+    let engine = Engine::start(&cfg, |i| factory.open(i)).context("starting the engine")?;
+    let handle = engine.handle();
+    tracing::info!(
+        backend = handle.backend_name(),
+        shards = cfg.shards,
+        rtp = ?cfg.bind_v4,
+        grpc = %run.grpc,
+        "earshot running"
+    );
+    let mut config = ServerConfig::new(&run.data_dir);
+    config.grpc_addr = run.grpc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending::<()>().await,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        earshot_control::serve(config, handle, shutdown).await
+    });
+    engine.shutdown();
+    drop(factory);
+    result.context("earshot")
+}
