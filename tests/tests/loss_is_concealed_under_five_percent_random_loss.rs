@@ -39,7 +39,10 @@ fn loss_is_concealed_under_five_percent_random_loss() {
     // lost (late packets are concealed too, so at least most of the losses).
     for (p, _) in tones {
         let (_, lost) = sim.uplink_counts(p);
-        let js = sim.shard().jitter_stats(sim.leg(p)).expect("configured leg");
+        let js = sim
+            .shard()
+            .jitter_stats(sim.leg(p))
+            .expect("configured leg");
         assert!(
             js.lost_frames * 10 >= lost * 7 && js.concealed_frames > 0,
             "{}: jitter buffer saw {} lost and concealed {} frames; the network lost {lost}",

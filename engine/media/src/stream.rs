@@ -279,7 +279,13 @@ impl OutputStream {
             map.seq_offset = map.seq_offset.wrapping_add(1);
         }
         self.stats.packets_sent += 1;
-        Stamp { ssrc: self.ssrc, seq, ts, marker, pt: self.pt }
+        Stamp {
+            ssrc: self.ssrc,
+            seq,
+            ts,
+            marker,
+            pt: self.pt,
+        }
     }
 
     /// The timestamp of the first packet after a switch: where wall time says the stream
@@ -289,7 +295,11 @@ impl OutputStream {
     /// to absorb (it resynchronises playout on a marker).
     fn reanchor(&self, now: Instant, last: RtpTs) -> RtpTs {
         let ideal = self.ideal_ts(now);
-        if ideal.delta(last) > 0 { ideal } else { last.add(1) }
+        if ideal.delta(last) > 0 {
+            ideal
+        } else {
+            last.add(1)
+        }
     }
 
     /// The first packet ever: anchors the time-to-timestamp mapping.
@@ -354,14 +364,22 @@ mod tests {
     #[test]
     fn telephone_events_take_sequence_numbers_without_colliding_with_forwarded_ones() {
         let mut s = stream();
-        let a = s.forward(at_ms(0), Ssrc(1), SeqNo(100), RtpTs(1_000), false).unwrap();
+        let a = s
+            .forward(at_ms(0), Ssrc(1), SeqNo(100), RtpTs(1_000), false)
+            .unwrap();
         let ts = s.event_timestamp(at_ms(10));
         let e1 = s.event(ts, true);
         let e2 = s.event(ts, false);
-        let b = s.forward(at_ms(20), Ssrc(1), SeqNo(101), RtpTs(1_160), false).unwrap();
+        let b = s
+            .forward(at_ms(20), Ssrc(1), SeqNo(101), RtpTs(1_160), false)
+            .unwrap();
         assert_eq!(e1.seq, a.seq.next());
         assert_eq!(e2.seq, e1.seq.next());
-        assert_eq!(b.seq, e2.seq.next(), "forwarded packets continue after the events");
+        assert_eq!(
+            b.seq,
+            e2.seq.next(),
+            "forwarded packets continue after the events"
+        );
         assert_eq!(e1.ts, e2.ts, "one event keeps one timestamp");
         assert!(e1.ts.delta(a.ts) >= 0);
     }
