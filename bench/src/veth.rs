@@ -17,7 +17,7 @@
 //! generator unlimited) for packets per second in and out of the SUT core, with the busy
 //! share of both cores read from /proc/stat.
 //!
-//! What it deliberately does not do: judge veth numbers as NIC numbers (docs/perf-afxdp.md
+//! What it deliberately does not do: judge veth numbers as NIC numbers (docs/perf.md
 //! says what they do and do not predict), or run without root (it needs CAP_NET_ADMIN,
 //! CAP_BPF and CAP_IPC_LOCK; it fails naming the step that was refused).
 #![allow(unsafe_code)] // setns(2): moving one helper thread into a namespace
