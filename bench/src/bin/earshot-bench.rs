@@ -20,6 +20,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Memory per 3-party barge session on one shard (resident-set growth).
+    Memory {
+        /// Sessions to build.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: u32,
+    },
     /// In-memory capacity search on one core (3-party PCMU barge sessions).
     Capacity {
         /// Scenario file; flags below override its fields.
@@ -104,6 +110,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
     match cli.cmd {
+        Cmd::Memory { sessions } => {
+            let r = earshot_bench::capacity::memory(sessions)?;
+            println!(
+                "memory: {} sessions, resident set {} -> {} bytes, {:.0} bytes ({:.1} KiB) per session",
+                r.sessions,
+                r.rss_before,
+                r.rss_after,
+                r.bytes_per_session,
+                r.bytes_per_session / 1024.0
+            );
+        }
         Cmd::Capacity {
             scenario: file,
             ramp,
