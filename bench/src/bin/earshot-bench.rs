@@ -8,6 +8,9 @@ use earshot_bench::capacity::{self, SearchParams};
 use earshot_bench::scenario::{self, Scenario};
 use earshot_bench::udp;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "earshot-bench", about = "earshot whole-engine benchmarks")]
 struct Cli {

@@ -158,6 +158,9 @@ pub struct Shared {
     pub snapshot_every: u64,
     /// Set when an engine call failed: the reconciler runs at its next tick.
     pub needs_reconcile: AtomicBool,
+    /// Turns true when the server shuts down, so open `WatchEvents` streams end and the
+    /// graceful shutdown does not wait for clients that never hang up.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// `Arc<dyn EngineApi>` with a Debug impl.

@@ -37,6 +37,11 @@ pub mod media;
 pub mod service;
 pub mod store;
 
+// Operations: metrics, the `earshot ctl` client, TLS and authentication.
+pub mod ctl;
+pub mod metrics;
+pub mod security;
+
 /// Generated protobuf types and tonic stubs of `earshot.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod proto {
@@ -90,6 +95,17 @@ pub struct ServerConfig {
     pub reconcile_retry: Duration,
     /// Wall clock for timeline stamps. Default [`SystemClock`].
     pub clock: Arc<dyn Clock>,
+    /// Prometheus metrics address. Default `None` for the library (tests and embedders
+    /// opt in); both binaries default to [`metrics::DEFAULT_METRICS_ADDR`].
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS for the gRPC API. Default `None` (plaintext, fine on loopback).
+    pub tls: Option<security::TlsConfig>,
+    /// Bearer token required on every API request except health and reflection.
+    /// Default `None`.
+    pub auth_token: Option<security::AuthToken>,
+    /// Allow a non-loopback bind without TLS or a token ([`security::validate_bind`]).
+    /// Default false.
+    pub insecure: bool,
 }
 
 impl ServerConfig {
@@ -106,6 +122,10 @@ impl ServerConfig {
             reconcile_interval: Duration::from_secs(5),
             reconcile_retry: Duration::from_millis(500),
             clock: Arc::new(SystemClock),
+            metrics_addr: None,
+            tls: None,
+            auth_token: None,
+            insecure: false,
         }
     }
 }
@@ -122,6 +142,8 @@ pub async fn serve(
     engine: Arc<dyn EngineApi>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuse an exposed, unprotected API before touching the network.
+    security::validate_bind(&config)?;
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
@@ -129,14 +151,54 @@ pub async fn serve(
 }
 
 /// Opens the store, reconciles the engine, and serves on `listener` until `shutdown`
-/// resolves; then writes a snapshot.
+/// resolves; then writes a snapshot. Binds `config.metrics_addr` if set.
 pub async fn serve_with_listener(
     config: ServerConfig,
     listener: TcpListener,
     engine: Arc<dyn EngineApi>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shared = open_shared(&config, engine)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics on {addr}"))?,
+        ),
+        None => None,
+    };
+    serve_with_listeners(config, listener, metrics_listener, engine, shutdown).await
+}
+
+/// As [`serve_with_listener`], with the metrics listener given (or none):
+/// `config.metrics_addr` is ignored.
+pub async fn serve_with_listeners(
+    config: ServerConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    engine: Arc<dyn EngineApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // The address actually bound is the one exposed: validate that one.
+    let mut bound = config.clone();
+    if let Ok(addr) = listener.local_addr() {
+        bound.grpc_addr = addr;
+    }
+    security::validate_bind(&bound)?;
+    let rpc_metrics = metrics::RpcMetrics::new();
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "metrics serving on /metrics");
+        tokio::spawn(metrics::serve_metrics(
+            l,
+            Arc::clone(&engine),
+            Arc::clone(&rpc_metrics),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let shared = open_shared(&config, engine, stopping_rx)?;
     match shared.reconcile().await {
         Ok(report) => tracing::info!(?report, "engine reconciled"),
         Err(e) => {
@@ -181,8 +243,18 @@ pub async fn serve_with_listener(
 
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "gRPC serving");
-    // TLS, authentication and RPC metrics wrap the services here when added.
-    let result = tonic::transport::Server::builder()
+    // TLS, then the layers: RPC metrics outermost so refused requests are counted too.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.to_tonic())
+            .context("configuring TLS")?;
+    }
+    let result = builder
+        .layer(tower_layer::Stack::new(
+            security::AuthLayer::new(config.auth_token.clone()),
+            metrics::RpcMetricsLayer::new(Arc::clone(&rpc_metrics)),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -200,10 +272,17 @@ pub async fn serve_with_listener(
         }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            async move {
+                shutdown.await;
+                let _ = stopping_tx.send(true);
+            },
         )
         .await;
 
+    let _ = metrics_stop.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     events_task.abort();
     reconcile_task.abort();
     let _ = events_task.await;
@@ -219,6 +298,7 @@ pub async fn serve_with_listener(
 pub fn open_shared(
     config: &ServerConfig,
     engine: Arc<dyn EngineApi>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<Shared>> {
     let store = store::Store::open(&config.data_dir, config.event_retention)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -232,6 +312,7 @@ pub fn open_shared(
         events,
         snapshot_every: config.snapshot_every.max(1),
         needs_reconcile: AtomicBool::new(false),
+        stopping,
     }))
 }
 

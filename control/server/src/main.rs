@@ -16,7 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// gRPC listen address (loopback by default: the API has no authentication yet).
+    /// gRPC listen address. Loopback by default; any other address needs TLS or a token
+    /// (or --insecure), see docs/operations.md.
     #[arg(long, default_value = earshot_control::DEFAULT_GRPC_ADDR)]
     grpc: SocketAddr,
     /// The engine's programming socket.
@@ -28,6 +29,11 @@ struct Args {
     /// Events retained for WatchEvents resumption.
     #[arg(long, default_value_t = 100_000)]
     event_retention: u64,
+    /// Prometheus metrics address (GET /metrics), or `off`.
+    #[arg(long, default_value = earshot_control::metrics::DEFAULT_METRICS_ADDR)]
+    metrics: earshot_control::metrics::MetricsAddr,
+    #[command(flatten)]
+    security: earshot_control::security::SecurityArgs,
 }
 
 #[tokio::main]
@@ -39,6 +45,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Check the security flags before connecting to anything: a refused bind is a
+    // configuration error the operator must see at once.
+    let mut config = ServerConfig::new(&args.data_dir);
+    config.grpc_addr = args.grpc;
+    config.event_retention = args.event_retention;
+    config.metrics_addr = args.metrics.addr();
+    args.security.apply(&mut config)?;
     let engine = EngineClient::connect(&args.engine_socket, EngineClientConfig::default());
     if !engine
         .wait_connected(std::time::Duration::from_secs(2))
@@ -49,9 +62,6 @@ async fn main() -> anyhow::Result<()> {
             "engine not reachable yet; serving and retrying in the background"
         );
     }
-    let mut config = ServerConfig::new(args.data_dir);
-    config.grpc_addr = args.grpc;
-    config.event_retention = args.event_retention;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");

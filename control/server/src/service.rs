@@ -475,7 +475,14 @@ impl proto::interactions_server::Interactions for InteractionsService {
         check_retained(&store, after)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let filter = (!req.interaction_id.is_empty()).then_some(req.interaction_id);
-        tokio::spawn(watch_task(store, live, after, filter, tx));
+        let stopping = self.shared.stopping.clone();
+        tokio::spawn(async move {
+            let mut stopping = stopping;
+            tokio::select! {
+                () = watch_task(store, live, after, filter, tx) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

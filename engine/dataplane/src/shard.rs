@@ -451,6 +451,9 @@ impl Shard {
             self.port_table[usize::from(port + 1 - self.cfg.port_first)] = slot;
         }
         let _ = local_ip;
+        // The plan always covers every leg of the session (a new leg hears and is heard
+        // by nobody until the next plan), so per-leg lookups never go out of range.
+        self.rebuild_plan(now, sess_slot);
         Ok(Response::Leg(self.leg_info(slot)))
     }
 
@@ -680,7 +683,8 @@ impl Shard {
         let legs = self.session(s).legs;
         for i in 0..n {
             let mixed_input = self.session(s).plan.is_mixed_input(i);
-            let mixed_out = matches!(self.session(s).plan.output(i), OutputPlan::Mix(_));
+            let mixed_out = i < self.session(s).plan.legs()
+                && matches!(self.session(s).plan.output(i), OutputPlan::Mix(_));
             if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
                 if !mixed_input {
                     m.in_len = 0;
@@ -1289,6 +1293,9 @@ impl Shard {
         }
         // 2. Outputs: mix one tick for each mixed listener; send full frames.
         for l in 0..n {
+            if l >= self.session(s).plan.legs() {
+                break;
+            }
             let OutputPlan::Mix(_) = self.session(s).plan.output(l) else {
                 continue;
             };
@@ -1421,9 +1428,9 @@ impl Shard {
         for sess in self.sessions.iter().flatten() {
             if sess.mixing {
                 mixed += 1;
-            } else if (0..sess.len)
-                .any(|l| matches!(sess.plan.output(l), OutputPlan::Forward { .. }))
-            {
+            } else if (0..sess.len).any(|l| {
+                l < sess.plan.legs() && matches!(sess.plan.output(l), OutputPlan::Forward { .. })
+            }) {
                 fwd += 1;
             } else {
                 silent += 1;

@@ -256,3 +256,46 @@ fn a_dead_shard_answers_unavailable_instead_of_hanging() {
     );
     engine.shutdown();
 }
+
+#[test]
+#[allow(clippy::disallowed_methods)] // Lets the real shard thread tick for a while.
+fn a_leg_joining_a_mixing_session_before_its_plan_does_not_disturb_the_shard() {
+    let (engine, _net) = start();
+    let p = |i: u8| -> SocketAddr { format!("10.0.0.{i}:4000").parse().unwrap() };
+    let (c, _) = leg(&engine, "customer", p(1));
+    let (a, _) = leg(&engine, "agent", p(2));
+    let (s, _) = leg(&engine, "supervisor", p(3));
+    let e = |listener, source| Edge {
+        listener,
+        source,
+        gain: 4096,
+    };
+    let barge = SessionPlan {
+        session: "call-1".into(),
+        edges: vec![e(c, a), e(c, s), e(a, c), e(a, s), e(s, c), e(s, a)],
+        no_dtmf: vec![],
+    };
+    call(&engine, Request::SetSessionPlan(barge)).unwrap();
+    // A fourth leg arrives (allocated, not yet configured, not in any plan) while the
+    // session ticks; then stats are read: the shard must keep running throughout.
+    let Response::Leg(_) = call(
+        &engine,
+        Request::AllocateLeg {
+            session: "call-1".into(),
+            leg_key: "specialist".into(),
+            family: Family::V4,
+            requested_port: None,
+            rtcp_mux: true,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let Response::Stats(stats) = call(&engine, Request::Stats).unwrap() else {
+        panic!()
+    };
+    assert_eq!(stats.shards[0].legs, 4);
+    assert!(stats.shards[0].ticks > 0, "the barge session ticked");
+    engine.shutdown();
+}

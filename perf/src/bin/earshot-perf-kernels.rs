@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 use earshot_perf::{Mode, run};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn usage() -> ExitCode {
     let modes: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
     eprintln!(

@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run engine and control in one process (the default).
     Run(RunArgs),
+    /// Command-line client for every RPC (`earshot ctl --help`).
+    Ctl(earshot_control::ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,12 +60,18 @@ struct RunArgs {
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Prometheus metrics address (GET /metrics), or `off`.
+    #[arg(long, default_value = earshot_control::metrics::DEFAULT_METRICS_ADDR)]
+    metrics: earshot_control::metrics::MetricsAddr,
+    #[command(flatten)]
+    security: earshot_control::security::SecurityArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let run = match cli.command {
         Some(Command::Run(r)) => r,
+        Some(Command::Ctl(args)) => return exit_with(earshot_control::ctl::run(args)),
         None => cli.run,
     };
     tracing_subscriber::fmt()
@@ -94,6 +102,11 @@ fn main() -> anyhow::Result<()> {
         cfg.pin = false;
     }
     cfg.validate()?;
+    // Security before the engine starts: a refused bind must not leave ports open.
+    let mut config = ServerConfig::new(&run.data_dir);
+    config.grpc_addr = run.grpc;
+    config.metrics_addr = run.metrics.addr();
+    run.security.apply(&mut config)?;
 
     let mut factory = Factory::new(&cfg)?;
     let engine = Engine::start(&cfg, |i| factory.open(i)).context("starting the engine")?;
@@ -105,8 +118,6 @@ fn main() -> anyhow::Result<()> {
         grpc = %run.grpc,
         "earshot running"
     );
-    let mut config = ServerConfig::new(&run.data_dir);
-    config.grpc_addr = run.grpc;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -129,4 +140,14 @@ fn main() -> anyhow::Result<()> {
     engine.shutdown();
     drop(factory);
     result.context("earshot")
+}
+
+/// Ends the process with a ctl exit code (0 or 1) without anyhow's error printing:
+/// ctl already printed the refusal in its own format.
+fn exit_with(code: std::process::ExitCode) -> anyhow::Result<()> {
+    if code == std::process::ExitCode::SUCCESS {
+        Ok(())
+    } else {
+        std::process::exit(1)
+    }
 }

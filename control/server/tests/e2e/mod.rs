@@ -1,0 +1,704 @@
+//! Helpers for the process-level end-to-end tests: child processes killed on drop, a
+//! gRPC client to a running sidecar, and a media pump that talks tones from real UDP
+//! sockets and records what each socket hears.
+//!
+//! The pump runs on its own thread so that media keeps flowing while the test drives
+//! gRPC, kills processes and restarts them: what each endpoint receives is stamped with
+//! its arrival time, and the test asks afterwards what was heard in a time window.
+
+#![allow(dead_code)]
+// Real processes and real sockets: waits and arrival stamps use the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use earshot_control::proto;
+use tonic::transport::Channel;
+
+// ----------------------------------------------------------------------------------
+// Child processes.
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failed
+/// assertion never leaves an engine or a sidecar running.
+#[derive(Debug)]
+pub struct ChildGuard {
+    /// Name used in messages.
+    pub name: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    /// Starts `program args...` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> ChildGuard {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open child log");
+        let err = out.try_clone().expect("clone child log");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", program.display()));
+        ChildGuard {
+            name: name.into(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "{} exited with {status}; log:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// The last lines of the process's output.
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+static NEXT_BASE: AtomicUsize = AtomicUsize::new(0);
+
+/// An engine port base (a multiple of 1024 below the ephemeral range, so the test's own
+/// sockets never take the engine's ports) whose first ports are free. Each call in this
+/// test binary gets a different base.
+pub fn free_port_base() -> u16 {
+    const CANDIDATES: [u16; 10] = [14, 15, 16, 17, 18, 19, 20, 21, 12, 13];
+    loop {
+        let i = NEXT_BASE.fetch_add(1, Ordering::Relaxed);
+        assert!(i < CANDIDATES.len(), "no free engine port base");
+        let base = CANDIDATES[i] * 1024;
+        let free = (base..base + 16).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+/// Where cargo put this test's binaries (`target/<profile>`).
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Connects to the sidecar at `addr`, waiting until its health service says SERVING.
+pub async fn connect_when_serving(addr: SocketAddr, child: &mut ChildGuard) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        child.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{} did not serve gRPC on {addr} within 20 s; log:\n{}",
+            child.name,
+            child.log_tail()
+        );
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let serving = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+                == Ok(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+            if serving {
+                return channel;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ----------------------------------------------------------------------------------
+// gRPC.
+
+/// Typed clients over one channel.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// The channel.
+    pub channel: Channel,
+}
+
+impl Api {
+    pub fn interactions(&self) -> proto::interactions_client::InteractionsClient<Channel> {
+        proto::interactions_client::InteractionsClient::new(self.channel.clone())
+    }
+    pub fn supervision(&self) -> proto::supervision_client::SupervisionClient<Channel> {
+        proto::supervision_client::SupervisionClient::new(self.channel.clone())
+    }
+    pub fn directory(&self) -> proto::directory_client::DirectoryClient<Channel> {
+        proto::directory_client::DirectoryClient::new(self.channel.clone())
+    }
+
+    /// Creates or replaces a user with `permissions` and sets its presence.
+    pub async fn user(&self, user_id: &str, permissions: &[&str], presence: proto::Presence) {
+        let mut dir = self.directory();
+        dir.upsert_user(proto::UpsertUserRequest {
+            user_id: user_id.into(),
+            display_name: format!("User {user_id}"),
+            permissions: permissions.iter().map(|p| (*p).to_string()).collect(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("UpsertUser {user_id}: {e:?}"));
+        dir.set_presence(proto::SetPresenceRequest {
+            user_id: user_id.into(),
+            presence: presence as i32,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("SetPresence {user_id}: {e:?}"));
+    }
+
+    /// StartMonitor / StartCoach / StartBarge, returning the supervision.
+    pub async fn start(
+        &self,
+        mode: proto::SupervisionMode,
+        req: proto::StartSupervisionRequest,
+    ) -> Result<proto::SupervisionInfo, tonic::Status> {
+        let mut sup = self.supervision();
+        let r = match mode {
+            proto::SupervisionMode::Monitor => sup.start_monitor(req).await,
+            proto::SupervisionMode::Coach => sup.start_coach(req).await,
+            proto::SupervisionMode::Barge => sup.start_barge(req).await,
+            proto::SupervisionMode::Unspecified => panic!("no mode"),
+        }?;
+        Ok(r.into_inner().supervision.expect("supervision in response"))
+    }
+
+    /// StopSupervision.
+    pub async fn stop(&self, supervision_id: &str) {
+        self.supervision()
+            .stop_supervision(proto::StopSupervisionRequest {
+                supervision_id: supervision_id.into(),
+                actor: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StopSupervision {supervision_id}: {e:?}"));
+    }
+
+    /// GetInteraction.
+    pub async fn interaction(&self, id: &str) -> proto::Interaction {
+        self.interactions()
+            .get_interaction(proto::GetInteractionRequest {
+                interaction_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("GetInteraction {id}: {e:?}"))
+            .into_inner()
+    }
+}
+
+/// Every permission of SPEC section 2.
+pub const ALL_PERMISSIONS: [&str; 5] = [
+    "conversation:call:monitor",
+    "conversation:call:coach",
+    "conversation:call:barge",
+    "conversation:call:add",
+    "analytics:interaction:view",
+];
+
+/// A PCMU 20 ms leg sending to `remote`.
+pub fn media(remote: SocketAddr) -> proto::Media {
+    proto::Media {
+        remote: remote.to_string(),
+        codec: proto::Codec::Pcmu as i32,
+        payload_type: 0,
+        ptime_ms: 20,
+        telephone_event_pt: Some(101),
+        rtcp_mux: true,
+        auto_answer: None,
+    }
+}
+
+/// A participant spec.
+pub fn spec(
+    id: &str,
+    kind: proto::ParticipantKind,
+    role: proto::Role,
+    user_id: &str,
+    remote: SocketAddr,
+) -> proto::ParticipantSpec {
+    proto::ParticipantSpec {
+        participant_id: id.into(),
+        kind: kind as i32,
+        role: role as i32,
+        user_id: user_id.into(),
+        media: Some(media(remote)),
+    }
+}
+
+/// A start-supervision request.
+pub fn supervise(
+    interaction: &str,
+    supervision: &str,
+    user: &str,
+    participant: &str,
+    target: &str,
+    remote: SocketAddr,
+) -> proto::StartSupervisionRequest {
+    proto::StartSupervisionRequest {
+        interaction_id: interaction.into(),
+        supervision_id: supervision.into(),
+        supervisor_user_id: user.into(),
+        supervisor_participant_id: participant.into(),
+        target_participant_id: target.into(),
+        media: Some(media(remote)),
+    }
+}
+
+/// The `local` address of a participant's leg.
+pub fn local_of(inter: &proto::Interaction, participant_id: &str) -> SocketAddr {
+    let p = inter
+        .participants
+        .iter()
+        .find(|p| p.participant_id == participant_id)
+        .unwrap_or_else(|| panic!("participant {participant_id} in {inter:?}"));
+    leg_local(p.leg.as_ref())
+}
+
+/// Parses a leg's `local`.
+pub fn leg_local(leg: Option<&proto::Leg>) -> SocketAddr {
+    let leg = leg.expect("a leg");
+    leg.local
+        .parse()
+        .unwrap_or_else(|e| panic!("leg local {:?}: {e}", leg.local))
+}
+
+/// The gRPC code and the `google.rpc.ErrorInfo` reason (domain `earshot`) of a refusal.
+pub fn reason_of(status: &tonic::Status) -> (tonic::Code, String) {
+    use tonic_types::StatusExt;
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo detail in {status:?}"));
+    assert_eq!(info.domain, "earshot", "ErrorInfo domain of {status:?}");
+    (status.code(), info.reason)
+}
+
+// ----------------------------------------------------------------------------------
+// Tones.
+
+/// One talking endpoint of the tests, each with its own tone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    Customer,
+    Agent,
+    Supervisor,
+    Specialist,
+}
+
+impl Who {
+    /// Every endpoint.
+    pub const ALL: [Who; 4] = [Who::Customer, Who::Agent, Who::Supervisor, Who::Specialist];
+
+    pub fn idx(self) -> usize {
+        self as usize
+    }
+
+    /// Multiples of 8000/160 = 50 Hz: a whole number of periods per 20 ms frame, so the
+    /// Goertzel bins do not leak into each other.
+    pub fn tone_hz(self) -> f64 {
+        match self {
+            Who::Customer => 500.0,
+            Who::Agent => 900.0,
+            Who::Supervisor => 1400.0,
+            Who::Specialist => 2100.0,
+        }
+    }
+}
+
+const SAMPLE_RATE_HZ: f64 = 8000.0;
+const FRAME_SAMPLES: usize = 160;
+const PTIME: Duration = Duration::from_millis(20);
+/// Tone amplitude: -12 dBFS, so that four tones mixed do not clip.
+const TONE_DBFS: f64 = -12.0;
+/// A tone is heard when its mean power is at most this far below the sent power...
+pub const PRESENT_DB: f64 = -6.0;
+/// ...and not heard when at least this far below.
+pub const ABSENT_DB: f64 = -30.0;
+
+fn tone_amplitude() -> f64 {
+    32767.0 * 10f64.powf(TONE_DBFS / 20.0)
+}
+
+const ULAW_BIAS: i32 = 0x84;
+const ULAW_CLIP: i32 = 32635;
+
+/// G.711 mu-law encode (the classic Sun reference algorithm).
+pub fn ulaw_encode(pcm: i16) -> u8 {
+    let mut s = i32::from(pcm);
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = s.min(ULAW_CLIP) + ULAW_BIAS;
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && s & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0F;
+    !((sign | (exponent << 4) | mantissa) as u8)
+}
+
+/// G.711 mu-law decode.
+pub fn ulaw_decode(code: u8) -> i16 {
+    let u = !code;
+    let exponent = i32::from((u >> 4) & 7);
+    let mantissa = i32::from(u & 0x0F);
+    let t = (((mantissa << 3) + ULAW_BIAS) << exponent) - ULAW_BIAS;
+    (if u & 0x80 != 0 { -t } else { t }) as i16
+}
+
+/// Power of `hz` in `frame` relative to one sent tone's power (linear).
+fn relative_power(frame: &[i16], hz: f64) -> f64 {
+    let n = frame.len() as f64;
+    let w = 2.0 * std::f64::consts::PI * hz / SAMPLE_RATE_HZ;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in frame {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let mag2 = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let amp = 2.0 * mag2.max(0.0).sqrt() / n;
+    (amp / tone_amplitude()).powi(2)
+}
+
+fn rtp(seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// One endpoint in the pump.
+#[derive(Debug)]
+struct Talker {
+    who: Who,
+    sock: UdpSocket,
+    /// Where it sends; `None` while it has no leg.
+    dest: Option<SocketAddr>,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    sample: u64,
+    /// RTP packets received (RTCP set aside), with their arrival time.
+    received: Vec<(Instant, Vec<u8>)>,
+}
+
+impl Talker {
+    fn next_packet(&mut self) -> Vec<u8> {
+        let amp = tone_amplitude();
+        let w = 2.0 * std::f64::consts::PI * self.who.tone_hz() / SAMPLE_RATE_HZ;
+        let mut payload = [0u8; FRAME_SAMPLES];
+        for (i, b) in payload.iter_mut().enumerate() {
+            let s = (amp * (w * (self.sample + i as u64) as f64).sin()).round() as i16;
+            *b = ulaw_encode(s);
+        }
+        let p = rtp(self.seq, self.ts, self.ssrc, &payload);
+        self.seq = self.seq.wrapping_add(1);
+        self.ts = self.ts.wrapping_add(FRAME_SAMPLES as u32);
+        self.sample += FRAME_SAMPLES as u64;
+        p
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 2048];
+        loop {
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    let is_rtcp = n >= 2 && (192..=223).contains(&buf[1]);
+                    if !is_rtcp && n >= 12 {
+                        self.received.push((Instant::now(), buf[..n].to_vec()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP errors of an earlier send (a removed leg's port): not media.
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// What the pump measured for one listener over a window.
+#[derive(Debug, Clone, Copy)]
+pub struct Heard {
+    /// Mean power of each endpoint's tone, dB relative to the sent tone.
+    pub db: [f64; 4],
+    /// Frames analysed.
+    pub frames: usize,
+}
+
+/// Four tone talkers on real loopback UDP sockets, paced at 20 ms on their own thread.
+#[derive(Debug)]
+pub struct Pump {
+    talkers: Arc<Mutex<Vec<Talker>>>,
+    addrs: [SocketAddr; 4],
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pump {
+    /// Binds the four sockets and starts the pump (nobody sends until given a leg).
+    pub fn start() -> Pump {
+        let talkers: Vec<Talker> = Who::ALL
+            .iter()
+            .map(|&who| {
+                let sock = UdpSocket::bind("127.0.0.1:0").expect("bind talker");
+                sock.set_nonblocking(true).expect("nonblocking");
+                Talker {
+                    who,
+                    sock,
+                    dest: None,
+                    ssrc: 0x5000_0000 + who.idx() as u32,
+                    seq: 1000 * who.idx() as u16,
+                    ts: 9000 * who.idx() as u32,
+                    sample: 0,
+                    received: Vec::new(),
+                }
+            })
+            .collect();
+        let addrs = [0, 1, 2, 3].map(|i| talkers[i].sock.local_addr().expect("addr"));
+        let talkers = Arc::new(Mutex::new(talkers));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (talkers, stop) = (Arc::clone(&talkers), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("e2e-pump".into())
+                .spawn(move || {
+                    let start = Instant::now();
+                    let mut tick: u32 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = start + PTIME * tick;
+                        let now = Instant::now();
+                        {
+                            let mut ts = talkers.lock().unwrap_or_else(|e| e.into_inner());
+                            if now >= due {
+                                for t in ts.iter_mut() {
+                                    if let Some(dest) = t.dest {
+                                        let p = t.next_packet();
+                                        let _ = t.sock.send_to(&p, dest);
+                                    }
+                                }
+                                tick += 1;
+                            }
+                            for t in ts.iter_mut() {
+                                t.drain();
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                })
+                .expect("spawn pump")
+        };
+        Pump {
+            talkers,
+            addrs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The endpoint's own address: the `remote` of its leg.
+    pub fn addr(&self, who: Who) -> SocketAddr {
+        self.addrs[who.idx()]
+    }
+
+    /// Starts sending `who`'s tone to `dest` (its leg's local address), or stops.
+    pub fn send_to(&self, who: Who, dest: Option<SocketAddr>) {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()].dest = dest;
+    }
+
+    /// What `listener` received between `from` and `to`.
+    pub fn heard(&self, listener: Who, from: Instant, to: Instant) -> Heard {
+        let ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sums = [0.0f64; 4];
+        let mut frames = 0usize;
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        for (at, bytes) in &ts[listener.idx()].received {
+            if *at < from || *at > to || bytes.len() != 12 + FRAME_SAMPLES {
+                continue;
+            }
+            for (s, &b) in pcm.iter_mut().zip(&bytes[12..]) {
+                *s = ulaw_decode(b);
+            }
+            for who in Who::ALL {
+                sums[who.idx()] += relative_power(&pcm, who.tone_hz());
+            }
+            frames += 1;
+        }
+        let db = sums.map(|s| {
+            if frames == 0 {
+                f64::NEG_INFINITY
+            } else {
+                10.0 * (s / frames as f64).max(1e-12).log10()
+            }
+        });
+        Heard { db, frames }
+    }
+
+    /// The longest interval between `from`, the arrivals at `listener` of packets that
+    /// carry `source`'s tone, and `to`.
+    pub fn longest_gap(&self, listener: Who, source: Who, from: Instant, to: Instant) -> Duration {
+        let ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let present = 10f64.powf(PRESENT_DB / 10.0);
+        let mut prev = from;
+        let mut longest = Duration::ZERO;
+        for (at, bytes) in &ts[listener.idx()].received {
+            if *at < from || *at > to || bytes.len() != 12 + FRAME_SAMPLES {
+                continue;
+            }
+            for (s, &b) in pcm.iter_mut().zip(&bytes[12..]) {
+                *s = ulaw_decode(b);
+            }
+            if relative_power(&pcm, source.tone_hz()) >= present {
+                longest = longest.max(*at - prev);
+                prev = *at;
+            }
+        }
+        longest.max(to - prev)
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits `settle` (plan switch and jitter buffers), then measures for `measure`:
+/// returns the measured window.
+pub async fn window(settle: Duration, measure: Duration) -> (Instant, Instant) {
+    tokio::time::sleep(settle).await;
+    let from = Instant::now();
+    tokio::time::sleep(measure).await;
+    (from, Instant::now())
+}
+
+/// Checks a window against the expected hear relation: every `(listener, source)` pair
+/// in `hears` is audible, every other pair among `talking` sources and `listening`
+/// listeners is silent. Failures are appended, one line each; levels are printed.
+pub fn check_hears(
+    pump: &Pump,
+    phase: &str,
+    (from, to): (Instant, Instant),
+    listening: &[Who],
+    talking: &[Who],
+    hears: &[(Who, Who)],
+    failures: &mut Vec<String>,
+) {
+    for &listener in listening {
+        let h = pump.heard(listener, from, to);
+        println!(
+            "{phase}: {listener:?} got {} frames; C {:.1} dB, A {:.1} dB, S {:.1} dB, X {:.1} dB",
+            h.frames, h.db[0], h.db[1], h.db[2], h.db[3]
+        );
+        let expect_any = hears.iter().any(|&(l, _)| l == listener);
+        if expect_any && h.frames < 10 {
+            failures.push(format!(
+                "{phase}: {listener:?} received only {} frames",
+                h.frames
+            ));
+        }
+        for &source in talking {
+            if source == listener {
+                continue;
+            }
+            let level = h.db[source.idx()];
+            let heard = hears.contains(&(listener, source));
+            if heard && level < PRESENT_DB {
+                failures.push(format!(
+                    "{phase}: {listener:?} should hear {source:?}, level {level:.1} dB"
+                ));
+            }
+            if !heard && level > ABSENT_DB {
+                failures.push(format!(
+                    "{phase}: {listener:?} must not hear {source:?}, level {level:.1} dB"
+                ));
+            }
+        }
+    }
+}
+
+#[test]
+fn ulaw_round_trip_is_close_and_zero_is_canonical() {
+    assert_eq!(ulaw_encode(0), 0xFF);
+    assert_eq!(ulaw_decode(0xFF), 0);
+    for x in (-32000i16..32000).step_by(97) {
+        let y = ulaw_decode(ulaw_encode(x));
+        let err = (i32::from(x) - i32::from(y)).abs();
+        assert!(err <= i32::from(x).abs() / 16 + 8, "{x} -> {y}");
+    }
+}
