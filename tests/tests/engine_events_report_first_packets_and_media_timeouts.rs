@@ -25,7 +25,11 @@ fn engine_events_report_first_packets_and_media_timeouts() {
         rtcp_mux: true,
         report_first_packet: true,
     };
-    sim.command(ShardCommand::ConfigureLeg { leg: sim.leg(s), media }).unwrap();
+    sim.command(ShardCommand::ConfigureLeg {
+        leg: sim.leg(s),
+        media,
+    })
+    .unwrap();
     sim.set_hearing(&Hearing::call(c, a).with(s, a, Mode::Monitor));
     sim.run_for(ms(2_000));
     let events = sim.take_events();
@@ -54,7 +58,9 @@ fn engine_events_report_first_packets_and_media_timeouts() {
     assert_eq!(timeouts, vec![sim.leg(c)], "{events:?}");
     sim.run_for(ms(35_000));
     assert!(
-        !sim.take_events().iter().any(|e| matches!(e, EngineEvent::MediaTimeout { .. })),
+        !sim.take_events()
+            .iter()
+            .any(|e| matches!(e, EngineEvent::MediaTimeout { .. })),
         "a silent leg times out once"
     );
     // Media returns, then stops again: a new timeout.

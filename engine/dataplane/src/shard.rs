@@ -876,6 +876,19 @@ impl Shard {
             .expect("port table names live legs");
         leg.last_rx = now;
         leg.timed_out = false;
+        // Reception statistics for this leg's RTCP report blocks (RFC 3550 A.1, A.8).
+        if let Some(m) = leg.media.as_mut() {
+            if m.rx_ssrc != Some(Ssrc(view.ssrc)) {
+                m.rx_ssrc = Some(Ssrc(view.ssrc));
+                m.rx_seq = SeqTracker::new();
+                m.rx_jitter.reset();
+            }
+            m.rx_seq.handle_seq(SeqNo(view.seq));
+            if !is_event {
+                let arrival = (u128::from(now.as_nanos()) * 8_000 / 1_000_000_000) as u32;
+                m.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
+            }
+        }
         if !leg.first_packet_seen {
             leg.first_packet_seen = true;
             if leg.media.as_ref().is_some_and(|m| m.report_first_packet) {
