@@ -1103,21 +1103,17 @@ impl Printer {
     }
 }
 
-/// Whether a value is its type's default (omitted from the human rendering).
-fn is_default(v: &Value) -> bool {
+/// Whether a value says nothing and is left out of the human rendering: empty strings,
+/// bytes, lists and maps, and UNSPECIFIED enums. Numbers and booleans are printed even
+/// when zero or false: `payload_type: 0` (PCMU) and a zero drop counter are information.
+fn is_empty(v: &Value) -> bool {
     match v {
-        Value::Bool(b) => !b,
-        Value::I32(n) | Value::EnumNumber(n) => *n == 0,
-        Value::I64(n) => *n == 0,
-        Value::U32(n) => *n == 0,
-        Value::U64(n) => *n == 0,
-        Value::F32(n) => *n == 0.0,
-        Value::F64(n) => *n == 0.0,
+        Value::EnumNumber(n) => *n == 0,
         Value::String(s) => s.is_empty(),
         Value::Bytes(b) => b.is_empty(),
         Value::List(l) => l.is_empty(),
         Value::Map(m) => m.is_empty(),
-        Value::Message(_) => false,
+        _ => false,
     }
 }
 
@@ -1176,11 +1172,13 @@ fn map_key(k: &MapKey) -> String {
 fn render_message(msg: &DynamicMessage, indent: usize, out: &mut String) {
     let pad = " ".repeat(indent);
     for field in msg.descriptor().fields() {
-        if !msg.has_field(&field) {
+        // Unset message fields and unset optionals are absent; proto3 scalars are
+        // always there (their default is a value).
+        if field.supports_presence() && !msg.has_field(&field) {
             continue;
         }
         let value = msg.get_field(&field);
-        if is_default(&value) && !field.supports_presence() {
+        if is_empty(&value) {
             continue;
         }
         let name = field.name();
@@ -1237,9 +1235,31 @@ mod tests {
         let mut text = String::new();
         render_message(&printer.dynamic(&user).unwrap(), 0, &mut text);
         assert_eq!(
-            text,
-            "user_id: u1\npermissions:\n  - conversation:call:monitor\npresence: ON_QUEUE\n"
+            text, "user_id: u1\npermissions:\n  - conversation:call:monitor\npresence: ON_QUEUE\n",
+            "empty strings are left out"
         );
+    }
+
+    #[test]
+    fn zero_counters_are_printed_for_humans() {
+        let printer = Printer::new(false).unwrap();
+        let stats = proto::GetStatsResponse {
+            backend: "memory".into(),
+            cores: vec![proto::CoreStats {
+                drops: vec![proto::Counter {
+                    name: "truncated".into(),
+                    value: 0,
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut text = String::new();
+        render_message(&printer.dynamic(&stats).unwrap(), 0, &mut text);
+        assert!(
+            text.contains("      - name: truncated\n        value: 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("    packets_in: 0\n"), "{text}");
     }
 
     #[test]

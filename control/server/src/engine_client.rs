@@ -286,3 +286,70 @@ async fn serve<R: AsyncRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use earshot_engine_api::LegId;
+    use tokio::net::UnixListener;
+
+    /// A one-connection engine stub: answers the handshake, replies `Done` to every
+    /// call (after sending one event), then closes when told.
+    async fn stub_engine(listener: UnixListener, close: oneshot::Receiver<()>) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let _: Hello = read_frame(&mut stream).await.unwrap().unwrap();
+        write_frame(&mut stream, &Hello::current()).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let server = async {
+            while let Ok(Some(ClientFrame::Call { id, .. })) = read_frame(&mut read).await {
+                let event = ServerFrame::Event(EngineEvent::RemoteLatched {
+                    leg: LegId(7),
+                    remote: ([127, 0, 0, 1], 9).into(),
+                });
+                write_frame(&mut write, &event).await.unwrap();
+                let reply = ServerFrame::Reply {
+                    id,
+                    result: Ok(Response::Done),
+                };
+                write_frame(&mut write, &reply).await.unwrap();
+            }
+        };
+        tokio::select! {
+            () = server => {}
+            _ = close => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_are_answered_events_delivered_and_a_lost_engine_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (close_tx, close_rx) = oneshot::channel();
+        let stub = tokio::spawn(stub_engine(listener, close_rx));
+
+        let client = EngineClient::connect(&path, EngineClientConfig::default());
+        assert!(client.wait_connected(Duration::from_secs(5)).await);
+        let reply = client.call(Request::RemoveLeg { leg: LegId(1) }).await;
+        assert_eq!(reply, Ok(Response::Done));
+        let event = client.next_event().await.unwrap();
+        assert!(matches!(
+            event,
+            EngineEvent::RemoteLatched { leg: LegId(7), .. }
+        ));
+
+        close_tx.send(()).unwrap();
+        stub.await.unwrap();
+        let mut lost = false;
+        for _ in 0..100 {
+            if !client.is_connected() {
+                lost = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(lost, "the client notices the closed socket");
+        let err = client.call(Request::Snapshot).await.unwrap_err();
+        assert!(matches!(err, EngineError::Unavailable(_)), "{err:?}");
+    }
+}

@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, default_value = earshot_control::DEFAULT_GRPC_ADDR)]
     grpc: SocketAddr,
     /// The engine's programming socket.
-    #[arg(long, default_value = "/run/earshot/engine.sock")]
+    #[arg(long, default_value = "earshot-engine.sock")]
     engine_socket: PathBuf,
     /// Where the database lives.
     #[arg(long, default_value = "earshot-data")]
@@ -62,8 +62,20 @@ async fn main() -> anyhow::Result<()> {
             "engine not reachable yet; serving and retrying in the background"
         );
     }
+    // SIGTERM (systemd, Kubernetes) and Ctrl-C both stop gracefully: the server drains
+    // and writes a snapshot. The engine, a separate process, keeps forwarding media.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
         tracing::info!("shutting down");
     };
     earshot_control::serve(config, Arc::new(engine), shutdown)

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use earshot_engine_api::{EngineApi, EngineStats, Percentiles, Request, Response};
+use earshot_engine_api::{EngineApi, EngineStats, Percentiles, Request, Response, ShardStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -254,7 +254,7 @@ pub fn render_engine(stats: &EngineStats, out: &mut String) {
         &'static str,
         &'static str,
         &'static str,
-        fn(&earshot_engine_api::ShardStats) -> u64,
+        fn(&ShardStats) -> u64,
     );
     let simple: [Simple; 8] = [
         ("earshot_legs", "gauge", "Legs allocated.", |s| s.legs),
@@ -388,11 +388,8 @@ pub fn render_engine(stats: &EngineStats, out: &mut String) {
             );
         }
     }
-    let summaries: [(
-        &str,
-        &str,
-        fn(&earshot_engine_api::ShardStats) -> Percentiles,
-    ); 2] = [
+    type Summary = (&'static str, &'static str, fn(&ShardStats) -> Percentiles);
+    let summaries: [Summary; 2] = [
         ("earshot_tick_processing", "Tick processing time.", |s| {
             s.tick_processing_us
         }),

@@ -49,9 +49,9 @@ pub const DB_FILE: &str = "earshot-control.redb";
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed.
+    /// The database failed (boxed: redb's error is large and errors are rare).
     #[error("database: {0}")]
-    Db(#[from] redb::Error),
+    Db(Box<redb::Error>),
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
@@ -64,12 +64,13 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> StoreError {
-                StoreError::Db(e.into())
+                StoreError::Db(Box::new(e.into()))
             }
         }
     )*};
 }
 from_redb!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

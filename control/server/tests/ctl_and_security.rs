@@ -125,9 +125,16 @@ async fn metrics_endpoint_serves_engine_and_rpc_metrics_after_some_rpcs() {
         "earshot_rpc_duration_seconds_count{service=\"earshot.v1.Interactions\",method=\"CreateInteraction\"} 1",
         "earshot_rpc_duration_seconds_bucket{service=\"earshot.v1.Interactions\",method=\"GetInteraction\",le=\"+Inf\"} 1",
     ] {
-        assert!(response.contains(expected), "missing `{expected}` in:\n{response}");
+        assert!(
+            response.contains(expected),
+            "missing `{expected}` in:\n{response}"
+        );
     }
-    assert!(http_get(server.metrics, "/nothing").await.starts_with("HTTP/1.1 404"));
+    assert!(
+        http_get(server.metrics, "/nothing")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
     server.stop().await;
 }
 
@@ -144,8 +151,7 @@ async fn token_auth_refuses_missing_and_wrong_tokens_and_accepts_the_right_one()
             channel.clone(),
             move |mut r: tonic::Request<()>| {
                 if let Some(t) = token {
-                    r.metadata_mut()
-                        .insert("authorization", t.parse().unwrap());
+                    r.metadata_mut().insert("authorization", t.parse().unwrap());
                 }
                 Ok(r)
             },
@@ -209,7 +215,10 @@ async fn non_loopback_bind_without_tls_or_token_is_refused_unless_insecure() {
     let err = earshot_control::serve(config, FakeEngine::new(30000), async {})
         .await
         .unwrap_err();
-    assert!(format!("{err:#}").contains("without TLS or a token"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("without TLS or a token"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -274,7 +283,10 @@ async fn tls_server_serves_a_tls_client_and_mutual_tls_requires_a_client_certifi
             .map_err(anyhow::Error::from)?;
         anyhow::Ok(())
     };
-    assert!(anonymous.await.is_err(), "mutual TLS admits no anonymous client");
+    assert!(
+        anonymous.await.is_err(),
+        "mutual TLS admits no anonymous client"
+    );
 
     // Plaintext against the TLS port fails too.
     let plain = async {
@@ -319,8 +331,16 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
     let out = ctl(
         addr,
         &[
-            "--token", "tok", "directory", "upsert-user", "--user", "sup-1", "--name",
-            "Sam", "--permission", "conversation:call:add",
+            "--token",
+            "tok",
+            "directory",
+            "upsert-user",
+            "--user",
+            "sup-1",
+            "--name",
+            "Sam",
+            "--permission",
+            "conversation:call:add",
         ],
     )
     .await;
@@ -328,13 +348,28 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
     let text = stdout(&out);
     assert!(text.contains("user_id: sup-1\n"), "{text}");
     assert!(text.contains("  - conversation:call:add\n"), "{text}");
-    assert!(text.contains("presence: OFFLINE\n"), "enum prefix stripped: {text}");
+    assert!(
+        text.contains("presence: OFFLINE\n"),
+        "enum prefix stripped: {text}"
+    );
 
     let out = ctl(
         addr,
         &[
-            "--token", "tok", "interactions", "create", "--id", "call-9", "--customer", "c",
-            "--customer-remote", "127.0.0.1:40000", "--agent", "a", "--agent-user", "agent-9",
+            "--token",
+            "tok",
+            "interactions",
+            "create",
+            "--id",
+            "call-9",
+            "--customer",
+            "c",
+            "--customer-remote",
+            "127.0.0.1:40000",
+            "--agent",
+            "a",
+            "--agent-user",
+            "agent-9",
         ],
     )
     .await;
@@ -343,7 +378,15 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
 
     let out = ctl(
         addr,
-        &["--token", "tok", "--json", "interactions", "get", "--id", "call-9"],
+        &[
+            "--token",
+            "tok",
+            "--json",
+            "interactions",
+            "get",
+            "--id",
+            "call-9",
+        ],
     )
     .await;
     assert!(out.status.success(), "{out:?}");
@@ -353,14 +396,27 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
     assert_eq!(participants.len(), 2);
     assert_eq!(participants[0]["kind"], "PARTICIPANT_KIND_EXTERNAL");
     assert_eq!(participants[0]["leg"]["media"]["remote"], "127.0.0.1:40000");
-    assert!(participants[1]["leg"]["local"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        participants[1]["leg"]["local"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
 
     // A rules refusal: the supervisor lacks conversation:call:monitor.
     let out = ctl(
         addr,
         &[
-            "--token", "tok", "supervision", "monitor", "--interaction", "call-9",
-            "--supervisor-user", "sup-1", "--target", "a",
+            "--token",
+            "tok",
+            "supervision",
+            "monitor",
+            "--interaction",
+            "call-9",
+            "--supervisor-user",
+            "sup-1",
+            "--target",
+            "a",
         ],
     )
     .await;
@@ -373,7 +429,15 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
 
     let out = ctl(
         addr,
-        &["--token", "tok", "--json", "interactions", "get", "--id", "bad id!"],
+        &[
+            "--token",
+            "tok",
+            "--json",
+            "interactions",
+            "get",
+            "--id",
+            "bad id!",
+        ],
     )
     .await;
     assert_eq!(out.status.code(), Some(1));
@@ -393,7 +457,9 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
 
     let out = ctl(
         addr,
-        &["--token", "tok", "--json", "events", "watch", "--from", "0", "--count", "2"],
+        &[
+            "--token", "tok", "--json", "events", "watch", "--from", "0", "--count", "2",
+        ],
     )
     .await;
     assert!(out.status.success(), "{out:?}");

@@ -951,7 +951,25 @@ async fn sidecar_kill_9_mid_call_never_stops_media_and_restarts_with_state_and_t
     // State and timeline intact.
     let after_inter = api.interaction("call-k").await;
     assert_eq!(
-        after_inter.participants, before_inter.participants,
+        locals(&after_inter),
+        locals(&before_inter),
+        "every leg keeps its local address across the sidecar restart"
+    );
+    for (before, after) in before_inter
+        .participants
+        .iter()
+        .zip(&after_inter.participants)
+    {
+        if before != after {
+            failures.push(format!(
+                "participant {} changed across the sidecar restart:\n    before {before:?}\n    after  {after:?}",
+                before.participant_id
+            ));
+        }
+    }
+    assert_eq!(
+        after_inter.participants.len(),
+        before_inter.participants.len(),
         "participants after restart"
     );
     assert_eq!(
@@ -981,7 +999,17 @@ async fn sidecar_kill_9_mid_call_never_stops_media_and_restarts_with_state_and_t
     assert_eq!(sups[0].supervision_id, "mon-k");
     assert_eq!(sups[0].mode, Mode::Monitor as i32);
     assert_eq!(sups[0].state, proto::SupervisionState::Active as i32);
-    assert_eq!(sups[0].leg, mon.leg, "the supervisor's leg after restart");
+    assert_eq!(
+        sups[0].leg.as_ref().map(|l| &l.local),
+        mon.leg.as_ref().map(|l| &l.local),
+        "the supervisor's local address after restart"
+    );
+    if sups[0].leg != mon.leg {
+        failures.push(format!(
+            "the supervisor's leg changed across the sidecar restart:\n    StartMonitor said {:?}\n    after restart     {:?}",
+            mon.leg, sups[0].leg
+        ));
+    }
     let after_timeline = timeline(&api, "call-k").await;
     assert_eq!(after_timeline, before_timeline, "timeline after restart");
     use proto::EventKind as K;

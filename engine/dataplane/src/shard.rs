@@ -1463,7 +1463,8 @@ impl Shard {
             Family::V4 => IpAddr::V4(self.cfg.local_v4.unwrap_or(Ipv4Addr::LOCALHOST)),
             Family::V6 => IpAddr::V6(self.cfg.local_v6.unwrap_or(Ipv6Addr::LOCALHOST)),
         };
-        let mux = leg.media.as_ref().is_some_and(|m| m.rtcp_mux);
+        // A leg allocated for rtcp-mux holds one port: RTCP shares it from the start.
+        let mux = !leg.paired;
         LegInfo {
             leg: leg.id,
             session: self.session(leg.session).key.clone(),

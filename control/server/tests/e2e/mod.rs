@@ -162,8 +162,10 @@ pub async fn connect_when_serving(addr: SocketAddr, child: &mut ChildGuard) -> C
                     service: String::new(),
                 })
                 .await
-                .map(|r| r.into_inner().status)
-                == Ok(tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+                .is_ok_and(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                });
             if serving {
                 return channel;
             }
