@@ -788,6 +788,8 @@ struct TwoProcesses {
 }
 
 impl TwoProcesses {
+    // Waits for a real process on the real clock.
+    #[allow(clippy::disallowed_methods)]
     fn start_engine(program: &Path, args: &[String], dir: &Path) -> ChildGuard {
         let socket = dir.join("engine.sock");
         let mut engine =
@@ -839,10 +841,20 @@ async fn timeline(api: &Api, id: &str) -> Vec<proto::Event> {
         .events
 }
 
-fn kinds(events: &[proto::Event]) -> Vec<proto::EventKind> {
+/// The kinds of `events`, without the join/leave events of supervisor legs (`s*`).
+fn call_kinds(events: &[proto::Event]) -> Vec<proto::EventKind> {
+    use proto::EventKind as K;
     events
         .iter()
-        .map(|e| proto::EventKind::try_from(e.kind).unwrap_or(proto::EventKind::Unspecified))
+        .filter(|e| {
+            let kind = K::try_from(e.kind).unwrap_or(K::Unspecified);
+            let supervisor_leg = e
+                .details
+                .get("participant_id")
+                .is_some_and(|p| p.starts_with('s'));
+            !(supervisor_leg && matches!(kind, K::ParticipantJoined | K::ParticipantLeft))
+        })
+        .map(|e| K::try_from(e.kind).unwrap_or(K::Unspecified))
         .collect()
 }
 
@@ -1013,28 +1025,19 @@ async fn sidecar_kill_9_mid_call_never_stops_media_and_restarts_with_state_and_t
     let after_timeline = timeline(&api, "call-k").await;
     assert_eq!(after_timeline, before_timeline, "timeline after restart");
     use proto::EventKind as K;
-    let k = kinds(&after_timeline);
+    // The call's events in order. Whether a supervisor's own leg is also recorded as
+    // PARTICIPANT_JOINED/LEFT is left open here (SPEC section 2 does not say), so those
+    // are set aside.
+    let k = call_kinds(&after_timeline);
     assert_eq!(
-        k.first(),
-        Some(&K::InteractionCreated),
-        "timeline starts with creation: {k:?}"
-    );
-    assert_eq!(
-        k.iter().filter(|x| **x == K::ParticipantJoined).count(),
-        3,
-        "three joins: {k:?}"
-    );
-    let monitor_at = k
-        .iter()
-        .position(|x| *x == K::MonitorStarted)
-        .expect("MONITOR_STARTED");
-    assert!(
-        k[..monitor_at]
-            .iter()
-            .filter(|x| **x == K::ParticipantJoined)
-            .count()
-            >= 2,
-        "{k:?}"
+        k,
+        [
+            K::InteractionCreated,
+            K::ParticipantJoined,
+            K::ParticipantJoined,
+            K::MonitorStarted
+        ],
+        "timeline after restart"
     );
     assert!(
         after_timeline
@@ -1065,10 +1068,10 @@ async fn sidecar_kill_9_mid_call_never_stops_media_and_restarts_with_state_and_t
         &coached,
         &mut failures,
     );
-    let k = kinds(&timeline(&api, "call-k").await);
+    let k = call_kinds(&timeline(&api, "call-k").await);
     assert_eq!(
-        k[k.len() - 3..],
-        [K::MonitorStopped, K::ParticipantJoined, K::CoachStarted][..],
+        k[4..],
+        [K::MonitorStopped, K::CoachStarted][..],
         "timeline after the new verbs: {k:?}"
     );
 

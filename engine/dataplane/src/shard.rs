@@ -117,6 +117,8 @@ struct LegMedia {
     out_len: usize,
     /// Whether this output sent a mixed frame at its previous tick (marker logic).
     mixed_active: bool,
+    /// Whether the jitter buffer is in use (some listener mixes this input).
+    jitter_live: bool,
     /// Source timestamp of the telephone event being relayed, and its output timestamp.
     dtmf_out_ts: Option<(RtpTs, RtpTs)>,
     /// Reception statistics for RTCP report blocks (RFC 3550 A.1, A.3, A.8).
@@ -528,6 +530,7 @@ impl Shard {
                 out_pcm: Box::new([0; MAX_FRAME_SAMPLES]),
                 out_len: 0,
                 mixed_active: false,
+                jitter_live: false,
                 dtmf_out_ts: None,
                 rx_seq: SeqTracker::new(),
                 rx_jitter: JitterEstimator::new(),
@@ -686,8 +689,15 @@ impl Shard {
             let mixed_out = i < self.session(s).plan.legs()
                 && matches!(self.session(s).plan.output(i), OutputPlan::Mix(_));
             if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
-                if !mixed_input {
+                if !mixed_input && (m.in_len > 0 || m.jitter_live) {
+                    // Nobody mixes this input now: its jitter buffer is neither fed nor
+                    // polled from here on, so it starts afresh when it is mixed again
+                    // rather than from a stale timeline.
                     m.in_len = 0;
+                    m.jitter.reset();
+                    m.jitter_live = false;
+                } else if mixed_input {
+                    m.jitter_live = true;
                 }
                 if !mixed_out {
                     m.out_len = 0;

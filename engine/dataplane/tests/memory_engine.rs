@@ -237,23 +237,33 @@ fn a_dead_shard_answers_unavailable_instead_of_hanging() {
     })
     .unwrap();
     // The shard dies at its first receive (a request may still be answered before it).
-    // Every request must come back; once dead, as Unavailable, never hanging.
-    let mut unavailable = 0;
-    for _ in 0..50 {
+    // Every request must come back (none hangs); within a bounded time the shard is seen
+    // as down, and from then on it stays down.
+    #[allow(clippy::disallowed_methods)] // A real thread: bound the wait in real time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut answered = 0;
+    loop {
         match call(&engine, Request::Stats) {
-            Ok(_) => assert_eq!(unavailable, 0, "a dead shard answered"),
-            Err(EngineError::Unavailable(_)) => unavailable += 1,
+            Ok(_) => answered += 1,
+            Err(EngineError::Unavailable(_)) => break,
             Err(e) => panic!("unexpected {e:?}"),
         }
+        #[allow(clippy::disallowed_methods)]
+        let late = std::time::Instant::now() > deadline;
+        assert!(
+            !late,
+            "the dead shard still answered after 5 s ({answered} answers)"
+        );
     }
-    assert!(unavailable > 0, "the shard never reported down");
-    assert!(
-        matches!(
-            call(&engine, Request::Stats),
-            Err(EngineError::Unavailable(_))
-        ),
-        "once down, a shard stays down"
-    );
+    for _ in 0..10 {
+        assert!(
+            matches!(
+                call(&engine, Request::Stats),
+                Err(EngineError::Unavailable(_))
+            ),
+            "once down, a shard stays down"
+        );
+    }
     engine.shutdown();
 }
 

@@ -289,6 +289,16 @@ pub struct JitterBuffer {
 }
 
 impl JitterBuffer {
+    /// Forgets the stream: the next packet starts a new talk spurt on a fresh timeline.
+    /// The counters survive. For the engine to call when nobody mixes this input any
+    /// more, since the buffer is then neither fed nor polled and its timeline goes stale.
+    /// Control path: it reallocates the storage.
+    pub fn reset(&mut self) {
+        let stats = self.stats;
+        *self = JitterBuffer::new(self.cfg);
+        self.stats = stats;
+    }
+
     /// Allocates all storage for `cfg`.
     ///
     /// Panics on an inconsistent config (a programmer error: the control side validates
