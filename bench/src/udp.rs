@@ -120,23 +120,32 @@ fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
 
 /// What the generator saw.
 #[derive(Clone, Debug)]
-struct GenReport {
-    offered: u64,
-    sent: u64,
-    received: u64,
-    latency: Histogram<u64>,
-    elapsed_ns: u64,
+pub(crate) struct GenReport {
+    pub(crate) offered: u64,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) elapsed_ns: u64,
+}
+
+impl GenReport {
+    /// Sending window plus drain, in seconds: the denominator of every rate.
+    pub(crate) fn secs(&self) -> f64 {
+        (self.elapsed_ns + DRAIN_NS) as f64 / 1e9
+    }
 }
 
 /// Sends RTP to `targets` in rotation at `rate_pps` (0: unlimited) for `duration_ns`,
 /// receiving on the same socket in a second thread; both pinned to `core`.
-fn generate(
+/// SSRCs are `ssrc_base + target index`. Shared by the loopback and veth runners.
+pub(crate) fn generate(
+    sock: &UdpSocket,
+    ssrc_base: u32,
     targets: &[SocketAddrV4],
     rate_pps: u64,
     duration_ns: u64,
     core: usize,
     measure_latency: bool,
-    sock: UdpSocket,
 ) -> Result<GenReport, BenchError> {
     let clock = Clock::new();
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,18 +208,19 @@ fn generate(
             let s = seq[t];
             seq[t] = s.wrapping_add(1);
             let buf = m.buf_mut(i);
-            write_rtp_header(buf, s == 0, s, u32::from(s) * 160, 0x2000_0000 + t as u32);
+            write_rtp_header(buf, s == 0, s, u32::from(s) * 160, ssrc_base + t as u32);
             buf[12..20].copy_from_slice(&stamp.to_le_bytes());
             m.set_send(i, targets[t], PACKET_LEN);
         }
         offered += n as u64;
-        sent += m.send(&sock, n)? as u64;
+        // A full socket buffer (ENOBUFS under an unlimited rate) counts as not sent.
+        sent += m.send(sock, n).unwrap_or(0) as u64;
     }
     let elapsed_ns = clock.now().as_nanos() - start;
     // Let in-flight packets land before stopping the receiver.
     let drain_until = clock.now().as_nanos() + DRAIN_NS;
     while clock.now().as_nanos() < drain_until {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
     stop.store(true, Ordering::Relaxed);
     let latency = rx
@@ -387,12 +397,13 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     let sink = net::bind(loopback(0))?;
     let sink_addr = local_v4(&sink)?;
     let g = generate(
+        &net::bind(loopback(0))?,
+        0x2000_0000,
         &[sink_addr],
         0,
         duration_ns.min(1_000_000_000),
         p.gen_core,
         false,
-        net::bind(loopback(0))?,
     )?;
     let generator_max_pps = g.sent as f64 / (g.elapsed_ns as f64 / 1e9);
     drop(sink);
@@ -408,12 +419,13 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
         std::thread::spawn(move || run_reflector(&refl_sock, core, &stop, &counters))
     };
     let g = generate(
+        &net::bind(loopback(0))?,
+        0x2000_0000,
         &[refl_addr],
         rate,
         duration_ns,
         p.gen_core,
         true,
-        net::bind(loopback(0))?,
     )?;
     stop.store(true, Ordering::Relaxed);
     refl.join()
@@ -454,12 +466,13 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     // the generation window (and its drain), as for the reflector.
     let (_, in0, out0) = engine_counts(api.as_ref())?;
     let g = generate(
+        &gen_sock,
+        0x2000_0000,
         &targets,
         rate,
         duration_ns,
         p.gen_core,
         measure_latency,
-        gen_sock,
     )?;
     let (backend_name, in1, out1) = engine_counts(api.as_ref())?;
     let (sin, sout) = (in1 - in0, out1 - out0);

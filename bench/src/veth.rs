@@ -26,13 +26,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use earshot_afxdp::frame::{Ipv4Ident, UdpHeaders, parse_udp};
 use earshot_afxdp::{AttachMode, XdpFilter, XdpProgram, XskConfig, XskSocket};
 use earshot_engine::backend::{Factory, parse_kind};
-use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::{Engine, EngineHandle};
 use earshot_engine_api::{
@@ -42,9 +41,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::capacity::{PACKET_LEN, tone_frame, write_rtp_header};
-use crate::net::{self, BATCH, Mmsg};
-use crate::udp::{ReflectorCounters, run_reflector};
+use crate::net::{self, BATCH};
+use crate::udp::{ReflectorCounters, generate, run_reflector};
 
 const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -228,112 +226,6 @@ fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
         max: us(h.max()),
         count: h.len(),
     }
-}
-
-/// What the generator saw in one pass.
-#[derive(Debug)]
-struct GenReport {
-    offered: u64,
-    sent: u64,
-    received: u64,
-    latency: Histogram<u64>,
-    /// Sending window plus drain, in seconds: the denominator of every rate.
-    secs: f64,
-}
-
-/// Sends RTP to `targets` in rotation at `rate_pps` (0: unlimited) for `duration_ns`
-/// from `sock`, receiving on it in a second thread; both pinned to `core`.
-fn generate(
-    sock: &UdpSocket,
-    ssrc_base: u32,
-    targets: &[SocketAddrV4],
-    rate_pps: u64,
-    duration_ns: u64,
-    core: usize,
-) -> Result<GenReport, BenchError> {
-    let clock = Clock::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
-    let rx_sock = sock.try_clone()?;
-    let rx = {
-        let (stop, received) = (stop.clone(), received.clone());
-        std::thread::spawn(move || -> Histogram<u64> {
-            pin(core);
-            let mut h = Histogram::new_with_bounds(1, 10_000_000_000, 3)
-                .expect("constant bounds are valid");
-            let mut m = Mmsg::new();
-            while !stop.load(Ordering::Relaxed) {
-                let n = m.recv(&rx_sock).unwrap_or(0);
-                let now = clock.now().as_nanos();
-                for i in 0..n {
-                    let (_, p) = m.received(i);
-                    if p.len() >= 20 {
-                        let mut ts = [0u8; 8];
-                        ts.copy_from_slice(&p[12..20]);
-                        let _ = h.record(now.saturating_sub(u64::from_le_bytes(ts)).max(1));
-                    }
-                }
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            h
-        })
-    };
-    pin(core);
-    let tone = tone_frame();
-    let mut m = Mmsg::new();
-    for i in 0..BATCH {
-        m.buf_mut(i)[12..PACKET_LEN].copy_from_slice(&tone);
-    }
-    let mut seq = vec![0u16; targets.len()];
-    let (mut offered, mut sent, mut next_target) = (0u64, 0u64, 0usize);
-    let start = clock.now().as_nanos();
-    loop {
-        let now = clock.now().as_nanos() - start;
-        if now >= duration_ns {
-            break;
-        }
-        let due = if rate_pps == 0 {
-            offered + BATCH as u64
-        } else {
-            (u128::from(now) * u128::from(rate_pps) / 1_000_000_000) as u64 + 1
-        };
-        let n = due.saturating_sub(offered).min(BATCH as u64) as usize;
-        if n == 0 {
-            // The receiver shares this core: yield rather than spin.
-            std::thread::yield_now();
-            continue;
-        }
-        let stamp = clock.now().as_nanos();
-        for i in 0..n {
-            let t = next_target;
-            next_target = (next_target + 1) % targets.len();
-            let s = seq[t];
-            seq[t] = s.wrapping_add(1);
-            let buf = m.buf_mut(i);
-            write_rtp_header(buf, s == 0, s, u32::from(s) * 160, ssrc_base + t as u32);
-            buf[12..20].copy_from_slice(&stamp.to_le_bytes());
-            m.set_send(i, targets[t], PACKET_LEN);
-        }
-        offered += n as u64;
-        // A full socket buffer (ENOBUFS under an unlimited rate) counts as not sent.
-        sent += m.send(sock, n).unwrap_or(0) as u64;
-    }
-    let elapsed_ns = clock.now().as_nanos() - start;
-    let drain_until = clock.now().as_nanos() + DRAIN_NS;
-    while clock.now().as_nanos() < drain_until {
-        std::thread::yield_now();
-    }
-    stop.store(true, Ordering::Relaxed);
-    let latency = rx
-        .join()
-        .map_err(|_| io_err("generator receiver", "panicked"))?;
-    Ok(GenReport {
-        offered,
-        sent,
-        received: received.load(Ordering::Relaxed),
-        latency,
-        secs: (elapsed_ns + DRAIN_NS) as f64 / 1e9,
-    })
 }
 
 /// A system under test: counts what it received and sent since it started.
@@ -625,24 +517,25 @@ fn measure(
         p.latency_rate_pps,
         duration_ns,
         p.gen_core,
+        true,
     )?;
     let (in0, out0) = sut.counts()?;
     let (sut0, gen0) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
-    let g = generate(sock, 0x3000_0000, targets, 0, duration_ns, p.gen_core)?;
+    let g = generate(sock, 0x3000_0000, targets, 0, duration_ns, p.gen_core, true)?;
     let (sut1, gen1) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
     let (in1, out1) = sut.counts()?;
     let r = CaseResult {
         target: target.to_string(),
-        sent_pps: g.sent as f64 / g.secs,
-        sut_in_pps: (in1 - in0) as f64 / g.secs,
-        sut_out_pps: (out1 - out0) as f64 / g.secs,
-        received_pps: g.received as f64 / g.secs,
+        sent_pps: g.sent as f64 / g.secs(),
+        sut_in_pps: (in1 - in0) as f64 / g.secs(),
+        sut_out_pps: (out1 - out0) as f64 / g.secs(),
+        received_pps: g.received as f64 / g.secs(),
         sut_core_busy: busy_share(sut0, sut1),
         gen_core_busy: busy_share(gen0, gen1),
         ratio_in: 0.0,
         ratio_out: 0.0,
-        latency_offered_pps: lat.offered as f64 / lat.secs,
-        latency_received_pps: lat.received as f64 / lat.secs,
+        latency_offered_pps: lat.offered as f64 / lat.secs(),
+        latency_received_pps: lat.received as f64 / lat.secs(),
         latency_us: percentiles_us(&lat.latency),
     };
     eprintln!(
@@ -693,8 +586,9 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         0,
         duration_ns.min(1_000_000_000),
         p.gen_core,
+        false,
     )?;
-    let generator_max_pps = g.sent as f64 / (g.secs - DRAIN_NS as f64 / 1e9);
+    let generator_max_pps = g.sent as f64 / (g.secs() - DRAIN_NS as f64 / 1e9);
     drop(sink);
     eprintln!("veth: generator max {generator_max_pps:.0} pps");
 
