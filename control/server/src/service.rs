@@ -27,6 +27,15 @@ const WATCH_BUFFER: usize = 256;
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Like [`check_id`] for an optional field, where empty means absent.
+fn check_optional_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        Ok(())
+    } else {
+        check_id(field, value)
+    }
+}
+
 fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     if rules::is_valid_id(value) {
         Ok(())
@@ -209,15 +218,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
         request: Request<proto::ListInteractionsRequest>,
     ) -> Reply<proto::ListInteractionsResponse> {
         let req = request.into_inner();
-        if !req.user_id.is_empty() {
-            check_id("user_id", &req.user_id)?;
-        }
-        if !req.on_behalf_of_user_id.is_empty() {
-            check_id("on_behalf_of_user_id", &req.on_behalf_of_user_id)?;
-        }
-        if !req.page_token.is_empty() {
-            check_id("page_token", &req.page_token)?;
-        }
+        check_optional_id("user_id", &req.user_id)?;
+        check_optional_id("on_behalf_of_user_id", &req.on_behalf_of_user_id)?;
+        check_optional_id("page_token", &req.page_token)?;
         let page_size = match req.page_size as usize {
             0 => MAX_PAGE_SIZE,
             n if n <= MAX_PAGE_SIZE => n,
@@ -457,9 +460,7 @@ impl proto::interactions_server::Interactions for InteractionsService {
         request: Request<proto::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
         let req = request.into_inner();
-        if !req.interaction_id.is_empty() {
-            check_id("interaction_id", &req.interaction_id)?;
-        }
+        check_optional_id("interaction_id", &req.interaction_id)?;
         // Subscribe before reading the backlog so nothing falls between the two; the
         // task skips live events it already sent from the store.
         let live = self.shared.events.subscribe();
@@ -675,12 +676,8 @@ impl proto::supervision_server::Supervision for SupervisionService {
         request: Request<proto::ListSupervisionsRequest>,
     ) -> Reply<proto::ListSupervisionsResponse> {
         let req = request.into_inner();
-        if !req.interaction_id.is_empty() {
-            check_id("interaction_id", &req.interaction_id)?;
-        }
-        if !req.supervisor_user_id.is_empty() {
-            check_id("supervisor_user_id", &req.supervisor_user_id)?;
-        }
+        check_optional_id("interaction_id", &req.interaction_id)?;
+        check_optional_id("supervisor_user_id", &req.supervisor_user_id)?;
         let filter = SupervisionFilter {
             interaction_id: (!req.interaction_id.is_empty()).then_some(req.interaction_id),
             supervisor_user_id: (!req.supervisor_user_id.is_empty())
