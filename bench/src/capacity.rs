@@ -12,13 +12,11 @@
 //! and the feeder kept up (so that a late tick cannot hide behind a starved shard).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-use earshot_engine::backend::memory::MemoryBackend;
-use earshot_engine::backend::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_engine::clock::Clock;
-use earshot_engine::shard::{Shard, ShardCommand, ShardConfig};
+use earshot_engine::core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
+use earshot_engine::core::ports::PortPool;
+use earshot_engine::core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_engine_api::{
     CodecName, Edge, Family, LegId, MediaConfig, Percentiles, Response, SessionPlan, ShardStats,
 };
@@ -171,7 +169,7 @@ fn pcmu_20ms() -> MediaConfig {
 /// A shard holding `sessions` barge sessions, and each leg's local port, in leg order
 /// (session-major). Set up at engine time 0 so that the run starts just before the
 /// first ticks.
-fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchError> {
+fn build_shard(sessions: u32) -> Result<(Shard, Vec<u16>), BenchError> {
     let legs = sessions as usize * LEGS_PER_SESSION;
     let cfg = ShardConfig {
         index: 0,
@@ -187,9 +185,8 @@ fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchE
         late_tick_threshold: Duration::from_micros(2000),
         seed: 1,
     };
-    let events = Arc::new(ArrayQueue::new(legs.max(16) * 2));
-    let mut shard = Shard::new(cfg, MixKernels::detect(), events);
-    let (mut backend, _net) = MemoryBackend::new(1, true);
+    let mut pool = PortPool::new(cfg.port_first, cfg.port_count);
+    let mut shard = Shard::new(cfg, MixKernels::detect());
     let now = Instant::from_nanos(0);
     let mut ports = Vec::with_capacity(legs);
     for s in 0..sessions {
@@ -200,10 +197,12 @@ fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchE
                 session: session.clone(),
                 leg_key: format!("p{k}"),
                 family: Family::V4,
-                requested_port: None,
+                port: pool
+                    .take(true)
+                    .ok_or(BenchError::UnexpectedResponse("free port"))?,
                 rtcp_mux: true,
             };
-            let Response::Leg(info) = shard.handle_command(now, &mut backend, cmd)? else {
+            let Response::Leg(info) = shard.handle_command(now, cmd)? else {
                 return Err(BenchError::UnexpectedResponse("AllocateLeg"));
             };
             *id = info.leg;
@@ -214,7 +213,6 @@ fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchE
             };
             shard.handle_command(
                 now,
-                &mut backend,
                 ShardCommand::ConfigureLeg {
                     leg: info.leg,
                     media,
@@ -238,14 +236,14 @@ fn build_shard(sessions: u32) -> Result<(Shard, MemoryBackend, Vec<u16>), BenchE
             edges,
             no_dtmf: Vec::new(),
         };
-        shard.handle_command(now, &mut backend, ShardCommand::SetSessionPlan(plan))?;
+        shard.handle_command(now, ShardCommand::SetSessionPlan(plan))?;
     }
-    Ok((shard, backend, ports))
+    Ok((shard, ports))
 }
 
-fn shard_stats(shard: &mut Shard, backend: &mut MemoryBackend) -> Result<ShardStats, BenchError> {
+fn shard_stats(shard: &mut Shard) -> Result<ShardStats, BenchError> {
     let cmd = ShardCommand::Stats(ShardStats::default());
-    match shard.handle_command(Instant::from_nanos(0), backend, cmd)? {
+    match shard.handle_command(Instant::from_nanos(0), cmd)? {
         Response::Stats(mut s) if !s.shards.is_empty() => Ok(s.shards.swap_remove(0)),
         _ => Err(BenchError::UnexpectedResponse("Stats")),
     }
@@ -259,7 +257,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
     let setup_clock = Clock::new();
-    let (mut shard, mut backend, ports) = build_shard(p.sessions)?;
+    let (mut shard, ports) = build_shard(p.sessions)?;
     let setup_ms = setup_clock.now().as_nanos() / 1_000_000;
     let legs = ports.len();
     let peers: Vec<SocketAddr> = (0..legs).map(peer_of).collect();
@@ -318,7 +316,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
         }
         last_end = end;
     }
-    let stats = shard_stats(&mut shard, &mut backend)?;
+    let stats = shard_stats(&mut shard)?;
     let drops = stats.drops.iter().map(|(_, n)| n).sum();
     // The shard's own threshold is fixed at 2 ms; a different threshold is applied to
     // the lateness histogram's view only through the shard config, so keep them equal.
@@ -505,7 +503,7 @@ pub struct MemoryResult {
 /// written, then reports the growth of the resident set per session.
 pub fn memory(sessions: u32) -> Result<MemoryResult, BenchError> {
     let rss_before = rss_bytes();
-    let (mut shard, _backend, ports) = build_shard(sessions)?;
+    let (mut shard, ports) = build_shard(sessions)?;
     let legs = ports.len();
     let peers: Vec<SocketAddr> = (0..legs).map(peer_of).collect();
     let mut pkt = [0u8; PACKET_LEN];

@@ -4,7 +4,7 @@
 //! (`cargo test --all-targets` runs each once) so they cannot rot. The whole-engine
 //! runner lives here and in the `earshot-bench` binary:
 //! - [`capacity`]: how many 3-party barge sessions one core carries with zero late
-//!   ticks, driving a [`earshot_engine::shard::Shard`] directly on the real clock with
+//!   ticks, driving a [`earshot_engine::core::Shard`] directly on the real clock with
 //!   the in-memory packet path (no kernel in the way);
 //! - [`udp`]: the same engine behind real UDP on loopback, against a bare batched UDP
 //!   reflector measured in the same run (the kernel's ceiling, SPEC section 6);

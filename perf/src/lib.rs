@@ -35,12 +35,10 @@
 use std::fmt;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-use earshot_engine::backend::memory::MemoryBackend;
-use earshot_engine::backend::{Datagram, MAX_UDP_PAYLOAD, TxSink};
-use earshot_engine::shard::{Shard, ShardCommand, ShardConfig};
+use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
+use earshot_core::ports::PortPool;
+use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_engine_api::{
     CodecName, Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan,
 };
@@ -364,10 +362,8 @@ impl ShardRig {
             seed: SHARD_SEED,
         };
         let kernels = MixKernels::detect();
-        let events = Arc::new(ArrayQueue::new(64));
-        let mut shard = Shard::new(cfg, kernels, events);
-        // The memory backend only records which ports are open; its net end is unused.
-        let (mut backend, _net) = MemoryBackend::new(1, true);
+        let mut pool = PortPool::new(cfg.port_first, cfg.port_count);
+        let mut shard = Shard::new(cfg, kernels);
         let now = Instant::from_nanos(0);
         let peers: [SocketAddr; LEGS] = core::array::from_fn(|i| {
             SocketAddr::V4(SocketAddrV4::new(
@@ -382,10 +378,12 @@ impl ShardRig {
                 session: "perf".into(),
                 leg_key: format!("leg{k}"),
                 family: Family::V4,
-                requested_port: None,
+                port: pool
+                    .take(true)
+                    .ok_or(PerfError::UnexpectedResponse("ports"))?,
                 rtcp_mux: true,
             };
-            let Response::Leg(info) = shard.handle_command(now, &mut backend, cmd)? else {
+            let Response::Leg(info) = shard.handle_command(now, cmd)? else {
                 return Err(PerfError::UnexpectedResponse("AllocateLeg"));
             };
             ids[k] = info.leg;
@@ -403,7 +401,7 @@ impl ShardRig {
                 leg: info.leg,
                 media,
             };
-            shard.handle_command(now, &mut backend, cmd)?;
+            shard.handle_command(now, cmd)?;
         }
         let edges = plan
             .edges()
@@ -419,7 +417,7 @@ impl ShardRig {
             edges,
             no_dtmf: Vec::new(),
         };
-        shard.handle_command(now, &mut backend, ShardCommand::SetSessionPlan(plan))?;
+        shard.handle_command(now, ShardCommand::SetSessionPlan(plan))?;
         let packets = core::array::from_fn(|k| {
             let mut p = [0u8; PACKET_LEN];
             p[RTP_HEADER_LEN..].copy_from_slice(&tone_pcmu(k));

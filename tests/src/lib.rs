@@ -1,7 +1,7 @@
 //! # earshot-tests: deterministic simulation and behaviour tests
 //!
 //! The main test of earshot (STYLE.md rule 9). [`sim`] is a harness that drives one
-//! data-plane shard (`earshot_engine::shard::Shard`) sans-IO, in seeded virtual time,
+//! data-plane shard (`earshot_core::Shard`, the sans-IO core) sans-IO, in seeded virtual time,
 //! with simulated phones (tone talkers with drift and DTMF, listeners that detect tones)
 //! across a network model (delay, jitter, loss, reordering, duplicates). The files in
 //! `tests/` each prove one behaviour of SPEC sections 1 and 5 with it.

@@ -5,7 +5,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use earshot_engine_api::{DROP_REASONS, EngineEvent};
+use earshot_core::ShardEvent;
+use earshot_engine_api::DROP_REASONS;
 use earshot_tests::sim::world::{PORT_COUNT, PORT_FIRST};
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
@@ -47,14 +48,11 @@ fn bad_packets_are_counted_and_dropped() {
     let latched: Vec<_> = sim
         .take_events()
         .into_iter()
-        .filter(|e| matches!(e, EngineEvent::RemoteLatched { .. }))
+        .filter(|e| matches!(e, ShardEvent::RemoteLatched(..)))
         .collect();
     assert_eq!(
         latched,
-        vec![EngineEvent::RemoteLatched {
-            leg: sim.leg(c),
-            remote: sim.addr(c)
-        }]
+        vec![ShardEvent::RemoteLatched(sim.leg(c), sim.addr(c))]
     );
 
     let stranger = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 6000);

@@ -5,30 +5,41 @@
 //! [`EngineHandle`] implements [`EngineApi`]: it routes each request to the owning shard's
 //! bounded lock-free command queue and resolves when the shard acknowledges it. A full
 //! queue is refused at once (`ResourceExhausted`); it never blocks a shard.
+//!
+//! The handle also does the control-path work a shard must not: it chooses a new leg's
+//! port from the shard's [`PortPool`] and binds it (a syscall that can fail when another
+//! process holds the port: that port is set aside and the next one tried, a bounded
+//! number of times), and it turns the shards' id-only events into the API's events with
+//! session and leg keys, on a thread of its own.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_queue::ArrayQueue;
+use earshot_core::ports::{PortPool, PortRefusal};
+use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
 use earshot_engine_api::{
-    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Request, Response,
-    ShardStats,
+    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Family, LegId,
+    Request, Response, ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, WallClock};
 use futures_channel::oneshot;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BoundPort, PortBinder};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
-use crate::runtime::{self, Envelope};
-use crate::shard::{Shard, ShardCommand, ShardConfig};
+use crate::runtime::{self, Envelope, ShardLinks};
 
-/// Capacity of the queue of events from all shards to the control side.
-const EVENT_QUEUE: usize = 65_536;
+/// Capacity of each shard's queue of events to the control side.
+const EVENT_QUEUE: usize = 16_384;
+
+/// Ports tried per allocation before giving up when the OS refuses them (other
+/// processes hold ports in the range).
+pub const BIND_ATTEMPTS: usize = 64;
 
 /// A running engine.
 #[derive(Debug)]
@@ -37,21 +48,32 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// The control-side half of one shard.
+#[derive(Debug)]
+struct ShardPort {
+    links: ShardLinks,
+    binder: Arc<dyn PortBinder>,
+    pool: Mutex<PortPool>,
+    /// Commands refused because the queue was full.
+    rejected: AtomicU64,
+    /// Ports the OS refused to bind (another process held them).
+    ports_busy: AtomicU64,
+    /// The CPU the shard's thread runs on, once it has reported it (-1 before).
+    core: Arc<std::sync::atomic::AtomicI64>,
+}
+
 /// Programs a running engine; cheap to share.
 #[derive(Debug)]
 pub struct EngineHandle {
-    queues: Vec<Arc<ArrayQueue<Envelope>>>,
-    events: Arc<ArrayQueue<EngineEvent>>,
+    shards: Vec<ShardPort>,
     stop: Arc<AtomicBool>,
     /// Session key -> shard, and the count of sessions placed on each shard. Control
     /// path only.
     placement: Mutex<Placement>,
+    /// Leg id -> (session, leg key), for turning shard events into API events.
+    keys: Arc<Mutex<HashMap<LegId, (String, String)>>>,
     backend_name: String,
-    /// Whether each shard's thread still runs.
-    alive: Vec<Arc<AtomicBool>>,
-    /// Commands refused per shard because its queue was full (control side, atomic).
-    rejected: Vec<std::sync::atomic::AtomicU64>,
-    /// Events forwarded by the pump thread from the shards' lock-free queue.
+    /// Events translated by the pump thread.
     event_rx: Mutex<futures_channel::mpsc::UnboundedReceiver<EngineEvent>>,
 }
 
@@ -74,12 +96,10 @@ impl Engine {
         let kernels = MixKernels::detect();
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
-        let events = Arc::new(ArrayQueue::new(EVENT_QUEUE));
         let seed = if cfg.seed == 0 { os_seed() } else { cfg.seed };
-        let mut queues = Vec::new();
+        let mut shards = Vec::new();
         let mut threads = Vec::new();
         let mut backend_name = String::new();
-        let mut alive = Vec::new();
         for i in 0..cfg.shards {
             let backend = make_backend(i)?;
             backend_name = backend.name().to_string();
@@ -97,10 +117,17 @@ impl Engine {
                 late_tick_threshold: Duration::from_micros(cfg.late_tick_threshold_us),
                 seed: seed.wrapping_add(i as u64),
             };
-            let mut shard = Shard::new(shard_cfg, kernels, events.clone());
+            let pool = PortPool::new(shard_cfg.port_first, shard_cfg.port_count);
+            let mut shard = Shard::new(shard_cfg, kernels);
             shard.set_ntp_at_zero(clock.ntp_at(earshot_media::time::Instant::ZERO));
-            let queue = Arc::new(ArrayQueue::new(cfg.command_queue));
-            queues.push(queue.clone());
+            let links = ShardLinks {
+                queue: Arc::new(ArrayQueue::new(cfg.command_queue)),
+                events: Arc::new(ArrayQueue::new(EVENT_QUEUE)),
+                events_lost: Arc::new(AtomicUsize::new(0)),
+                released: Arc::new(ArrayQueue::new(usize::from(pool.count()).max(1))),
+                alive: Arc::new(AtomicBool::new(true)),
+                core: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+            };
             let core = if cfg.pin {
                 Some(cfg.cores.get(i).copied().unwrap_or(i))
             } else {
@@ -111,46 +138,39 @@ impl Engine {
                 recv_batch: cfg.recv_batch,
                 core,
             };
+            shards.push(ShardPort {
+                binder: backend.binder(),
+                links: links.clone(),
+                pool: Mutex::new(pool),
+                rejected: AtomicU64::new(0),
+                ports_busy: AtomicU64::new(0),
+                core: links.core.clone(),
+            });
             let stop = stop.clone();
-            let shard_alive = Arc::new(AtomicBool::new(true));
-            alive.push(shard_alive.clone());
             let t = std::thread::Builder::new()
                 .name(format!("earshot-shard-{i}"))
-                .spawn(move || {
-                    runtime::run(shard, backend, queue, clock, stop, params, shard_alive)
-                })?;
+                .spawn(move || runtime::run(shard, backend, links, clock, stop, params))?;
             threads.push(t);
         }
         // Events are rare (first packets, timeouts, latching). One pump thread moves them
-        // from the shards' lock-free queue to an async channel, so shard threads never
-        // wake the control side's runtime themselves.
+        // from the shards' lock-free queues to an async channel, adding the keys, so shard
+        // threads never allocate for them nor wake the control side's runtime themselves.
         let (event_tx, event_rx) = futures_channel::mpsc::unbounded();
+        let keys: Arc<Mutex<HashMap<LegId, (String, String)>>> = Arc::default();
         {
-            let (events, stop) = (events.clone(), stop.clone());
+            let queues: Vec<_> = shards.iter().map(|s| s.links.events.clone()).collect();
+            let (keys, stop) = (keys.clone(), stop.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name("earshot-events".into())
-                    .spawn(move || {
-                        while !stop.load(Ordering::Acquire) {
-                            while let Some(e) = events.pop() {
-                                if event_tx.unbounded_send(e).is_err() {
-                                    return;
-                                }
-                            }
-                            std::thread::park_timeout(std::time::Duration::from_millis(2));
-                        }
-                    })?,
+                    .spawn(move || pump_events(&queues, &keys, &event_tx, &stop))?,
             );
         }
         let handle = Arc::new(EngineHandle {
             event_rx: Mutex::new(event_rx),
-            alive,
-            rejected: (0..cfg.shards)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-            queues,
-            events,
+            shards,
             stop,
+            keys,
             placement: Mutex::new(Placement {
                 by_session: HashMap::new(),
                 per_shard: vec![0; cfg.shards],
@@ -192,37 +212,49 @@ impl EngineHandle {
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.queues.len()
-    }
-
-    /// Takes an event if one is queued, without waiting.
-    pub fn try_event(&self) -> Option<EngineEvent> {
-        self.events.pop()
+        self.shards.len()
     }
 
     async fn send(&self, shard: usize, cmd: ShardCommand) -> Result<Response, EngineError> {
+        self.send_with(shard, cmd, Vec::new()).await
+    }
+
+    async fn send_with(
+        &self,
+        shard: usize,
+        cmd: ShardCommand,
+        ports: Vec<(u16, BoundPort)>,
+    ) -> Result<Response, EngineError> {
         if self.stop.load(Ordering::Acquire) {
             return Err(EngineError::Unavailable("engine is shutting down".into()));
         }
-        let queue = self
-            .queues
+        let s = self
+            .shards
             .get(shard)
             .ok_or_else(|| EngineError::NotFound(format!("shard {shard}")))?;
         let (tx, rx) = oneshot::channel();
-        if !self.alive[shard].load(Ordering::Acquire) {
+        if !s.links.alive.load(Ordering::Acquire) {
             return Err(EngineError::Unavailable(format!(
                 "shard {shard} is not running"
             )));
         }
-        if queue.push(Envelope { cmd, reply: tx }).is_err() {
-            self.rejected[shard].fetch_add(1, Ordering::Relaxed);
+        if s.links
+            .queue
+            .push(Envelope {
+                cmd,
+                ports,
+                reply: tx,
+            })
+            .is_err()
+        {
+            s.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::ResourceExhausted(format!(
                 "shard {shard} command queue full"
             )));
         }
         // The shard may have died between the check and the push: answer for it.
-        if !self.alive[shard].load(Ordering::Acquire) {
-            runtime::drain_dead(queue);
+        if !s.links.alive.load(Ordering::Acquire) {
+            runtime::drain_dead(&s.links.queue);
         }
         rx.await
             .map_err(|_| EngineError::Unavailable(format!("shard {shard} stopped")))?
@@ -258,6 +290,172 @@ impl EngineHandle {
         p.by_session.get(session).map(|&s| usize::from(s))
     }
 
+    /// Takes ports back that the shard's removed legs released.
+    fn reclaim(&self, shard: &ShardPort) {
+        let mut pool = shard.pool.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(r) = shard.links.released.pop() {
+            pool.give(r.port, !r.paired);
+        }
+    }
+
+    /// Chooses and binds a new leg's port(s) on the calling thread: `requested` itself,
+    /// or the pool's next free port, skipping ports another process holds (each set
+    /// aside and counted) for at most [`BIND_ATTEMPTS`] tries.
+    fn bind_port(
+        &self,
+        shard: usize,
+        family: Family,
+        requested: Option<u16>,
+        rtcp_mux: bool,
+    ) -> Result<(u16, Vec<(u16, BoundPort)>), EngineError> {
+        let s = &self.shards[shard];
+        self.reclaim(s);
+        if let Some(port) = requested {
+            lock_pool(s).take_specific(port, rtcp_mux).map_err(|why| {
+                let (first, count) = {
+                    let p = lock_pool(s);
+                    (p.first(), p.count())
+                };
+                EngineError::InvalidArgument {
+                    field: "requested_port".into(),
+                    message: match why {
+                        PortRefusal::OutOfRange => format!(
+                            "port {port} is outside shard {shard}'s range {first}..{}",
+                            u32::from(first) + u32::from(count)
+                        ),
+                        PortRefusal::InUse => format!("port {port} is in use by another leg"),
+                        PortRefusal::NotEven => {
+                            format!("port {port} is odd; a leg without rtcp-mux needs a pair")
+                        }
+                    },
+                }
+            })?;
+            return match self.bind_sockets(s, port, family, rtcp_mux) {
+                Ok(bound) => Ok((port, bound)),
+                Err(e) => {
+                    let busy = e.kind() == io::ErrorKind::AddrInUse;
+                    if busy {
+                        s.ports_busy.fetch_add(1, Ordering::Relaxed);
+                        lock_pool(s).set_aside(port, rtcp_mux);
+                    } else {
+                        lock_pool(s).give(port, rtcp_mux);
+                    }
+                    Err(EngineError::InvalidArgument {
+                        field: "requested_port".into(),
+                        message: format!("port {port} cannot be bound: {e}"),
+                    })
+                }
+            };
+        }
+        for _ in 0..BIND_ATTEMPTS {
+            let Some(port) = lock_pool(s).take(rtcp_mux) else {
+                return Err(EngineError::ResourceExhausted(format!(
+                    "no free port on shard {shard}"
+                )));
+            };
+            match self.bind_sockets(s, port, family, rtcp_mux) {
+                Ok(bound) => return Ok((port, bound)),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    s.ports_busy.fetch_add(1, Ordering::Relaxed);
+                    lock_pool(s).set_aside(port, rtcp_mux);
+                }
+                Err(e) => {
+                    lock_pool(s).give(port, rtcp_mux);
+                    let (field, message) = match e.kind() {
+                        io::ErrorKind::AddrNotAvailable => (
+                            "family",
+                            format!("{family:?} is not enabled on this engine: {e}"),
+                        ),
+                        _ => {
+                            return Err(EngineError::Internal(format!("binding port {port}: {e}")));
+                        }
+                    };
+                    return Err(EngineError::InvalidArgument {
+                        field: field.into(),
+                        message,
+                    });
+                }
+            }
+        }
+        Err(EngineError::ResourceExhausted(format!(
+            "{BIND_ATTEMPTS} ports in a row on shard {shard} are held by other processes; \
+             move the port range out of the kernel's ephemeral range (docs/operations.md)"
+        )))
+    }
+
+    fn bind_sockets(
+        &self,
+        s: &ShardPort,
+        port: u16,
+        family: Family,
+        rtcp_mux: bool,
+    ) -> io::Result<Vec<(u16, BoundPort)>> {
+        let mut bound = vec![(port, s.binder.bind(port, family)?)];
+        if !rtcp_mux {
+            bound.push((port + 1, s.binder.bind(port + 1, family)?));
+        }
+        Ok(bound)
+    }
+
+    async fn allocate(
+        &self,
+        session: String,
+        leg_key: String,
+        family: Family,
+        requested_port: Option<u16>,
+        rtcp_mux: bool,
+    ) -> Result<Response, EngineError> {
+        validate_key("session", &session)?;
+        validate_key("leg_key", &leg_key)?;
+        let shard = self.place(&session);
+        let bound = self.bind_port(shard, family, requested_port, rtcp_mux);
+        let r = match bound {
+            Ok((port, sockets)) => {
+                let cmd = ShardCommand::AllocateLeg {
+                    session: session.clone(),
+                    leg_key: leg_key.clone(),
+                    family,
+                    port,
+                    rtcp_mux,
+                };
+                let r = self.send_with(shard, cmd, sockets).await;
+                let used = matches!(&r, Ok(Response::Leg(info)) if info.local.port() == port);
+                if !used {
+                    // Refused, or a retry answered with the existing leg: the sockets
+                    // were closed by the shard's loop; the port is free again.
+                    let s = &self.shards[shard];
+                    s.pool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .give(port, rtcp_mux);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match &r {
+            Ok(Response::Leg(info)) => {
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(info.leg, (session, leg_key));
+            }
+            Err(_) => {
+                // Forget a placement that holds nothing (a refused first leg).
+                let snap = self
+                    .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
+                    .await;
+                if let Ok(Response::Snapshot(s)) = snap
+                    && !s.legs.iter().any(|l| l.session == session)
+                {
+                    self.forget(&session);
+                }
+            }
+            Ok(_) => {}
+        }
+        r
+    }
+
     /// Applies one request.
     pub async fn request(&self, req: Request) -> Result<Response, EngineError> {
         match req {
@@ -268,33 +466,8 @@ impl EngineHandle {
                 requested_port,
                 rtcp_mux,
             } => {
-                validate_key("session", &session)?;
-                validate_key("leg_key", &leg_key)?;
-                let shard = self.place(&session);
-                let r = self
-                    .send(
-                        shard,
-                        ShardCommand::AllocateLeg {
-                            session: session.clone(),
-                            leg_key,
-                            family,
-                            requested_port,
-                            rtcp_mux,
-                        },
-                    )
-                    .await;
-                if r.is_err() {
-                    // Forget a placement that holds nothing (a refused first leg).
-                    let snap = self
-                        .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
-                        .await;
-                    if let Ok(Response::Snapshot(s)) = snap
-                        && !s.legs.iter().any(|l| l.session == session)
-                    {
-                        self.forget(&session);
-                    }
-                }
-                r
+                self.allocate(session, leg_key, family, requested_port, rtcp_mux)
+                    .await
             }
             Request::ConfigureLeg { leg, media } => {
                 self.send(
@@ -310,11 +483,19 @@ impl EngineHandle {
                 self.send(shard, ShardCommand::SetSessionPlan(plan)).await
             }
             Request::RemoveLeg { leg } => {
-                if usize::from(leg.shard()) >= self.queues.len() {
+                if usize::from(leg.shard()) >= self.shards.len() {
                     return Ok(Response::Done);
                 }
-                self.send(usize::from(leg.shard()), ShardCommand::RemoveLeg { leg })
-                    .await
+                let r = self
+                    .send(usize::from(leg.shard()), ShardCommand::RemoveLeg { leg })
+                    .await;
+                if r.is_ok() {
+                    self.keys
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&leg);
+                }
+                r
             }
             Request::RemoveSession { session } => {
                 let Some(shard) = self.shard_of_session(&session) else {
@@ -328,12 +509,18 @@ impl EngineHandle {
                         },
                     )
                     .await;
+                if r.is_ok() {
+                    self.keys
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|_, (s, _)| *s != session);
+                }
                 self.forget(&session);
                 r
             }
             Request::Snapshot => {
                 let mut all = EngineSnapshot::default();
-                for shard in 0..self.queues.len() {
+                for shard in 0..self.shards.len() {
                     if let Response::Snapshot(s) = self
                         .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
                         .await?
@@ -344,24 +531,85 @@ impl EngineHandle {
                 }
                 Ok(Response::Snapshot(all))
             }
-            Request::Stats => {
-                let mut all = EngineStats {
-                    backend: self.backend_name.clone(),
-                    shards: Vec::new(),
-                };
-                for shard in 0..self.queues.len() {
-                    if let Response::Stats(s) = self
-                        .send(shard, ShardCommand::Stats(ShardStats::default()))
-                        .await?
-                    {
-                        all.shards.extend(s.shards.into_iter().map(|mut st| {
-                            st.commands_rejected = self.rejected[shard].load(Ordering::Relaxed);
-                            st
-                        }));
-                    }
-                }
-                Ok(Response::Stats(all))
+            Request::Stats => self.stats().await,
+        }
+    }
+
+    async fn stats(&self) -> Result<Response, EngineError> {
+        let mut all = EngineStats {
+            backend: self.backend_name.clone(),
+            shards: Vec::new(),
+        };
+        for (i, s) in self.shards.iter().enumerate() {
+            if let Response::Stats(st) = self
+                .send(i, ShardCommand::Stats(ShardStats::default()))
+                .await?
+            {
+                all.shards.extend(st.shards.into_iter().map(|mut st| {
+                    st.commands_rejected = s.rejected.load(Ordering::Relaxed);
+                    st.events_lost += s.links.events_lost.load(Ordering::Relaxed) as u64;
+                    let core = s.core.load(Ordering::Relaxed);
+                    st.core = usize::try_from(core).ok();
+                    st.backend_counters
+                        .push(("ports_busy".into(), s.ports_busy.load(Ordering::Relaxed)));
+                    st
+                }));
             }
+        }
+        Ok(Response::Stats(all))
+    }
+}
+
+fn lock_pool(s: &ShardPort) -> std::sync::MutexGuard<'_, PortPool> {
+    s.pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Moves events from every shard's queue to the API channel, adding the session and leg
+/// keys. Events of legs removed meanwhile are stale and dropped.
+fn pump_events(
+    queues: &[Arc<ArrayQueue<ShardEvent>>],
+    keys: &Mutex<HashMap<LegId, (String, String)>>,
+    out: &futures_channel::mpsc::UnboundedSender<EngineEvent>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Acquire) {
+        let mut moved = false;
+        for q in queues {
+            while let Some(e) = q.pop() {
+                moved = true;
+                let event = match e {
+                    ShardEvent::RemoteLatched(leg, remote) => {
+                        Some(EngineEvent::RemoteLatched { leg, remote })
+                    }
+                    ShardEvent::FirstPacket(leg) | ShardEvent::MediaTimeout(leg) => {
+                        let keys = keys.lock().unwrap_or_else(|e| e.into_inner());
+                        keys.get(&leg).map(|(session, leg_key)| {
+                            let (session, leg_key) = (session.clone(), leg_key.clone());
+                            if matches!(e, ShardEvent::FirstPacket(_)) {
+                                EngineEvent::FirstPacket {
+                                    leg,
+                                    session,
+                                    leg_key,
+                                }
+                            } else {
+                                EngineEvent::MediaTimeout {
+                                    leg,
+                                    session,
+                                    leg_key,
+                                }
+                            }
+                        })
+                    }
+                };
+                if let Some(event) = event
+                    && out.unbounded_send(event).is_err()
+                {
+                    return;
+                }
+            }
+        }
+        if !moved {
+            std::thread::park_timeout(std::time::Duration::from_millis(2));
         }
     }
 }

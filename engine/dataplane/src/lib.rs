@@ -1,6 +1,7 @@
 //! # earshot-engine: the data plane
 //!
-//! Thread-per-core shards that carry live calls. Each shard ([`shard::Shard`]) owns its
+//! Thread-per-core shards that carry live calls. Each shard ([`earshot_core::Shard`], the
+//! sans-IO state machine of crate `earshot-core`) owns its
 //! legs, sessions, port table, jitter buffers, output streams and tick schedule outright;
 //! it takes no lock on the packet path and allocates nothing there. The control side
 //! programs shards through bounded lock-free command queues ([`engine::EngineHandle`],
@@ -18,8 +19,9 @@ pub mod backend;
 pub mod clock;
 pub mod config;
 pub mod engine;
-pub mod rtp;
 pub mod runtime;
 pub mod server;
-pub mod shard;
-pub mod stats;
+
+/// The shard and everything it is made of: re-exported so that users of the data plane
+/// name one crate.
+pub use earshot_core as core;

@@ -1,34 +1,58 @@
 //! The shard thread's loop: the only place a shard meets a backend, a clock and its
-//! command queue.
+//! queues.
 //!
 //! Each iteration:
-//! 1. drain at most `commands_per_iteration` commands, apply each, acknowledge it;
-//! 2. receive one batch, handing each datagram to the shard in place (forwarding
-//!    happens here);
+//! 1. drain at most `commands_per_iteration` commands, apply each (handing a new leg's
+//!    bound sockets to the backend, closing a removed leg's), acknowledge it;
+//! 2. receive up to [`RECV_BATCHES`] batches, handing each datagram to the shard in place
+//!    (forwarding happens here); stop early when a tick is due, so a flood of packets
+//!    can delay a tick by at most one batch;
 //! 3. run every tick that is due;
-//! 4. flush the batched sends;
+//! 4. flush the batched sends; move the shard's events to the engine's event queue;
 //! 5. if nothing arrived, wait on the backend until the next deadline (at most 1 ms, so
 //!    that commands are picked up promptly).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use earshot_core::shard::{ReleasedPort, Shard, ShardCommand, ShardEvent, ShardHandler};
 use earshot_engine_api::{EngineError, Response};
-use earshot_media::time::Duration;
+use earshot_types::time::Duration;
 use futures_channel::oneshot;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BoundPort};
 use crate::clock::Clock;
-use crate::shard::{Shard, ShardCommand, ShardHandler};
 
-/// A command and where to send its acknowledgement.
+/// A command, the sockets a new leg receives on, and where to send the acknowledgement.
 #[derive(Debug)]
 pub struct Envelope {
     /// The command.
     pub cmd: ShardCommand,
+    /// For `AllocateLeg`: the leg's ports, bound off the shard thread (RTP, and RTCP on
+    /// port+1 unless multiplexed). Closed unused if the shard refuses the leg or returns
+    /// an existing one.
+    pub ports: Vec<(u16, BoundPort)>,
     /// Resolved with the result once applied.
     pub reply: oneshot::Sender<Result<Response, EngineError>>,
+}
+
+/// What a shard thread shares with the engine handle.
+#[derive(Debug, Clone)]
+pub struct ShardLinks {
+    /// Commands in.
+    pub queue: Arc<ArrayQueue<Envelope>>,
+    /// Events out, tagged with nothing: leg ids name their shard.
+    pub events: Arc<ArrayQueue<ShardEvent>>,
+    /// Events dropped because `events` was full.
+    pub events_lost: Arc<AtomicUsize>,
+    /// Ports whose sockets are closed, back to the handle's pool.
+    pub released: Arc<ArrayQueue<ReleasedPort>>,
+    /// Whether the shard thread still runs.
+    pub alive: Arc<AtomicBool>,
+    /// The CPU the shard thread runs on, as the kernel reports it after pinning (-1
+    /// unknown).
+    pub core: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Loop parameters from the configuration.
@@ -43,7 +67,7 @@ pub struct LoopParams {
 }
 
 /// Receive batches per loop iteration at most.
-const RECV_BATCHES: usize = 8;
+pub const RECV_BATCHES: usize = 8;
 
 /// The longest a shard sleeps: bounds how long a command waits to be picked up.
 const MAX_WAIT: Duration = Duration::from_millis(1);
@@ -55,23 +79,25 @@ const STALL_BUDGET: Duration = Duration::from_micros(2_500);
 pub fn run(
     mut shard: Shard,
     mut backend: Box<dyn Backend>,
-    queue: Arc<ArrayQueue<Envelope>>,
+    links: ShardLinks,
     clock: Clock,
     stop: Arc<AtomicBool>,
     params: LoopParams,
-    alive: Arc<AtomicBool>,
 ) {
     // Whatever ends this function (stop, or a panic unwinding through it) marks the shard
     // dead and answers everything still queued, so no caller waits forever.
     let _guard = DeadShardGuard {
-        queue: queue.clone(),
-        alive,
+        queue: links.queue.clone(),
+        alive: links.alive.clone(),
     };
     if let Some(core) = params.core {
         // Pinning is best effort: a core that does not exist (a container with fewer
         // CPUs than configured) leaves the thread unpinned rather than failing the engine.
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
+    links
+        .core
+        .store(crate::backend::current_cpu(), Ordering::Relaxed);
     // Best effort: without it ticks may wake up to 50 us late, which is still in budget.
     let _ = crate::backend::set_timer_slack_ns(1_000);
     let now_fn = || clock.now();
@@ -79,13 +105,14 @@ pub fn run(
         let now = clock.now();
         let iteration_start = now;
         for _ in 0..params.commands_per_iteration {
-            let Some(env) = queue.pop() else { break };
-            let result = shard.handle_command(now, backend.as_mut(), env.cmd);
+            let Some(env) = links.queue.pop() else { break };
+            let result = apply(&mut shard, backend.as_mut(), now, env.cmd, env.ports);
+            release_ports(&mut shard, backend.as_mut(), &links);
             // The caller may have given up waiting; the command is applied regardless.
             let _ = env.reply.send(result);
         }
         // Receive until the backend runs dry, at most RECV_BATCHES batches, so a burst is
-        // absorbed before the ticks run but cannot starve them either.
+        // absorbed before the ticks run but cannot starve them: a due tick ends it.
         let mut received = 0;
         for _ in 0..RECV_BATCHES {
             let mut handler = ShardHandler {
@@ -96,7 +123,7 @@ pub fn run(
                 .poll_recv(params.recv_batch, &mut handler)
                 .unwrap_or(0);
             received += n;
-            if n < params.recv_batch {
+            if n < params.recv_batch || shard.poll_deadline().is_some_and(|d| d <= clock.now()) {
                 break;
             }
         }
@@ -105,12 +132,17 @@ pub fn run(
             shard.handle_ticks(now, backend.tx(), &now_fn);
         }
         let _ = backend.flush();
+        while let Some(e) = shard.poll_event() {
+            if links.events.push(e).is_err() {
+                links.events_lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         // Stall detector: an iteration that took longer than the budget delayed every
         // packet and tick behind it. Counted, never logged, on this path.
         if clock.now().saturating_since(iteration_start) > STALL_BUDGET {
             shard.counters_mut().stalls += 1;
         }
-        if received == 0 && queue.is_empty() {
+        if received == 0 && links.queue.is_empty() {
             let now = clock.now();
             let cap = now + MAX_WAIT;
             let deadline = shard.poll_deadline().map_or(cap, |d| d.min(cap));
@@ -118,6 +150,70 @@ pub fn run(
                 let _ = backend.wait(now, deadline);
             }
         }
+    }
+}
+
+/// Applies one command; a new leg's sockets go to the backend, unused ones are closed.
+fn apply(
+    shard: &mut Shard,
+    backend: &mut dyn Backend,
+    now: earshot_types::time::Instant,
+    cmd: ShardCommand,
+    ports: Vec<(u16, BoundPort)>,
+) -> Result<Response, EngineError> {
+    let stats = matches!(cmd, ShardCommand::Stats(_));
+    let wanted = match &cmd {
+        ShardCommand::AllocateLeg { port, family, .. } => Some((*port, *family)),
+        _ => None,
+    };
+    let mut result = shard.handle_command(now, cmd);
+    if let (Some((port, family)), Ok(Response::Leg(info))) = (wanted, &result) {
+        // The shard took the port only if the leg is new (a retry returns the existing
+        // leg on its own port): then the sockets become the backend's.
+        if info.local.port() == port {
+            let leg = info.leg;
+            let mut added = Vec::new();
+            let mut failure = None;
+            for (p, bound) in ports {
+                match backend.add_port(p, family, bound) {
+                    Ok(()) => added.push(p),
+                    Err(e) => {
+                        failure = Some(format!("cannot receive on port {p}: {e}"));
+                        break;
+                    }
+                }
+            }
+            if let Some(message) = failure {
+                for p in added {
+                    backend.close_port(p);
+                }
+                let _ = shard.handle_command(now, ShardCommand::RemoveLeg { leg });
+                result = Err(EngineError::Internal(message));
+            }
+        }
+    }
+    if stats && let Ok(Response::Stats(s)) = &mut result {
+        s.backend = backend.name().to_string();
+        for shard_stats in &mut s.shards {
+            shard_stats.backend_counters = backend
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        }
+    }
+    result
+}
+
+/// Closes the sockets of removed legs and hands their ports back to the engine handle.
+fn release_ports(shard: &mut Shard, backend: &mut dyn Backend, links: &ShardLinks) {
+    while let Some(r) = shard.poll_released_port() {
+        backend.close_port(r.port);
+        if r.paired {
+            backend.close_port(r.port + 1);
+        }
+        // The queue holds as many entries as the shard has ports: it cannot be full.
+        let _ = links.released.push(r);
     }
 }
 

@@ -195,8 +195,16 @@ impl earshot_engine::backend::Backend for PanickingBackend {
     fn name(&self) -> &'static str {
         "panicking"
     }
-    fn open_port(&mut self, port: u16, family: Family) -> std::io::Result<()> {
-        self.0.open_port(port, family)
+    fn binder(&self) -> std::sync::Arc<dyn earshot_engine::backend::PortBinder> {
+        self.0.binder()
+    }
+    fn add_port(
+        &mut self,
+        port: u16,
+        family: Family,
+        bound: earshot_engine::backend::BoundPort,
+    ) -> std::io::Result<()> {
+        self.0.add_port(port, family, bound)
     }
     fn close_port(&mut self, port: u16) {
         self.0.close_port(port)

@@ -17,15 +17,12 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
-use earshot_engine::backend::memory::MemoryBackend;
-use earshot_engine::backend::{Datagram, MAX_UDP_PAYLOAD, TxSink};
-use earshot_engine::shard::{Shard, ShardCommand, ShardConfig};
+use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
+use earshot_core::ports::PortPool;
+use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, EngineEvent, Family, LegId, MediaConfig, Response, SessionPlan,
-    ShardStats,
+    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan, ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
@@ -174,8 +171,7 @@ impl Ord for InFlight {
 pub struct Sim {
     now: Instant,
     shard: Shard,
-    backend: MemoryBackend,
-    events: Arc<ArrayQueue<EngineEvent>>,
+    ports: PortPool,
     tx: CaptureTx,
     rng: SimRng,
     parties: Vec<Endpoint>,
@@ -210,15 +206,13 @@ impl Sim {
             late_tick_threshold: Duration::from_millis(2),
             seed: rng.next_u64(),
         };
-        let events = Arc::new(ArrayQueue::new(1024));
-        let shard = Shard::new(cfg, MixKernels::detect(), events.clone());
-        let (backend, _net) = MemoryBackend::new(16, false);
+        let ports = PortPool::new(cfg.port_first, cfg.port_count);
+        let shard = Shard::new(cfg, MixKernels::detect());
         let now = Instant::from_nanos(1_000_000_000);
         Sim {
             now,
             shard,
-            backend,
-            events,
+            ports,
             tx: CaptureTx {
                 now,
                 buf: Box::new([0; MAX_UDP_PAYLOAD]),
@@ -252,9 +246,31 @@ impl Sim {
         &self.shard
     }
 
-    /// Applies a command to the shard at the current time.
+    /// Applies a command to the shard at the current time, as the engine's handle does:
+    /// a new leg's port comes from the pool, a removed leg's port goes back to it.
     pub fn command(&mut self, cmd: ShardCommand) -> Result<Response, EngineError> {
-        self.shard.handle_command(self.now, &mut self.backend, cmd)
+        let allocated = match &cmd {
+            ShardCommand::AllocateLeg { port, rtcp_mux, .. } => Some((*port, *rtcp_mux)),
+            _ => None,
+        };
+        let r = self.shard.handle_command(self.now, cmd);
+        if let Some((port, mux)) = allocated {
+            let used = matches!(&r, Ok(Response::Leg(info)) if info.local.port() == port);
+            if !used {
+                self.ports.give(port, mux);
+            }
+        }
+        while let Some(released) = self.shard.poll_released_port() {
+            self.ports.give(released.port, !released.paired);
+        }
+        r
+    }
+
+    /// A free port of the shard's range for a new leg (the engine's handle binds one).
+    pub fn free_port(&mut self, rtcp_mux: bool) -> u16 {
+        self.ports
+            .take(rtcp_mux)
+            .expect("the simulated shard's port range is not exhausted")
     }
 
     /// Allocates and configures a leg for a new party; its phone starts sending within
@@ -262,11 +278,12 @@ impl Sim {
     pub fn add_party(&mut self, cfg: PartyConfig) -> Party {
         let i = self.parties.len();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 5004);
+        let port = self.free_port(true);
         let leg = match self.command(ShardCommand::AllocateLeg {
             session: SESSION.into(),
             leg_key: cfg.name.clone(),
             family: Family::V4,
-            requested_port: None,
+            port,
             rtcp_mux: true,
         }) {
             Ok(Response::Leg(info)) => info,
@@ -544,8 +561,8 @@ impl Sim {
     }
 
     /// Takes the events the shard reported so far.
-    pub fn take_events(&mut self) -> Vec<EngineEvent> {
-        std::iter::from_fn(|| self.events.pop()).collect()
+    pub fn take_events(&mut self) -> Vec<ShardEvent> {
+        std::iter::from_fn(|| self.shard.poll_event()).collect()
     }
 
     /// The shard's counters, through [`ShardCommand::Stats`].

@@ -60,7 +60,7 @@ use earshot_afxdp::{
 use earshot_engine_api::Family;
 use earshot_types::time::Instant;
 
-use super::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
+use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use crate::config::EngineConfig;
 
 /// Settings of the AF_XDP backend beyond [`EngineConfig`].
@@ -803,7 +803,12 @@ impl Backend for AfXdpBackend {
         "af_xdp"
     }
 
-    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
+    fn binder(&self) -> std::sync::Arc<dyn super::PortBinder> {
+        // The XDP program steers the engine's ports to the XSK: no kernel socket per port.
+        std::sync::Arc::new(super::VirtualBinder)
+    }
+
+    fn add_port(&mut self, port: u16, family: Family, _bound: BoundPort) -> io::Result<()> {
         if self.own.owner(port) != Some(self.shard) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

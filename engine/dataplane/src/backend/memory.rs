@@ -9,13 +9,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use earshot_engine_api::Family;
 use earshot_types::time::Instant;
 
-use super::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
+use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 
 /// One datagram crossing the in-memory network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub struct MemDatagram {
 /// The test's end of an in-memory backend.
 #[derive(Debug, Clone)]
 pub struct MemoryNet {
+    /// Ports "bound" on this network: by the engine's binder, or held by a pretend
+    /// foreign process ([`MemoryNet::hold_port`]).
+    bound: Arc<Vec<AtomicBool>>,
     inbound: Arc<ArrayQueue<MemDatagram>>,
     outbound: Arc<ArrayQueue<MemDatagram>>,
     outbound_dropped: Arc<AtomicU64>,
@@ -45,9 +48,38 @@ impl MemoryNet {
     pub fn take_sent(&self) -> Option<MemDatagram> {
         self.outbound.pop()
     }
+    /// Pretends another process holds `port`: the engine's binder is refused it, as a
+    /// kernel refuses a port bound by someone else. False if it was bound already.
+    pub fn hold_port(&self, port: u16) -> bool {
+        !self.bound[usize::from(port)].swap(true, Ordering::AcqRel)
+    }
+
+    /// Releases a port held with [`MemoryNet::hold_port`].
+    pub fn release_port(&self, port: u16) {
+        self.bound[usize::from(port)].store(false, Ordering::Release);
+    }
+
     /// Datagrams the engine sent while the outbound queue was full.
     pub fn outbound_dropped(&self) -> u64 {
         self.outbound_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds ports of an in-memory network: refuses ports already bound or held.
+#[derive(Debug)]
+struct MemoryBinder {
+    bound: Arc<Vec<AtomicBool>>,
+}
+
+impl super::PortBinder for MemoryBinder {
+    fn bind(&self, port: u16, _family: Family) -> io::Result<BoundPort> {
+        if self.bound[usize::from(port)].swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("port {port} is bound by someone else"),
+            ));
+        }
+        Ok(BoundPort::Virtual)
     }
 }
 
@@ -106,6 +138,7 @@ impl MemoryBackend {
     /// each way. With `discard_sends`, datagrams sent by the engine are only counted.
     pub fn new(capacity: usize, discard_sends: bool) -> (MemoryBackend, MemoryNet) {
         let net = MemoryNet {
+            bound: Arc::new((0..65_536).map(|_| AtomicBool::new(false)).collect()),
             inbound: Arc::new(ArrayQueue::new(capacity.max(1))),
             outbound: Arc::new(ArrayQueue::new(capacity.max(1))),
             outbound_dropped: Arc::new(AtomicU64::new(0)),
@@ -143,7 +176,13 @@ impl Backend for MemoryBackend {
         "memory"
     }
 
-    fn open_port(&mut self, port: u16, _family: Family) -> io::Result<()> {
+    fn binder(&self) -> Arc<dyn super::PortBinder> {
+        Arc::new(MemoryBinder {
+            bound: self.net.bound.clone(),
+        })
+    }
+
+    fn add_port(&mut self, port: u16, _family: Family, _bound: BoundPort) -> io::Result<()> {
         let slot = &mut self.open[usize::from(port)];
         if *slot {
             return Err(io::Error::new(
@@ -157,6 +196,7 @@ impl Backend for MemoryBackend {
 
     fn close_port(&mut self, port: u16) {
         self.open[usize::from(port)] = false;
+        self.net.bound[usize::from(port)].store(false, Ordering::Release);
     }
 
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize> {

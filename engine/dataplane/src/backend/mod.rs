@@ -17,8 +17,10 @@
 //! only when it has nothing to do before its next deadline.
 
 use std::io;
-use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
+pub use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use earshot_engine_api::Family;
 use earshot_types::time::Instant;
 
@@ -27,53 +29,45 @@ pub mod af_xdp;
 pub mod memory;
 pub mod socket;
 mod sys;
-pub use sys::set_timer_slack_ns;
+pub use sys::{current_cpu, set_timer_slack_ns};
 pub mod uring;
 
-/// A received UDP datagram, borrowed from the backend's receive buffer.
+/// A local port bound off the shard thread and handed to the shard's backend.
 #[derive(Debug)]
-pub struct Datagram<'a> {
-    /// The local UDP port it arrived on (the port table's index).
-    pub local_port: u16,
-    /// The sender.
-    pub remote: SocketAddr,
-    /// UDP payload.
-    pub payload: &'a [u8],
+pub enum BoundPort {
+    /// A bound, non-blocking UDP socket (io_uring and socket backends).
+    Socket(OwnedFd),
+    /// Nothing to hand over: the backend receives without a socket per port (AF_XDP
+    /// steers by its XDP program; the memory backend by its queues).
+    Virtual,
 }
 
-/// Where a shard builds packets to send.
-pub trait TxSink {
-    /// Lends a buffer of at least [`MAX_UDP_PAYLOAD`] bytes for a datagram from local
-    /// `src_port` to `dst`; `build` writes the UDP payload at the start of it and returns
-    /// its length (0 cancels the send). Returns false when the backend has no free
-    /// transmit buffer; the caller counts that as a `tx_full` drop.
-    fn send_with(
-        &mut self,
-        src_port: u16,
-        dst: SocketAddr,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> bool;
+/// Binds a backend's ports. Called by the engine handle on the control side, never on
+/// a shard thread: binding is a syscall that can fail when another process holds the
+/// port, and the handle then tries another port.
+pub trait PortBinder: Send + Sync + std::fmt::Debug {
+    /// Binds `port` of `family`. `ErrorKind::AddrInUse` means another socket holds it.
+    fn bind(&self, port: u16, family: Family) -> io::Result<BoundPort>;
 }
-
-/// The shard side of a receive batch.
-pub trait PacketHandler {
-    /// One datagram, in place, with the sink for anything to send in response.
-    fn handle_datagram(&mut self, dgram: Datagram<'_>, tx: &mut dyn TxSink);
-}
-
-/// The largest UDP payload a leg sends or accepts: an Ethernet MTU of 1500 minus IPv6
-/// and UDP headers. Larger datagrams are counted as `oversize` and dropped.
-pub const MAX_UDP_PAYLOAD: usize = 1452;
 
 /// One shard's I/O.
 pub trait Backend: Send {
     /// "io_uring", "socket", "af_xdp" or "memory".
     fn name(&self) -> &'static str;
 
-    /// Starts receiving on local `port` (RTP, or RTCP on port+1) of the given family.
-    /// Called on the shard thread when a leg is allocated: it may make syscalls (bind),
-    /// it is the control path, not the packet path.
-    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()>;
+    /// How this backend's ports are bound; usable from any thread.
+    fn binder(&self) -> Arc<dyn PortBinder>;
+
+    /// Starts receiving on local `port` (RTP, or RTCP on port+1) of `family`, through
+    /// `bound` (from this backend's [`Backend::binder`]). Called on the shard thread when
+    /// a leg is added: it may make a cheap syscall (epoll_ctl, an SQE), never a bind.
+    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()>;
+
+    /// Binds and adds `port` on the calling thread (tests and tools).
+    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
+        let bound = self.binder().bind(port, family)?;
+        self.add_port(port, family, bound)
+    }
 
     /// Stops receiving on `port`; pending datagrams for it are discarded.
     fn close_port(&mut self, port: u16);
@@ -97,6 +91,36 @@ pub trait Backend: Send {
     /// `now` is the current time), whichever is first. Backends that cannot sleep
     /// precisely return early; the shard loop copes with early returns.
     fn wait(&mut self, now: Instant, deadline: Instant) -> io::Result<()>;
+}
+
+/// Binds nothing: for backends that need no socket per port (AF_XDP).
+#[derive(Debug, Clone, Copy)]
+pub struct VirtualBinder;
+
+impl PortBinder for VirtualBinder {
+    fn bind(&self, _port: u16, _family: Family) -> io::Result<BoundPort> {
+        Ok(BoundPort::Virtual)
+    }
+}
+
+/// Binds real UDP sockets (io_uring and socket backends).
+#[derive(Debug, Clone)]
+pub struct SocketBinder {
+    /// IPv4 address legs bind, if IPv4 is enabled.
+    pub bind_v4: Option<std::net::Ipv4Addr>,
+    /// IPv6 address legs bind, if IPv6 is enabled.
+    pub bind_v6: Option<std::net::Ipv6Addr>,
+    /// SO_RCVBUF per socket, bytes.
+    pub rcvbuf_bytes: usize,
+    /// SO_SNDBUF per socket, bytes.
+    pub sndbuf_bytes: usize,
+}
+
+impl PortBinder for SocketBinder {
+    fn bind(&self, port: u16, family: Family) -> io::Result<BoundPort> {
+        let addr = sys::local_addr(self.bind_v4, self.bind_v6, port, family)?;
+        sys::open_udp_socket(addr, self.rcvbuf_bytes, self.sndbuf_bytes).map(BoundPort::Socket)
+    }
 }
 
 /// Parses a backend name as used in configuration and flags.

@@ -43,7 +43,7 @@ use super::sys::{
     self, Epoll, SOCKADDR_BYTES, SockAddrBytes, decode_sockaddr, empty_msghdr, encode_sockaddr,
     family_of, port_index,
 };
-use super::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
+use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 
 /// Ready sockets remembered from one epoll call.
 const EPOLL_EVENTS: usize = 256;
@@ -411,8 +411,16 @@ impl Backend for SocketBackend {
         "socket"
     }
 
-    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
-        let addr = sys::local_addr(self.bind_v4, self.bind_v6, port, family)?;
+    fn binder(&self) -> std::sync::Arc<dyn super::PortBinder> {
+        std::sync::Arc::new(super::SocketBinder {
+            bind_v4: self.bind_v4,
+            bind_v6: self.bind_v6,
+            rcvbuf_bytes: self.rcvbuf_bytes,
+            sndbuf_bytes: self.sndbuf_bytes,
+        })
+    }
+
+    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()> {
         let slot = port_index(port, family);
         if self.tx.ports[slot].is_some() {
             return Err(io::Error::new(
@@ -420,7 +428,12 @@ impl Backend for SocketBackend {
                 format!("port {port} ({family:?}) is already open on this backend"),
             ));
         }
-        let fd = sys::open_udp_socket(addr, self.rcvbuf_bytes, self.sndbuf_bytes)?;
+        let BoundPort::Socket(fd) = bound else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the socket backend receives on sockets",
+            ));
+        };
         self.epoll.add(fd.as_raw_fd(), epoll_data(port, family))?;
         self.tx.ports[slot] = Some(fd);
         Ok(())

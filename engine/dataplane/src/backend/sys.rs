@@ -436,6 +436,12 @@ pub fn set_timer_slack_ns(ns: u64) -> io::Result<()> {
     }
 }
 
+/// The CPU the calling thread runs on, or -1 when the kernel cannot say.
+pub fn current_cpu() -> i64 {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    i64::from(unsafe { libc::sched_getcpu() })
+}
+
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -58,7 +58,7 @@ use super::sys::{
     self, MmapRegion, SOCKADDR_BYTES, SockAddrBytes, decode_sockaddr, empty_msghdr,
     encode_sockaddr, family_of, port_index,
 };
-use super::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
+use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 
 /// The one buffer group this backend registers.
 const BUFFER_GROUP: u16 = 0;
@@ -777,8 +777,16 @@ impl Backend for UringBackend {
         "io_uring"
     }
 
-    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
-        let addr = sys::local_addr(self.bind_v4, self.bind_v6, port, family)?;
+    fn binder(&self) -> std::sync::Arc<dyn super::PortBinder> {
+        std::sync::Arc::new(super::SocketBinder {
+            bind_v4: self.bind_v4,
+            bind_v6: self.bind_v6,
+            rcvbuf_bytes: self.rcvbuf_bytes,
+            sndbuf_bytes: self.sndbuf_bytes,
+        })
+    }
+
+    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()> {
         let index = port_index(port, family);
         if self.tx.ports[index].fd.is_some() {
             return Err(io::Error::new(
@@ -786,7 +794,12 @@ impl Backend for UringBackend {
                 format!("port {port} ({family:?}) is already open on this backend"),
             ));
         }
-        let fd = sys::open_udp_socket(addr, self.rcvbuf_bytes, self.sndbuf_bytes)?;
+        let BoundPort::Socket(fd) = bound else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the io_uring backend receives on sockets",
+            ));
+        };
         let entry = &mut self.tx.ports[index];
         entry.generation = entry.generation.wrapping_add(1);
         entry.fd = Some(fd);

@@ -1,0 +1,216 @@
+//! Which local ports of a shard's range are free: the allocation policy, apart from the
+//! shard's port table (which maps ports in use to legs on the packet path).
+//!
+//! The engine handle chooses and binds a leg's port off the shard thread (binding is a
+//! syscall that can fail because another process holds the port), then hands the bound
+//! port to the shard. This pool is that choice. It is pure data: the simulation harness
+//! and the benchmarks use it too.
+//!
+//! Policy:
+//! - A leg without rtcp-mux takes a pair (RTP on an even port, RTCP on the next); a
+//!   multiplexed leg takes one port, preferring halves of pairs already split.
+//! - Ports are reused **first in, first out**: a port released now is handed out again
+//!   only after every other free port. A peer of the previous leg may still be sending to
+//!   it, and a new leg that learns its remote from the first packet must not latch onto
+//!   that stale peer.
+//! - A port the operating system refuses to bind (another process holds it) is
+//!   [`PortPool::set_aside`]: it goes to the back of the queue and is counted, so one
+//!   foreign socket never wedges allocation.
+
+use std::collections::VecDeque;
+
+/// Why a specific port cannot be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRefusal {
+    /// Outside this pool's range.
+    OutOfRange,
+    /// In use by another leg, or (for a pair) its partner is.
+    InUse,
+    /// A leg without rtcp-mux needs an even port (its RTCP takes the next one).
+    NotEven,
+}
+
+/// Free ports of one shard's range.
+#[derive(Clone, Debug)]
+pub struct PortPool {
+    first: u16,
+    count: u16,
+    /// Even ports whose pair (port, port + 1) is wholly free, oldest release first.
+    pairs: VecDeque<u16>,
+    /// Single ports whose partner is taken by a multiplexed leg.
+    singles: VecDeque<u16>,
+    /// Ports refused by the OS since the pool was built.
+    set_aside: u64,
+}
+
+impl PortPool {
+    /// A pool over `first .. first + count`; `first` even, `count` even and >= 2.
+    pub fn new(first: u16, count: u16) -> PortPool {
+        assert!(first.is_multiple_of(2), "port ranges start on an even port");
+        assert!(
+            count >= 2 && count.is_multiple_of(2),
+            "port ranges hold whole pairs"
+        );
+        assert!(
+            u32::from(first) + u32::from(count) <= 65_536,
+            "port range ends within 65535"
+        );
+        PortPool {
+            first,
+            count,
+            pairs: (0..count / 2).map(|i| first + 2 * i).collect(),
+            singles: VecDeque::new(),
+            set_aside: 0,
+        }
+    }
+
+    /// First port of the range.
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    /// Ports in the range.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        port >= self.first && u32::from(port) < u32::from(self.first) + u32::from(self.count)
+    }
+
+    /// Free ports (a pair counts two).
+    pub fn free_ports(&self) -> usize {
+        self.pairs.len() * 2 + self.singles.len()
+    }
+
+    /// Ports the OS refused to bind so far.
+    pub fn set_aside_count(&self) -> u64 {
+        self.set_aside
+    }
+
+    /// Takes the next free port: an even port of a free pair, or for a multiplexed leg a
+    /// single port (a split pair's half first).
+    pub fn take(&mut self, rtcp_mux: bool) -> Option<u16> {
+        if rtcp_mux && let Some(p) = self.singles.pop_front() {
+            return Some(p);
+        }
+        let base = self.pairs.pop_front()?;
+        if rtcp_mux {
+            self.singles.push_back(base + 1);
+        }
+        Some(base)
+    }
+
+    /// Takes `port` itself (a leg re-created on its recorded port).
+    pub fn take_specific(&mut self, port: u16, rtcp_mux: bool) -> Result<u16, PortRefusal> {
+        if !self.contains(port) {
+            return Err(PortRefusal::OutOfRange);
+        }
+        if !rtcp_mux && !port.is_multiple_of(2) {
+            return Err(PortRefusal::NotEven);
+        }
+        if let Some(i) = self.singles.iter().position(|&p| p == port) {
+            if !rtcp_mux {
+                return Err(PortRefusal::InUse);
+            }
+            self.singles.remove(i);
+            return Ok(port);
+        }
+        let base = port & !1;
+        let i = self
+            .pairs
+            .iter()
+            .position(|&p| p == base)
+            .ok_or(PortRefusal::InUse)?;
+        self.pairs.remove(i);
+        if rtcp_mux {
+            self.singles.push_back(port ^ 1);
+        }
+        Ok(port)
+    }
+
+    /// Returns a port taken with the same `rtcp_mux`. Halves of split pairs stay single:
+    /// pairs are re-formed only when both halves come back (checked here).
+    pub fn give(&mut self, port: u16, rtcp_mux: bool) {
+        debug_assert!(self.contains(port));
+        if !rtcp_mux {
+            self.pairs.push_back(port);
+            return;
+        }
+        let partner = port ^ 1;
+        if let Some(i) = self.singles.iter().position(|&p| p == partner) {
+            self.singles.remove(i);
+            self.pairs.push_back(port & !1);
+        } else {
+            self.singles.push_back(port);
+        }
+    }
+
+    /// Returns a port that the OS refused to bind: it is retried only after every other
+    /// free port, and counted.
+    pub fn set_aside(&mut self, port: u16, rtcp_mux: bool) {
+        self.set_aside += 1;
+        self.give(port, rtcp_mux);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_reused_first_in_first_out() {
+        let mut pool = PortPool::new(1000, 8);
+        let a = pool.take(false).unwrap();
+        assert_eq!(a, 1000);
+        pool.give(a, false);
+        // The released pair goes behind every other free pair.
+        assert_eq!(pool.take(false), Some(1002));
+        assert_eq!(pool.take(false), Some(1004));
+        assert_eq!(pool.take(false), Some(1006));
+        assert_eq!(pool.take(false), Some(1000));
+        assert_eq!(pool.take(false), None);
+    }
+
+    #[test]
+    fn multiplexed_legs_split_pairs_and_pairs_reform() {
+        let mut pool = PortPool::new(2000, 4);
+        assert_eq!(pool.take(true), Some(2000));
+        assert_eq!(pool.take(true), Some(2001));
+        assert_eq!(pool.free_ports(), 2);
+        pool.give(2000, true);
+        pool.give(2001, true);
+        assert_eq!(pool.free_ports(), 4);
+        // Both pairs whole again: a non-multiplexed leg can take either.
+        assert!(pool.take(false).is_some());
+        assert!(pool.take(false).is_some());
+    }
+
+    #[test]
+    fn a_busy_port_is_retried_last_and_counted() {
+        let mut pool = PortPool::new(3000, 6);
+        let p = pool.take(false).unwrap();
+        pool.set_aside(p, false);
+        assert_eq!(pool.set_aside_count(), 1);
+        assert_ne!(pool.take(false), Some(p));
+        assert_ne!(pool.take(false), Some(p));
+        assert_eq!(pool.take(false), Some(p));
+    }
+
+    #[test]
+    fn specific_ports_are_refused_when_taken_odd_or_out_of_range() {
+        let mut pool = PortPool::new(4000, 8);
+        assert_eq!(pool.take_specific(4002, false), Ok(4002));
+        assert_eq!(pool.take_specific(4002, false), Err(PortRefusal::InUse));
+        assert_eq!(pool.take_specific(4003, true), Err(PortRefusal::InUse));
+        assert_eq!(pool.take_specific(4005, false), Err(PortRefusal::NotEven));
+        assert_eq!(pool.take_specific(5000, true), Err(PortRefusal::OutOfRange));
+        assert_eq!(pool.take_specific(4005, true), Ok(4005));
+        assert_eq!(
+            pool.take(true),
+            Some(4004),
+            "the split half is handed out first"
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! RTCP: reports received (for LSR/DLSR) and each leg's SR/RR with SDES CNAME.
+
+use std::net::SocketAddr;
+
+use earshot_media::time::{Duration, Instant};
+use earshot_media::wire::rtcp::{
+    self, ReceiverReport, ReportBlock, ReportBlocks, RtcpRepr, SdesChunk, SdesChunks, SdesItem,
+    SdesItemType, SenderInfo, SenderReport,
+};
+
+use super::Shard;
+use crate::io::{Datagram, TxSink};
+use crate::stats::DropReason;
+
+impl Shard {
+    pub(super) fn handle_rtcp(&mut self, now: Instant, slot: u32, d: Datagram<'_>) {
+        let mut sr_ntp = None;
+        for p in rtcp::packets(d.payload) {
+            let Ok(p) = p else {
+                return self.counters.drop(DropReason::BadRtcp);
+            };
+            match RtcpRepr::parse(&p) {
+                Ok(RtcpRepr::SenderReport(sr)) => sr_ntp = Some(sr.sender_info.ntp_ts),
+                Ok(_) => {}
+                Err(_) => return self.counters.drop(DropReason::BadRtcp),
+            }
+        }
+        // The peer's sender report feeds LSR/DLSR in our next report block, so that it
+        // can compute the round-trip time.
+        if let (Some(ntp), Some(m)) = (sr_ntp, self.leg_mut(slot).media.as_mut()) {
+            m.last_sr = Some(((ntp >> 16) as u32, now));
+        }
+    }
+
+    /// Sends the RTCP reports that are due, a bounded number per call.
+    pub(super) fn send_rtcp(&mut self, now: Instant, tx: &mut dyn TxSink) {
+        const PER_CALL: u32 = 64;
+        let max = self.cfg.max_legs;
+        for _ in 0..PER_CALL.min(max) {
+            let slot = self.rtcp_sweep;
+            self.rtcp_sweep = (self.rtcp_sweep + 1) % max;
+            let jitter_ms = self.rng.next_u32() % 5_000;
+            let ntp = self.ntp_at_zero.wrapping_add(ntp_of(now));
+            let Some(leg) = self.legs[slot as usize].as_mut() else {
+                continue;
+            };
+            let (Some(remote), Some(m)) = (leg.remote, leg.media.as_mut()) else {
+                continue;
+            };
+            if m.next_rtcp > now {
+                continue;
+            }
+            // [0.5, 1.5] of the interval, so that legs set up together drift apart.
+            m.next_rtcp = now + Duration::from_millis(2_500 + u64::from(jitter_ms) / 2 * 2);
+            let ssrc = m.out.ssrc();
+            let block = m.rx_ssrc.map(|src| {
+                let loss = m.rx_seq.poll_interval_loss();
+                let (lsr, dlsr) = match m.last_sr {
+                    Some((mid, at)) => {
+                        let d = now.saturating_since(at).as_nanos();
+                        (mid, ((u128::from(d) << 16) / 1_000_000_000) as u32)
+                    }
+                    None => (0, 0),
+                };
+                ReportBlock {
+                    ssrc: src,
+                    fraction_lost: loss.fraction_lost,
+                    cumulative_lost: m.rx_seq.cumulative_lost().clamp(
+                        i64::from(ReportBlock::CUMULATIVE_LOST_MIN),
+                        i64::from(ReportBlock::CUMULATIVE_LOST_MAX),
+                    ) as i32,
+                    ext_highest_seq: m.rx_seq.extended_max(),
+                    jitter: m.rx_jitter.jitter(),
+                    lsr,
+                    dlsr,
+                }
+            });
+            let blocks_storage: &[ReportBlock] = match &block {
+                Some(b) => std::slice::from_ref(b),
+                None => &[],
+            };
+            let Ok(blocks) = ReportBlocks::from_slice(blocks_storage) else {
+                continue;
+            };
+            let report = if m.packets_sent > 0 {
+                RtcpRepr::SenderReport(SenderReport {
+                    ssrc,
+                    sender_info: SenderInfo {
+                        ntp_ts: ntp,
+                        rtp_ts: m.out.event_timestamp(now),
+                        packet_count: m.packets_sent,
+                        octet_count: m.octets_sent,
+                    },
+                    reports: blocks,
+                    profile_extension: &[],
+                })
+            } else {
+                RtcpRepr::ReceiverReport(ReceiverReport {
+                    ssrc,
+                    reports: blocks,
+                    profile_extension: &[],
+                })
+            };
+            let cname = *b"earshot";
+            let items = [SdesItem {
+                kind: SdesItemType::Cname,
+                value: &cname,
+            }];
+            let chunks = [SdesChunk {
+                ssrc,
+                items: earshot_media::wire::rtcp::SdesItems::from_slice(&items),
+            }];
+            let Ok(sdes) = SdesChunks::from_slice(&chunks) else {
+                continue;
+            };
+            let compound = [report, RtcpRepr::SourceDescription(sdes)];
+            let dst = if m.rtcp_mux {
+                remote
+            } else {
+                SocketAddr::new(remote.ip(), remote.port().wrapping_add(1))
+            };
+            let src_port = if m.rtcp_mux { leg.port } else { leg.port + 1 };
+            let mut len = 0;
+            let sent = tx.send_with(src_port, dst, &mut |buf| {
+                len = rtcp::emit_compound(&compound, buf).unwrap_or(0);
+                len
+            });
+            if sent && len > 0 {
+                self.counters.packets_out += 1;
+                self.counters.bytes_out += len as u64;
+            } else if !sent {
+                self.counters.drop(DropReason::TxFull);
+            }
+        }
+    }
+}
+
+/// `now` as a 64-bit NTP duration (32.32 fixed point seconds).
+fn ntp_of(now: Instant) -> u64 {
+    let ns = now.as_nanos();
+    ((ns / 1_000_000_000) << 32) | (((ns % 1_000_000_000) << 32) / 1_000_000_000)
+}

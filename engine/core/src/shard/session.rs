@@ -1,0 +1,245 @@
+//! Sessions: the hear relation turned into a media plan, and the tick wheel.
+
+use earshot_engine_api::{EngineError, Response, SessionPlan as ApiPlan};
+use earshot_media::plan::{HearMatrix, LegFormat, OutputPlan, SessionPlan};
+use earshot_media::time::{Duration, Instant};
+use earshot_media::{Codec, Gain, MAX_SESSION_LEGS};
+
+use super::tick::{WHEEL_SLOT_NS, WHEEL_SLOTS};
+use super::{NO_SLOT, Shard};
+
+/// The engine's view of one interaction: the legs that may hear each other.
+#[derive(Debug)]
+pub(super) struct Session {
+    pub(super) key: String,
+    pub(super) legs: [u32; MAX_SESSION_LEGS],
+    pub(super) len: usize,
+    pub(super) api_plan: ApiPlan,
+    pub(super) plan: SessionPlan,
+    /// Bit per leg index: never receives telephone events.
+    pub(super) no_dtmf: u16,
+    pub(super) matrix: HearMatrix,
+    /// Whether any output mixes (then the session ticks).
+    pub(super) mixing: bool,
+    pub(super) tick_samples: usize,
+    pub(super) tick_period: Duration,
+    pub(super) next_tick: Instant,
+    /// Next session in the same wheel slot, or NO_SLOT.
+    pub(super) wheel_next: u32,
+    pub(super) scheduled: bool,
+}
+
+impl Session {
+    /// An empty session: no legs, an empty plan, not ticking.
+    pub(super) fn new(key: &str, now: Instant) -> Session {
+        Session {
+            key: key.to_owned(),
+            legs: [NO_SLOT; MAX_SESSION_LEGS],
+            len: 0,
+            api_plan: ApiPlan {
+                session: key.to_owned(),
+                ..ApiPlan::default()
+            },
+            plan: SessionPlan::build(&HearMatrix::new(0), &[]),
+            no_dtmf: 0,
+            matrix: HearMatrix::new(0),
+            mixing: false,
+            tick_samples: 160,
+            tick_period: Duration::from_millis(20),
+            next_tick: now,
+            wheel_next: NO_SLOT,
+            scheduled: false,
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn set_plan(
+        &mut self,
+        now: Instant,
+        plan: ApiPlan,
+    ) -> Result<Response, EngineError> {
+        let s = *self
+            .session_by_key
+            .get(&plan.session)
+            .ok_or_else(|| EngineError::NotFound(format!("session {}", plan.session)))?;
+        for (i, e) in plan.edges.iter().enumerate() {
+            for (field, id) in [("listener", e.listener), ("source", e.source)] {
+                let slot = self.resolve(id).map_err(|_| EngineError::InvalidArgument {
+                    field: format!("edges[{i}].{field}"),
+                    message: format!("{id} is not a leg of this engine"),
+                })?;
+                if self.leg(slot).session != s {
+                    return Err(EngineError::InvalidArgument {
+                        field: format!("edges[{i}].{field}"),
+                        message: format!("{id} is not a leg of session {}", plan.session),
+                    });
+                }
+            }
+            if e.listener == e.source {
+                return Err(EngineError::InvalidArgument {
+                    field: format!("edges[{i}]"),
+                    message: "nobody hears themselves".into(),
+                });
+            }
+        }
+        self.session_mut(s).api_plan = plan;
+        self.rebuild_plan(now, s);
+        Ok(Response::Done)
+    }
+
+    /// Rebuilds the media plan of session `s` from its API plan and its legs' formats.
+    pub(super) fn rebuild_plan(&mut self, now: Instant, s: u32) {
+        let sess = self.session(s);
+        let n = sess.len;
+        let mut matrix = HearMatrix::new(n);
+        let mut no_dtmf = 0u16;
+        let mut formats = [LegFormat {
+            codec: Codec::Pcmu,
+            ptime_ms: 20,
+        }; MAX_SESSION_LEGS];
+        let mut configured = [false; MAX_SESSION_LEGS];
+        for i in 0..n {
+            let leg = self.leg(sess.legs[i]);
+            if let Some(m) = &leg.media {
+                formats[i] = LegFormat {
+                    codec: m.codec,
+                    ptime_ms: m.ptime_ms,
+                };
+                configured[i] = true;
+            }
+            if sess.api_plan.no_dtmf.contains(&leg.id) {
+                no_dtmf |= 1 << i;
+            }
+        }
+        for e in &sess.api_plan.edges {
+            let (Some(l), Some(src)) = (self.index_in(s, e.listener), self.index_in(s, e.source))
+            else {
+                continue; // A leg removed since the plan was set.
+            };
+            // An unconfigured leg can neither be heard nor hear: it has no codec yet.
+            if configured[l] && configured[src] {
+                // set_plan refused self-edges and the indices come from this session, so
+                // the matrix cannot refuse this edge.
+                let _ = matrix.set(l, src, Gain(e.gain));
+            }
+        }
+        let plan = SessionPlan::build(&matrix, &formats[..n]);
+        // A listener whose forwarded source changes starts a new source mapping, even if
+        // the two sources happen to share an SSRC.
+        for l in 0..n.min(self.session(s).plan.legs()) {
+            let before = *self.session(s).plan.output(l);
+            let after = *plan.output(l);
+            if before != after {
+                if let OutputPlan::Forward { .. } = before {
+                    let slot = self.session(s).legs[l];
+                    if let Some(m) = self.leg_mut(slot).media.as_mut() {
+                        m.out.end_forward();
+                    }
+                }
+            }
+        }
+        let mut mixing = false;
+        let mut tick_ms = 0u32;
+        for l in 0..n {
+            if matches!(plan.output(l), OutputPlan::Mix(_)) {
+                mixing = true;
+            }
+        }
+        if mixing {
+            // The session ticks at the greatest common divisor of its mixed legs' ptimes
+            // so that every leg's frames are whole numbers of ticks.
+            for i in 0..n {
+                let mixed_out = matches!(plan.output(i), OutputPlan::Mix(_));
+                if configured[i] && (mixed_out || plan.is_mixed_input(i)) {
+                    tick_ms = gcd(tick_ms, formats[i].ptime_ms);
+                }
+            }
+        }
+        let tick_ms = if tick_ms == 0 { 20 } else { tick_ms };
+        // Staggering: a session's ticks fall at a phase derived from its slot, spreading
+        // sessions evenly over the period instead of bursting every 20 ms.
+        // Phases are whole wheel slots, so that a tick's deadline is the start of its slot
+        // and the shard wakes exactly when it is due.
+        let phase_ns = (u64::from(s).wrapping_mul(7_919) % u64::from(tick_ms)) * WHEEL_SLOT_NS;
+        let sess = self.session_mut(s);
+        sess.matrix = matrix;
+        sess.plan = plan;
+        sess.no_dtmf = no_dtmf;
+        sess.tick_samples = (tick_ms * 8) as usize;
+        sess.tick_period = Duration::from_millis(u64::from(tick_ms));
+        let was_mixing = sess.mixing;
+        sess.mixing = mixing;
+        if mixing && !was_mixing {
+            let period = u64::from(tick_ms) * 1_000_000;
+            let base = now.as_nanos() - now.as_nanos() % period;
+            let mut next = Instant::from_nanos(base + phase_ns);
+            if next <= now {
+                next += sess.tick_period;
+            }
+            sess.next_tick = next;
+            if !sess.scheduled {
+                self.schedule(s);
+            }
+        }
+        // Inputs that stopped being mixed drop what they buffered so that when they are
+        // mixed again they start fresh rather than from stale audio.
+        let legs = self.session(s).legs;
+        for i in 0..n {
+            let mixed_input = self.session(s).plan.is_mixed_input(i);
+            let mixed_out = i < self.session(s).plan.legs()
+                && matches!(self.session(s).plan.output(i), OutputPlan::Mix(_));
+            if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
+                if !mixed_input && (m.in_len > 0 || m.jitter_live) {
+                    // Nobody mixes this input now: its jitter buffer is neither fed nor
+                    // polled from here on, so it starts afresh when it is mixed again
+                    // rather than from a stale timeline.
+                    m.in_len = 0;
+                    m.jitter.reset();
+                    m.jitter_live = false;
+                } else if mixed_input {
+                    m.jitter_live = true;
+                }
+                if !mixed_out {
+                    m.out_len = 0;
+                    m.mixed_active = false;
+                }
+            }
+        }
+    }
+
+    pub(super) fn schedule(&mut self, s: u32) {
+        let sess = self.sessions[s as usize]
+            .as_mut()
+            .expect("scheduling a live session");
+        let slot = ((sess.next_tick.as_nanos() / WHEEL_SLOT_NS) % WHEEL_SLOTS as u64) as usize;
+        sess.wheel_next = self.wheel[slot];
+        sess.scheduled = true;
+        self.wheel[slot] = s;
+    }
+
+    pub(super) fn unschedule(&mut self, s: u32) {
+        for slot in 0..WHEEL_SLOTS {
+            let mut prev = NO_SLOT;
+            let mut cur = self.wheel[slot];
+            while cur != NO_SLOT {
+                let next = self.session(cur).wheel_next;
+                if cur == s {
+                    if prev == NO_SLOT {
+                        self.wheel[slot] = next;
+                    } else {
+                        self.session_mut(prev).wheel_next = next;
+                    }
+                    self.session_mut(s).scheduled = false;
+                    return;
+                }
+                prev = cur;
+                cur = next;
+            }
+        }
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
