@@ -254,9 +254,13 @@ pub struct JitterBuffer {
     slots: Vec<Slot>,
     /// `capacity_packets * frame_samples` payload bytes, slot `i` at `i * frame_samples`.
     payload: Vec<u8>,
-    /// The last frame played as audio, for concealment.
+    /// The last frame played as audio, for concealment: it stays in its slot
+    /// (`last_slot`) until a packet overwrites that slot, and only then is it decoded
+    /// here (`last_frame_saved`). Playing a frame costs no copy.
     last_frame: Vec<i16>,
     last_frame_valid: bool,
+    last_slot: usize,
+    last_frame_saved: bool,
     phase: Phase,
     head_ts: RtpTs,
     head_idx: usize,
@@ -337,6 +341,8 @@ impl JitterBuffer {
             payload: vec![0; cfg.capacity_packets * frame_samples],
             last_frame: vec![0; frame_samples],
             last_frame_valid: false,
+            last_slot: 0,
+            last_frame_saved: false,
             phase: Phase::Idle,
             head_ts: RtpTs(0),
             head_idx: 0,
@@ -546,6 +552,13 @@ impl JitterBuffer {
     fn store(&mut self, frames: usize, kind: SlotKind, payload: &[u8]) {
         let idx = (self.head_idx + frames) % self.slots.len();
         let ts = self.head_ts.add(frames as u32 * self.frame_samples as u32);
+        if self.last_frame_valid && !self.last_frame_saved && idx == self.last_slot {
+            // The frame concealment would repeat is about to be overwritten: keep it.
+            let n = self.frame_samples;
+            let (payload, last) = (&self.payload[idx * n..(idx + 1) * n], &mut self.last_frame);
+            g711::decode(self.cfg.codec, payload, last);
+            self.last_frame_saved = true;
+        }
         self.slots[idx] = Slot { filled: true, kind };
         let n = self.frame_samples;
         let dst = &mut self.payload[idx * n..(idx + 1) * n];
@@ -582,9 +595,9 @@ impl JitterBuffer {
 
     /// RFC 3550 A.8 interarrival jitter, in 1/16 sample units, and the target it implies.
     fn update_jitter(&mut self, now: Instant, internal: RtpTs) {
-        let rate = u128::from(self.cfg.clock_rate_hz);
         // Arrival in RTP units; wrapping to 32 bits is what RFC 3550 does too.
-        let arrival = (u128::from(now.as_nanos()) * rate / 1_000_000_000) as u32;
+        let arrival = rtp_units(now, self.cfg.clock_rate_hz);
+        let rate = u64::from(self.cfg.clock_rate_hz);
         let transit = arrival.wrapping_sub(internal.0);
         if let Some(prev) = self.prev_transit {
             // A delta over a second is a glitch the resync logic handles; cap its weight.
@@ -681,17 +694,19 @@ impl JitterBuffer {
     /// Plays the audio frame at the head, inserting or dropping a frame when the fill
     /// has left its window.
     fn play_audio(&mut self, out: &mut [i16]) -> Polled {
-        self.decode_slot(self.head_idx, out);
+        let mut played = self.head_idx;
+        self.decode_slot(played, out);
         let low = self.target_us + self.ptime_us / 2;
         let high = self.target_us + 3 * self.ptime_us / 2;
-        let quiet = is_quiet(out);
         let mut advance = true;
+        // Whether the frame is quiet is asked only when the fill is out of its window
+        // (adapting prefers quiet frames); most frames never pay for it.
         if self.just_inserted {
             self.just_inserted = false;
         } else if self.level_avg_us < low {
             self.adjust_wait += 1;
             let far = self.level_avg_us < low - self.ptime_us;
-            if quiet || far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES {
+            if far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out) {
                 // Insert: play this frame now and again at the next tick.
                 advance = false;
                 self.just_inserted = true;
@@ -704,13 +719,14 @@ impl JitterBuffer {
             let far = self.level_avg_us > high + self.ptime_us;
             let next_idx = (self.head_idx + 1) % self.slots.len();
             let next = self.slots[next_idx];
-            if (quiet || far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES)
-                && next.filled
+            if next.filled
                 && next.kind == SlotKind::Audio
+                && (far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out))
             {
                 // Drop: skip this frame and play the next in its place.
                 self.advance();
-                self.decode_slot(self.head_idx, out);
+                played = self.head_idx;
+                self.decode_slot(played, out);
                 self.level_avg_us -= self.ptime_us;
                 self.adjust_wait = 0;
                 self.since_drop = 0;
@@ -722,7 +738,8 @@ impl JitterBuffer {
         if advance {
             self.advance();
         }
-        self.last_frame.copy_from_slice(out);
+        self.last_slot = played;
+        self.last_frame_saved = false;
         self.last_frame_valid = true;
         self.conceal_run = 0;
         self.cn_amplitude = None;
@@ -770,13 +787,18 @@ impl JitterBuffer {
         }
         // Gain ramps from 2^-run to 2^-(run+1) across the frame (Q15), so consecutive
         // concealed frames join without a step.
+        if self.last_frame_saved {
+            out.copy_from_slice(&self.last_frame);
+        } else {
+            self.decode_slot(self.last_slot, out);
+        }
         let run = self.conceal_run.min(14);
         let g_start = (1i32 << 15) >> run;
         let g_end = g_start >> 1;
         let n = out.len() as i32;
-        for (i, (o, &s)) in out.iter_mut().zip(self.last_frame.iter()).enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
             let g = g_start - (g_start - g_end) * i as i32 / n;
-            *o = ((i32::from(s) * g) >> 15) as i16;
+            *o = ((i32::from(*o) * g) >> 15) as i16;
         }
         self.conceal_run += 1;
         self.stats.concealed_frames += 1;
@@ -811,6 +833,17 @@ impl JitterBuffer {
             talkspurt_start: false,
         }
     }
+}
+
+/// `now` in units of a `rate_hz` clock, wrapped to 32 bits: exactly
+/// `floor(nanos * rate / 1e9) mod 2^32`, without 128-bit arithmetic (whole seconds and
+/// the fraction are converted apart).
+pub fn rtp_units(now: Instant, rate_hz: u32) -> u32 {
+    let ns = now.as_nanos();
+    let rate = u64::from(rate_hz);
+    let whole = (ns / 1_000_000_000).wrapping_mul(rate);
+    let frac = (ns % 1_000_000_000) * rate / 1_000_000_000;
+    whole.wrapping_add(frac) as u32
 }
 
 /// Peak of uniform noise whose RMS is `level_dbov` below a full-scale square wave

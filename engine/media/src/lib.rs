@@ -28,6 +28,7 @@ pub use earshot_types::*;
 pub use earshot_wire as wire;
 
 pub mod jitter;
+pub mod mixer;
 pub mod plan;
 pub mod rng;
 pub mod stream;

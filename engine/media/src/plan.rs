@@ -140,55 +140,57 @@ pub struct MixSource {
     pub gain: Gain,
 }
 
-/// The sources of one mixed output, in ascending leg order, in a fixed-capacity array.
+/// The sources of one mixed output, in ascending leg order: a leg set and a gain per
+/// leg, 34 bytes, so that a session's plan stays small enough to stay in cache at
+/// 10,000 sessions per core.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MixSources {
-    sources: [MixSource; MAX_MIX_SOURCES],
-    len: usize,
+    set: LegSet,
+    gains: [Gain; MAX_SESSION_LEGS],
 }
 
 impl MixSources {
     const EMPTY: MixSources = MixSources {
-        sources: [MixSource {
-            source: 0,
-            gain: Gain::MUTE,
-        }; MAX_MIX_SOURCES],
-        len: 0,
+        set: LegSet(0),
+        gains: [Gain::MUTE; MAX_SESSION_LEGS],
     };
 
-    /// The audible sources.
-    pub fn as_slice(&self) -> &[MixSource] {
-        &self.sources[..self.len]
+    /// The audible sources with their gains, in ascending leg order.
+    pub fn iter(&self) -> impl Iterator<Item = MixSource> + '_ {
+        self.set.map(|source| MixSource {
+            source,
+            gain: self.gains[source],
+        })
+    }
+
+    /// The audible sources as a set.
+    pub fn set(&self) -> LegSet {
+        self.set
     }
 
     /// How many sources are mixed.
     pub fn len(&self) -> usize {
-        self.len
+        self.set.len()
     }
 
     /// True when nothing is mixed (never the case inside an [`OutputPlan::Mix`]).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.set.is_empty()
     }
 
     fn push(&mut self, source: LegIndex, gain: Gain) {
-        // The diagonal is mute, so a listener has at most MAX_MIX_SOURCES audible sources.
-        assert!(self.len < MAX_MIX_SOURCES);
-        self.sources[self.len] = MixSource { source, gain };
-        self.len += 1;
+        self.set.0 |= 1 << source;
+        self.gains[source] = gain;
     }
 }
 
 impl core::fmt::Debug for MixSources {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_list().entries(self.as_slice()).finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
 /// What one listener's output carries.
-// The Mix variant is large (~256 bytes) on purpose: plans live inline in a fixed array
-// per session and are rebuilt only on control changes; boxing would allocate.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputPlan {
     /// Nobody audible: the output sends nothing (DTX) or silence, at the engine's choice.
@@ -211,6 +213,14 @@ pub struct SessionPlan {
     mixed_inputs: u16,
     /// `forward_targets[s]`: bit `l` set when listener `l` forwards source `s`.
     forward_targets: [u16; MAX_SESSION_LEGS],
+    /// Bit `l` set when listener `l` mixes.
+    mixed_outputs: u16,
+    /// `leaders[l]`: the first listener whose mix is the same as `l`'s (same sources,
+    /// same gains, same format); `l` itself when none comes before. Listeners that share
+    /// a leader share one mix and one encode.
+    leaders: [u8; MAX_SESSION_LEGS],
+    /// Bit `l` set when `l` leads a mix that some later listener shares.
+    shared: u16,
 }
 
 impl core::fmt::Debug for SessionPlan {
@@ -235,6 +245,9 @@ impl SessionPlan {
             outputs: [OutputPlan::Silence; MAX_SESSION_LEGS],
             mixed_inputs: 0,
             forward_targets: [0; MAX_SESSION_LEGS],
+            mixed_outputs: 0,
+            leaders: core::array::from_fn(|l| l as u8),
+            shared: 0,
         };
         for (listener, format) in legs.iter().enumerate() {
             let mut sources = MixSources::EMPTY;
@@ -244,23 +257,58 @@ impl SessionPlan {
                     sources.push(source, gain);
                 }
             }
-            plan.outputs[listener] = match sources.as_slice() {
-                [] => OutputPlan::Silence,
-                [only] if only.gain == Gain::UNITY && legs[only.source] == *format => {
+            let only = (sources.len() == 1)
+                .then(|| sources.iter().next())
+                .flatten();
+            plan.outputs[listener] = match only {
+                _ if sources.is_empty() => OutputPlan::Silence,
+                Some(only) if only.gain == Gain::UNITY && legs[only.source] == *format => {
                     plan.forward_targets[only.source] |= 1 << listener;
                     OutputPlan::Forward {
                         source: only.source,
                     }
                 }
-                mixed => {
-                    for m in mixed {
-                        plan.mixed_inputs |= 1 << m.source;
+                _ => {
+                    plan.mixed_inputs |= sources.set.0;
+                    plan.mixed_outputs |= 1 << listener;
+                    if let Some(leader) = (0..listener).find(|&l| {
+                        plan.outputs[l] == OutputPlan::Mix(sources) && legs[l] == *format
+                    }) {
+                        plan.leaders[listener] = leader as u8;
+                        plan.shared |= 1 << leader;
                     }
                     OutputPlan::Mix(sources)
                 }
             };
         }
         plan
+    }
+
+    /// The listeners that mix, in ascending order.
+    pub fn mixed_outputs(&self) -> LegSet {
+        LegSet(self.mixed_outputs)
+    }
+
+    /// The sources that some listener mixes, in ascending order.
+    pub fn mixed_inputs(&self) -> LegSet {
+        LegSet(self.mixed_inputs)
+    }
+
+    /// The first listener whose mix equals `listener`'s (itself if none comes before):
+    /// one mix and one encode serve both.
+    pub fn mix_leader(&self, listener: LegIndex) -> LegIndex {
+        usize::from(self.leaders[listener])
+    }
+
+    /// True when `listener` leads a mix that a later listener shares (its encoded frame
+    /// is worth keeping for the followers).
+    pub fn is_shared_mix(&self, listener: LegIndex) -> bool {
+        listener < MAX_SESSION_LEGS && self.shared & (1 << listener) != 0
+    }
+
+    /// True when some listener mixes: then the session ticks.
+    pub fn is_mixing(&self) -> bool {
+        self.mixed_outputs != 0
     }
 
     /// How many legs the session has.
@@ -292,7 +340,7 @@ impl SessionPlan {
 
 /// A set of legs of one session, iterated in ascending order without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LegSet(u16);
+pub struct LegSet(pub u16);
 
 impl LegSet {
     /// True when `leg` is in the set.
@@ -345,7 +393,7 @@ mod tests {
 
     fn mixed(plan: &OutputPlan) -> Vec<usize> {
         match plan {
-            OutputPlan::Mix(s) => s.as_slice().iter().map(|m| m.source).collect(),
+            OutputPlan::Mix(s) => s.iter().map(|m| m.source).collect(),
             other => panic!("expected a mix, got {other:?}"),
         }
     }
@@ -439,8 +487,8 @@ mod tests {
         match p.output(0) {
             OutputPlan::Mix(s) => {
                 assert_eq!(
-                    s.as_slice(),
-                    &[MixSource {
+                    s.iter().collect::<Vec<_>>(),
+                    [MixSource {
                         source: 1,
                         gain: Gain(2048)
                     }]
@@ -464,5 +512,29 @@ mod tests {
             assert_eq!(sources.len(), MAX_MIX_SOURCES);
             assert!(!sources.contains(&l));
         }
+    }
+
+    #[test]
+    fn listeners_hearing_the_same_mix_share_one_leader() {
+        // Customer and agent talk; two supervisors monitor the call (each hears both),
+        // a third hears only the customer at half gain.
+        let mut m = matrix(5, &[(C, A), (A, C), (S, C), (S, A), (3, C), (3, A)]);
+        m.set(4, C, Gain(2048)).unwrap();
+        m.set(4, A, U).unwrap();
+        let p = SessionPlan::build(&m, &[PCMU20; 5]);
+        assert_eq!(p.mix_leader(S), S);
+        assert_eq!(
+            p.mix_leader(3),
+            S,
+            "the second monitor reuses the first one's mix"
+        );
+        assert!(p.is_shared_mix(S) && !p.is_shared_mix(3) && !p.is_shared_mix(4));
+        assert_eq!(p.mix_leader(4), 4, "different gains, different mix");
+        assert_eq!(p.mixed_outputs().collect::<Vec<_>>(), [S, 3, 4]);
+        // The same sources in another format cannot share the encode.
+        let mut formats = [PCMU20; 5];
+        formats[3].ptime_ms = 30;
+        let p = SessionPlan::build(&m, &formats);
+        assert_eq!(p.mix_leader(3), 3);
     }
 }

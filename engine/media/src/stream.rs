@@ -334,7 +334,11 @@ impl OutputStream {
 
     /// Whole clock ticks in `d` (wrapping into u32 is intended: RTP time wraps).
     fn samples(&self, d: Duration) -> u64 {
-        (u128::from(d.as_nanos()) * u128::from(self.clock_rate_hz) / 1_000_000_000) as u64
+        // Whole seconds and the fraction apart: exact, without 128-bit division.
+        let (ns, rate) = (d.as_nanos(), u64::from(self.clock_rate_hz));
+        (ns / 1_000_000_000)
+            .wrapping_mul(rate)
+            .wrapping_add((ns % 1_000_000_000) * rate / 1_000_000_000)
     }
 }
 

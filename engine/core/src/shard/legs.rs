@@ -56,6 +56,56 @@ pub(super) struct LegMedia {
     pub(super) next_rtcp: Instant,
 }
 
+/// Where a mixed output's frame to send is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Frame {
+    /// The tick's mix is the whole frame (ticks of one frame: the common case).
+    Tick,
+    /// Several ticks were staged in `out_pcm` and now make a whole frame.
+    Staged,
+}
+
+impl LegMedia {
+    /// Writes one tick of this input's PCM into `dst`: straight from the jitter buffer
+    /// when a tick is a whole frame, else through `in_pcm`, which keeps what a frame
+    /// longer than the tick leaves over for the next ticks.
+    pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16]) {
+        let (tick, fs) = (dst.len(), self.frame_samples);
+        if self.in_len == 0 && tick == fs {
+            self.jitter.poll_frame(now, dst);
+            return;
+        }
+        // in_len < tick <= frame before each poll, and in_pcm holds two longest frames.
+        while self.in_len < tick {
+            let staged = &mut self.in_pcm[self.in_len..self.in_len + fs];
+            self.jitter.poll_frame(now, staged);
+            self.in_len += fs;
+        }
+        dst.copy_from_slice(&self.in_pcm[..tick]);
+        self.in_pcm.copy_within(tick..self.in_len, 0);
+        self.in_len -= tick;
+    }
+
+    /// Takes one tick of this listener's mix; returns where the frame to send is once
+    /// one is complete.
+    pub(super) fn accumulate(&mut self, chunk: &[i16]) -> Option<Frame> {
+        let (tick, fs) = (chunk.len(), self.frame_samples);
+        if self.out_len + tick > fs {
+            self.out_len = 0; // ptime changed under us; restart the frame.
+        }
+        if self.out_len == 0 && tick == fs {
+            return Some(Frame::Tick);
+        }
+        self.out_pcm[self.out_len..self.out_len + tick].copy_from_slice(chunk);
+        self.out_len += tick;
+        if self.out_len < fs {
+            return None;
+        }
+        self.out_len = 0;
+        Some(Frame::Staged)
+    }
+}
+
 /// One participant's RTP stream each way, on its own local port.
 #[derive(Debug)]
 pub(super) struct Leg {

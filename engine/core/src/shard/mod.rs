@@ -43,9 +43,10 @@ use earshot_engine_api::{
     ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
+use earshot_media::mixer::Frames;
 use earshot_media::rng::SeedRng;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{MAX_FRAME_SAMPLES, PayloadType};
+use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType};
 
 use crate::stats::Counters;
 use legs::Leg;
@@ -132,7 +133,11 @@ pub struct Shard {
     timeout_sweep: u32,
     rtcp_sweep: u32,
     ntp_at_zero: u64,
-    scratch: Box<[i16; MAX_FRAME_SAMPLES]>,
+    /// One tick of PCM per leg of the session being ticked: mixed inputs in, mixes out.
+    tick_in: Box<Frames>,
+    tick_out: Box<Frames>,
+    /// Encoded frames of shared mixes, by leader, for its followers.
+    tick_enc: Box<[[u8; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]>,
     /// Time of the first iteration: the wheel's origin.
     started: Option<Instant>,
 }
@@ -168,7 +173,9 @@ impl Shard {
             timeout_sweep: 0,
             rtcp_sweep: 0,
             ntp_at_zero: 0,
-            scratch: Box::new([0; MAX_FRAME_SAMPLES]),
+            tick_in: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
+            tick_out: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
+            tick_enc: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
             started: None,
             cfg,
         }

@@ -1,6 +1,7 @@
 //! The receive path: one datagram in place, forwarded at once or buffered for the mix.
 //! No allocation, no locks, no logging: count and drop.
 
+use earshot_media::jitter::rtp_units;
 use earshot_media::time::Instant;
 use earshot_media::wire::seq::SeqTracker;
 use earshot_media::{PayloadType, RtpTs, SeqNo, Ssrc};
@@ -71,7 +72,7 @@ impl Shard {
         }
         media.rx_seq.handle_seq(SeqNo(view.seq));
         if !is_event {
-            let arrival = (u128::from(now.as_nanos()) * 8_000 / 1_000_000_000) as u32;
+            let arrival = rtp_units(now, media.codec.clock_rate_hz());
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
         let report_first = media.report_first_packet;

@@ -39,8 +39,6 @@ impl Shard {
         for _ in 0..PER_CALL.min(max) {
             let slot = self.rtcp_sweep;
             self.rtcp_sweep = (self.rtcp_sweep + 1) % max;
-            let jitter_ms = self.rng.next_u32() % 5_000;
-            let ntp = self.ntp_at_zero.wrapping_add(ntp_of(now));
             let Some(leg) = self.legs[slot as usize].as_mut() else {
                 continue;
             };
@@ -50,6 +48,8 @@ impl Shard {
             if m.next_rtcp > now {
                 continue;
             }
+            let jitter_ms = self.rng.next_u32() % 5_000;
+            let ntp = self.ntp_at_zero.wrapping_add(ntp_of(now));
             // [0.5, 1.5] of the interval, so that legs set up together drift apart.
             m.next_rtcp = now + Duration::from_millis(2_500 + u64::from(jitter_ms) / 2 * 2);
             let ssrc = m.out.ssrc();

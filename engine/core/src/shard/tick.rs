@@ -1,13 +1,15 @@
 //! Ticks: every mixing session, once per period, pulls, mixes, encodes and sends.
 
+use earshot_media::MAX_SESSION_LEGS;
 use earshot_media::dsp::g711;
-use earshot_media::plan::OutputPlan;
+use earshot_media::mixer;
 use earshot_media::time::Instant;
-use earshot_media::{Gain, MAX_SESSION_LEGS};
 
+use super::legs::Frame;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
 use crate::rtp;
+use crate::stats::DropReason;
 
 /// Granularity of the tick wheel.
 pub(super) const WHEEL_SLOT_NS: u64 = 1_000_000;
@@ -38,38 +40,41 @@ impl Shard {
             let mut s = std::mem::replace(&mut self.wheel[slot], NO_SLOT);
             let mut keep = NO_SLOT;
             while s != NO_SLOT {
-                let next = self.session(s).wheel_next;
-                let deadline = self.session(s).next_tick;
-                if deadline <= now {
-                    self.session_mut(s).scheduled = false;
-                    let start = clock();
-                    let lateness = start.saturating_since(deadline);
-                    self.run_tick(start, s, tx);
-                    let end = clock();
-                    let c = &mut self.counters;
-                    c.ticks += 1;
-                    let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
-                    let _ = c
-                        .tick_processing_ns
-                        .record(end.saturating_since(start).as_nanos().max(1));
-                    if lateness > self.cfg.late_tick_threshold {
-                        c.late_ticks += 1;
-                    }
-                    if let Some(sess) = self.sessions[s as usize].as_mut() {
-                        if sess.mixing {
-                            sess.next_tick += sess.tick_period;
-                            // A shard that fell more than a period behind skips ahead
-                            // rather than bursting to catch up.
-                            if sess.next_tick + sess.tick_period < now {
-                                sess.next_tick = now;
-                            }
-                            self.schedule(s);
-                        }
-                    }
-                } else {
+                let sess = self.sessions[s as usize]
+                    .as_mut()
+                    .expect("the wheel holds live sessions");
+                let (next, deadline) = (sess.wheel_next, sess.next_tick);
+                if deadline > now {
                     // Not yet due (a later lap of the wheel): keep it in this slot.
-                    self.session_mut(s).wheel_next = keep;
+                    sess.wheel_next = keep;
                     keep = s;
+                    s = next;
+                    continue;
+                }
+                sess.scheduled = false;
+                let start = clock();
+                let lateness = start.saturating_since(deadline);
+                self.run_tick(start, s, tx);
+                let end = clock();
+                let c = &mut self.counters;
+                c.ticks += 1;
+                let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
+                let _ = c
+                    .tick_processing_ns
+                    .record(end.saturating_since(start).as_nanos().max(1));
+                if lateness > self.cfg.late_tick_threshold {
+                    c.late_ticks += 1;
+                }
+                if let Some(sess) = self.sessions[s as usize].as_mut()
+                    && sess.mixing
+                {
+                    sess.next_tick += sess.tick_period;
+                    // A shard that fell more than a period behind skips ahead rather
+                    // than bursting to catch up.
+                    if sess.next_tick + sess.tick_period < now {
+                        sess.next_tick = now;
+                    }
+                    self.schedule(s);
                 }
                 s = next;
             }
@@ -90,119 +95,92 @@ impl Shard {
         self.send_rtcp(now, tx);
     }
 
-    /// One tick of session `s`: pull a tick's worth of PCM from every mixed input, mix
-    /// each mixed output, and send every output whose frame is complete.
+    /// One tick of session `s`: pull a tick of PCM from every mixed input, mix every
+    /// distinct mix ([`mixer::mix_session`]), and encode and send every mixing
+    /// listener's frame once it is complete.
     pub(super) fn run_tick(&mut self, now: Instant, s: u32, tx: &mut dyn TxSink) {
-        let sess = self.session(s);
-        let (legs, n, tick) = (sess.legs, sess.len, sess.tick_samples);
-        if !sess.mixing {
+        // Disjoint borrows: the session and its plan are read while legs, staging
+        // buffers and counters are written.
+        let Shard {
+            sessions,
+            legs,
+            tick_in,
+            tick_out,
+            tick_enc,
+            kernels,
+            counters,
+            ..
+        } = self;
+        let Some(sess) = sessions[s as usize].as_ref() else {
+            return;
+        };
+        let plan = &sess.plan;
+        if !plan.is_mixing() {
             return;
         }
-        // 1. Inputs: top up each mixed input's PCM to one tick from its jitter buffer.
-        for i in 0..n {
-            if !self.session(s).plan.is_mixed_input(i) {
-                continue;
-            }
-            let Some(m) = self.legs[legs[i] as usize]
+        let tick = sess.tick_samples;
+        for i in plan.mixed_inputs() {
+            let dst = &mut tick_in[i][..tick];
+            match legs[sess.legs[i] as usize]
                 .as_mut()
-                .and_then(|l| l.media.as_mut())
-            else {
-                continue;
-            };
-            // Decoded straight into the staging buffer: in_len < tick <= frame, and the
-            // buffer holds two of the longest frames.
-            while m.in_len < tick {
-                let fs = m.frame_samples;
-                let _kind = m
-                    .jitter
-                    .poll_frame(now, &mut m.in_pcm[m.in_len..m.in_len + fs]);
-                m.in_len += fs;
+                .and_then(|l| l.media.as_deref_mut())
+            {
+                Some(m) => m.pull_tick(now, dst),
+                None => dst.fill(0),
             }
         }
-        // 2. Outputs: mix one tick for each mixed listener; send full frames.
-        for l in 0..n {
-            if l >= self.session(s).plan.legs() {
-                break;
-            }
-            let OutputPlan::Mix(_) = self.session(s).plan.output(l) else {
+        mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
+        // Encoded frames of shared mixes, by leader: (length, followers may reuse it).
+        let mut encoded = [0usize; MAX_SESSION_LEGS];
+        for l in plan.mixed_outputs() {
+            let leader = plan.mix_leader(l);
+            let Some(leg) = legs[sess.legs[l] as usize].as_mut() else {
                 continue;
             };
-            let mut inputs: [&[i16]; MAX_SESSION_LEGS] = [&[]; MAX_SESSION_LEGS];
-            let mut gains = [Gain::MUTE; MAX_SESSION_LEGS];
-            let mut k = 0;
-            let sess = self.sessions[s as usize]
-                .as_ref()
-                .expect("ticking a live session");
-            if let OutputPlan::Mix(sources) = sess.plan.output(l) {
-                for &earshot_media::plan::MixSource { source: src, gain } in sources.as_slice() {
-                    if let Some(m) = self.legs[legs[src] as usize]
-                        .as_ref()
-                        .and_then(|x| x.media.as_ref())
-                    {
-                        inputs[k] = &m.in_pcm[..tick];
-                        gains[k] = gain;
-                        k += 1;
-                    }
-                }
-            }
-            let mix = self.kernels.mix;
-            // Inputs borrow other legs immutably, so the mix lands in the shard's scratch
-            // buffer (a different field), not in the listener's own leg.
-            let chunk = &mut self.scratch[..tick];
-            mix(chunk, &inputs[..k], &gains[..k]);
-            let chunk = &self.scratch[..tick];
-            let leg = self.legs[legs[l] as usize]
-                .as_mut()
-                .expect("session legs are live");
-            let port = leg.port;
-            let remote = leg.remote;
-            let Some(m) = leg.media.as_mut() else {
+            let (port, remote) = (leg.port, leg.remote);
+            let Some(m) = leg.media.as_deref_mut() else {
                 continue;
             };
-            let fs = m.frame_samples;
-            if m.out_len + tick > fs {
-                m.out_len = 0; // ptime changed under us; restart the frame.
-            }
-            // The common case, a tick of one whole frame, encodes straight from the mix.
-            let whole = m.out_len == 0 && tick == fs;
-            if !whole {
-                m.out_pcm[m.out_len..m.out_len + tick].copy_from_slice(chunk);
-                m.out_len += tick;
-                if m.out_len < fs {
-                    continue;
-                }
-                m.out_len = 0;
-            }
+            let Some(frame) = m.accumulate(&tick_out[leader][..tick]) else {
+                continue;
+            };
             let talkspurt = !m.mixed_active;
             m.mixed_active = true;
             let stamp = m.out.mixed(now, talkspurt);
             let Some(remote) = remote else { continue };
-            let (codec, pt) = (m.codec, m.payload_type);
-            let pcm = if whole { chunk } else { &m.out_pcm[..fs] };
+            let (codec, pt, fs) = (m.codec, m.payload_type, m.frame_samples);
+            // A follower in step with its leader sends the leader's encoded bytes.
+            let reuse = leader != l && frame == Frame::Tick && encoded[leader] == fs;
+            let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
+            let pcm = match frame {
+                Frame::Tick => &tick_out[leader][..tick],
+                Frame::Staged => &m.out_pcm[..fs],
+            };
+            let enc = &mut tick_enc[leader];
             let sent = tx.send_with(port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
-                g711::encode(codec, pcm, &mut buf[h..h + fs]);
+                let payload = &mut buf[h..h + fs];
+                if reuse {
+                    payload.copy_from_slice(&enc[..fs]);
+                } else {
+                    g711::encode(codec, pcm, payload);
+                    if keep {
+                        enc[..fs].copy_from_slice(payload);
+                    }
+                }
                 h + fs
             });
+            if keep && sent {
+                encoded[l] = fs;
+            }
             if sent {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
                 m.octets_sent = m.octets_sent.wrapping_add(fs as u32);
-            }
-            self.count_send(sent, rtp::HEADER_LEN + fs);
-        }
-        // 3. Consume the tick from every input.
-        for i in 0..n {
-            if let Some(m) = self.legs[legs[i] as usize]
-                .as_mut()
-                .and_then(|l| l.media.as_mut())
-            {
-                if m.in_len == tick {
-                    m.in_len = 0;
-                } else if m.in_len > tick {
-                    m.in_pcm.copy_within(tick..m.in_len, 0);
-                    m.in_len -= tick;
-                }
+                counters.packets_out += 1;
+                counters.bytes_out += (rtp::HEADER_LEN + fs) as u64;
+            } else {
+                counters.drop(DropReason::TxFull);
             }
         }
     }

@@ -148,3 +148,28 @@ proptest! {
         }
     }
 }
+
+/// One or two inputs at unity gain: the shapes the SIMD kernels take a shortcut for
+/// (a copy, one saturating add), with saturating and odd-length inputs.
+fn unity_case() -> impl Strategy<Value = (usize, Vec<Vec<i16>>, Vec<Gain>)> {
+    (1usize..=2, 0usize..=1000).prop_flat_map(|(n, len)| {
+        (
+            Just(len),
+            prop::collection::vec(prop::collection::vec(sample(), len), n),
+            Just(vec![Gain::UNITY; n]),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn unity_shortcuts_are_bit_identical_to_the_scalar_reference(case in unity_case()) {
+        let (len, inputs, gains) = case;
+        let reference = run(&MixKernels::scalar(), len, &inputs, &gains);
+        for kernels in MixKernels::available() {
+            prop_assert_eq!(&run(&kernels, len, &inputs, &gains), &reference, "{}", kernels.name);
+        }
+    }
+}

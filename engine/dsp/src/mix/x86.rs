@@ -28,17 +28,82 @@ pub(super) fn avx512_detected() -> bool {
     avx2_detected() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
+/// The common shapes of a listener's mix, which have cheaper exact forms than the
+/// general sum: one unity input (a copy: `(x * 4096) >> 12 == x` and one term cannot
+/// saturate) and two unity inputs (one saturating 16-bit add: with two terms, saturating
+/// the 32-bit sum once is the same as a saturating add).
+enum Shape<'a> {
+    Copy(&'a [i16]),
+    Pair(&'a [i16], &'a [i16]),
+    General,
+}
+
+fn shape<'a>(inputs: &[&'a [i16]], gains: &[Gain]) -> Shape<'a> {
+    match (inputs, gains) {
+        ([a], [Gain::UNITY]) => Shape::Copy(a),
+        ([a, b], [Gain::UNITY, Gain::UNITY]) => Shape::Pair(a, b),
+        _ => Shape::General,
+    }
+}
+
 /// The AVX2 kernel: 16 samples per step. Falls back to the scalar reference on a CPU
 /// without AVX2 (never the case when taken from [`super::MixKernels::available`]).
 pub(super) fn mix_avx2(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain]) {
     check_args(out, inputs, gains);
     let done = if avx2_detected() {
-        // SAFETY: AVX2 was detected on this CPU just above.
-        unsafe { body_avx2(out, inputs, gains, 0) }
+        match shape(inputs, gains) {
+            Shape::Copy(a) => {
+                out.copy_from_slice(a);
+                return;
+            }
+            // SAFETY: AVX2 was detected on this CPU just above.
+            Shape::Pair(a, b) => unsafe { pair_avx2(out, a, b, 0) },
+            // SAFETY: AVX2 was detected on this CPU just above.
+            Shape::General => unsafe { body_avx2(out, inputs, gains, 0) },
+        }
     } else {
         0
     };
     mix_from(out, inputs, gains, done);
+}
+
+/// Two unity inputs, 16 samples per step with one saturating add; returns where it
+/// stopped. The caller has run `check_args`: `a`, `b` and `out` have one length.
+#[target_feature(enable = "avx2")]
+fn pair_avx2(out: &mut [i16], a: &[i16], b: &[i16], start: usize) -> usize {
+    const LANES: usize = 16;
+    let n = out.len().min(a.len()).min(b.len());
+    let mut i = start;
+    while i + LANES <= n {
+        // SAFETY: i + 16 <= n bounds all three slices, so each 32-byte unaligned load
+        // and store is in bounds; `loadu`/`storeu` have no alignment requirement.
+        unsafe {
+            let x = _mm256_loadu_si256(a.as_ptr().add(i).cast());
+            let y = _mm256_loadu_si256(b.as_ptr().add(i).cast());
+            _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm256_adds_epi16(x, y));
+        }
+        i += LANES;
+    }
+    i
+}
+
+/// Two unity inputs, 32 samples per step; returns where it stopped. As [`pair_avx2`].
+#[target_feature(enable = "avx512f,avx512bw")]
+fn pair_avx512(out: &mut [i16], a: &[i16], b: &[i16]) -> usize {
+    const LANES: usize = 32;
+    let n = out.len().min(a.len()).min(b.len());
+    let mut i = 0;
+    while i + LANES <= n {
+        // SAFETY: i + 32 <= n bounds all three slices, so each 64-byte unaligned load
+        // and store is in bounds; `loadu`/`storeu` have no alignment requirement.
+        unsafe {
+            let x = _mm512_loadu_si512(a.as_ptr().add(i).cast());
+            let y = _mm512_loadu_si512(b.as_ptr().add(i).cast());
+            _mm512_storeu_si512(out.as_mut_ptr().add(i).cast(), _mm512_adds_epi16(x, y));
+        }
+        i += LANES;
+    }
+    i
 }
 
 /// The AVX-512 kernel: 32 samples per step, then at most one 16-sample AVX2 step, then
@@ -46,10 +111,21 @@ pub(super) fn mix_avx2(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain]) {
 pub(super) fn mix_avx512(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain]) {
     check_args(out, inputs, gains);
     let done = if avx512_detected() {
-        // SAFETY: AVX2, AVX-512F and AVX-512BW were detected on this CPU just above.
-        unsafe {
-            let done = body_avx512(out, inputs, gains);
-            body_avx2(out, inputs, gains, done)
+        match shape(inputs, gains) {
+            Shape::Copy(a) => {
+                out.copy_from_slice(a);
+                return;
+            }
+            // SAFETY: AVX2, AVX-512F and AVX-512BW were detected on this CPU just above.
+            Shape::Pair(a, b) => unsafe {
+                let done = pair_avx512(out, a, b);
+                pair_avx2(out, a, b, done)
+            },
+            // SAFETY: AVX2, AVX-512F and AVX-512BW were detected on this CPU just above.
+            Shape::General => unsafe {
+                let done = body_avx512(out, inputs, gains);
+                body_avx2(out, inputs, gains, done)
+            },
         }
     } else {
         0
