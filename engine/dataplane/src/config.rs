@@ -36,11 +36,16 @@ pub struct EngineConfig {
     pub pin: bool,
     /// Explicit cores for the shards; empty means 0, 1, 2, ...
     pub cores: Vec<usize>,
-    /// First local port of shard 0. Shard i's range starts at
-    /// `port_base + i * ports_per_shard`. Default 32768.
+    /// First local port of shard 0 (even). Shard i's range starts at
+    /// `port_base + i * ports_per_shard`. Default 10000: below Linux's default
+    /// ephemeral range (32768-60999), where other processes' outgoing sockets would
+    /// take ports (docs/operations.md shows `ip_local_reserved_ports` for ranges that
+    /// must overlap it).
     pub port_base: u16,
-    /// Ports per shard: a power of two so that one NIC flow-steering rule
-    /// (destination port and mask) covers a shard. Default 16384.
+    /// Ports per shard (even). Default 20000: 20,000 rtcp-mux legs or 10,000 legs with
+    /// port pairs on one shard. For one NIC flow-steering rule per shard (destination
+    /// port and mask), choose a power of two and a `port_base` aligned to it
+    /// (docs/tuning.md).
     pub ports_per_shard: u32,
     /// Local IPv4 address to bind legs on. Default 127.0.0.1 (loopback: safe by default).
     pub bind_v4: Option<Ipv4Addr>,
@@ -94,8 +99,8 @@ impl Default for EngineConfig {
             shards: 1,
             pin: true,
             cores: Vec::new(),
-            port_base: 32768,
-            ports_per_shard: 16384,
+            port_base: 10_000,
+            ports_per_shard: 20_000,
             bind_v4: Some(Ipv4Addr::LOCALHOST),
             bind_v6: None,
             backend: BackendKind::Auto,
@@ -156,19 +161,16 @@ impl EngineConfig {
                 ),
             );
         }
-        if !self.ports_per_shard.is_power_of_two() || self.ports_per_shard < 4 {
+        if !self.ports_per_shard.is_multiple_of(2) || self.ports_per_shard < 4 {
             return err(
                 "ports_per_shard",
-                format!("{} is not a power of two >= 4", self.ports_per_shard),
+                format!("{} is not an even number >= 4", self.ports_per_shard),
             );
         }
-        if u32::from(self.port_base) % self.ports_per_shard != 0 {
+        if !self.port_base.is_multiple_of(2) {
             return err(
                 "port_base",
-                format!(
-                    "{} is not aligned to ports_per_shard {}",
-                    self.port_base, self.ports_per_shard
-                ),
+                format!("{} is odd: RTP ports are even", self.port_base),
             );
         }
         let end = u32::from(self.port_base) + self.ports_per_shard * self.shards as u32;
@@ -250,20 +252,26 @@ mod tests {
     fn defaults_are_valid_and_ranges_are_aligned() {
         let c = EngineConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.shard_port_first(0), 32768);
+        assert_eq!(c.shard_port_first(0), 10_000);
+        assert!(
+            c.shard_port_first(0) as u32 + c.shard_port_count(0) as u32 <= 32_768,
+            "the default range stays below the kernel's ephemeral range"
+        );
         let c2 = EngineConfig {
             shards: 2,
             ..EngineConfig::default()
         };
         c2.validate().unwrap();
-        assert_eq!(c2.shard_port_first(1), 49152);
-        assert_eq!(c2.shard_port_count(1), 16384);
+        assert_eq!(c2.shard_port_first(1), 30_000);
+        assert_eq!(c2.shard_port_count(1), 20_000);
     }
 
     #[test]
     fn bad_configuration_names_the_field() {
-        let e = EngineConfig::from_toml("ports_per_shard = 1000").unwrap_err();
+        let e = EngineConfig::from_toml("ports_per_shard = 1001").unwrap_err();
         assert_eq!(e.field, "ports_per_shard");
+        let e = EngineConfig::from_toml("port_base = 20001").unwrap_err();
+        assert_eq!(e.field, "port_base");
         let e = EngineConfig::from_toml("shards = 5").unwrap_err();
         assert_eq!(e.field, "port_base");
         let e = EngineConfig::from_toml("nonsense = 1").unwrap_err();

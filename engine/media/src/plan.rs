@@ -284,6 +284,17 @@ impl SessionPlan {
         plan
     }
 
+    /// The listeners that hear nobody, in ascending order.
+    pub fn silent_outputs(&self) -> LegSet {
+        let all = if self.legs == 0 {
+            0
+        } else {
+            u16::MAX >> (16 - self.legs)
+        };
+        let active = self.mixed_outputs | self.forward_targets.iter().fold(0, |a, &t| a | t);
+        LegSet(all & !active)
+    }
+
     /// The listeners that mix, in ascending order.
     pub fn mixed_outputs(&self) -> LegSet {
         LegSet(self.mixed_outputs)

@@ -28,6 +28,9 @@ pub(super) struct LegMedia {
     pub(super) te_pt: Option<u8>,
     pub(super) rtcp_mux: bool,
     pub(super) report_first_packet: bool,
+    /// While the leg hears nobody, send it silence at its ptime (the default) rather
+    /// than nothing.
+    pub(super) send_idle: bool,
     pub(super) config: MediaConfig,
     pub(super) jitter: JitterBuffer,
     pub(super) out: OutputStream,
@@ -315,6 +318,7 @@ impl Shard {
             te_pt: media.telephone_event_pt,
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
+            send_idle: true,
             jitter: JitterBuffer::new(jitter_cfg),
             out: OutputStream::new(
                 ssrc,

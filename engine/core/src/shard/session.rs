@@ -1,12 +1,15 @@
 //! Sessions: the hear relation turned into a media plan, and the tick wheel.
 
 use earshot_engine_api::{EngineError, Response, SessionPlan as ApiPlan};
-use earshot_media::plan::{HearMatrix, LegFormat, OutputPlan, SessionPlan};
+use earshot_media::plan::{HearMatrix, LegFormat, LegSet, OutputPlan, SessionPlan};
 use earshot_media::time::{Duration, Instant};
 use earshot_media::{Codec, Gain, MAX_SESSION_LEGS};
 
 use super::tick::{WHEEL_SLOT_NS, WHEEL_SLOTS};
 use super::{NO_SLOT, Shard};
+
+/// The rate sessions mix at. Narrowband G.711 only for now: every leg's clock.
+pub(super) const MIX_RATE_HZ: u32 = 8_000;
 
 /// The engine's view of one interaction: the legs that may hear each other.
 #[derive(Debug)]
@@ -19,8 +22,11 @@ pub(super) struct Session {
     /// Bit per leg index: never receives telephone events.
     pub(super) no_dtmf: u16,
     pub(super) matrix: HearMatrix,
-    /// Whether any output mixes (then the session ticks).
+    /// Whether the session ticks: some output mixes, or idles.
     pub(super) mixing: bool,
+    /// Configured outputs that hear nobody and still get a stream of silence at their
+    /// ptime, so their endpoints do not take the call for dead (SPEC section 5).
+    pub(super) idle: LegSet,
     pub(super) tick_samples: usize,
     pub(super) tick_period: Duration,
     pub(super) next_tick: Instant,
@@ -44,6 +50,7 @@ impl Session {
             no_dtmf: 0,
             matrix: HearMatrix::new(0),
             mixing: false,
+            idle: LegSet(0),
             tick_samples: 160,
             tick_period: Duration::from_millis(20),
             next_tick: now,
@@ -99,6 +106,7 @@ impl Shard {
             ptime_ms: 20,
         }; MAX_SESSION_LEGS];
         let mut configured = [false; MAX_SESSION_LEGS];
+        let mut sends_idle = 0u16;
         for i in 0..n {
             let leg = self.leg(sess.legs[i]);
             if let Some(m) = &leg.media {
@@ -107,6 +115,9 @@ impl Shard {
                     ptime_ms: m.ptime_ms,
                 };
                 configured[i] = true;
+                if m.send_idle {
+                    sends_idle |= 1 << i;
+                }
             }
             if sess.api_plan.no_dtmf.contains(&leg.id) {
                 no_dtmf |= 1 << i;
@@ -139,21 +150,15 @@ impl Shard {
                 }
             }
         }
-        let mut mixing = false;
+        let idle = LegSet(plan.silent_outputs().0 & sends_idle);
+        let mixing = plan.is_mixing() || !idle.is_empty();
+        // The session ticks at the greatest common divisor of its ticking legs' ptimes so
+        // that every leg's frames are whole numbers of ticks.
         let mut tick_ms = 0u32;
-        for l in 0..n {
-            if matches!(plan.output(l), OutputPlan::Mix(_)) {
-                mixing = true;
-            }
-        }
-        if mixing {
-            // The session ticks at the greatest common divisor of its mixed legs' ptimes
-            // so that every leg's frames are whole numbers of ticks.
-            for i in 0..n {
-                let mixed_out = matches!(plan.output(i), OutputPlan::Mix(_));
-                if configured[i] && (mixed_out || plan.is_mixed_input(i)) {
-                    tick_ms = gcd(tick_ms, formats[i].ptime_ms);
-                }
+        let ticking = plan.mixed_outputs().0 | plan.mixed_inputs().0 | idle.0;
+        for i in LegSet(ticking) {
+            if configured[i] {
+                tick_ms = gcd(tick_ms, formats[i].ptime_ms);
             }
         }
         let tick_ms = if tick_ms == 0 { 20 } else { tick_ms };
@@ -166,7 +171,8 @@ impl Shard {
         sess.matrix = matrix;
         sess.plan = plan;
         sess.no_dtmf = no_dtmf;
-        sess.tick_samples = (tick_ms * 8) as usize;
+        sess.idle = idle;
+        sess.tick_samples = (tick_ms * MIX_RATE_HZ / 1_000) as usize;
         sess.tick_period = Duration::from_millis(u64::from(tick_ms));
         let was_mixing = sess.mixing;
         sess.mixing = mixing;
@@ -187,8 +193,9 @@ impl Shard {
         let legs = self.session(s).legs;
         for i in 0..n {
             let mixed_input = self.session(s).plan.is_mixed_input(i);
-            let mixed_out = i < self.session(s).plan.legs()
-                && matches!(self.session(s).plan.output(i), OutputPlan::Mix(_));
+            let sess = self.session(s);
+            let mixed_out = i < sess.plan.legs()
+                && (matches!(sess.plan.output(i), OutputPlan::Mix(_)) || sess.idle.contains(i));
             if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
                 if !mixed_input && (m.in_len > 0 || m.jitter_live) {
                     // Nobody mixes this input now: its jitter buffer is neither fed nor

@@ -1,15 +1,19 @@
 //! Ticks: every mixing session, once per period, pulls, mixes, encodes and sends.
 
-use earshot_media::MAX_SESSION_LEGS;
 use earshot_media::dsp::g711;
 use earshot_media::mixer;
+use earshot_media::plan::LegSet;
 use earshot_media::time::Instant;
+use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS};
 
 use super::legs::Frame;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
 use crate::rtp;
 use crate::stats::DropReason;
+
+/// What an idle output hears.
+static SILENCE: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
 
 /// Granularity of the tick wheel.
 pub(super) const WHEEL_SLOT_NS: u64 = 1_000_000;
@@ -115,7 +119,7 @@ impl Shard {
             return;
         };
         let plan = &sess.plan;
-        if !plan.is_mixing() {
+        if !sess.mixing {
             return;
         }
         let tick = sess.tick_samples;
@@ -132,8 +136,13 @@ impl Shard {
         mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
         // Encoded frames of shared mixes, by leader: (length, followers may reuse it).
         let mut encoded = [0usize; MAX_SESSION_LEGS];
-        for l in plan.mixed_outputs() {
+        for l in LegSet(plan.mixed_outputs().0 | sess.idle.0) {
             let leader = plan.mix_leader(l);
+            let mix = if sess.idle.contains(l) {
+                &SILENCE[..tick]
+            } else {
+                &tick_out[leader][..tick]
+            };
             let Some(leg) = legs[sess.legs[l] as usize].as_mut() else {
                 continue;
             };
@@ -141,7 +150,7 @@ impl Shard {
             let Some(m) = leg.media.as_deref_mut() else {
                 continue;
             };
-            let Some(frame) = m.accumulate(&tick_out[leader][..tick]) else {
+            let Some(frame) = m.accumulate(mix) else {
                 continue;
             };
             let talkspurt = !m.mixed_active;
@@ -153,7 +162,7 @@ impl Shard {
             let reuse = leader != l && frame == Frame::Tick && encoded[leader] == fs;
             let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
             let pcm = match frame {
-                Frame::Tick => &tick_out[leader][..tick],
+                Frame::Tick => mix,
                 Frame::Staged => &m.out_pcm[..fs],
             };
             let enc = &mut tick_enc[leader];
