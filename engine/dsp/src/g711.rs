@@ -389,6 +389,18 @@ impl G711Kernels {
         kernels
     }
 
+    /// Every variant compiled for this target, whether or not this CPU runs it, the
+    /// scalar reference first. Calling any of them is sound: a SIMD kernel checks its
+    /// CPU features itself and falls back to the scalar reference without them. For an
+    /// emulator run (see `g711/emulate_avx512.py`); elsewhere use [`Self::available`].
+    pub fn compiled() -> Vec<G711Kernels> {
+        #[allow(unused_mut)] // nothing is pushed on targets without SIMD variants
+        let mut kernels = vec![G711Kernels::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        kernels.extend([G711Kernels::AVX2, G711Kernels::AVX512]);
+        kernels
+    }
+
     /// Names of the SIMD variants that exist for this target but that this CPU cannot
     /// run, each with what it needs. For tests and benches to say what they skipped.
     pub fn unavailable() -> Vec<(&'static str, &'static str)> {

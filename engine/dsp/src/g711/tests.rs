@@ -560,3 +560,139 @@ fn kernel_table_methods_pick_the_law_by_codec() {
         assert_eq!(linear, expected_decode("mu-law", &bytes, 0), "{}", k.name);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// AVX-512 on an emulated CPU: the harness half of `emulate_avx512.py`.
+// ---------------------------------------------------------------------------------------
+
+/// One kernel call for the emulator, prepared natively: buffers, the kernel, and what
+/// the scalar reference produced (with the fill past the end).
+struct EmuCase {
+    encode: Option<(EncodeFn, Vec<i16>, Vec<u8>, Vec<u8>)>,
+    decode: Option<(DecodeFn, Vec<u8>, Vec<i16>, Vec<i16>)>,
+}
+
+/// Runs one prepared case and compares with the reference: returns the number of
+/// mismatching elements shifted left by one, with bit 0 set when this CPU reports
+/// AVX-512F and BW (so the kernel ran its vector body, not the scalar fallback). Called
+/// by the emulator with the case's address in `rdi`; it allocates nothing and touches
+/// no thread-local state, so it runs on a bare emulated CPU.
+#[allow(improper_ctypes_definitions)] // called only by our own emulator driver
+extern "C" fn emu_run(case: &mut EmuCase) -> u64 {
+    let detected =
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+    let mismatches = if let Some((f, src, dst, expected)) = &mut case.encode {
+        f(src, dst);
+        dst.iter().zip(expected.iter()).filter(|(a, b)| a != b).count()
+    } else if let Some((f, src, dst, expected)) = &mut case.decode {
+        f(src, dst);
+        dst.iter().zip(expected.iter()).filter(|(a, b)| a != b).count()
+    } else {
+        0
+    };
+    ((mismatches as u64) << 1) | u64::from(detected)
+}
+
+/// Not a test by itself: `engine/dsp/src/g711/emulate_avx512.py` runs this in a process
+/// whose memory it copies into an emulated AVX-512 CPU (bochscpu), where it calls
+/// [`emu_run`] on every case. This half prepares the cases natively (without running
+/// CPU detection, whose cached "no AVX-512" would otherwise be copied too), prints their
+/// addresses as one JSON line, and waits on stdin while the driver reads its memory.
+#[test]
+#[ignore = "harness for emulate_avx512.py (needs an AVX-512 emulator)"]
+fn avx512_emulation_harness() {
+    let kernels = G711Kernels::compiled()
+        .into_iter()
+        .find(|k| k.name == "avx512")
+        .expect("x86-64 build");
+    let scalar = G711Kernels::scalar();
+    let all: Vec<i16> = (i16::MIN..=i16::MAX).collect();
+    let codes: Vec<u8> = (0..256 * 33).map(|i| (i * 37 % 256) as u8).collect();
+    let mut cases = Vec::new();
+    let mut labels = Vec::new();
+    // The same shapes as the native exhaustive tests: every start offset in a chunk,
+    // partial last chunks, and short slices that take the scalar path.
+    for (law, enc, reference) in [
+        ("mu-law", kernels.ulaw_encode, scalar.ulaw_encode),
+        ("A-law", kernels.alaw_encode, scalar.alaw_encode),
+    ] {
+        for start in 0..32 {
+            for trim in [0, 1, 15, 31] {
+                let src = all[start..all.len() - trim].to_vec();
+                let mut expected = vec![FILL_BYTE; src.len() + 2];
+                reference(&src, &mut expected);
+                let dst = vec![FILL_BYTE; src.len() + 2];
+                labels.push(format!("encode {law} start {start} trim {trim}"));
+                cases.push(EmuCase {
+                    encode: Some((enc, src, dst, expected)),
+                    decode: None,
+                });
+            }
+        }
+        for len in [0, 1, 31, 32, 33, 63, 64, 65, 80, 159, 160, 161, 240, 300] {
+            let src = all[1000..1000 + len].to_vec();
+            let mut expected = vec![FILL_BYTE; len + 2];
+            reference(&src, &mut expected);
+            labels.push(format!("encode {law} len {len}"));
+            cases.push(EmuCase {
+                encode: Some((enc, src, vec![FILL_BYTE; len + 2], expected)),
+                decode: None,
+            });
+        }
+    }
+    for (law, dec, reference) in [
+        ("mu-law", kernels.ulaw_decode, scalar.ulaw_decode),
+        ("A-law", kernels.alaw_decode, scalar.alaw_decode),
+    ] {
+        for start in 0..32 {
+            for trim in [0, 1, 15, 31] {
+                let src = codes[start..codes.len() - trim].to_vec();
+                let mut expected = vec![FILL_SAMPLE; src.len() + 2];
+                reference(&src, &mut expected);
+                let dst = vec![FILL_SAMPLE; src.len() + 2];
+                labels.push(format!("decode {law} start {start} trim {trim}"));
+                cases.push(EmuCase {
+                    encode: None,
+                    decode: Some((dec, src, dst, expected)),
+                });
+            }
+        }
+        for len in [0, 1, 31, 32, 33, 63, 64, 65, 80, 159, 160, 161, 240, 256, 300] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 101 + 7) as u8).collect();
+            let mut expected = vec![FILL_SAMPLE; len + 2];
+            reference(&src, &mut expected);
+            labels.push(format!("decode {law} len {len}"));
+            cases.push(EmuCase {
+                encode: None,
+                decode: Some((dec, src, vec![FILL_SAMPLE; len + 2], expected)),
+            });
+        }
+    }
+    // One case whose expectation is deliberately wrong, so the driver can check that a
+    // mismatch is reported (the comparison is live, not vacuous).
+    let mut wrong = vec![FILL_BYTE; 66];
+    (scalar.ulaw_encode)(&all[..64], &mut wrong);
+    wrong[40] ^= 1;
+    labels.push("control: expected one mismatch".to_string());
+    cases.push(EmuCase {
+        encode: Some((kernels.ulaw_encode, all[..64].to_vec(), vec![FILL_BYTE; 66], wrong)),
+        decode: None,
+    });
+
+    let addresses: Vec<String> = cases
+        .iter_mut()
+        .map(|c| format!("{}", c as *mut EmuCase as usize))
+        .collect();
+    let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
+    println!(
+        "EMU {{\"entry\": {}, \"cases\": [{}], \"labels\": [{}]}}",
+        emu_run as extern "C" fn(&mut EmuCase) -> u64 as usize,
+        addresses.join(", "),
+        labels.join(", ")
+    );
+    // Wait for the driver to finish reading this process's memory.
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("stdin");
+    // Keep the cases alive (and unmoved) until here.
+    assert!(!cases.is_empty());
+}

@@ -122,14 +122,23 @@ wrapper!(
     alaw_decode_avx512, u8, i16, avx512_detected, alaw_decode_body_avx512, alaw_decode_scalar
 );
 
-/// Start of every chunk of a slice of `n >= CHUNK` samples: 0, 32, 64, ..., and, if `n`
-/// is not a multiple of 32, `n - 32` last (overlapping the chunk before it).
+/// Calls `body` with the start of every chunk of a slice of `n` samples: 0, 32, 64, ...,
+/// and, if `n` is not a multiple of 32, `n - 32` last (overlapping the chunk before it).
+/// Nothing if `n < 32`. Every start is at most `n - 32`, which lets the compiler drop
+/// the bounds checks of the chunk slices in `body`.
 #[inline(always)]
-fn chunk_starts(n: usize) -> impl Iterator<Item = usize> {
-    debug_assert!(n >= CHUNK);
-    let whole = (0..n / CHUNK).map(|k| k * CHUNK);
-    let overlap = (!n.is_multiple_of(CHUNK)).then_some(n - CHUNK);
-    whole.chain(overlap)
+fn for_each_chunk(n: usize, mut body: impl FnMut(usize)) {
+    let Some(last) = n.checked_sub(CHUNK) else {
+        return;
+    };
+    let mut start = 0;
+    loop {
+        body(start);
+        if start == last {
+            break;
+        }
+        start = (start + CHUNK).min(last);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -190,7 +199,9 @@ fn alaw_codes_avx2(x: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn encode_body_avx2(src: &[i16], dst: &mut [u8], codes: impl Fn(__m256i) -> __m256i) {
-    for start in chunk_starts(src.len()) {
+    // Equal lengths, known to the compiler from here on.
+    let dst = &mut dst[..src.len()];
+    for_each_chunk(src.len(), |start| {
         let s = &src[start..start + CHUNK];
         // SAFETY: `s` holds 32 i16 (64 bytes): two 32-byte unaligned loads fit.
         let (a, b) = unsafe {
@@ -207,7 +218,7 @@ fn encode_body_avx2(src: &[i16], dst: &mut [u8], codes: impl Fn(__m256i) -> __m2
         let d = &mut dst[start..start + CHUNK];
         // SAFETY: `d` holds 32 bytes; `storeu` has no alignment requirement.
         unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), ordered) };
-    }
+    });
 }
 
 /// # Safety
@@ -295,7 +306,9 @@ fn decode_body_avx2(
     bias: i16,
     factors: impl Fn(__m256i) -> DecodeFactors,
 ) {
-    for start in chunk_starts(src.len()) {
+    // Equal lengths, known to the compiler from here on.
+    let dst = &mut dst[..src.len()];
+    for_each_chunk(src.len(), |start| {
         let s = &src[start..start + CHUNK];
         // SAFETY: `s` holds 32 bytes; `loadu` has no alignment requirement.
         let codes = unsafe { _mm256_loadu_si256(s.as_ptr().cast()) };
@@ -330,7 +343,7 @@ fn decode_body_avx2(
             // SAFETY: `half` holds 16 i16 (32 bytes); `storeu` has no alignment requirement.
             unsafe { _mm256_storeu_si256(half.as_mut_ptr().cast(), samples) };
         }
-    }
+    });
 }
 
 /// # Safety
@@ -397,7 +410,9 @@ fn alaw_codes_avx512(x: __m512i) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn encode_body_avx512(src: &[i16], dst: &mut [u8], codes: impl Fn(__m512i) -> __m512i) {
-    for start in chunk_starts(src.len()) {
+    // Equal lengths, known to the compiler from here on.
+    let dst = &mut dst[..src.len()];
+    for_each_chunk(src.len(), |start| {
         let s = &src[start..start + CHUNK];
         // SAFETY: `s` holds 32 i16, exactly one 64-byte unaligned load.
         let x = unsafe { _mm512_loadu_si512(s.as_ptr().cast()) };
@@ -406,7 +421,7 @@ fn encode_body_avx512(src: &[i16], dst: &mut [u8], codes: impl Fn(__m512i) -> __
         let d = &mut dst[start..start + CHUNK];
         // SAFETY: `d` holds 32 bytes; `storeu` has no alignment requirement.
         unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), bytes) };
-    }
+    });
 }
 
 /// # Safety
@@ -433,7 +448,9 @@ fn decode_body_avx512(
     bias: i16,
     factors: impl Fn(__m256i) -> DecodeFactors,
 ) {
-    for start in chunk_starts(src.len()) {
+    // Equal lengths, known to the compiler from here on.
+    let dst = &mut dst[..src.len()];
+    for_each_chunk(src.len(), |start| {
         let s = &src[start..start + CHUNK];
         // SAFETY: `s` holds 32 bytes; `loadu` has no alignment requirement.
         let codes = unsafe { _mm256_loadu_si256(s.as_ptr().cast()) };
@@ -448,7 +465,7 @@ fn decode_body_avx512(
         let d = &mut dst[start..start + CHUNK];
         // SAFETY: `d` holds 32 i16, exactly one 64-byte unaligned store.
         unsafe { _mm512_storeu_si512(d.as_mut_ptr().cast(), samples) };
-    }
+    });
 }
 
 /// # Safety
