@@ -579,14 +579,19 @@ struct EmuCase {
 /// no thread-local state, so it runs on a bare emulated CPU.
 #[allow(improper_ctypes_definitions)] // called only by our own emulator driver
 extern "C" fn emu_run(case: &mut EmuCase) -> u64 {
-    let detected =
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+    let detected = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
     let mismatches = if let Some((f, src, dst, expected)) = &mut case.encode {
         f(src, dst);
-        dst.iter().zip(expected.iter()).filter(|(a, b)| a != b).count()
+        dst.iter()
+            .zip(expected.iter())
+            .filter(|(a, b)| a != b)
+            .count()
     } else if let Some((f, src, dst, expected)) = &mut case.decode {
         f(src, dst);
-        dst.iter().zip(expected.iter()).filter(|(a, b)| a != b).count()
+        dst.iter()
+            .zip(expected.iter())
+            .filter(|(a, b)| a != b)
+            .count()
     } else {
         0
     };
@@ -657,7 +662,9 @@ fn avx512_emulation_harness() {
                 });
             }
         }
-        for len in [0, 1, 31, 32, 33, 63, 64, 65, 80, 159, 160, 161, 240, 256, 300] {
+        for len in [
+            0, 1, 31, 32, 33, 63, 64, 65, 80, 159, 160, 161, 240, 256, 300,
+        ] {
             let src: Vec<u8> = (0..len).map(|i| (i * 101 + 7) as u8).collect();
             let mut expected = vec![FILL_SAMPLE; len + 2];
             reference(&src, &mut expected);
@@ -675,7 +682,12 @@ fn avx512_emulation_harness() {
     wrong[40] ^= 1;
     labels.push("control: expected one mismatch".to_string());
     cases.push(EmuCase {
-        encode: Some((kernels.ulaw_encode, all[..64].to_vec(), vec![FILL_BYTE; 66], wrong)),
+        encode: Some((
+            kernels.ulaw_encode,
+            all[..64].to_vec(),
+            vec![FILL_BYTE; 66],
+            wrong,
+        )),
         decode: None,
     });
 
