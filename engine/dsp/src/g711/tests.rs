@@ -567,9 +567,19 @@ fn kernel_table_methods_pick_the_law_by_codec() {
 
 /// One kernel call for the emulator, prepared natively: buffers, the kernel, and what
 /// the scalar reference produced (with the fill past the end).
-struct EmuCase {
-    encode: Option<(EncodeFn, Vec<i16>, Vec<u8>, Vec<u8>)>,
-    decode: Option<(DecodeFn, Vec<u8>, Vec<i16>, Vec<i16>)>,
+enum EmuCase {
+    Encode {
+        kernel: EncodeFn,
+        src: Vec<i16>,
+        dst: Vec<u8>,
+        expected: Vec<u8>,
+    },
+    Decode {
+        kernel: DecodeFn,
+        src: Vec<u8>,
+        dst: Vec<i16>,
+        expected: Vec<i16>,
+    },
 }
 
 /// Runs one prepared case and compares with the reference: returns the number of
@@ -580,20 +590,31 @@ struct EmuCase {
 #[allow(improper_ctypes_definitions)] // called only by our own emulator driver
 extern "C" fn emu_run(case: &mut EmuCase) -> u64 {
     let detected = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
-    let mismatches = if let Some((f, src, dst, expected)) = &mut case.encode {
-        f(src, dst);
-        dst.iter()
-            .zip(expected.iter())
-            .filter(|(a, b)| a != b)
-            .count()
-    } else if let Some((f, src, dst, expected)) = &mut case.decode {
-        f(src, dst);
-        dst.iter()
-            .zip(expected.iter())
-            .filter(|(a, b)| a != b)
-            .count()
-    } else {
-        0
+    let mismatches = match case {
+        EmuCase::Encode {
+            kernel,
+            src,
+            dst,
+            expected,
+        } => {
+            kernel(src, dst);
+            dst.iter()
+                .zip(expected.iter())
+                .filter(|(a, b)| a != b)
+                .count()
+        }
+        EmuCase::Decode {
+            kernel,
+            src,
+            dst,
+            expected,
+        } => {
+            kernel(src, dst);
+            dst.iter()
+                .zip(expected.iter())
+                .filter(|(a, b)| a != b)
+                .count()
+        }
     };
     ((mismatches as u64) << 1) | u64::from(detected)
 }
@@ -628,9 +649,11 @@ fn avx512_emulation_harness() {
                 reference(&src, &mut expected);
                 let dst = vec![FILL_BYTE; src.len() + 2];
                 labels.push(format!("encode {law} start {start} trim {trim}"));
-                cases.push(EmuCase {
-                    encode: Some((enc, src, dst, expected)),
-                    decode: None,
+                cases.push(EmuCase::Encode {
+                    kernel: enc,
+                    src,
+                    dst,
+                    expected,
                 });
             }
         }
@@ -639,9 +662,11 @@ fn avx512_emulation_harness() {
             let mut expected = vec![FILL_BYTE; len + 2];
             reference(&src, &mut expected);
             labels.push(format!("encode {law} len {len}"));
-            cases.push(EmuCase {
-                encode: Some((enc, src, vec![FILL_BYTE; len + 2], expected)),
-                decode: None,
+            cases.push(EmuCase::Encode {
+                kernel: enc,
+                src,
+                dst: vec![FILL_BYTE; len + 2],
+                expected,
             });
         }
     }
@@ -656,9 +681,11 @@ fn avx512_emulation_harness() {
                 reference(&src, &mut expected);
                 let dst = vec![FILL_SAMPLE; src.len() + 2];
                 labels.push(format!("decode {law} start {start} trim {trim}"));
-                cases.push(EmuCase {
-                    encode: None,
-                    decode: Some((dec, src, dst, expected)),
+                cases.push(EmuCase::Decode {
+                    kernel: dec,
+                    src,
+                    dst,
+                    expected,
                 });
             }
         }
@@ -669,9 +696,11 @@ fn avx512_emulation_harness() {
             let mut expected = vec![FILL_SAMPLE; len + 2];
             reference(&src, &mut expected);
             labels.push(format!("decode {law} len {len}"));
-            cases.push(EmuCase {
-                encode: None,
-                decode: Some((dec, src, vec![FILL_SAMPLE; len + 2], expected)),
+            cases.push(EmuCase::Decode {
+                kernel: dec,
+                src,
+                dst: vec![FILL_SAMPLE; len + 2],
+                expected,
             });
         }
     }
@@ -681,14 +710,11 @@ fn avx512_emulation_harness() {
     (scalar.ulaw_encode)(&all[..64], &mut wrong);
     wrong[40] ^= 1;
     labels.push("control: expected one mismatch".to_string());
-    cases.push(EmuCase {
-        encode: Some((
-            kernels.ulaw_encode,
-            all[..64].to_vec(),
-            vec![FILL_BYTE; 66],
-            wrong,
-        )),
-        decode: None,
+    cases.push(EmuCase::Encode {
+        kernel: kernels.ulaw_encode,
+        src: all[..64].to_vec(),
+        dst: vec![FILL_BYTE; 66],
+        expected: wrong,
     });
 
     let addresses: Vec<String> = cases
