@@ -28,6 +28,9 @@ fn test_frame() -> [i16; FRAME_SAMPLES] {
     })
 }
 
+/// The per-sample reference encoder and decoder of one law.
+type PerSample = (fn(i16) -> u8, fn(u8) -> i16);
+
 /// Checks one implementation's encode and decode of `pcm` against the per-sample
 /// reference (so the benched calls are known to compute the right thing), then benches
 /// both as `encode/<law>/<variant>` and `decode/<law>/<variant>`.
@@ -40,7 +43,7 @@ fn bench_variant(
     variant: &str,
     encode: impl Fn(Codec, &[i16], &mut [u8]),
     decode: impl Fn(Codec, &[u8], &mut [i16]),
-    (encode_one, decode_one): (fn(i16) -> u8, fn(u8) -> i16),
+    (encode_one, decode_one): PerSample,
 ) {
     let mut bytes = [0u8; FRAME_SAMPLES];
     encode(codec, pcm, &mut bytes);
