@@ -79,7 +79,8 @@ macro_rules! wrapper {
             let n = src.len().min(dst.len());
             let (src, dst) = (&src[..n], &mut dst[..n]);
             if n >= CHUNK && $detected() {
-                // SAFETY: the features `$body` is compiled for were detected on this CPU
+                // SAFETY: `$detected` checks exactly the features the body is compiled for
+                // (each invocation below pairs them), and it returned true on this CPU
                 // just above; `src` and `dst` are equally long and at least one chunk.
                 unsafe { $body(src, dst) }
             } else {
