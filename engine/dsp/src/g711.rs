@@ -16,11 +16,25 @@
 //! - **mu-law clips** magnitudes at or above decision value 8159 (14-bit) to the
 //!   largest code instead of wrapping.
 //!
-//! Per-frame [`encode`] and [`decode`] are single table look-ups per sample. Every table
-//! is computed at compile time by `const fn` from the reference formulas (or, for
-//! transcoding, from the standard's printed tables), so there is no lazy initialisation,
-//! no allocation and no start-up cost. The tables are 16 KiB (mu-law encode), 4 KiB
-//! (A-law encode), 2 x 512 B (decode) and 2 x 256 B (transcode): they fit in L1/L2.
+//! The **scalar reference** for per-frame encode and decode is one table look-up per
+//! sample. Every table is computed at compile time by `const fn` from the reference
+//! formulas (or, for transcoding, from the standard's printed tables), so there is no
+//! lazy initialisation, no allocation and no start-up cost. The tables are 16 KiB
+//! (mu-law encode), 4 KiB (A-law encode), 2 x 512 B (decode) and 2 x 256 B (transcode):
+//! they fit in L1/L2.
+//!
+//! **SIMD kernels** (AVX2 and AVX-512 F+BW on x86-64, in `g711/x86.rs`) compute the same
+//! codes and samples with bit arithmetic, 32 per step: the int-to-float conversion finds
+//! the segment and mantissa of a whole vector at once, and decoding multiplies by a
+//! looked-up power of two. They are tested bit-identical to the scalar reference for all
+//! 65,536 samples and all 256 codes at every offset within a chunk and at every length
+//! up to 300 (AVX-512 also on an emulated CPU: `g711/emulate_avx512.py`).
+//!
+//! **Choosing a kernel.** [`G711Kernels`] is a table of the four slice kernels for one
+//! instruction set. [`encode`] and [`decode`] dispatch through a table detected once per
+//! process ([`kernels`]: the fastest variant, or the scalar reference when
+//! `EARSHOT_FORCE_SCALAR=1`); a caller may hold its own table instead. Transcoding stays a
+//! 256-entry look-up in every case.
 //!
 //! Round trips: `encode(decode(c)) == c` for every code except mu-law `0x7F`
 //! ("negative zero"), which decodes to 0 and so re-encodes as `0xFF`. Transcoding is
@@ -29,6 +43,11 @@
 //! and 32 A-law codes the standard picks a neighbouring code. We follow the standard.
 
 use earshot_types::Codec;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)] // SIMD loads and stores, and calls into `#[target_feature]` fns.
+mod x86;
 
 // ---------------------------------------------------------------------------------------
 // Reference formulas. These are the G.191 algorithms, written as `const fn` so the
@@ -270,11 +289,217 @@ pub fn alaw_to_ulaw(c: u8) -> u8 {
 
 /// Decodes `src` into `dst`. The two should have equal lengths; the shorter one bounds
 /// the work (the rest of `dst` is left as it was).
+///
+/// Runs the kernel chosen once per process by [`kernels`] (the fastest this CPU has,
+/// unless `EARSHOT_FORCE_SCALAR=1`); every kernel gives the scalar reference's result.
+#[inline]
 pub fn decode(codec: Codec, src: &[u8], dst: &mut [i16]) {
-    let table = match codec {
-        Codec::Pcmu => &ULAW_DECODE,
-        Codec::Pcma => &ALAW_DECODE,
+    kernels().decode(codec, src, dst);
+}
+
+/// Encodes `src` into `dst`. The two should have equal lengths; the shorter one bounds
+/// the work (the rest of `dst` is left as it was).
+///
+/// Runs the kernel chosen once per process by [`kernels`], like [`decode`].
+#[inline]
+pub fn encode(codec: Codec, src: &[i16], dst: &mut [u8]) {
+    kernels().encode(codec, src, dst);
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels: the scalar reference and the SIMD variants, chosen once.
+// ---------------------------------------------------------------------------------------
+
+/// The signature of every encode kernel: one law, `src` into `dst`, the shorter of the
+/// two bounding the work.
+pub type EncodeFn = fn(src: &[i16], dst: &mut [u8]);
+
+/// The signature of every decode kernel: one law, `src` into `dst`, the shorter of the
+/// two bounding the work.
+pub type DecodeFn = fn(src: &[u8], dst: &mut [i16]);
+
+/// The environment variable that [`G711Kernels::detect`] reads: `1` forces the scalar
+/// reference (the same variable as [`crate::mix::FORCE_SCALAR_ENV`]).
+pub const FORCE_SCALAR_ENV: &str = crate::mix::FORCE_SCALAR_ENV;
+
+/// A table of G.711 slice kernels for one instruction set.
+///
+/// The table-driven scalar functions define correct; every SIMD variant is tested
+/// bit-identical to them over all 65,536 samples and all 256 codes, at many lengths and
+/// offsets. Transcoding is not in the table: it is one 256-byte look-up per code in every
+/// variant ([`transcode`]).
+///
+/// The crate-level [`encode`] and [`decode`] use a table detected once per process
+/// ([`kernels`]); a caller that wants the choice explicit (a bench comparing variants,
+/// a shard that logs its choice) can hold a table itself and call
+/// [`G711Kernels::encode`] and [`G711Kernels::decode`].
+#[derive(Clone, Copy, Debug)]
+pub struct G711Kernels {
+    /// Short name of the instruction set: `"scalar"`, `"avx2"` or `"avx512"`. Stable:
+    /// benches and stats use it as an identifier.
+    pub name: &'static str,
+    /// mu-law encoder.
+    pub ulaw_encode: EncodeFn,
+    /// A-law encoder.
+    pub alaw_encode: EncodeFn,
+    /// mu-law decoder.
+    pub ulaw_decode: DecodeFn,
+    /// A-law decoder.
+    pub alaw_decode: DecodeFn,
+}
+
+impl G711Kernels {
+    /// The portable table-driven reference, which defines correct for every other
+    /// variant.
+    pub const fn scalar() -> G711Kernels {
+        G711Kernels {
+            name: "scalar",
+            ulaw_encode: ulaw_encode_scalar,
+            alaw_encode: alaw_encode_scalar,
+            ulaw_decode: ulaw_decode_scalar,
+            alaw_decode: alaw_decode_scalar,
+        }
+    }
+
+    /// The fastest variant this CPU runs, unless the environment variable
+    /// `EARSHOT_FORCE_SCALAR` is `1`, in which case the scalar reference. Reads the
+    /// environment (and allocates doing so): call it at start-up, not per frame.
+    pub fn detect() -> G711Kernels {
+        let force_scalar = std::env::var_os(FORCE_SCALAR_ENV).is_some_and(|v| v == "1");
+        G711Kernels::detect_with(force_scalar)
+    }
+
+    /// The fastest variant this CPU runs, or the scalar reference if `force_scalar`.
+    /// Ignores the environment.
+    pub fn detect_with(force_scalar: bool) -> G711Kernels {
+        if force_scalar {
+            return G711Kernels::scalar();
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::avx512_detected() {
+                return G711Kernels::AVX512;
+            }
+            if x86::avx2_detected() {
+                return G711Kernels::AVX2;
+            }
+        }
+        G711Kernels::scalar()
+    }
+
+    /// Every variant this CPU can run, the scalar reference first and the fastest last.
+    /// For tests and benches; allocates.
+    pub fn available() -> Vec<G711Kernels> {
+        let mut kernels = vec![G711Kernels::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::avx2_detected() {
+                kernels.push(G711Kernels::AVX2);
+            }
+            if x86::avx512_detected() {
+                kernels.push(G711Kernels::AVX512);
+            }
+        }
+        kernels
+    }
+
+    /// Every variant compiled for this target, whether or not this CPU runs it, the
+    /// scalar reference first. Calling any of them is sound: a SIMD kernel checks its
+    /// CPU features itself and falls back to the scalar reference without them. For an
+    /// emulator run (see `g711/emulate_avx512.py`); elsewhere use [`Self::available`].
+    pub fn compiled() -> Vec<G711Kernels> {
+        #[allow(unused_mut)] // nothing is pushed on targets without SIMD variants
+        let mut kernels = vec![G711Kernels::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        kernels.extend([G711Kernels::AVX2, G711Kernels::AVX512]);
+        kernels
+    }
+
+    /// Names of the SIMD variants that exist for this target but that this CPU cannot
+    /// run, each with what it needs. For tests and benches to say what they skipped.
+    pub fn unavailable() -> Vec<(&'static str, &'static str)> {
+        let mut missing = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !x86::avx2_detected() {
+                missing.push(("avx2", "AVX2"));
+            }
+            if !x86::avx512_detected() {
+                missing.push(("avx512", "AVX-512F and AVX-512BW"));
+            }
+        }
+        missing
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    const AVX2: G711Kernels = G711Kernels {
+        name: "avx2",
+        ulaw_encode: x86::ulaw_encode_avx2,
+        alaw_encode: x86::alaw_encode_avx2,
+        ulaw_decode: x86::ulaw_decode_avx2,
+        alaw_decode: x86::alaw_decode_avx2,
     };
+
+    #[cfg(target_arch = "x86_64")]
+    const AVX512: G711Kernels = G711Kernels {
+        name: "avx512",
+        ulaw_encode: x86::ulaw_encode_avx512,
+        alaw_encode: x86::alaw_encode_avx512,
+        ulaw_decode: x86::ulaw_decode_avx512,
+        alaw_decode: x86::alaw_decode_avx512,
+    };
+
+    /// Encodes `src` into `dst` with this table's kernel for `codec` (see [`encode`]).
+    #[inline]
+    pub fn encode(&self, codec: Codec, src: &[i16], dst: &mut [u8]) {
+        match codec {
+            Codec::Pcmu => (self.ulaw_encode)(src, dst),
+            Codec::Pcma => (self.alaw_encode)(src, dst),
+        }
+    }
+
+    /// Decodes `src` into `dst` with this table's kernel for `codec` (see [`decode`]).
+    #[inline]
+    pub fn decode(&self, codec: Codec, src: &[u8], dst: &mut [i16]) {
+        match codec {
+            Codec::Pcmu => (self.ulaw_decode)(src, dst),
+            Codec::Pcma => (self.alaw_decode)(src, dst),
+        }
+    }
+}
+
+/// The kernel table that [`encode`] and [`decode`] use: [`G711Kernels::detect`], run on
+/// the first call in the process and kept. Calling it once at start-up moves that first
+/// detection (an environment read, which allocates) off the per-frame path; after it,
+/// each call is one atomic load and a branch.
+pub fn kernels() -> &'static G711Kernels {
+    static KERNELS: OnceLock<G711Kernels> = OnceLock::new();
+    KERNELS.get_or_init(G711Kernels::detect)
+}
+
+/// Scalar reference: mu-law encode, a table look-up per sample.
+fn ulaw_encode_scalar(src: &[i16], dst: &mut [u8]) {
+    encode_with(&ULAW_ENCODE, ULAW_ENCODE_SHIFT, src, dst);
+}
+
+/// Scalar reference: A-law encode, a table look-up per sample.
+fn alaw_encode_scalar(src: &[i16], dst: &mut [u8]) {
+    encode_with(&ALAW_ENCODE, ALAW_ENCODE_SHIFT, src, dst);
+}
+
+/// Scalar reference: mu-law decode, a table look-up per code.
+fn ulaw_decode_scalar(src: &[u8], dst: &mut [i16]) {
+    decode_with(&ULAW_DECODE, src, dst);
+}
+
+/// Scalar reference: A-law decode, a table look-up per code.
+fn alaw_decode_scalar(src: &[u8], dst: &mut [i16]) {
+    decode_with(&ALAW_DECODE, src, dst);
+}
+
+/// The decode loop for one law, eight samples per step.
+#[inline(always)]
+fn decode_with(table: &[i16; 256], src: &[u8], dst: &mut [i16]) {
     let n = src.len().min(dst.len());
     let (src, dst) = (&src[..n], &mut dst[..n]);
     // Eight samples per step with fixed-size chunks: the compiler unrolls them and drops
@@ -291,18 +516,9 @@ pub fn decode(codec: Codec, src: &[u8], dst: &mut [i16]) {
     }
 }
 
-/// Encodes `src` into `dst`. The two should have equal lengths; the shorter one bounds
-/// the work (the rest of `dst` is left as it was).
-pub fn encode(codec: Codec, src: &[i16], dst: &mut [u8]) {
-    // Two monomorphic loops rather than one over a chosen table: the tables differ in
-    // length and shift, and a constant shift lets the compiler drop the bounds check.
-    match codec {
-        Codec::Pcmu => encode_with(&ULAW_ENCODE, ULAW_ENCODE_SHIFT, src, dst),
-        Codec::Pcma => encode_with(&ALAW_ENCODE, ALAW_ENCODE_SHIFT, src, dst),
-    }
-}
-
-/// The encode loop for one law, eight samples per step (see [`decode`]).
+/// The encode loop for one law, eight samples per step (see [`decode_with`]). One
+/// monomorphic loop per law: the tables differ in length and shift, and a constant
+/// shift lets the compiler drop the bounds check.
 #[inline(always)]
 fn encode_with<const N: usize>(table: &[u8; N], shift: u32, src: &[i16], dst: &mut [u8]) {
     let n = src.len().min(dst.len());

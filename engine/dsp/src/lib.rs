@@ -16,8 +16,11 @@
 //! - Mixing follows one formula, defined by the scalar reference ([`mix::mix_scalar`]);
 //!   every SIMD variant is property-tested bit-identical to it. A kernel table is chosen
 //!   once ([`mix::MixKernels::detect`]); `EARSHOT_FORCE_SCALAR=1` forces the reference.
-//! - Unsafe code exists only in the SIMD modules of [`mix`], fenced per module, with a
-//!   `SAFETY` comment on every block.
+//! - G.711 encode and decode have SIMD variants too, tested bit-identical to the
+//!   table-driven reference and chosen once per process ([`g711::kernels`]), with the
+//!   same `EARSHOT_FORCE_SCALAR=1` override.
+//! - Unsafe code exists only in the SIMD modules of [`mix`] and [`g711`], fenced per
+//!   module, with a `SAFETY` comment on every block.
 
 pub mod g711;
 pub mod mix;
