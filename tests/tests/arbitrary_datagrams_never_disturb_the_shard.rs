@@ -9,6 +9,7 @@ use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
 };
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
 /// A valid 20 ms PCMU packet to mutate.
 fn valid_rtp(pt: u8, seq: u16) -> Vec<u8> {
@@ -77,8 +78,25 @@ fn render(j: &Junk, seq: u16) -> Vec<u8> {
     }
 }
 
+/// Cases per run: 24 by default (CI); `EARSHOT_CASES=N` for a long search. The generator
+/// is seeded from [`seed_for`] (`EARSHOT_SEED` overrides it), so a failure replays: the
+/// run prints its seed, and proptest prints the minimal failing input.
+fn config() -> ProptestConfig {
+    let seed = seed_for("arbitrary_datagrams_junk");
+    eprintln!("arbitrary_datagrams: junk seed = {seed} (replay with EARSHOT_SEED={seed})");
+    ProptestConfig {
+        cases: std::env::var("EARSHOT_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(24),
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn arbitrary_datagrams_never_disturb_the_shard(
@@ -123,9 +141,10 @@ proptest! {
         for (l, hz) in [(c, AGENT_HZ), (c, SUPERVISOR_HZ), (a, CUSTOMER_HZ), (s, CUSTOMER_HZ), (s, AGENT_HZ)] {
             prop_assert!(
                 sim.listener(l).hears(hz, from, to),
-                "{} misses {hz} Hz after the junk: {:?}",
+                "{} misses {hz} Hz after the junk: {:?}; jitter buffers: {:?}",
                 sim.name(l),
-                sim.listener(l).tone_report(hz, from, to)
+                sim.listener(l).tone_report(hz, from, to),
+                parties.map(|p| sim.shard().jitter_stats(sim.leg(p)))
             );
         }
     }

@@ -39,10 +39,11 @@
 //!   A DTX gap after it is neither loss nor concealment.
 //! - **Resync.** A new SSRC, or a packet far from the current timeline (sequence
 //!   number more than 100 away, or timestamp beyond the ring either way), is held on
-//!   probation as RFC 3550 A.1 does: it is dropped, and if the next packet follows it
-//!   in sequence (same SSRC, seq + 1, timestamp up to 1 s later) that packet starts a
-//!   new timeline. So one stray packet (a late one from a replaced SSRC, garbage)
-//!   cannot flip the buffer, and a real restart costs one frame of audio. A newer
+//!   probation as RFC 3550 A.1 does: it is dropped, and only a run of
+//!   [`PROBATION_PACKETS`] (same SSRC, consecutive sequence numbers, timestamps exactly
+//!   one frame apart) starts a new timeline. So stray packets (a late one from a
+//!   replaced SSRC, junk from the latched address) cannot flip the buffer, and a real
+//!   restart costs two frames of audio. A newer
 //!   sequence number whose timestamp lands just behind the head resyncs at once. The
 //!   new timeline is mapped (by an offset added to every later timestamp) to follow
 //!   the newest buffered frame, so playout carries straight on with no gap. When the
@@ -67,6 +68,10 @@ const QUIET_MEAN_ABS: u32 = 330;
 /// Sequence numbers further than this from the highest seen are a different timeline
 /// until confirmed (RFC 3550 A.1's `MAX_MISORDER`).
 const MAX_MISORDER: i32 = 100;
+
+/// Packets in a row a new timeline must show before the buffer moves to it: RFC 3550
+/// A.1's `MIN_SEQUENTIAL` (2), plus one, and with timestamps held to exact frame steps.
+const PROBATION_PACKETS: u8 = 3;
 
 /// Configuration of one jitter buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +250,15 @@ enum Phase {
     Playing,
 }
 
+/// The last packet of a run held on probation, and the run's length.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    ssrc: Ssrc,
+    seq: SeqNo,
+    ts: RtpTs,
+    run: u8,
+}
+
 /// An adaptive jitter buffer for one input leg. See the module doc for the model.
 #[derive(Debug)]
 pub struct JitterBuffer {
@@ -268,7 +282,7 @@ pub struct JitterBuffer {
     newest_ts: RtpTs,
     ssrc: Option<Ssrc>,
     /// The last packet held on probation: (SSRC, seq, wire timestamp).
-    probe: Option<(Ssrc, SeqNo, RtpTs)>,
+    probe: Option<Probe>,
     /// Added to every wire timestamp: the internal timeline survives SSRC changes and
     /// jumps.
     ts_offset: u32,
@@ -443,9 +457,10 @@ impl JitterBuffer {
 
         let seq_delta = i32::from(seq.delta(self.highest_seq));
         // Nothing buffered and nothing to continue: this packet starts a talk spurt,
-        // unless it is older than what was already played (a straggler).
+        // unless it is older than what was already played (a straggler). Another SSRC
+        // never starts one by itself: it goes through probation like any new stream.
         let continuing_audio = self.phase != Phase::Idle && self.cn_amplitude.is_none();
-        if self.ssrc.is_none() || self.stored == 0 && (!continuing_audio || marker) {
+        if self.ssrc.is_none() || !new_ssrc && self.stored == 0 && (!continuing_audio || marker) {
             if !new_ssrc && (-MAX_MISORDER..=0).contains(&seq_delta) {
                 return Err(DropReason::TooLate);
             }
@@ -467,8 +482,7 @@ impl JitterBuffer {
         let straggler = !new_ssrc && (-MAX_MISORDER..=0).contains(&seq_delta);
         let far = seq_delta.abs() > MAX_MISORDER || frames < -cap || frames >= cap;
         let resync = if new_ssrc || far && !straggler {
-            if !self.confirms_probe(ssrc, seq, ts) {
-                self.probe = Some((ssrc, seq, ts));
+            if !self.on_probation(ssrc, seq, ts) {
                 return Err(DropReason::Probation);
             }
             true
@@ -479,7 +493,11 @@ impl JitterBuffer {
 
         let mut accepted = Accepted::Stored;
         if resync {
-            // A new timeline: continue right after the newest buffered frame.
+            // A new timeline: continue right after the newest buffered frame, but never
+            // further ahead than the target depth: frames of the old timeline beyond it
+            // go, so that no resync can leave the buffer holding more delay than it
+            // wants (junk once stacked 600 ms this way).
+            self.keep_frames(self.target_frames() + 1);
             let follow = if self.stored > 0 {
                 self.newest_ts.add(frame_ts)
             } else {
@@ -526,18 +544,49 @@ impl JitterBuffer {
         Ok(accepted)
     }
 
-    /// True when this packet follows the one on probation: same SSRC, next sequence
-    /// number, timestamp later by at most a second.
-    fn confirms_probe(&self, ssrc: Ssrc, seq: SeqNo, ts: RtpTs) -> bool {
-        match self.probe {
-            Some((p_ssrc, p_seq, p_ts)) => {
-                let dt = ts.delta(p_ts);
-                p_ssrc == ssrc
-                    && seq == p_seq.next()
-                    && dt > 0
-                    && dt as u32 <= self.cfg.clock_rate_hz
+    /// Adds a packet to the run on probation; true when it completes a run of
+    /// [`PROBATION_PACKETS`]: same SSRC, consecutive sequence numbers, and timestamps
+    /// exactly one frame apart. A real new stream shows that at once; junk from the
+    /// latched address (garbage, a stray from a replaced SSRC) practically never does,
+    /// so it cannot move the timeline (a moved timeline can leave the buffer holding
+    /// seconds of delay).
+    fn on_probation(&mut self, ssrc: Ssrc, seq: SeqNo, ts: RtpTs) -> bool {
+        let frame = self.frame_samples as i32;
+        let run = match self.probe {
+            Some(p) if p.ssrc == ssrc && seq == p.seq.next() && ts.delta(p.ts) == frame => {
+                p.run + 1
             }
-            None => false,
+            _ => 1,
+        };
+        self.probe = Some(Probe { ssrc, seq, ts, run });
+        run >= PROBATION_PACKETS
+    }
+
+    /// The target depth in whole frames, rounded up.
+    fn target_frames(&self) -> usize {
+        ((self.target_us + self.ptime_us - 1) / self.ptime_us).max(1) as usize
+    }
+
+    /// Drops every buffered frame `frames` or more after the head (counted as
+    /// overflow) and moves `newest_ts` back to the newest frame kept.
+    fn keep_frames(&mut self, frames: usize) {
+        let cap = self.slots.len();
+        let mut newest = None;
+        for i in 0..cap {
+            let idx = (self.head_idx + i) % cap;
+            if !self.slots[idx].filled {
+                continue;
+            }
+            if i < frames {
+                newest = Some(i);
+            } else {
+                self.slots[idx] = EMPTY_SLOT;
+                self.stored -= 1;
+                self.stats.overflow_drops += 1;
+            }
+        }
+        if let Some(i) = newest {
+            self.newest_ts = self.head_ts.add(i as u32 * self.frame_samples as u32);
         }
     }
 

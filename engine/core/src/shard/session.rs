@@ -167,6 +167,15 @@ impl Shard {
         // Phases are whole wheel slots, so that a tick's deadline is the start of its slot
         // and the shard wakes exactly when it is due.
         let phase_ns = (u64::from(s).wrapping_mul(7_919) % u64::from(tick_ms)) * WHEEL_SLOT_NS;
+        // Audio after silence (or silence after audio) is a new talk spurt: its first
+        // packet carries the marker.
+        let flipped = self.session(s).idle.0 ^ idle.0;
+        for l in LegSet(flipped) {
+            let slot = self.session(s).legs[l];
+            if let Some(m) = self.leg_mut(slot).media.as_mut() {
+                m.mixed_active = false;
+            }
+        }
         let sess = self.session_mut(s);
         sess.matrix = matrix;
         sess.plan = plan;

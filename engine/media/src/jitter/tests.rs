@@ -282,12 +282,12 @@ fn an_ssrc_change_resyncs_without_a_glitch_longer_than_one_frame() {
         .filter(|o| o.polled.kind != FrameKind::Audio)
         .count();
     assert!(gaps <= 1, "{:?}", kinds(&outs));
-    // B's first packet is held on probation; its second follows A's last frame.
+    // B's first two packets are held on probation; its third follows A's last frame.
     let frames = audio_frames(&outs);
     let at = frames.iter().position(|&k| k == 49).unwrap();
-    assert_eq!(&frames[at..at + 3], &[49, 51, 52]);
+    assert_eq!(&frames[at..at + 3], &[49, 52, 53]);
     assert!(frames.contains(&140));
-    assert_eq!((jb.stats().resyncs, jb.stats().probation_drops), (1, 1));
+    assert_eq!((jb.stats().resyncs, jb.stats().probation_drops), (1, 2));
 }
 
 #[test]
@@ -313,7 +313,8 @@ fn a_stray_packet_from_a_replaced_ssrc_does_not_flip_the_timeline() {
     let mut pkts = switch_streams(true);
     pkts.push(audio(49, 50 * PTIME_MS * MS)); // A's frame 49 again, a second later
     let outs = run(&mut jb, pkts, 0..150, 150);
-    assert_eq!(jb.stats().probation_drops, 2);
+    // B's first two packets, then A's stray.
+    assert_eq!(jb.stats().probation_drops, 3);
     assert_eq!(jb.stats().resyncs, 1);
     let mut frames = audio_frames(&outs);
     frames.dedup();
@@ -584,4 +585,29 @@ proptest! {
         prop_assert!(s.target_depth_us <= 200_000);
         prop_assert!(s.level_ms <= 32 * 20);
     }
+}
+
+#[test]
+fn junk_in_sequence_from_the_latched_address_never_moves_the_timeline() {
+    // Issue 9 item 14: pairs of junk packets (another SSRC, consecutive sequence
+    // numbers, timestamps a few samples apart) used to pass probation, and each resync
+    // appended the new timeline after the newest frame until the buffer held 600 ms.
+    let mut jb = buffer();
+    let mut pkts: Vec<_> = (0..150).map(|k| audio(k, 0)).collect();
+    for k in (10..140).step_by(7) {
+        for (i, dt) in [(0u16, 0u32), (1, 37), (2, 200)] {
+            let mut junk = audio(k, 0);
+            junk.ssrc = Ssrc(0x0102_0304);
+            junk.seq = SeqNo(40_000 + k as u16 * 3 + i);
+            junk.ts = RtpTs(2_560 + dt);
+            pkts.push(junk);
+        }
+    }
+    let outs = run(&mut jb, pkts, 0..150, 150);
+    let s = jb.stats();
+    assert_eq!(s.resyncs, 0, "{s:?}");
+    assert!(s.level_ms <= 60, "the buffer's delay grew: {s:?}");
+    let mut frames = audio_frames(&outs);
+    frames.dedup();
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
 }
