@@ -54,5 +54,5 @@ pub use earshot_types::Ssrc;
 pub use error::{KeyError, SrtpError};
 pub use key::MasterKey;
 pub use replay::{MAX_REPLAY_WINDOW, MIN_REPLAY_WINDOW};
-pub use session::{Direction, SrtpConfig, SrtpSession};
+pub use session::{Direction, SessionKeys, SrtpConfig, SrtpSession};
 pub use suite::{MAX_MASTER_LEN, SrtpSuite};

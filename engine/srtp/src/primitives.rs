@@ -26,7 +26,7 @@ const PARALLEL_BLOCKS: usize = 8;
 ///
 /// Applying it twice restores the input. The keystream is generated eight blocks at a
 /// time so the AES rounds of independent blocks overlap in the pipeline.
-pub fn aes_cm_xor<C>(cipher: &C, iv: &[u8; 16], data: &mut [u8])
+pub(crate) fn aes_cm_xor<C>(cipher: &C, iv: &[u8; 16], data: &mut [u8])
 where
     C: BlockEncrypt + BlockSizeUser<BlockSize = U16>,
 {
@@ -45,6 +45,16 @@ where
                 *byte ^= key;
             }
         }
+    }
+}
+
+/// XORs `data` with the AES-CM keystream of `key` (16 or 32 octets) from counter block
+/// `iv`: the keystream itself when `data` is all zeros (RFC 3711 appendix B.2).
+pub fn aes_cm_keystream_xor(key: &[u8], iv: &[u8; 16], data: &mut [u8]) {
+    match key.len() {
+        16 => aes_cm_xor(&Aes128::new(GenericArray::from_slice(key)), iv, data),
+        32 => aes_cm_xor(&Aes256::new(GenericArray::from_slice(key)), iv, data),
+        other => panic!("AES keys are 16 or 32 octets here, not {other}"),
     }
 }
 

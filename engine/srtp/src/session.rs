@@ -14,6 +14,23 @@ const RTP_INDEX_LIMIT: u64 = 1 << 48;
 const RTCP_INDEX_LIMIT: u64 = 1 << 31;
 const RTP_FIXED_HEADER: usize = 12;
 
+/// Session keys of SRTP or SRTCP, for [`SrtpSession::from_session_keys`].
+#[derive(Clone, Copy)]
+pub struct SessionKeys<'a> {
+    /// Session encryption key, `suite.key_len()` octets.
+    pub key: &'a [u8],
+    /// Session salt, `suite.salt_len()` octets.
+    pub salt: &'a [u8],
+    /// Session authentication key (20 octets; empty for the GCM suites).
+    pub auth_key: &'a [u8],
+}
+
+impl core::fmt::Debug for SessionKeys<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SessionKeys([redacted])")
+    }
+}
+
 /// Which way a session transforms packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -83,6 +100,32 @@ impl SrtpSession {
             config,
             rtp: Transform::new(key, Layer::Rtp),
             rtcp: Transform::new(key, Layer::Rtcp),
+            rtp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
+            rtcp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
+        }
+    }
+
+    /// A session from session keys rather than a master key: the RFC 7714 test vectors
+    /// are stated this way. The engine always uses [`SrtpSession::new`].
+    pub fn from_session_keys(
+        direction: Direction,
+        suite: SrtpSuite,
+        rtp: &SessionKeys<'_>,
+        rtcp: &SessionKeys<'_>,
+        config: SrtpConfig,
+    ) -> Self {
+        Self {
+            direction,
+            suite,
+            config,
+            rtp: Transform::from_session_keys(suite, Layer::Rtp, rtp.key, rtp.salt, rtp.auth_key),
+            rtcp: Transform::from_session_keys(
+                suite,
+                Layer::Rtcp,
+                rtcp.key,
+                rtcp.salt,
+                rtcp.auth_key,
+            ),
             rtp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
             rtcp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
         }

@@ -59,18 +59,38 @@ impl Transform {
             Layer::Rtcp => (KdfLabel::RtcpEncryption, KdfLabel::RtcpAuth, KdfLabel::RtcpSalt),
         };
         let mut key = Zeroizing::new([0u8; 32]);
+        let mut auth_key = Zeroizing::new([0u8; 20]);
+        let mut salt = Zeroizing::new([0u8; 14]);
         let key = &mut key[..suite.key_len()];
+        let salt = &mut salt[..suite.salt_len()];
         derive(master, enc, key);
+        derive(master, salt_label, salt);
+        if !suite.is_aead() {
+            derive(master, auth, &mut auth_key[..]);
+        }
+        Self::from_session_keys(suite, layer, key, salt, &auth_key[..])
+    }
+
+    /// A transform from session keys (what the KDF produces). Lengths are the suite's;
+    /// `auth_key` (20 octets) is ignored by the GCM suites.
+    pub(crate) fn from_session_keys(
+        suite: SrtpSuite,
+        layer: Layer,
+        key: &[u8],
+        salt: &[u8],
+        auth_key: &[u8],
+    ) -> Self {
+        assert_eq!(key.len(), suite.key_len(), "session key length");
+        assert_eq!(salt.len(), suite.salt_len(), "session salt length");
         match suite {
             SrtpSuite::AesCm128HmacSha1_80 | SrtpSuite::AesCm128HmacSha1_32 => {
-                let mut auth_key = Zeroizing::new([0u8; 20]);
-                derive(master, auth, &mut auth_key[..]);
-                let mut salt = Zeroizing::new([0u8; 14]);
-                derive(master, salt_label, &mut salt[..]);
+                assert_eq!(auth_key.len(), 20, "HMAC-SHA1 session key length");
+                let mut cm_salt = Zeroizing::new([0u8; 14]);
+                cm_salt.copy_from_slice(salt);
                 Transform::Cm {
                     aes: Aes128::new(GenericArray::from_slice(key)),
-                    hmac: HmacSha1::new(&auth_key[..]),
-                    salt,
+                    hmac: HmacSha1::new(auth_key),
+                    salt: cm_salt,
                     tag_len: match layer {
                         Layer::Rtp => suite.rtp_tag_len(),
                         Layer::Rtcp => suite.rtcp_tag_len(),
@@ -78,17 +98,17 @@ impl Transform {
                 }
             }
             SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => {
-                let mut salt = Zeroizing::new([0u8; 12]);
-                derive(master, salt_label, &mut salt[..]);
+                let mut gcm_salt = Zeroizing::new([0u8; 12]);
+                gcm_salt.copy_from_slice(salt);
                 if suite == SrtpSuite::AeadAes128Gcm {
                     Transform::Gcm128 {
                         aead: Aes128Gcm::new(GenericArray::from_slice(key)),
-                        salt,
+                        salt: gcm_salt,
                     }
                 } else {
                     Transform::Gcm256 {
                         aead: Aes256Gcm::new(GenericArray::from_slice(key)),
-                        salt,
+                        salt: gcm_salt,
                     }
                 }
             }
