@@ -79,7 +79,7 @@ impl MasterKey {
         // Room for any base64 decode estimate of the longest valid input; longer input
         // fails as a length error below rather than overflowing anything.
         let mut decoded = Zeroizing::new([0u8; MAX_MASTER_LEN + 18]);
-        let max_encoded = (MAX_MASTER_LEN + 2) / 3 * 4;
+        let max_encoded = MAX_MASTER_LEN.div_ceil(3) * 4;
         if material.len() > max_encoded {
             return Err(KeyError::Length {
                 expected: suite.master_len(),
@@ -128,7 +128,11 @@ fn check_lifetime(text: &str) -> Result<(), KeyError> {
         text.parse::<u64>()
             .is_ok_and(|n| (1..=1u64 << MAX_LIFETIME_LOG2).contains(&n))
     };
-    if valid { Ok(()) } else { Err(KeyError::Lifetime) }
+    if valid {
+        Ok(())
+    } else {
+        Err(KeyError::Lifetime)
+    }
 }
 
 impl Drop for MasterKey {

@@ -59,7 +59,13 @@ pub fn aes_cm_keystream_xor(key: &[u8], iv: &[u8; 16], data: &mut [u8]) {
 }
 
 /// SHA-1 initial state (FIPS 180-4 section 5.3.1).
-const SHA1_IV: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+const SHA1_IV: [u32; 5] = [
+    0x6745_2301,
+    0xEFCD_AB89,
+    0x98BA_DCFE,
+    0x1032_5476,
+    0xC3D2_E1F0,
+];
 const SHA1_BLOCK: usize = 64;
 const SHA1_LEN: usize = 20;
 
@@ -79,7 +85,10 @@ impl HmacSha1 {
     /// Precomputes the inner and outer states for `key` (at most 64 octets; SRTP
     /// authentication keys are 20).
     pub fn new(key: &[u8]) -> Self {
-        assert!(key.len() <= SHA1_BLOCK, "HMAC-SHA1 keys longer than a block are not used by SRTP");
+        assert!(
+            key.len() <= SHA1_BLOCK,
+            "HMAC-SHA1 keys longer than a block are not used by SRTP"
+        );
         let mut pad = Zeroizing::new([0u8; SHA1_BLOCK]);
         let mut state = |fill: u8| {
             pad.fill(fill);

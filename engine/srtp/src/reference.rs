@@ -178,7 +178,11 @@ impl RefSession {
         key[..key_and_salt.len()].copy_from_slice(key_and_salt);
         let mut policy = Policy {
             ssrc: SsrcSpec {
-                kind: if outbound { SSRC_ANY_OUTBOUND } else { SSRC_ANY_INBOUND },
+                kind: if outbound {
+                    SSRC_ANY_OUTBOUND
+                } else {
+                    SSRC_ANY_INBOUND
+                },
                 value: 0,
             },
             rtp: CryptoPolicy::default(),
@@ -221,7 +225,10 @@ impl RefSession {
         len: usize,
         room: usize,
     ) -> Result<usize, RefError> {
-        assert!(buf.len() >= len + room, "libsrtp needs {room} octets after the packet");
+        assert!(
+            buf.len() >= len + room,
+            "libsrtp needs {room} octets after the packet"
+        );
         let mut n = c_int::try_from(len).expect("packet length fits a C int");
         // SAFETY: `buf` is valid for `len + room` octets, which covers everything libsrtp
         // reads (the packet) and writes (at most MAX_TRAILER_LEN after it); `ctx` came

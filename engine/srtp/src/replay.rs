@@ -41,12 +41,18 @@ impl ReplayWindow {
     fn first(index: u64) -> Self {
         let mut bits = [0; WORDS];
         bits[0] = 1;
-        Self { highest: index, bits }
+        Self {
+            highest: index,
+            bits,
+        }
     }
 
     /// A window in which `highest` and everything below it counts as seen.
     fn full(highest: u64) -> Self {
-        Self { highest, bits: [u64::MAX; WORDS] }
+        Self {
+            highest,
+            bits: [u64::MAX; WORDS],
+        }
     }
 
     pub(crate) fn highest(&self) -> u64 {
@@ -88,8 +94,14 @@ impl ReplayWindow {
         for i in (0..WORDS).rev() {
             let from = i.checked_sub(words);
             let hi = from.map_or(0, |f| self.bits[f]);
-            let lo = from.and_then(|f| f.checked_sub(1)).map_or(0, |f| self.bits[f]);
-            self.bits[i] = if bits == 0 { hi } else { hi << bits | lo >> (64 - bits) };
+            let lo = from
+                .and_then(|f| f.checked_sub(1))
+                .map_or(0, |f| self.bits[f]);
+            self.bits[i] = if bits == 0 {
+                hi
+            } else {
+                hi << bits | lo >> (64 - bits)
+            };
         }
     }
 }
@@ -145,13 +157,21 @@ impl StreamTable {
             slot.last_used = tick;
             return;
         }
-        self.put(Slot { ssrc, last_used: tick, window: ReplayWindow::first(index) });
+        self.put(Slot {
+            ssrc,
+            last_used: tick,
+            window: ReplayWindow::first(index),
+        });
     }
 
     /// Sets stream `ssrc` to "everything up to and including `highest` was seen".
     pub(crate) fn resume(&mut self, ssrc: u32, highest: u64) {
         self.tick += 1;
-        let slot = Slot { ssrc, last_used: self.tick, window: ReplayWindow::full(highest) };
+        let slot = Slot {
+            ssrc,
+            last_used: self.tick,
+            window: ReplayWindow::full(highest),
+        };
         if let Some(existing) = self.slots.iter_mut().flatten().find(|s| s.ssrc == ssrc) {
             *existing = slot;
         } else {
@@ -212,7 +232,10 @@ mod tests {
         w.mark(1200, size);
         assert!(!w.accepts(1200, size));
         assert!(w.accepts(1100, size));
-        assert!(!w.accepts(1072, size), "1200 - 1072 = 128 is outside a 128 window");
+        assert!(
+            !w.accepts(1072, size),
+            "1200 - 1072 = 128 is outside a 128 window"
+        );
         assert!(w.accepts(1073, size));
         w.mark(1073, size);
         w.mark(1201, size);

@@ -55,7 +55,10 @@ pub struct SrtpConfig {
 
 impl Default for SrtpConfig {
     fn default() -> Self {
-        Self { replay_window_packets: 128, max_ssrcs: 4 }
+        Self {
+            replay_window_packets: 128,
+            max_ssrcs: 4,
+        }
     }
 }
 
@@ -227,7 +230,10 @@ impl SrtpSession {
         if buf.len() < len + self.suite.rtcp_overhead() {
             return Err(SrtpError::BufferTooSmall);
         }
-        let index = self.rtcp_streams.window(ssrc).map_or(0, |w| w.highest() + 1);
+        let index = self
+            .rtcp_streams
+            .window(ssrc)
+            .map_or(0, |w| w.highest() + 1);
         if index >= RTCP_INDEX_LIMIT {
             return Err(SrtpError::IndexExhausted);
         }
@@ -280,13 +286,15 @@ impl SrtpSession {
     /// rollover counter continues from it. Inbound: seeds the rollover counter when the
     /// remote's is known (for instance carried across a re-key).
     pub fn resume_rtp(&mut self, ssrc: Ssrc, highest: u64) {
-        self.rtp_streams.resume(ssrc.0, highest.min(RTP_INDEX_LIMIT - 1));
+        self.rtp_streams
+            .resume(ssrc.0, highest.min(RTP_INDEX_LIMIT - 1));
     }
 
     /// Declares every SRTCP index up to and including `highest` as used for `ssrc`: the
     /// next SRTCP packet of an outbound session carries `highest + 1`.
     pub fn resume_rtcp(&mut self, ssrc: Ssrc, highest: u32) {
-        self.rtcp_streams.resume(ssrc.0, u64::from(highest).min(RTCP_INDEX_LIMIT - 1));
+        self.rtcp_streams
+            .resume(ssrc.0, u64::from(highest).min(RTCP_INDEX_LIMIT - 1));
     }
 }
 
@@ -324,5 +332,7 @@ fn rtcp_ssrc(packet: &[u8]) -> Result<u32, SrtpError> {
     if packet[0] >> 6 != 2 {
         return Err(SrtpError::Malformed);
     }
-    Ok(u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]))
+    Ok(u32::from_be_bytes([
+        packet[4], packet[5], packet[6], packet[7],
+    ]))
 }

@@ -23,6 +23,11 @@ pub(crate) const SRTCP_E_FLAG: u32 = 1 << 31;
 pub(crate) const RTCP_CLEAR_HEADER: usize = 8;
 
 /// The keys of one of SRTP or SRTCP for one direction.
+///
+/// Variants differ by a few hundred octets (AES-256-GCM's schedule is the largest);
+/// they stay inline because a session holds exactly two and boxing would add a pointer
+/// chase to every packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum Transform {
     /// AES-128-CM encryption, HMAC-SHA1 authentication truncated to `tag_len`.
@@ -55,8 +60,16 @@ impl Transform {
     pub(crate) fn new(master: &MasterKey, layer: Layer) -> Self {
         let suite = master.suite();
         let (enc, auth, salt_label) = match layer {
-            Layer::Rtp => (KdfLabel::RtpEncryption, KdfLabel::RtpAuth, KdfLabel::RtpSalt),
-            Layer::Rtcp => (KdfLabel::RtcpEncryption, KdfLabel::RtcpAuth, KdfLabel::RtcpSalt),
+            Layer::Rtp => (
+                KdfLabel::RtpEncryption,
+                KdfLabel::RtpAuth,
+                KdfLabel::RtpSalt,
+            ),
+            Layer::Rtcp => (
+                KdfLabel::RtcpEncryption,
+                KdfLabel::RtcpAuth,
+                KdfLabel::RtcpSalt,
+            ),
         };
         let mut key = Zeroizing::new([0u8; 32]);
         let mut auth_key = Zeroizing::new([0u8; 20]);
@@ -130,27 +143,51 @@ impl Transform {
 
     /// Encrypts `buf[header_len..len]` and appends the tag at `len`. The caller checked
     /// that `buf` has room and that `index` is fresh.
-    pub(crate) fn protect_rtp(&self, buf: &mut [u8], header_len: usize, len: usize, ssrc: u32, index: u64) {
+    pub(crate) fn protect_rtp(
+        &self,
+        buf: &mut [u8],
+        header_len: usize,
+        len: usize,
+        ssrc: u32,
+        index: u64,
+    ) {
         match self {
-            Transform::Cm { aes, hmac, salt, tag_len } => {
+            Transform::Cm {
+                aes,
+                hmac,
+                salt,
+                tag_len,
+            } => {
                 let iv = cm_iv(salt, ssrc, index);
                 aes_cm_xor(aes, &iv, &mut buf[header_len..len]);
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let tag = hmac.mac(&buf[..len], &roc);
                 buf[len..len + tag_len].copy_from_slice(&tag[..*tag_len]);
             }
-            Transform::Gcm128 { aead, salt } => gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index),
-            Transform::Gcm256 { aead, salt } => gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index),
+            Transform::Gcm128 { aead, salt } => {
+                gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index)
+            }
+            Transform::Gcm256 { aead, salt } => {
+                gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index)
+            }
         }
     }
 
     /// Verifies the tag at the end of `buf` and decrypts the payload in place; returns
     /// the length without the tag.
-    pub(crate) fn unprotect_rtp(&self, buf: &mut [u8], header_len: usize, ssrc: u32, index: u64) -> Result<usize, SrtpError> {
+    pub(crate) fn unprotect_rtp(
+        &self,
+        buf: &mut [u8],
+        header_len: usize,
+        ssrc: u32,
+        index: u64,
+    ) -> Result<usize, SrtpError> {
         let tag_len = self.rtp_tag_len();
         let end = buf.len() - tag_len;
         match self {
-            Transform::Cm { aes, hmac, salt, .. } => {
+            Transform::Cm {
+                aes, hmac, salt, ..
+            } => {
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let (packet, tag) = buf.split_at_mut(end);
                 let expected = hmac.mac(packet, &roc);
@@ -160,8 +197,12 @@ impl Transform {
                 let iv = cm_iv(salt, ssrc, index);
                 aes_cm_xor(aes, &iv, &mut packet[header_len..]);
             }
-            Transform::Gcm128 { aead, salt } => gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?,
-            Transform::Gcm256 { aead, salt } => gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?,
+            Transform::Gcm128 { aead, salt } => {
+                gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?
+            }
+            Transform::Gcm256 { aead, salt } => {
+                gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?
+            }
         }
         Ok(end)
     }
@@ -171,7 +212,12 @@ impl Transform {
     pub(crate) fn protect_rtcp(&self, buf: &mut [u8], len: usize, ssrc: u32, index: u32) -> usize {
         let word = (SRTCP_E_FLAG | index).to_be_bytes();
         match self {
-            Transform::Cm { aes, hmac, salt, tag_len } => {
+            Transform::Cm {
+                aes,
+                hmac,
+                salt,
+                tag_len,
+            } => {
                 let iv = cm_iv(salt, ssrc, u64::from(index));
                 aes_cm_xor(aes, &iv, &mut buf[RTCP_CLEAR_HEADER..len]);
                 buf[len..len + 4].copy_from_slice(&word);
@@ -194,12 +240,22 @@ impl Transform {
 
     /// Verifies and (when the E flag is set) decrypts an SRTCP packet in place; returns
     /// the RTCP length.
-    pub(crate) fn unprotect_rtcp(&self, buf: &mut [u8], ssrc: u32, word: u32) -> Result<usize, SrtpError> {
+    pub(crate) fn unprotect_rtcp(
+        &self,
+        buf: &mut [u8],
+        ssrc: u32,
+        word: u32,
+    ) -> Result<usize, SrtpError> {
         let len = buf.len();
         let encrypted = word & SRTCP_E_FLAG != 0;
         let index = word & !SRTCP_E_FLAG;
         match self {
-            Transform::Cm { aes, hmac, salt, tag_len } => {
+            Transform::Cm {
+                aes,
+                hmac,
+                salt,
+                tag_len,
+            } => {
                 let (packet, tag) = buf.split_at_mut(len - tag_len);
                 let expected = hmac.mac(packet, &[]);
                 if !bool::from(expected[..*tag_len].ct_eq(tag)) {
@@ -234,7 +290,11 @@ fn cm_iv(salt: &[u8; 14], ssrc: u32, index: u64) -> [u8; 16] {
 /// RFC 7714 sections 8.1 and 9.1: `salt XOR (00 00 || SSRC || ROC || SEQ)` for SRTP, and
 /// `salt XOR (00 00 || SSRC || 00 00 || 0 || SRTCP index)` for SRTCP: both are the
 /// 48-bit index in the last six octets.
-fn gcm_nonce(salt: &[u8; 12], ssrc: u32, index: u64) -> GenericArray<u8, aes_gcm::aead::consts::U12> {
+fn gcm_nonce(
+    salt: &[u8; 12],
+    ssrc: u32,
+    index: u64,
+) -> GenericArray<u8, aes_gcm::aead::consts::U12> {
     let mut nonce = GenericArray::default();
     nonce.copy_from_slice(salt);
     for (b, s) in nonce[2..6].iter_mut().zip(ssrc.to_be_bytes()) {
@@ -258,7 +318,8 @@ fn gcm_seal_rtp<A: AeadInPlace<NonceSize = aes_gcm::aead::consts::U12>>(
     let (header, rest) = buf.split_at_mut(header_len);
     let (payload, tail) = rest.split_at_mut(len - header_len);
     // Cannot fail: an RTP payload is far below GCM's 2^36-byte limit.
-    if let Ok(tag) = aead.encrypt_in_place_detached(&gcm_nonce(salt, ssrc, index), header, payload) {
+    if let Ok(tag) = aead.encrypt_in_place_detached(&gcm_nonce(salt, ssrc, index), header, payload)
+    {
         tail[..GCM_TAG].copy_from_slice(&tag);
     }
 }
@@ -299,7 +360,8 @@ fn gcm_seal_rtcp<A: AeadInPlace<NonceSize = aes_gcm::aead::consts::U12>>(
     aad[RTCP_CLEAR_HEADER..].copy_from_slice(&word);
     let nonce = gcm_nonce(salt, ssrc, u64::from(index));
     // Cannot fail: an RTCP payload is far below GCM's length limit.
-    if let Ok(tag) = aead.encrypt_in_place_detached(&nonce, &aad, &mut buf[RTCP_CLEAR_HEADER..len]) {
+    if let Ok(tag) = aead.encrypt_in_place_detached(&nonce, &aad, &mut buf[RTCP_CLEAR_HEADER..len])
+    {
         buf[len..len + GCM_TAG].copy_from_slice(&tag);
     }
     buf[len + GCM_TAG..len + GCM_TAG + 4].copy_from_slice(&word);
@@ -323,14 +385,24 @@ fn gcm_open_rtcp<A: AeadInPlace<NonceSize = aes_gcm::aead::consts::U12>>(
         let mut aad = [0u8; RTCP_CLEAR_HEADER + 4];
         aad[..RTCP_CLEAR_HEADER].copy_from_slice(&buf[..RTCP_CLEAR_HEADER]);
         aad[RTCP_CLEAR_HEADER..].copy_from_slice(&word.to_be_bytes());
-        aead.decrypt_in_place_detached(&nonce, &aad, &mut buf[RTCP_CLEAR_HEADER..end], GenericArray::from_slice(&tag))
-            .map_err(|_| SrtpError::Auth)?;
+        aead.decrypt_in_place_detached(
+            &nonce,
+            &aad,
+            &mut buf[RTCP_CLEAR_HEADER..end],
+            GenericArray::from_slice(&tag),
+        )
+        .map_err(|_| SrtpError::Auth)?;
     } else {
         // Authenticated only: the whole packet and the word are the associated data. The
         // word is moved up against the packet for one contiguous slice, and put back if
         // the tag does not verify so the buffer is unchanged on error.
         buf[end..end + 4].copy_from_slice(&word.to_be_bytes());
-        let verified = aead.decrypt_in_place_detached(&nonce, &buf[..end + 4], &mut [], GenericArray::from_slice(&tag));
+        let verified = aead.decrypt_in_place_detached(
+            &nonce,
+            &buf[..end + 4],
+            &mut [],
+            GenericArray::from_slice(&tag),
+        );
         if verified.is_err() {
             buf[end..end + 4].copy_from_slice(&tag[..4]);
             return Err(SrtpError::Auth);

@@ -9,7 +9,7 @@
 mod support;
 
 use earshot_srtp::reference::{LibSrtp, MAX_TRAILER_LEN, RefSession};
-use earshot_srtp::{Direction, MasterKey, Ssrc, SrtpConfig, SrtpError, SrtpSession, SrtpSuite};
+use earshot_srtp::{Direction, MasterKey, SrtpConfig, SrtpError, SrtpSession, SrtpSuite, Ssrc};
 use support::{Rng, rtcp_packet, rtp_packet, seed, with_room};
 
 fn libsrtp(test: &str) -> Option<&'static LibSrtp> {
@@ -42,7 +42,9 @@ fn nth_rtp(rng: &mut Rng, ssrc: u32, n: usize) -> Vec<u8> {
 
 #[test]
 fn libsrtp_protects_we_unprotect_rtp_across_the_wrap() {
-    let Some(lib) = libsrtp("libsrtp_protects_we_unprotect_rtp") else { return };
+    let Some(lib) = libsrtp("libsrtp_protects_we_unprotect_rtp") else {
+        return;
+    };
     let mut rng = Rng::new(seed("libsrtp_protects_we_unprotect_rtp"));
     for suite in SrtpSuite::ALL {
         let key = key(&mut rng, suite);
@@ -52,7 +54,9 @@ fn libsrtp_protects_we_unprotect_rtp_across_the_wrap() {
             for ssrc in SSRCS {
                 let plain = nth_rtp(&mut rng, ssrc, n);
                 let mut buf = with_room(&plain, MAX_TRAILER_LEN);
-                let len = theirs.protect_rtp(&mut buf, plain.len()).expect("srtp_protect");
+                let len = theirs
+                    .protect_rtp(&mut buf, plain.len())
+                    .expect("srtp_protect");
                 assert_eq!(len, plain.len() + suite.rtp_tag_len(), "{suite:?}");
                 let got = ours.unprotect_rtp(&mut buf[..len]);
                 assert_eq!(got, Ok(plain.len()), "{suite:?} ssrc {ssrc:#x} packet {n}");
@@ -68,7 +72,9 @@ fn libsrtp_protects_we_unprotect_rtp_across_the_wrap() {
 
 #[test]
 fn we_protect_libsrtp_unprotects_rtp_across_the_wrap() {
-    let Some(lib) = libsrtp("we_protect_libsrtp_unprotects_rtp") else { return };
+    let Some(lib) = libsrtp("we_protect_libsrtp_unprotects_rtp") else {
+        return;
+    };
     let mut rng = Rng::new(seed("we_protect_libsrtp_unprotects_rtp"));
     for suite in SrtpSuite::ALL {
         let key = key(&mut rng, suite);
@@ -90,7 +96,9 @@ fn we_protect_libsrtp_unprotects_rtp_across_the_wrap() {
 
 #[test]
 fn srtcp_both_ways_with_libsrtp() {
-    let Some(lib) = libsrtp("srtcp_both_ways_with_libsrtp") else { return };
+    let Some(lib) = libsrtp("srtcp_both_ways_with_libsrtp") else {
+        return;
+    };
     let mut rng = Rng::new(seed("srtcp_both_ways_with_libsrtp"));
     for suite in SrtpSuite::ALL {
         let key = key(&mut rng, suite);
@@ -103,25 +111,40 @@ fn srtcp_both_ways_with_libsrtp() {
                 let plain = rtcp_packet(&mut rng, ssrc, n % 4);
 
                 let mut buf = with_room(&plain, MAX_TRAILER_LEN);
-                let len = their_tx.protect_rtcp(&mut buf, plain.len()).expect("protect_rtcp");
+                let len = their_tx
+                    .protect_rtcp(&mut buf, plain.len())
+                    .expect("protect_rtcp");
                 assert_eq!(len, plain.len() + suite.rtcp_overhead(), "{suite:?}");
-                assert_eq!(our_rx.unprotect_rtcp(&mut buf[..len]), Ok(plain.len()), "{suite:?} {n}");
+                assert_eq!(
+                    our_rx.unprotect_rtcp(&mut buf[..len]),
+                    Ok(plain.len()),
+                    "{suite:?} {n}"
+                );
                 assert_eq!(&buf[..plain.len()], &plain[..]);
 
                 let mut buf = with_room(&plain, suite.rtcp_overhead());
                 let len = our_tx.protect_rtcp(&mut buf, plain.len()).expect("protect");
                 assert_eq!(len, buf.len());
-                assert_eq!(their_rx.unprotect_rtcp(&mut buf), Ok(plain.len()), "{suite:?} {n}");
+                assert_eq!(
+                    their_rx.unprotect_rtcp(&mut buf),
+                    Ok(plain.len()),
+                    "{suite:?} {n}"
+                );
                 assert_eq!(&buf[..plain.len()], &plain[..]);
             }
         }
         // What libsrtp protected once is a replay the second time.
         let plain = rtcp_packet(&mut rng, SSRCS[0], 1);
         let mut buf = with_room(&plain, MAX_TRAILER_LEN);
-        let len = their_tx.protect_rtcp(&mut buf, plain.len()).expect("protect_rtcp");
+        let len = their_tx
+            .protect_rtcp(&mut buf, plain.len())
+            .expect("protect_rtcp");
         let copy = buf[..len].to_vec();
         assert_eq!(our_rx.unprotect_rtcp(&mut buf[..len]), Ok(plain.len()));
-        assert_eq!(our_rx.unprotect_rtcp(&mut copy.clone()), Err(SrtpError::Replay));
+        assert_eq!(
+            our_rx.unprotect_rtcp(&mut copy.clone()),
+            Err(SrtpError::Replay)
+        );
     }
 }
 
@@ -129,7 +152,9 @@ fn srtcp_both_ways_with_libsrtp() {
 /// refuse for authentication libsrtp refuses too (status 7).
 #[test]
 fn both_refuse_a_packet_under_the_wrong_key() {
-    let Some(lib) = libsrtp("both_refuse_a_packet_under_the_wrong_key") else { return };
+    let Some(lib) = libsrtp("both_refuse_a_packet_under_the_wrong_key") else {
+        return;
+    };
     let mut rng = Rng::new(seed("both_refuse_a_packet_under_the_wrong_key"));
     for suite in SrtpSuite::ALL {
         let right = key(&mut rng, suite);
@@ -139,7 +164,10 @@ fn both_refuse_a_packet_under_the_wrong_key() {
         let mut buf = with_room(&plain, suite.rtp_overhead());
         ours.protect_rtp(&mut buf, plain.len()).expect("protect");
         let mut their_rx = RefSession::new(lib, suite, &raw(&right), false, 0).expect("create");
-        assert_eq!(their_rx.unprotect_rtp(&mut buf.clone()).map_err(|e| e.0), Err(7));
+        assert_eq!(
+            their_rx.unprotect_rtp(&mut buf.clone()).map_err(|e| e.0),
+            Err(7)
+        );
         let mut our_rx = SrtpSession::new(Direction::Inbound, &right, SrtpConfig::default());
         assert_eq!(our_rx.unprotect_rtp(&mut buf), Err(SrtpError::Auth));
     }

@@ -60,7 +60,10 @@ fn b3_key_derivation() {
     assert_eq!(salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
     let mut auth = [0u8; 20];
     derive(&master, KdfLabel::RtpAuth, &mut auth);
-    assert_eq!(auth.to_vec(), hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4"));
+    assert_eq!(
+        auth.to_vec(),
+        hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+    );
 }
 
 /// The SRTCP labels (3, 4, 5) under the B.3 master key. Not printed in RFC 3711; these
@@ -75,7 +78,10 @@ fn b3_key_derivation_srtcp_labels() {
     assert_eq!(key.to_vec(), hex("4c1aa45a81f73d61c800bbb00fbb1eaa"));
     let mut auth = [0u8; 20];
     derive(&master, KdfLabel::RtcpAuth, &mut auth);
-    assert_eq!(auth.to_vec(), hex("8d54534feb49ae8e7993a6bd0b844fc323a93dfd"));
+    assert_eq!(
+        auth.to_vec(),
+        hex("8d54534feb49ae8e7993a6bd0b844fc323a93dfd")
+    );
     let mut salt = [0u8; 14];
     derive(&master, KdfLabel::RtcpSalt, &mut salt);
     assert_eq!(salt.to_vec(), hex("9581c7ad87b3e530bf3e4454a8b3"));
@@ -85,14 +91,26 @@ fn b3_key_derivation_srtcp_labels() {
 #[test]
 fn hmac_sha1_rfc2202() {
     let cases: [(Vec<u8>, Vec<u8>, &str); 4] = [
-        (vec![0x0b; 20], b"Hi There".to_vec(), "b617318655057264e28bc0b6fb378c8ef146be00"),
+        (
+            vec![0x0b; 20],
+            b"Hi There".to_vec(),
+            "b617318655057264e28bc0b6fb378c8ef146be00",
+        ),
         (
             b"Jefe".to_vec(),
             b"what do ya want for nothing?".to_vec(),
             "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79",
         ),
-        (vec![0xaa; 20], vec![0xdd; 50], "125d7342b9ac11cd91a39af48aa17b4f63f175d3"),
-        ((1..=25).collect(), vec![0xcd; 50], "4c9007f4026250c6bc8414f9bf50c86c2d7235da"),
+        (
+            vec![0xaa; 20],
+            vec![0xdd; 50],
+            "125d7342b9ac11cd91a39af48aa17b4f63f175d3",
+        ),
+        (
+            (1..=25).collect(),
+            vec![0xcd; 50],
+            "4c9007f4026250c6bc8414f9bf50c86c2d7235da",
+        ),
     ];
     for (key, data, expected) in cases {
         assert_eq!(HmacSha1::new(&key).mac(&data, &[]).to_vec(), hex(expected));

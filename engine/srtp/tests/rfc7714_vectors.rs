@@ -3,7 +3,7 @@
 //! The vectors give session keys, so they enter below the KDF; the KDF is pinned by the
 //! RFC 3711 appendix B.3 test and, for GCM, by the libsrtp interoperability tests.
 
-use earshot_srtp::{Direction, SessionKeys, Ssrc, SrtpConfig, SrtpError, SrtpSession, SrtpSuite};
+use earshot_srtp::{Direction, SessionKeys, SrtpConfig, SrtpError, SrtpSession, SrtpSuite, Ssrc};
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
@@ -53,7 +53,11 @@ const MARS: Ssrc = Ssrc(0x4d61_7273);
 fn session(direction: Direction, suite: SrtpSuite, key: &str) -> SrtpSession {
     let key = hex(key);
     let salt = hex(SALT);
-    let keys = SessionKeys { key: &key, salt: &salt, auth_key: &[] };
+    let keys = SessionKeys {
+        key: &key,
+        salt: &salt,
+        auth_key: &[],
+    };
     SrtpSession::from_session_keys(direction, suite, &keys, &keys, SrtpConfig::default())
 }
 
@@ -129,8 +133,8 @@ fn section_17_3_srtcp_authenticated_only() {
     let tag_at = plain.len();
     forged[tag_at] ^= 1;
     let before = forged.clone();
-    let result = session(Direction::Inbound, SrtpSuite::AeadAes128Gcm, KEY_128)
-        .unprotect_rtcp(&mut forged);
+    let result =
+        session(Direction::Inbound, SrtpSuite::AeadAes128Gcm, KEY_128).unprotect_rtcp(&mut forged);
     assert_eq!(result, Err(SrtpError::Auth));
     assert_eq!(forged, before, "buffer unchanged on error");
 }

@@ -6,7 +6,7 @@
 
 mod support;
 
-use earshot_srtp::{Direction, MasterKey, Ssrc, SrtpConfig, SrtpError, SrtpSession, SrtpSuite};
+use earshot_srtp::{Direction, MasterKey, SrtpConfig, SrtpError, SrtpSession, SrtpSuite, Ssrc};
 use proptest::prelude::*;
 use support::{Rng, rtcp_packet, rtp_packet, seed, with_room};
 
@@ -25,7 +25,14 @@ fn pair(suite: SrtpSuite, key_seed: u64) -> (SrtpSession, SrtpSession) {
 
 /// An arbitrary valid RTP packet: CSRCs, optional extension, payload 0..400 octets.
 fn rtp() -> impl Strategy<Value = Vec<u8>> {
-    (any::<u64>(), any::<u32>(), any::<u16>(), 0usize..=15, prop::option::of(0usize..8), 0usize..400)
+    (
+        any::<u64>(),
+        any::<u32>(),
+        any::<u16>(),
+        0usize..=15,
+        prop::option::of(0usize..8),
+        0usize..400,
+    )
         .prop_map(|(s, ssrc, seq, csrcs, ext, payload)| {
             rtp_packet(&mut Rng::new(s), ssrc, seq, csrcs, ext, payload)
         })
@@ -183,7 +190,10 @@ fn bounded_reordering_is_all_accepted() {
             at += n;
         }
         for (i, buf) in wire.iter().enumerate() {
-            assert!(rx.unprotect_rtp(&mut buf.clone()).is_ok(), "{suite:?} packet {i}");
+            assert!(
+                rx.unprotect_rtp(&mut buf.clone()).is_ok(),
+                "{suite:?} packet {i}"
+            );
         }
         for buf in &wire {
             assert_eq!(rx.unprotect_rtp(&mut buf.clone()), Err(SrtpError::Replay));
@@ -220,7 +230,9 @@ fn rollover_counter_survives_70000_packets_with_loss_and_reorder() {
         }
         for (i, (plain, buf)) in wire.iter().enumerate() {
             let mut b = buf.clone();
-            let n = rx.unprotect_rtp(&mut b).unwrap_or_else(|e| panic!("{suite:?} #{i}: {e:?}"));
+            let n = rx
+                .unprotect_rtp(&mut b)
+                .unwrap_or_else(|e| panic!("{suite:?} #{i}: {e:?}"));
             assert_eq!(&b[..n], &plain[..]);
         }
         let sent = tx.rtp_highest_index(Ssrc(0xABCD)).unwrap();

@@ -5,7 +5,7 @@
 mod support;
 
 use earshot_srtp::{
-    Direction, KeyError, MasterKey, Ssrc, SrtpConfig, SrtpError, SrtpSession, SrtpSuite,
+    Direction, KeyError, MasterKey, SrtpConfig, SrtpError, SrtpSession, SrtpSuite, Ssrc,
 };
 use support::{Rng, rtcp_packet, rtp_packet, with_room};
 
@@ -31,7 +31,11 @@ fn sdes_round_trip_for_every_suite() {
 fn sdes_accepts_lifetime_and_missing_padding() {
     let base = "inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
     let plain = MasterKey::from_sdes(SrtpSuite::AesCm128HmacSha1_80, base).unwrap();
-    for with_lifetime in [format!("{base}|2^31"), format!("{base}|2^48"), format!("{base}|1048576")] {
+    for with_lifetime in [
+        format!("{base}|2^31"),
+        format!("{base}|2^48"),
+        format!("{base}|1048576"),
+    ] {
         let key = MasterKey::from_sdes(SrtpSuite::AesCm128HmacSha1_80, &with_lifetime).unwrap();
         assert_eq!(key, plain);
     }
@@ -42,7 +46,10 @@ fn sdes_accepts_lifetime_and_missing_padding() {
     let sdes = key.to_sdes();
     assert!(sdes.ends_with('='));
     let unpadded = sdes.trim_end_matches('=');
-    assert_eq!(MasterKey::from_sdes(SrtpSuite::AeadAes128Gcm, unpadded).unwrap(), key);
+    assert_eq!(
+        MasterKey::from_sdes(SrtpSuite::AeadAes128Gcm, unpadded).unwrap(),
+        key
+    );
 }
 
 #[test]
@@ -52,17 +59,29 @@ fn sdes_refusals_are_typed_and_carry_no_key_material() {
     let cases: [(String, KeyError); 7] = [
         (RFC4568_EXAMPLE.to_string(), KeyError::Mki),
         (format!("inline:{secret}|2^31|1:4"), KeyError::Mki),
-        (format!("{secret}"), KeyError::NotInline),
+        (secret.to_string(), KeyError::NotInline),
         (format!("inline:{secret}|2^99"), KeyError::Lifetime),
         (format!("inline:{secret}|forever"), KeyError::Lifetime),
-        (format!("inline:{secret};inline:{secret}"), KeyError::MultipleKeys),
-        (format!("inline:{}", &secret[..20]), KeyError::Length { expected: 30, got: 15 }),
+        (
+            format!("inline:{secret};inline:{secret}"),
+            KeyError::MultipleKeys,
+        ),
+        (
+            format!("inline:{}", &secret[..20]),
+            KeyError::Length {
+                expected: 30,
+                got: 15,
+            },
+        ),
     ];
     for (input, expected) in cases {
         let err = MasterKey::from_sdes(suite, &input).unwrap_err();
         assert_eq!(err, expected, "{input}");
         let shown = format!("{err} {err:?}");
-        assert!(!shown.contains(&secret[..8]), "error shows key material: {shown}");
+        assert!(
+            !shown.contains(&secret[..8]),
+            "error shows key material: {shown}"
+        );
     }
     assert_eq!(
         MasterKey::from_sdes(suite, "inline:PS1uQCVeeCFCanVmcjkp!ywjNWhcYD0mXXtxaVBR"),
@@ -71,7 +90,10 @@ fn sdes_refusals_are_typed_and_carry_no_key_material() {
     // A 256-bit GCM suite needs 44 octets: the 30 of an AES-CM key are refused.
     assert_eq!(
         MasterKey::from_sdes(SrtpSuite::AeadAes256Gcm, &format!("inline:{secret}")),
-        Err(KeyError::Length { expected: 44, got: 30 })
+        Err(KeyError::Length {
+            expected: 44,
+            got: 30
+        })
     );
 }
 
@@ -80,10 +102,16 @@ fn debug_output_never_shows_key_bytes() {
     let key = MasterKey::new(SrtpSuite::AesCm128HmacSha1_80, &[0xAB; 30]).unwrap();
     let shown = format!("{key:?}");
     assert!(shown.contains("[redacted]"), "{shown}");
-    assert!(!shown.to_lowercase().contains("ab, ") && !shown.contains("171"), "{shown}");
+    assert!(
+        !shown.to_lowercase().contains("ab, ") && !shown.contains("171"),
+        "{shown}"
+    );
     let session = SrtpSession::new(Direction::Inbound, &key, SrtpConfig::default());
     let shown = format!("{session:?}");
-    assert!(shown.contains("[redacted]") && !shown.contains("171"), "{shown}");
+    assert!(
+        shown.contains("[redacted]") && !shown.contains("171"),
+        "{shown}"
+    );
 }
 
 fn protected_rtp(tx: &mut SrtpSession, ssrc: u32, seq: u16) -> Vec<u8> {
@@ -105,7 +133,10 @@ fn pair(suite: SrtpSuite, config: SrtpConfig) -> (SrtpSession, SrtpSession, Mast
 
 #[test]
 fn ssrc_change_and_eviction_of_the_least_recently_used() {
-    let config = SrtpConfig { max_ssrcs: 2, ..SrtpConfig::default() };
+    let config = SrtpConfig {
+        max_ssrcs: 2,
+        ..SrtpConfig::default()
+    };
     let (mut tx, mut rx, _) = pair(SrtpSuite::AesCm128HmacSha1_80, config);
     let a1 = protected_rtp(&mut tx, 0xA, 1);
     let b1 = protected_rtp(&mut tx, 0xB, 1);
@@ -125,7 +156,10 @@ fn ssrc_change_and_eviction_of_the_least_recently_used() {
 
 #[test]
 fn forged_packets_from_new_ssrcs_evict_nothing() {
-    let config = SrtpConfig { max_ssrcs: 1, ..SrtpConfig::default() };
+    let config = SrtpConfig {
+        max_ssrcs: 1,
+        ..SrtpConfig::default()
+    };
     let (mut tx, mut rx, _) = pair(SrtpSuite::AesCm128HmacSha1_80, config);
     let a1 = protected_rtp(&mut tx, 0xA, 1);
     assert!(rx.unprotect_rtp(&mut a1.clone()).is_ok());
@@ -133,7 +167,10 @@ fn forged_packets_from_new_ssrcs_evict_nothing() {
     let last = forged.len() - 1;
     forged[last] ^= 0xFF;
     assert_eq!(rx.unprotect_rtp(&mut forged), Err(SrtpError::Auth));
-    assert!(rx.rtp_highest_index(Ssrc(0xA)).is_some(), "A survived the forgery");
+    assert!(
+        rx.rtp_highest_index(Ssrc(0xA)).is_some(),
+        "A survived the forgery"
+    );
     assert!(rx.rtp_highest_index(Ssrc(0xF)).is_none());
 }
 
@@ -144,9 +181,15 @@ fn forged_packets_from_new_ssrcs_evict_nothing() {
 fn resume_after_restart_never_reuses_an_index() {
     let (mut tx, mut rx, key) = pair(SrtpSuite::AeadAes128Gcm, SrtpConfig::default());
     for seq in 65_530..=65_535u16 {
-        assert!(rx.unprotect_rtp(&mut protected_rtp(&mut tx, 0x5, seq)).is_ok());
+        assert!(
+            rx.unprotect_rtp(&mut protected_rtp(&mut tx, 0x5, seq))
+                .is_ok()
+        );
     }
-    assert!(rx.unprotect_rtp(&mut protected_rtp(&mut tx, 0x5, 0)).is_ok());
+    assert!(
+        rx.unprotect_rtp(&mut protected_rtp(&mut tx, 0x5, 0))
+            .is_ok()
+    );
     let persisted = tx.rtp_highest_index(Ssrc(0x5)).unwrap();
     assert_eq!(persisted, 1 << 16, "ROC 1, SEQ 0");
 
@@ -154,7 +197,10 @@ fn resume_after_restart_never_reuses_an_index() {
     restarted.resume_rtp(Ssrc(0x5), persisted);
     let plain = rtp_packet(&mut Rng::new(9), 0x5, 0, 0, None, 40);
     let mut again = with_room(&plain, restarted.suite().rtp_overhead());
-    assert_eq!(restarted.protect_rtp(&mut again, plain.len()), Err(SrtpError::IndexReused));
+    assert_eq!(
+        restarted.protect_rtp(&mut again, plain.len()),
+        Err(SrtpError::IndexReused)
+    );
     let next = protected_rtp(&mut restarted, 0x5, 1);
     assert!(rx.unprotect_rtp(&mut next.clone()).is_ok());
     assert_eq!(rx.rtp_highest_index(Ssrc(0x5)), Some((1 << 16) + 1));
@@ -174,11 +220,17 @@ fn index_exhaustion_is_refused() {
     tx.resume_rtp(Ssrc(1), (1 << 48) - 1);
     let plain = rtp_packet(&mut Rng::new(1), 1, 0, 0, None, 10);
     let mut buf = with_room(&plain, 4);
-    assert_eq!(tx.protect_rtp(&mut buf, plain.len()), Err(SrtpError::IndexExhausted));
+    assert_eq!(
+        tx.protect_rtp(&mut buf, plain.len()),
+        Err(SrtpError::IndexExhausted)
+    );
     tx.resume_rtcp(Ssrc(1), (1 << 31) - 1);
     let plain = rtcp_packet(&mut Rng::new(1), 1, 0);
     let mut buf = with_room(&plain, 14);
-    assert_eq!(tx.protect_rtcp(&mut buf, plain.len()), Err(SrtpError::IndexExhausted));
+    assert_eq!(
+        tx.protect_rtcp(&mut buf, plain.len()),
+        Err(SrtpError::IndexExhausted)
+    );
 }
 
 #[test]
@@ -186,8 +238,14 @@ fn wrong_direction_and_short_buffers_are_typed_errors() {
     let (mut tx, mut rx, _) = pair(SrtpSuite::AesCm128HmacSha1_80, SrtpConfig::default());
     let plain = rtp_packet(&mut Rng::new(1), 1, 1, 0, None, 10);
     let mut buf = plain.clone();
-    assert_eq!(tx.protect_rtp(&mut buf, plain.len()), Err(SrtpError::BufferTooSmall));
-    assert_eq!(rx.protect_rtp(&mut buf, plain.len()), Err(SrtpError::WrongDirection));
+    assert_eq!(
+        tx.protect_rtp(&mut buf, plain.len()),
+        Err(SrtpError::BufferTooSmall)
+    );
+    assert_eq!(
+        rx.protect_rtp(&mut buf, plain.len()),
+        Err(SrtpError::WrongDirection)
+    );
     assert_eq!(tx.unprotect_rtp(&mut buf), Err(SrtpError::WrongDirection));
     assert_eq!(buf, plain, "untouched");
     assert_eq!(rx.unprotect_rtp(&mut buf[..15]), Err(SrtpError::TooShort));
@@ -207,7 +265,11 @@ fn rekey_without_a_gap() {
     let suite = SrtpSuite::AesCm128HmacSha1_80;
     let (mut old_tx, mut old_rx, _) = pair(suite, SrtpConfig::default());
     for seq in 65_500..=65_535u16 {
-        assert!(old_rx.unprotect_rtp(&mut protected_rtp(&mut old_tx, 0x42, seq)).is_ok());
+        assert!(
+            old_rx
+                .unprotect_rtp(&mut protected_rtp(&mut old_tx, 0x42, seq))
+                .is_ok()
+        );
     }
     let straggler = protected_rtp(&mut old_tx, 0x42, 0); // ROC 1, sent under the old key
     let mut rng = Rng::new(77);
@@ -217,10 +279,16 @@ fn rekey_without_a_gap() {
 
     for seq in 1..100u16 {
         let mut p = protected_rtp(&mut new_tx, 0x42, seq);
-        assert!(new_rx.unprotect_rtp(&mut p).is_ok(), "seq {seq} under the new key");
+        assert!(
+            new_rx.unprotect_rtp(&mut p).is_ok(),
+            "seq {seq} under the new key"
+        );
     }
     let mut late = straggler.clone();
     assert_eq!(new_rx.unprotect_rtp(&mut late), Err(SrtpError::Auth));
     assert_eq!(late, straggler, "buffer intact for the second try");
-    assert!(old_rx.unprotect_rtp(&mut late).is_ok(), "old session takes the straggler");
+    assert!(
+        old_rx.unprotect_rtp(&mut late).is_ok(),
+        "old session takes the straggler"
+    );
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 /// xorshift64*: small, seedable, good enough to vary test packets.
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {
