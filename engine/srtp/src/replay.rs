@@ -131,30 +131,35 @@ impl StreamTable {
         }
     }
 
-    pub(crate) fn window(&self, ssrc: u32) -> Option<&ReplayWindow> {
+    /// Where stream `ssrc` lives, if it is known: one scan per packet, reused by
+    /// [`StreamTable::accepts`] and [`StreamTable::mark`].
+    pub(crate) fn find(&self, ssrc: u32) -> Option<usize> {
         self.slots
             .iter()
-            .flatten()
-            .find(|s| s.ssrc == ssrc)
-            .map(|s| &s.window)
+            .position(|s| s.as_ref().is_some_and(|s| s.ssrc == ssrc))
     }
 
-    /// True when `index` of stream `ssrc` has not been seen (an unknown stream has seen
-    /// nothing).
-    pub(crate) fn accepts(&self, ssrc: u32, index: u64) -> bool {
-        self.window(ssrc)
+    pub(crate) fn window(&self, slot: Option<usize>) -> Option<&ReplayWindow> {
+        slot.and_then(|i| self.slots[i].as_ref()).map(|s| &s.window)
+    }
+
+    /// True when `index` of the stream in `slot` has not been seen (an unknown stream,
+    /// `None`, has seen nothing).
+    pub(crate) fn accepts(&self, slot: Option<usize>, index: u64) -> bool {
+        self.window(slot)
             .is_none_or(|w| w.accepts(index, self.window_size))
     }
 
-    /// Records `index` for `ssrc`, creating the stream (and evicting the least recently
-    /// used one when full) if it is new.
-    pub(crate) fn mark(&mut self, ssrc: u32, index: u64) {
+    /// Records `index` for the stream in `slot`, or creates stream `ssrc` (evicting the
+    /// least recently used one when full) when `slot` is `None`.
+    pub(crate) fn mark(&mut self, slot: Option<usize>, ssrc: u32, index: u64) {
         self.tick += 1;
         let tick = self.tick;
         let size = self.window_size;
-        if let Some(slot) = self.slots.iter_mut().flatten().find(|s| s.ssrc == ssrc) {
-            slot.window.mark(index, size);
-            slot.last_used = tick;
+        if let Some(s) = slot.and_then(|i| self.slots[i].as_mut()) {
+            debug_assert_eq!(s.ssrc, ssrc);
+            s.window.mark(index, size);
+            s.last_used = tick;
             return;
         }
         self.put(Slot {

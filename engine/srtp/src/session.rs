@@ -175,18 +175,19 @@ impl SrtpSession {
         if buf.len() < len + tag_len {
             return Err(SrtpError::BufferTooSmall);
         }
-        let index = match self.rtp_streams.window(ssrc) {
+        let slot = self.rtp_streams.find(ssrc);
+        let index = match self.rtp_streams.window(slot) {
             Some(w) => estimate_index(w.highest(), seq).ok_or(SrtpError::IndexReused)?,
             None => u64::from(seq),
         };
         if index >= RTP_INDEX_LIMIT {
             return Err(SrtpError::IndexExhausted);
         }
-        if !self.rtp_streams.accepts(ssrc, index) {
+        if !self.rtp_streams.accepts(slot, index) {
             return Err(SrtpError::IndexReused);
         }
         self.rtp.protect_rtp(buf, header_len, len, ssrc, index);
-        self.rtp_streams.mark(ssrc, index);
+        self.rtp_streams.mark(slot, ssrc, index);
         Ok(len + tag_len)
     }
 
@@ -203,18 +204,19 @@ impl SrtpSession {
             return Err(SrtpError::TooShort);
         }
         let (ssrc, seq) = rtp_ssrc_seq(buf);
-        let index = match self.rtp_streams.window(ssrc) {
+        let slot = self.rtp_streams.find(ssrc);
+        let index = match self.rtp_streams.window(slot) {
             Some(w) => estimate_index(w.highest(), seq).ok_or(SrtpError::Replay)?,
             None => u64::from(seq),
         };
         if index >= RTP_INDEX_LIMIT {
             return Err(SrtpError::IndexExhausted);
         }
-        if !self.rtp_streams.accepts(ssrc, index) {
+        if !self.rtp_streams.accepts(slot, index) {
             return Err(SrtpError::Replay);
         }
         let len = self.rtp.unprotect_rtp(buf, header_len, ssrc, index)?;
-        self.rtp_streams.mark(ssrc, index);
+        self.rtp_streams.mark(slot, ssrc, index);
         Ok(len)
     }
 
@@ -230,15 +232,16 @@ impl SrtpSession {
         if buf.len() < len + self.suite.rtcp_overhead() {
             return Err(SrtpError::BufferTooSmall);
         }
+        let slot = self.rtcp_streams.find(ssrc);
         let index = self
             .rtcp_streams
-            .window(ssrc)
+            .window(slot)
             .map_or(0, |w| w.highest() + 1);
         if index >= RTCP_INDEX_LIMIT {
             return Err(SrtpError::IndexExhausted);
         }
         let out = self.rtcp.protect_rtcp(buf, len, ssrc, index as u32);
-        self.rtcp_streams.mark(ssrc, index);
+        self.rtcp_streams.mark(slot, ssrc, index);
         Ok(out)
     }
 
@@ -258,11 +261,12 @@ impl SrtpSession {
         word.copy_from_slice(&buf[at..at + 4]);
         let word = u32::from_be_bytes(word);
         let index = u64::from(word & !SRTCP_E_FLAG);
-        if !self.rtcp_streams.accepts(ssrc, index) {
+        let slot = self.rtcp_streams.find(ssrc);
+        if !self.rtcp_streams.accepts(slot, index) {
             return Err(SrtpError::Replay);
         }
         let len = self.rtcp.unprotect_rtcp(buf, ssrc, word)?;
-        self.rtcp_streams.mark(ssrc, index);
+        self.rtcp_streams.mark(slot, ssrc, index);
         Ok(len)
     }
 
@@ -270,12 +274,16 @@ impl SrtpSession {
     /// `ssrc`, if any. An outbound session's value is what the engine persists so that a
     /// restart never reuses keystream (see [`SrtpSession::resume_rtp`]).
     pub fn rtp_highest_index(&self, ssrc: Ssrc) -> Option<u64> {
-        self.rtp_streams.window(ssrc.0).map(|w| w.highest())
+        self.rtp_streams
+            .window(self.rtp_streams.find(ssrc.0))
+            .map(|w| w.highest())
     }
 
     /// The highest SRTCP index used or accepted for `ssrc`, if any.
     pub fn rtcp_highest_index(&self, ssrc: Ssrc) -> Option<u32> {
-        self.rtcp_streams.window(ssrc.0).map(|w| w.highest() as u32)
+        self.rtcp_streams
+            .window(self.rtcp_streams.find(ssrc.0))
+            .map(|w| w.highest() as u32)
     }
 
     /// Declares every SRTP index up to and including `highest` as used for `ssrc`.
