@@ -74,7 +74,7 @@ impl ReplayWindow {
     /// Records `index` as seen (the caller checked `accepts` and authenticated it).
     fn mark(&mut self, index: u64, size: u64) {
         if index > self.highest {
-            self.shift((index - self.highest).min(size));
+            self.shift(index - self.highest, size);
             self.highest = index;
             self.bits[0] |= 1;
         } else {
@@ -83,25 +83,21 @@ impl ReplayWindow {
         }
     }
 
-    /// Moves every bit k to k + by, dropping those that leave the bitmap.
-    fn shift(&mut self, by: u64) {
-        let words = (by / 64) as usize;
-        let bits = (by % 64) as u32;
-        if words >= WORDS {
-            self.bits = [0; WORDS];
+    /// Moves every bit k to k + by, dropping those that leave the first `size` bits
+    /// (only the words a window of `size` uses are touched: two for the default 128).
+    fn shift(&mut self, by: u64, size: u64) {
+        let used = size.div_ceil(64) as usize;
+        let bits = &mut self.bits[..used];
+        if by >= size {
+            bits.fill(0);
             return;
         }
-        for i in (0..WORDS).rev() {
-            let from = i.checked_sub(words);
-            let hi = from.map_or(0, |f| self.bits[f]);
-            let lo = from
-                .and_then(|f| f.checked_sub(1))
-                .map_or(0, |f| self.bits[f]);
-            self.bits[i] = if bits == 0 {
-                hi
-            } else {
-                hi << bits | lo >> (64 - bits)
-            };
+        let words = (by / 64) as usize;
+        let shift = (by % 64) as u32;
+        for i in (0..used).rev() {
+            let hi = if i >= words { bits[i - words] } else { 0 };
+            let lo = if i > words { bits[i - words - 1] } else { 0 };
+            bits[i] = if shift == 0 { hi } else { hi << shift | lo >> (64 - shift) };
         }
     }
 }
