@@ -97,7 +97,11 @@ impl ReplayWindow {
         for i in (0..used).rev() {
             let hi = if i >= words { bits[i - words] } else { 0 };
             let lo = if i > words { bits[i - words - 1] } else { 0 };
-            bits[i] = if shift == 0 { hi } else { hi << shift | lo >> (64 - shift) };
+            bits[i] = if shift == 0 {
+                hi
+            } else {
+                hi << shift | lo >> (64 - shift)
+            };
         }
     }
 }
