@@ -101,8 +101,8 @@ impl LibSrtp {
     fn open() -> Result<LibSrtp, String> {
         // SAFETY: loading libsrtp runs no initialisers beyond the C runtime's; the
         // library is kept alive for the whole process in LIBSRTP.
-        let lib = unsafe { libloading::Library::new("libsrtp2.so.1") }
-            .map_err(|e| format!("libsrtp2 not installed ({e})"))?;
+        let lib =
+            unsafe { libloading::Library::new("libsrtp2.so.1") }.map_err(|e| e.to_string())?;
         // SAFETY: each symbol is looked up with the signature srtp2/srtp.h declares for
         // libsrtp 2.x, and the pointers are used only while `lib` is alive (forever).
         let fns = unsafe {
