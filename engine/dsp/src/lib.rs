@@ -20,4 +20,5 @@
 //!   `SAFETY` comment on every block.
 
 pub mod g711;
+pub mod g722;
 pub mod mix;
