@@ -105,14 +105,21 @@ fn opus_at(c: &mut Criterion, name: &str, settings: OpusSettings, with_decode: b
     let mut len = 0;
     for _ in 0..10 {
         len = encoder.encode(&pcm, &mut packet).unwrap();
-        assert_eq!(decoder.decode(&packet[..len], &mut decoded, false).unwrap(), pcm.len());
+        assert_eq!(
+            decoder.decode(&packet[..len], &mut decoded, false).unwrap(),
+            pcm.len()
+        );
     }
     // 32 kbit/s is 80 bytes per 20 ms; the decoded frame carries the input's energy
     // (within a few dB: the codec delay shifts the frame).
     assert!((20..400).contains(&len), "packet of {len} bytes");
     assert!(level_db(&pcm, &decoded).abs() < 3.0);
 
-    let mut group = c.benchmark_group(if with_decode { "codec" } else { "codec_variants" });
+    let mut group = c.benchmark_group(if with_decode {
+        "codec"
+    } else {
+        "codec_variants"
+    });
     group.bench_function(format!("{name}/encode"), |b| {
         b.iter(|| {
             let n = encoder.encode(black_box(&pcm), &mut packet).unwrap();
@@ -123,7 +130,9 @@ fn opus_at(c: &mut Criterion, name: &str, settings: OpusSettings, with_decode: b
         let packet = packet[..len].to_vec();
         group.bench_function(format!("{name}/decode"), |b| {
             b.iter(|| {
-                let n = decoder.decode(black_box(&packet), &mut decoded, false).unwrap();
+                let n = decoder
+                    .decode(black_box(&packet), &mut decoded, false)
+                    .unwrap();
                 black_box(&decoded[..n]);
             })
         });

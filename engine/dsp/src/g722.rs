@@ -473,7 +473,10 @@ impl G722Decoder {
 
         // Low band, 64 kbit/s mode: the output uses all 6 bits (INVQBL), the predictor
         // only the top 4 (inside update_low).
-        let rl = limit(add(self.low.s, mult(self.low.det, INVQ6_X8[usize::from(il)])));
+        let rl = limit(add(
+            self.low.s,
+            mult(self.low.det, INVQ6_X8[usize::from(il)]),
+        ));
         self.low.update_low(il);
 
         // High band: the reconstructed signal before the predictor moves on.

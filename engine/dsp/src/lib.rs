@@ -21,5 +21,5 @@
 
 pub mod g711;
 pub mod g722;
-pub mod resample;
 pub mod mix;
+pub mod resample;

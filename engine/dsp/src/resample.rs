@@ -29,7 +29,7 @@
 /// Taps per polyphase branch; the filter has `TAPS_PER_PHASE * ratio` taps. A multiple
 /// of 8 so that every inner product is whole 8-lane blocks.
 const TAPS_PER_PHASE: usize = 48;
-const _: () = assert!(TAPS_PER_PHASE % 8 == 0);
+const _: () = assert!(TAPS_PER_PHASE.is_multiple_of(8));
 
 /// Kaiser window shape: beta = 0.1102 * (A - 8.7) for A = 75 dB of stopband.
 const KAISER_BETA: f64 = 7.3;
@@ -115,10 +115,7 @@ impl Resampler {
                 (c, TAPS_PER_PHASE - 1)
             }
             // y[m] = sum_t h[t] x[ratio*m + t - (taps - ratio)], h symmetric.
-            Direction::Down => (
-                prototype.iter().map(|&h| h as f32).collect(),
-                taps - ratio,
-            ),
+            Direction::Down => (prototype.iter().map(|&h| h as f32).collect(), taps - ratio),
         };
         Ok(Resampler {
             from_hz,

@@ -43,7 +43,11 @@ impl Encoder {
                 unsafe { sys::opus_encoder_destroy(state.as_ptr()) };
                 Err(error)
             }
-            None => Err(if error == 0 { sys::OPUS_ALLOC_FAIL } else { error }),
+            None => Err(if error == 0 {
+                sys::OPUS_ALLOC_FAIL
+            } else {
+                error
+            }),
         }
     }
 
@@ -66,7 +70,11 @@ impl Encoder {
                 &mut value as *mut i32,
             )
         };
-        if rc == sys::OPUS_OK { Ok(value) } else { Err(rc) }
+        if rc == sys::OPUS_OK {
+            Ok(value)
+        } else {
+            Err(rc)
+        }
     }
 
     /// `opus_encode`: `pcm.len()` must already be a valid frame size (checked by the
@@ -77,7 +85,13 @@ impl Encoder {
         // SAFETY: libopus reads exactly `frame` samples (one channel) from `pcm` and
         // writes at most `max_bytes` bytes to `out`; both slices are at least that long.
         let rc = unsafe {
-            sys::opus_encode(self.0.as_ptr(), pcm.as_ptr(), frame, out.as_mut_ptr(), max_bytes)
+            sys::opus_encode(
+                self.0.as_ptr(),
+                pcm.as_ptr(),
+                frame,
+                out.as_mut_ptr(),
+                max_bytes,
+            )
         };
         usize::try_from(rc).map_err(|_| rc)
     }
@@ -110,7 +124,11 @@ impl Decoder {
                 unsafe { sys::opus_decoder_destroy(state.as_ptr()) };
                 Err(error)
             }
-            None => Err(if error == 0 { sys::OPUS_ALLOC_FAIL } else { error }),
+            None => Err(if error == 0 {
+                sys::OPUS_ALLOC_FAIL
+            } else {
+                error
+            }),
         }
     }
 
@@ -133,7 +151,14 @@ impl Decoder {
         // SAFETY: libopus reads `len` bytes from `data` (or none when it is null) and
         // writes at most `frame` samples (one channel) into `out`, which holds that many.
         let rc = unsafe {
-            sys::opus_decode(self.0.as_ptr(), data, len, out.as_mut_ptr(), frame, c_int::from(fec))
+            sys::opus_decode(
+                self.0.as_ptr(),
+                data,
+                len,
+                out.as_mut_ptr(),
+                frame,
+                c_int::from(fec),
+            )
         };
         usize::try_from(rc).map_err(|_| rc)
     }

@@ -34,7 +34,9 @@
 mod ffi;
 mod toc;
 
-pub use ffi::{libopus_packet_frames, libopus_packet_samples_48k, libopus_repacketize, libopus_version};
+pub use ffi::{
+    libopus_packet_frames, libopus_packet_samples_48k, libopus_repacketize, libopus_version,
+};
 pub use toc::{
     Bandwidth, MAX_PACKET_SAMPLES_48K, Mode, Toc, TocError, packet_duration_samples,
     packet_frame_count,
@@ -134,14 +136,18 @@ impl Default for OpusSettings {
 fn check_rate(sample_rate_hz: u32) -> Result<(), OpusError> {
     match sample_rate_hz {
         16_000 | 48_000 => Ok(()),
-        _ => Err(OpusError::BadSetting("sample rate must be 16000 or 48000 Hz")),
+        _ => Err(OpusError::BadSetting(
+            "sample rate must be 16000 or 48000 Hz",
+        )),
     }
 }
 
 /// Is `samples` one of Opus's frame sizes (2.5 to 60 ms) at `sample_rate_hz`?
 pub fn is_frame_size(samples: usize, sample_rate_hz: u32) -> bool {
     let per_2_5_ms = sample_rate_hz as usize / 400;
-    [1, 2, 4, 8, 16, 24].iter().any(|&n| samples == n * per_2_5_ms)
+    [1, 2, 4, 8, 16, 24]
+        .iter()
+        .any(|&n| samples == n * per_2_5_ms)
 }
 
 /// A mono Opus encoder for one leg.
@@ -184,15 +190,31 @@ impl OpusEncoder {
             return Err(OpusError::BadSetting("packet loss must be 0..=100 percent"));
         }
         let set = |e: &mut ffi::Encoder, request, value| e.set(request, value).map_err(libopus);
-        set(&mut self.inner, sys::OPUS_SET_BITRATE_REQUEST, settings.bitrate_bps as i32)?;
-        set(&mut self.inner, sys::OPUS_SET_COMPLEXITY_REQUEST, i32::from(settings.complexity))?;
-        set(&mut self.inner, sys::OPUS_SET_INBAND_FEC_REQUEST, i32::from(settings.inband_fec))?;
+        set(
+            &mut self.inner,
+            sys::OPUS_SET_BITRATE_REQUEST,
+            settings.bitrate_bps as i32,
+        )?;
+        set(
+            &mut self.inner,
+            sys::OPUS_SET_COMPLEXITY_REQUEST,
+            i32::from(settings.complexity),
+        )?;
+        set(
+            &mut self.inner,
+            sys::OPUS_SET_INBAND_FEC_REQUEST,
+            i32::from(settings.inband_fec),
+        )?;
         set(
             &mut self.inner,
             sys::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
             i32::from(settings.packet_loss_percent),
         )?;
-        set(&mut self.inner, sys::OPUS_SET_DTX_REQUEST, i32::from(settings.dtx))?;
+        set(
+            &mut self.inner,
+            sys::OPUS_SET_DTX_REQUEST,
+            i32::from(settings.dtx),
+        )?;
         self.settings = settings;
         Ok(())
     }
@@ -250,7 +272,12 @@ impl OpusDecoder {
     /// is decoded is that lost frame, from the in-band FEC the packet carries: `out.len()`
     /// must then be exactly the lost frame's duration. Without FEC data in the packet,
     /// libopus conceals instead. Either way, decode the packet itself normally next.
-    pub fn decode(&mut self, packet: &[u8], out: &mut [i16], fec: bool) -> Result<usize, OpusError> {
+    pub fn decode(
+        &mut self,
+        packet: &[u8],
+        out: &mut [i16],
+        fec: bool,
+    ) -> Result<usize, OpusError> {
         if packet.is_empty() {
             return Err(OpusError::EmptyPacket);
         }
@@ -267,7 +294,7 @@ impl OpusDecoder {
     /// decoder's history (packet loss concealment).
     pub fn decode_lost(&mut self, out: &mut [i16]) -> Result<usize, OpusError> {
         let per_2_5_ms = self.sample_rate_hz as usize / 400;
-        if out.is_empty() || out.len() % per_2_5_ms != 0 {
+        if out.is_empty() || !out.len().is_multiple_of(per_2_5_ms) {
             return Err(OpusError::BadFrameSize {
                 samples: out.len(),
                 sample_rate_hz: self.sample_rate_hz,

@@ -169,8 +169,13 @@ fn fec_recovers_a_lost_packet_better_than_plc() {
         }
         let snr_plc = 10.0 * (energy / err_plc).log10();
         let snr_fec = 10.0 * (energy / err_fec).log10();
-        println!("{rate_hz} Hz: lost frames vs lossless decode: PLC {snr_plc:.1} dB, FEC {snr_fec:.1} dB");
-        assert!(snr_fec > snr_plc + 3.0, "FEC {snr_fec} dB vs PLC {snr_plc} dB");
+        println!(
+            "{rate_hz} Hz: lost frames vs lossless decode: PLC {snr_plc:.1} dB, FEC {snr_fec:.1} dB"
+        );
+        assert!(
+            snr_fec > snr_plc + 3.0,
+            "FEC {snr_fec} dB vs PLC {snr_plc} dB"
+        );
     }
 }
 
@@ -205,7 +210,11 @@ fn dtx_sends_tiny_packets_in_silence() {
         );
         // DTX: at most a few bytes per 20 ms (1-byte packets, plus a comfort-noise
         // update every 400 ms).
-        assert!(tail(&with) <= 50 * 3 + 2 * 60, "{:?}", &with[with.len() - 50..]);
+        assert!(
+            tail(&with) <= 50 * 3 + 2 * 60,
+            "{:?}",
+            &with[with.len() - 50..]
+        );
         assert!(tail(&with) * 3 < tail(&without));
         assert!(talk(&with) > 25 * 20);
     }
@@ -234,10 +243,7 @@ fn toc_parse_matches_libopus_on_real_packets() {
                 let mut check = |p: &[u8]| {
                     let ours = packet_duration_samples(p).unwrap();
                     assert_eq!(Ok(ours), libopus_packet_samples_48k(p), "{p:02x?}");
-                    assert_eq!(
-                        Ok(packet_frame_count(p).unwrap()),
-                        libopus_packet_frames(p)
-                    );
+                    assert_eq!(Ok(packet_frame_count(p).unwrap()), libopus_packet_frames(p));
                     configs_seen.insert(p[0] >> 3);
                     codes_seen.insert(p[0] & 3);
                     checked += 1;
@@ -268,7 +274,10 @@ fn toc_parse_matches_libopus_on_real_packets() {
     println!("{checked} packets; TOC configs seen {configs_seen:?}; codes {codes_seen:?}");
     // The sweep must have exercised all three modes and multi-frame codes.
     assert!(configs_seen.iter().any(|&c| c < 12), "no SILK");
-    assert!(configs_seen.iter().any(|&c| (12..16).contains(&c)), "no hybrid");
+    assert!(
+        configs_seen.iter().any(|&c| (12..16).contains(&c)),
+        "no hybrid"
+    );
     assert!(configs_seen.iter().any(|&c| c >= 16), "no CELT");
     assert!(codes_seen.contains(&0) && codes_seen.contains(&3));
     assert!(codes_seen.contains(&1) || codes_seen.contains(&2));
@@ -328,21 +337,28 @@ fn toc_table_spot_checks_from_rfc_6716() {
         Err(TocError::TooLong { samples_48k: 6720 })
     );
     assert_eq!(packet_duration_samples(&[]), Err(TocError::Empty));
-    assert_eq!(packet_duration_samples(&[3]), Err(TocError::MissingFrameCount));
+    assert_eq!(
+        packet_duration_samples(&[3]),
+        Err(TocError::MissingFrameCount)
+    );
 }
 
 #[test]
 fn bad_settings_and_sizes_are_errors_not_panics() {
-    assert!(OpusEncoder::new(OpusSettings {
-        sample_rate_hz: 8000,
-        ..OpusSettings::default()
-    })
-    .is_err());
-    assert!(OpusEncoder::new(OpusSettings {
-        complexity: 11,
-        ..OpusSettings::default()
-    })
-    .is_err());
+    assert!(
+        OpusEncoder::new(OpusSettings {
+            sample_rate_hz: 8000,
+            ..OpusSettings::default()
+        })
+        .is_err()
+    );
+    assert!(
+        OpusEncoder::new(OpusSettings {
+            complexity: 11,
+            ..OpusSettings::default()
+        })
+        .is_err()
+    );
     let mut e = OpusEncoder::new(OpusSettings::default()).unwrap();
     let mut out = [0u8; MAX_PACKET_BYTES];
     assert_eq!(
@@ -358,7 +374,10 @@ fn bad_settings_and_sizes_are_errors_not_panics() {
     assert!(d.decode_lost(&mut pcm[..100]).is_err());
     // A packet longer than the output: libopus refuses, we report it.
     let packet = [31 << 3 | 3, 6, 0, 0, 0, 0, 0, 0];
-    assert!(matches!(d.decode(&packet, &mut pcm, false), Err(OpusError::Libopus { .. })));
+    assert!(matches!(
+        d.decode(&packet, &mut pcm, false),
+        Err(OpusError::Libopus { .. })
+    ));
 }
 
 #[test]
@@ -378,7 +397,10 @@ fn arbitrary_packets_never_panic() {
             Err(_) => refused += 1,
         }
     }
-    println!("arbitrary packets: {ok} decoded, {refused} refused; {}", libopus_version());
+    println!(
+        "arbitrary packets: {ok} decoded, {refused} refused; {}",
+        libopus_version()
+    );
     assert!(ok > 0 && refused > 0);
 }
 
@@ -388,7 +410,9 @@ fn settings_change_while_running() {
     let pcm = tone(48_000, 440.0, 8000.0, 960 * 50);
     let mut out = [0u8; MAX_PACKET_BYTES];
     let bytes = |e: &mut OpusEncoder, out: &mut [u8]| -> usize {
-        pcm.chunks_exact(960).map(|f| e.encode(f, out).unwrap()).sum()
+        pcm.chunks_exact(960)
+            .map(|f| e.encode(f, out).unwrap())
+            .sum()
     };
     let high = bytes(&mut e, &mut out);
     e.apply(OpusSettings {
@@ -399,10 +423,12 @@ fn settings_change_while_running() {
     let low = bytes(&mut e, &mut out);
     println!("1 s at 32 kbit/s: {high} bytes; at 12 kbit/s: {low} bytes");
     assert!(low * 2 < high);
-    assert!(e.apply(OpusSettings {
-        sample_rate_hz: 16_000,
-        ..e.settings()
-    })
-    .is_err());
+    assert!(
+        e.apply(OpusSettings {
+            sample_rate_hz: 16_000,
+            ..e.settings()
+        })
+        .is_err()
+    );
     assert!(e.lookahead_samples().unwrap() > 0);
 }

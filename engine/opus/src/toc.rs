@@ -38,7 +38,10 @@ impl core::fmt::Display for TocError {
             TocError::MissingFrameCount => f.write_str("Opus code 3 packet without frame count"),
             TocError::ZeroFrames => f.write_str("Opus code 3 packet with zero frames"),
             TocError::TooLong { samples_48k } => {
-                write!(f, "Opus packet of {samples_48k} samples at 48 kHz exceeds 120 ms")
+                write!(
+                    f,
+                    "Opus packet of {samples_48k} samples at 48 kHz exceeds 120 ms"
+                )
             }
         }
     }
@@ -99,14 +102,38 @@ impl Toc {
         const HYBRID: [u32; 2] = [480, 960]; // 10, 20 ms
         const CELT: [u32; 4] = [120, 240, 480, 960]; // 2.5, 5, 10, 20 ms
         let (mode, bandwidth, frame_samples_48k) = match config {
-            0..=3 => (Mode::Silk, Bandwidth::Narrowband, SILK[(config & 3) as usize]),
-            4..=7 => (Mode::Silk, Bandwidth::Mediumband, SILK[(config & 3) as usize]),
+            0..=3 => (
+                Mode::Silk,
+                Bandwidth::Narrowband,
+                SILK[(config & 3) as usize],
+            ),
+            4..=7 => (
+                Mode::Silk,
+                Bandwidth::Mediumband,
+                SILK[(config & 3) as usize],
+            ),
             8..=11 => (Mode::Silk, Bandwidth::Wideband, SILK[(config & 3) as usize]),
-            12 | 13 => (Mode::Hybrid, Bandwidth::SuperWideband, HYBRID[(config & 1) as usize]),
-            14 | 15 => (Mode::Hybrid, Bandwidth::Fullband, HYBRID[(config & 1) as usize]),
-            16..=19 => (Mode::Celt, Bandwidth::Narrowband, CELT[(config & 3) as usize]),
+            12 | 13 => (
+                Mode::Hybrid,
+                Bandwidth::SuperWideband,
+                HYBRID[(config & 1) as usize],
+            ),
+            14 | 15 => (
+                Mode::Hybrid,
+                Bandwidth::Fullband,
+                HYBRID[(config & 1) as usize],
+            ),
+            16..=19 => (
+                Mode::Celt,
+                Bandwidth::Narrowband,
+                CELT[(config & 3) as usize],
+            ),
             20..=23 => (Mode::Celt, Bandwidth::Wideband, CELT[(config & 3) as usize]),
-            24..=27 => (Mode::Celt, Bandwidth::SuperWideband, CELT[(config & 3) as usize]),
+            24..=27 => (
+                Mode::Celt,
+                Bandwidth::SuperWideband,
+                CELT[(config & 3) as usize],
+            ),
             _ => (Mode::Celt, Bandwidth::Fullband, CELT[(config & 3) as usize]),
         };
         Toc {

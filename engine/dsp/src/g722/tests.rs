@@ -233,15 +233,12 @@ fn first_difference<T: PartialEq + std::fmt::Debug>(ours: &[T], theirs: &[T]) ->
         return Some(format!("lengths {} vs {}", ours.len(), theirs.len()));
     }
     let mismatches = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
-    ours.iter()
-        .zip(theirs)
-        .position(|(a, b)| a != b)
-        .map(|i| {
-            format!(
-                "{mismatches} differ; first at {i}: ours {:?} ffmpeg {:?}",
-                ours[i], theirs[i]
-            )
-        })
+    ours.iter().zip(theirs).position(|(a, b)| a != b).map(|i| {
+        format!(
+            "{mismatches} differ; first at {i}: ours {:?} ffmpeg {:?}",
+            ours[i], theirs[i]
+        )
+    })
 }
 
 /// The signals whose sub-band samples stay inside the reference's 15-bit limiter; on
@@ -337,7 +334,10 @@ fn limiter_divergence_is_not_worse_than_ffmpeg() {
     let snr_ours = 10.0 * (signal / error(&ours)).log10();
     let snr_theirs = 10.0 * (signal / error(&theirs)).log10();
     println!("full-scale square SNR: ours {snr_ours:.2} dB, ffmpeg's bitstream {snr_theirs:.2} dB");
-    assert!(snr_ours >= snr_theirs - 0.5, "ours {snr_ours} vs {snr_theirs}");
+    assert!(
+        snr_ours >= snr_theirs - 0.5,
+        "ours {snr_ours} vs {snr_theirs}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,7 +349,11 @@ fn scale_table_matches_formula() {
     // One octave of 12-bit mantissas, rounded; the reference's ILA table is that
     // mantissa shifted to octave i / 32 + 1, minus one; DET is (ILA + 1) * 4.
     for (k, &m) in POW2_OCTAVE.iter().enumerate() {
-        assert_eq!(m, (2048.0 * 2f64.powf(k as f64 / 32.0)).round() as i32, "k {k}");
+        assert_eq!(
+            m,
+            (2048.0 * 2f64.powf(k as f64 / 32.0)).round() as i32,
+            "k {k}"
+        );
     }
     for (i, &det) in DET_OF_INDEX.iter().enumerate() {
         let mantissa = (2048.0 * 2f64.powf((i % 32) as f64 / 32.0)).round();
@@ -397,7 +401,10 @@ fn streaming_in_any_chunking_matches_one_call() {
     let mut rng = Rng(seed());
     let pcm = speech_like(&mut rng);
     let mut one_shot = vec![0u8; pcm.len() / 2];
-    assert_eq!(G722Encoder::new().encode(&pcm, &mut one_shot), one_shot.len());
+    assert_eq!(
+        G722Encoder::new().encode(&pcm, &mut one_shot),
+        one_shot.len()
+    );
 
     let mut encoder = G722Encoder::new();
     let mut chunked = vec![0u8; pcm.len() / 2];

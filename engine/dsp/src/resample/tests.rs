@@ -239,7 +239,9 @@ fn chunking_does_not_change_the_output() {
         state
     };
     for (from_hz, to_hz) in DIRECTIONS {
-        let input: Vec<i16> = (0..from_hz as usize / 2).map(|_| next() as i16 / 2).collect();
+        let input: Vec<i16> = (0..from_hz as usize / 2)
+            .map(|_| next() as i16 / 2)
+            .collect();
         let mut whole = Resampler::new(from_hz, to_hz).unwrap();
         let mut expected = vec![0i16; whole.output_len(input.len())];
         whole.process(&input, &mut expected);
@@ -284,7 +286,10 @@ fn impulse_peaks_at_the_stated_delay_and_dc_passes() {
         let mut out = vec![0i16; r.output_len(input.len())];
         r.process(&input, &mut out);
         let settled = &out[out.len() / 2..];
-        assert!(settled.iter().all(|&v| (v - 12345).abs() <= 2), "{from_hz}->{to_hz}");
+        assert!(
+            settled.iter().all(|&v| (v - 12345).abs() <= 2),
+            "{from_hz}->{to_hz}"
+        );
     }
 }
 
@@ -307,7 +312,11 @@ fn polyphase_matches_direct_convolution() {
             .map(|i| {
                 noise = noise.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                 if i < from_hz as usize / 10 {
-                    if (i / (period / 2)) % 2 == 0 { i16::MAX } else { i16::MIN }
+                    if (i / (period / 2)).is_multiple_of(2) {
+                        i16::MAX
+                    } else {
+                        i16::MIN
+                    }
                 } else {
                     (noise >> 16) as i16
                 }
@@ -317,7 +326,11 @@ fn polyphase_matches_direct_convolution() {
         r.process(&input, &mut out);
 
         let x = |i: isize| -> f64 {
-            if i < 0 { 0.0 } else { f64::from(input[i as usize]) }
+            if i < 0 {
+                0.0
+            } else {
+                f64::from(input[i as usize])
+            }
         };
         for (n, &got) in out.iter().enumerate() {
             let y: f64 = if up {
@@ -325,7 +338,9 @@ fn polyphase_matches_direct_convolution() {
                 h.iter()
                     .enumerate()
                     .filter(|&(t, _)| (n as isize - t as isize).rem_euclid(ratio as isize) == 0)
-                    .map(|(t, &c)| c * ratio as f64 * x((n as isize - t as isize).div_euclid(ratio as isize)))
+                    .map(|(t, &c)| {
+                        c * ratio as f64 * x((n as isize - t as isize).div_euclid(ratio as isize))
+                    })
                     .sum()
             } else {
                 h.iter()
@@ -339,7 +354,10 @@ fn polyphase_matches_direct_convolution() {
                 "{from_hz}->{to_hz} sample {n}: {got} vs {expected} ({y})"
             );
         }
-        assert!(out.contains(&i16::MAX) && out.contains(&i16::MIN), "{from_hz}->{to_hz}");
+        assert!(
+            out.contains(&i16::MAX) && out.contains(&i16::MIN),
+            "{from_hz}->{to_hz}"
+        );
     }
 }
 
