@@ -25,6 +25,8 @@
 //! no input can panic. See `docs/codecs.md` for how this was checked against ffmpeg and
 //! the one place where ffmpeg's encoder departs from the reference.
 
+#![forbid(unsafe_code)]
+
 // ---------------------------------------------------------------------------------------
 // The basic operators of the ITU-T reference (G.191 `basop`), on 16-bit words held in
 // i32. Keeping them as named functions keeps the code below readable against G.722.
@@ -48,10 +50,16 @@ fn sub(a: i32, b: i32) -> i32 {
     sat16(a - b)
 }
 
-/// `mult`: Q15 product, `(a * b) >> 15`, saturating (only -1 x -1 saturates).
+/// `mult`: Q15 product, `(a * b) >> 15`. The reference's `mult` saturates, but only
+/// for -32768 x -32768, and no call here can see that: in every product one factor is
+/// a positive constant below 2^15, a scale factor (0 < DET <= 16384), a doubled
+/// quantised difference (|2 D| <= 20456) or a limited pole coefficient
+/// (|A1| <= 27648, |A2| <= 12288). So the saturation is left out (it was a third of
+/// the codec's instructions) and checked in debug builds.
 #[inline(always)]
 fn mult(a: i32, b: i32) -> i32 {
-    sat16((a * b) >> 15)
+    debug_assert!(a != -32768 || b != -32768);
+    (a * b) >> 15
 }
 
 /// `limit`: the 15-bit range of the sub-band signals.
@@ -280,14 +288,15 @@ impl Band {
         let wd1 = if same_sign(sg0, self.p[1]) { 192 } else { -192 };
         let apl1 = add(wd1, mult(self.a[1], 32640));
         let bound = sub(15360, self.a[2]);
-        self.a[1] = apl1.clamp(-bound, bound);
+        self.a[1] = apl1.max(-bound).min(bound);
         self.p[2] = self.p[1];
         self.p[1] = self.p[0];
 
         // FILTEZ: sixth-order zero section over the delayed differences.
         let mut sz = 0;
         for i in (1..=6).rev() {
-            sz = add(sz, mult(add(self.d[i], self.d[i]), self.b[i]));
+            // |D| <= 10228 (low) or 3704 (high), so doubling cannot saturate.
+            sz = add(sz, mult(2 * self.d[i], self.b[i]));
         }
         self.sz = sz;
 
@@ -349,18 +358,49 @@ fn quantize_high(eh: i32, det: i32) -> u8 {
     }
 }
 
-/// The two accumulators of the QMF over a 24-sample delay line (index 0 newest):
-/// even taps and odd taps.
-#[inline(always)]
-fn qmf_accumulate(delay: &[i32; 24]) -> (i32, i32) {
-    let mut even = 0;
-    let mut odd = 0;
-    for i in 0..12 {
-        even += QMF[2 * i] * delay[2 * i];
-        odd += QMF[2 * i + 1] * delay[2 * i + 1];
+/// QMF coefficients split by the parity of their position in a chronological window
+/// (oldest first): the reference's two accumulators over its newest-first delay line
+/// are, because the coefficients are symmetric, the sums over the odd and the even
+/// positions of the window. Zeros elsewhere, so each sum is one plain dot product that
+/// the compiler vectorises (`pmaddwd`).
+const QMF_ODD_POSITIONS: [i16; 24] = {
+    let mut t = [0i16; 24];
+    let mut j = 1;
+    while j < 24 {
+        t[j] = QMF[j] as i16;
+        j += 2;
     }
-    (even, odd)
+    t
+};
+const QMF_EVEN_POSITIONS: [i16; 24] = {
+    let mut t = [0i16; 24];
+    let mut j = 0;
+    while j < 24 {
+        t[j] = QMF[j] as i16;
+        j += 2;
+    }
+    t
+};
+
+/// The reference's QMF accumulators (`accuma`, `accumb`) for a window of the last 24
+/// samples, oldest first.
+#[inline(always)]
+fn qmf_accumulate(window: &[i16]) -> (i32, i32) {
+    let window = &window[..24];
+    let dot = |coefficients: &[i16; 24]| -> i32 {
+        window
+            .iter()
+            .zip(coefficients)
+            .map(|(&x, &h)| i32::from(x) * i32::from(h))
+            .sum()
+    };
+    (dot(&QMF_ODD_POSITIONS), dot(&QMF_EVEN_POSITIONS))
 }
+
+/// Pairs handled per pass over a stack window (10 ms); any frame length works.
+const CHUNK_PAIRS: usize = 80;
+/// QMF history: the 22 samples before the current pair.
+const QMF_HISTORY: usize = 22;
 
 // ---------------------------------------------------------------------------------------
 // Encoder and decoder.
@@ -370,8 +410,8 @@ fn qmf_accumulate(delay: &[i32; 24]) -> (i32, i32) {
 /// Streaming: the state carries over between calls, so frames may be any even length.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct G722Encoder {
-    /// Transmit QMF delay line, newest first.
-    qmf: [i32; 24],
+    /// Transmit QMF history: the last 22 input samples, oldest first.
+    qmf: [i16; QMF_HISTORY],
     low: Band,
     high: Band,
 }
@@ -386,7 +426,7 @@ impl G722Encoder {
     /// An encoder in the reset state of G.722 3.7.
     pub const fn new() -> Self {
         G722Encoder {
-            qmf: [0; 24],
+            qmf: [0; QMF_HISTORY],
             low: Band::reset(32),
             high: Band::reset(8),
         }
@@ -396,30 +436,41 @@ impl G722Encoder {
     /// number of bytes written: `min(pcm16k.len() / 2, out.len())`. An odd trailing
     /// sample is not encoded (frames are whole milliseconds, so always even).
     pub fn encode(&mut self, pcm16k: &[i16], out: &mut [u8]) -> usize {
-        let mut written = 0;
-        for (pair, byte) in pcm16k.chunks_exact(2).zip(out.iter_mut()) {
-            *byte = self.encode_pair::<true>(pair[0], pair[1]);
-            written += 1;
-        }
-        written
+        self.encode_with::<true>(pcm16k, out)
     }
 
     /// `SUBBAND_LIMIT = false` leaves out the reference's limiter on the QMF outputs,
     /// which is what ffmpeg's encoder does; only the tests use it, to show that this is
     /// the one difference between the two.
+    fn encode_with<const SUBBAND_LIMIT: bool>(&mut self, pcm16k: &[i16], out: &mut [u8]) -> usize {
+        let pairs = (pcm16k.len() / 2).min(out.len());
+        // The QMF window: history, then this chunk's samples, oldest first. Working on
+        // a stack copy keeps the delay line from being shifted for every pair.
+        let mut window = [0i16; QMF_HISTORY + 2 * CHUNK_PAIRS];
+        window[..QMF_HISTORY].copy_from_slice(&self.qmf);
+        for (pcm, bytes) in pcm16k[..2 * pairs]
+            .chunks(2 * CHUNK_PAIRS)
+            .zip(out[..pairs].chunks_mut(CHUNK_PAIRS))
+        {
+            window[QMF_HISTORY..QMF_HISTORY + pcm.len()].copy_from_slice(pcm);
+            for (j, byte) in bytes.iter_mut().enumerate() {
+                let (even, odd) = qmf_accumulate(&window[2 * j..]);
+                *byte = self.encode_subbands::<SUBBAND_LIMIT>(even, odd);
+            }
+            window.copy_within(pcm.len()..pcm.len() + QMF_HISTORY, 0);
+        }
+        self.qmf.copy_from_slice(&window[..QMF_HISTORY]);
+        pairs
+    }
+
+    /// One codeword from the transmit QMF's accumulators.
     #[inline(always)]
-    fn encode_pair<const SUBBAND_LIMIT: bool>(&mut self, first: i16, second: i16) -> u8 {
-        // Transmit QMF: the newer sample of the pair sits at index 0.
-        self.qmf.copy_within(0..22, 2);
-        self.qmf[1] = i32::from(first);
-        self.qmf[0] = i32::from(second);
-        let (even, odd) = qmf_accumulate(&self.qmf);
+    fn encode_subbands<const SUBBAND_LIMIT: bool>(&mut self, even: i32, odd: i32) -> u8 {
         let (mut xl, mut xh) = ((even + odd) >> 14, (even - odd) >> 14);
         if SUBBAND_LIMIT {
             xl = limit(xl);
             xh = limit(xh);
         }
-
         let il = quantize_low(sub(xl, self.low.s), self.low.det);
         self.low.update_low(il);
         let ih = quantize_high(sub(xh, self.high.s), self.high.det);
@@ -431,8 +482,8 @@ impl G722Encoder {
 /// G.722 64 kbit/s decoder: bytes in, 16 kHz 16-bit PCM out (two samples per byte).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct G722Decoder {
-    /// Receive QMF delay line, newest first.
-    qmf: [i32; 24],
+    /// Receive QMF history: the last 22 sum/difference values, oldest first.
+    qmf: [i16; QMF_HISTORY],
     low: Band,
     high: Band,
 }
@@ -447,7 +498,7 @@ impl G722Decoder {
     /// A decoder in the reset state of G.722 3.7.
     pub const fn new() -> Self {
         G722Decoder {
-            qmf: [0; 24],
+            qmf: [0; QMF_HISTORY],
             low: Band::reset(32),
             high: Band::reset(8),
         }
@@ -456,42 +507,47 @@ impl G722Decoder {
     /// Decode `bytes` into `out` (16 kHz samples). Returns the number of samples
     /// written: `2 * min(bytes.len(), out.len() / 2)`. Every byte is a valid codeword.
     pub fn decode(&mut self, bytes: &[u8], out: &mut [i16]) -> usize {
-        let mut written = 0;
-        for (&byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-            let (first, second) = self.decode_byte(byte);
-            pair[0] = first;
-            pair[1] = second;
-            written += 2;
+        let count = bytes.len().min(out.len() / 2);
+        let mut window = [0i16; QMF_HISTORY + 2 * CHUNK_PAIRS];
+        window[..QMF_HISTORY].copy_from_slice(&self.qmf);
+        for (chunk, pcm) in bytes[..count]
+            .chunks(CHUNK_PAIRS)
+            .zip(out[..2 * count].chunks_mut(2 * CHUNK_PAIRS))
+        {
+            for (j, (&byte, pair)) in chunk.iter().zip(pcm.chunks_exact_mut(2)).enumerate() {
+                let (sum, difference) = self.decode_subbands(byte);
+                // The difference is the newer of the two in the delay line.
+                window[QMF_HISTORY + 2 * j] = sum as i16;
+                window[QMF_HISTORY + 2 * j + 1] = difference as i16;
+                let (even, odd) = qmf_accumulate(&window[2 * j..]);
+                // The reference scales by 2^-11 with a saturating shift; clamping the
+                // shifted value is the same thing.
+                pair[0] = sat16(even >> 11) as i16;
+                pair[1] = sat16(odd >> 11) as i16;
+            }
+            window.copy_within(2 * chunk.len()..2 * chunk.len() + QMF_HISTORY, 0);
         }
-        written
+        self.qmf.copy_from_slice(&window[..QMF_HISTORY]);
+        2 * count
     }
 
+    /// Both sub-band reconstructions of one codeword, as the receive QMF's inputs
+    /// `rl + rh` and `rl - rh` (each within 16 bits).
     #[inline(always)]
-    fn decode_byte(&mut self, byte: u8) -> (i16, i16) {
+    fn decode_subbands(&mut self, byte: u8) -> (i32, i32) {
         let il = byte & 0x3F;
         let ih = byte >> 6;
 
         // Low band, 64 kbit/s mode: the output uses all 6 bits (INVQBL), the predictor
         // only the top 4 (inside update_low).
-        let rl = limit(add(
-            self.low.s,
-            mult(self.low.det, INVQ6_X8[usize::from(il)]),
-        ));
+        let rl = limit(add(self.low.s, mult(self.low.det, INVQ6_X8[usize::from(il)])));
         self.low.update_low(il);
 
         // High band: the reconstructed signal before the predictor moves on.
         let dh = mult(INVQH_X8[usize::from(ih)], self.high.det);
         let rh = limit(add(self.high.s, dh));
         self.high.update_high(ih);
-
-        // Receive QMF: sum and difference enter the delay line, difference newest.
-        self.qmf.copy_within(0..22, 2);
-        self.qmf[1] = add(rl, rh);
-        self.qmf[0] = sub(rl, rh);
-        let (even, odd) = qmf_accumulate(&self.qmf);
-        // The reference scales by 2^-11 with a saturating shift; clamping the shifted
-        // value is the same thing.
-        (sat16(even >> 11) as i16, sat16(odd >> 11) as i16)
+        (add(rl, rh), sub(rl, rh))
     }
 }
 

@@ -26,6 +26,8 @@
 //! allocates after [`Resampler::new`]. Measured frequency response and the comparison
 //! with the `rubato` crate are in `docs/codecs.md`.
 
+#![forbid(unsafe_code)]
+
 /// Taps per polyphase branch; the filter has `TAPS_PER_PHASE * ratio` taps. A multiple
 /// of 8 so that every inner product is whole 8-lane blocks.
 const TAPS_PER_PHASE: usize = 48;

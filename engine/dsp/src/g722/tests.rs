@@ -213,10 +213,9 @@ fn our_encode(pcm: &[i16]) -> Vec<u8> {
 }
 
 fn our_encode_without_subband_limit(pcm: &[i16]) -> Vec<u8> {
-    let mut encoder = G722Encoder::new();
-    pcm.chunks_exact(2)
-        .map(|pair| encoder.encode_pair::<false>(pair[0], pair[1]))
-        .collect()
+    let mut out = vec![0u8; pcm.len() / 2];
+    G722Encoder::new().encode_with::<false>(pcm, &mut out);
+    out
 }
 
 fn our_decode(bytes: &[u8]) -> Vec<i16> {
@@ -244,12 +243,10 @@ fn first_difference<T: PartialEq + std::fmt::Debug>(ours: &[T], theirs: &[T]) ->
 /// The signals whose sub-band samples stay inside the reference's 15-bit limiter; on
 /// those, ffmpeg's encoder (which does not limit) and the reference must agree.
 fn exceeds_subband_limit(pcm: &[i16]) -> bool {
-    let mut delay = [0i32; 24];
-    pcm.chunks_exact(2).any(|pair| {
-        delay.copy_within(0..22, 2);
-        delay[1] = i32::from(pair[0]);
-        delay[0] = i32::from(pair[1]);
-        let (even, odd) = qmf_accumulate(&delay);
+    let mut window = vec![0i16; 22];
+    window.extend_from_slice(pcm);
+    (0..pcm.len() / 2).any(|j| {
+        let (even, odd) = qmf_accumulate(&window[2 * j..]);
         let (xl, xh) = ((even + odd) >> 14, (even - odd) >> 14);
         xl != limit(xl) || xh != limit(xh)
     })
@@ -437,4 +434,24 @@ fn short_buffers_write_only_what_fits() {
     let mut decoder = G722Decoder::new();
     let mut pcm = [0i16; 5];
     assert_eq!(decoder.decode(&[0xFF; 4], &mut pcm), 4);
+}
+
+#[test]
+fn state_is_small() {
+    let bytes = core::mem::size_of::<G722Encoder>();
+    println!("G722Encoder {bytes} bytes, G722Decoder {} bytes", core::mem::size_of::<G722Decoder>());
+    assert!(bytes <= 512 && core::mem::size_of::<G722Decoder>() <= 512);
+}
+
+/// Not a correctness test: a fixed workload (20 s of speech-like audio encoded and
+/// decoded) for counting instructions, e.g. `valgrind --tool=callgrind <test binary>
+/// --ignored g722::tests::cost_probe`. Asserts only that the work happened.
+#[test]
+#[ignore]
+fn cost_probe() {
+    let mut rng = Rng(1);
+    let pcm: Vec<i16> = (0..2).flat_map(|_| speech_like(&mut rng)).collect();
+    let bytes = our_encode(&pcm);
+    let decoded = our_decode(&bytes);
+    assert_eq!(decoded.len(), pcm.len());
 }
