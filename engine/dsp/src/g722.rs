@@ -62,6 +62,19 @@ fn mult(a: i32, b: i32) -> i32 {
     (a * b) >> 15
 }
 
+/// `mult(x, 32640)`, the leak factor 1 - 2^-8, without a multiply:
+/// (32768 x - 128 x) >> 15 = x + floor(-x / 256). Tested exhaustively.
+#[inline(always)]
+fn leak_8(x: i32) -> i32 {
+    x + ((-x) >> 8)
+}
+
+/// `mult(x, 32512)`, the leak factor 1 - 2^-7: x + floor(-x / 128).
+#[inline(always)]
+fn leak_7(x: i32) -> i32 {
+    x + ((-x) >> 7)
+}
+
 /// `limit`: the 15-bit range of the sub-band signals.
 #[inline(always)]
 fn limit(x: i32) -> i32 {
@@ -225,10 +238,10 @@ struct Band {
     det: i32,
     /// Pole coefficients A1, A2 (index 0 unused, as in G.722).
     a: [i32; 3],
-    /// Zero coefficients B1..B6 (index 0 unused).
-    b: [i32; 7],
-    /// Quantised differences D(n)..D(n-6).
-    d: [i32; 7],
+    /// Zero coefficients B1..B6 (`b[k]` is B(k+1)).
+    b: [i32; 6],
+    /// Past quantised differences D(n-1)..D(n-6) (`d[k]` is D(n-1-k)).
+    d: [i32; 6],
     /// Partially reconstructed signals P(n)..P(n-2).
     p: [i32; 3],
     /// Reconstructed signals R(n)..R(n-2).
@@ -244,8 +257,8 @@ impl Band {
             nb: 0,
             det,
             a: [0; 3],
-            b: [0; 7],
-            d: [0; 7],
+            b: [0; 6],
+            d: [0; 6],
             p: [0; 3],
             r: [0; 3],
         }
@@ -256,23 +269,22 @@ impl Band {
     /// in the reference's order (UPPOL1 uses the new A2).
     #[inline(always)]
     fn adapt(&mut self, dq: i32) {
-        self.d[0] = dq;
         self.p[0] = add(dq, self.sz);
         self.r[0] = add(self.s, dq);
 
-        // UPZERO: sign-sign update of the zero section, leaky by 1 - 2^-8.
+        // UPZERO: sign-sign update of the zero section, leaky by 1 - 2^-8. Written lane
+        // by lane without branches (the sign test is a mask) so it vectorises.
         let step = if dq == 0 { 0 } else { 128 };
-        for i in (1..=6).rev() {
-            let wd2 = if same_sign(self.d[0], self.d[i]) {
-                step
-            } else {
-                -step
-            };
-            self.b[i] = add(wd2, mult(self.b[i], 32640));
-            self.d[i] = self.d[i - 1];
+        for k in 0..6 {
+            let differ = (dq ^ self.d[k]) >> 31; // -1 where the signs differ
+            let wd2 = (step ^ differ) - differ; // +step or -step
+            self.b[k] = sat16(wd2 + leak_8(self.b[k]));
         }
+        self.d.rotate_right(1);
+        self.d[0] = dq;
 
-        // UPPOL2: second pole coefficient, limited to |A2| <= 0.75.
+        // UPPOL2: second pole coefficient, limited to |A2| <= 0.75. No saturation is
+        // possible in the sum (|wd2| <= 256, |A2| <= 12288).
         let sg0 = self.p[0];
         let wd1 = sat16(self.a[1] << 2);
         let wd2 = if same_sign(sg0, self.p[1]) {
@@ -281,22 +293,27 @@ impl Band {
             wd1
         } >> 7;
         let wd3 = if same_sign(sg0, self.p[2]) { 128 } else { -128 };
-        let apl2 = add(add(wd2, wd3), mult(self.a[2], 32512));
-        self.a[2] = apl2.clamp(-12288, 12288);
+        self.a[2] = (wd2 + wd3 + leak_7(self.a[2])).clamp(-12288, 12288);
 
-        // UPPOL1: first pole coefficient, limited to |A1| <= 1 - 2^-4 - A2.
+        // UPPOL1: first pole coefficient, limited to |A1| <= 1 - 2^-4 - A2 (again no
+        // saturation: |A1| <= 27648).
         let wd1 = if same_sign(sg0, self.p[1]) { 192 } else { -192 };
-        let apl1 = add(wd1, mult(self.a[1], 32640));
-        let bound = sub(15360, self.a[2]);
+        let apl1 = wd1 + leak_8(self.a[1]);
+        let bound = 15360 - self.a[2];
         self.a[1] = apl1.max(-bound).min(bound);
         self.p[2] = self.p[1];
         self.p[1] = self.p[0];
 
-        // FILTEZ: sixth-order zero section over the delayed differences.
+        // FILTEZ: sixth-order zero section, (2 D * B) >> 15 = (D * B) >> 14 per tap
+        // (|D| <= 10228, so the doubling never saturated), summed with saturation from
+        // tap 6 down to tap 1 as the reference does.
+        let mut terms = [0i32; 6];
+        for k in 0..6 {
+            terms[k] = (self.d[k] * self.b[k]) >> 14;
+        }
         let mut sz = 0;
-        for i in (1..=6).rev() {
-            // |D| <= 10228 (low) or 3704 (high), so doubling cannot saturate.
-            sz = add(sz, mult(2 * self.d[i], self.b[i]));
+        for &term in terms.iter().rev() {
+            sz = add(sz, term);
         }
         self.sz = sz;
 
@@ -304,8 +321,8 @@ impl Band {
         self.r[2] = self.r[1];
         self.r[1] = self.r[0];
         let sp = add(
-            mult(self.a[1], add(self.r[1], self.r[1])),
-            mult(self.a[2], add(self.r[2], self.r[2])),
+            mult(self.a[1], sat16(2 * self.r[1])),
+            mult(self.a[2], sat16(2 * self.r[2])),
         );
         self.s = add(sp, self.sz);
     }
@@ -316,7 +333,8 @@ impl Band {
     fn update_low(&mut self, il: u8) {
         let code4 = usize::from(il >> 2);
         let dlt = mult(self.det, INVQ4_X8[code4]);
-        self.nb = add(mult(self.nb, 32512), WL_OF_CODE4[code4]).clamp(0, 18432);
+        // LOGSCL: 0 <= NB <= 18432 and WL >= -60, so the sum cannot saturate.
+        self.nb = (leak_7(self.nb) + WL_OF_CODE4[code4]).clamp(0, 18432);
         self.det = DET_OF_INDEX[((self.nb >> 6) & 511) as usize + 64];
         self.adapt(dlt);
     }
@@ -325,7 +343,7 @@ impl Band {
     #[inline(always)]
     fn update_high(&mut self, ih: u8) {
         let dh = mult(INVQH_X8[usize::from(ih)], self.det);
-        self.nb = add(mult(self.nb, 32512), WH[IH2[usize::from(ih)]]).clamp(0, 22528);
+        self.nb = (leak_7(self.nb) + WH[IH2[usize::from(ih)]]).clamp(0, 22528);
         self.det = DET_OF_INDEX[((self.nb >> 6) & 511) as usize];
         self.adapt(dh);
     }

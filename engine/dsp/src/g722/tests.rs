@@ -437,6 +437,16 @@ fn short_buffers_write_only_what_fits() {
 }
 
 #[test]
+fn leak_shortcuts_equal_the_reference_multiply() {
+    // The reference computes these as mult(x, 32640) and mult(x, 32512) with
+    // mult(a, b) = (a * b) >> 15; every 16-bit x.
+    for x in -32768..=32767i32 {
+        assert_eq!(leak_8(x), (x * 32640) >> 15, "{x}");
+        assert_eq!(leak_7(x), (x * 32512) >> 15, "{x}");
+    }
+}
+
+#[test]
 fn state_is_small() {
     let bytes = core::mem::size_of::<G722Encoder>();
     println!("G722Encoder {bytes} bytes, G722Decoder {} bytes", core::mem::size_of::<G722Decoder>());
