@@ -308,8 +308,8 @@ impl Band {
         // (|D| <= 10228, so the doubling never saturated), summed with saturation from
         // tap 6 down to tap 1 as the reference does.
         let mut terms = [0i32; 6];
-        for k in 0..6 {
-            terms[k] = (self.d[k] * self.b[k]) >> 14;
+        for ((term, &d), &b) in terms.iter_mut().zip(&self.d).zip(&self.b) {
+            *term = (d * b) >> 14;
         }
         let mut sz = 0;
         for &term in terms.iter().rev() {
@@ -558,7 +558,10 @@ impl G722Decoder {
 
         // Low band, 64 kbit/s mode: the output uses all 6 bits (INVQBL), the predictor
         // only the top 4 (inside update_low).
-        let rl = limit(add(self.low.s, mult(self.low.det, INVQ6_X8[usize::from(il)])));
+        let rl = limit(add(
+            self.low.s,
+            mult(self.low.det, INVQ6_X8[usize::from(il)]),
+        ));
         self.low.update_low(il);
 
         // High band: the reconstructed signal before the predictor moves on.

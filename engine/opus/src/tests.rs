@@ -432,3 +432,49 @@ fn settings_change_while_running() {
     );
     assert!(e.lookahead_samples().unwrap() > 0);
 }
+
+/// Not correctness tests: fixed workloads (10 s, 20 ms frames, default settings) for
+/// counting instructions, e.g. `valgrind --tool=callgrind <test binary> --ignored
+/// tests::cost_probe_encode_48k`. Each asserts only that the work happened.
+fn cost_probe(rate_hz: u32, complexity: u8, decode: bool) {
+    let frame = rate_hz as usize / 50;
+    let mut rng = Rng(1);
+    let pcm = voiced(rate_hz, frame * 500, &mut rng);
+    let settings = OpusSettings {
+        sample_rate_hz: rate_hz,
+        complexity,
+        ..OpusSettings::default()
+    };
+    let packets = encode_all(settings, &pcm, frame);
+    if decode {
+        let mut d = OpusDecoder::new(rate_hz).unwrap();
+        let mut out = vec![0i16; frame];
+        for p in &packets {
+            assert_eq!(d.decode(p, &mut out, false).unwrap(), frame);
+        }
+    }
+    assert_eq!(packets.len(), 500);
+}
+
+macro_rules! cost_probes {
+    ($($name:ident: $rate:expr, $complexity:expr, $decode:expr);*) => {$(
+        #[test]
+        #[ignore]
+        fn $name() {
+            cost_probe($rate, $complexity, $decode);
+        }
+    )*};
+}
+
+cost_probes!(
+    cost_probe_encode_16k_c0: 16_000, 0, false;
+    cost_probe_encode_16k_c2: 16_000, 2, false;
+    cost_probe_encode_16k_c5: 16_000, 5, false;
+    cost_probe_encode_16k_c10: 16_000, 10, false;
+    cost_probe_encode_and_decode_16k_c5: 16_000, 5, true;
+    cost_probe_encode_48k_c0: 48_000, 0, false;
+    cost_probe_encode_48k_c2: 48_000, 2, false;
+    cost_probe_encode_48k_c5: 48_000, 5, false;
+    cost_probe_encode_48k_c10: 48_000, 10, false;
+    cost_probe_encode_and_decode_48k_c5: 48_000, 5, true
+);

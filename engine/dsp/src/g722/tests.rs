@@ -449,7 +449,10 @@ fn leak_shortcuts_equal_the_reference_multiply() {
 #[test]
 fn state_is_small() {
     let bytes = core::mem::size_of::<G722Encoder>();
-    println!("G722Encoder {bytes} bytes, G722Decoder {} bytes", core::mem::size_of::<G722Decoder>());
+    println!(
+        "G722Encoder {bytes} bytes, G722Decoder {} bytes",
+        core::mem::size_of::<G722Decoder>()
+    );
     assert!(bytes <= 512 && core::mem::size_of::<G722Decoder>() <= 512);
 }
 

@@ -370,3 +370,38 @@ fn unsupported_rates_are_refused() {
         );
     }
 }
+
+/// Not correctness tests: fixed workloads (10 s in 20 ms frames) for counting
+/// instructions per direction, e.g. `valgrind --tool=callgrind <test binary> --ignored
+/// resample::tests::cost_probe_8_48`. Each asserts only that the work happened.
+fn cost_probe(from_hz: u32, to_hz: u32) {
+    let mut r = Resampler::new(from_hz, to_hz).unwrap();
+    let frame: Vec<i16> = (0..from_hz as usize / 50)
+        .map(|i| (i as i16).wrapping_mul(97))
+        .collect();
+    let mut out = vec![0i16; to_hz as usize / 50];
+    let mut total = 0usize;
+    for _ in 0..500 {
+        total += r.process(&frame, &mut out);
+    }
+    assert_eq!(total, 500 * out.len());
+}
+
+macro_rules! cost_probes {
+    ($($name:ident: $from:expr => $to:expr),*) => {$(
+        #[test]
+        #[ignore]
+        fn $name() {
+            cost_probe($from, $to);
+        }
+    )*};
+}
+
+cost_probes!(
+    cost_probe_8_16: 8000 => 16000,
+    cost_probe_16_8: 16000 => 8000,
+    cost_probe_8_48: 8000 => 48000,
+    cost_probe_48_8: 48000 => 8000,
+    cost_probe_16_48: 16000 => 48000,
+    cost_probe_48_16: 48000 => 16000
+);
