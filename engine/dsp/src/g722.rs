@@ -1,9 +1,11 @@
 //! ITU-T G.722 at 64 kbit/s: 16 kHz audio as sub-band ADPCM, one byte per two samples.
 //!
 //! "Correct" here means the arithmetic of the ITU-T reference (the G.191 Software Tool
-//! Library's `funcg722.c`, a fixed-point rendering of G.722's block diagrams): the same
-//! 16-bit saturating operations, in the same order, so that every state variable takes
-//! the value the standard gives it. The coder has four parts:
+//! Library's `funcg722.c`, a fixed-point rendering of G.722's block diagrams): its
+//! 16-bit operations in the same order, so that every state variable takes the value
+//! the standard gives it. The reference saturates every operation; here a saturation is
+//! kept wherever it can engage and dropped, with the reason stated, where the operands'
+//! ranges rule it out. The coder has four parts:
 //!
 //! - **Transmit QMF** (G.722 3.1): a 24-tap quadrature mirror filter splits each pair of
 //!   16 kHz input samples into one low-band (0-4 kHz) and one high-band (4-8 kHz) sample
