@@ -23,4 +23,6 @@
 //!   module, with a `SAFETY` comment on every block.
 
 pub mod g711;
+pub mod g722;
 pub mod mix;
+pub mod resample;
