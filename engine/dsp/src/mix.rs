@@ -57,6 +57,11 @@ pub use scalar::mix as mix_scalar;
 /// gains[k]) >> 12)`. See the [module documentation](self) for the exact contract.
 pub type MixFn = fn(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain]);
 
+/// Two inputs at unity gain: `out[i] = sat(a[i] + b[i])`, the same bits as
+/// [`MixFn`] with those two inputs and gains (one term each, saturated once), for the
+/// commonest mix there is: a listener in a three-party call.
+pub type PairFn = fn(out: &mut [i16], a: &[i16], b: &[i16]);
+
 /// The environment variable that [`MixKernels::detect`] reads: `1` forces the scalar
 /// reference kernels.
 pub const FORCE_SCALAR_ENV: &str = "EARSHOT_FORCE_SCALAR";
@@ -69,6 +74,8 @@ pub struct MixKernels {
     pub name: &'static str,
     /// Mixes one listener's frame. Call as `(kernels.mix)(out, inputs, gains)`.
     pub mix: MixFn,
+    /// Mixes two unity-gain inputs. Call as `(kernels.pair)(out, a, b)`.
+    pub pair: PairFn,
 }
 
 impl MixKernels {
@@ -77,6 +84,7 @@ impl MixKernels {
         MixKernels {
             name: "scalar",
             mix: scalar::mix,
+            pair: scalar::pair,
         }
     }
 
@@ -111,12 +119,14 @@ impl MixKernels {
                 kernels.push(MixKernels {
                     name: "avx2",
                     mix: x86::mix_avx2,
+                    pair: x86::pair_avx2_kernel,
                 });
             }
             if x86::avx512_detected() {
                 kernels.push(MixKernels {
                     name: "avx512",
                     mix: x86::mix_avx512,
+                    pair: x86::pair_avx512_kernel,
                 });
             }
         }
@@ -126,6 +136,7 @@ impl MixKernels {
                 kernels.push(MixKernels {
                     name: "neon",
                     mix: neon::mix_neon,
+                    pair: scalar::pair,
                 });
             }
         }

@@ -36,6 +36,20 @@ pub fn mix_session(
         let OutputPlan::Mix(sources) = plan.output(listener) else {
             continue;
         };
+        let out = &mut outputs[listener][..samples];
+        let mut pair = sources.iter();
+        if let (2, Some(a), Some(b)) = (sources.len(), pair.next(), pair.next())
+            && a.gain == Gain::UNITY
+            && b.gain == Gain::UNITY
+        {
+            // The commonest mix (a listener in a three-party call) has its own kernel.
+            (kernels.pair)(
+                out,
+                &inputs[a.source][..samples],
+                &inputs[b.source][..samples],
+            );
+            continue;
+        }
         let mut frames: [&[i16]; MAX_SESSION_LEGS] = [&[]; MAX_SESSION_LEGS];
         let mut gains = [Gain::MUTE; MAX_SESSION_LEGS];
         let mut n = 0;
@@ -44,7 +58,7 @@ pub fn mix_session(
             gains[n] = source.gain;
             n += 1;
         }
-        (kernels.mix)(&mut outputs[listener][..samples], &frames[..n], &gains[..n]);
+        (kernels.mix)(out, &frames[..n], &gains[..n]);
     }
 }
 

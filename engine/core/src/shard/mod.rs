@@ -124,6 +124,8 @@ pub struct Shard {
     /// Local port minus `port_first` -> leg slot (RTP and RTCP ports both map).
     port_table: Vec<u32>,
     wheel: Vec<u32>,
+    /// Bit per wheel slot: set while the slot holds a session.
+    wheel_busy: u64,
     wheel_cursor: u64,
     rng: SeedRng,
     kernels: MixKernels,
@@ -164,6 +166,7 @@ impl Shard {
             session_by_key: HashMap::with_capacity(max_sessions),
             port_table: vec![NO_SLOT; usize::from(cfg.port_count)],
             wheel: vec![NO_SLOT; tick::WHEEL_SLOTS],
+            wheel_busy: 0,
             wheel_cursor: 0,
             rng: SeedRng::new(cfg.seed ^ u64::from(cfg.index).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             kernels,

@@ -232,6 +232,7 @@ impl Shard {
         sess.wheel_next = self.wheel[slot];
         sess.scheduled = true;
         self.wheel[slot] = s;
+        self.wheel_busy |= 1 << slot;
     }
 
     pub(super) fn unschedule(&mut self, s: u32) {
@@ -243,6 +244,9 @@ impl Shard {
                 if cur == s {
                     if prev == NO_SLOT {
                         self.wheel[slot] = next;
+                        if next == NO_SLOT {
+                            self.wheel_busy &= !(1 << slot);
+                        }
                     } else {
                         self.session_mut(prev).wheel_next = next;
                     }

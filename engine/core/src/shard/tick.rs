@@ -20,6 +20,8 @@ pub(super) const WHEEL_SLOT_NS: u64 = 1_000_000;
 /// Slots in the wheel: more than the longest tick period (60 ms).
 pub(super) const WHEEL_SLOTS: usize = 64;
 const _: () = assert!(WHEEL_SLOTS as u64 * WHEEL_SLOT_NS > 60_000_000);
+// One bit per slot in `Shard::wheel_busy`.
+const _: () = assert!(WHEEL_SLOTS == 64);
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
@@ -41,6 +43,22 @@ impl Shard {
         let target = now.as_nanos() / WHEEL_SLOT_NS;
         while self.wheel_cursor <= target {
             let slot = (self.wheel_cursor % WHEEL_SLOTS as u64) as usize;
+            if self.wheel_busy & (1 << slot) == 0 {
+                // Nothing scheduled in this slot: jump to the next one that has something
+                // (or to the target), without visiting the empty ones between.
+                let ahead = self.wheel_busy.rotate_right(slot as u32);
+                let skip = if ahead == 0 {
+                    WHEEL_SLOTS as u64
+                } else {
+                    u64::from(ahead.trailing_zeros())
+                };
+                if self.wheel_cursor + skip > target {
+                    self.wheel_cursor = target;
+                    break;
+                }
+                self.wheel_cursor += skip;
+                continue;
+            }
             let mut s = std::mem::replace(&mut self.wheel[slot], NO_SLOT);
             let mut keep = NO_SLOT;
             while s != NO_SLOT {
@@ -89,6 +107,9 @@ impl Shard {
                 self.session_mut(k).wheel_next = self.wheel[slot];
                 self.wheel[slot] = k;
                 k = next;
+            }
+            if self.wheel[slot] == NO_SLOT {
+                self.wheel_busy &= !(1 << slot);
             }
             if self.wheel_cursor == target {
                 break;

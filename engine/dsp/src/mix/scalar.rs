@@ -24,3 +24,21 @@ pub(super) fn mix_from(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain], start
         *sample = saturate(sum);
     }
 }
+
+/// Two unity-gain inputs: the reference formula with two terms (see [`super::PairFn`]).
+/// The caller's slices are one length (asserted).
+pub fn pair(out: &mut [i16], a: &[i16], b: &[i16]) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "every input is one output frame long"
+    );
+    pair_from(out, a, b, 0);
+}
+
+/// [`pair`] over samples `start..`, for the SIMD kernels' tails.
+#[inline]
+pub(super) fn pair_from(out: &mut [i16], a: &[i16], b: &[i16], start: usize) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b).skip(start) {
+        *o = saturate(i32::from(x) + i32::from(y));
+    }
+}

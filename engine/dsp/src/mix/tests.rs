@@ -170,6 +170,11 @@ proptest! {
         let reference = run(&MixKernels::scalar(), len, &inputs, &gains);
         for kernels in MixKernels::available() {
             prop_assert_eq!(&run(&kernels, len, &inputs, &gains), &reference, "{}", kernels.name);
+            if let [a, b] = &inputs[..] {
+                let mut out = vec![7i16; len];
+                (kernels.pair)(&mut out, a, b);
+                prop_assert_eq!(&out, &reference, "pair {}", kernels.name);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@
 //! checked by slicing.
 
 use super::check_args;
-use super::scalar::mix_from;
+use super::scalar::{mix_from, pair_from};
 use core::arch::x86_64::*;
 use earshot_types::Gain;
 
@@ -65,6 +65,39 @@ pub(super) fn mix_avx2(out: &mut [i16], inputs: &[&[i16]], gains: &[Gain]) {
         0
     };
     mix_from(out, inputs, gains, done);
+}
+
+/// [`super::PairFn`] with AVX2: two unity-gain inputs, 16 samples per step.
+pub(super) fn pair_avx2_kernel(out: &mut [i16], a: &[i16], b: &[i16]) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "every input is one output frame long"
+    );
+    let done = if avx2_detected() {
+        // SAFETY: AVX2 was detected on this CPU just above.
+        unsafe { pair_avx2(out, a, b, 0) }
+    } else {
+        0
+    };
+    pair_from(out, a, b, done);
+}
+
+/// [`super::PairFn`] with AVX-512: 32 samples per step, then AVX2, then scalar.
+pub(super) fn pair_avx512_kernel(out: &mut [i16], a: &[i16], b: &[i16]) {
+    assert!(
+        a.len() == out.len() && b.len() == out.len(),
+        "every input is one output frame long"
+    );
+    let done = if avx512_detected() {
+        // SAFETY: AVX2, AVX-512F and AVX-512BW were detected on this CPU just above.
+        unsafe {
+            let done = pair_avx512(out, a, b);
+            pair_avx2(out, a, b, done)
+        }
+    } else {
+        0
+    };
+    pair_from(out, a, b, done);
 }
 
 /// Two unity inputs, 16 samples per step with one saturating add; returns where it
