@@ -13,9 +13,14 @@
 //!   section 3.1 in plain Rust, so the jitter buffer knows a packet's duration (in 48 kHz
 //!   samples) without decoding it.
 //!
-//! The codec itself is libopus, reached through the `opusic-sys` bindings and linked from
-//! the system (Debian `libopus-dev`); see `docs/codecs.md` for why. All unsafe code is
-//! in one module (`ffi`), every block justified there.
+//! The codec itself is libopus, loaded at run time (`dlopen` of `libopus.so.0`, Debian
+//! package `libopus0`) rather than linked: the workspace then builds and its other
+//! tests run on a machine without libopus, and only Opus legs need it. [`available`]
+//! says whether it loaded (and its version); without it [`OpusEncoder::new`] and
+//! [`OpusDecoder::new`] return [`OpusError::Unavailable`], which a caller turns into a
+//! refused leg, not a failed process. See `docs/codecs.md` for why no binding that
+//! builds libopus from source is used. All unsafe code is in one module (`ffi`), every
+//! block justified there.
 //!
 //! What it deliberately does not do: no resampling (the encoder takes 16 or 48 kHz; use
 //! `earshot_dsp::resample` for 8 kHz), no stereo, no jitter buffering or timing, no RTP.
@@ -23,6 +28,9 @@
 //! decoder, libopus 1.3.1); encode and decode never allocate.
 //!
 //! Contract:
+//! - A missing libopus is an error value ([`OpusError::Unavailable`]) from every entry
+//!   point that needs it, never a link failure or a panic. The library is loaded once
+//!   per process and never unloaded.
 //! - Input from the network never panics: every packet either decodes or returns an
 //!   [`OpusError`]; sizes are checked before libopus sees them.
 //! - Frame sizes are those of RFC 6716: 2.5, 5, 10, 20, 40 or 60 ms at the PCM rate.
@@ -42,7 +50,10 @@ pub use toc::{
     packet_frame_count,
 };
 
-use opusic_sys as sys;
+use ffi::{
+    OPUS_SET_BITRATE_REQUEST, OPUS_SET_COMPLEXITY_REQUEST, OPUS_SET_DTX_REQUEST,
+    OPUS_SET_INBAND_FEC_REQUEST, OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+};
 
 /// The RTP clock rate of Opus (RFC 7587 section 4.1), whatever the audio bandwidth.
 pub const RTP_CLOCK_HZ: u32 = 48_000;
@@ -65,6 +76,13 @@ pub enum OpusError {
     },
     /// An empty packet was passed to `decode` (use `decode_lost` for a gap).
     EmptyPacket,
+    /// The libopus shared library could not be loaded (not installed, or not a usable
+    /// libopus), so no Opus encoder or decoder can be made in this process.
+    Unavailable {
+        /// What was tried and what the loader said for each name, e.g.
+        /// "tried libopus.so.0: cannot open shared object file: ...; libopus.so: ...".
+        reason: &'static str,
+    },
     /// libopus refused: a corrupt packet, an output buffer too small for the packet, ...
     Libopus {
         /// The libopus error code (`OPUS_INVALID_PACKET` = -4, `OPUS_BUFFER_TOO_SMALL`
@@ -85,6 +103,11 @@ impl core::fmt::Display for OpusError {
                 "{samples} samples at {sample_rate_hz} Hz is not an Opus frame size"
             ),
             OpusError::EmptyPacket => f.write_str("empty Opus packet"),
+            OpusError::Unavailable { reason } => write!(
+                f,
+                "Opus is unavailable: the libopus shared library could not be loaded \
+                 ({reason}); install it (Debian/Ubuntu package libopus0)"
+            ),
             OpusError::Libopus { code } => write!(f, "libopus error {code}"),
         }
     }
@@ -94,6 +117,20 @@ impl std::error::Error for OpusError {}
 
 fn libopus(code: i32) -> OpusError {
     OpusError::Libopus { code }
+}
+
+/// Is libopus loaded? Its version string (`"libopus 1.3.1"`) if so, else
+/// [`OpusError::Unavailable`] saying what was tried. The first call loads the library
+/// (once per process, failure included); later calls are a load of a pointer. Call it
+/// at start-up to log the version, or before offering Opus in SDP.
+pub fn available() -> Result<&'static str, OpusError> {
+    ffi::api()
+        .map(ffi::Api::version)
+        .map_err(|reason| OpusError::Unavailable { reason })
+}
+
+fn loaded() -> Result<&'static ffi::Api, OpusError> {
+    ffi::api().map_err(|reason| OpusError::Unavailable { reason })
 }
 
 /// The per-leg encoder settings (what SDP's fmtp and the API carry).
@@ -159,9 +196,10 @@ pub struct OpusEncoder {
 
 impl OpusEncoder {
     /// An encoder with `settings` applied (VoIP application).
+    /// [`OpusError::Unavailable`] when libopus could not be loaded.
     pub fn new(settings: OpusSettings) -> Result<Self, OpusError> {
         check_rate(settings.sample_rate_hz)?;
-        let inner = ffi::Encoder::new(settings.sample_rate_hz).map_err(libopus)?;
+        let inner = ffi::Encoder::new(loaded()?, settings.sample_rate_hz).map_err(libopus)?;
         let mut encoder = OpusEncoder { inner, settings };
         encoder.apply(settings)?;
         Ok(encoder)
@@ -192,27 +230,27 @@ impl OpusEncoder {
         let set = |e: &mut ffi::Encoder, request, value| e.set(request, value).map_err(libopus);
         set(
             &mut self.inner,
-            sys::OPUS_SET_BITRATE_REQUEST,
+            OPUS_SET_BITRATE_REQUEST,
             settings.bitrate_bps as i32,
         )?;
         set(
             &mut self.inner,
-            sys::OPUS_SET_COMPLEXITY_REQUEST,
+            OPUS_SET_COMPLEXITY_REQUEST,
             i32::from(settings.complexity),
         )?;
         set(
             &mut self.inner,
-            sys::OPUS_SET_INBAND_FEC_REQUEST,
+            OPUS_SET_INBAND_FEC_REQUEST,
             i32::from(settings.inband_fec),
         )?;
         set(
             &mut self.inner,
-            sys::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+            OPUS_SET_PACKET_LOSS_PERC_REQUEST,
             i32::from(settings.packet_loss_percent),
         )?;
         set(
             &mut self.inner,
-            sys::OPUS_SET_DTX_REQUEST,
+            OPUS_SET_DTX_REQUEST,
             i32::from(settings.dtx),
         )?;
         self.settings = settings;
@@ -250,10 +288,11 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     /// A decoder giving mono PCM at `sample_rate_hz` (16000 or 48000), whatever the
-    /// packets' bandwidth or channel count.
+    /// packets' bandwidth or channel count. [`OpusError::Unavailable`] when libopus
+    /// could not be loaded.
     pub fn new(sample_rate_hz: u32) -> Result<Self, OpusError> {
         check_rate(sample_rate_hz)?;
-        let inner = ffi::Decoder::new(sample_rate_hz).map_err(libopus)?;
+        let inner = ffi::Decoder::new(loaded()?, sample_rate_hz).map_err(libopus)?;
         Ok(OpusDecoder {
             inner,
             sample_rate_hz,
