@@ -141,6 +141,10 @@ fn opus_at(c: &mut Criterion, name: &str, settings: OpusSettings, with_decode: b
 }
 
 fn opus(c: &mut Criterion) {
+    if let Err(e) = earshot_opus::available() {
+        println!("SKIPPED: codec/opus*: {e}");
+        return;
+    }
     let at = |rate| OpusSettings {
         sample_rate_hz: rate,
         ..OpusSettings::default()
