@@ -300,11 +300,15 @@ impl Shard {
     }
 
     fn new_media(&mut self, now: Instant, media: &MediaConfig, codec: Codec) -> Box<LegMedia> {
+        let max_depth_ms = self.cfg.jitter_max_ms.max(media.ptime_ms * 2);
         let jitter_cfg = JitterConfig {
             codec,
             ptime_ms: media.ptime_ms,
             min_depth_ms: self.cfg.jitter_min_ms.max(media.ptime_ms),
-            max_depth_ms: self.cfg.jitter_max_ms.max(media.ptime_ms * 2),
+            max_depth_ms,
+            // Room for the deepest buffer plus two frames, whatever the ptime (the
+            // buffer refuses a ring too small for its depth).
+            capacity_packets: (max_depth_ms / media.ptime_ms + 3) as usize,
             ..JitterConfig::new(codec, media.ptime_ms)
         };
         let ssrc = Ssrc(self.rng.next_u32());

@@ -431,3 +431,4 @@ pub fn validate_media(m: &MediaConfig) -> Result<(), EngineError> {
     }
     Ok(())
 }
+

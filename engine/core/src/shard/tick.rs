@@ -41,6 +41,7 @@ impl Shard {
             self.wheel_cursor = now.as_nanos() / WHEEL_SLOT_NS;
         }
         let target = now.as_nanos() / WHEEL_SLOT_NS;
+        let mut last_end: Option<Instant> = None;
         while self.wheel_cursor <= target {
             let slot = (self.wheel_cursor % WHEEL_SLOTS as u64) as usize;
             if self.wheel_busy & (1 << slot) == 0 {
@@ -74,10 +75,12 @@ impl Shard {
                     continue;
                 }
                 sess.scheduled = false;
-                let start = clock();
+                // One clock read per tick: a tick starts when the previous one ended.
+                let start = last_end.unwrap_or_else(clock);
                 let lateness = start.saturating_since(deadline);
                 self.run_tick(start, s, tx);
                 let end = clock();
+                last_end = Some(end);
                 let c = &mut self.counters;
                 c.ticks += 1;
                 let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
