@@ -8,7 +8,8 @@
 //! validated `Repr` (`RtpRepr`, `RtcpRepr`, `DtmfRepr`) with `parse(&view)`,
 //! `buffer_len()` and `emit(&mut view)`, in the manner of smoltcp's `wire` module. The
 //! [`seq`] module keeps the per-source receive statistics of RFC 3550 appendix A
-//! (sequence validation, loss, interarrival jitter) that RTCP reports carry.
+//! (sequence validation, loss, interarrival jitter) that RTCP reports carry, and
+//! [`report`] builds a leg's periodic report from them.
 //!
 //! What it deliberately does not do: no I/O, no clock (arrival times are arguments), no
 //! allocation (reprs borrow the packet bytes or the caller's slices; CSRCs live in an
@@ -29,6 +30,7 @@
 
 pub mod dtmf;
 mod error;
+pub mod report;
 pub mod rtcp;
 pub mod rtp;
 pub mod seq;

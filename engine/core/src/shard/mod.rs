@@ -431,4 +431,3 @@ pub fn validate_media(m: &MediaConfig) -> Result<(), EngineError> {
     }
     Ok(())
 }
-

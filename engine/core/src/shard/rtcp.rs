@@ -3,14 +3,16 @@
 use std::net::SocketAddr;
 
 use earshot_media::time::{Duration, Instant};
-use earshot_media::wire::rtcp::{
-    self, ReceiverReport, ReportBlock, ReportBlocks, RtcpRepr, SdesChunk, SdesChunks, SdesItem,
-    SdesItemType, SenderInfo, SenderReport,
-};
+use earshot_media::wire::report::{Reception, emit_report};
+use earshot_media::wire::rtcp::{self, RtcpRepr, SenderInfo};
 
 use super::Shard;
 use crate::io::{Datagram, TxSink};
 use crate::stats::DropReason;
+
+/// The canonical name every leg reports (RFC 3550 6.5.1 asks for a stable name per
+/// endpoint; one engine is one endpoint).
+const CNAME: &[u8] = b"earshot";
 
 impl Shard {
     pub(super) fn handle_rtcp(&mut self, now: Instant, slot: u32, d: Datagram<'_>) {
@@ -53,67 +55,20 @@ impl Shard {
             // [0.5, 1.5] of the interval, so that legs set up together drift apart.
             m.next_rtcp = now + Duration::from_millis(2_500 + u64::from(jitter_ms) / 2 * 2);
             let ssrc = m.out.ssrc();
-            let block = m.rx_ssrc.map(|src| {
-                let loss = m.rx_seq.poll_interval_loss();
-                let (lsr, dlsr) = match m.last_sr {
-                    Some((mid, at)) => {
-                        let d = now.saturating_since(at).as_nanos();
-                        (mid, ((u128::from(d) << 16) / 1_000_000_000) as u32)
-                    }
-                    None => (0, 0),
-                };
-                ReportBlock {
-                    ssrc: src,
-                    fraction_lost: loss.fraction_lost,
-                    cumulative_lost: m.rx_seq.cumulative_lost().clamp(
-                        i64::from(ReportBlock::CUMULATIVE_LOST_MIN),
-                        i64::from(ReportBlock::CUMULATIVE_LOST_MAX),
-                    ) as i32,
-                    ext_highest_seq: m.rx_seq.extended_max(),
-                    jitter: m.rx_jitter.jitter(),
-                    lsr,
-                    dlsr,
-                }
+            let sender = (m.packets_sent > 0).then(|| SenderInfo {
+                ntp_ts: ntp,
+                rtp_ts: m.out.event_timestamp(now),
+                packet_count: m.packets_sent,
+                octet_count: m.octets_sent,
             });
-            let blocks_storage: &[ReportBlock] = match &block {
-                Some(b) => std::slice::from_ref(b),
-                None => &[],
-            };
-            let Ok(blocks) = ReportBlocks::from_slice(blocks_storage) else {
-                continue;
-            };
-            let report = if m.packets_sent > 0 {
-                RtcpRepr::SenderReport(SenderReport {
-                    ssrc,
-                    sender_info: SenderInfo {
-                        ntp_ts: ntp,
-                        rtp_ts: m.out.event_timestamp(now),
-                        packet_count: m.packets_sent,
-                        octet_count: m.octets_sent,
-                    },
-                    reports: blocks,
-                    profile_extension: &[],
-                })
-            } else {
-                RtcpRepr::ReceiverReport(ReceiverReport {
-                    ssrc,
-                    reports: blocks,
-                    profile_extension: &[],
-                })
-            };
-            let cname = *b"earshot";
-            let items = [SdesItem {
-                kind: SdesItemType::Cname,
-                value: &cname,
-            }];
-            let chunks = [SdesChunk {
-                ssrc,
-                items: earshot_media::wire::rtcp::SdesItems::from_slice(&items),
-            }];
-            let Ok(sdes) = SdesChunks::from_slice(&chunks) else {
-                continue;
-            };
-            let compound = [report, RtcpRepr::SourceDescription(sdes)];
+            let mut reception = m.rx_ssrc.map(|source| Reception {
+                source,
+                seq: &mut m.rx_seq,
+                jitter: &m.rx_jitter,
+                last_sr: m
+                    .last_sr
+                    .map(|(mid, at)| (mid, now.saturating_since(at).as_nanos())),
+            });
             let dst = if m.rtcp_mux {
                 remote
             } else {
@@ -122,7 +77,7 @@ impl Shard {
             let src_port = if m.rtcp_mux { leg.port } else { leg.port + 1 };
             let mut len = 0;
             let sent = tx.send_with(src_port, dst, &mut |buf| {
-                len = rtcp::emit_compound(&compound, buf).unwrap_or(0);
+                len = emit_report(ssrc, sender, reception.as_mut(), CNAME, buf).unwrap_or(0);
                 len
             });
             if sent && len > 0 {
