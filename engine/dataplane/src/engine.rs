@@ -53,6 +53,11 @@ pub struct EngineHandle {
     rejected: Vec<std::sync::atomic::AtomicU64>,
     /// Events forwarded by the pump thread from the shards' lock-free queue.
     event_rx: Mutex<futures_channel::mpsc::UnboundedReceiver<EngineEvent>>,
+    /// The owner named by the last `Request::Claim` (the control side's store id).
+    owner: Mutex<Option<String>>,
+    /// Events dropped on the way to the control side outside the shards (the socket
+    /// server's buffer overflowed while no client was connected).
+    events_lost: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +161,8 @@ impl Engine {
                 per_shard: vec![0; cfg.shards],
             }),
             backend_name,
+            owner: Mutex::new(None),
+            events_lost: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Engine { handle, threads })
     }
@@ -198,6 +205,17 @@ impl EngineHandle {
     /// Takes an event if one is queued, without waiting.
     pub fn try_event(&self) -> Option<EngineEvent> {
         self.events.pop()
+    }
+
+    /// Counts an event dropped after it left the shards (reported in the snapshot's
+    /// `events_lost`), for the socket server's bounded buffer.
+    pub fn note_event_lost(&self) {
+        self.events_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The owner named by the last `Request::Claim`.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn send(&self, shard: usize, cmd: ShardCommand) -> Result<Response, EngineError> {
@@ -331,8 +349,17 @@ impl EngineHandle {
                 self.forget(&session);
                 r
             }
+            Request::Claim { owner } => {
+                validate_key("owner", &owner)?;
+                *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+                Ok(Response::Done)
+            }
             Request::Snapshot => {
-                let mut all = EngineSnapshot::default();
+                let mut all = EngineSnapshot {
+                    owner: self.owner(),
+                    events_lost: self.events_lost.load(Ordering::Relaxed),
+                    ..EngineSnapshot::default()
+                };
                 for shard in 0..self.queues.len() {
                     if let Response::Snapshot(s) = self
                         .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
@@ -340,6 +367,8 @@ impl EngineHandle {
                     {
                         all.legs.extend(s.legs);
                         all.plans.extend(s.plans);
+                        all.activity.extend(s.activity);
+                        all.events_lost += s.events_lost;
                     }
                 }
                 Ok(Response::Snapshot(all))

@@ -467,7 +467,7 @@ impl Shard {
         media: MediaConfig,
     ) -> Result<Response, EngineError> {
         let slot = self.resolve(id)?;
-        validate_media(&media)?;
+        media.validate()?;
         let codec = Codec::from(media.codec);
         let frame_samples = codec.frame_samples(media.ptime_ms);
         let jitter_cfg = JitterConfig {
