@@ -115,7 +115,6 @@ async fn refused_creates_leave_no_trace_and_a_corrected_retry_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let engine = RealEngine::start(&mem_config(1, 40960, 1024));
     let server = TestServer::start_on(dir.path(), engine.clone(), |_| {}).await;
-    let events = events_after(&server, 0).await.len() as u64;
 
     // (request, expected code, expected field)
     let many: Vec<proto::ParticipantSpec> = (0..17)
@@ -177,6 +176,7 @@ async fn refused_creates_leave_no_trace_and_a_corrected_retry_succeeds() {
     let mut failures = Vec::new();
     for (what, req, code, field) in cases {
         let id = req.interaction_id.clone();
+        let events = events_after(&server, 0).await.len() as u64;
         match server.interactions().create_interaction(req).await {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(status) => {
@@ -571,7 +571,18 @@ async fn an_empty_or_foreign_store_never_removes_a_live_engines_legs() {
     let adopt = dir.path().join("adopt");
     let server =
         TestServer::start_on(&adopt, engine.clone(), |c| c.adopt_engine_state = true).await;
-    assert_eq!(engine.snapshot().legs.len(), 0, "adopted: strays removed");
+    eventually("adopted: the strays are removed", async || {
+        engine.snapshot().legs.is_empty()
+    })
+    .await;
+    assert_eq!(
+        engine
+            .snapshot()
+            .owner
+            .as_deref()
+            .map(|o| o.starts_with("store-")),
+        Some(true)
+    );
     server.stop().await;
 }
 
@@ -1304,4 +1315,125 @@ async fn the_real_engine_reports_first_packets_in_its_snapshot() {
         snap.activity_of(info.leg).is_some(),
         "the engine reports activity for every leg"
     );
+}
+
+#[tokio::test]
+async fn ended_calls_leave_memory_at_once_and_the_store_after_the_retention_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = FakeEngine::new(30000);
+    let clock = std::sync::Arc::new(earshot_control::ManualClock::new(1_700_000_000_000));
+    let server = TestServer::start_with(dir.path(), engine.clone(), {
+        let clock = clock.clone();
+        move |c| {
+            c.clock = clock;
+            c.ended_retention = Duration::from_secs(1);
+        }
+    })
+    .await;
+    add_supervisor(&server, "sup-1").await;
+    server
+        .interactions()
+        .create_interaction(create_call("call-1"))
+        .await
+        .unwrap();
+    server
+        .supervision()
+        .start_monitor(supervise("call-1", "mon-1", "sup-1", "s1", "a", 21000))
+        .await
+        .unwrap();
+    let live = server
+        .interactions()
+        .get_interaction(proto::GetInteractionRequest {
+            interaction_id: "call-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .interactions()
+        .end_interaction(proto::EndInteractionRequest {
+            interaction_id: "call-1".into(),
+            actor: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        server.metric("earshot_interactions_in_memory").await,
+        Some(0.0),
+        "the ended call left memory"
+    );
+    // Still readable from the store, as it ended.
+    let ended = server
+        .interactions()
+        .get_interaction(proto::GetInteractionRequest {
+            interaction_id: "call-1".into(),
+        })
+        .await
+        .expect("an ended call is readable until the retention period passes")
+        .into_inner();
+    assert!(ended.ended && ended.participants.len() == live.participants.len());
+    let sup = server
+        .supervision()
+        .get_supervision(proto::GetSupervisionRequest {
+            supervision_id: "mon-1".into(),
+        })
+        .await
+        .expect("its supervision too")
+        .into_inner();
+    assert_eq!(sup.state, proto::SupervisionState::Ended as i32);
+    assert!(
+        timeline_kinds(&server, "call-1")
+            .await
+            .contains(&proto::EventKind::InteractionEnded)
+    );
+    let listed = server
+        .interactions()
+        .list_interactions(proto::ListInteractionsRequest {
+            include_ended: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.interactions.len(), 1);
+    // Retries of what ended it are existing; other verbs are refused as on an ended call.
+    let retry = server
+        .interactions()
+        .create_interaction(create_call("call-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.existing && retry.interaction.unwrap().ended);
+    server
+        .interactions()
+        .end_interaction(proto::EndInteractionRequest {
+            interaction_id: "call-1".into(),
+            actor: String::new(),
+        })
+        .await
+        .expect("an identical end is accepted");
+    let hold = server
+        .interactions()
+        .hold(proto::HoldRequest {
+            interaction_id: "call-1".into(),
+            participant_id: "c".into(),
+            actor: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&hold).0, "INTERACTION_ENDED");
+    // After the retention period the store forgets it.
+    clock.advance_ms(1_001);
+    eventually("pruned after the retention period", async || {
+        server
+            .interactions()
+            .get_interaction(proto::GetInteractionRequest {
+                interaction_id: "call-1".into(),
+            })
+            .await
+            .is_err_and(|e| e.code() == Code::NotFound)
+    })
+    .await;
+    assert!(timeline_kinds(&server, "call-1").await.is_empty());
+    server.stop().await;
 }
