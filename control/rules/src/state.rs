@@ -547,7 +547,7 @@ impl State {
         self.interactions.get(interaction_id).ok_or_else(|| {
             RuleError::not_found(
                 reason::INTERACTION_NOT_FOUND,
-                format!("no interaction {}", quote(&interaction_id)),
+                format!("no interaction {}", quote(interaction_id)),
             )
         })
     }
@@ -582,7 +582,7 @@ impl State {
                 reason::PARTICIPANT_NOT_FOUND,
                 format!(
                     "no participant {} in interaction {}",
-                    quote(&participant_id),
+                    quote(participant_id),
                     quote(&interaction.interaction_id)
                 ),
             )
@@ -1369,7 +1369,7 @@ impl State {
                 return Err(RuleError::invalid(
                     "participant_ids",
                     reason::DUPLICATE_PARTICIPANT,
-                    format!("participant {} listed twice", quote(&id)),
+                    format!("participant {} listed twice", quote(id)),
                 ));
             }
         }
