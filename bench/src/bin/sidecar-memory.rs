@@ -6,8 +6,9 @@
 //! calls through its gRPC API, and samples the process's `VmRSS` from `/proc` every
 //! `--every` calls. The first `--warmup` calls are not measured: allocator arenas,
 //! the store's page cache and tonic's buffers reach their working size there. Prints
-//! one line per sample and a summary; exits 1 if the growth after warm-up exceeds
-//! `--limit-mib`.
+//! one line per sample and a summary; exits 1 if the growth after warm-up (the
+//! least-squares trend of the samples over the measured calls, not one sample's noise)
+//! exceeds `--limit-mib`.
 //!
 //! ```sh
 //! cargo build --release -p earshot-control -p earshot-bench
@@ -169,6 +170,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let done = n + 1;
         if done >= args.warmup && (done - args.warmup).is_multiple_of(args.every.max(1)) {
+            // Let the allocator return what the burst freed before reading the RSS.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let rss = rss_kib(pid).ok_or_else(|| anyhow::anyhow!("no /proc/{pid}/status"))?;
             println!("calls {done:>6}  rss {:>8.1} MiB", rss as f64 / 1024.0);
             samples.push((done, rss));
@@ -179,7 +182,24 @@ async fn main() -> anyhow::Result<()> {
     let first = samples.first().map_or(0, |s| s.1);
     let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let last = samples.last().map_or(0, |s| s.1);
-    let growth_mib = max.saturating_sub(first) as f64 / 1024.0;
+    // Growth is the trend, not one sample's noise: the least-squares slope of the RSS
+    // over the measured calls, times the calls (allocator and thread caches make single
+    // samples swing by several MiB either way).
+    let n = samples.len() as f64;
+    let (mx, my) = samples.iter().fold((0.0, 0.0), |(x, y), s| {
+        (x + s.0 as f64 / n, y + s.1 as f64 / n)
+    });
+    let (sxy, sxx) = samples.iter().fold((0.0, 0.0), |(xy, xx), s| {
+        let dx = s.0 as f64 - mx;
+        (xy + dx * (s.1 as f64 - my), xx + dx * dx)
+    });
+    let slope_kib_per_call = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let growth_mib = slope_kib_per_call * args.calls as f64 / 1024.0;
+    println!(
+        "samples spread {:.1} MiB (max - min); fitted growth over {} calls {growth_mib:.2} MiB",
+        (max - samples.iter().map(|s| s.1).min().unwrap_or(0)) as f64 / 1024.0,
+        args.calls
+    );
     println!(
         "created and ended {} calls after {} warm-up: rss {:.1} MiB -> {:.1} MiB (max {:.1}), \
          growth {growth_mib:.2} MiB (limit {:.1})",

@@ -53,6 +53,9 @@ const STORE_ID: &str = "store_id";
 const NEXT_JOURNAL: &str = "next_journal";
 const SNAPSHOT_KEY: &str = "state";
 
+/// Page cache of the database (redb's default is 1 GiB).
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "earshot-control.redb";
 
@@ -279,10 +282,15 @@ impl Store {
         };
         let shown = path.display().to_string();
         let opened = guard(&shown, || {
+            // redb caches up to 1 GiB of pages by default, so the resident set would
+            // follow the database file (events and ended calls within their retention)
+            // instead of staying flat; the working set of a mutation is a few pages.
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
             let db = if created {
-                Database::create(&path)?
+                builder.create(&path)?
             } else {
-                Database::open(&path)?
+                builder.open(&path)?
             };
             Self::init_tables(&db)?;
             Ok(db)
