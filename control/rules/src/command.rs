@@ -172,6 +172,20 @@ pub enum EventKind {
     SupervisorConnected,
     MediaTimeout,
     InteractionEnded,
+    /// Not produced by the rules: recorded by the control sidecar when the engine
+    /// refused to program an interaction whose intent was already stored (accepted
+    /// while the engine was unavailable); details: `reason`, `code`, `participant_id`.
+    ProgrammingFailed,
+    /// Not produced by the rules: recorded by the control sidecar when a leg could not
+    /// be re-created on its recorded local port (the port is gone) and got a new one;
+    /// details: `participant_id`, `old_local`, `new_local`.
+    LegPortLost,
+    /// A directory user was created or changed; details: `user_id`. Its
+    /// `interaction_id` is empty: it belongs to no interaction's timeline.
+    UserUpserted,
+    /// A directory user's presence changed; details: `user_id`, `presence`. Its
+    /// `interaction_id` is empty.
+    PresenceChanged,
 }
 
 impl EventKind {
@@ -196,6 +210,10 @@ impl EventKind {
             EventKind::SupervisorConnected => "SUPERVISOR_CONNECTED",
             EventKind::MediaTimeout => "MEDIA_TIMEOUT",
             EventKind::InteractionEnded => "INTERACTION_ENDED",
+            EventKind::ProgrammingFailed => "PROGRAMMING_FAILED",
+            EventKind::LegPortLost => "LEG_PORT_LOST",
+            EventKind::UserUpserted => "USER_UPSERTED",
+            EventKind::PresenceChanged => "PRESENCE_CHANGED",
         }
     }
 }

@@ -25,6 +25,9 @@ pub mod reason {
     pub const STOP_BARGE_FIRST: &str = "STOP_BARGE_FIRST";
     /// One live supervision per supervisor per interaction.
     pub const SUPERVISOR_ALREADY_ACTIVE: &str = "SUPERVISOR_ALREADY_ACTIVE";
+    /// The supervisor has a live supervision on another interaction (whatever its
+    /// pushed presence): one call at a time.
+    pub const SUPERVISOR_BUSY: &str = "SUPERVISOR_BUSY";
     /// The supervisor's user is a connected non-supervisor participant of the call.
     pub const SUPERVISOR_IS_PARTICIPANT: &str = "SUPERVISOR_IS_PARTICIPANT";
     /// The target is not CONNECTED.
@@ -76,6 +79,29 @@ pub mod reason {
     pub const NO_ACTIVE_CONSULT: &str = "NO_ACTIVE_CONSULT";
     /// A blind `Transfer` of the agent or specialist of an active consult.
     pub const CONSULT_ACTIVE: &str = "CONSULT_ACTIVE";
+}
+
+/// The most characters of any client input an error message quotes (SPEC section 2),
+/// so that an error stays small enough for any client's metadata limit whatever it was
+/// sent.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// Quotes client input in an error message: the first [`MAX_QUOTED_CHARS`] characters,
+/// control characters escaped (so input cannot forge log lines), followed by the total
+/// length when cut. Every earshot message that quotes input goes through here (the
+/// control sidecar re-exports it).
+pub fn quote(input: &str) -> String {
+    let total = input.chars().count();
+    let head: String = input
+        .chars()
+        .take(MAX_QUOTED_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if total <= MAX_QUOTED_CHARS {
+        head
+    } else {
+        format!("{head}... ({total} chars)")
+    }
 }
 
 /// The gRPC status class of a refusal.
@@ -185,3 +211,19 @@ impl fmt::Display for RuleError {
 }
 
 impl std::error::Error for RuleError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_short_input_and_cuts_long_input_to_64_characters() {
+        assert_eq!(quote("call-1"), "call-1");
+        assert_eq!(quote("a\nb"), "a\\nb", "control characters are escaped");
+        let long = "x".repeat(100_000);
+        let q = quote(&long);
+        assert!(q.starts_with(&"x".repeat(64)) && !q.starts_with(&"x".repeat(65)));
+        assert!(q.ends_with("(100000 chars)"), "{q}");
+        assert!(q.len() < 100);
+    }
+}

@@ -63,7 +63,7 @@ mod model;
 mod state;
 
 pub use command::{Actor, Command, Event, EventKind, Outcome, StartSupervision, Subject};
-pub use error::{ErrorCode, RuleError, reason};
+pub use error::{ErrorCode, MAX_QUOTED_CHARS, RuleError, quote, reason};
 pub use hear::HearRelation;
 pub use model::{
     Consult, ConsultEnd, EndedConsult, Interaction, PERM_BARGE, PERM_CALL_ADD, PERM_COACH,
@@ -71,6 +71,6 @@ pub use model::{
     ParticipantState, Presence, Role, Supervision, SupervisionMode, SupervisionState, User,
 };
 pub use state::{
-    MAX_DISPLAY_NAME_CHARS, MAX_ID_CHARS, MAX_PERMISSION_CHARS, State, SupervisionFilter,
-    is_valid_id,
+    Checkpoint, MAX_DISPLAY_NAME_CHARS, MAX_ID_CHARS, MAX_PERMISSION_CHARS, State,
+    SupervisionFilter, is_valid_id,
 };

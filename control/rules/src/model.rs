@@ -40,6 +40,21 @@ pub enum Presence {
     Offline,
 }
 
+impl Presence {
+    /// The wire name, e.g. `"AVAILABLE"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Available => "AVAILABLE",
+            Presence::Busy => "BUSY",
+            Presence::Away => "AWAY",
+            Presence::Break => "BREAK",
+            Presence::Meeting => "MEETING",
+            Presence::OnQueue => "ON_QUEUE",
+            Presence::Offline => "OFFLINE",
+        }
+    }
+}
+
 /// Where a participant's media comes from: outside the contact center or inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -300,6 +315,12 @@ impl Interaction {
     /// `EndInteraction` has been applied.
     pub fn is_ended(&self) -> bool {
         self.ended_at_ms.is_some()
+    }
+
+    /// The participant list `CreateInteraction` was called with (an identical create
+    /// is a retry).
+    pub fn created_with(&self) -> &[ParticipantSpec] {
+        &self.created_with
     }
 
     /// The participant with this id, in any state.

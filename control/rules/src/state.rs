@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Actor, Command, Event, EventKind, Outcome, StartSupervision, Subject};
-use crate::error::{RuleError, reason};
+use crate::error::{RuleError, quote, reason};
 use crate::hear::{self, HearRelation};
 use crate::model::{
     Consult, ConsultEnd, EndedConsult, Interaction, PERM_CALL_ADD, Participant, ParticipantKind,
@@ -35,7 +35,10 @@ fn check_id(field: &'static str, value: &str) -> Result<(), RuleError> {
         Err(RuleError::invalid(
             field,
             reason::INVALID_ID,
-            format!("{field} must be 1..{MAX_ID_CHARS} chars of [A-Za-z0-9._:-], got {value:?}"),
+            format!(
+                "{field} must be 1..{MAX_ID_CHARS} chars of [A-Za-z0-9._:-], got \"{}\"",
+                quote(value)
+            ),
         ))
     }
 }
@@ -59,7 +62,7 @@ fn check_spec(spec: &ParticipantSpec, fields: &SpecFields) -> Result<(), RuleErr
             format!(
                 "participant {} has role SUPERVISOR; supervisors join through StartMonitor, \
                  StartCoach or StartBarge",
-                spec.participant_id
+                quote(&spec.participant_id)
             ),
         ));
     }
@@ -193,6 +196,28 @@ fn push_joined(tl: &mut Timeline, interaction_id: &str, spec: &ParticipantSpec) 
     );
 }
 
+/// What one command could change, saved by [`State::checkpoint`] and put back by
+/// [`State::restore`]. Opaque: it holds copies of the touched objects (`None` for an
+/// object that did not exist yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    users: Vec<(String, Option<User>)>,
+    interaction: Option<(String, Option<Interaction>)>,
+    supervisions: Vec<(String, Option<Supervision>)>,
+    aliases: Vec<(String, Option<String>)>,
+}
+
+fn restore_entry<V>(map: &mut BTreeMap<String, V>, id: String, saved: Option<V>) {
+    match saved {
+        Some(v) => {
+            map.insert(id, v);
+        }
+        None => {
+            map.remove(&id);
+        }
+    }
+}
+
 /// The whole control-plane view: directory, interactions, supervisions.
 ///
 /// See the crate documentation for the contract of [`State::apply`].
@@ -276,6 +301,33 @@ impl State {
         Some(hear::compute(interaction, |id| self.supervisions.get(id)))
     }
 
+    /// Forgets one ended interaction with its supervisions and their aliases (the
+    /// control sidecar keeps ended calls in its store, not in memory). Returns whether
+    /// it was forgotten; a live interaction is kept (programmer error: asserted in debug).
+    pub fn forget_interaction(&mut self, interaction_id: &str) -> bool {
+        let ended = self
+            .interactions
+            .get(interaction_id)
+            .is_some_and(Interaction::is_ended);
+        debug_assert!(
+            ended || !self.interactions.contains_key(interaction_id),
+            "only ended interactions are forgotten"
+        );
+        if !ended {
+            return false;
+        }
+        if let Some(i) = self.interactions.remove(interaction_id) {
+            for sid in &i.supervision_ids {
+                if let Some(s) = self.supervisions.remove(sid)
+                    && let Some(alias) = s.escalation_alias
+                {
+                    self.aliases.remove(&alias);
+                }
+            }
+        }
+        true
+    }
+
     /// Forgets interactions that ended before `ended_before_ms`, with their supervisions
     /// and aliases, and returns how many were removed. The timeline lives in the store,
     /// so this only bounds memory; an identical retry of a forgotten create would create
@@ -299,6 +351,72 @@ impl State {
             }
         }
         doomed.len()
+    }
+
+    // ----------------------------------------------------------------- undo
+
+    /// Saves exactly what `cmd` can change, so that [`State::restore`] puts it back
+    /// after a later step of the caller refuses (the control sidecar applies a command
+    /// tentatively, programs the engine, and undoes the command if the engine refuses).
+    /// Cheap: one interaction with its supervisions, or one user, never the whole state.
+    pub fn checkpoint(&self, cmd: &Command) -> Checkpoint {
+        let mut cp = Checkpoint::default();
+        match cmd {
+            Command::UpsertUser { user_id, .. } | Command::SetPresence { user_id, .. } => {
+                cp.users
+                    .push((user_id.clone(), self.users.get(user_id).cloned()));
+            }
+            _ => {}
+        }
+        if let Some(interaction_id) = self.scope_of(cmd) {
+            let interaction = self.interactions.get(&interaction_id).cloned();
+            if let Some(i) = &interaction {
+                for sid in &i.supervision_ids {
+                    cp.supervisions
+                        .push((sid.clone(), self.supervisions.get(sid).cloned()));
+                    if let Some(alias) = self
+                        .supervisions
+                        .get(sid)
+                        .and_then(|s| s.escalation_alias.clone())
+                    {
+                        cp.aliases
+                            .push((alias.clone(), self.aliases.get(&alias).cloned()));
+                    }
+                }
+            }
+            cp.interaction = Some((interaction_id, interaction));
+        }
+        if let Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) = cmd {
+            // A new supervision, or an escalation that records a new id as an alias.
+            cp.supervisions.push((
+                r.supervision_id.clone(),
+                self.supervisions.get(&r.supervision_id).cloned(),
+            ));
+            cp.aliases.push((
+                r.supervision_id.clone(),
+                self.aliases.get(&r.supervision_id).cloned(),
+            ));
+        }
+        cp
+    }
+
+    /// Puts back what [`State::checkpoint`] saved: the state is then exactly as it was
+    /// when the checkpoint was taken, whatever commands the checkpoint's command changed.
+    pub fn restore(&mut self, cp: Checkpoint) {
+        // Later entries were saved from the same state as earlier ones, so the order of
+        // restoring does not matter; duplicates restore the same value twice.
+        for (id, user) in cp.users {
+            restore_entry(&mut self.users, id, user);
+        }
+        for (id, supervision) in cp.supervisions {
+            restore_entry(&mut self.supervisions, id, supervision);
+        }
+        for (id, target) in cp.aliases {
+            restore_entry(&mut self.aliases, id, target);
+        }
+        if let Some((id, interaction)) = cp.interaction {
+            restore_entry(&mut self.interactions, id, interaction);
+        }
     }
 
     // ----------------------------------------------------------------- apply
@@ -352,8 +470,10 @@ impl State {
                 user_id,
                 display_name,
                 permissions,
-            } => self.upsert_user(user_id, display_name, permissions),
-            Command::SetPresence { user_id, presence } => self.set_presence(user_id, presence),
+            } => self.upsert_user(now_ms, user_id, display_name, permissions),
+            Command::SetPresence { user_id, presence } => {
+                self.set_presence(now_ms, user_id, presence)
+            }
             Command::CreateInteraction {
                 interaction_id,
                 participants,
@@ -427,7 +547,7 @@ impl State {
         self.interactions.get(interaction_id).ok_or_else(|| {
             RuleError::not_found(
                 reason::INTERACTION_NOT_FOUND,
-                format!("no interaction {interaction_id}"),
+                format!("no interaction {}", quote(interaction_id)),
             )
         })
     }
@@ -443,7 +563,10 @@ impl State {
         if interaction.is_ended() {
             Err(RuleError::precondition(
                 reason::INTERACTION_ENDED,
-                format!("interaction {} has ended", interaction.interaction_id),
+                format!(
+                    "interaction {} has ended",
+                    quote(&interaction.interaction_id)
+                ),
             ))
         } else {
             Ok(())
@@ -458,8 +581,9 @@ impl State {
             RuleError::not_found(
                 reason::PARTICIPANT_NOT_FOUND,
                 format!(
-                    "no participant {participant_id} in interaction {}",
-                    interaction.interaction_id
+                    "no participant {} in interaction {}",
+                    quote(participant_id),
+                    quote(&interaction.interaction_id)
                 ),
             )
         })
@@ -473,7 +597,7 @@ impl State {
                 reason::PARTICIPANT_IS_SUPERVISOR,
                 format!(
                     "participant {} is a supervisor leg; use the supervision verbs",
-                    participant.participant_id
+                    quote(&participant.participant_id)
                 ),
             ));
         }
@@ -482,7 +606,7 @@ impl State {
                 reason::PARTICIPANT_NOT_CONNECTED,
                 format!(
                     "participant {} is not connected",
-                    participant.participant_id
+                    quote(&participant.participant_id)
                 ),
             ));
         }
@@ -643,6 +767,7 @@ impl State {
 
     fn upsert_user(
         &mut self,
+        now_ms: u64,
         user_id: String,
         display_name: String,
         permissions: BTreeSet<String>,
@@ -668,11 +793,19 @@ impl State {
                 return Err(RuleError::invalid(
                     "permissions",
                     reason::INVALID_PERMISSION,
-                    format!("invalid permission {perm:?}"),
+                    format!("invalid permission \"{}\"", quote(perm)),
                 ));
             }
         }
         let subject = Subject::User(user_id.clone());
+        // Directory changes are events too (WatchEvents), on no interaction's timeline.
+        let mut tl = Timeline::new(now_ms);
+        tl.push(
+            EventKind::UserUpserted,
+            "",
+            &Actor::Orchestrator,
+            &[("user_id", &user_id)],
+        );
         if let Some(u) = self.users.get_mut(&user_id) {
             if u.display_name == display_name && u.permissions == permissions {
                 return Ok(Done::existing(subject));
@@ -692,24 +825,39 @@ impl State {
         }
         Ok(Done {
             subject,
-            events: Vec::new(),
+            events: tl.events,
             existing: false,
         })
     }
 
-    fn set_presence(&mut self, user_id: String, presence: Presence) -> Result<Done, RuleError> {
+    fn set_presence(
+        &mut self,
+        now_ms: u64,
+        user_id: String,
+        presence: Presence,
+    ) -> Result<Done, RuleError> {
         check_id("user_id", &user_id)?;
         let u = self.users.get_mut(&user_id).ok_or_else(|| {
-            RuleError::not_found(reason::USER_NOT_FOUND, format!("no user {user_id}"))
+            RuleError::not_found(
+                reason::USER_NOT_FOUND,
+                format!("no user {}", quote(&user_id)),
+            )
         })?;
-        let subject = Subject::User(user_id);
+        let subject = Subject::User(user_id.clone());
         if u.presence == presence {
             return Ok(Done::existing(subject));
         }
         u.presence = presence;
+        let mut tl = Timeline::new(now_ms);
+        tl.push(
+            EventKind::PresenceChanged,
+            "",
+            &Actor::Orchestrator,
+            &[("user_id", &user_id), ("presence", presence.as_str())],
+        );
         Ok(Done {
             subject,
-            events: Vec::new(),
+            events: tl.events,
             existing: false,
         })
     }
@@ -735,7 +883,7 @@ impl State {
                 return Err(RuleError::invalid(
                     fields.participant_id,
                     reason::DUPLICATE_PARTICIPANT,
-                    format!("participant {} listed twice", spec.participant_id),
+                    format!("participant {} listed twice", quote(&spec.participant_id)),
                 ));
             }
         }
@@ -746,7 +894,10 @@ impl State {
             }
             return Err(RuleError::exists(
                 reason::INTERACTION_EXISTS,
-                format!("interaction {interaction_id} exists with other participants"),
+                format!(
+                    "interaction {} exists with other participants",
+                    quote(&interaction_id)
+                ),
             ));
         }
         let mut tl = Timeline::new(now_ms);
@@ -848,7 +999,7 @@ impl State {
                 reason::PARTICIPANT_EXISTS,
                 format!(
                     "participant {} exists with other content",
-                    participant.participant_id
+                    quote(&participant.participant_id)
                 ),
             ));
         }
@@ -1010,7 +1161,10 @@ impl State {
             }
             return Err(RuleError::exists(
                 reason::PARTICIPANT_EXISTS,
-                format!("participant {} already exists", specialist.participant_id),
+                format!(
+                    "participant {} already exists",
+                    quote(&specialist.participant_id)
+                ),
             ));
         }
         Self::not_ended(interaction)?;
@@ -1020,14 +1174,15 @@ impl State {
                 reason::CONSULT_ALREADY_ACTIVE,
                 format!(
                     "{} is already consulting {}",
-                    c.agent_participant_id, c.specialist_participant_id
+                    quote(&c.agent_participant_id),
+                    quote(&c.specialist_participant_id)
                 ),
             ));
         }
         if agent.held {
             return Err(RuleError::precondition(
                 reason::PARTICIPANT_ON_HOLD,
-                format!("{agent_participant_id} is on hold"),
+                format!("{} is on hold", quote(&agent_participant_id)),
             ));
         }
         let parked = agent
@@ -1084,7 +1239,7 @@ impl State {
         if interaction.consult.is_none() {
             return Err(RuleError::precondition(
                 reason::NO_ACTIVE_CONSULT,
-                format!("no consult is active in {interaction_id}"),
+                format!("no consult is active in {}", quote(&interaction_id)),
             ));
         }
         let mut tl = Timeline::new(now_ms);
@@ -1151,7 +1306,7 @@ impl State {
                 reason::PARTICIPANT_EXISTS,
                 format!(
                     "participant {} exists with other content",
-                    to.participant_id
+                    quote(&to.participant_id)
                 ),
             ));
         }
@@ -1163,7 +1318,10 @@ impl State {
         {
             return Err(RuleError::precondition(
                 reason::CONSULT_ACTIVE,
-                format!("{from_participant_id} is in an active consult; end it first"),
+                format!(
+                    "{} is in an active consult; end it first",
+                    quote(&from_participant_id)
+                ),
             ));
         }
         let conversation = from
@@ -1211,7 +1369,7 @@ impl State {
                 return Err(RuleError::invalid(
                     "participant_ids",
                     reason::DUPLICATE_PARTICIPANT,
-                    format!("participant {id} listed twice"),
+                    format!("participant {} listed twice", quote(id)),
                 ));
             }
         }
@@ -1290,7 +1448,7 @@ impl State {
         let user = self.users.get(&req.supervisor_user_id).ok_or_else(|| {
             RuleError::not_found(
                 reason::USER_NOT_FOUND,
-                format!("no user {}", req.supervisor_user_id),
+                format!("no user {}", quote(&req.supervisor_user_id)),
             )
         })?;
         let target = Self::find_participant(interaction, &req.target_participant_id)?;
@@ -1327,7 +1485,7 @@ impl State {
                     reason::SUPERVISION_EXISTS,
                     format!(
                         "supervision {} exists with other content",
-                        req.supervision_id
+                        quote(&req.supervision_id)
                     ),
                 ));
             }
@@ -1341,7 +1499,7 @@ impl State {
             return Err(RuleError::invalid(
                 "target_participant_id",
                 reason::TARGET_IS_SUPERVISOR,
-                format!("{} is a supervisor leg", target.participant_id),
+                format!("{} is a supervisor leg", quote(&target.participant_id)),
             ));
         }
 
@@ -1349,7 +1507,7 @@ impl State {
         if !user.has_permission(mode.permission()) || !user.has_permission(PERM_CALL_ADD) {
             return Err(RuleError::denied(format!(
                 "user {} needs {} and {}",
-                user.user_id,
+                quote(&user.user_id),
                 mode.permission(),
                 PERM_CALL_ADD
             )));
@@ -1366,7 +1524,8 @@ impl State {
                 reason::SUPERVISOR_IS_PARTICIPANT,
                 format!(
                     "user {} is a participant of {}",
-                    req.supervisor_user_id, req.interaction_id
+                    quote(&req.supervisor_user_id),
+                    quote(&req.interaction_id)
                 ),
             ));
         }
@@ -1378,12 +1537,31 @@ impl State {
         debug_assert!(!escalate_by_id || current.is_some());
         let escalating: Option<&Supervision> = match current {
             None => {
+                // A supervisor is on one call at a time, whatever the platform pushed
+                // as presence (it may lag or never be pushed).
+                let elsewhere = self.supervisions.values().find(|s| {
+                    s.is_live()
+                        && s.supervisor_user_id == req.supervisor_user_id
+                        && s.interaction_id != req.interaction_id
+                });
+                if let Some(s) = elsewhere {
+                    return Err(RuleError::precondition(
+                        reason::SUPERVISOR_BUSY,
+                        format!(
+                            "user {} already supervises interaction {} ({})",
+                            quote(&req.supervisor_user_id),
+                            quote(&s.interaction_id),
+                            quote(&s.supervision_id)
+                        ),
+                    ));
+                }
                 if user.presence != Presence::Available {
                     return Err(RuleError::precondition(
                         reason::SUPERVISOR_NOT_AVAILABLE,
                         format!(
                             "user {} is {:?}, not AVAILABLE",
-                            user.user_id, user.presence
+                            quote(&user.user_id),
+                            user.presence
                         ),
                     ));
                 }
@@ -1396,7 +1574,8 @@ impl State {
                             reason::PARTICIPANT_EXISTS,
                             format!(
                                 "participant {} is taken in {}",
-                                req.supervisor_participant_id, req.interaction_id
+                                quote(&req.supervisor_participant_id),
+                                quote(&req.interaction_id)
                             ),
                         ));
                     }
@@ -1407,14 +1586,18 @@ impl State {
                 (SupervisionMode::Barge, SupervisionMode::Monitor | SupervisionMode::Coach) => {
                     return Err(RuleError::precondition(
                         reason::STOP_BARGE_FIRST,
-                        format!("stop barge {} first", c.supervision_id),
+                        format!("stop barge {} first", quote(&c.supervision_id)),
                     ));
                 }
                 (SupervisionMode::Monitor, SupervisionMode::Coach)
                 | (SupervisionMode::Coach, SupervisionMode::Monitor) => {
                     return Err(RuleError::precondition(
                         reason::STOP_CURRENT_FIRST,
-                        format!("stop {} {} first", c.mode.as_str(), c.supervision_id),
+                        format!(
+                            "stop {} {} first",
+                            c.mode.as_str(),
+                            quote(&c.supervision_id)
+                        ),
                     ));
                 }
                 (SupervisionMode::Monitor | SupervisionMode::Coach, SupervisionMode::Barge)
@@ -1427,7 +1610,9 @@ impl State {
                         reason::SUPERVISOR_ALREADY_ACTIVE,
                         format!(
                             "user {} already supervises {} ({})",
-                            req.supervisor_user_id, req.interaction_id, c.supervision_id
+                            quote(&req.supervisor_user_id),
+                            quote(&req.interaction_id),
+                            quote(&c.supervision_id)
                         ),
                     ));
                 }
@@ -1438,13 +1623,13 @@ impl State {
         if !target.is_connected() {
             return Err(RuleError::precondition(
                 reason::TARGET_NOT_CONNECTED,
-                format!("{} is not connected", target.participant_id),
+                format!("{} is not connected", quote(&target.participant_id)),
             ));
         }
         if mode != SupervisionMode::Monitor && target.kind == ParticipantKind::External {
             return Err(RuleError::precondition(
                 reason::TARGET_EXTERNAL,
-                format!("{} is EXTERNAL", target.participant_id),
+                format!("{} is EXTERNAL", quote(&target.participant_id)),
             ));
         }
         if mode == SupervisionMode::Coach {
@@ -1462,7 +1647,8 @@ impl State {
                     reason::COACH_ALREADY_ACTIVE,
                     format!(
                         "{} is already coached by {}",
-                        target.participant_id, s.supervisor_user_id
+                        quote(&target.participant_id),
+                        quote(&s.supervisor_user_id)
                     ),
                 ));
             }
@@ -1477,7 +1663,7 @@ impl State {
                     reason::TARGET_IN_CONSULT,
                     format!(
                         "{} is the specialist of an active consult",
-                        target.participant_id
+                        quote(&target.participant_id)
                     ),
                 ));
             }
@@ -1487,7 +1673,7 @@ impl State {
                     reason::TARGET_IN_CONFERENCE,
                     format!(
                         "{} is in a conference of {}",
-                        target.participant_id,
+                        quote(&target.participant_id),
                         group.len()
                     ),
                 ));
@@ -1608,7 +1794,7 @@ impl State {
             .ok_or_else(|| {
                 RuleError::not_found(
                     reason::SUPERVISION_NOT_FOUND,
-                    format!("no supervision {supervision_id}"),
+                    format!("no supervision {}", quote(&supervision_id)),
                 )
             })?
             .to_owned();

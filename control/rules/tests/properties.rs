@@ -1,7 +1,7 @@
 //! Random command sequences over a small id space (so ids collide and every rule is
 //! exercised), checking the invariants after every step, the hear relation against an
 //! independent brute-force reading of SPEC section 1 rules 1-4, atomicity of refusals,
-//! idempotency of retries, and serde/journal round trips.
+//! idempotency of retries, undo by checkpoint, and serde/journal round trips.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -268,6 +268,21 @@ fn brute_force_edges(st: &State, interaction: &Interaction) -> BTreeSet<(String,
 }
 
 fn check_invariants(st: &State) -> Result<(), TestCaseError> {
+    // A supervisor is live on at most one interaction (SUPERVISOR_BUSY).
+    let mut busy: BTreeMap<&str, &str> = BTreeMap::new();
+    for s in st.supervisions(&SupervisionFilter {
+        live_only: true,
+        ..SupervisionFilter::default()
+    }) {
+        if let Some(other) = busy.insert(&s.supervisor_user_id, &s.interaction_id) {
+            prop_assert_eq!(
+                other,
+                s.interaction_id.as_str(),
+                "{} is live on two interactions",
+                s.supervisor_user_id
+            );
+        }
+    }
     for interaction in st.interactions() {
         let iid = &interaction.interaction_id;
         let sups: Vec<&Supervision> = interaction
@@ -470,9 +485,37 @@ fn run(cmds: &[Command]) -> Result<(State, usize), TestCaseError> {
         let now_ms = 1_000 + 10 * step as u64;
         let before = st.clone();
         let where_ = scope(&st, cmd);
-        match st.apply(now_ms, cmd.clone()) {
+        let checkpoint = st.checkpoint(cmd);
+        let result = st.apply(now_ms, cmd.clone());
+        // Whatever the command did, restoring its checkpoint gives the state back
+        // exactly (the control sidecar's undo when the engine refuses).
+        let mut undone = st.clone();
+        undone.restore(checkpoint);
+        prop_assert_eq!(&undone, &before, "restoring the checkpoint of {:?}", cmd);
+        match result {
             Err(e) => {
                 prop_assert_eq!(&st, &before, "refusal {} changed the state", e);
+                // SUPERVISOR_BUSY exactly when the supervisor is live on another call.
+                if e.reason == reason::SUPERVISOR_BUSY {
+                    let (Command::StartMonitor(r)
+                    | Command::StartCoach(r)
+                    | Command::StartBarge(r)) = cmd
+                    else {
+                        return Err(TestCaseError::fail(format!("SUPERVISOR_BUSY for {cmd:?}")));
+                    };
+                    let elsewhere = before
+                        .supervisions(&SupervisionFilter {
+                            supervisor_user_id: Some(r.supervisor_user_id.clone()),
+                            live_only: true,
+                            ..SupervisionFilter::default()
+                        })
+                        .into_iter()
+                        .any(|s| s.interaction_id != r.interaction_id);
+                    prop_assert!(
+                        elsewhere,
+                        "SUPERVISOR_BUSY without a live supervision elsewhere"
+                    );
+                }
             }
             Ok(out) => {
                 accepted += 1;
@@ -480,9 +523,39 @@ fn run(cmds: &[Command]) -> Result<(State, usize), TestCaseError> {
                     prop_assert_eq!(&st, &before, "an `existing` outcome changed the state");
                     prop_assert!(out.events.is_empty() && out.hear_changed.is_empty());
                 }
+                // Oracle for SUPERVISOR_BUSY: a supervision that starts fresh (not an
+                // escalation in place) never finds its supervisor live elsewhere.
+                if let Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) =
+                    cmd
+                    && !out.existing
+                {
+                    let fresh = before
+                        .supervisions(&SupervisionFilter {
+                            interaction_id: Some(r.interaction_id.clone()),
+                            supervisor_user_id: Some(r.supervisor_user_id.clone()),
+                            live_only: true,
+                            ..SupervisionFilter::default()
+                        })
+                        .is_empty();
+                    let elsewhere = before
+                        .supervisions(&SupervisionFilter {
+                            supervisor_user_id: Some(r.supervisor_user_id.clone()),
+                            live_only: true,
+                            ..SupervisionFilter::default()
+                        })
+                        .into_iter()
+                        .any(|s| s.interaction_id != r.interaction_id);
+                    prop_assert!(
+                        !(fresh && elsewhere),
+                        "{:?} started while busy elsewhere",
+                        cmd
+                    );
+                }
                 for e in &out.events {
                     prop_assert_eq!(e.at_ms, now_ms);
-                    prop_assert_eq!(Some(&e.interaction_id), where_.as_ref());
+                    // Directory events belong to no interaction.
+                    let expected = where_.clone().unwrap_or_default();
+                    prop_assert_eq!(&e.interaction_id, &expected);
                 }
                 let rel_before = where_.as_deref().and_then(|i| before.hear_relation(i));
                 let rel_after = where_.as_deref().and_then(|i| st.hear_relation(i));
@@ -594,6 +667,7 @@ fn random_sequences_reach_supervisions_consults_and_escalations() {
         reason::STOP_CURRENT_FIRST,
         reason::STOP_BARGE_FIRST,
         reason::SUPERVISOR_ALREADY_ACTIVE,
+        reason::SUPERVISOR_BUSY,
         reason::SUPERVISOR_IS_PARTICIPANT,
         reason::TARGET_NOT_CONNECTED,
         reason::INTERACTION_ENDED,

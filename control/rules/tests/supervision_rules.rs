@@ -308,9 +308,12 @@ fn barge_onto_another_target_while_monitoring_is_supervisor_already_active() {
         barge("i", "s3", "sup2", "sp3", "a2"),
         reason::SUPERVISOR_ALREADY_ACTIVE,
     );
-    // A supervisor may supervise two different interactions at once.
+    // A supervisor is on one call at a time (SUPERVISOR_BUSY, SPEC section 2).
     fx.call("j");
-    fx.ok(monitor("j", "s4", "sup1", "sp1", "a"));
+    fx.refused(
+        monitor("j", "s4", "sup1", "sp1", "a"),
+        reason::SUPERVISOR_BUSY,
+    );
 }
 
 #[test]
@@ -484,7 +487,7 @@ fn supervision_id_reused_with_other_content_already_exists() {
     );
     // The supervisor leg id is taken by a call participant.
     fx.refused(
-        monitor("j", "s2", "sup1", "c", "a"),
+        monitor("j", "s2", "sup2", "c", "a"),
         reason::PARTICIPANT_EXISTS,
     );
     // ... or by another supervisor's leg, even a disconnected one.
@@ -695,4 +698,38 @@ fn errors_display_code_reason_and_field() {
     assert!(shown.contains("INVALID_ARGUMENT"), "{shown}");
     assert!(shown.contains("INVALID_ID"), "{shown}");
     assert!(shown.contains("interaction_id"), "{shown}");
+}
+
+#[test]
+fn a_supervisor_live_on_one_call_is_busy_on_every_other_whatever_its_presence() {
+    let mut fx = Fx::new();
+    fx.call("i1");
+    fx.call("i2");
+    fx.user("s", all_perms(), Presence::Available);
+    fx.ok(barge("i1", "b1", "s", "sp", "a"));
+    // The platform never pushed a presence change: still AVAILABLE.
+    let e = fx.refused(monitor("i2", "m2", "s", "sp", "a"), reason::SUPERVISOR_BUSY);
+    assert_eq!(e.code, ErrorCode::FailedPrecondition);
+    fx.refused(coach("i2", "c2", "s", "sp", "a"), reason::SUPERVISOR_BUSY);
+    fx.refused(barge("i2", "b2", "s", "sp", "a"), reason::SUPERVISOR_BUSY);
+    // A ringing (CONNECTING) supervision is live too.
+    fx.user("r", all_perms(), Presence::Available);
+    let mut ringing = req("i1", "m-r", "r", "spr", "c");
+    ringing.auto_answer = false;
+    fx.ok(Command::StartMonitor(ringing));
+    fx.refused(
+        monitor("i2", "m-r2", "r", "spr", "a"),
+        reason::SUPERVISOR_BUSY,
+    );
+    // Escalation in place is unchanged, and once stopped the supervisor is free.
+    fx.user("e", all_perms(), Presence::Available);
+    fx.ok(monitor("i2", "m-e", "e", "spe", "a"));
+    fx.refused(
+        monitor("i1", "m-e1", "e", "spe", "c"),
+        reason::SUPERVISOR_BUSY,
+    );
+    let escalated = fx.ok(barge("i2", "m-e", "e", "spe", "a"));
+    assert!(!escalated.existing, "escalation in place still works");
+    fx.ok(stop("b1"));
+    fx.ok(monitor("i2", "m2", "s", "sp", "a"));
 }

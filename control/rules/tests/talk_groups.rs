@@ -489,9 +489,10 @@ fn queries_list_by_user_and_filter_supervisions() {
     let mut fx = Fx::new();
     fx.call("i");
     fx.call("j");
-    fx.ok(monitor("i", "m1", "sup1", "sp1", "a"));
+    // One call at a time (SUPERVISOR_BUSY): j first, stopped, then i.
     fx.ok(monitor("j", "m2", "sup1", "sp1", "c"));
     fx.ok(stop("m2"));
+    fx.ok(monitor("i", "m1", "sup1", "sp1", "a"));
     let ids: Vec<&str> = fx
         .st
         .interactions_for_user("agent-u")

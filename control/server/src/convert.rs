@@ -85,8 +85,8 @@ pub fn spec_in(
 
 /// Refuses a retry that names an existing call participant with different media:
 /// the same id with different content is ALREADY_EXISTS.
-pub fn check_media_retry(core: &Core, entries: &[MediaEntry]) -> Result<(), ApiError> {
-    for e in entries {
+pub fn check_media_retry(core: &Core, entries: &[crate::core::NewLeg]) -> Result<(), ApiError> {
+    for e in entries.iter().map(|n| &n.entry) {
         let exists = core
             .rules
             .interaction(&e.interaction_id)
@@ -102,7 +102,8 @@ pub fn check_media_retry(core: &Core, entries: &[MediaEntry]) -> Result<(), ApiE
                 crate::error::reason::MEDIA_MISMATCH,
                 format!(
                     "participant {} of {} exists with different media",
-                    e.participant_id, e.interaction_id
+                    crate::error::quote(&e.participant_id),
+                    crate::error::quote(&e.interaction_id)
                 ),
             ));
         }
@@ -333,6 +334,10 @@ fn event_kind_out(k: rules::EventKind) -> proto::EventKind {
         K::SupervisorConnected => P::SupervisorConnected,
         K::MediaTimeout => P::MediaTimeout,
         K::InteractionEnded => P::InteractionEnded,
+        K::ProgrammingFailed => P::ProgrammingFailed,
+        K::LegPortLost => P::LegPortLost,
+        K::UserUpserted => P::UserUpserted,
+        K::PresenceChanged => P::PresenceChanged,
     }
 }
 

@@ -1,42 +1,72 @@
-//! Orchestration: rules state + store + engine, behind one lock.
+//! Orchestration: rules state + engine + store, behind one lock.
 //!
 //! ## The order of a mutating RPC (and why)
-//! 1. Under the core lock, apply the command to the rules [`State`]. A refusal returns
-//!    at once: nothing was stored or programmed.
-//! 2. Persist the command, its media and its events in one redb transaction (fsync), then
-//!    publish the events to `WatchEvents`. This is the acknowledgement point for the
-//!    *intent*: after it, a kill -9 of the sidecar loses nothing, and the restarted
-//!    sidecar reprograms the engine from the stored state (reconciliation).
-//! 3. Program the engine for every interaction whose hear relation changed (and the one
-//!    the request named, so that a retry re-programs after an engine failure): remove
-//!    legs of participants that left, allocate and configure legs of new ones, then
-//!    replace the session plan. Leg assignments are persisted after the engine answers.
-//! 4. Reply. If step 3 failed (engine down) the reply is the engine's error (usually
-//!    UNAVAILABLE) although the intent is stored: the client retries (an identical
-//!    retry is accepted and re-runs step 3), and the reconciler repairs the engine as
-//!    soon as it answers again, whoever retries.
+//! A mutating RPC takes effect whole or leaves no trace (SPEC section 2). Under the core
+//! lock:
+//! 1. **Validate completely.** The service checks every field (media through the
+//!    engine's own validator, `MediaConfig::validate`, so the sidecar refuses exactly
+//!    what the engine would); `prepare` checks what needs the state (a retry with other
+//!    media). A refusal returns at once: nothing was touched.
+//! 2. **Apply to the rules tentatively**, after saving a [`Checkpoint`] of exactly what
+//!    the command can change (one interaction with its supervisions, or one user: cheap
+//!    at any number of calls). A rules refusal returns at once. Limits that need the
+//!    resulting state (at most `MAX_SESSION_LEGS` legs per interaction) are checked
+//!    here, before the engine sees anything.
+//! 3. **Program the engine** for the interaction the command concerns: allocate and
+//!    configure the legs of new participants, send the plan, and only then remove the
+//!    legs of participants that left (removal cannot be undone, so it comes last, after
+//!    every step that can be refused). Every leg record touched is remembered with its
+//!    previous value ([`Attempt`]).
+//! 4. **On success**: persist the journal entry, the events and the leg records in one
+//!    redb transaction (fsync), publish the events to `WatchEvents`, reply.
+//!    **On an engine refusal other than UNAVAILABLE** (or a failed commit): undo what
+//!    this attempt did in the engine (configurations back, the previous plan, the legs
+//!    it allocated removed), restore the checkpoint and the media map, store nothing,
+//!    emit nothing, and reply with the engine's error, its field named as in the
+//!    request (`participants[0].media.remote`). A corrected retry then succeeds.
+//!    **On UNAVAILABLE** (engine down or restarting): persist the intent as in the
+//!    success case (with the leg records the engine did acknowledge), publish its
+//!    events and reply UNAVAILABLE; the reconciler applies it when the engine is back.
+//!    If the engine then refuses it, that interaction alone is marked
+//!    `PROGRAMMING_FAILED` (event, metric, WARN log) and the others are programmed.
 //!
-//! Persisting before programming means the sidecar never acknowledges state it could
-//! forget, and the engine is always derivable from the store; programming first would
-//! leave legs the store does not know about after a crash (the reconciler removes such
-//! strays anyway).
+//! Programming before persisting means a crash between the two leaves engine legs the
+//! store does not know; the reconciler removes such strays, but only from an engine
+//! this store has claimed (an empty or foreign store never removes the legs of a
+//! running engine; see [`Shared::reconcile`]).
+//!
+//! ## Reconciliation
+//! [`Shared::reconcile`] compares the engine's snapshot with the stored state: legs of
+//! no live participant and sessions of no live interaction are removed, missing legs
+//! are re-created on their recorded local port first (all of them, before any fresh
+//! allocation, so no recorded port is ever handed to another leg), legs whose port is
+//! truly gone get a new one and a `LEG_PORT_LOST` event, plans that differ are sent
+//! again. Each interaction is handled on its own: a refusal marks that one
+//! `PROGRAMMING_FAILED` and the pass goes on. A first packet the engine saw while no
+//! sidecar listened (a ringing supervisor that answered) is recovered from the
+//! engine's per-leg activity. A mutation reconciles first whenever the engine
+//! connection was re-established since the last pass, so a fresh allocation can never
+//! take the port of a leg yet to be re-created.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use earshot_engine_api::{
-    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Gain, LegInfo, Request, Response,
-    SessionPlan,
+    Edge, EngineApi, EngineError, EngineEvent, EngineSnapshot, Gain, LegInfo, MAX_SESSION_LEGS,
+    MediaConfig, Request, Response, SessionPlan,
 };
 use earshot_rules::{
-    Command, Outcome, ParticipantState, State, Subject, SupervisionFilter, SupervisionMode,
+    Actor, Checkpoint, Command, Event, EventKind, Outcome, ParticipantState, State, Subject,
+    SupervisionFilter, SupervisionMode,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
+use tonic::Code;
 
 use crate::clock::Clock;
-use crate::error::ApiError;
+use crate::error::{ApiError, reason};
 use crate::media::MediaSpec;
+use crate::metrics::RpcMetrics;
 use crate::store::{
     EventRecord, JournalEntry, LegKey, LegRecord, MediaEntry, Snapshot, Store, StoreError,
 };
@@ -50,8 +80,21 @@ pub struct Core {
     pub media: BTreeMap<LegKey, MediaSpec>,
     /// The engine's leg of every participant that has one.
     pub legs: BTreeMap<LegKey, LegRecord>,
+    /// Live interactions the engine refused to program, with the reason last reported
+    /// (in memory: after a restart the next reconciliation reports them again).
+    pub out_of_sync: BTreeMap<String, String>,
     journal_upto: u64,
     since_snapshot: u64,
+}
+
+/// A participant's media introduced by a command, with the request field that carried
+/// it (`participants[1].media`), so an engine refusal of that leg names the field.
+#[derive(Debug, Clone)]
+pub struct NewLeg {
+    /// What to persist.
+    pub entry: MediaEntry,
+    /// The request field of the media.
+    pub field: String,
 }
 
 impl Core {
@@ -86,6 +129,7 @@ impl Core {
             rules,
             media,
             legs: loaded.legs.into_iter().collect(),
+            out_of_sync: BTreeMap::new(),
             journal_upto,
             since_snapshot,
         })
@@ -126,6 +170,15 @@ impl Core {
                 .collect(),
         }
     }
+
+    /// Interactions whose legs the engine should hold: the live ones.
+    fn live_interactions(&self) -> Vec<String> {
+        self.rules
+            .interactions()
+            .filter(|i| !i.is_ended())
+            .map(|i| i.interaction_id.clone())
+            .collect()
+    }
 }
 
 /// What a reconciliation changed in the engine.
@@ -139,6 +192,12 @@ pub struct ReconcileReport {
     pub sessions_removed: usize,
     /// Session plans that differed and were sent again.
     pub plans_sent: usize,
+    /// Legs re-created on a new port because their recorded port was gone.
+    pub ports_lost: usize,
+    /// Interactions the engine refused to program in this pass.
+    pub failed: usize,
+    /// Engine events recovered from the engine's state.
+    pub events_recovered: usize,
 }
 
 /// Everything the services share.
@@ -156,8 +215,16 @@ pub struct Shared {
     pub events: broadcast::Sender<Arc<EventRecord>>,
     /// Commands between snapshots.
     pub snapshot_every: u64,
-    /// Set when an engine call failed: the reconciler runs at its next tick.
+    /// Set when an engine call failed: the reconciler runs at its next tick, and the
+    /// next mutation reconciles before it programs anything.
     pub needs_reconcile: AtomicBool,
+    /// The engine connection epoch of the last complete reconciliation.
+    pub reconciled_epoch: AtomicU64,
+    /// Take over an engine that holds legs this store does not own (the operator said
+    /// so with `--adopt-engine-state`): its unknown legs are then removed.
+    pub adopt_engine_state: bool,
+    /// The sidecar's own metrics.
+    pub metrics: Arc<RpcMetrics>,
     /// Turns true when the server shuts down, so open `WatchEvents` streams end and the
     /// graceful shutdown does not wait for clients that never hang up.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -182,6 +249,30 @@ fn scope_of(rules: &State, outcome: &Outcome) -> Option<String> {
     }
 }
 
+/// The interaction a command names, if it names one directly.
+fn command_interaction(command: &Command) -> Option<&str> {
+    match command {
+        Command::UpsertUser { .. }
+        | Command::SetPresence { .. }
+        | Command::StopSupervision { .. } => None,
+        Command::CreateInteraction { interaction_id, .. }
+        | Command::EndInteraction { interaction_id }
+        | Command::AddParticipant { interaction_id, .. }
+        | Command::RemoveParticipant { interaction_id, .. }
+        | Command::Hold { interaction_id, .. }
+        | Command::Resume { interaction_id, .. }
+        | Command::StartConsult { interaction_id, .. }
+        | Command::EndConsult { interaction_id, .. }
+        | Command::Transfer { interaction_id, .. }
+        | Command::Conference { interaction_id, .. }
+        | Command::MediaConnected { interaction_id, .. }
+        | Command::MediaTimeout { interaction_id, .. } => Some(interaction_id),
+        Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) => {
+            Some(&r.interaction_id)
+        }
+    }
+}
+
 /// Sorted edges and no-DTMF legs, so plans compare by content.
 fn normalized(mut plan: SessionPlan) -> SessionPlan {
     plan.edges.sort_by_key(|e| (e.listener, e.source, e.gain));
@@ -190,8 +281,106 @@ fn normalized(mut plan: SessionPlan) -> SessionPlan {
     plan
 }
 
+/// What one programming attempt changed in [`Core::legs`] (and so in the engine):
+/// the value of every touched record before its first change, and the sessions whose
+/// plan was sent. Persisted on success, undone on refusal.
+#[derive(Debug, Default)]
+struct Attempt {
+    before: BTreeMap<LegKey, Option<LegRecord>>,
+    plans_sent: BTreeSet<String>,
+}
+
+impl Attempt {
+    /// Remembers `key`'s record as it is now, unless already remembered.
+    fn touch(&mut self, core: &Core, key: &LegKey) {
+        self.before
+            .entry(key.clone())
+            .or_insert_with(|| core.legs.get(key).cloned());
+    }
+
+    /// The records to write and delete so the store matches `core.legs`.
+    fn leg_changes(&self, core: &Core) -> (Vec<(LegKey, LegRecord)>, Vec<LegKey>) {
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, before) in &self.before {
+            match core.legs.get(key) {
+                Some(now) if before.as_ref() != Some(now) => puts.push((key.clone(), now.clone())),
+                Some(_) => {}
+                None if before.is_some() => deletes.push(key.clone()),
+                None => {}
+            }
+        }
+        (puts, deletes)
+    }
+}
+
+/// An engine failure while programming one interaction, with the participant whose
+/// leg was refused (to name the request field).
+#[derive(Debug)]
+struct Refused {
+    error: ApiError,
+    participant: Option<String>,
+}
+
+impl Refused {
+    fn of(participant: Option<&str>) -> impl FnOnce(ApiError) -> Refused + '_ {
+        move |error| Refused {
+            error,
+            participant: participant.map(str::to_owned),
+        }
+    }
+
+    fn unavailable(&self) -> bool {
+        self.error.code == Code::Unavailable
+    }
+}
+
+/// The request field an engine refusal of a new participant's leg points at: the
+/// engine names fields of its own request (`family`, `payload_type`), the client knows
+/// the fields of its request (`participants[0].media.remote`).
+fn name_field(refused: Refused, new_legs: &[NewLeg]) -> ApiError {
+    let mut error = refused.error;
+    let prefix = refused.participant.as_deref().and_then(|p| {
+        new_legs
+            .iter()
+            .find(|n| n.entry.participant_id == p)
+            .map(|n| n.field.as_str())
+    });
+    if let (Some(prefix), Some(field)) = (prefix, error.field.as_deref()) {
+        let named = match field {
+            // The local address family follows the remote's.
+            "family" => Some(format!("{prefix}.remote")),
+            "requested_port" => None,
+            other => Some(format!("{prefix}.{other}")),
+        };
+        if let Some(named) = named {
+            error.field = Some(named);
+        }
+    }
+    error
+}
+
+/// A sidecar-recorded event (not produced by the rules).
+fn engine_event(
+    kind: EventKind,
+    interaction_id: &str,
+    at_ms: u64,
+    details: &[(&str, &str)],
+) -> Event {
+    Event {
+        kind,
+        interaction_id: interaction_id.to_owned(),
+        at_ms,
+        actor: Actor::Engine,
+        details: details
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
 impl Shared {
-    /// Applies a command end to end (module doc, steps 1-3). `prepare` runs under the
+    /// Applies a command end to end (module doc, steps 1-4). `prepare` runs under the
     /// lock before the rules see the command and returns the media of the legs it
     /// introduces (it may refuse, e.g. a retry with different media).
     pub async fn mutate<F>(
@@ -201,57 +390,338 @@ impl Shared {
         prepare: F,
     ) -> Result<(MutexGuard<'_, Core>, Outcome), ApiError>
     where
-        F: FnOnce(&Core) -> Result<Vec<MediaEntry>, ApiError>,
+        F: FnOnce(&Core) -> Result<Vec<NewLeg>, ApiError>,
     {
         let mut core = self.core.lock().await;
-        let media = prepare(&core)?;
+        self.reconcile_if_needed(&mut core).await?;
+        if let Some(outcome) = self.retired_answer(&core, &command)? {
+            return Ok((core, outcome));
+        }
+        let new_legs = prepare(&core)?;
+        let outcome = self
+            .mutate_locked(&mut core, command, actor, new_legs)
+            .await?;
+        Ok((core, outcome))
+    }
+
+    /// [`Shared::mutate`] with the lock held and the media prepared.
+    async fn mutate_locked(
+        &self,
+        core: &mut Core,
+        command: Command,
+        actor: Option<String>,
+        new_legs: Vec<NewLeg>,
+    ) -> Result<Outcome, ApiError> {
         let now_ms = self.clock.now_ms();
+        let checkpoint = core.rules.checkpoint(&command);
         let outcome = core.rules.apply(now_ms, command.clone())?;
+        let mut media_before = Vec::new();
         if !outcome.existing {
-            for m in &media {
-                core.media.insert(
-                    (m.interaction_id.clone(), m.participant_id.clone()),
-                    m.media.clone(),
+            for n in &new_legs {
+                let key = (
+                    n.entry.interaction_id.clone(),
+                    n.entry.participant_id.clone(),
                 );
+                let old = core.media.insert(key.clone(), n.entry.media.clone());
+                media_before.push((key, old));
             }
-            let entry = JournalEntry {
-                now_ms,
-                command,
-                media,
-                actor,
-            };
-            match self.store.commit_command(&entry, &outcome.events) {
-                Ok((index, records)) => {
+        }
+        let scope = scope_of(&core.rules, &outcome);
+        let mut attempt = Attempt::default();
+        let programmed = match &scope {
+            Some(id) => match Self::check_limits(core, id) {
+                Err(error) => Err(Refused {
+                    error,
+                    participant: None,
+                }),
+                Ok(()) => self.program(core, id, None, &mut attempt).await.map(|_| ()),
+            },
+            None => Ok(()),
+        };
+        let undo = Undo {
+            checkpoint,
+            media_before,
+            scope: scope.clone(),
+        };
+        let programmed = match programmed {
+            Err(refused) if !refused.unavailable() => {
+                let error = name_field(refused, &new_legs);
+                tracing::warn!(
+                    interaction_id = scope.as_deref().unwrap_or(""),
+                    code = ?error.code,
+                    reason = error.reason,
+                    field = error.field.as_deref().unwrap_or(""),
+                    error = %error.message,
+                    "engine refused the change; undone, nothing stored"
+                );
+                if error.reason.starts_with("ENGINE_") {
+                    self.metrics
+                        .sidecar
+                        .engine_refusals
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.undo(core, undo, attempt).await;
+                return Err(error);
+            }
+            other => other,
+        };
+        // Accepted (or accepted while the engine is unavailable): durable now.
+        let entry = (!outcome.existing).then(|| JournalEntry {
+            now_ms,
+            command,
+            media: new_legs.into_iter().map(|n| n.entry).collect(),
+            actor: actor.clone(),
+        });
+        let (puts, deletes) = attempt.leg_changes(core);
+        match self.store.commit(
+            entry.as_ref(),
+            &outcome.events,
+            actor.as_deref(),
+            &puts,
+            &deletes,
+        ) {
+            Ok((index, records)) => {
+                if let Some(index) = index {
                     core.journal_upto = index;
                     core.since_snapshot += 1;
-                    for r in records {
-                        // No receivers is fine: nobody is watching.
-                        let _ = self.events.send(Arc::new(r));
-                    }
                 }
-                Err(e) => {
-                    // Not acknowledged: put the in-memory state back to what is stored.
-                    tracing::error!(error = %e, "store commit failed; reloading");
-                    match Core::load(&self.store) {
-                        Ok(reloaded) => *core = reloaded,
-                        Err(e2) => tracing::error!(error = %e2, "store reload failed"),
-                    }
-                    return Err(ApiError::store(e));
-                }
+                self.publish(records);
             }
-            if core.since_snapshot >= self.snapshot_every {
-                self.write_snapshot(&mut core);
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; the change is undone");
+                self.undo(core, undo, attempt).await;
+                return Err(ApiError::store(e));
             }
         }
-        let mut targets: BTreeSet<String> = outcome.hear_changed.iter().cloned().collect();
-        if let Some(scope) = scope_of(&core.rules, &outcome) {
-            targets.insert(scope);
+        if core.since_snapshot >= self.snapshot_every {
+            self.write_snapshot(core);
         }
-        for interaction_id in targets {
-            self.sync_interaction(&mut core, &interaction_id, &HashMap::new(), None)
-                .await?;
+        if let Some(id) = &scope
+            && core.rules.interaction(id).is_some_and(|i| i.is_ended())
+        {
+            // Ended calls leave memory at once; the store keeps their views for the
+            // retention period. The reconciler removes what the engine still holds.
+            self.retire(core, id);
         }
-        Ok((core, outcome))
+        match programmed {
+            Ok(()) => {
+                if let Some(id) = &scope {
+                    self.mark_in_sync(core, id);
+                }
+                Ok(outcome)
+            }
+            Err(refused) => {
+                // UNAVAILABLE: the intent is stored; the reconciler programs it.
+                self.needs_reconcile.store(true, Ordering::Relaxed);
+                Err(refused.error)
+            }
+        }
+    }
+
+    /// Moves an ended interaction from memory to the store: its final view and its
+    /// supervisions' views are stored, then it is forgotten with its media and leg
+    /// records (SPEC: the sidecar's memory stays flat however many calls ended).
+    pub fn retire(&self, core: &mut Core, interaction_id: &str) {
+        let Some(i) = core.rules.interaction(interaction_id) else {
+            return;
+        };
+        if !i.is_ended() {
+            return;
+        }
+        use prost::Message;
+        let mut supervisions = Vec::new();
+        let mut ids = Vec::new();
+        for sid in &i.supervision_ids {
+            if let Some(s) = core.rules.supervision(sid) {
+                let view = crate::convert::supervision_out(core, s).encode_to_vec();
+                if let Some(alias) = &s.escalation_alias {
+                    ids.push(alias.clone());
+                    supervisions.push((alias.clone(), view.clone()));
+                }
+                ids.push(sid.clone());
+                supervisions.push((sid.clone(), view));
+            }
+        }
+        let mut user_ids: Vec<String> = i
+            .participants
+            .iter()
+            .filter_map(|p| p.user_id.clone())
+            .collect();
+        user_ids.sort();
+        user_ids.dedup();
+        let record = crate::store::EndedRecord {
+            ended_ms: i.ended_at_ms.unwrap_or_default(),
+            created_with: i.created_with().to_vec(),
+            user_ids,
+            supervision_ids: ids,
+            view: crate::convert::interaction_out(core, i).encode_to_vec(),
+        };
+        let legs = core.legs_of(interaction_id);
+        let stored = self
+            .store
+            .retire(interaction_id, &record, &supervisions)
+            .and_then(|()| self.store.commit(None, &[], None, &[], &legs));
+        if let Err(e) = stored {
+            tracing::error!(interaction_id, error = %e, "ended interaction kept in memory");
+            return;
+        }
+        core.rules.forget_interaction(interaction_id);
+        let media: Vec<LegKey> = core
+            .media
+            .range((interaction_id.to_owned(), String::new())..)
+            .take_while(|((i, _), _)| i == interaction_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in media {
+            core.media.remove(&key);
+        }
+        for key in legs {
+            core.legs.remove(&key);
+        }
+        core.out_of_sync.remove(interaction_id);
+        self.metrics
+            .sidecar
+            .interactions_in_memory
+            .store(core.rules.interactions().count() as u64, Ordering::Relaxed);
+    }
+
+    /// Retires every ended interaction still in memory (after a restart replayed them).
+    pub async fn retire_ended(&self) {
+        let mut core = self.core.lock().await;
+        let ended: Vec<String> = core
+            .rules
+            .interactions()
+            .filter(|i| i.is_ended())
+            .map(|i| i.interaction_id.clone())
+            .collect();
+        for id in ended {
+            self.retire(&mut core, &id);
+        }
+        self.metrics
+            .sidecar
+            .interactions_in_memory
+            .store(core.rules.interactions().count() as u64, Ordering::Relaxed);
+    }
+
+    /// The answer to a command on an interaction (or supervision) that ended and left
+    /// memory but is still retained in the store, as the rules would have answered it
+    /// in memory: retries of what ended it are `existing`, other verbs
+    /// `INTERACTION_ENDED`, reused ids `ALREADY_EXISTS`. `None`: the rules decide.
+    fn retired_answer(&self, core: &Core, command: &Command) -> Result<Option<Outcome>, ApiError> {
+        use earshot_rules::reason as r;
+        let existing = |subject| {
+            Ok(Some(Outcome {
+                existing: true,
+                events: Vec::new(),
+                hear_changed: Vec::new(),
+                subject,
+            }))
+        };
+        let ended = |msg: String| {
+            Err(ApiError::new(
+                Code::FailedPrecondition,
+                r::INTERACTION_ENDED,
+                msg,
+            ))
+        };
+        if let Command::StopSupervision { supervision_id } = command {
+            if core.rules.supervision(supervision_id).is_none()
+                && self
+                    .store
+                    .ended_supervision(supervision_id)
+                    .map_err(ApiError::store)?
+                    .is_some()
+            {
+                return existing(Subject::Supervision(supervision_id.clone()));
+            }
+            return Ok(None);
+        }
+        if let Command::StartMonitor(req) | Command::StartCoach(req) | Command::StartBarge(req) =
+            command
+            && core.rules.supervision(&req.supervision_id).is_none()
+            && core.rules.interaction(&req.interaction_id).is_some()
+            && self
+                .store
+                .ended_supervision(&req.supervision_id)
+                .map_err(ApiError::store)?
+                .is_some()
+        {
+            return Err(ApiError::new(
+                Code::AlreadyExists,
+                r::SUPERVISION_EXISTS,
+                format!(
+                    "supervision {} exists (ended) with other content",
+                    crate::error::quote(&req.supervision_id)
+                ),
+            ));
+        }
+        let Some(interaction_id) = command_interaction(command) else {
+            return Ok(None);
+        };
+        if core.rules.interaction(interaction_id).is_some() {
+            return Ok(None);
+        }
+        let Some(record) = self.store.ended(interaction_id).map_err(ApiError::store)? else {
+            return Ok(None);
+        };
+        let subject = Subject::Interaction(interaction_id.to_owned());
+        let shown = crate::error::quote(interaction_id);
+        match command {
+            Command::CreateInteraction { participants, .. } => {
+                if *participants == record.created_with {
+                    existing(subject)
+                } else {
+                    Err(ApiError::new(
+                        Code::AlreadyExists,
+                        r::INTERACTION_EXISTS,
+                        format!("interaction {shown} exists (ended) with other participants"),
+                    ))
+                }
+            }
+            Command::EndInteraction { .. }
+            | Command::MediaConnected { .. }
+            | Command::MediaTimeout { .. } => existing(subject),
+            Command::StartMonitor(req) | Command::StartCoach(req) | Command::StartBarge(req) => {
+                if self
+                    .store
+                    .ended_supervision(&req.supervision_id)
+                    .map_err(ApiError::store)?
+                    .is_some()
+                {
+                    existing(Subject::Supervision(req.supervision_id.clone()))
+                } else {
+                    ended(format!("interaction {shown} has ended"))
+                }
+            }
+            _ => ended(format!("interaction {shown} has ended")),
+        }
+    }
+
+    /// Limits checked on the tentative state, before the engine sees anything.
+    fn check_limits(core: &Core, interaction_id: &str) -> Result<(), ApiError> {
+        let legs = core
+            .rules
+            .hear_relation(interaction_id)
+            .map_or(0, |r| r.legs.len());
+        if legs > MAX_SESSION_LEGS {
+            return Err(ApiError::new(
+                Code::ResourceExhausted,
+                reason::TOO_MANY_LEGS,
+                format!(
+                    "interaction {} would have {legs} legs; an interaction has at most \
+                     {MAX_SESSION_LEGS}",
+                    crate::error::quote(interaction_id)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn publish(&self, records: Vec<EventRecord>) {
+        for r in records {
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(Arc::new(r));
+        }
     }
 
     /// Writes a snapshot (errors are logged: the journal still holds everything).
@@ -280,146 +750,32 @@ impl Shared {
         media: &MediaSpec,
         requested_port: Option<u16>,
     ) -> Result<LegInfo, ApiError> {
-        let request = |requested_port| Request::AllocateLeg {
-            session: key.0.clone(),
-            leg_key: key.1.clone(),
-            family: media.family(),
-            requested_port,
-            rtcp_mux: media.rtcp_mux,
-        };
-        let first = self.call(request(requested_port)).await;
-        let response = match first {
-            // The old port is taken or out of range now: any port beats no leg.
-            Err(e) if requested_port.is_some() && e.code != tonic::Code::Unavailable => {
-                tracing::warn!(?key, ?requested_port, error = %e.message, "port not kept");
-                self.call(request(None)).await?
-            }
-            other => other?,
-        };
+        let response = self
+            .call(Request::AllocateLeg {
+                session: key.0.clone(),
+                leg_key: key.1.clone(),
+                family: media.family(),
+                requested_port,
+                rtcp_mux: media.rtcp_mux,
+            })
+            .await?;
         match response {
             Response::Leg(info) => Ok(info),
             other => Err(EngineError::Internal(format!("AllocateLeg answered {other:?}")).into()),
         }
     }
 
-    /// Brings the engine in line with one interaction's desired state. `wanted_ports`
-    /// gives legs to re-create their old port; `current_plan`, when known, avoids
-    /// re-sending an identical plan.
-    pub async fn sync_interaction(
-        &self,
-        core: &mut Core,
-        interaction_id: &str,
-        wanted_ports: &HashMap<LegKey, u16>,
-        current_plan: Option<&SessionPlan>,
-    ) -> Result<bool, ApiError> {
-        let mut puts = Vec::new();
-        let mut deletes = Vec::new();
-        let result = self
-            .sync_inner(
-                core,
-                interaction_id,
-                wanted_ports,
-                current_plan,
-                &mut puts,
-                &mut deletes,
-            )
-            .await;
-        // Record what the engine acknowledged even when a later call failed.
-        if let Err(e) = self.store.update_legs(&puts, &deletes) {
-            tracing::error!(error = %e, "leg records not persisted");
-            return Err(ApiError::store(e));
-        }
-        result
-    }
-
-    async fn sync_inner(
-        &self,
-        core: &mut Core,
-        interaction_id: &str,
-        wanted_ports: &HashMap<LegKey, u16>,
-        current_plan: Option<&SessionPlan>,
-        puts: &mut Vec<(LegKey, LegRecord)>,
-        deletes: &mut Vec<LegKey>,
-    ) -> Result<bool, ApiError> {
-        let Some(interaction) = core.rules.interaction(interaction_id) else {
-            return Ok(false);
-        };
-        if interaction.is_ended() {
-            self.call(Request::RemoveSession {
-                session: interaction_id.to_owned(),
-            })
-            .await?;
-            for key in core.legs_of(interaction_id) {
-                core.legs.remove(&key);
-                deletes.push(key);
-            }
-            return Ok(false);
-        }
-        let Some(relation) = core.rules.hear_relation(interaction_id) else {
-            return Ok(false);
-        };
-        // Participants whose leg must report its first packet: ringing supervisor
-        // phones (CONNECTING until MediaConnected).
-        let connecting: BTreeSet<String> = interaction
-            .participants
-            .iter()
-            .filter(|p| p.state == ParticipantState::Connecting)
-            .map(|p| p.participant_id.clone())
-            .collect();
-
-        for key in core.legs_of(interaction_id) {
-            if !relation.legs.contains(&key.1) {
-                if let Some(rec) = core.legs.get(&key) {
-                    self.call(Request::RemoveLeg { leg: rec.leg }).await?;
-                }
-                core.legs.remove(&key);
-                deletes.push(key);
-            }
-        }
-        for participant_id in &relation.legs {
-            let key = (interaction_id.to_owned(), participant_id.clone());
-            let Some(media) = core.media.get(&key).cloned() else {
-                tracing::error!(?key, "participant without media; leg not programmed");
-                continue;
-            };
-            let want = media.engine_config(connecting.contains(participant_id));
-            let mut record = match core.legs.get(&key) {
-                Some(r) => r.clone(),
-                None => {
-                    let info = self
-                        .allocate(&key, &media, wanted_ports.get(&key).copied())
-                        .await?;
-                    LegRecord {
-                        leg: info.leg,
-                        local: info.local,
-                        local_rtcp: info.local_rtcp,
-                        configured: None,
-                    }
-                }
-            };
-            let changed = core.legs.get(&key) != Some(&record);
-            if changed {
-                // Keep the allocation even if configuring fails below.
-                core.legs.insert(key.clone(), record.clone());
-                puts.push((key.clone(), record.clone()));
-            }
-            if record.configured.as_ref() != Some(&want) {
-                self.call(Request::ConfigureLeg {
-                    leg: record.leg,
-                    media: want.clone(),
-                })
-                .await?;
-                record.configured = Some(want);
-                core.legs.insert(key.clone(), record.clone());
-                puts.push((key, record));
-            }
-        }
-
-        let leg_of = |p: &str| core.leg(interaction_id, p).map(|r| r.leg);
+    /// The plan the engine should hold for `interaction_id`, from the rules and the
+    /// leg records.
+    fn plan_for(core: &Core, interaction_id: &str) -> SessionPlan {
         let mut plan = SessionPlan {
             session: interaction_id.to_owned(),
             ..SessionPlan::default()
         };
+        let Some(relation) = core.rules.hear_relation(interaction_id) else {
+            return plan;
+        };
+        let leg_of = |p: &str| core.leg(interaction_id, p).map(|r| r.leg);
         for (listener, source) in &relation.edges {
             if let (Some(l), Some(s)) = (leg_of(listener), leg_of(source)) {
                 plan.edges.push(Edge {
@@ -442,153 +798,605 @@ impl Shared {
                 plan.no_dtmf.push(leg);
             }
         }
-        let plan = normalized(plan);
-        if current_plan.is_some_and(|c| normalized(c.clone()) == plan) {
-            return Ok(false);
-        }
-        self.call(Request::SetSessionPlan(plan)).await?;
-        Ok(true)
+        normalized(plan)
     }
 
-    /// Compares the engine with the stored state and repairs every difference: keeps
-    /// legs that match, re-allocates missing ones on their old ports, removes unknown
-    /// legs and sessions, re-sends plans that differ.
+    /// Brings the engine in line with one interaction's desired state (module doc,
+    /// step 3), recording every change in `attempt`. `current_plan`, when known, avoids
+    /// re-sending an identical plan. Returns whether a plan was sent.
+    async fn program(
+        &self,
+        core: &mut Core,
+        interaction_id: &str,
+        current_plan: Option<&SessionPlan>,
+        attempt: &mut Attempt,
+    ) -> Result<bool, Refused> {
+        let Some(interaction) = core.rules.interaction(interaction_id) else {
+            return Ok(false);
+        };
+        if interaction.is_ended() {
+            self.call(Request::RemoveSession {
+                session: interaction_id.to_owned(),
+            })
+            .await
+            .map_err(Refused::of(None))?;
+            for key in core.legs_of(interaction_id) {
+                attempt.touch(core, &key);
+                core.legs.remove(&key);
+            }
+            return Ok(false);
+        }
+        let Some(relation) = core.rules.hear_relation(interaction_id) else {
+            return Ok(false);
+        };
+        // Ringing supervisor phones report their first packet (CONNECTING until then).
+        let connecting: BTreeSet<String> = interaction
+            .participants
+            .iter()
+            .filter(|p| p.state == ParticipantState::Connecting)
+            .map(|p| p.participant_id.clone())
+            .collect();
+
+        // 1. Legs of the relation: allocate what is missing, configure what differs.
+        for participant_id in &relation.legs {
+            let key = (interaction_id.to_owned(), participant_id.clone());
+            let Some(media) = core.media.get(&key).cloned() else {
+                tracing::error!(?key, "participant without media; leg not programmed");
+                continue;
+            };
+            let refused = Refused::of(Some(participant_id.as_str()));
+            let want = media.engine_config(connecting.contains(participant_id));
+            let mut record = match core.legs.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let info = self
+                        .allocate(&key, &media, None)
+                        .await
+                        .map_err(Refused::of(Some(participant_id.as_str())))?;
+                    let record = LegRecord {
+                        leg: info.leg,
+                        local: info.local,
+                        local_rtcp: info.local_rtcp,
+                        configured: None,
+                    };
+                    attempt.touch(core, &key);
+                    core.legs.insert(key.clone(), record.clone());
+                    record
+                }
+            };
+            if record.configured.as_ref() != Some(&want) {
+                self.call(Request::ConfigureLeg {
+                    leg: record.leg,
+                    media: want.clone(),
+                })
+                .await
+                .map_err(refused)?;
+                attempt.touch(core, &key);
+                record.configured = Some(want);
+                core.legs.insert(key, record);
+            }
+        }
+
+        // 2. The plan.
+        let plan = Self::plan_for(core, interaction_id);
+        let mut sent = false;
+        let has_legs = !core.legs_of(interaction_id).is_empty();
+        if has_legs && current_plan.is_none_or(|c| normalized(c.clone()) != plan) {
+            self.call(Request::SetSessionPlan(plan))
+                .await
+                .map_err(Refused::of(None))?;
+            attempt.plans_sent.insert(interaction_id.to_owned());
+            sent = true;
+        }
+
+        // 3. Legs of participants that left, last: nothing after this can be refused.
+        for key in core.legs_of(interaction_id) {
+            if relation.legs.contains(&key.1) {
+                continue;
+            }
+            if let Some(rec) = core.legs.get(&key) {
+                self.call(Request::RemoveLeg { leg: rec.leg })
+                    .await
+                    .map_err(Refused::of(None))?;
+            }
+            attempt.touch(core, &key);
+            core.legs.remove(&key);
+        }
+        Ok(sent)
+    }
+
+    /// Puts the rules, the media map, the leg records and the engine back as they were
+    /// before a refused attempt (module doc, step 4). Engine calls that fail here leave
+    /// strays the reconciler removes (they are not in the restored state).
+    async fn undo(&self, core: &mut Core, undo: Undo, attempt: Attempt) {
+        core.rules.restore(undo.checkpoint);
+        for (key, old) in undo.media_before.into_iter().rev() {
+            match old {
+                Some(m) => core.media.insert(key, m),
+                None => core.media.remove(&key),
+            };
+        }
+        let mut allocated = Vec::new();
+        let mut reconfigure: Vec<(earshot_engine_api::LegId, MediaConfig)> = Vec::new();
+        for (key, before) in &attempt.before {
+            match (before, core.legs.get(key)) {
+                (None, Some(now)) => allocated.push(now.leg),
+                (Some(b), Some(now)) if b.leg == now.leg && b.configured != now.configured => {
+                    if let Some(config) = &b.configured {
+                        reconfigure.push((b.leg, config.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (key, before) in attempt.before {
+            match before {
+                Some(r) => core.legs.insert(key, r),
+                None => core.legs.remove(&key),
+            };
+        }
+        let mut clean = true;
+        for (leg, media) in reconfigure {
+            clean &= self
+                .call(Request::ConfigureLeg { leg, media })
+                .await
+                .is_ok();
+        }
+        if let Some(id) = &undo.scope {
+            let exists = core.rules.interaction(id).is_some();
+            if exists && attempt.plans_sent.contains(id) && !core.legs_of(id).is_empty() {
+                let plan = Self::plan_for(core, id);
+                clean &= self.call(Request::SetSessionPlan(plan)).await.is_ok();
+            }
+            for leg in allocated {
+                clean &= self.call(Request::RemoveLeg { leg }).await.is_ok();
+            }
+            if !exists {
+                // A refused create: no session may stay behind, not even empty.
+                clean &= self
+                    .call(Request::RemoveSession {
+                        session: id.clone(),
+                    })
+                    .await
+                    .is_ok();
+            }
+        }
+        if !clean {
+            tracing::warn!("engine undo incomplete; the reconciler removes what is left");
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn mark_in_sync(&self, core: &mut Core, interaction_id: &str) {
+        if core.out_of_sync.remove(interaction_id).is_some() {
+            tracing::info!(interaction_id, "interaction programmed again");
+        }
+        self.metrics
+            .sidecar
+            .interactions_out_of_sync
+            .store(core.out_of_sync.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks an interaction the engine refused (with an already stored intent): WARN
+    /// log every time, a `PROGRAMMING_FAILED` event and a metric once per reason.
+    fn mark_failed(&self, core: &mut Core, interaction_id: &str, refused: &Refused) {
+        let error = &refused.error;
+        let participant = refused.participant.as_deref().unwrap_or("");
+        tracing::warn!(
+            interaction_id,
+            participant_id = participant,
+            code = ?error.code,
+            reason = error.reason,
+            error = %error.message,
+            "the engine refused to program this interaction; it is out of sync"
+        );
+        let why = format!("{}: {}", error.reason, error.message);
+        if core.out_of_sync.get(interaction_id) != Some(&why) {
+            core.out_of_sync
+                .insert(interaction_id.to_owned(), why.clone());
+            self.metrics
+                .sidecar
+                .programming_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let code = crate::metrics::code_name(error.code);
+            let event = engine_event(
+                EventKind::ProgrammingFailed,
+                interaction_id,
+                self.clock.now_ms(),
+                &[
+                    ("reason", error.reason),
+                    ("code", code),
+                    ("message", &why),
+                    ("participant_id", participant),
+                ],
+            );
+            self.record_events(&[event]);
+        }
+        self.metrics
+            .sidecar
+            .interactions_out_of_sync
+            .store(core.out_of_sync.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Stores and publishes events the sidecar records itself.
+    fn record_events(&self, events: &[Event]) {
+        match self.store.commit(None, events, None, &[], &[]) {
+            Ok((_, records)) => self.publish(records),
+            Err(e) => tracing::error!(error = %e, "events not recorded"),
+        }
+    }
+
+    /// Reconciles first if the engine may have lost state since the last pass. Only an
+    /// engine that is not ours is an error (nothing may be programmed into it); any
+    /// other failure leaves the mutation to meet the engine's state itself.
+    async fn reconcile_if_needed(&self, core: &mut Core) -> Result<(), ApiError> {
+        let epoch = self.engine.0.connection_epoch();
+        if self.needs_reconcile.load(Ordering::Relaxed)
+            || epoch != self.reconciled_epoch.load(Ordering::Relaxed)
+        {
+            match self.reconcile_locked(core).await {
+                Ok(_) => {}
+                Err(e) if e.reason == reason::ENGINE_NOT_OURS => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e.message, "reconcile before a mutation failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the engine with the stored state and repairs every difference (module
+    /// doc, Reconciliation).
     pub async fn reconcile(&self) -> Result<ReconcileReport, ApiError> {
         let mut core = self.core.lock().await;
-        let snapshot: EngineSnapshot = match self.call(Request::Snapshot).await? {
-            Response::Snapshot(s) => s,
-            other => {
-                return Err(EngineError::Internal(format!("Snapshot answered {other:?}")).into());
-            }
-        };
+        self.reconcile_locked(&mut core).await
+    }
+
+    async fn snapshot_of_engine(&self) -> Result<EngineSnapshot, ApiError> {
+        match self.call(Request::Snapshot).await? {
+            Response::Snapshot(s) => Ok(s),
+            other => Err(EngineError::Internal(format!("Snapshot answered {other:?}")).into()),
+        }
+    }
+
+    /// Makes sure the engine is ours before anything of it is removed: claims a fresh
+    /// engine; refuses one that holds legs under another owner (or none) unless the
+    /// operator asked to adopt it.
+    async fn claim(&self, snapshot: &EngineSnapshot) -> Result<(), ApiError> {
+        let ours = self.store.id();
+        if snapshot.owner.as_deref() == Some(ours) {
+            return Ok(());
+        }
+        if !snapshot.legs.is_empty() && !self.adopt_engine_state {
+            let owner = snapshot.owner.as_deref().unwrap_or("nobody");
+            return Err(ApiError::new(
+                Code::Unavailable,
+                reason::ENGINE_NOT_OURS,
+                format!(
+                    "the engine holds {} leg(s) of another control store (owner {owner}, this \
+                     store is {ours}{}): refusing to touch them. Point --data-dir at the \
+                     store that programmed this engine, or start with --adopt-engine-state to \
+                     take the engine over and remove every leg this store does not know",
+                    snapshot.legs.len(),
+                    if self.store.is_new() { ", new" } else { "" }
+                ),
+            ));
+        }
+        if !snapshot.legs.is_empty() {
+            tracing::warn!(
+                legs = snapshot.legs.len(),
+                previous_owner = snapshot.owner.as_deref().unwrap_or("nobody"),
+                "adopting the engine's state (--adopt-engine-state): legs this store does \
+                 not know will be removed"
+            );
+        }
+        self.call(Request::Claim {
+            owner: ours.to_owned(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn reconcile_locked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+        let epoch = self.engine.0.connection_epoch();
+        let snapshot = self.snapshot_of_engine().await?;
+        self.claim(&snapshot).await?;
         let mut report = ReconcileReport::default();
-        let live: Vec<String> = core
-            .rules
-            .interactions()
-            .filter(|i| !i.is_ended())
-            .map(|i| i.interaction_id.clone())
-            .collect();
+        let mut attempt = Attempt::default();
+        let result = self
+            .reconcile_pass(core, &snapshot, &mut report, &mut attempt)
+            .await;
+        // Record what the engine acknowledged, even when the pass stopped early.
+        let (puts, deletes) = attempt.leg_changes(core);
+        self.store
+            .commit(None, &[], None, &puts, &deletes)
+            .map_err(ApiError::store)?;
+        result?;
+        self.recover_first_packets(core, &snapshot, &mut report)
+            .await;
+        self.metrics
+            .sidecar
+            .interactions_out_of_sync
+            .store(core.out_of_sync.len() as u64, Ordering::Relaxed);
+        self.reconciled_epoch.store(epoch, Ordering::Relaxed);
+        self.needs_reconcile.store(false, Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// The body of a reconciliation; an `Err` is UNAVAILABLE (the pass stops, the
+    /// engine is gone again), every other refusal is isolated to its interaction.
+    async fn reconcile_pass(
+        &self,
+        core: &mut Core,
+        snapshot: &EngineSnapshot,
+        report: &mut ReconcileReport,
+        attempt: &mut Attempt,
+    ) -> Result<(), ApiError> {
+        let live = core.live_interactions();
+        let live_set: BTreeSet<&String> = live.iter().collect();
         let mut desired: BTreeSet<LegKey> = BTreeSet::new();
         for id in &live {
             if let Some(rel) = core.rules.hear_relation(id) {
                 desired.extend(rel.legs.into_iter().map(|p| (id.clone(), p)));
             }
         }
-        let mut engine_legs: BTreeMap<LegKey, LegInfo> = BTreeMap::new();
+        // Strays (the engine is ours: claimed above) and the legs we keep.
+        let mut engine_legs: BTreeMap<LegKey, &LegInfo> = BTreeMap::new();
         for info in &snapshot.legs {
             let key = (info.session.clone(), info.leg_key.clone());
             if desired.contains(&key) && !engine_legs.contains_key(&key) {
-                engine_legs.insert(key, info.clone());
+                engine_legs.insert(key, info);
             } else {
                 self.call(Request::RemoveLeg { leg: info.leg }).await?;
                 report.legs_removed += 1;
             }
         }
-        let live_set: BTreeSet<&String> = live.iter().collect();
-        let engine_sessions: BTreeSet<String> = snapshot
+        let engine_sessions: BTreeSet<&String> = snapshot
             .legs
             .iter()
-            .map(|l| l.session.clone())
-            .chain(snapshot.plans.iter().map(|p| p.session.clone()))
+            .map(|l| &l.session)
+            .chain(snapshot.plans.iter().map(|p| &p.session))
             .collect();
         for session in engine_sessions {
-            if !live_set.contains(&session) {
-                self.call(Request::RemoveSession { session }).await?;
+            if !live_set.contains(session) {
+                self.call(Request::RemoveSession {
+                    session: session.clone(),
+                })
+                .await?;
                 report.sessions_removed += 1;
             }
         }
-
-        let mut wanted_ports = HashMap::new();
-        let mut puts = Vec::new();
-        let mut deletes = Vec::new();
-        let records: Vec<(LegKey, LegRecord)> = core
-            .legs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (key, record) in records {
-            match engine_legs.get(&key) {
-                Some(info) => {
-                    let adopted = LegRecord {
-                        leg: info.leg,
-                        local: info.local,
-                        local_rtcp: info.local_rtcp,
-                        configured: info.media.clone(),
-                    };
-                    if adopted != record {
-                        core.legs.insert(key.clone(), adopted.clone());
-                        puts.push((key, adopted));
-                    }
-                }
-                None => {
-                    if desired.contains(&key) {
-                        wanted_ports.insert(key.clone(), record.local.port());
-                        report.legs_allocated += 1;
-                    }
-                    core.legs.remove(&key);
-                    deletes.push(key);
-                }
-            }
-        }
-        // Legs the engine has that the store lost (a crash between allocation and
-        // persistence): adopt them.
-        for (key, info) in &engine_legs {
-            if !core.legs.contains_key(key) {
+        // Records follow the engine where it has the leg; records of participants that
+        // left (or of ended calls) go.
+        let records: Vec<LegKey> = core.legs.keys().cloned().collect();
+        for key in records {
+            if let Some(info) = engine_legs.get(&key) {
                 let adopted = LegRecord {
                     leg: info.leg,
                     local: info.local,
                     local_rtcp: info.local_rtcp,
                     configured: info.media.clone(),
                 };
-                core.legs.insert(key.clone(), adopted.clone());
-                puts.push((key.clone(), adopted));
+                if core.legs.get(&key) != Some(&adopted) {
+                    attempt.touch(core, &key);
+                    core.legs.insert(key, adopted);
+                }
+            } else if !desired.contains(&key) {
+                attempt.touch(core, &key);
+                core.legs.remove(&key);
             }
         }
-        for key in desired.iter().filter(|k| !core.legs.contains_key(*k)) {
-            if !wanted_ports.contains_key(key) {
-                report.legs_allocated += 1;
+        // Legs the engine has that the store lost (accepted while the engine was
+        // unavailable, acknowledged, not yet persisted): adopt them.
+        for (key, info) in &engine_legs {
+            if !core.legs.contains_key(key) {
+                attempt.touch(core, key);
+                core.legs.insert(
+                    key.clone(),
+                    LegRecord {
+                        leg: info.leg,
+                        local: info.local,
+                        local_rtcp: info.local_rtcp,
+                        configured: info.media.clone(),
+                    },
+                );
             }
         }
-        self.store
-            .update_legs(&puts, &deletes)
-            .map_err(ApiError::store)?;
 
-        let plans: HashMap<&str, &SessionPlan> = snapshot
+        // Phase A: every recorded leg the engine lacks, on its recorded port, before
+        // any fresh allocation (so no recorded port is handed to another leg).
+        let mut failed: BTreeMap<String, Refused> = BTreeMap::new();
+        let mut lost: Vec<LegKey> = Vec::new();
+        let missing: Vec<LegKey> = core
+            .legs
+            .keys()
+            .filter(|k| desired.contains(*k) && !engine_legs.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in missing {
+            if failed.contains_key(&key.0) {
+                continue;
+            }
+            let (Some(record), Some(media)) =
+                (core.legs.get(&key).cloned(), core.media.get(&key).cloned())
+            else {
+                continue;
+            };
+            match self.allocate(&key, &media, Some(record.local.port())).await {
+                Ok(info) => {
+                    attempt.touch(core, &key);
+                    core.legs.insert(
+                        key,
+                        LegRecord {
+                            leg: info.leg,
+                            local: info.local,
+                            local_rtcp: info.local_rtcp,
+                            configured: None,
+                        },
+                    );
+                    report.legs_allocated += 1;
+                }
+                Err(e) if e.code == Code::Unavailable => return Err(e),
+                Err(e) if e.field.as_deref() == Some("requested_port") => lost.push(key),
+                Err(error) => {
+                    let id = key.0.clone();
+                    failed.insert(
+                        id,
+                        Refused {
+                            error,
+                            participant: Some(key.1),
+                        },
+                    );
+                }
+            }
+        }
+        // Phase B: legs whose port is truly gone get a new one (the old record is
+        // replaced only now that its replacement exists) and an event naming them.
+        for key in lost {
+            if failed.contains_key(&key.0) {
+                continue;
+            }
+            let (Some(old), Some(media)) =
+                (core.legs.get(&key).cloned(), core.media.get(&key).cloned())
+            else {
+                continue;
+            };
+            match self.allocate(&key, &media, None).await {
+                Ok(info) => {
+                    attempt.touch(core, &key);
+                    core.legs.insert(
+                        key.clone(),
+                        LegRecord {
+                            leg: info.leg,
+                            local: info.local,
+                            local_rtcp: info.local_rtcp,
+                            configured: None,
+                        },
+                    );
+                    report.legs_allocated += 1;
+                    report.ports_lost += 1;
+                    self.metrics
+                        .sidecar
+                        .legs_port_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    let (old_local, new_local) = (old.local.to_string(), info.local.to_string());
+                    tracing::warn!(
+                        interaction_id = %key.0,
+                        participant_id = %key.1,
+                        %old_local,
+                        %new_local,
+                        "a leg's recorded port is gone; it has a new local port"
+                    );
+                    let event = engine_event(
+                        EventKind::LegPortLost,
+                        &key.0,
+                        self.clock.now_ms(),
+                        &[
+                            ("participant_id", &key.1),
+                            ("old_local", &old_local),
+                            ("new_local", &new_local),
+                        ],
+                    );
+                    self.record_events(&[event]);
+                }
+                Err(e) if e.code == Code::Unavailable => return Err(e),
+                Err(error) => {
+                    let id = key.0.clone();
+                    failed.insert(
+                        id,
+                        Refused {
+                            error,
+                            participant: Some(key.1),
+                        },
+                    );
+                }
+            }
+        }
+        // Phase C: every live interaction on its own (fresh legs, configurations,
+        // plans); a refusal marks that one and the pass goes on.
+        let plans: BTreeMap<&str, &SessionPlan> = snapshot
             .plans
             .iter()
             .map(|p| (p.session.as_str(), p))
             .collect();
         for id in &live {
-            // An engine without a plan for the session needs one sent, even an empty one.
-            let current = plans.get(id.as_str()).copied();
-            let sent = self
-                .sync_interaction(&mut core, id, &wanted_ports, current)
-                .await?;
-            if sent {
-                report.plans_sent += 1;
+            if failed.contains_key(id) {
+                continue;
+            }
+            match self
+                .program(core, id, plans.get(id.as_str()).copied(), attempt)
+                .await
+            {
+                Ok(sent) => {
+                    report.plans_sent += usize::from(sent);
+                    self.mark_in_sync(core, id);
+                }
+                Err(r) if r.unavailable() => return Err(r.error),
+                Err(r) => {
+                    failed.insert(id.clone(), r);
+                }
             }
         }
-        // Ended interactions whose legs outlived an engine outage.
-        let ended: Vec<String> = core
-            .legs
-            .keys()
-            .map(|(i, _)| i.clone())
-            .filter(|i| !live_set.contains(i))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut deletes = Vec::new();
-        for id in ended {
-            for key in core.legs_of(&id) {
-                core.legs.remove(&key);
-                deletes.push(key);
+        report.failed = failed.len();
+        for (id, refused) in &failed {
+            self.mark_failed(core, id, refused);
+        }
+        // Out-of-sync marks of interactions that ended or vanished.
+        core.out_of_sync.retain(|id, _| live_set.contains(id));
+        Ok(())
+    }
+
+    /// Applies the `FirstPacket` the engine saw while no sidecar listened: a ringing
+    /// supervisor's leg that has received packets is connected (SPEC section 2).
+    async fn recover_first_packets(
+        &self,
+        core: &mut Core,
+        snapshot: &EngineSnapshot,
+        report: &mut ReconcileReport,
+    ) {
+        let mut answered = Vec::new();
+        for i in core.rules.interactions().filter(|i| !i.is_ended()) {
+            for p in &i.participants {
+                if p.state != ParticipantState::Connecting {
+                    continue;
+                }
+                let Some(record) = core.leg(&i.interaction_id, &p.participant_id) else {
+                    continue;
+                };
+                if snapshot
+                    .activity_of(record.leg)
+                    .is_some_and(|a| a.first_packet_seen)
+                {
+                    answered.push((i.interaction_id.clone(), p.participant_id.clone()));
+                }
             }
         }
-        self.store
-            .update_legs(&[], &deletes)
-            .map_err(ApiError::store)?;
-        self.needs_reconcile.store(false, Ordering::Relaxed);
-        Ok(report)
+        for (interaction_id, participant_id) in answered {
+            let command = Command::MediaConnected {
+                interaction_id: interaction_id.clone(),
+                participant_id: participant_id.clone(),
+            };
+            match self.mutate_locked(core, command, None, Vec::new()).await {
+                Ok(_) => {
+                    report.events_recovered += 1;
+                    self.metrics
+                        .sidecar
+                        .events_recovered
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        interaction_id,
+                        participant_id,
+                        "first packet recovered from the engine's state"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    interaction_id,
+                    participant_id,
+                    error = %e.message,
+                    "recovered first packet not applied"
+                ),
+            }
+        }
     }
 
     /// Turns an engine event into a rules command and applies it.
@@ -610,5 +1418,67 @@ impl Shared {
         };
         drop(self.mutate(command, None, |_| Ok(Vec::new())).await?);
         Ok(())
+    }
+}
+
+/// What [`Shared::undo`] needs besides the attempt.
+struct Undo {
+    checkpoint: Checkpoint,
+    media_before: Vec<(LegKey, Option<MediaSpec>)>,
+    scope: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_leg(participant: &str, field: &str) -> NewLeg {
+        NewLeg {
+            entry: MediaEntry {
+                interaction_id: "i".into(),
+                participant_id: participant.into(),
+                media: MediaSpec {
+                    remote: None,
+                    codec: earshot_engine_api::CodecName::Pcmu,
+                    payload_type: 0,
+                    ptime_ms: 20,
+                    telephone_event_pt: None,
+                    rtcp_mux: true,
+                    auto_answer: true,
+                },
+            },
+            field: field.into(),
+        }
+    }
+
+    #[test]
+    fn an_engine_refusal_of_a_new_leg_names_the_request_field() {
+        let legs = [
+            new_leg("c", "participants[0].media"),
+            new_leg("a", "participants[1].media"),
+        ];
+        let refused = |field: &str, participant: Option<&str>| Refused {
+            error: EngineError::InvalidArgument {
+                field: field.into(),
+                message: "no".into(),
+            }
+            .into(),
+            participant: participant.map(str::to_owned),
+        };
+        let named = |r| name_field(r, &legs).field;
+        assert_eq!(
+            named(refused("family", Some("a"))).as_deref(),
+            Some("participants[1].media.remote")
+        );
+        assert_eq!(
+            named(refused("payload_type", Some("c"))).as_deref(),
+            Some("participants[0].media.payload_type")
+        );
+        assert_eq!(
+            named(refused("family", Some("existing"))).as_deref(),
+            Some("family"),
+            "a leg the request did not introduce keeps the engine's name"
+        );
+        assert_eq!(named(refused("family", None)).as_deref(), Some("family"));
     }
 }

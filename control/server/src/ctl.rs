@@ -358,7 +358,9 @@ pub struct StartArgs {
     /// Target participant.
     #[arg(long)]
     pub target: String,
-    /// Supervision id (default `sup-<interaction>-<user>`).
+    /// Supervision id (default `sup-<interaction>-<user>-<n>`, n one more than the
+    /// user's supervisions on the interaction so far, so monitor -> stop -> coach
+    /// with defaults works; pass --id to make a retry idempotent).
     #[arg(long)]
     pub id: Option<String>,
     /// Supervisor's participant id (default `sup-<user>`).
@@ -383,11 +385,17 @@ pub enum SupervisionCmd {
     Coach(StartArgs),
     /// StartBarge (escalates an existing monitor or coach in place).
     Barge(StartArgs),
-    /// StopSupervision.
+    /// StopSupervision: by id, or the live supervision of a user on an interaction.
     Stop {
         /// Supervision id.
-        #[arg(long)]
-        id: String,
+        #[arg(long, required_unless_present_all = ["interaction", "supervisor_user"])]
+        id: Option<String>,
+        /// With --supervisor-user: stop that user's live supervision here.
+        #[arg(long, requires = "supervisor_user")]
+        interaction: Option<String>,
+        /// With --interaction.
+        #[arg(long, requires = "interaction")]
+        supervisor_user: Option<String>,
         /// Timeline actor.
         #[arg(long, default_value = "")]
         actor: String,
@@ -632,13 +640,32 @@ fn presence(text: &str) -> anyhow::Result<proto::Presence> {
     })
 }
 
-fn start_request(a: &StartArgs) -> proto::StartSupervisionRequest {
-    proto::StartSupervisionRequest {
+/// The request of a start command; a missing supervision id is
+/// `sup-<interaction>-<user>-<n>` with n one more than the user's supervisions on the
+/// interaction (ended ones included), so each start gets a new id.
+async fn start_request(
+    s: &mut proto::supervision_client::SupervisionClient<Svc>,
+    a: &StartArgs,
+) -> anyhow::Result<proto::StartSupervisionRequest> {
+    let supervision_id = match &a.id {
+        Some(id) => id.clone(),
+        None => {
+            let so_far = s
+                .list_supervisions(proto::ListSupervisionsRequest {
+                    interaction_id: a.interaction.clone(),
+                    supervisor_user_id: a.supervisor_user.clone(),
+                    include_ended: true,
+                })
+                .await?
+                .into_inner()
+                .supervisions
+                .len();
+            format!("sup-{}-{}-{}", a.interaction, a.supervisor_user, so_far + 1)
+        }
+    };
+    Ok(proto::StartSupervisionRequest {
         interaction_id: a.interaction.clone(),
-        supervision_id: a
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("sup-{}-{}", a.interaction, a.supervisor_user)),
+        supervision_id,
         supervisor_user_id: a.supervisor_user.clone(),
         supervisor_participant_id: a
             .supervisor_participant
@@ -646,7 +673,7 @@ fn start_request(a: &StartArgs) -> proto::StartSupervisionRequest {
             .unwrap_or_else(|| format!("sup-{}", a.supervisor_user)),
         target_participant_id: a.target.clone(),
         media: Some(a.media.media(a.remote.as_deref(), Some(!a.no_auto_answer))),
-    }
+    })
 }
 
 /// Connects, calls, prints.
@@ -695,22 +722,48 @@ pub async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
             let s = &mut supervision;
             match cmd {
                 SupervisionCmd::Monitor(a) => {
-                    printer.print(&s.start_monitor(start_request(a)).await?.into_inner())
+                    let req = start_request(s, a).await?;
+                    printer.print(&s.start_monitor(req).await?.into_inner())
                 }
                 SupervisionCmd::Coach(a) => {
-                    printer.print(&s.start_coach(start_request(a)).await?.into_inner())
+                    let req = start_request(s, a).await?;
+                    printer.print(&s.start_coach(req).await?.into_inner())
                 }
                 SupervisionCmd::Barge(a) => {
-                    printer.print(&s.start_barge(start_request(a)).await?.into_inner())
+                    let req = start_request(s, a).await?;
+                    printer.print(&s.start_barge(req).await?.into_inner())
                 }
-                SupervisionCmd::Stop { id, actor } => printer.print(
-                    &s.stop_supervision(proto::StopSupervisionRequest {
-                        supervision_id: id.clone(),
-                        actor: actor.clone(),
-                    })
-                    .await?
-                    .into_inner(),
-                ),
+                SupervisionCmd::Stop {
+                    id,
+                    interaction,
+                    supervisor_user,
+                    actor,
+                } => {
+                    let supervision_id = match (id, interaction, supervisor_user) {
+                        (Some(id), _, _) => id.clone(),
+                        (None, Some(i), Some(u)) => s
+                            .list_supervisions(proto::ListSupervisionsRequest {
+                                interaction_id: i.clone(),
+                                supervisor_user_id: u.clone(),
+                                include_ended: false,
+                            })
+                            .await?
+                            .into_inner()
+                            .supervisions
+                            .first()
+                            .map(|x| x.supervision_id.clone())
+                            .with_context(|| format!("{u} supervises nothing live in {i}"))?,
+                        _ => anyhow::bail!("--id, or --interaction and --supervisor-user"),
+                    };
+                    printer.print(
+                        &s.stop_supervision(proto::StopSupervisionRequest {
+                            supervision_id,
+                            actor: actor.clone(),
+                        })
+                        .await?
+                        .into_inner(),
+                    )
+                }
                 SupervisionCmd::Get { id } => printer.print(
                     &s.get_supervision(proto::GetSupervisionRequest {
                         supervision_id: id.clone(),

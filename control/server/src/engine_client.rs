@@ -57,6 +57,8 @@ struct Inner {
     writer: Mutex<Option<OwnedWriteHalf>>,
     events: Mutex<mpsc::UnboundedReceiver<EngineEvent>>,
     connected: watch::Receiver<bool>,
+    /// Successful handshakes so far ([`EngineApi::connection_epoch`]).
+    epoch: AtomicU64,
 }
 
 /// An [`EngineApi`] over the engine's Unix socket, reconnecting by itself.
@@ -117,6 +119,7 @@ impl EngineClient {
             writer: Mutex::new(None),
             events: Mutex::new(events_rx),
             connected: connected_rx,
+            epoch: AtomicU64::new(0),
         });
         tokio::spawn(run_connection(
             Arc::downgrade(&inner),
@@ -189,6 +192,10 @@ impl EngineApi for EngineClient {
     fn next_event(&self) -> BoxFuture<'_, Option<EngineEvent>> {
         Box::pin(async move { self.inner.events.lock().await.recv().await })
     }
+
+    fn connection_epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
 }
 
 /// Connects, serves and reconnects until every [`EngineClient`] clone is dropped.
@@ -211,6 +218,8 @@ async fn run_connection(
                 delay = strong.config.reconnect_min;
                 let (mut read, write) = stream.into_split();
                 *strong.writer.lock().await = Some(write);
+                // A new connection: the engine may have restarted (and lost its legs).
+                strong.epoch.fetch_add(1, Ordering::AcqRel);
                 drop(strong);
                 let _ = connected.send(true);
                 tracing::info!(path = %path.display(), "connected to the engine");
@@ -227,6 +236,11 @@ async fn run_connection(
                     )));
                 }
                 tracing::warn!(reason = %end, "engine connection closed; reconnecting");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                // The engine answered but refused us (another sidecar programs it): an
+                // operator must see this, not a debug line.
+                tracing::error!(error = %e, path = %path.display(), "the engine refused this sidecar");
             }
             Err(e) => {
                 tracing::debug!(error = %e, path = %path.display(), "engine not reachable");
@@ -248,6 +262,12 @@ async fn handshake(path: &Path) -> std::io::Result<UnixStream> {
     let hello: Hello = read_frame(&mut stream)
         .await?
         .ok_or_else(|| std::io::Error::other("engine closed during the handshake"))?;
+    if let Some(why) = hello.refused {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("engine refused the connection: {why}"),
+        ));
+    }
     if hello.protocol != "earshot-engine" || hello.version != PROTOCOL_VERSION {
         return Err(std::io::Error::other(format!(
             "engine speaks {} v{}, this sidecar {} v{PROTOCOL_VERSION}",

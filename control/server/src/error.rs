@@ -39,7 +39,17 @@ pub mod reason {
     pub const STORE_FAILED: &str = "STORE_FAILED";
     /// The caller lacks `analytics:interaction:view` for a listing on a user's behalf.
     pub const MISSING_PERMISSION: &str = "MISSING_PERMISSION";
+    /// The change would give an interaction more legs than the engine mixes
+    /// (`MAX_SESSION_LEGS`).
+    pub const TOO_MANY_LEGS: &str = "TOO_MANY_LEGS";
+    /// The engine holds legs of another control store; this sidecar does not touch
+    /// them (see `--adopt-engine-state` in docs/operations.md).
+    pub const ENGINE_NOT_OURS: &str = "ENGINE_NOT_OURS";
 }
+
+/// The one helper that quotes client input in error messages (at most 64 characters;
+/// SPEC section 2), shared with the rules.
+pub use earshot_rules::{MAX_QUOTED_CHARS, quote};
 
 /// A refused or failed request, ready to become a `tonic::Status`.
 #[derive(Debug, Clone, PartialEq, Eq)]

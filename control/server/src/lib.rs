@@ -33,6 +33,7 @@ pub mod convert;
 pub mod core;
 pub mod engine_client;
 pub mod error;
+pub mod limits;
 pub mod media;
 pub mod service;
 pub mod store;
@@ -106,6 +107,20 @@ pub struct ServerConfig {
     /// Allow a non-loopback bind without TLS or a token ([`security::validate_bind`]).
     /// Default false.
     pub insecure: bool,
+    /// At most this many gRPC connections at once; more are closed at accept and
+    /// counted. Default [`limits::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed. Default
+    /// [`limits::DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    pub handshake_timeout: Duration,
+    /// How long an ended interaction stays readable (GetInteraction, GetTimeline,
+    /// GetSupervision, ListInteractions with include_ended) from the store. Default
+    /// 24 h: a day of after-call work and audits. Ended calls leave memory at once.
+    pub ended_retention: Duration,
+    /// Take over an engine that holds legs of another (or no) control store, removing
+    /// every leg this store does not know. Default false: such an engine is refused
+    /// with a message naming the choices (`docs/operations.md`).
+    pub adopt_engine_state: bool,
 }
 
 impl ServerConfig {
@@ -126,6 +141,10 @@ impl ServerConfig {
             tls: None,
             auth_token: None,
             insecure: false,
+            ended_retention: Duration::from_secs(24 * 3600),
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: limits::DEFAULT_HANDSHAKE_TIMEOUT,
+            adopt_engine_state: false,
         }
     }
 }
@@ -134,6 +153,26 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig::new("earshot-data")
     }
+}
+
+/// Parses a duration flag: a number with a unit `s`, `m`, `h` or `d` (`24h`, `90m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 /// Binds `config.grpc_addr` and serves until `shutdown` resolves.
@@ -198,15 +237,21 @@ pub async fn serve_with_listeners(
         ))
     });
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let shared = open_shared(&config, engine, stopping_rx)?;
+    let shared = open_shared(&config, engine, stopping_rx, Arc::clone(&rpc_metrics))?;
     match shared.reconcile().await {
         Ok(report) => tracing::info!(?report, "engine reconciled"),
+        Err(e) if e.reason == error::reason::ENGINE_NOT_OURS => {
+            // An empty, new or foreign store must never remove a live engine's calls.
+            anyhow::bail!("refusing to start: {}", e.message);
+        }
         Err(e) => {
             shared.needs_reconcile.store(true, Ordering::Relaxed);
             tracing::warn!(error = %e.message, "engine not reconciled yet; will retry");
         }
     }
+    shared.retire_ended().await;
     let events_task = tokio::spawn(run_engine_events(Arc::clone(&shared)));
+    let pruner_task = tokio::spawn(run_pruner(Arc::clone(&shared), config.ended_retention));
     let reconcile_task = tokio::spawn(run_reconciler(
         Arc::clone(&shared),
         config.reconcile_interval,
@@ -271,7 +316,14 @@ pub async fn serve_with_listeners(
             shared: Arc::clone(&shared),
         }))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            limits::limited_incoming(
+                listener,
+                limits::ConnectionLimits {
+                    max_connections: config.max_connections,
+                    handshake_timeout: config.handshake_timeout,
+                },
+                Arc::clone(&rpc_metrics),
+            ),
             async move {
                 shutdown.await;
                 let _ = stopping_tx.send(true);
@@ -285,8 +337,10 @@ pub async fn serve_with_listeners(
     }
     events_task.abort();
     reconcile_task.abort();
+    pruner_task.abort();
     let _ = events_task.await;
     let _ = reconcile_task.await;
+    let _ = pruner_task.await;
     {
         let mut core = shared.core.lock().await;
         shared.write_snapshot(&mut core);
@@ -299,6 +353,7 @@ pub fn open_shared(
     config: &ServerConfig,
     engine: Arc<dyn EngineApi>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    metrics: Arc<metrics::RpcMetrics>,
 ) -> anyhow::Result<Arc<Shared>> {
     let store = store::Store::open(&config.data_dir, config.event_retention)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
@@ -312,6 +367,9 @@ pub fn open_shared(
         events,
         snapshot_every: config.snapshot_every.max(1),
         needs_reconcile: AtomicBool::new(false),
+        reconciled_epoch: std::sync::atomic::AtomicU64::new(u64::MAX),
+        adopt_engine_state: config.adopt_engine_state,
+        metrics,
         stopping,
     }))
 }
@@ -323,6 +381,37 @@ async fn run_engine_events(shared: Arc<Shared>) {
             // Stale events (a leg removed meanwhile) are refused by the rules; harmless.
             tracing::debug!(?event, error = %e.message, "engine event not applied");
         }
+    }
+}
+
+/// Deletes ended interactions from the store once `retention` has passed, checking
+/// every minute (or every tenth of the retention, if shorter).
+async fn run_pruner(shared: Arc<Shared>, retention: Duration) {
+    let period = (retention / 10).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    loop {
+        let now_ms = shared.clock.now_ms();
+        let before =
+            now_ms.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        // A bounded batch per transaction; loop while batches come back full.
+        loop {
+            match shared.store.prune_ended(before, 1000) {
+                Ok(n) => {
+                    shared
+                        .metrics
+                        .sidecar
+                        .interactions_pruned
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if n < 1000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning ended interactions failed");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -341,6 +430,9 @@ async fn run_reconciler(shared: Arc<Shared>, interval: Duration, retry: Duration
                 tracing::info!(?report, "engine repaired");
             }
             Ok(_) => {}
+            Err(e) if e.reason == error::reason::ENGINE_NOT_OURS => {
+                tracing::error!(error = %e.message, "engine not reconciled");
+            }
             Err(e) => tracing::debug!(error = %e.message, "reconcile failed; will retry"),
         }
     }
@@ -349,6 +441,17 @@ async fn run_reconciler(shared: Arc<Shared>, interval: Duration, retry: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_their_unit() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("24").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
 
     #[test]
     fn default_grpc_address_is_loopback_50051() {

@@ -29,9 +29,23 @@ struct Args {
     /// Events retained for WatchEvents resumption.
     #[arg(long, default_value_t = 100_000)]
     event_retention: u64,
+    /// How long ended interactions stay readable from the store (e.g. 24h, 90m, 3600s).
+    #[arg(long, default_value = "24h", value_parser = earshot_control::parse_duration)]
+    ended_retention: std::time::Duration,
+    /// Take over an engine that holds legs of another (or a new, empty) store: every
+    /// leg this store does not know is removed. Without it such an engine is refused.
+    #[arg(long)]
+    adopt_engine_state: bool,
     /// Prometheus metrics address (GET /metrics), or `off`.
     #[arg(long, default_value = earshot_control::metrics::DEFAULT_METRICS_ADDR)]
     metrics: earshot_control::metrics::MetricsAddr,
+    /// At most this many gRPC connections at once (more are closed and counted); capped
+    /// at a quarter of the open-file limit.
+    #[arg(long, default_value_t = earshot_control::limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Close a gRPC connection that sends nothing for this long (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = earshot_control::parse_duration)]
+    handshake_timeout: std::time::Duration,
     #[command(flatten)]
     security: earshot_control::security::SecurityArgs,
 }
@@ -45,11 +59,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let nofile = earshot_control::limits::raise_nofile();
     // Check the security flags before connecting to anything: a refused bind is a
     // configuration error the operator must see at once.
     let mut config = ServerConfig::new(&args.data_dir);
     config.grpc_addr = args.grpc;
     config.event_retention = args.event_retention;
+    config.ended_retention = args.ended_retention;
+    config.adopt_engine_state = args.adopt_engine_state;
+    config.max_connections = earshot_control::limits::cap_connections(args.max_connections, nofile);
+    config.handshake_timeout = args.handshake_timeout;
     config.metrics_addr = args.metrics.addr();
     args.security.apply(&mut config)?;
     let engine = EngineClient::connect(&args.engine_socket, EngineClientConfig::default());

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::proto;
 
 /// Packetisation times the engine supports (SPEC section 3).
-pub const PTIMES_MS: [u32; 5] = [10, 20, 30, 40, 60];
+pub use earshot_engine_api::PTIMES_MS;
 
 /// Default ptime when the request leaves it 0.
 pub const DEFAULT_PTIME_MS: u32 = 20;
@@ -47,15 +47,12 @@ impl MediaSpec {
             let addr: SocketAddr = m.remote.parse().map_err(|_| {
                 ApiError::invalid(
                     field("remote"),
-                    format!("{:?} is not an \"ip:port\" address", m.remote),
+                    format!(
+                        "\"{}\" is not an \"ip:port\" address",
+                        crate::error::quote(&m.remote)
+                    ),
                 )
             })?;
-            if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
-                return Err(ApiError::invalid(
-                    field("remote"),
-                    format!("{addr} is not a unicast address with a port"),
-                ));
-            }
             Some(addr)
         };
         let codec = match proto::Codec::try_from(m.codec) {
@@ -74,7 +71,7 @@ impl MediaSpec {
             .ok_or_else(|| {
                 ApiError::invalid(
                     field("payload_type"),
-                    format!("payload type {} is not 0..127", m.payload_type),
+                    format!("payload type {} is not 0..=127", m.payload_type),
                 )
             })?;
         let ptime_ms = if m.ptime_ms == 0 {
@@ -82,30 +79,19 @@ impl MediaSpec {
         } else {
             m.ptime_ms
         };
-        if !PTIMES_MS.contains(&ptime_ms) {
-            return Err(ApiError::invalid(
-                field("ptime_ms"),
-                format!("ptime {ptime_ms} ms is not one of {PTIMES_MS:?}"),
-            ));
-        }
-        let telephone_event_pt = match m.telephone_event_pt {
-            None => None,
-            Some(pt) => Some(
-                u8::try_from(pt)
-                    .ok()
-                    .filter(|pt| *pt <= 127 && *pt != payload_type)
-                    .ok_or_else(|| {
+        let telephone_event_pt =
+            match m.telephone_event_pt {
+                None => None,
+                Some(pt) => Some(u8::try_from(pt).ok().filter(|pt| *pt <= 127).ok_or_else(
+                    || {
                         ApiError::invalid(
                             field("telephone_event_pt"),
-                            format!(
-                                "telephone-event payload type {pt} is not 0..127 or equals \
-                                 the codec's payload type"
-                            ),
+                            format!("telephone-event payload type {pt} is not 0..=127"),
                         )
-                    })?,
-            ),
-        };
-        Ok(MediaSpec {
+                    },
+                )?),
+            };
+        let spec = MediaSpec {
             remote,
             codec,
             payload_type,
@@ -113,7 +99,13 @@ impl MediaSpec {
             telephone_event_pt,
             rtcp_mux: m.rtcp_mux,
             auto_answer: m.auto_answer.unwrap_or(true),
-        })
+        };
+        // The engine's own validator (earshot-engine-api): the sidecar refuses up front
+        // exactly what the engine would refuse when the leg is configured.
+        spec.engine_config(false)
+            .validate()
+            .map_err(|e| ApiError::invalid(field(e.field), e.message))?;
+        Ok(spec)
     }
 
     /// The address family of the local port to allocate: that of the remote, IPv4 when
@@ -224,6 +216,25 @@ mod tests {
         assert_eq!(
             field_of(MediaSpec::from_proto("media", None).unwrap_err()),
             "media"
+        );
+    }
+
+    #[test]
+    fn the_engine_validator_refuses_rtcp_payload_types_and_comfort_noise_dtmf() {
+        for pt in [72, 95] {
+            let mut m = pcmu();
+            m.payload_type = pt;
+            assert_eq!(
+                field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+                "media.payload_type",
+                "payload type {pt}"
+            );
+        }
+        let mut m = pcmu();
+        m.telephone_event_pt = Some(13);
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.telephone_event_pt"
         );
     }
 

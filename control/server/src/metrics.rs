@@ -25,6 +25,11 @@
 //! (summaries), `earshot_tick_processing_max_seconds`, `earshot_tick_lateness_max_seconds`.
 //! API: `earshot_rpc_requests_total{service,method,code}`,
 //! `earshot_rpc_duration_seconds{service,method}` (histogram).
+//! Sidecar ([`SidecarMetrics`]): `earshot_interactions_out_of_sync`,
+//! `earshot_programming_failures_total`, `earshot_engine_refusals_total`,
+//! `earshot_legs_port_lost_total`, `earshot_events_recovered_total`,
+//! `earshot_interactions_in_memory`, `earshot_interactions_pruned_total`,
+//! `earshot_grpc_connections_refused_total`, `earshot_grpc_connections_open`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,6 +37,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,10 +103,107 @@ struct MethodStats {
     count: u64,
 }
 
-/// The API's request metrics, shared by the layer (writer) and the scrape (reader).
+/// The API's request metrics, shared by the layer (writer) and the scrape (reader),
+/// and the sidecar's own health counters.
 #[derive(Debug, Default)]
 pub struct RpcMetrics {
     methods: Mutex<BTreeMap<(String, String), MethodStats>>,
+    /// The sidecar's reliability counters and gauges (written by the core).
+    pub sidecar: SidecarMetrics,
+}
+
+/// Counters and gauges of the sidecar itself (not the engine, not the API layer).
+#[derive(Debug, Default)]
+pub struct SidecarMetrics {
+    /// Gauge: live interactions the engine refused to program (PROGRAMMING_FAILED and
+    /// not repaired since).
+    pub interactions_out_of_sync: AtomicU64,
+    /// Counter: interactions marked PROGRAMMING_FAILED.
+    pub programming_failures: AtomicU64,
+    /// Counter: mutating RPCs the engine refused and that were undone.
+    pub engine_refusals: AtomicU64,
+    /// Counter: legs re-created on a new port because their recorded port was gone.
+    pub legs_port_lost: AtomicU64,
+    /// Counter: engine events recovered from the engine's state at reconciliation
+    /// (first packets the sidecar missed while it was away).
+    pub events_recovered: AtomicU64,
+    /// Gauge: interactions (live and ended-but-retained) held in the sidecar's memory.
+    pub interactions_in_memory: AtomicU64,
+    /// Counter: interactions pruned from the store after the retention period.
+    pub interactions_pruned: AtomicU64,
+    /// Counter: gRPC connections refused because the connection limit was reached.
+    pub connections_refused: AtomicU64,
+    /// Gauge: gRPC connections open now.
+    pub connections_open: AtomicU64,
+}
+
+impl SidecarMetrics {
+    /// Appends the sidecar metrics in the text exposition format.
+    pub fn render(&self, out: &mut String) {
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            (
+                "earshot_interactions_out_of_sync",
+                "gauge",
+                "Live interactions the engine refused to program (PROGRAMMING_FAILED).",
+                &self.interactions_out_of_sync,
+            ),
+            (
+                "earshot_programming_failures_total",
+                "counter",
+                "Interactions marked PROGRAMMING_FAILED.",
+                &self.programming_failures,
+            ),
+            (
+                "earshot_engine_refusals_total",
+                "counter",
+                "Mutating requests the engine refused; each was undone and stored nothing.",
+                &self.engine_refusals,
+            ),
+            (
+                "earshot_legs_port_lost_total",
+                "counter",
+                "Legs re-created on a new local port because their recorded port was gone.",
+                &self.legs_port_lost,
+            ),
+            (
+                "earshot_events_recovered_total",
+                "counter",
+                "Engine events recovered from the engine's state at reconciliation.",
+                &self.events_recovered,
+            ),
+            (
+                "earshot_interactions_in_memory",
+                "gauge",
+                "Interactions held in the sidecar's memory.",
+                &self.interactions_in_memory,
+            ),
+            (
+                "earshot_interactions_pruned_total",
+                "counter",
+                "Ended interactions removed from the store after the retention period.",
+                &self.interactions_pruned,
+            ),
+            (
+                "earshot_grpc_connections_refused_total",
+                "counter",
+                "gRPC connections refused at the connection limit.",
+                &self.connections_refused,
+            ),
+            (
+                "earshot_grpc_connections_open",
+                "gauge",
+                "gRPC connections open.",
+                &self.connections_open,
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 impl RpcMetrics {
@@ -447,6 +550,7 @@ pub async fn scrape(engine: &dyn EngineApi, rpc: &RpcMetrics) -> String {
         }
     }
     rpc.render(&mut out);
+    rpc.sidecar.render(&mut out);
     out
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use prost::Message;
+
 use earshot_engine_api::{Request as EngineRequest, Response as EngineResponse};
 use earshot_rules::{self as rules, Command, StartSupervision, Subject, SupervisionFilter};
 use tokio::sync::{broadcast, mpsc};
@@ -10,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{self, actor};
+use crate::core::NewLeg;
 use crate::core::{Core, Shared};
 use crate::error::{ApiError, reason};
 use crate::media::MediaSpec;
@@ -44,8 +47,9 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
             code: Code::InvalidArgument,
             reason: rules::reason::INVALID_ID,
             message: format!(
-                "{field} must be 1..{} chars of [A-Za-z0-9._:-], got {value:?}",
-                rules::MAX_ID_CHARS
+                "{field} must be 1..{} chars of [A-Za-z0-9._:-], got \"{}\"",
+                rules::MAX_ID_CHARS,
+                crate::error::quote(value)
             ),
             field: Some(field.to_owned()),
         })
@@ -53,20 +57,34 @@ fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
 }
 
 fn not_found(reason: &'static str, what: &str, id: &str) -> ApiError {
-    ApiError::new(Code::NotFound, reason, format!("no {what} {id}"))
+    ApiError::new(
+        Code::NotFound,
+        reason,
+        format!("no {what} {}", crate::error::quote(id)),
+    )
 }
 
-fn interaction_view(core: &Core, interaction_id: &str) -> Result<proto::Interaction, ApiError> {
-    core.rules
-        .interaction(interaction_id)
-        .map(|i| convert::interaction_out(core, i))
-        .ok_or_else(|| {
-            not_found(
-                rules::reason::INTERACTION_NOT_FOUND,
-                "interaction",
-                interaction_id,
-            )
-        })
+/// An interaction from memory, or the final view of an ended one from the store.
+fn interaction_view(
+    shared: &Shared,
+    core: &Core,
+    interaction_id: &str,
+) -> Result<proto::Interaction, ApiError> {
+    if let Some(i) = core.rules.interaction(interaction_id) {
+        return Ok(convert::interaction_out(core, i));
+    }
+    if let Some(record) = shared
+        .store
+        .ended(interaction_id)
+        .map_err(ApiError::store)?
+    {
+        return proto::Interaction::decode(record.view.as_slice()).map_err(ApiError::store);
+    }
+    Err(not_found(
+        rules::reason::INTERACTION_NOT_FOUND,
+        "interaction",
+        interaction_id,
+    ))
 }
 
 fn participant_view(
@@ -79,17 +97,27 @@ fn participant_view(
     Some(convert::participant_out(core, i, p, &i.talk_groups()))
 }
 
-fn supervision_view(core: &Core, supervision_id: &str) -> Result<proto::SupervisionInfo, ApiError> {
-    core.rules
-        .supervision(supervision_id)
-        .map(|s| convert::supervision_out(core, s))
-        .ok_or_else(|| {
-            not_found(
-                rules::reason::SUPERVISION_NOT_FOUND,
-                "supervision",
-                supervision_id,
-            )
-        })
+/// A supervision from memory, or the final view of one whose interaction ended.
+fn supervision_view(
+    shared: &Shared,
+    core: &Core,
+    supervision_id: &str,
+) -> Result<proto::SupervisionInfo, ApiError> {
+    if let Some(s) = core.rules.supervision(supervision_id) {
+        return Ok(convert::supervision_out(core, s));
+    }
+    if let Some(view) = shared
+        .store
+        .ended_supervision(supervision_id)
+        .map_err(ApiError::store)?
+    {
+        return proto::SupervisionInfo::decode(view.as_slice()).map_err(ApiError::store);
+    }
+    Err(not_found(
+        rules::reason::SUPERVISION_NOT_FOUND,
+        "supervision",
+        supervision_id,
+    ))
 }
 
 fn user_view(core: &Core, user_id: &str) -> Result<proto::User, ApiError> {
@@ -139,17 +167,26 @@ impl InteractionsService {
             .shared
             .mutate(command, actor, |_| Ok(Vec::new()))
             .await?;
-        Ok(Response::new(interaction_view(&core, interaction_id)?))
+        Ok(Response::new(interaction_view(
+            &self.shared,
+            &core,
+            interaction_id,
+        )?))
     }
 
-    /// Applies a verb that adds one participant with media; answers with it.
+    /// Applies a verb that adds one participant with media (from the request field
+    /// `field`); answers with it.
     async fn joining_verb(
         &self,
         command: Command,
         entry: MediaEntry,
+        field: &str,
         actor: Option<String>,
     ) -> Result<(proto::Participant, proto::Interaction, bool), ApiError> {
-        let entries = vec![entry.clone()];
+        let entries = vec![NewLeg {
+            entry: entry.clone(),
+            field: format!("{field}.media"),
+        }];
         let (core, outcome) = self
             .shared
             .mutate(command, actor, move |core| {
@@ -157,7 +194,7 @@ impl InteractionsService {
                 Ok(entries)
             })
             .await?;
-        let interaction = interaction_view(&core, &entry.interaction_id)?;
+        let interaction = interaction_view(&self.shared, &core, &entry.interaction_id)?;
         let participant = participant_view(&core, &entry.interaction_id, &entry.participant_id)
             .ok_or_else(|| {
                 ApiError::new(
@@ -178,13 +215,22 @@ impl proto::interactions_server::Interactions for InteractionsService {
     ) -> Reply<proto::CreateInteractionResponse> {
         let req = request.into_inner();
         let actor = actor(&req.actor)?;
+        if req.participants.is_empty() {
+            // A call without a leg is nothing the engine can hold.
+            return Err(
+                ApiError::invalid("participants", "a call needs at least one participant").into(),
+            );
+        }
         let mut specs = Vec::with_capacity(req.participants.len());
         let mut entries = Vec::with_capacity(req.participants.len());
         for (i, p) in req.participants.iter().enumerate() {
-            let (spec, entry) =
-                convert::spec_in(&format!("participants[{i}]"), &req.interaction_id, Some(p))?;
+            let field = format!("participants[{i}]");
+            let (spec, entry) = convert::spec_in(&field, &req.interaction_id, Some(p))?;
             specs.push(spec);
-            entries.push(entry);
+            entries.push(NewLeg {
+                entry,
+                field: format!("{field}.media"),
+            });
         }
         let command = Command::CreateInteraction {
             interaction_id: req.interaction_id.clone(),
@@ -198,7 +244,7 @@ impl proto::interactions_server::Interactions for InteractionsService {
             })
             .await?;
         Ok(Response::new(proto::CreateInteractionResponse {
-            interaction: Some(interaction_view(&core, &req.interaction_id)?),
+            interaction: Some(interaction_view(&self.shared, &core, &req.interaction_id)?),
             existing: outcome.existing,
         }))
     }
@@ -210,7 +256,11 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let req = request.into_inner();
         check_id("interaction_id", &req.interaction_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(interaction_view(&core, &req.interaction_id)?))
+        Ok(Response::new(interaction_view(
+            &self.shared,
+            &core,
+            &req.interaction_id,
+        )?))
     }
 
     async fn list_interactions(
@@ -259,26 +309,34 @@ impl proto::interactions_server::Interactions for InteractionsService {
         } else {
             core.rules.interactions_for_user(&req.user_id)
         };
-        let mut page: Vec<&rules::Interaction> = candidates
+        let after_token = |id: &str| req.page_token.is_empty() || id > req.page_token.as_str();
+        let mut page: Vec<(String, proto::Interaction)> = candidates
             .into_iter()
             .filter(|i| req.include_ended || !i.is_ended())
-            .filter(|i| req.page_token.is_empty() || i.interaction_id > req.page_token)
+            .filter(|i| after_token(&i.interaction_id))
+            .map(|i| (i.interaction_id.clone(), convert::interaction_out(&core, i)))
             .collect();
-        page.sort_by(|a, b| a.interaction_id.cmp(&b.interaction_id));
+        if req.include_ended {
+            // Ended calls live in the store (not in memory) for the retention period.
+            for (id, record) in self.shared.store.ended_all().map_err(ApiError::store)? {
+                let for_user = req.user_id.is_empty() || record.user_ids.contains(&req.user_id);
+                if for_user && after_token(&id) {
+                    let view = proto::Interaction::decode(record.view.as_slice())
+                        .map_err(ApiError::store)?;
+                    page.push((id, view));
+                }
+            }
+        }
+        page.sort_by(|a, b| a.0.cmp(&b.0));
         let more = page.len() > page_size;
         page.truncate(page_size);
         let next_page_token = if more {
-            page.last()
-                .map(|i| i.interaction_id.clone())
-                .unwrap_or_default()
+            page.last().map(|(id, _)| id.clone()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(proto::ListInteractionsResponse {
-            interactions: page
-                .into_iter()
-                .map(|i| convert::interaction_out(&core, i))
-                .collect(),
+            interactions: page.into_iter().map(|(_, v)| v).collect(),
             next_page_token,
         }))
     }
@@ -309,7 +367,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
             participant: spec,
             join_group_of: (!req.join_group_of.is_empty()).then(|| req.join_group_of.clone()),
         };
-        let (participant, interaction, existing) = self.joining_verb(command, entry, actor).await?;
+        let (participant, interaction, existing) = self
+            .joining_verb(command, entry, "participant", actor)
+            .await?;
         Ok(Response::new(proto::AddParticipantResponse {
             participant: Some(participant),
             interaction: Some(interaction),
@@ -366,7 +426,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
             agent_participant_id: req.agent_participant_id,
             specialist: spec,
         };
-        let (specialist, interaction, _) = self.joining_verb(command, entry, actor).await?;
+        let (specialist, interaction, _) = self
+            .joining_verb(command, entry, "specialist", actor)
+            .await?;
         Ok(Response::new(proto::StartConsultResponse {
             specialist: Some(specialist),
             interaction: Some(interaction),
@@ -400,7 +462,7 @@ impl proto::interactions_server::Interactions for InteractionsService {
             from_participant_id: req.from_participant_id,
             to: spec,
         };
-        let (participant, interaction, _) = self.joining_verb(command, entry, actor).await?;
+        let (participant, interaction, _) = self.joining_verb(command, entry, "to", actor).await?;
         Ok(Response::new(proto::TransferResponse {
             participant: Some(participant),
             interaction: Some(interaction),
@@ -597,10 +659,13 @@ impl SupervisionService {
                     .is_empty();
             let retry = core.rules.supervision(&req.supervision_id).is_some();
             match media {
-                Some(media) if !escalation => Ok(vec![MediaEntry {
-                    interaction_id: req.interaction_id.clone(),
-                    participant_id: req.supervisor_participant_id.clone(),
-                    media,
+                Some(media) if !escalation => Ok(vec![NewLeg {
+                    entry: MediaEntry {
+                        interaction_id: req.interaction_id.clone(),
+                        participant_id: req.supervisor_participant_id.clone(),
+                        media,
+                    },
+                    field: "media".to_owned(),
                 }]),
                 None if !escalation && !retry => Err(ApiError::missing("media")),
                 _ => Ok(Vec::new()),
@@ -612,7 +677,7 @@ impl SupervisionService {
             _ => req.supervision_id.clone(),
         };
         Ok(Response::new(proto::StartSupervisionResponse {
-            supervision: Some(supervision_view(&core, &id)?),
+            supervision: Some(supervision_view(&self.shared, &core, &id)?),
             existing: outcome.existing,
         }))
     }
@@ -658,7 +723,7 @@ impl proto::supervision_server::Supervision for SupervisionService {
             Subject::Supervision(id) => id.clone(),
             _ => req.supervision_id,
         };
-        Ok(Response::new(supervision_view(&core, &id)?))
+        Ok(Response::new(supervision_view(&self.shared, &core, &id)?))
     }
 
     async fn get_supervision(
@@ -668,7 +733,11 @@ impl proto::supervision_server::Supervision for SupervisionService {
         let req = request.into_inner();
         check_id("supervision_id", &req.supervision_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(supervision_view(&core, &req.supervision_id)?))
+        Ok(Response::new(supervision_view(
+            &self.shared,
+            &core,
+            &req.supervision_id,
+        )?))
     }
 
     async fn list_supervisions(
@@ -686,12 +755,36 @@ impl proto::supervision_server::Supervision for SupervisionService {
             live_only: !req.include_ended,
         };
         let core = self.shared.core.lock().await;
-        let supervisions = core
+        let mut supervisions: Vec<proto::SupervisionInfo> = core
             .rules
             .supervisions(&filter)
             .into_iter()
             .map(|s| convert::supervision_out(&core, s))
             .collect();
+        if req.include_ended {
+            for (id, view) in self
+                .shared
+                .store
+                .ended_supervisions()
+                .map_err(ApiError::store)?
+            {
+                let s = proto::SupervisionInfo::decode(view.as_slice()).map_err(ApiError::store)?;
+                // Aliases are stored too; list each supervision once.
+                let matches = s.supervision_id == id
+                    && filter
+                        .interaction_id
+                        .as_ref()
+                        .is_none_or(|i| *i == s.interaction_id)
+                    && filter
+                        .supervisor_user_id
+                        .as_ref()
+                        .is_none_or(|u| *u == s.supervisor_user_id);
+                if matches {
+                    supervisions.push(s);
+                }
+            }
+            supervisions.sort_by(|a, b| a.supervision_id.cmp(&b.supervision_id));
+        }
         Ok(Response::new(proto::ListSupervisionsResponse {
             supervisions,
         }))

@@ -14,7 +14,12 @@
 //! - `legs`: the engine's leg for each (interaction, participant): id, local addresses
 //!   (so a restarted engine gives legs their old ports back) and the configuration last
 //!   sent.
-//! - `meta`: counters (`next_sequence`, `next_journal`).
+//! - `ended_interactions`, `ended_supervisions`, `ended`: an ended interaction leaves
+//!   the sidecar's memory at once; its final view (and its supervisions' views, by id
+//!   and escalation alias) stays here, indexed by end time, until the retention period
+//!   passes ([`Store::prune_ended`], which also deletes its timeline).
+//! - `meta`: counters (`next_sequence`, `next_journal`) and the store's random identity
+//!   (`store_id`, written at creation).
 //!
 //! ## Durability
 //! A command, its journal entry and its events commit in one write transaction with
@@ -39,9 +44,17 @@ const TIMELINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("time
 const LEGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("legs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+const ENDED: TableDefinition<(u64, &str), ()> = TableDefinition::new("ended");
+const ENDED_INTERACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("ended_interactions");
+const ENDED_SUPERVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("ended_supervisions");
+
 const NEXT_SEQUENCE: &str = "next_sequence";
+const STORE_ID: &str = "store_id";
 const NEXT_JOURNAL: &str = "next_journal";
 const SNAPSHOT_KEY: &str = "state";
+
+/// Page cache of the database (redb's default is 1 GiB).
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "earshot-control.redb";
@@ -55,9 +68,12 @@ pub enum StoreError {
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
-    /// The data directory could not be created.
+    /// The data directory could not be created or read.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// The database file exists but is empty, foreign or damaged.
+    #[error("damaged store: {0}")]
+    Damaged(String),
 }
 
 macro_rules! from_redb {
@@ -130,6 +146,21 @@ pub struct Snapshot {
     pub media: Vec<MediaEntry>,
 }
 
+/// An ended interaction kept in the store (not in memory) for the retention period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedRecord {
+    /// When it ended, ms since the Unix epoch.
+    pub ended_ms: u64,
+    /// The participants it was created with (an identical create is a retry).
+    pub created_with: Vec<earshot_rules::ParticipantSpec>,
+    /// Every user id that took part (for `ListInteractions` by user).
+    pub user_ids: Vec<String>,
+    /// Its supervisions' ids and escalation aliases.
+    pub supervision_ids: Vec<String>,
+    /// The final `proto::Interaction`, protobuf-encoded.
+    pub view: Vec<u8>,
+}
+
 /// The engine's leg for one participant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegRecord {
@@ -162,6 +193,66 @@ pub struct Loaded {
 pub struct Store {
     db: Database,
     retention: u64,
+    id: String,
+    created: bool,
+}
+
+/// The first bytes of every redb file (redb's `MAGICNUMBER`).
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+/// Refuses a database file that is empty or does not start like a redb file.
+fn check_header(path: &Path, len: u64) -> Result<(), StoreError> {
+    use std::io::Read;
+    let shown = path.display();
+    if len == 0 {
+        return Err(StoreError::Damaged(format!(
+            "{shown} is empty (0 bytes): it is not the store of this sidecar. Restore it \
+             from a backup, point --data-dir at the right directory, or remove the file to \
+             start with a new, empty store"
+        )));
+    }
+    let mut head = [0u8; REDB_MAGIC.len()];
+    let n = std::fs::File::open(path)?.read(&mut head)?;
+    if n < head.len() || head != REDB_MAGIC {
+        return Err(StoreError::Damaged(format!(
+            "{shown} is not an earshot store (no redb header; another program's file?). \
+             Point --data-dir at the right directory"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a panic inside the database library (which some kinds of damage
+/// provoke) into [`StoreError::Damaged`].
+fn guard<T>(shown: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(StoreError::Damaged(format!(
+                "{shown}: the database library failed: {what}"
+            )))
+        }
+    }
+}
+
+/// 64 random bits for a store identity (the kernel's pool; the clock and the address
+/// space as a fallback, since only distinctness matters).
+fn random_id() -> u64 {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(b);
+    }
+    let x = 0u8;
+    (std::ptr::addr_of!(x) as u64) ^ u64::from(std::process::id()) << 32
 }
 
 fn render_actor(actor: &Actor, named: Option<&str>) -> String {
@@ -173,11 +264,65 @@ fn render_actor(actor: &Actor, named: Option<&str>) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir`, keeping the last `retention`
-    /// events for `WatchEvents`.
+    /// Opens the store in `data_dir`, creating it only if the database file does not
+    /// exist, keeping the last `retention` events for `WatchEvents`. A file that exists
+    /// but is empty, is not a redb database, or is damaged is refused with
+    /// [`StoreError::Damaged`] (never replaced by a fresh store: an empty store would
+    /// make the sidecar believe the engine's calls are strays).
     pub fn open(data_dir: &Path, retention: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DB_FILE))?;
+        let path = data_dir.join(DB_FILE);
+        let created = match std::fs::metadata(&path) {
+            Ok(meta) => {
+                check_header(&path, meta.len())?;
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e.into()),
+        };
+        let shown = path.display().to_string();
+        let opened = guard(&shown, || {
+            // redb caches up to 1 GiB of pages by default, so the resident set would
+            // follow the database file (events and ended calls within their retention)
+            // instead of staying flat; the working set of a mutation is a few pages.
+            let mut builder = Database::builder();
+            builder.set_cache_size(CACHE_BYTES);
+            let db = if created {
+                builder.create(&path)?
+            } else {
+                builder.open(&path)?
+            };
+            Self::init_tables(&db)?;
+            Ok(db)
+        });
+        let db = match opened {
+            Ok(db) => db,
+            Err(StoreError::Db(e)) if !created => {
+                return Err(StoreError::Damaged(format!("{shown}: {e}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let id = {
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(META)?;
+            meta.get(STORE_ID)?.map_or(0, |v| v.value())
+        };
+        let store = Store {
+            db,
+            retention: retention.max(1),
+            id: format!("store-{id:016x}"),
+            created,
+        };
+        if !created {
+            // Read every record once now, so that damage is a clear error at start and
+            // never a surprise (or a panic) in the middle of serving.
+            guard(&shown, || store.load().map(|_| ()))
+                .map_err(|e| StoreError::Damaged(format!("{shown}: {e}")))?;
+        }
+        Ok(store)
+    }
+
+    fn init_tables(db: &Database) -> Result<(), StoreError> {
         let tx = db.begin_write()?;
         {
             // Create every table so that read transactions never meet a missing one.
@@ -186,18 +331,33 @@ impl Store {
             tx.open_table(EVENTS)?;
             tx.open_table(TIMELINE)?;
             tx.open_table(LEGS)?;
+            tx.open_table(ENDED)?;
+            tx.open_table(ENDED_INTERACTIONS)?;
+            tx.open_table(ENDED_SUPERVISIONS)?;
             let mut meta = tx.open_table(META)?;
             for key in [NEXT_SEQUENCE, NEXT_JOURNAL] {
                 if meta.get(key)?.is_none() {
                     meta.insert(key, 1)?;
                 }
             }
+            if meta.get(STORE_ID)?.is_none() {
+                meta.insert(STORE_ID, random_id())?;
+            }
         }
         tx.commit()?;
-        Ok(Store {
-            db,
-            retention: retention.max(1),
-        })
+        Ok(())
+    }
+
+    /// This store's identity: random, written when the store was created. The sidecar
+    /// claims the engine with it, so that a sidecar started on another (or a new) store
+    /// can tell that the engine's legs are not its own.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this process created the store (it did not exist before).
+    pub fn is_new(&self) -> bool {
+        self.created
     }
 
     /// Reads the snapshot, the journal after it and the leg records.
@@ -236,38 +396,79 @@ impl Store {
         entry: &JournalEntry,
         events: &[Event],
     ) -> Result<(u64, Vec<EventRecord>), StoreError> {
+        let (index, records) =
+            self.commit(Some(entry), events, entry.actor.as_deref(), &[], &[])?;
+        Ok((index.unwrap_or(0), records))
+    }
+
+    /// Everything one mutation made durable, in one transaction (one fsync): the
+    /// command's journal entry (none for an identical retry or an event the sidecar
+    /// records itself), its events, and the leg records the engine acknowledged while
+    /// programming it. Returns the journal index (if an entry was written) and the
+    /// events with their sequence numbers. Nothing to write: no transaction.
+    pub fn commit(
+        &self,
+        entry: Option<&JournalEntry>,
+        events: &[Event],
+        actor: Option<&str>,
+        puts: &[(LegKey, LegRecord)],
+        deletes: &[LegKey],
+    ) -> Result<(Option<u64>, Vec<EventRecord>), StoreError> {
+        if entry.is_none() && events.is_empty() && puts.is_empty() && deletes.is_empty() {
+            return Ok((None, Vec::new()));
+        }
         let tx = self.db.begin_write()?;
         let mut records = Vec::with_capacity(events.len());
-        let index;
+        let mut index = None;
         {
             let mut meta = tx.open_table(META)?;
-            index = meta.get(NEXT_JOURNAL)?.map_or(1, |v| v.value());
-            let mut seq = meta.get(NEXT_SEQUENCE)?.map_or(1, |v| v.value());
-            meta.insert(NEXT_JOURNAL, index + 1)?;
-            tx.open_table(JOURNAL)?
-                .insert(index, serde_json::to_vec(entry)?.as_slice())?;
-            let mut log = tx.open_table(EVENTS)?;
-            let mut timeline = tx.open_table(TIMELINE)?;
-            for e in events {
-                let record = EventRecord {
-                    sequence: seq,
-                    kind: e.kind,
-                    interaction_id: e.interaction_id.clone(),
-                    time_ms: e.at_ms,
-                    actor: render_actor(&e.actor, entry.actor.as_deref()),
-                    details: e.details.clone(),
-                };
-                let bytes = serde_json::to_vec(&record)?;
-                log.insert(seq, bytes.as_slice())?;
-                timeline.insert((record.interaction_id.as_str(), seq), bytes.as_slice())?;
-                records.push(record);
-                seq += 1;
+            if let Some(entry) = entry {
+                let i = meta.get(NEXT_JOURNAL)?.map_or(1, |v| v.value());
+                meta.insert(NEXT_JOURNAL, i + 1)?;
+                tx.open_table(JOURNAL)?
+                    .insert(i, serde_json::to_vec(entry)?.as_slice())?;
+                index = Some(i);
             }
-            meta.insert(NEXT_SEQUENCE, seq)?;
-            // Retention: drop the oldest beyond the window (usually one per event).
-            while log.len()? > self.retention {
-                if log.pop_first()?.is_none() {
-                    break;
+            if !events.is_empty() {
+                let mut seq = meta.get(NEXT_SEQUENCE)?.map_or(1, |v| v.value());
+                let mut log = tx.open_table(EVENTS)?;
+                let mut timeline = tx.open_table(TIMELINE)?;
+                for e in events {
+                    let record = EventRecord {
+                        sequence: seq,
+                        kind: e.kind,
+                        interaction_id: e.interaction_id.clone(),
+                        time_ms: e.at_ms,
+                        actor: render_actor(&e.actor, actor),
+                        details: e.details.clone(),
+                    };
+                    let bytes = serde_json::to_vec(&record)?;
+                    log.insert(seq, bytes.as_slice())?;
+                    // Directory events belong to no interaction's timeline.
+                    if !record.interaction_id.is_empty() {
+                        timeline.insert((record.interaction_id.as_str(), seq), bytes.as_slice())?;
+                    }
+                    records.push(record);
+                    seq += 1;
+                }
+                meta.insert(NEXT_SEQUENCE, seq)?;
+                // Retention: drop the oldest beyond the window (usually one per event).
+                while log.len()? > self.retention {
+                    if log.pop_first()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            if !puts.is_empty() || !deletes.is_empty() {
+                let mut legs = tx.open_table(LEGS)?;
+                for ((i, p), rec) in puts {
+                    legs.insert(
+                        (i.as_str(), p.as_str()),
+                        serde_json::to_vec(rec)?.as_slice(),
+                    )?;
+                }
+                for (i, p) in deletes {
+                    legs.remove((i.as_str(), p.as_str()))?;
                 }
             }
         }
@@ -346,6 +547,102 @@ impl Store {
             .open_table(META)?
             .get(NEXT_SEQUENCE)?
             .map_or(1, |v| v.value()))
+    }
+
+    /// Keeps an ended interaction's final views (`supervisions`: id or alias and the
+    /// encoded `proto::SupervisionInfo`). Idempotent.
+    pub fn retire(
+        &self,
+        interaction_id: &str,
+        record: &EndedRecord,
+        supervisions: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut views = tx.open_table(ENDED_INTERACTIONS)?;
+            if views.get(interaction_id)?.is_none() {
+                views.insert(interaction_id, serde_json::to_vec(record)?.as_slice())?;
+                tx.open_table(ENDED)?
+                    .insert((record.ended_ms, interaction_id), ())?;
+                let mut sups = tx.open_table(ENDED_SUPERVISIONS)?;
+                for (id, view) in supervisions {
+                    sups.insert(id.as_str(), view.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// An ended interaction still retained.
+    pub fn ended(&self, interaction_id: &str) -> Result<Option<EndedRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ENDED_INTERACTIONS)?;
+        match table.get(interaction_id)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every retained ended interaction, by id.
+    pub fn ended_all(&self) -> Result<Vec<(String, EndedRecord)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in tx.open_table(ENDED_INTERACTIONS)?.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The encoded final view of an ended supervision (by id or alias), if retained.
+    pub fn ended_supervision(&self, supervision_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ENDED_SUPERVISIONS)?;
+        Ok(table.get(supervision_id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every retained ended supervision view.
+    pub fn ended_supervisions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for row in tx.open_table(ENDED_SUPERVISIONS)?.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every ended interaction that ended before `ended_before_ms`: its view,
+    /// its supervisions' views and its timeline. Returns how many were deleted. At most
+    /// `limit` per call, so one call never holds the database for long.
+    pub fn prune_ended(&self, ended_before_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut pruned = 0;
+        {
+            let mut index = tx.open_table(ENDED)?;
+            let mut views = tx.open_table(ENDED_INTERACTIONS)?;
+            let mut sups = tx.open_table(ENDED_SUPERVISIONS)?;
+            let mut timeline = tx.open_table(TIMELINE)?;
+            let doomed: Vec<(u64, String)> = index
+                .range((0, "")..(ended_before_ms, ""))?
+                .take(limit)
+                .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
+                .collect::<Result<_, _>>()?;
+            for (ms, id) in doomed {
+                index.remove((ms, id.as_str()))?;
+                if let Some(v) = views.remove(id.as_str())? {
+                    let record: EndedRecord = serde_json::from_slice(v.value())?;
+                    for sid in &record.supervision_ids {
+                        sups.remove(sid.as_str())?;
+                    }
+                }
+                timeline.retain_in((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| false)?;
+                pruned += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(pruned)
     }
 
     /// Every event of one interaction, in order.

@@ -471,3 +471,101 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
     assert!(lines[0]["sequence"].as_u64().unwrap() < lines[1]["sequence"].as_u64().unwrap());
     server.stop().await;
 }
+
+/// The `earshot ctl` lines of docs/operations.md's "A call from a shell" example, with
+/// backslash continuations joined and a trailing `| jq ...` cut.
+fn documented_ctl_commands() -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .expect("docs/operations.md");
+    let start = doc
+        .find("A call from a shell:")
+        .expect("the example section");
+    let block = &doc[start..];
+    let block = &block[block.find("```sh").expect("its sh block") + 5..];
+    let block = &block[..block.find("```").expect("the block's end")];
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let line = line.trim();
+        if let Some(cont) = line.strip_suffix('\\') {
+            current.push_str(cont);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(line);
+        let command = std::mem::take(&mut current);
+        let command = command
+            .split(" | ")
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if let Some(rest) = command.strip_prefix("earshot ctl ") {
+            commands.push(shell_words(rest));
+        }
+    }
+    commands
+}
+
+/// Splits on spaces, honouring double quotes (enough for the documented examples).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_ctl_example_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(dir.path(), |_| {}).await;
+    let commands = documented_ctl_commands();
+    assert!(commands.len() >= 8, "the example was found: {commands:?}");
+    for args in &commands {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ctl(server.grpc, &refs).await;
+        assert!(
+            out.status.success(),
+            "earshot ctl {}\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // monitor -> stop -> coach with defaults, then barge escalated the coach in place.
+    let out = ctl(
+        server.grpc,
+        &[
+            "--json",
+            "supervision",
+            "list",
+            "--interaction",
+            "call-1",
+            "--include-ended",
+        ],
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        text.contains("sup-call-1-sup-1-1") && text.contains("sup-call-1-sup-1-2"),
+        "{text}"
+    );
+    server.stop().await;
+}

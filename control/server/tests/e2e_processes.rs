@@ -750,32 +750,6 @@ async fn all_in_one_refuses_every_supervision_rule_with_its_reason() {
     );
 }
 
-/// The engine binary next to this test's target dir, built if missing; `None` (with the
-/// reason printed) when it cannot be had.
-fn engine_binary() -> Option<PathBuf> {
-    let profile_dir = target_profile_dir();
-    let path = profile_dir.join("earshot-engine");
-    if path.exists() {
-        return Some(path);
-    }
-    let target_dir = profile_dir.parent()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "earshot-engine", "--bin", "earshot-engine"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    match cmd.status() {
-        Ok(s) if s.success() && path.exists() => Some(path),
-        other => {
-            println!("SKIPPED: earshot-engine missing and not buildable: {other:?}");
-            None
-        }
-    }
-}
-
 /// The two-process layout: an engine and a sidecar that can each be killed and
 /// restarted with the same arguments.
 struct TwoProcesses {

@@ -32,11 +32,11 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-pub use earshot_types::{Codec, Gain};
+pub use earshot_types::{Codec, Gain, MAX_SESSION_LEGS, PTIMES_MS, PayloadType};
 
 /// The engine's identifier of a leg: shard index in the top 16 bits, then a slot index and
 /// a generation so that a stale id never names a reused slot.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct LegId(pub u64);
 
 impl LegId {
@@ -105,6 +105,92 @@ pub struct MediaConfig {
     /// Report the leg's first received packet as [`EngineEvent::FirstPacket`] (used for
     /// supervisors whose phone rings: `auto_answer = false`).
     pub report_first_packet: bool,
+}
+
+/// Why a [`MediaConfig`] is refused: the field (as named in [`MediaConfig`]) and what is
+/// wrong with it. The control side prefixes the field with the request path
+/// (`participants[1].media.` + `payload_type`); the engine returns it as
+/// [`EngineError::InvalidArgument`].
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct MediaError {
+    /// The offending field of [`MediaConfig`].
+    pub field: &'static str,
+    /// What is wrong, quoting at most the field's own (small, numeric) value.
+    pub message: String,
+}
+
+impl From<MediaError> for EngineError {
+    fn from(e: MediaError) -> EngineError {
+        EngineError::InvalidArgument {
+            field: e.field.into(),
+            message: e.message,
+        }
+    }
+}
+
+/// Payload types a codec may not use on a leg: RTCP packet types 200..=223 with the
+/// marker bit set read as 72..=95 (RFC 5761 section 4), so an RTP packet with one of
+/// them on an rtcp-mux port cannot be told from RTCP.
+pub const RTCP_CONFLICT_PTS: std::ops::RangeInclusive<u8> = 72..=95;
+
+impl MediaConfig {
+    /// The one validator of a leg's media, run by the engine before it configures a leg
+    /// and by the control sidecar before it stores or programs anything, so that the
+    /// sidecar refuses up front exactly what the engine would. Checks, in order: ptime
+    /// one of [`PTIMES_MS`]; payload type 7-bit and outside [`RTCP_CONFLICT_PTS`];
+    /// telephone-event payload type 7-bit, not the codec's, not comfort noise (13), not
+    /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port.
+    pub fn validate(&self) -> Result<(), MediaError> {
+        let bad = |field: &'static str, message: String| Err(MediaError { field, message });
+        if !PTIMES_MS.contains(&self.ptime_ms) {
+            return bad(
+                "ptime_ms",
+                format!("ptime {} ms is not one of {PTIMES_MS:?}", self.ptime_ms),
+            );
+        }
+        if self.payload_type > 127 {
+            return bad(
+                "payload_type",
+                format!("payload type {} is not 0..=127", self.payload_type),
+            );
+        }
+        if RTCP_CONFLICT_PTS.contains(&self.payload_type) {
+            return bad(
+                "payload_type",
+                format!(
+                    "payload type {} is in 72..=95, which collides with RTCP packet types",
+                    self.payload_type
+                ),
+            );
+        }
+        if let Some(te) = self.telephone_event_pt {
+            if te > 127 || RTCP_CONFLICT_PTS.contains(&te) {
+                return bad(
+                    "telephone_event_pt",
+                    format!("telephone-event payload type {te} is not 0..=127 outside 72..=95"),
+                );
+            }
+            if te == self.payload_type || te == PayloadType::CN.0 {
+                return bad(
+                    "telephone_event_pt",
+                    format!(
+                        "telephone-event payload type {te} equals the codec's payload type or \
+                         comfort noise (13)"
+                    ),
+                );
+            }
+        }
+        if let Some(remote) = self.remote
+            && (remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_multicast())
+        {
+            return bad(
+                "remote",
+                format!("{remote} is not a unicast address with a port"),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Codec names as they appear on the API (serialisable mirror of [`Codec`]).
@@ -189,6 +275,14 @@ pub enum Request {
     },
     /// Everything the engine holds, for reconciliation.
     Snapshot,
+    /// Records `owner` (the control side's store identity) as the engine's owner, kept
+    /// in memory and reported in [`EngineSnapshot::owner`], so that a sidecar started on
+    /// an empty or foreign store can tell that the engine's legs are not its own and
+    /// refuse to remove them. Answered with [`Response::Done`].
+    Claim {
+        /// The store identity of the claiming sidecar.
+        owner: String,
+    },
     /// Counters and latency percentiles per shard.
     Stats,
 }
@@ -225,6 +319,22 @@ pub struct LegInfo {
     pub remote: Option<SocketAddr>,
 }
 
+/// What the engine observed on one leg, for reconciliation to recover an event the
+/// control side may have missed (a `FirstPacket` produced while no sidecar listened).
+///
+/// Kept apart from [`LegInfo`] so that engines that do not fill it yet still build and
+/// decode: an engine that does not report a leg here simply reports nothing for it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub struct LegActivity {
+    /// The leg.
+    pub leg: LegId,
+    /// The leg has received at least one valid packet since it was configured (so a
+    /// `FirstPacket` event was produced if the leg asked for one).
+    pub first_packet_seen: bool,
+    /// Valid RTP packets received on the leg.
+    pub packets_in: u64,
+}
+
 /// Everything the engine holds.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, Default)]
 pub struct EngineSnapshot {
@@ -232,6 +342,23 @@ pub struct EngineSnapshot {
     pub legs: Vec<LegInfo>,
     /// Every session's current plan.
     pub plans: Vec<SessionPlan>,
+    /// The owner recorded by the last [`Request::Claim`], if any.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Events the engine could not keep for the control side (its queue overflowed
+    /// while no client was connected).
+    #[serde(default)]
+    pub events_lost: u64,
+    /// Per-leg activity, for the legs the engine reports it for (see [`LegActivity`]).
+    #[serde(default)]
+    pub activity: Vec<LegActivity>,
+}
+
+impl EngineSnapshot {
+    /// The activity the engine reported for `leg`, if any.
+    pub fn activity_of(&self, leg: LegId) -> Option<&LegActivity> {
+        self.activity.iter().find(|a| a.leg == leg)
+    }
 }
 
 /// Drop reasons counted per shard. The names are the metric labels.
@@ -386,11 +513,104 @@ pub trait EngineApi: Send + Sync {
     fn call(&self, request: Request) -> BoxFuture<'_, Result<Response, EngineError>>;
     /// Takes the next event the engine reported, waiting for one.
     fn next_event(&self) -> BoxFuture<'_, Option<EngineEvent>>;
+    /// A number that changes whenever the connection to the engine was re-established
+    /// (so the engine may have restarted and lost its legs). The control side
+    /// reconciles before any fresh allocation when it changes, so that a new leg can
+    /// never take the recorded port of a leg that is yet to be re-created. In-process
+    /// engines never reconnect: 0.
+    fn connection_epoch(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pcmu() -> MediaConfig {
+        MediaConfig {
+            remote: Some(([127, 0, 0, 1], 4000).into()),
+            codec: CodecName::Pcmu,
+            payload_type: 0,
+            ptime_ms: 20,
+            telephone_event_pt: Some(101),
+            rtcp_mux: true,
+            report_first_packet: false,
+        }
+    }
+
+    #[test]
+    fn the_media_validator_names_the_field_of_every_refusal() {
+        assert_eq!(pcmu().validate(), Ok(()));
+        let field = |f: fn(&mut MediaConfig)| {
+            let mut m = pcmu();
+            f(&mut m);
+            m.validate().map_err(|e| e.field)
+        };
+        assert_eq!(field(|m| m.ptime_ms = 25), Err("ptime_ms"));
+        assert_eq!(field(|m| m.ptime_ms = 0), Err("ptime_ms"));
+        assert_eq!(field(|m| m.payload_type = 128), Err("payload_type"));
+        for pt in [72, 80, 95] {
+            let mut m = pcmu();
+            m.payload_type = pt;
+            m.telephone_event_pt = Some(101);
+            assert_eq!(
+                m.validate().map_err(|e| e.field),
+                Err("payload_type"),
+                "{pt}"
+            );
+        }
+        for ok in [71, 96] {
+            let mut m = pcmu();
+            m.payload_type = ok;
+            assert_eq!(m.validate(), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            field(|m| m.telephone_event_pt = Some(13)),
+            Err("telephone_event_pt")
+        );
+        assert_eq!(
+            field(|m| m.telephone_event_pt = Some(0)),
+            Err("telephone_event_pt")
+        );
+        assert_eq!(
+            field(|m| m.telephone_event_pt = Some(80)),
+            Err("telephone_event_pt")
+        );
+        assert_eq!(
+            field(|m| m.telephone_event_pt = Some(200)),
+            Err("telephone_event_pt")
+        );
+        assert_eq!(field(|m| m.telephone_event_pt = None), Ok(()));
+        assert_eq!(
+            field(|m| m.remote = Some(([0, 0, 0, 0], 4000).into())),
+            Err("remote")
+        );
+        assert_eq!(
+            field(|m| m.remote = Some(([127, 0, 0, 1], 0).into())),
+            Err("remote")
+        );
+        assert_eq!(field(|m| m.remote = None), Ok(()));
+        let as_engine: EngineError = pcmu_with_pt(90).validate().unwrap_err().into();
+        assert!(
+            matches!(as_engine, EngineError::InvalidArgument { ref field, .. } if field == "payload_type")
+        );
+    }
+
+    fn pcmu_with_pt(pt: u8) -> MediaConfig {
+        let mut m = pcmu();
+        m.payload_type = pt;
+        m
+    }
+
+    #[test]
+    fn snapshots_and_leg_infos_from_older_engines_decode_with_defaults() {
+        let old = r#"{"legs":[{"leg":1,"session":"s","leg_key":"k","local":"127.0.0.1:1","local_rtcp":"127.0.0.1:1","media":null,"remote":null}],"plans":[]}"#;
+        let snap: EngineSnapshot = serde_json::from_str(old).unwrap();
+        assert_eq!(snap.owner, None);
+        assert_eq!(snap.events_lost, 0);
+        assert!(snap.activity_of(snap.legs[0].leg).is_none());
+    }
 
     #[test]
     fn leg_ids_pack_and_unpack_their_parts() {

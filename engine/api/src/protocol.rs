@@ -18,6 +18,18 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest frame either side accepts (a snapshot of a full engine fits).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
+/// What a client asks to be, in its [`Hello`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub enum ClientRole {
+    /// Programs the engine and receives its events. Exactly one at a time: the engine
+    /// refuses a second one at the handshake, and the first keeps the event stream.
+    #[default]
+    Program,
+    /// Reads `Snapshot` and `Stats` only, receives no events; any number at a time
+    /// (monitoring tools, benchmarks, `earshot-engine` tests).
+    Observe,
+}
+
 /// The first frame in each direction.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Hello {
@@ -27,15 +39,32 @@ pub struct Hello {
     pub version: u32,
     /// Sender's software version (informational).
     pub software: String,
+    /// The client's role (client hello only; absent means [`ClientRole::Program`]).
+    #[serde(default)]
+    pub role: ClientRole,
+    /// In the engine's hello: why the connection is refused (the engine closes it
+    /// after this frame). Absent when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl Hello {
-    /// This build's hello.
+    /// This build's hello (a programming client's, or the engine's acceptance).
     pub fn current() -> Hello {
         Hello {
             protocol: "earshot-engine".into(),
             version: PROTOCOL_VERSION,
             software: env!("CARGO_PKG_VERSION").into(),
+            role: ClientRole::Program,
+            refused: None,
+        }
+    }
+
+    /// An observing client's hello.
+    pub fn observer() -> Hello {
+        Hello {
+            role: ClientRole::Observe,
+            ..Hello::current()
         }
     }
 }
@@ -107,6 +136,17 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> io::Resul
 mod tests {
     use super::*;
     use crate::{LegId, Request};
+
+    #[test]
+    fn a_hello_without_role_is_a_programming_client_and_acceptance_omits_refused() {
+        let old: Hello =
+            serde_json::from_str(r#"{"protocol":"earshot-engine","version":1,"software":"0"}"#)
+                .unwrap();
+        assert_eq!(old.role, ClientRole::Program);
+        assert_eq!(old.refused, None);
+        let json = serde_json::to_string(&Hello::current()).unwrap();
+        assert!(!json.contains("refused"), "{json}");
+    }
 
     #[test]
     fn frames_round_trip_and_oversize_lengths_are_refused() {

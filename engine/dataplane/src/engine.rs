@@ -75,6 +75,11 @@ pub struct EngineHandle {
     backend_name: String,
     /// Events translated by the pump thread.
     event_rx: Mutex<futures_channel::mpsc::UnboundedReceiver<EngineEvent>>,
+    /// The owner named by the last `Request::Claim` (the control side's store id).
+    owner: Mutex<Option<String>>,
+    /// Events dropped on the way to the control side outside the shards (the socket
+    /// server's buffer overflowed while no client was connected).
+    events_lost: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +181,8 @@ impl Engine {
                 per_shard: vec![0; cfg.shards],
             }),
             backend_name,
+            owner: Mutex::new(None),
+            events_lost: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Engine { handle, threads })
     }
@@ -213,6 +220,17 @@ impl EngineHandle {
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Counts an event dropped after it left the shards (reported in the snapshot's
+    /// `events_lost`), for the socket server's bounded buffer.
+    pub fn note_event_lost(&self) {
+        self.events_lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The owner named by the last `Request::Claim`.
+    pub fn owner(&self) -> Option<String> {
+        self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn send(&self, shard: usize, cmd: ShardCommand) -> Result<Response, EngineError> {
@@ -518,8 +536,17 @@ impl EngineHandle {
                 self.forget(&session);
                 r
             }
+            Request::Claim { owner } => {
+                validate_key("owner", &owner)?;
+                *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+                Ok(Response::Done)
+            }
             Request::Snapshot => {
-                let mut all = EngineSnapshot::default();
+                let mut all = EngineSnapshot {
+                    owner: self.owner(),
+                    events_lost: self.events_lost.load(Ordering::Relaxed),
+                    ..EngineSnapshot::default()
+                };
                 for shard in 0..self.shards.len() {
                     if let Response::Snapshot(s) = self
                         .send(shard, ShardCommand::Snapshot(EngineSnapshot::default()))
@@ -527,6 +554,8 @@ impl EngineHandle {
                     {
                         all.legs.extend(s.legs);
                         all.plans.extend(s.plans);
+                        all.activity.extend(s.activity);
+                        all.events_lost += s.events_lost;
                     }
                 }
                 Ok(Response::Snapshot(all))

@@ -2,46 +2,109 @@
 //!
 //! Framing and messages are `earshot_engine_api::protocol` (documented in
 //! `docs/engine-protocol.md`). Each connection is served by its own thread; requests
-//! are applied in order per connection. Engine events go to the most recently connected
-//! client (the sidecar); when none is connected they wait in the engine's queue.
+//! are applied in order per connection.
+//!
+//! ## Contract
+//! - **One programming client.** A client whose hello asks for
+//!   [`ClientRole::Program`] (the sidecar) is accepted only while no other programming
+//!   client is connected; a second one gets a hello with `refused` set and is closed,
+//!   and the first keeps the event stream. Observers ([`ClientRole::Observe`]) may call
+//!   `Snapshot` and `Stats` only and get no events; any number may connect.
+//! - **No event is lost silently.** Events go to the programming client; while none is
+//!   connected they wait in a bounded buffer ([`EVENT_BACKLOG`]) and are delivered, in
+//!   order, to the next programming client right after its handshake. Beyond the bound
+//!   new events are dropped and counted (`EngineSnapshot::events_lost`).
+//! - **The socket is private.** It is created with mode 0600 (0660 with a configured
+//!   group, [`SocketOptions::group`]) whatever the umask: it is bound inside a fresh
+//!   0700 directory, its mode set, then linked into place, so it is never reachable
+//!   with a wider mode. A path where another engine answers is refused (the running
+//!   engine keeps it), a path that is not a socket is never deleted, and a stale socket
+//!   (nobody answers) is replaced. On drop the socket is removed only if it is still
+//!   the one this server created.
+//! - Handshakes time out ([`HANDSHAKE_TIMEOUT`]); an accept error (such as EMFILE)
+//!   backs off instead of spinning.
 
+use std::collections::VecDeque;
 use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
+use std::time::Duration;
 
 use earshot_engine_api::protocol::{
-    ClientFrame, Hello, PROTOCOL_VERSION, ServerFrame, read_frame, write_frame,
+    ClientFrame, ClientRole, Hello, PROTOCOL_VERSION, ServerFrame, read_frame, write_frame,
 };
-use earshot_engine_api::{EngineApi, EngineError};
+use earshot_engine_api::{EngineApi, EngineError, EngineEvent, Request};
 
 use crate::engine::EngineHandle;
+
+/// Events kept for the next programming client while none is connected. At one event
+/// per leg state change this is minutes of a busy engine without a sidecar.
+pub const EVENT_BACKLOG: usize = 65_536;
+
+/// Longest wait for a client's hello.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after a failed `accept` (out of file descriptors and the like), so the accept
+/// loop never spins.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the socket is created.
+#[derive(Debug, Clone, Default)]
+pub struct SocketOptions {
+    /// Group allowed to program the engine: the socket is then 0660 and owned by this
+    /// group (the engine must be a member or root). `None`: 0600, owner only.
+    pub group: Option<u32>,
+}
 
 /// A running socket server.
 #[derive(Debug)]
 pub struct SocketServer {
     path: PathBuf,
+    /// Device and inode of the socket this server created, so that drop never removes
+    /// a socket that another engine put there since.
+    identity: (u64, u64),
     stop: Arc<AtomicBool>,
 }
 
-type Writer = Arc<Mutex<Option<UnixStream>>>;
+/// The programming client's side of the event stream, and the events waiting for one.
+#[derive(Debug, Default)]
+struct Hub {
+    /// Connection number and a write handle of the programming client.
+    programmer: Option<(u64, UnixStream)>,
+    backlog: VecDeque<EngineEvent>,
+}
+
+type SharedHub = Arc<Mutex<Hub>>;
+
+fn lock(hub: &SharedHub) -> std::sync::MutexGuard<'_, Hub> {
+    // A panic while holding the lock cannot leave the hub inconsistent (single pushes
+    // and assignments), so a poisoned lock is still usable.
+    hub.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl SocketServer {
-    /// Binds `path` (replacing a stale socket file) and serves `engine` on it.
+    /// Binds `path` with default [`SocketOptions`] and serves `engine` on it.
     pub fn start(path: &Path, engine: Arc<EngineHandle>) -> io::Result<SocketServer> {
-        if path.exists() {
-            // A socket left by an engine that died; refusing would need an operator to
-            // delete it by hand after every crash.
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
+        Self::start_with(path, engine, &SocketOptions::default())
+    }
+
+    /// Binds `path` (module doc: private mode, never over a live engine or a file that
+    /// is not a socket) and serves `engine` on it.
+    pub fn start_with(
+        path: &Path,
+        engine: Arc<EngineHandle>,
+        options: &SocketOptions,
+    ) -> io::Result<SocketServer> {
+        let (listener, identity) = bind_private(path, options)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let events_to: Writer = Arc::new(Mutex::new(None));
+        let hub: SharedHub = Arc::new(Mutex::new(Hub::default()));
         {
-            let (engine, events_to, stop) = (engine.clone(), events_to.clone(), stop.clone());
+            let (engine, hub, stop) = (engine.clone(), hub.clone(), stop.clone());
             thread::Builder::new()
                 .name("earshot-api-events".into())
                 .spawn(move || {
@@ -49,12 +112,7 @@ impl SocketServer {
                         let Some(ev) = block_on(engine.next_event()) else {
                             return;
                         };
-                        let mut w = events_to.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(s) = w.as_mut()
-                            && write_frame(s, &ServerFrame::Event(ev)).is_err()
-                        {
-                            *w = None;
-                        }
+                        deliver(&hub, &engine, ev);
                     }
                 })?;
         }
@@ -62,25 +120,11 @@ impl SocketServer {
             let stop = stop.clone();
             thread::Builder::new()
                 .name("earshot-api".into())
-                .spawn(move || {
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::Acquire) {
-                            return;
-                        }
-                        let Ok(conn) = conn else { continue };
-                        let (engine, events_to) = (engine.clone(), events_to.clone());
-                        let _ = thread::Builder::new()
-                            .name("earshot-api-conn".into())
-                            .spawn(move || {
-                                if let Err(e) = serve_connection(conn, &engine, &events_to) {
-                                    eprintln!("earshot-engine: API connection ended: {e}");
-                                }
-                            });
-                    }
-                })?;
+                .spawn(move || accept_loop(&listener, &engine, &hub, &stop))?;
         }
         Ok(SocketServer {
             path: path.to_path_buf(),
+            identity,
             stop,
         })
     }
@@ -89,21 +133,177 @@ impl SocketServer {
 impl Drop for SocketServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // Wake the accept loop so it sees the flag, then remove the socket file.
+        // Wake the accept loop so it sees the flag, then remove the socket file if it is
+        // still ours.
         let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-fn serve_connection(conn: UnixStream, engine: &EngineHandle, events_to: &Writer) -> io::Result<()> {
+/// Creates the listening socket at `path` (module doc, "The socket is private").
+fn bind_private(path: &Path, options: &SocketOptions) -> io::Result<(UnixListener, (u64, u64))> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is the socket of a running engine; stop it first or choose \
+                         another --socket",
+                        path.display()
+                    ),
+                ));
+            }
+            // A socket left by an engine that died: nobody answers on it. Refusing
+            // would need an operator to delete it by hand after every crash.
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; it is left untouched. Choose another \
+                     --socket",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "earshot-engine.sock".into());
+    let staging = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // 0700 (the umask can only narrow it): nobody else can reach the socket inside
+        // while its mode is still the umask's.
+        std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    }
+    let result = (|| {
+        let inner = staging.join("s");
+        let listener = UnixListener::bind(&inner)?;
+        let mode = if options.group.is_some() {
+            0o660
+        } else {
+            0o600
+        };
+        if let Some(gid) = options.group {
+            std::os::unix::fs::chown(&inner, None, Some(gid))?;
+        }
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(mode))?;
+        // A hard link never replaces an existing path: if another engine linked its
+        // socket here since the check above, this fails instead of taking it over.
+        std::fs::hard_link(&inner, path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} appeared while binding (another engine?)",
+                        path.display()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((listener, (meta.dev(), meta.ino())))
+    })();
+    let _ = std::fs::remove_file(staging.join("s"));
+    let _ = std::fs::remove_dir(&staging);
+    result
+}
+
+fn accept_loop(
+    listener: &UnixListener,
+    engine: &Arc<EngineHandle>,
+    hub: &SharedHub,
+    stop: &AtomicBool,
+) {
+    let next_conn = AtomicU64::new(1);
+    loop {
+        let conn = listener.accept();
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let conn = match conn {
+            Ok((c, _)) => c,
+            Err(e) => {
+                eprintln!("earshot-engine: API accept failed: {e}; backing off");
+                thread::park_timeout(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let id = next_conn.fetch_add(1, Ordering::Relaxed);
+        let (engine, hub) = (engine.clone(), hub.clone());
+        let spawned = thread::Builder::new()
+            .name("earshot-api-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_connection(id, conn, &engine, &hub) {
+                    eprintln!("earshot-engine: API connection ended: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("earshot-engine: cannot serve an API connection: {e}");
+            thread::park_timeout(ACCEPT_BACKOFF);
+        }
+    }
+}
+
+/// Sends `ev` to the programming client, or keeps it for the next one.
+fn deliver(hub: &SharedHub, engine: &EngineHandle, ev: EngineEvent) {
+    let mut h = lock(hub);
+    if let Some((_, s)) = h.programmer.as_mut() {
+        if write_frame(s, &ServerFrame::Event(ev.clone())).is_ok() {
+            return;
+        }
+        // The client went away mid-stream: keep the event for the next one.
+        h.programmer = None;
+    }
+    if h.backlog.len() < EVENT_BACKLOG {
+        h.backlog.push_back(ev);
+    } else {
+        engine.note_event_lost();
+    }
+}
+
+fn refuse(w: &mut UnixStream, why: String) -> io::Result<()> {
+    write_frame(
+        w,
+        &Hello {
+            refused: Some(why.clone()),
+            ..Hello::current()
+        },
+    )?;
+    Err(io::Error::new(io::ErrorKind::PermissionDenied, why))
+}
+
+fn serve_connection(
+    id: u64,
+    conn: UnixStream,
+    engine: &EngineHandle,
+    hub: &SharedHub,
+) -> io::Result<()> {
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut reader = conn.try_clone()?;
-    let writer: Writer = Arc::new(Mutex::new(Some(conn.try_clone()?)));
     let Some(hello): Option<Hello> = read_frame(&mut reader)? else {
         return Ok(());
     };
+    conn.set_read_timeout(None)?;
     let mut w = conn;
-    write_frame(&mut w, &Hello::current())?;
     if hello.protocol != "earshot-engine" || hello.version != PROTOCOL_VERSION {
+        write_frame(&mut w, &Hello::current())?;
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -112,16 +312,65 @@ fn serve_connection(conn: UnixStream, engine: &EngineHandle, events_to: &Writer)
             ),
         ));
     }
-    *events_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.try_clone()?);
-    while let Some(frame) = read_frame::<_, ClientFrame>(&mut reader)? {
+    let programmer = hello.role == ClientRole::Program;
+    if programmer {
+        let mut h = lock(hub);
+        if h.programmer.is_some() {
+            drop(h);
+            return refuse(
+                &mut w,
+                "another programming client (earshot-control) is connected to this engine; \
+                 one engine is programmed by one sidecar. Stop the other one, or connect as \
+                 an observer"
+                    .into(),
+            );
+        }
+        write_frame(&mut w, &Hello::current())?;
+        // What happened while no sidecar listened, in order, before anything new.
+        while let Some(ev) = h.backlog.pop_front() {
+            if let Err(e) = write_frame(&mut w, &ServerFrame::Event(ev.clone())) {
+                h.backlog.push_front(ev);
+                return Err(e);
+            }
+        }
+        h.programmer = Some((id, w.try_clone()?));
+    } else {
+        write_frame(&mut w, &Hello::current())?;
+    }
+    let served = serve_calls(&mut reader, &mut w, engine, hub, programmer);
+    if programmer {
+        let mut h = lock(hub);
+        if h.programmer.as_ref().is_some_and(|(p, _)| *p == id) {
+            h.programmer = None;
+        }
+    }
+    served
+}
+
+fn serve_calls(
+    reader: &mut UnixStream,
+    w: &mut UnixStream,
+    engine: &EngineHandle,
+    hub: &SharedHub,
+    programmer: bool,
+) -> io::Result<()> {
+    while let Some(frame) = read_frame::<_, ClientFrame>(reader)? {
         let ClientFrame::Call { id, request } = frame;
-        let result = block_on(engine.call(request));
-        let result = result.map_err(|e: EngineError| e);
-        let mut guard = writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = guard.as_mut() {
-            // Replies and events share the stream: hold the events lock while writing.
-            let _ev = events_to.lock().unwrap_or_else(|e| e.into_inner());
-            write_frame(s, &ServerFrame::Reply { id, result })?;
+        let result = if programmer || matches!(request, Request::Snapshot | Request::Stats) {
+            block_on(engine.call(request))
+        } else {
+            Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "an observer may only ask for Snapshot and Stats".into(),
+            })
+        };
+        let reply = ServerFrame::Reply { id, result };
+        if programmer {
+            // Replies and events share the stream: write under the hub lock.
+            let _h = lock(hub);
+            write_frame(w, &reply)?;
+        } else {
+            write_frame(w, &reply)?;
         }
     }
     Ok(())

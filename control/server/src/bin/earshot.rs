@@ -42,6 +42,9 @@ struct RunArgs {
     /// Where the database lives.
     #[arg(long, default_value = "earshot-data")]
     data_dir: PathBuf,
+    /// How long ended interactions stay readable from the store (e.g. 24h, 90m, 3600s).
+    #[arg(long, default_value = "24h", value_parser = earshot_control::parse_duration)]
+    ended_retention: std::time::Duration,
     /// Engine configuration file (TOML, docs/configuration.md); flags below override it.
     #[arg(long)]
     engine_config: Option<PathBuf>,
@@ -63,6 +66,13 @@ struct RunArgs {
     /// Prometheus metrics address (GET /metrics), or `off`.
     #[arg(long, default_value = earshot_control::metrics::DEFAULT_METRICS_ADDR)]
     metrics: earshot_control::metrics::MetricsAddr,
+    /// At most this many gRPC connections at once (more are closed and counted); capped
+    /// at a quarter of the open-file limit.
+    #[arg(long, default_value_t = earshot_control::limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Close a gRPC connection that sends nothing for this long (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = earshot_control::parse_duration)]
+    handshake_timeout: std::time::Duration,
     #[command(flatten)]
     security: earshot_control::security::SecurityArgs,
 }
@@ -80,6 +90,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let nofile = earshot_control::limits::raise_nofile();
     let mut cfg = match &run.engine_config {
         Some(p) => EngineConfig::from_toml(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -106,6 +117,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = ServerConfig::new(&run.data_dir);
     config.grpc_addr = run.grpc;
     config.metrics_addr = run.metrics.addr();
+    config.ended_retention = run.ended_retention;
+    config.max_connections = earshot_control::limits::cap_connections(run.max_connections, nofile);
+    config.handshake_timeout = run.handshake_timeout;
     run.security.apply(&mut config)?;
 
     let mut factory = Factory::new(&cfg)?;

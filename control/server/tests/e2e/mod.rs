@@ -138,6 +138,32 @@ pub fn target_profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// The engine binary next to this test's target dir, built if missing; `None` (with the
+/// reason printed) when it cannot be had.
+pub fn engine_binary() -> Option<PathBuf> {
+    let profile_dir = target_profile_dir();
+    let path = profile_dir.join("earshot-engine");
+    if path.exists() {
+        return Some(path);
+    }
+    let target_dir = profile_dir.parent()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "earshot-engine", "--bin", "earshot-engine"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() && path.exists() => Some(path),
+        other => {
+            println!("SKIPPED: earshot-engine missing and not buildable: {other:?}");
+            None
+        }
+    }
+}
+
 /// Connects to the sidecar at `addr`, waiting until its health service says SERVING.
 pub async fn connect_when_serving(addr: SocketAddr, child: &mut ChildGuard) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -5,7 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use earshot_engine::backend::memory::MemoryBackend;
+use earshot_engine::config::{BackendKind, EngineConfig};
+use earshot_engine::engine::{Engine, EngineHandle};
 
 use earshot_control::proto;
 use earshot_control::{ManualClock, ServerConfig};
@@ -25,6 +30,8 @@ pub struct FakeState {
     pub plans: BTreeMap<String, SessionPlan>,
     pub down: bool,
     pub calls: Vec<Request>,
+    pub owner: Option<String>,
+    pub activity: Vec<earshot_engine_api::LegActivity>,
 }
 
 /// A deterministic engine double: ports from a counter, plans recorded.
@@ -164,7 +171,14 @@ impl FakeEngine {
             Request::Snapshot => Ok(Response::Snapshot(EngineSnapshot {
                 legs: st.legs.values().cloned().collect(),
                 plans: st.plans.values().cloned().collect(),
+                owner: st.owner.clone(),
+                activity: st.activity.clone(),
+                ..EngineSnapshot::default()
             })),
+            Request::Claim { owner } => {
+                st.owner = Some(owner);
+                Ok(Response::Done)
+            }
             Request::Stats => Ok(Response::Stats(EngineStats {
                 backend: "memory".into(),
                 shards: vec![ShardStats {
@@ -189,10 +203,119 @@ impl EngineApi for FakeEngine {
     }
 }
 
+/// The real engine (`earshot-engine`) in-process on the in-memory backend, behind a
+/// switch that can make it unavailable or replace it by a fresh engine (a restart):
+/// the refusals the sidecar meets are the engine's own, not a double's.
+pub struct RealEngine {
+    current: Mutex<Arc<EngineHandle>>,
+    engines: Mutex<Vec<Engine>>,
+    down: AtomicBool,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for RealEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RealEngine")
+    }
+}
+
+/// An engine configuration for tests: memory backend, IPv4 only, small tables.
+pub fn mem_config(shards: usize, port_base: u16, ports_per_shard: u32) -> EngineConfig {
+    EngineConfig {
+        backend: BackendKind::Memory,
+        pin: false,
+        seed: 7,
+        shards,
+        port_base,
+        ports_per_shard,
+        max_legs_per_shard: 256,
+        max_sessions_per_shard: 64,
+        ..EngineConfig::default()
+    }
+}
+
+fn start_engine(cfg: &EngineConfig) -> Engine {
+    Engine::start(cfg, |_| {
+        let (b, _net) = MemoryBackend::new(64, true);
+        Ok(Box::new(b))
+    })
+    .expect("memory engine starts")
+}
+
+impl RealEngine {
+    pub fn start(cfg: &EngineConfig) -> Arc<RealEngine> {
+        let engine = start_engine(cfg);
+        Arc::new(RealEngine {
+            current: Mutex::new(engine.handle()),
+            engines: Mutex::new(vec![engine]),
+            down: AtomicBool::new(false),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The engine process "restarts": a fresh engine with `cfg` replaces the old one,
+    /// which stops (its legs are gone).
+    pub fn restart(&self, cfg: &EngineConfig) {
+        let engine = start_engine(cfg);
+        *self.current.lock().unwrap() = engine.handle();
+        let old: Vec<Engine> = std::mem::take(&mut *self.engines.lock().unwrap());
+        self.engines.lock().unwrap().push(engine);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        for e in old {
+            e.shutdown();
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+    }
+
+    pub fn handle(&self) -> Arc<EngineHandle> {
+        self.current.lock().unwrap().clone()
+    }
+
+    /// Calls the engine directly (as another client would).
+    pub fn request(&self, r: Request) -> Result<Response, EngineError> {
+        earshot_engine::server::block_on(self.handle().request(r))
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        match self.request(Request::Snapshot) {
+            Ok(Response::Snapshot(s)) => s,
+            other => panic!("snapshot: {other:?}"),
+        }
+    }
+
+    /// The local port of `(session, leg_key)`'s leg, if the engine has it.
+    pub fn port_of(&self, session: &str, leg_key: &str) -> Option<u16> {
+        self.snapshot()
+            .legs
+            .iter()
+            .find(|l| l.session == session && l.leg_key == leg_key)
+            .map(|l| l.local.port())
+    }
+}
+
+impl EngineApi for RealEngine {
+    fn call(&self, request: Request) -> BoxFuture<'_, Result<Response, EngineError>> {
+        if self.down.load(Ordering::Relaxed) {
+            return Box::pin(async { Err(EngineError::Unavailable("test engine down".into())) });
+        }
+        let handle = self.handle();
+        Box::pin(async move { handle.request(request).await })
+    }
+
+    fn next_event(&self) -> BoxFuture<'_, Option<EngineEvent>> {
+        // Events are not needed by the tests that use this engine; never resolves.
+        Box::pin(std::future::pending())
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -208,16 +331,28 @@ impl TestServer {
         engine: Arc<FakeEngine>,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
+        Self::start_on(data_dir, engine, adjust).await
+    }
+
+    /// A server on any engine.
+    pub async fn start_on(
+        data_dir: &Path,
+        engine: Arc<dyn EngineApi>,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let mut config = ServerConfig::new(data_dir);
         config.clock = Arc::new(ManualClock::new(1_700_000_000_000));
         config.reconcile_retry = std::time::Duration::from_millis(50);
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(earshot_control::serve_with_listener(
+        let task = tokio::spawn(earshot_control::serve_with_listeners(
             config,
             listener,
+            Some(metrics),
             engine,
             async move {
                 let _ = rx.await;
@@ -230,10 +365,26 @@ impl TestServer {
             .unwrap();
         TestServer {
             addr,
+            metrics_addr,
             channel,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// One metric's value from `GET /metrics` (the unlabelled sample), if present.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Stops the server and waits until it has released the store.

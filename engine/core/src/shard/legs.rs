@@ -10,7 +10,7 @@ use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
 use earshot_media::{Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc};
 
 use super::session::Session;
-use super::{NO_SLOT, ReleasedPort, Shard, validate_media};
+use super::{NO_SLOT, ReleasedPort, Shard};
 
 /// Mean interval between a leg's RTCP reports (RFC 3550 section 6.2's minimum of 5 s;
 /// each interval is randomised over [0.5, 1.5] of it).
@@ -254,7 +254,7 @@ impl Shard {
         media: MediaConfig,
     ) -> Result<Response, EngineError> {
         let slot = self.resolve(id)?;
-        validate_media(&media)?;
+        media.validate()?;
         if media.rtcp_mux == self.leg(slot).paired {
             return Err(EngineError::InvalidArgument {
                 field: "rtcp_mux".into(),

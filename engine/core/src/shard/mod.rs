@@ -46,7 +46,7 @@ use earshot_media::dsp::mix::MixKernels;
 use earshot_media::mixer::Frames;
 use earshot_media::rng::SeedRng;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType};
+use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS};
 
 use crate::stats::Counters;
 use legs::Leg;
@@ -393,41 +393,4 @@ pub enum ShardCommand {
     Snapshot(EngineSnapshot),
     /// Fill this entry with the shard's stats.
     Stats(ShardStats),
-}
-
-/// Validates a leg's media configuration; names the offending field.
-pub fn validate_media(m: &MediaConfig) -> Result<(), EngineError> {
-    let bad = |field: &str, message: String| {
-        Err(EngineError::InvalidArgument {
-            field: field.into(),
-            message,
-        })
-    };
-    if !earshot_media::PTIMES_MS.contains(&m.ptime_ms) {
-        return bad(
-            "ptime_ms",
-            format!("{} is not one of 10, 20, 30, 40, 60", m.ptime_ms),
-        );
-    }
-    if m.payload_type > 127 {
-        return bad(
-            "payload_type",
-            format!("{} is not a 7-bit payload type", m.payload_type),
-        );
-    }
-    if let Some(te) = m.telephone_event_pt {
-        if te > 127 || te == m.payload_type || te == PayloadType::CN.0 {
-            return bad(
-                "telephone_event_pt",
-                format!("{te} clashes or is not a 7-bit payload type"),
-            );
-        }
-    }
-    if (72..=95).contains(&m.payload_type) {
-        return bad(
-            "payload_type",
-            format!("{} collides with RTCP packet types", m.payload_type),
-        );
-    }
-    Ok(())
 }

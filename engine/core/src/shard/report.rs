@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use earshot_engine_api::{EngineSnapshot, Family, LegInfo, ShardStats};
+use earshot_engine_api::{EngineSnapshot, Family, LegActivity, LegInfo, ShardStats};
 use earshot_media::plan::OutputPlan;
 
 use super::Shard;
@@ -10,8 +10,13 @@ use super::Shard;
 impl Shard {
     pub(super) fn fill_snapshot(&self, snap: &mut EngineSnapshot) {
         for (slot, leg) in self.legs.iter().enumerate() {
-            if leg.is_some() {
+            if let Some(leg) = leg {
                 snap.legs.push(self.leg_info(slot as u32));
+                snap.activity.push(LegActivity {
+                    leg: leg.id,
+                    first_packet_seen: leg.first_packet_seen,
+                    packets_in: leg.packets_in,
+                });
             }
         }
         for sess in self.sessions.iter().flatten() {

@@ -46,16 +46,77 @@ struct Args {
     /// Ports per shard (a power of two).
     #[arg(long)]
     ports_per_shard: Option<u32>,
-    /// Unix socket of the programming API.
+    /// Unix socket of the programming API. Created 0600 (owner only) whatever the
+    /// umask; an existing socket where an engine answers, or a path that is not a
+    /// socket, is refused.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Group (name or number) allowed to program the engine: the socket is then 0660
+    /// and owned by this group. Default: none (0600).
+    #[arg(long)]
+    socket_group: Option<String>,
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
 }
 
+/// Raises the open-file soft limit to the hard limit: every leg is a socket, and 1,024
+/// (systemd's common soft default) is far below what an engine holds. Failure is
+/// logged, not fatal: the engine then runs with the limit it was given.
+#[allow(unsafe_code)]
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` through a valid, exclusive pointer to a
+    // local; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        eprintln!(
+            "earshot-engine: cannot read the open-file limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one valid `rlimit` from a pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        eprintln!(
+            "earshot-engine: cannot raise the open-file limit from {} to {}: {}",
+            limit.rlim_cur,
+            limit.rlim_max,
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A group given by number, or by name from /etc/group.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(group))
+                .then(|| fields.nth(1))
+                .flatten()
+                .and_then(|gid| gid.parse().ok())
+        })
+        .with_context(|| format!("no group {group:?} in /etc/group"))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    raise_nofile_limit();
     let mut cfg = match &args.config {
         Some(p) => {
             let text =
@@ -114,7 +175,10 @@ fn main() -> anyhow::Result<()> {
         u32::from(cfg.port_base) + cfg.ports_per_shard * cfg.shards as u32,
         cfg.socket.display()
     );
-    let server = SocketServer::start(&cfg.socket, engine.handle())
+    let options = earshot_engine::server::SocketOptions {
+        group: args.socket_group.as_deref().map(group_id).transpose()?,
+    };
+    let server = SocketServer::start_with(&cfg.socket, engine.handle(), &options)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(std::time::Duration::from_millis(100));
