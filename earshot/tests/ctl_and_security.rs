@@ -1,7 +1,12 @@
 //! Operations: the metrics endpoint, bearer-token authentication, the non-loopback bind
 //! rule, TLS, and the `earshot ctl` client run as a real process.
 
+// The control crate's test support (fake engine, test server, request builders),
+// shared rather than copied.
+#[path = "../../control/server/tests/support/mod.rs"]
 mod support;
+#[allow(dead_code)] // Only the binary locator is used here.
+mod e2e;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -224,7 +229,7 @@ async fn non_loopback_bind_without_tls_or_token_is_refused_unless_insecure() {
 #[test]
 fn earshot_control_binary_refuses_an_insecure_public_bind_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_earshot-control"))
+    let out = std::process::Command::new(e2e::control_binary())
         .args(["--grpc", "0.0.0.0:0", "--metrics", "off", "--data-dir"])
         .arg(dir.path())
         .output()
@@ -477,7 +482,7 @@ async fn ctl_prints_human_and_json_output_and_refusals_with_code_and_reason() {
 fn documented_ctl_commands() -> Vec<Vec<String>> {
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/operations.md"
+        "/../docs/operations.md"
     ))
     .expect("docs/operations.md");
     let start = doc

@@ -794,7 +794,7 @@ impl TwoProcesses {
         ];
         let mut sidecar = ChildGuard::spawn(
             "earshot-control",
-            Path::new(env!("CARGO_BIN_EXE_earshot-control")),
+            &e2e::control_binary(),
             &args,
             &self.dir.join("control.log"),
         );

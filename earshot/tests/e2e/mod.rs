@@ -141,15 +141,28 @@ pub fn target_profile_dir() -> PathBuf {
 /// The engine binary next to this test's target dir, built if missing; `None` (with the
 /// reason printed) when it cannot be had.
 pub fn engine_binary() -> Option<PathBuf> {
+    sibling_binary("earshot-engine", "earshot-engine")
+}
+
+/// The sidecar binary (`earshot-control`, of the control package), built if missing.
+/// Panics when it cannot be built: every test that asks for it needs it.
+pub fn control_binary() -> PathBuf {
+    sibling_binary("earshot-control", "earshot-control")
+        .expect("the earshot-control binary builds")
+}
+
+/// A binary of another workspace package, in this test's target dir: cargo builds only
+/// the binaries of the package under test, so others are built here when missing.
+fn sibling_binary(package: &str, bin: &str) -> Option<PathBuf> {
     let profile_dir = target_profile_dir();
-    let path = profile_dir.join("earshot-engine");
+    let path = profile_dir.join(bin);
     if path.exists() {
         return Some(path);
     }
     let target_dir = profile_dir.parent()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "-p", "earshot-engine", "--bin", "earshot-engine"])
+    cmd.args(["build", "-p", package, "--bin", bin])
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
@@ -158,7 +171,7 @@ pub fn engine_binary() -> Option<PathBuf> {
     match cmd.status() {
         Ok(s) if s.success() && path.exists() => Some(path),
         other => {
-            println!("SKIPPED: earshot-engine missing and not buildable: {other:?}");
+            println!("SKIPPED: {bin} missing and not buildable: {other:?}");
             None
         }
     }

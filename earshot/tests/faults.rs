@@ -14,6 +14,9 @@
 //!
 //! Long variants: none yet; every test here runs in a few seconds.
 
+// The control crate's test support (fake engine, test server, request builders),
+// shared rather than copied.
+#[path = "../../control/server/tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
@@ -21,6 +24,9 @@ use std::time::Duration;
 use earshot_control::proto;
 use earshot_engine_api::Request;
 use support::*;
+
+mod real_engine;
+use real_engine::*;
 use tonic::Code;
 
 fn call_with(
@@ -828,7 +834,7 @@ impl Procs {
         ];
         let mut sidecar = ChildGuard::spawn(
             "earshot-control",
-            Path::new(env!("CARGO_BIN_EXE_earshot-control")),
+            &e2e::control_binary(),
             &args,
             &self.dir.join("control.log"),
         );

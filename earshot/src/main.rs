@@ -1,5 +1,5 @@
 //! `earshot`: the engine and the control sidecar in one process, the engine programmed
-//! in-process. This is what `cargo run --release` at the repository root starts, with
+//! in-process (the top of the house: it depends on both, neither depends on it). This is what `cargo run --release` at the repository root starts, with
 //! defaults that need no configuration: gRPC on 127.0.0.1:50051, RTP on 127.0.0.1, data
 //! in `./earshot-data`, and the best I/O backend that works on the host.
 
@@ -60,6 +60,13 @@ struct RunArgs {
     /// Number of data-plane shards.
     #[arg(long)]
     shards: Option<usize>,
+    /// First RTP port of shard 0 (even; default 10000, below the kernel's ephemeral
+    /// range; see docs/configuration.md).
+    #[arg(long)]
+    port_base: Option<u16>,
+    /// RTP ports per shard (even; default 20000).
+    #[arg(long)]
+    ports_per_shard: Option<u32>,
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
@@ -108,6 +115,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = run.shards {
         cfg.shards = n;
+    }
+    if let Some(p) = run.port_base {
+        cfg.port_base = p;
+    }
+    if let Some(p) = run.ports_per_shard {
+        cfg.ports_per_shard = p;
     }
     if run.no_pin {
         cfg.pin = false;
