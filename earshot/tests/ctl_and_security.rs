@@ -3,10 +3,10 @@
 
 // The control crate's test support (fake engine, test server, request builders),
 // shared rather than copied.
+// Only the binary locator is used here (the module allows its dead code).
+mod e2e;
 #[path = "../../control/server/tests/support/mod.rs"]
 mod support;
-#[allow(dead_code)] // Only the binary locator is used here.
-mod e2e;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -147,8 +147,7 @@ pub fn engine_binary() -> Option<PathBuf> {
 /// The sidecar binary (`earshot-control`, of the control package), built if missing.
 /// Panics when it cannot be built: every test that asks for it needs it.
 pub fn control_binary() -> PathBuf {
-    sibling_binary("earshot-control", "earshot-control")
-        .expect("the earshot-control binary builds")
+    sibling_binary("earshot-control", "earshot-control").expect("the earshot-control binary builds")
 }
 
 /// A binary of another workspace package, in this test's target dir: cargo builds only

@@ -120,4 +120,3 @@ impl EngineApi for RealEngine {
         Box::pin(std::future::pending())
     }
 }
-

@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
+use std::sync::{Arc, Mutex};
 
 use earshot_control::proto;
 use earshot_control::{ManualClock, ServerConfig};
