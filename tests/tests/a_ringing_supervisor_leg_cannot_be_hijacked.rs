@@ -29,7 +29,20 @@ fn supervisor_media(report_first_packet: bool) -> MediaConfig {
 
 /// A valid 20 ms PCMU packet from the racer.
 fn racer_rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 0x0b, 0xad, 0xf0, 0x0d];
+    let mut p = vec![
+        0x80,
+        0,
+        (seq >> 8) as u8,
+        seq as u8,
+        0,
+        0,
+        0,
+        0,
+        0x0b,
+        0xad,
+        0xf0,
+        0x0d,
+    ];
     p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
     p.extend(std::iter::repeat_n(0x2a, 160));
     p
@@ -65,7 +78,10 @@ fn a_ringing_supervisor_leg_cannot_be_hijacked() {
         {
             sim.run_for(ms(5));
             waited += 5;
-            assert!(waited < 200, "{mode:?}: no first packet from the answering phone");
+            assert!(
+                waited < 200,
+                "{mode:?}: no first packet from the answering phone"
+            );
         }
         // The control side reacts by reconfiguring the leg; a racer sends at once, and
         // keeps sending, RTP and RTCP.
