@@ -59,19 +59,27 @@ impl RtpHeader {
         RtpHeader { version, ..self }
     }
 
-    /// Writes the header into the first [`HEADER_LEN`] bytes of `buf` (no padding, no
-    /// extension, no CSRCs), whatever they held before.
-    pub fn write(&self, buf: &mut [u8]) {
-        let mut p = RtpPacket::new_unchecked(&mut buf[..HEADER_LEN]);
+    /// The header's [`HEADER_LEN`] bytes (no padding, no extension, no CSRCs).
+    #[inline]
+    pub fn bytes(&self) -> [u8; HEADER_LEN] {
+        // Built in a zeroed local array: P, X and CC stay 0, and the compiler turns the
+        // setters into plain stores (the shard rig writes a header per packet it feeds).
+        let mut h = [0u8; HEADER_LEN];
+        let mut p = RtpPacket::new_unchecked(&mut h[..]);
         p.set_version(self.version);
-        p.set_padding_flag(false);
-        p.set_extension_flag(false);
-        p.set_csrc_count(0);
         p.set_marker(self.marker);
         p.set_payload_type(PayloadType(self.payload_type & 0x7f));
         p.set_seq(SeqNo(self.seq));
         p.set_ts(RtpTs(self.ts));
         p.set_ssrc(Ssrc(self.ssrc));
+        h
+    }
+
+    /// Writes the header into the first [`HEADER_LEN`] bytes of `buf`, whatever they
+    /// held before.
+    #[inline]
+    pub fn write(&self, buf: &mut [u8]) {
+        buf[..HEADER_LEN].copy_from_slice(&self.bytes());
     }
 
     /// A datagram: this header, then `payload`.
