@@ -23,15 +23,16 @@ use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::Engine;
-use earshot_engine_api::{
-    CodecName, Edge, EngineApi, Family, LegId, MediaConfig, Percentiles, Request, Response,
-    SessionPlan,
-};
+use earshot_engine_api::{EngineApi, Family, LegId, Percentiles, Request, Response};
+use earshot_media::Codec;
+use earshot_testkit::fixtures::{all_hear_all, pcmu_media, plan};
+use earshot_testkit::g711::tone_frame;
+use earshot_testkit::rig::{FRAME_SAMPLES, PACKET_LEN, voice};
+use earshot_testkit::rtp::{HEADER_LEN, RtpHeader};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::capacity::{PACKET_LEN, tone_frame, write_rtp_header};
 use crate::net::{self, BATCH, Mmsg};
 
 /// What the engine carries.
@@ -176,10 +177,10 @@ pub(crate) fn generate(
         })
     };
     pin(core);
-    let tone = tone_frame();
+    let tone: [u8; FRAME_SAMPLES] = tone_frame(Codec::Pcmu, &voice(0), 0);
     let mut m = Mmsg::new();
     for i in 0..BATCH {
-        m.buf_mut(i)[12..PACKET_LEN].copy_from_slice(&tone);
+        m.buf_mut(i)[HEADER_LEN..PACKET_LEN].copy_from_slice(&tone);
     }
     let mut seq = vec![0u16; targets.len()];
     let (mut offered, mut sent, mut next_target) = (0u64, 0u64, 0usize);
@@ -208,7 +209,9 @@ pub(crate) fn generate(
             let s = seq[t];
             seq[t] = s.wrapping_add(1);
             let buf = m.buf_mut(i);
-            write_rtp_header(buf, s == 0, s, u32::from(s) * 160, ssrc_base + t as u32);
+            RtpHeader::pcmu(s, u32::from(s) * 160, ssrc_base + t as u32)
+                .with_marker(s == 0)
+                .write(buf);
             buf[12..20].copy_from_slice(&stamp.to_le_bytes());
             m.set_send(i, targets[t], PACKET_LEN);
         }
@@ -332,15 +335,7 @@ fn program(
                 api,
                 Request::ConfigureLeg {
                     leg: info.leg,
-                    media: MediaConfig {
-                        remote: Some(SocketAddr::V4(peer)),
-                        codec: CodecName::Pcmu,
-                        payload_type: 0,
-                        ptime_ms: 20,
-                        telephone_event_pt: None,
-                        rtcp_mux: true,
-                        report_first_packet: false,
-                    },
+                    media: pcmu_media(Some(SocketAddr::V4(peer))),
                 },
             )?;
             ids.push(info.leg);
@@ -349,25 +344,11 @@ fn program(
                 SocketAddr::V6(_) => return Err(std::io::Error::other("IPv6 leg").into()),
             }
         }
-        let mut edges = Vec::new();
-        for &listener in &ids {
-            for &source in &ids {
-                if listener != source {
-                    edges.push(Edge {
-                        listener,
-                        source,
-                        gain: 4096,
-                    });
-                }
-            }
-        }
+        // Forwarded pairs hear each other; barge sessions everyone the other two.
+        let edges = all_hear_all(legs_per);
         block_on_call(
             api,
-            Request::SetSessionPlan(SessionPlan {
-                session,
-                edges,
-                no_dtmf: Vec::new(),
-            }),
+            Request::SetSessionPlan(plan(&session, &ids, &edges, &[])),
         )?;
     }
     Ok(targets)

@@ -20,11 +20,10 @@
 //! What it deliberately does not do: judge veth numbers as NIC numbers (docs/perf.md
 //! says what they do and do not predict), or run without root (it needs CAP_NET_ADMIN,
 //! CAP_BPF and CAP_IPC_LOCK; it fails naming the step that was refused).
-#![allow(unsafe_code)] // setns(2): moving one helper thread into a namespace
+//!
+//! The namespaces and the veth pair are the test kit's guards (`earshot_testkit::netns`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -34,9 +33,9 @@ use earshot_afxdp::{AttachMode, XdpFilter, XdpProgram, XskConfig, XskSocket};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::{Engine, EngineHandle};
-use earshot_engine_api::{
-    CodecName, Edge, EngineApi, Family, MediaConfig, Percentiles, Request, Response, SessionPlan,
-};
+use earshot_engine_api::{EngineApi, Family, Percentiles, Request, Response};
+use earshot_testkit::fixtures::{Supervision, pcmu_media};
+use earshot_testkit::netns::{self, VethConfig, VethPair};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -122,93 +121,16 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> BenchError {
     std::io::Error::other(format!("{what}: {e}")).into()
 }
 
-fn ip(args: &[&str]) -> Result<(), BenchError> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io_err(
-            &format!("ip {}", args.join(" ")),
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ))
-    }
-}
-
-/// The two namespaces and the veth pair; deleted on drop.
-#[derive(Debug)]
-struct NetPair {
-    engine: String,
-    peer: String,
-}
-
-impl NetPair {
-    fn new() -> Result<NetPair, BenchError> {
-        let pid = std::process::id();
-        let pair = NetPair {
-            engine: format!("ebe-{pid}"),
-            peer: format!("ebp-{pid}"),
-        };
-        ip(&["netns", "add", &pair.engine])?;
-        ip(&["netns", "add", &pair.peer])?;
-        ip(&[
-            "-n",
-            &pair.engine,
-            "link",
-            "add",
-            "ve",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vp",
-            "netns",
-            &pair.peer,
-        ])?;
-        for (ns, dev, v4) in [(&pair.engine, "ve", ENGINE_V4), (&pair.peer, "vp", PEER_V4)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
-        Ok(pair)
-    }
-}
-
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.engine, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Moves the calling thread (only) into namespace `ns`.
-fn enter_netns(ns: &str) -> Result<(), BenchError> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
-    // SAFETY: setns with a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io_err(
-            &format!("setns {ns}"),
-            std::io::Error::last_os_error(),
-        ))
-    }
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns` (a socket keeps the namespace it was
-/// created in, so sockets made here can be used from any thread afterwards).
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T, BenchError> + Send + 'static,
-) -> Result<T, BenchError> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns)?;
-        f()
-    })
-    .join()
-    .map_err(|_| io_err("namespace thread", "panicked"))?
+/// The engine's namespace (`ve`, 10.77.0.1) and the peer's (`vp`, 10.77.0.2).
+fn veth_pair() -> Result<VethPair, BenchError> {
+    Ok(VethPair::new(
+        "bench",
+        VethConfig {
+            prefix_a: "ebe",
+            prefix_b: "ebp",
+            ..VethConfig::v4(77)
+        },
+    )?)
 }
 
 fn pin(core: usize) {
@@ -376,7 +298,7 @@ fn start_engine(
     let ns = ns.to_string();
     let thread = std::thread::spawn(move || {
         // Shard threads inherit this thread's namespace.
-        let started = enter_netns(&ns).map_err(|e| e.to_string()).and_then(|()| {
+        let started = netns::enter(&ns).map_err(|e| e.to_string()).and_then(|()| {
             let mut factory = Factory::new(&cfg).map_err(|e| e.to_string())?;
             let engine = Engine::start(&cfg, |i| factory.open(i)).map_err(|e| e.to_string())?;
             Ok((factory, engine))
@@ -433,15 +355,7 @@ fn program_forwarded(
                 api,
                 Request::ConfigureLeg {
                     leg: info.leg,
-                    media: MediaConfig {
-                        remote: Some(SocketAddr::V4(peer)),
-                        codec: CodecName::Pcmu,
-                        payload_type: 0,
-                        ptime_ms: 20,
-                        telephone_event_pt: None,
-                        rtcp_mux: true,
-                        report_first_packet: false,
-                    },
+                    media: pcmu_media(Some(SocketAddr::V4(peer))),
                 },
             )?;
             let SocketAddr::V4(local) = info.local else {
@@ -450,18 +364,9 @@ fn program_forwarded(
             targets.push(local);
             legs.push(info.leg);
         }
-        let edge = |listener, source| Edge {
-            listener,
-            source,
-            gain: 4096,
-        };
         call(
             api,
-            Request::SetSessionPlan(SessionPlan {
-                session,
-                edges: vec![edge(legs[0], legs[1]), edge(legs[1], legs[0])],
-                no_dtmf: Vec::new(),
-            }),
+            Request::SetSessionPlan(Supervision::Call.plan(&session, &legs, false)),
         )?;
     }
     Ok(targets)
@@ -555,10 +460,10 @@ fn measure(
     Ok(r)
 }
 
-fn peer_socket(ns: &str) -> Result<UdpSocket, BenchError> {
-    in_netns(ns, || {
-        Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(PEER_V4, 0)))?)
-    })
+fn peer_socket(pair: &VethPair) -> Result<UdpSocket, BenchError> {
+    Ok(pair
+        .b
+        .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(PEER_V4, 0))))?)
 }
 
 fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
@@ -570,17 +475,15 @@ fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
 
 /// Runs every measurement of the module docs once.
 pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
-    let pair = NetPair::new()?;
+    let pair = veth_pair()?;
     let duration_ns = p.duration_ms * 1_000_000;
 
     // 0. The generator's ceiling: unlimited, into a bound socket nobody reads.
-    let sink = in_netns(&pair.engine, || {
-        Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(
-            ENGINE_V4, SINK_PORT,
-        )))?)
-    })?;
+    let sink = pair
+        .a
+        .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(ENGINE_V4, SINK_PORT))))?;
     let g = generate(
-        &peer_socket(&pair.peer)?,
+        &peer_socket(&pair)?,
         0x2000_0000,
         &[local_v4(&sink)?],
         0,
@@ -595,12 +498,9 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
     let mut cases = Vec::new();
     // 1. The socket reflector.
     {
-        let sock = in_netns(&pair.engine, || {
-            Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(
-                ENGINE_V4,
-                REFLECTOR_PORT,
-            )))?)
-        })?;
+        let sock = pair
+            .a
+            .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(ENGINE_V4, REFLECTOR_PORT))))?;
         let target = local_v4(&sock)?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(ReflectorCounters::default());
@@ -616,7 +516,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let r = measure(
             "reflector/socket",
             sut.as_ref(),
-            &peer_socket(&pair.peer)?,
+            &peer_socket(&pair)?,
             &[target],
             p,
         );
@@ -630,11 +530,8 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let (stop, counters, core) = (stop.clone(), counters.clone(), p.sut_core);
-            let ns = pair.engine.clone();
-            std::thread::spawn(move || {
-                enter_netns(&ns)?;
-                run_xdp_reflector(core, &stop, &counters, ready_tx)
-            })
+            pair.a
+                .spawn(move || run_xdp_reflector(core, &stop, &counters, ready_tx))
         };
         let ready = ready_rx.recv().unwrap_or(Err("thread exited".into()));
         let sut = Box::new(ReflectorSut {
@@ -650,7 +547,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let r = measure(
             "reflector/af_xdp",
             sut.as_ref(),
-            &peer_socket(&pair.peer)?,
+            &peer_socket(&pair)?,
             &[target],
             p,
         );
@@ -659,8 +556,8 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
     }
     // 3. The engine on each backend.
     for (block, backend) in p.backends.iter().enumerate() {
-        let sut = Box::new(start_engine(&pair.engine, p, backend, block)?);
-        let sock = peer_socket(&pair.peer)?;
+        let sut = Box::new(start_engine(pair.a.name(), p, backend, block)?);
+        let sock = peer_socket(&pair)?;
         let r = program_forwarded(sut.handle.as_ref(), p.sessions, local_v4(&sock)?).and_then(
             |targets| {
                 measure(
