@@ -29,6 +29,7 @@ use earshot_testkit::rig::{PERIOD_NS, ShardRig, shard_config};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::machine::CoreTimes;
 
 const LEGS_PER_SESSION: usize = 3;
 /// Datagrams handed to the shard between two tick checks, like one receive batch.
@@ -121,31 +122,12 @@ fn thread_run_delay_ns() -> Option<u64> {
     s.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// (busy, steal, total) jiffies of `core`'s line in /proc/stat, or of all cores.
-fn core_jiffies(core: Option<usize>) -> Option<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = core.map_or_else(|| "cpu".to_string(), |c| format!("cpu{c}"));
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    // user nice system idle iowait irq softirq steal ...
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4)?;
-    let steal = *v.get(7)?;
-    Some((total - idle - steal, steal, total))
-}
-
 /// What the machine did to one step, measured from before and after.
 struct MachineProbe {
     core: Option<usize>,
     cpu_ns: Option<u64>,
     run_delay_ns: Option<u64>,
-    jiffies: Option<(u64, u64, u64)>,
+    times: Option<CoreTimes>,
 }
 
 impl MachineProbe {
@@ -154,7 +136,7 @@ impl MachineProbe {
             core,
             cpu_ns: thread_cpu_ns(),
             run_delay_ns: thread_run_delay_ns(),
-            jiffies: core_jiffies(core),
+            times: CoreTimes::read(core),
         }
     }
 
@@ -170,16 +152,9 @@ impl MachineProbe {
             .zip(thread_run_delay_ns())
             .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
         let shares = self
-            .jiffies
-            .zip(core_jiffies(self.core))
-            .and_then(|(a, b)| {
-                let total = b.2.saturating_sub(a.2);
-                (total > 0).then(|| {
-                    let busy = b.0.saturating_sub(a.0) as f64 / total as f64;
-                    let steal = b.1.saturating_sub(a.1) as f64 / total as f64;
-                    (busy, steal)
-                })
-            });
+            .times
+            .zip(CoreTimes::read(self.core))
+            .and_then(|(a, b)| a.shares_until(&b));
         let other = shares
             .zip(cpu_share)
             .map(|((busy, _), mine)| (busy - mine).max(0.0));

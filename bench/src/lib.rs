@@ -11,6 +11,8 @@
 //!   reflector measured in the same run (the kernel's ceiling, SPEC section 6);
 //! - [`veth`]: AF_XDP vs io_uring vs sockets across a veth pair between two network
 //!   namespaces, with a socket and an AF_XDP reflector as baselines (needs root);
+//! - [`machine`]: per-core busy and stolen time from `/proc/stat`, reported beside
+//!   every measurement;
 //! - [`scenario`]: JSON scenario files (`bench/scenarios/*.json`) and JSON results
 //!   (`bench/results/*.json`).
 //!
@@ -22,6 +24,7 @@
 //! never changes engine code paths, it only feeds them.
 
 pub mod capacity;
+pub mod machine;
 pub mod net;
 pub mod scenario;
 pub mod udp;

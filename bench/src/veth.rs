@@ -40,6 +40,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::machine::CoreTimes;
 use crate::net::{self, BATCH};
 use crate::udp::{ReflectorCounters, generate, run_reflector};
 
@@ -372,36 +373,13 @@ fn program_forwarded(
     Ok(targets)
 }
 
-/// (busy, total) jiffies of `core` from /proc/stat (0, 0 if unreadable).
-fn cpu_jiffies(core: usize) -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return (0, 0);
-    };
-    let name = format!("cpu{core}");
-    let Some(line) = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-    else {
-        return (0, 0);
-    };
-    // user nice system idle iowait irq softirq steal ...
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let total = after.1.saturating_sub(before.1);
-    if total == 0 {
-        0.0
-    } else {
-        after.0.saturating_sub(before.0) as f64 / total as f64
-    }
+/// Busy share of a core between two readings, 0..1, counting stolen time as busy (the
+/// core was not free for the system under test); 0 if unreadable.
+fn busy_share(before: Option<CoreTimes>, after: Option<CoreTimes>) -> f64 {
+    before
+        .zip(after)
+        .and_then(|(b, a)| b.shares_until(&a))
+        .map_or(0.0, |(busy, steal)| busy + steal)
 }
 
 /// Both passes against one running SUT.
@@ -425,9 +403,10 @@ fn measure(
         true,
     )?;
     let (in0, out0) = sut.counts()?;
-    let (sut0, gen0) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
+    let core = |c: usize| CoreTimes::read(Some(c));
+    let (sut0, gen0) = (core(p.sut_core), core(p.gen_core));
     let g = generate(sock, 0x3000_0000, targets, 0, duration_ns, p.gen_core, true)?;
-    let (sut1, gen1) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
+    let (sut1, gen1) = (core(p.sut_core), core(p.gen_core));
     let (in1, out1) = sut.counts()?;
     let r = CaseResult {
         target: target.to_string(),

@@ -9,8 +9,8 @@
 use earshot_media::Codec;
 use earshot_media::dsp::g711;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::wire::rtp::{RtpPacket, RtpRepr};
 
+use earshot_testkit::rtp::Rtp;
 use earshot_testkit::tone::{NARROWBAND_HZ, TONE_AMPLITUDE, tone_amplitude};
 pub use earshot_testkit::tone::{PRESENT_FRACTION, SILENT_FRACTION, ToneReport};
 
@@ -84,23 +84,19 @@ impl Listener {
             }
             return;
         }
-        let Ok(view) = RtpPacket::new_checked(bytes) else {
-            self.malformed += 1;
-            return;
-        };
-        let Ok(repr) = RtpRepr::parse(&view) else {
+        let Some(rtp) = Rtp::parse(bytes) else {
             self.malformed += 1;
             return;
         };
         self.packets.push(Received {
             sent_at,
             at,
-            ssrc: repr.ssrc.0,
-            seq: repr.seq.0,
-            ts: repr.ts.0,
-            marker: repr.marker,
-            pt: repr.payload_type.0,
-            payload: repr.payload.to_vec(),
+            ssrc: rtp.ssrc,
+            seq: rtp.seq,
+            ts: rtp.ts,
+            marker: rtp.marker,
+            pt: rtp.payload_type,
+            payload: rtp.payload,
         });
     }
 
