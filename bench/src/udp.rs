@@ -27,6 +27,7 @@ use earshot_engine_api::{EngineApi, Family, LegId, Percentiles, Request, Respons
 use earshot_media::Codec;
 use earshot_testkit::fixtures::{all_hear_all, pcmu_media, plan};
 use earshot_testkit::g711::tone_frame;
+use earshot_testkit::program::{add_leg, set_plan};
 use earshot_testkit::rig::{FRAME_SAMPLES, PACKET_LEN, voice};
 use earshot_testkit::rtp::{HEADER_LEN, RtpHeader};
 use hdrhistogram::Histogram;
@@ -107,7 +108,8 @@ fn pin(core: usize) {
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
 }
 
-fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
+/// A latency histogram in nanoseconds as percentiles in microseconds.
+pub(crate) fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
     let us = |ns: u64| ns as f64 / 1000.0;
     Percentiles {
         p50: us(h.value_at_quantile(0.5)),
@@ -306,50 +308,33 @@ fn block_on_call(api: &dyn EngineApi, req: Request) -> Result<Response, BenchErr
     Ok(pollster::block_on(api.call(req))?)
 }
 
-/// Programs the engine's sessions; returns every leg's local RTP address.
-fn program(
+/// Programs `sessions` sessions of `legs_per` legs whose remotes are all `peer`, every
+/// leg hearing every other (2 legs: a forwarded pair; 3: a barge); session keys are
+/// `prefix` and a number. Returns every leg's local RTP address, the generator's
+/// targets. Shared by the loopback and veth runners.
+pub(crate) fn program_sessions(
     api: &dyn EngineApi,
-    p: &UdpParams,
+    prefix: &str,
+    sessions: u32,
+    legs_per: usize,
     peer: SocketAddrV4,
 ) -> Result<Vec<SocketAddrV4>, BenchError> {
-    let legs_per = if p.mode == Mode::Forward { 2 } else { 3 };
+    let mut call = |r| pollster::block_on(api.call(r));
+    let edges = all_hear_all(legs_per);
     let mut targets = Vec::new();
-    for s in 0..p.sessions {
-        let session = format!("s{s}");
+    for s in 0..sessions {
+        let session = format!("{prefix}{s}");
         let mut ids: Vec<LegId> = Vec::with_capacity(legs_per);
         for k in 0..legs_per {
-            let Response::Leg(info) = block_on_call(
-                api,
-                Request::AllocateLeg {
-                    session: session.clone(),
-                    leg_key: format!("p{k}"),
-                    family: Family::V4,
-                    requested_port: None,
-                    rtcp_mux: true,
-                },
-            )?
-            else {
-                return Err(BenchError::UnexpectedResponse("AllocateLeg"));
-            };
-            block_on_call(
-                api,
-                Request::ConfigureLeg {
-                    leg: info.leg,
-                    media: pcmu_media(Some(SocketAddr::V4(peer))),
-                },
-            )?;
+            let media = pcmu_media(Some(SocketAddr::V4(peer)));
+            let info = add_leg(&mut call, &session, &format!("p{k}"), Family::V4, media)?;
             ids.push(info.leg);
             match info.local {
                 SocketAddr::V4(a) => targets.push(a),
                 SocketAddr::V6(_) => return Err(std::io::Error::other("IPv6 leg").into()),
             }
         }
-        // Forwarded pairs hear each other; barge sessions everyone the other two.
-        let edges = all_hear_all(legs_per);
-        block_on_call(
-            api,
-            Request::SetSessionPlan(plan(&session, &ids, &edges, &[])),
-        )?;
+        set_plan(&mut call, plan(&session, &ids, &edges, &[]))?;
     }
     Ok(targets)
 }
@@ -442,7 +427,8 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     let api = engine.handle();
     let gen_sock = net::bind(loopback(0))?;
     let peer = local_v4(&gen_sock)?;
-    let targets = program(api.as_ref(), p, peer)?;
+    let legs_per = if p.mode == Mode::Forward { 2 } else { 3 };
+    let targets = program_sessions(api.as_ref(), "s", p.sessions, legs_per, peer)?;
     // Mixing sessions tick (and send) from the moment they are programmed: count only
     // the generation window (and its drain), as for the reflector.
     let (_, in0, out0) = engine_counts(api.as_ref())?;

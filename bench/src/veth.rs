@@ -33,16 +33,14 @@ use earshot_afxdp::{AttachMode, XdpFilter, XdpProgram, XskConfig, XskSocket};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::{Engine, EngineHandle};
-use earshot_engine_api::{EngineApi, Family, Percentiles, Request, Response};
-use earshot_testkit::fixtures::{Supervision, pcmu_media};
+use earshot_engine_api::{EngineApi, Percentiles, Request, Response};
 use earshot_testkit::netns::{self, VethConfig, VethPair};
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
 use crate::machine::CoreTimes;
 use crate::net::{self, BATCH};
-use crate::udp::{ReflectorCounters, generate, run_reflector};
+use crate::udp::{ReflectorCounters, generate, percentiles_us, program_sessions, run_reflector};
 
 const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -137,18 +135,6 @@ fn veth_pair() -> Result<VethPair, BenchError> {
 fn pin(core: usize) {
     // Best effort: the report names the core asked for.
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-}
-
-fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Percentiles {
-        p50: us(h.value_at_quantile(0.5)),
-        p90: us(h.value_at_quantile(0.9)),
-        p99: us(h.value_at_quantile(0.99)),
-        p999: us(h.value_at_quantile(0.999)),
-        max: us(h.max()),
-        count: h.len(),
-    }
 }
 
 /// A system under test: counts what it received and sent since it started.
@@ -327,52 +313,6 @@ fn start_engine(
     })
 }
 
-/// Programs `sessions` forwarded 2-leg sessions whose remotes are all `peer`; returns
-/// every leg's local address (the generator's targets).
-fn program_forwarded(
-    api: &dyn EngineApi,
-    sessions: u32,
-    peer: SocketAddrV4,
-) -> Result<Vec<SocketAddrV4>, BenchError> {
-    let mut targets = Vec::new();
-    for s in 0..sessions {
-        let session = format!("v{s}");
-        let mut legs = Vec::new();
-        for k in 0..2 {
-            let Response::Leg(info) = call(
-                api,
-                Request::AllocateLeg {
-                    session: session.clone(),
-                    leg_key: format!("p{k}"),
-                    family: Family::V4,
-                    requested_port: None,
-                    rtcp_mux: true,
-                },
-            )?
-            else {
-                return Err(BenchError::UnexpectedResponse("AllocateLeg"));
-            };
-            call(
-                api,
-                Request::ConfigureLeg {
-                    leg: info.leg,
-                    media: pcmu_media(Some(SocketAddr::V4(peer))),
-                },
-            )?;
-            let SocketAddr::V4(local) = info.local else {
-                return Err(io_err("engine", "IPv6 leg for an IPv4 request"));
-            };
-            targets.push(local);
-            legs.push(info.leg);
-        }
-        call(
-            api,
-            Request::SetSessionPlan(Supervision::Call.plan(&session, &legs, false)),
-        )?;
-    }
-    Ok(targets)
-}
-
 /// Busy share of a core between two readings, 0..1, counting stolen time as busy (the
 /// core was not free for the system under test); 0 if unreadable.
 fn busy_share(before: Option<CoreTimes>, after: Option<CoreTimes>) -> f64 {
@@ -537,8 +477,8 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
     for (block, backend) in p.backends.iter().enumerate() {
         let sut = Box::new(start_engine(pair.a.name(), p, backend, block)?);
         let sock = peer_socket(&pair)?;
-        let r = program_forwarded(sut.handle.as_ref(), p.sessions, local_v4(&sock)?).and_then(
-            |targets| {
+        let r = program_sessions(sut.handle.as_ref(), "v", p.sessions, 2, local_v4(&sock)?)
+            .and_then(|targets| {
                 measure(
                     &format!("engine/{backend}"),
                     sut.as_ref(),
@@ -546,8 +486,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
                     &targets,
                     p,
                 )
-            },
-        );
+            });
         sut.stop()?;
         cases.push(r?);
     }

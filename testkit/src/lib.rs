@@ -14,7 +14,8 @@
 //!   media of every test leg;
 //! - [`rig`]: a [`earshot_core::Shard`] with its port pool and transmit sinks, sessions
 //!   added in one call and fed a period of packets at a time;
-//! - [`handler`]: an echoing, recording packet handler for driving backends directly.
+//! - [`handler`]: an echoing, recording packet handler for driving backends directly;
+//! - [`program`]: allocate, configure and plan through whatever reaches the engine.
 //!
 //! What it deliberately does not do: depend on the data plane (`earshot-engine`) or on
 //! the AF_XDP crate, so that their own tests can use it without a cycle; judge results
@@ -30,6 +31,7 @@ pub mod g711;
 pub mod handler;
 #[cfg(target_os = "linux")]
 pub mod netns;
+pub mod program;
 pub mod rig;
 pub mod rtp;
 pub mod tone;

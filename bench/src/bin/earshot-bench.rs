@@ -171,19 +171,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 "capacity: largest zero-late session count {:?} (first failure {:?}); projected from work {:?}; in {:.1} s",
                 r.max_sessions_zero_late, r.min_sessions_failed, r.projected_sessions, r.elapsed_s
             );
-            #[derive(serde::Serialize)]
-            struct Out<'a> {
-                params: &'a SearchParams,
-                result: &'a capacity::SearchResult,
-            }
-            scenario::write_result(
-                &cli.results,
-                &name,
-                &Out {
-                    params: &p,
-                    result: &r,
-                },
-            )?;
+            scenario::write_run(&cli.results, &name, &p, &r)?;
         }
         Cmd::Udp {
             scenario: file,
@@ -215,20 +203,8 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 r.ratio_out,
                 r.ratio_in
             );
-            #[derive(serde::Serialize)]
-            struct Out<'a> {
-                params: &'a udp::UdpParams,
-                result: &'a udp::UdpResult,
-            }
             let name = name.unwrap_or(named.name);
-            scenario::write_result(
-                &cli.results,
-                &name,
-                &Out {
-                    params: &p,
-                    result: &r,
-                },
-            )?;
+            scenario::write_run(&cli.results, &name, &p, &r)?;
         }
         Cmd::Veth {
             backends,
@@ -261,19 +237,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                     c.latency_offered_pps
                 );
             }
-            #[derive(serde::Serialize)]
-            struct Out<'a> {
-                params: &'a earshot_bench::veth::VethParams,
-                result: &'a earshot_bench::veth::VethResult,
-            }
-            scenario::write_result(
-                &cli.results,
-                &name,
-                &Out {
-                    params: &p,
-                    result: &r,
-                },
-            )?;
+            scenario::write_run(&cli.results, &name, &p, &r)?;
         }
         Cmd::Reflector {
             port,

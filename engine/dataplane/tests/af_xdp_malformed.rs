@@ -41,6 +41,7 @@ use earshot_engine_api::{Family, LegId, LegInfo, Request, Response};
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::netns::{VethConfig, VethPair, require_root};
+use earshot_testkit::program::{add_leg, set_plan};
 use earshot_testkit::rtp::{Rtp, RtpHeader};
 
 const PORT_BASE: u16 = 41984;
@@ -215,35 +216,25 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 }
 
 /// The requests that make a forwarded pair (each leg hears the other) of legs whose
-/// remotes are `remotes`, given an allocator; returns the legs.
+/// remotes are `remotes`, through `call`; returns the legs.
 fn forwarded_pair(
     mut call: impl FnMut(Request) -> Response,
     session: &str,
     remotes: [SocketAddr; 2],
 ) -> [LegInfo; 2] {
+    let mut call = |r| Ok(call(r));
     let legs = remotes.map(|remote| {
-        let Response::Leg(info) = call(Request::AllocateLeg {
-            session: session.into(),
-            leg_key: remote.to_string(),
-            family: Family::V4,
-            requested_port: None,
-            rtcp_mux: true,
-        }) else {
-            panic!("AllocateLeg answers with a leg");
-        };
-        call(Request::ConfigureLeg {
-            leg: info.leg,
-            media: pcmu_media(Some(remote)),
-        });
-        info
+        add_leg(
+            &mut call,
+            session,
+            &remote.to_string(),
+            Family::V4,
+            pcmu_media(Some(remote)),
+        )
+        .expect("leg allocated and configured")
     });
     let ids: Vec<LegId> = legs.iter().map(|l| l.leg).collect();
-    assert_eq!(
-        call(Request::SetSessionPlan(
-            Supervision::Call.plan(session, &ids, false)
-        )),
-        Response::Done
-    );
+    set_plan(&mut call, Supervision::Call.plan(session, &ids, false)).expect("plan applied");
     legs
 }
 

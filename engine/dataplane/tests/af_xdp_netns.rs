@@ -31,6 +31,7 @@ use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::handler::Echo;
 use earshot_testkit::netns::{VethConfig, VethPair, require_root, require_tool};
+use earshot_testkit::program::{add_leg, set_plan};
 use earshot_testkit::rtp::Rtp;
 
 const PORT_BASE: u16 = 40960;
@@ -93,30 +94,19 @@ fn allocate_legs(
     family: Family,
     remotes: &[SocketAddr],
 ) -> Vec<LegInfo> {
-    let mut legs = Vec::new();
-    for (i, &remote) in remotes.iter().enumerate() {
-        let Response::Leg(info) = request(
-            engine,
-            Request::AllocateLeg {
-                session: session.into(),
-                leg_key: format!("p{i}"),
+    let mut call = |r| block_on(engine.handle().request(r));
+    (0..remotes.len())
+        .map(|i| {
+            add_leg(
+                &mut call,
+                session,
+                &format!("p{i}"),
                 family,
-                requested_port: None,
-                rtcp_mux: true,
-            },
-        ) else {
-            panic!("AllocateLeg answers with a leg");
-        };
-        request(
-            engine,
-            Request::ConfigureLeg {
-                leg: info.leg,
-                media: pcmu_media(Some(remote)),
-            },
-        );
-        legs.push(info);
-    }
-    legs
+                pcmu_media(Some(remotes[i])),
+            )
+            .expect("leg allocated and configured")
+        })
+        .collect()
 }
 
 /// Kernel traffic on the engine's interface while (or after) the engine runs: ping, TCP
@@ -209,11 +199,11 @@ fn monitor_then_barge_over_af_xdp_on_veth_hear_the_right_tones_both_families_and
     for (p, phase) in PHASES.iter().enumerate() {
         for (session, legs) in &sessions {
             let ids: Vec<LegId> = legs.iter().map(|l| l.leg).collect();
-            let r = request(
-                &engine,
-                Request::SetSessionPlan(phase.plan(session, &ids, false)),
-            );
-            assert_eq!(r, Response::Done);
+            set_plan(
+                &mut |r| block_on(engine.handle().request(r)),
+                phase.plan(session, &ids, false),
+            )
+            .expect("plan applied");
         }
         let start = Instant::now();
         let talkers: Vec<_> = eps

@@ -10,6 +10,7 @@ use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Request, Response};
 use earshot_testkit::fixtures::{Supervision, pcmu_media};
+use earshot_testkit::program::add_leg;
 use earshot_testkit::rtp::RtpHeader;
 
 fn start() -> (Engine, MemoryNet) {
@@ -36,31 +37,12 @@ fn call(engine: &Engine, r: Request) -> Result<Response, EngineError> {
 }
 
 fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
-    let Response::Leg(info) = call(
-        engine,
-        Request::AllocateLeg {
-            session: "call-1".into(),
-            leg_key: key.into(),
-            family: Family::V4,
-            requested_port: None,
-            rtcp_mux: true,
-        },
-    )
-    .unwrap() else {
-        panic!("not a leg")
-    };
     let media = MediaConfig {
         telephone_event_pt: Some(101),
         ..pcmu_media(Some(peer))
     };
-    call(
-        engine,
-        Request::ConfigureLeg {
-            leg: info.leg,
-            media,
-        },
-    )
-    .unwrap();
+    let info = add_leg(&mut |r| call(engine, r), "call-1", key, Family::V4, media)
+        .expect("leg allocated and configured");
     (info.leg, info.local.port())
 }
 

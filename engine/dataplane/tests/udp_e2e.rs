@@ -23,6 +23,7 @@ use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Request, Respo
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::g711;
+use earshot_testkit::program::{add_leg, set_plan};
 use earshot_testkit::rtp::{HEADER_LEN, Rtp, RtpHeader};
 
 const SESSION: &str = "udp-call-1";
@@ -55,31 +56,18 @@ fn call(engine: &Engine, r: Request) -> Result<Response, EngineError> {
 }
 
 fn allocate(engine: &Engine, who: Role, remote: SocketAddr) -> (LegId, SocketAddr) {
-    let Response::Leg(info) = call(
-        engine,
-        Request::AllocateLeg {
-            session: SESSION.into(),
-            leg_key: who.key().into(),
-            family: Family::V4,
-            requested_port: None,
-            rtcp_mux: true,
-        },
-    )
-    .unwrap() else {
-        panic!("AllocateLeg did not answer with a leg")
-    };
     let media = MediaConfig {
         telephone_event_pt: Some(101),
         ..pcmu_media(Some(remote))
     };
-    call(
-        engine,
-        Request::ConfigureLeg {
-            leg: info.leg,
-            media,
-        },
+    let info = add_leg(
+        &mut |r| call(engine, r),
+        SESSION,
+        who.key(),
+        Family::V4,
+        media,
     )
-    .unwrap();
+    .expect("leg allocated and configured");
     (info.leg, info.local)
 }
 
@@ -155,15 +143,8 @@ fn run_scenario(backend: BackendKind, port_base: u16) {
     let mut windows: Vec<Range<Instant>> = Vec::new();
     let mut bad_sent = 0u64;
     for (p, phase) in PHASES.iter().enumerate() {
-        assert_eq!(
-            call(
-                &engine,
-                Request::SetSessionPlan(phase.plan(SESSION, &legs, true))
-            )
-            .unwrap(),
-            Response::Done,
-            "plan {phase:?} applied"
-        );
+        set_plan(&mut |r| call(&engine, r), phase.plan(SESSION, &legs, true))
+            .unwrap_or_else(|e| panic!("plan {phase:?}: {e}"));
         let start = Instant::now();
         let talkers: Vec<_> = Role::ALL
             .iter()
