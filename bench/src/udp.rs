@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
+use earshot_engine::core::stats::percentiles_us;
 use earshot_engine::engine::Engine;
 use earshot_engine_api::{EngineApi, Family, LegId, Percentiles, Request, Response};
 use earshot_media::Codec;
@@ -106,19 +107,6 @@ const DRAIN_NS: u64 = 100_000_000;
 fn pin(core: usize) {
     // Best effort: the report names the core asked for.
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-}
-
-/// A latency histogram in nanoseconds as percentiles in microseconds.
-pub(crate) fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Percentiles {
-        p50: us(h.value_at_quantile(0.5)),
-        p90: us(h.value_at_quantile(0.9)),
-        p99: us(h.value_at_quantile(0.99)),
-        p999: us(h.value_at_quantile(0.999)),
-        max: us(h.max()),
-        count: h.len(),
-    }
 }
 
 /// What the generator saw.

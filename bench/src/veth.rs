@@ -32,6 +32,7 @@ use earshot_afxdp::frame::{Ipv4Ident, UdpHeaders, parse_udp};
 use earshot_afxdp::{AttachMode, XdpFilter, XdpProgram, XskConfig, XskSocket};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::config::EngineConfig;
+use earshot_engine::core::stats::percentiles_us;
 use earshot_engine::engine::{Engine, EngineHandle};
 use earshot_engine_api::{EngineApi, Percentiles, Request, Response};
 use earshot_testkit::netns::{self, VethConfig, VethPair};
@@ -40,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::BenchError;
 use crate::machine::CoreTimes;
 use crate::net::{self, BATCH};
-use crate::udp::{ReflectorCounters, generate, percentiles_us, program_sessions, run_reflector};
+use crate::udp::{ReflectorCounters, generate, program_sessions, run_reflector};
 
 const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use earshot_types::Codec;
 
+use crate::fixtures::{Role, Supervision};
 use crate::g711;
 use crate::rig::FRAME_SAMPLES;
 use crate::rtp::{Rtp, RtpSender};
@@ -30,6 +31,12 @@ use crate::tone::{NARROWBAND_HZ, TONE_AMPLITUDE, Tone, ToneReport};
 
 /// The packetisation time of an endpoint's stream.
 pub const PTIME: Duration = Duration::from_millis(20);
+
+/// The real-socket tests' rule for "hears": a party's tone, averaged over the frames of
+/// a window, at most 6 dB below the power it was sent with.
+pub const PRESENT_DB: f64 = -6.0;
+/// ... and for "does not hear": at least 30 dB below.
+pub const ABSENT_DB: f64 = -30.0;
 
 /// How long the receiving thread blocks before it looks at its stop flag.
 const RECV_POLL: Duration = Duration::from_millis(10);
@@ -226,6 +233,15 @@ impl PcmuEndpoint {
         self.tone_report(hz, window).hears()
     }
 
+    /// How each party's tone measured in what this endpoint, the phone of `listener`,
+    /// received within `window`.
+    pub fn hearing(&self, listener: Role, window: &Range<Instant>) -> Hearing {
+        Hearing {
+            listener,
+            reports: Role::ALL.map(|source| self.tone_report(source.tone_hz(), window)),
+        }
+    }
+
     /// The stream received from `expected_from` so far, summarised.
     pub fn stream_summary(&self, expected_from: SocketAddr) -> StreamSummary {
         summarize(&lock(&self.log).received, expected_from)
@@ -316,6 +332,56 @@ fn talk_paced(
         }
     }
     sent
+}
+
+/// Each party's tone in what one party's phone received over a window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hearing {
+    /// Whose phone.
+    pub listener: Role,
+    /// Each party's tone, by party index.
+    pub reports: [ToneReport; 3],
+}
+
+impl Hearing {
+    /// Frames measured.
+    pub fn frames(&self) -> usize {
+        self.reports[0].windows
+    }
+
+    /// One line: the frames and each party's mean level.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:?} got {} frames; C {:.1} dB, A {:.1} dB, S {:.1} dB",
+            self.listener,
+            self.frames(),
+            self.reports[0].mean_db(),
+            self.reports[1].mean_db(),
+            self.reports[2].mean_db()
+        )
+    }
+
+    /// Where what was heard breaks `mode`'s hear relation by the mean-level rule
+    /// ([`PRESENT_DB`], [`ABSENT_DB`]), one message each, prefixed by `label`.
+    pub fn violations(&self, label: &str, mode: Supervision) -> Vec<String> {
+        let listener = self.listener;
+        let mut out = Vec::new();
+        for source in Role::ALL {
+            let level = self.reports[source.index()].mean_db();
+            let heard = mode.hears(listener, source);
+            if heard && level < PRESENT_DB {
+                out.push(format!(
+                    "{label} {mode:?}: {listener:?} should hear {source:?}, level {level:.1} dB"
+                ));
+            }
+            if !heard && level > ABSENT_DB {
+                out.push(format!(
+                    "{label} {mode:?}: {listener:?} must not hear {source:?}, level {level:.1} dB"
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// What an endpoint received from one address, checked packet by packet.
@@ -427,6 +493,18 @@ mod tests {
         );
         assert_eq!(a.sent().len(), 10);
         assert!(a.hears(900.0, &window));
+        // B as the agent of a call heard the customer (500 Hz) and nobody else.
+        let h = b.hearing(Role::Agent, &window);
+        assert_eq!(h.frames(), 10);
+        assert!(
+            h.violations("call", Supervision::Call).is_empty(),
+            "{}",
+            h.summary()
+        );
+        // In a barge it should also have heard the supervisor: one violation.
+        let v = h.violations("barge", Supervision::Barge);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("should hear Supervisor"), "{v:?}");
     }
 
     #[test]
