@@ -34,6 +34,9 @@ use crate::machine::CoreTimes;
 const LEGS_PER_SESSION: usize = 3;
 /// Datagrams handed to the shard between two tick checks, like one receive batch.
 const FEED_BATCH: usize = 64;
+/// With `sleep_when_idle`, the loop wakes this long before the next thing is due and
+/// spins the rest (the kernel's timer slack is 50 us).
+const IDLE_SPIN_NS: u64 = 100_000;
 /// A step's length unless a scenario or flag says otherwise (SPEC section 6).
 pub const DEFAULT_STEP_MS: u64 = 60_000;
 
@@ -46,13 +49,19 @@ pub struct StepParams {
     pub step_ms: u64,
     /// Core to pin the shard's thread to, if any.
     pub core: Option<usize>,
+    /// Sleep until the next packet or tick is due instead of spinning, as the engine's
+    /// runtime loop waits on its backend: the thread's CPU share is then its busy share,
+    /// and lateness includes the wake-up. Off by default (spinning measures the shard's
+    /// work alone).
+    #[serde(default)]
+    pub sleep_when_idle: bool,
 }
 
 /// The machine's side of a step: what the shard thread could not help.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StallRecord {
-    /// Longest gap between two iterations of the (spinning) feeding loop, in
-    /// microseconds: time the thread was not running at all.
+    /// Longest gap between two iterations of the feeding loop (not counting its own
+    /// sleeps), in microseconds: time the thread was not running at all.
     pub loop_gap_max_us: u64,
     /// Time the thread waited runnable for a CPU during the step, in milliseconds
     /// (`/proc/thread-self/schedstat`; `None` where unreadable).
@@ -93,8 +102,9 @@ pub struct StepResult {
     pub feed_lag_max_us: u64,
     /// Fraction of the step's wall time spent inside the shard (receive and ticks).
     pub busy_fraction: f64,
-    /// The shard thread's CPU time over the step's wall time (it spins, so this is near
-    /// 1 unless the machine took the core away); `None` where unreadable.
+    /// The shard thread's CPU time over the step's wall time: its busy share when it
+    /// sleeps while idle; when it spins, near 1 unless the machine took the core away.
+    /// `None` where unreadable.
     pub thread_cpu_share: Option<f64>,
     /// The machine's stall record during the step.
     pub stall: StallRecord,
@@ -223,9 +233,23 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
             worked = true;
         }
         worked |= rig.tick_if_due(clock.now(), &now_fn);
-        let end = clock.now().as_nanos();
+        let mut end = clock.now().as_nanos();
         if worked {
             busy_ns += end - now.as_nanos();
+        } else if p.sleep_when_idle {
+            let packet_due = (next / legs as u64) * PERIOD_NS + (next % legs as u64) * spacing_ns;
+            let tick_due = rig
+                .shard()
+                .poll_deadline()
+                .map_or(u64::MAX, |d| d.as_nanos());
+            let due = packet_due.min(tick_due).min(end_ns);
+            if due > end + IDLE_SPIN_NS {
+                std::thread::park_timeout(std::time::Duration::from_nanos(
+                    due - end - IDLE_SPIN_NS,
+                ));
+                // The sleep is ours, not the machine's: the gap is measured from here.
+                end = clock.now().as_nanos();
+            }
         }
         last_end = end;
     }
@@ -271,6 +295,9 @@ pub struct SearchParams {
     pub resolution: u32,
     /// Core to pin to.
     pub core: Option<usize>,
+    /// See [`StepParams::sleep_when_idle`].
+    #[serde(default)]
+    pub sleep_when_idle: bool,
 }
 
 fn default_step_ms() -> u64 {
@@ -332,6 +359,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             sessions: n,
             step_ms: p.step_ms,
             core: p.core,
+            sleep_when_idle: p.sleep_when_idle,
         })?;
         eprintln!("capacity: {}", step_line(&r));
         let result = (
@@ -440,6 +468,7 @@ mod tests {
             sessions: 10,
             step_ms: 200,
             core: None,
+            sleep_when_idle: false,
         })
         .expect("step runs");
         // 200 ms at 20 ms per tick: about 10 ticks per session (staggered phases and
@@ -462,6 +491,26 @@ mod tests {
             "the spinning thread was neither running nor waiting: {r:?}"
         );
         assert!(r.stall.loop_gap_max_us < 200_000, "{r:?}");
+        println!("{}", step_line(&r));
+    }
+
+    #[test]
+    fn a_step_that_sleeps_when_idle_does_the_same_work_on_a_fraction_of_the_cpu() {
+        let r = run_step(&StepParams {
+            sessions: 10,
+            step_ms: 300,
+            core: None,
+            sleep_when_idle: true,
+        })
+        .expect("step runs");
+        assert!(r.ticks >= 10 * 12, "ticks {}", r.ticks);
+        assert_eq!(r.drops, 0);
+        assert_eq!(r.packets_out, r.ticks * 3);
+        // 10 sessions are a few percent of a core; sleeping, the thread uses little more.
+        let cpu = r
+            .thread_cpu_share
+            .expect("thread CPU time is readable on Linux");
+        assert!(cpu < 0.5, "a sleeping loop used {cpu} of a core: {r:?}");
         println!("{}", step_line(&r));
     }
 

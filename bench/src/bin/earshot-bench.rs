@@ -47,6 +47,10 @@ enum Cmd {
         /// Core to pin to.
         #[arg(long)]
         core: Option<usize>,
+        /// Sleep until the next packet or tick is due instead of spinning (the thread's
+        /// CPU share is then its busy share).
+        #[arg(long)]
+        sleep_when_idle: bool,
         /// Result name (default: the scenario file's stem, else "capacity").
         #[arg(long)]
         name: Option<String>,
@@ -131,6 +135,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             step_ms,
             max_seconds,
             core,
+            sleep_when_idle,
             name,
         } => {
             let (mut p, name) = match file {
@@ -150,6 +155,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                         max_seconds: 1200,
                         resolution: 500,
                         core: Some(0),
+                        sleep_when_idle: false,
                     },
                     name.unwrap_or_else(|| "capacity".to_string()),
                 ),
@@ -166,6 +172,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             if core.is_some() {
                 p.core = core;
             }
+            p.sleep_when_idle |= sleep_when_idle;
             let r = capacity::search(&p)?;
             println!(
                 "capacity: largest zero-late session count {:?} (first failure {:?}); projected from work {:?}; in {:.1} s",
