@@ -23,7 +23,8 @@
 //!
 //! Contract: nothing here panics on what the network sends (parsers return `None`);
 //! guards clean up on drop, also while a failing test unwinds; every helper that
-//! generates data is deterministic.
+//! generates data is deterministic. The one unsafe call, `setns(2)`, is fenced in
+//! [`netns`] with its justification.
 
 pub mod endpoint;
 pub mod fixtures;
