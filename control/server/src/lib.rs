@@ -44,7 +44,12 @@ pub mod metrics;
 pub mod security;
 
 /// Generated protobuf types and tonic stubs of `earshot.v1`.
-#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod proto {
     tonic::include_proto!("earshot.v1");
 }

@@ -99,6 +99,11 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the process said: its log lives in a temporary
+        // directory that is gone once the test ends.
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ---\n{}", self.name, self.log_tail());
+        }
     }
 }
 
