@@ -163,6 +163,7 @@ fn pcmu_20ms() -> MediaConfig {
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        srtp: None,
     }
 }
 
@@ -299,7 +300,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
             let d = Datagram {
                 local_port: ports[leg],
                 remote: peers[leg],
-                payload: &pkt,
+                payload: &mut pkt,
             };
             shard.handle_packet(now, d, &mut sink);
             next += 1;
@@ -522,7 +523,7 @@ pub fn memory(sessions: u32) -> Result<MemoryResult, BenchError> {
             let d = Datagram {
                 local_port: port,
                 remote: peer,
-                payload: &pkt,
+                payload: &mut pkt,
             };
             shard.handle_packet(now, d, &mut sink);
         }

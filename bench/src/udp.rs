@@ -340,6 +340,7 @@ fn program(
                         telephone_event_pt: None,
                         rtcp_mux: true,
                         report_first_packet: false,
+                        srtp: None,
                     },
                 },
             )?;

@@ -441,6 +441,7 @@ fn program_forwarded(
                         telephone_event_pt: None,
                         rtcp_mux: true,
                         report_first_packet: false,
+                        srtp: None,
                     },
                 },
             )?;

@@ -396,6 +396,7 @@ impl ShardRig {
                 telephone_event_pt: None,
                 rtcp_mux: true,
                 report_first_packet: false,
+                srtp: None,
             };
             let cmd = ShardCommand::ConfigureLeg {
                 leg: info.leg,
@@ -449,7 +450,7 @@ impl ShardRig {
         let d = Datagram {
             local_port: self.ports[k],
             remote: self.peers[k],
-            payload: black_box(&p[..]),
+            payload: black_box(&mut p[..]),
         };
         self.shard.handle_packet(now, d, &mut self.sink);
     }

@@ -24,6 +24,7 @@ fn engine_events_report_first_packets_and_media_timeouts() {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: true,
+        srtp: None,
     };
     sim.command(ShardCommand::ConfigureLeg {
         leg: sim.leg(s),

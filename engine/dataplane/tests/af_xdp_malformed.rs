@@ -308,6 +308,7 @@ fn media(remote: SocketAddr) -> MediaConfig {
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        srtp: None,
     }
 }
 

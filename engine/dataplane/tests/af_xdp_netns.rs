@@ -502,6 +502,7 @@ fn allocate_legs(
                     telephone_event_pt: None,
                     rtcp_mux: true,
                     report_first_packet: false,
+                    srtp: None,
                 },
             },
         );

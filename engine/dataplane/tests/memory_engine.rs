@@ -57,6 +57,7 @@ fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: false,
+        srtp: None,
     };
     call(
         engine,

@@ -317,6 +317,7 @@ fn allocate(engine: &Engine, who: Who, remote: SocketAddr) -> (LegId, SocketAddr
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: false,
+        srtp: None,
     };
     call(
         engine,

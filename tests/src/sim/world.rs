@@ -301,6 +301,7 @@ impl Sim {
             telephone_event_pt: cfg.talker.telephone_event_pt,
             rtcp_mux: true,
             report_first_packet: false,
+            srtp: None,
         };
         if let Err(e) = self.command(ShardCommand::ConfigureLeg {
             leg: leg.leg,
@@ -414,13 +415,13 @@ impl Sim {
             }
         }
         while self.in_flight.peek().is_some_and(|f| f.at <= now) {
-            let Some(f) = self.in_flight.pop() else { break };
+            let Some(mut f) = self.in_flight.pop() else { break };
             match f.dest {
                 Dest::Engine { port, from } => {
                     let d = Datagram {
                         local_port: port,
                         remote: from,
-                        payload: &f.bytes,
+                        payload: &mut f.bytes,
                     };
                     self.shard.handle_packet(now, d, &mut self.tx);
                     self.route_sent();
