@@ -1418,7 +1418,10 @@ mod tests {
             };
             let (h, s) = (text(&hidden), text(&shown));
             assert!(!h.contains("WVNf") && h.contains(REDACTED), "{h}");
-            assert!(h.contains("AES_CM_128_HMAC_SHA1_80"), "the suite is not secret: {h}");
+            assert!(
+                h.contains("AES_CM_128_HMAC_SHA1_80"),
+                "the suite is not secret: {h}"
+            );
             assert!(s.contains(KEY), "{s}");
         }
     }

@@ -642,7 +642,10 @@ mod tests {
         let debug = format!("{secure:?}");
         assert!(debug.contains("AEAD_AES_256_GCM") && debug.contains("redacted"));
         // 0x07 and 0x09 octets are "BwcH" and "CQkJ" in base64.
-        assert!(!debug.contains("BwcH") && !debug.contains("CQkJ"), "{debug}");
+        assert!(
+            !debug.contains("BwcH") && !debug.contains("CQkJ"),
+            "{debug}"
+        );
     }
 
     #[test]

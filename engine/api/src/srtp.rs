@@ -167,7 +167,10 @@ mod tests {
         let back: SrtpMedia = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
         let debug = format!("{m:?}");
-        assert!(!debug.contains("WVNf") && !debug.contains("d0Rm"), "{debug}");
+        assert!(
+            !debug.contains("WVNf") && !debug.contains("d0Rm"),
+            "{debug}"
+        );
         assert!(debug.contains("redacted"), "{debug}");
     }
 
@@ -175,8 +178,8 @@ mod tests {
     fn refusals_name_the_field_and_never_quote_the_material() {
         let err = SrtpMedia::from_sdes("AES_CM_128_NOPE", KEY_80, KEY_80_B).unwrap_err();
         assert_eq!(err.field, "srtp.suite");
-        let err = SrtpMedia::from_sdes("AES_CM_128_HMAC_SHA1_80", "WVNfX19zZW1j", KEY_80_B)
-            .unwrap_err();
+        let err =
+            SrtpMedia::from_sdes("AES_CM_128_HMAC_SHA1_80", "WVNfX19zZW1j", KEY_80_B).unwrap_err();
         assert_eq!(err.field, "srtp.remote_key");
         assert!(!err.message.contains("WVNf"), "{}", err.message);
         let short = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7";

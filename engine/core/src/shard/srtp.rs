@@ -84,7 +84,11 @@ impl LegSrtp {
     /// Verifies and decrypts the SRTP packet `buf` in place; the RTP length on success.
     /// During a re-key overlap a packet the new key does not authenticate is tried with
     /// the previous key, on the same untouched bytes.
-    pub(super) fn unprotect_rtp(&mut self, now: Instant, buf: &mut [u8]) -> Result<usize, DropReason> {
+    pub(super) fn unprotect_rtp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<usize, DropReason> {
         match self.inbound.unprotect_rtp(buf) {
             Ok(len) => Ok(len),
             Err(SrtpError::Auth) => match self.previous_until(now) {
@@ -139,7 +143,11 @@ impl LegSrtp {
     /// Forgets the previous key once its overlap is over (its keys are wiped on drop).
     /// Called from the timeout sweep, off the receive path.
     pub(super) fn expire_previous(&mut self, now: Instant) {
-        if self.previous.as_ref().is_some_and(|(_, until)| now >= *until) {
+        if self
+            .previous
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
             self.previous = None;
         }
     }

@@ -24,9 +24,7 @@ const _: () = assert!(WHEEL_SLOTS as u64 * WHEEL_SLOT_NS > 60_000_000);
 const _: () = assert!(WHEEL_SLOTS == 64);
 // A mixed frame (G.711: one octet per sample) with its header and the largest SRTP tag
 // fits in a transmit buffer, so the tick path protects without a size check.
-const _: () = assert!(
-    rtp::HEADER_LEN + MAX_FRAME_SAMPLES + 16 <= crate::io::MAX_UDP_PAYLOAD
-);
+const _: () = assert!(rtp::HEADER_LEN + MAX_FRAME_SAMPLES + 16 <= crate::io::MAX_UDP_PAYLOAD);
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
