@@ -27,9 +27,15 @@ use crate::MediaError;
 pub const SRTP_SUITE_NAMES: &str =
     "AES_CM_128_HMAC_SHA1_80, AES_CM_128_HMAC_SHA1_32, AEAD_AES_128_GCM or AEAD_AES_256_GCM";
 
-/// The SRTP keys of one leg (SDES, RFC 4568), both of one suite.
+/// The SRTP keys of one leg (SDES, RFC 4568), both of one suite. Boxed: a plain leg's
+/// [`crate::MediaConfig`] (and every message holding one) stays small.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SrtpMedia {
+    keys: Box<Keys>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Keys {
     remote_key: MasterKey,
     local_key: MasterKey,
 }
@@ -48,8 +54,10 @@ impl SrtpMedia {
             });
         }
         Ok(SrtpMedia {
-            remote_key,
-            local_key,
+            keys: Box::new(Keys {
+                remote_key,
+                local_key,
+            }),
         })
     }
 
@@ -70,17 +78,17 @@ impl SrtpMedia {
 
     /// The suite of both keys.
     pub fn suite(&self) -> SrtpSuite {
-        self.remote_key.suite()
+        self.keys.remote_key.suite()
     }
 
     /// What the remote encrypts with: the engine unprotects what it receives with it.
     pub fn remote_key(&self) -> &MasterKey {
-        &self.remote_key
+        &self.keys.remote_key
     }
 
     /// What the engine encrypts with: the key of our `a=crypto` line.
     pub fn local_key(&self) -> &MasterKey {
-        &self.local_key
+        &self.keys.local_key
     }
 }
 
@@ -135,8 +143,8 @@ impl Serialize for SrtpMedia {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let wire = Wire {
             suite: self.suite().sdes_name().to_owned(),
-            remote_key: self.remote_key.to_sdes().as_str().to_owned(),
-            local_key: self.local_key.to_sdes().as_str().to_owned(),
+            remote_key: self.keys.remote_key.to_sdes().as_str().to_owned(),
+            local_key: self.keys.local_key.to_sdes().as_str().to_owned(),
         };
         wire.serialize(s)
     }
