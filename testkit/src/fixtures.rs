@@ -192,6 +192,7 @@ pub fn pcmu_media(remote: Option<SocketAddr>) -> MediaConfig {
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        srtp: None,
     }
 }
 

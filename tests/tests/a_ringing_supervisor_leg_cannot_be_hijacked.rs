@@ -24,6 +24,7 @@ fn supervisor_media(report_first_packet: bool) -> MediaConfig {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet,
+        srtp: None,
     }
 }
 

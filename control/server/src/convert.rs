@@ -95,7 +95,7 @@ pub fn check_media_retry(core: &Core, entries: &[crate::core::NewLeg]) -> Result
         if exists
             && core
                 .media_of(&e.interaction_id, &e.participant_id)
-                .is_some_and(|m| *m != e.media)
+                .is_some_and(|m| !m.satisfies(&e.media))
         {
             return Err(ApiError::new(
                 tonic::Code::AlreadyExists,

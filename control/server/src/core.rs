@@ -1437,6 +1437,7 @@ mod tests {
                     telephone_event_pt: None,
                     rtcp_mux: true,
                     auto_answer: true,
+                    srtp: None,
                 },
             },
             field: field.into(),

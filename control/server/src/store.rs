@@ -302,6 +302,9 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
+        // The store holds SRTP master keys (with each leg's media): owner-only, also
+        // for a file an older version created with the umask's mode.
+        restrict_to_owner(&path)?;
         let id = {
             let tx = db.begin_read()?;
             let meta = tx.open_table(META)?;
@@ -658,10 +661,30 @@ impl Store {
     }
 }
 
+/// Sets `path`'s mode to 0600 (read and write by its owner only).
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_store_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Store::open(dir.path(), 100).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        // A file left world-readable (an older version, a restore) is tightened on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(dir.path(), 100).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
 
     fn event(interaction: &str, kind: EventKind) -> Event {
         Event {

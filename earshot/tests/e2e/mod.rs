@@ -314,6 +314,7 @@ pub fn media(remote: SocketAddr) -> proto::Media {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         auto_answer: None,
+        srtp: None,
     }
 }
 

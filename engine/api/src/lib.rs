@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod protocol;
+pub mod srtp;
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +34,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 pub use earshot_types::{Codec, Gain, MAX_SESSION_LEGS, PTIMES_MS, PayloadType};
+pub use srtp::{MasterKey, SrtpMedia, SrtpSuite};
 
 /// The engine's identifier of a leg: shard index in the top 16 bits, then a slot index and
 /// a generation so that a stale id never names a reused slot.
@@ -105,6 +107,12 @@ pub struct MediaConfig {
     /// Report the leg's first received packet as [`EngineEvent::FirstPacket`] (used for
     /// supervisors whose phone rings: `auto_answer = false`).
     pub report_first_packet: bool,
+    /// SRTP/SRTCP on this leg (RFC 3711, RFC 7714) with SDES keys; `None` is plain RTP.
+    /// Legs of one session are plain or SRTP independently. Changing the keys of a
+    /// configured leg re-keys it without a gap (`docs/srtp.md`). Absent in the
+    /// serialised form of a plain leg, so older peers read it unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<SrtpMedia>,
 }
 
 /// Why a [`MediaConfig`] is refused: the field (as named in [`MediaConfig`]) and what is
@@ -140,7 +148,10 @@ impl MediaConfig {
     /// sidecar refuses up front exactly what the engine would. Checks, in order: ptime
     /// one of [`PTIMES_MS`]; payload type 7-bit and outside [`RTCP_CONFLICT_PTS`];
     /// telephone-event payload type 7-bit, not the codec's, not comfort noise (13), not
-    /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port.
+    /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port. SRTP
+    /// suite names and key forms are checked where they are parsed,
+    /// [`SrtpSuite`]-typed, by [`SrtpMedia::from_sdes`] (fields `srtp.suite`,
+    /// `srtp.remote_key`, `srtp.local_key`): a `MediaConfig` cannot hold a bad key.
     pub fn validate(&self) -> Result<(), MediaError> {
         let bad = |field: &'static str, message: String| Err(MediaError { field, message });
         if !PTIMES_MS.contains(&self.ptime_ms) {
@@ -361,8 +372,12 @@ impl EngineSnapshot {
     }
 }
 
-/// Drop reasons counted per shard. The names are the metric labels.
-pub const DROP_REASONS: [&str; 13] = [
+/// Drop reasons counted per shard. The names are the metric labels. `srtp_auth`: an
+/// SRTP/SRTCP packet whose tag did not verify (forged, corrupted, another key, or plain
+/// RTP sent to an SRTP leg); `srtp_replay`: one already received or older than the
+/// replay window; `srtp_protect`: a packet the engine could not protect for sending
+/// (index space of the key used up: the leg needs a re-key).
+pub const DROP_REASONS: [&str; 16] = [
     "truncated",
     "bad_version",
     "bad_header",
@@ -376,6 +391,9 @@ pub const DROP_REASONS: [&str; 13] = [
     "jitter_overflow",
     "tx_full",
     "bad_rtcp",
+    "srtp_auth",
+    "srtp_replay",
+    "srtp_protect",
 ];
 
 /// Counters and latency percentiles of one shard.
@@ -536,6 +554,7 @@ mod tests {
             telephone_event_pt: Some(101),
             rtcp_mux: true,
             report_first_packet: false,
+            srtp: None,
         }
     }
 
@@ -601,6 +620,32 @@ mod tests {
         let mut m = pcmu();
         m.payload_type = pt;
         m
+    }
+
+    #[test]
+    fn plain_legs_serialise_without_an_srtp_field_and_srtp_legs_with_one() {
+        let plain = serde_json::to_string(&pcmu()).unwrap();
+        assert!(!plain.contains("srtp"), "{plain}");
+        let back: MediaConfig = serde_json::from_str(&plain).unwrap();
+        assert_eq!(back, pcmu());
+        let mut secure = pcmu();
+        secure.srtp = Some(
+            SrtpMedia::new(
+                MasterKey::generate(SrtpSuite::AeadAes256Gcm, |b| b.fill(7)),
+                MasterKey::generate(SrtpSuite::AeadAes256Gcm, |b| b.fill(9)),
+            )
+            .unwrap(),
+        );
+        let json = serde_json::to_string(&secure).unwrap();
+        let back: MediaConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, secure);
+        let debug = format!("{secure:?}");
+        assert!(debug.contains("AEAD_AES_256_GCM") && debug.contains("redacted"));
+        // 0x07 and 0x09 octets are "BwcH" and "CQkJ" in base64.
+        assert!(
+            !debug.contains("BwcH") && !debug.contains("CQkJ"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
 use earshot_media::{Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc};
 
 use super::session::Session;
+use super::srtp::LegSrtp;
 use super::{NO_SLOT, ReleasedPort, Shard};
 
 /// Mean interval between a leg's RTCP reports (RFC 3550 section 6.2's minimum of 5 s;
@@ -57,6 +58,8 @@ pub(super) struct LegMedia {
     pub(super) packets_sent: u32,
     /// When this leg next sends RTCP.
     pub(super) next_rtcp: Instant,
+    /// SRTP/SRTCP sessions when the leg is encrypted; `None` for plain RTP.
+    pub(super) srtp: Option<Box<LegSrtp>>,
 }
 
 /// Where a mixed output's frame to send is.
@@ -262,7 +265,7 @@ impl Shard {
             });
         }
         let codec = Codec::from(media.codec);
-        let fresh = self.new_media(now, &media, codec);
+        let mut fresh = self.new_media(now, &media, codec);
         let leg = self.legs[slot as usize]
             .as_mut()
             .expect("resolved slot holds a leg");
@@ -284,14 +287,22 @@ impl Shard {
         let keep = leg.media.as_ref().is_some_and(|m| {
             m.codec == codec && m.ptime_ms == media.ptime_ms && m.payload_type == media.payload_type
         });
+        // SRTP state carries over whatever else changes: the remote keeps its SSRC and
+        // rollover counter across a re-INVITE, and a changed key re-keys without a gap.
+        let old_srtp = leg.media.as_mut().and_then(|m| m.srtp.take());
+        let srtp = LegSrtp::next(old_srtp, media.srtp.as_ref(), now);
         match (&mut leg.media, keep) {
             (Some(m), true) => {
                 m.te_pt = media.telephone_event_pt;
                 m.rtcp_mux = media.rtcp_mux;
                 m.report_first_packet = media.report_first_packet;
+                m.srtp = srtp;
                 m.config = media;
             }
-            _ => leg.media = Some(fresh),
+            _ => {
+                fresh.srtp = srtp;
+                leg.media = Some(fresh);
+            }
         }
         // The format may have changed: rebuild the session's plan.
         let s = self.leg(slot).session;
@@ -347,6 +358,7 @@ impl Shard {
             octets_sent: 0,
             packets_sent: 0,
             next_rtcp: now + RTCP_INTERVAL,
+            srtp: None,
         })
     }
 
