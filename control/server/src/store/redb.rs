@@ -1,4 +1,6 @@
-//! The embedded, crash-safe store (redb): everything the sidecar has acknowledged.
+//! The embedded, crash-safe store (redb): the default, for one host. Everything the
+//! sidecar has acknowledged, in one file; a single writer (redb locks the file), so a
+//! commit's base is always the head and [`RedbStore::records_after`] has nothing to tell.
 //!
 //! ## Layout
 //! - `journal`: every accepted mutating command, with its `now_ms` and the media of the
@@ -30,12 +32,13 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use earshot_engine_api::{LegId, MediaConfig};
-use earshot_rules::{Actor, Command, Event, EventKind, State};
+use earshot_rules::Event;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 
-use crate::media::MediaSpec;
+use super::{
+    CommitRecord, Committed, EndedRecord, EventRecord, JournalEntry, LegKey, LegRecord, Loaded,
+    Snapshot, StoreError,
+};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -59,138 +62,9 @@ pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "earshot-control.redb";
 
-/// Why the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed (boxed: redb's error is large and errors are rare).
-    #[error("database: {0}")]
-    Db(Box<redb::Error>),
-    /// A stored record does not decode (corruption or an incompatible version).
-    #[error("record encoding: {0}")]
-    Encoding(#[from] serde_json::Error),
-    /// The data directory could not be created or read.
-    #[error("data directory: {0}")]
-    Io(#[from] std::io::Error),
-    /// The database file exists but is empty, foreign or damaged.
-    #[error("damaged store: {0}")]
-    Damaged(String),
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> StoreError {
-                StoreError::Db(Box::new(e.into()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
-/// One persisted event (a rules [`Event`] with its global sequence number).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    /// Global sequence number, from 1.
-    pub sequence: u64,
-    /// What happened.
-    pub kind: EventKind,
-    /// The interaction.
-    pub interaction_id: String,
-    /// Wall time of the command, ms since the Unix epoch.
-    pub time_ms: u64,
-    /// Who caused it (see `message Event.actor`).
-    pub actor: String,
-    /// Details from the rules.
-    pub details: std::collections::BTreeMap<String, String>,
-}
-
-/// The media of one participant's leg.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MediaEntry {
-    /// Interaction.
-    pub interaction_id: String,
-    /// Participant.
-    pub participant_id: String,
-    /// Its media.
-    pub media: MediaSpec,
-}
-
-/// One accepted command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    /// The time it was applied at.
-    pub now_ms: u64,
-    /// The command.
-    pub command: Command,
-    /// Media of the legs it introduced or replaced.
-    pub media: Vec<MediaEntry>,
-    /// The actor the request named, overriding `orchestrator` in its events.
-    pub actor: Option<String>,
-}
-
-/// The whole state as of journal index `journal_upto` (inclusive).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Last journal index included.
-    pub journal_upto: u64,
-    /// The rules state.
-    pub rules: State,
-    /// Every participant's media.
-    pub media: Vec<MediaEntry>,
-}
-
-/// An ended interaction kept in the store (not in memory) for the retention period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndedRecord {
-    /// When it ended, ms since the Unix epoch.
-    pub ended_ms: u64,
-    /// The participants it was created with (an identical create is a retry).
-    pub created_with: Vec<earshot_rules::ParticipantSpec>,
-    /// Every user id that took part (for `ListInteractions` by user).
-    pub user_ids: Vec<String>,
-    /// Its supervisions' ids and escalation aliases.
-    pub supervision_ids: Vec<String>,
-    /// The final `proto::Interaction`, protobuf-encoded.
-    pub view: Vec<u8>,
-}
-
-/// The engine's leg for one participant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LegRecord {
-    /// Engine id.
-    pub leg: LegId,
-    /// Local RTP address.
-    pub local: SocketAddr,
-    /// Local RTCP address.
-    pub local_rtcp: SocketAddr,
-    /// The configuration last acknowledged by the engine.
-    pub configured: Option<MediaConfig>,
-}
-
-/// A leg record's key: (interaction, participant).
-pub type LegKey = (String, String);
-
-/// Everything read back at start-up.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// The latest snapshot.
-    pub snapshot: Option<Snapshot>,
-    /// Journal entries after it, in order, with their indices.
-    pub journal: Vec<(u64, JournalEntry)>,
-    /// Leg records.
-    pub legs: Vec<(LegKey, LegRecord)>,
-}
-
-/// The store. All methods are blocking but short (one transaction each).
+/// The redb store. All methods are blocking but short (one transaction each).
 #[derive(Debug)]
-pub struct Store {
+pub struct RedbStore {
     db: Database,
     retention: u64,
     id: String,
@@ -255,21 +129,13 @@ fn random_id() -> u64 {
     (std::ptr::addr_of!(x) as u64) ^ u64::from(std::process::id()) << 32
 }
 
-fn render_actor(actor: &Actor, named: Option<&str>) -> String {
-    match actor {
-        Actor::Orchestrator => named.unwrap_or("orchestrator").to_owned(),
-        Actor::Engine => "engine".to_owned(),
-        Actor::User { user_id } => format!("user:{user_id}"),
-    }
-}
-
-impl Store {
+impl RedbStore {
     /// Opens the store in `data_dir`, creating it only if the database file does not
     /// exist, keeping the last `retention` events for `WatchEvents`. A file that exists
     /// but is empty, is not a redb database, or is damaged is refused with
     /// [`StoreError::Damaged`] (never replaced by a fresh store: an empty store would
     /// make the sidecar believe the engine's calls are strays).
-    pub fn open(data_dir: &Path, retention: u64) -> Result<Store, StoreError> {
+    pub fn open(data_dir: &Path, retention: u64) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let created = match std::fs::metadata(&path) {
@@ -307,7 +173,7 @@ impl Store {
             let meta = tx.open_table(META)?;
             meta.get(STORE_ID)?.map_or(0, |v| v.value())
         };
-        let store = Store {
+        let store = RedbStore {
             db,
             retention: retention.max(1),
             id: format!("store-{id:016x}"),
@@ -382,23 +248,17 @@ impl Store {
                 serde_json::from_slice(v.value())?,
             ));
         }
+        let head = tx
+            .open_table(META)?
+            .get(NEXT_JOURNAL)?
+            .map_or(1, |v| v.value())
+            .saturating_sub(1);
         Ok(Loaded {
             snapshot,
             journal,
             legs,
+            head,
         })
-    }
-
-    /// Appends one accepted command and its events in one transaction; returns the
-    /// journal index and the events with their sequence numbers.
-    pub fn commit_command(
-        &self,
-        entry: &JournalEntry,
-        events: &[Event],
-    ) -> Result<(u64, Vec<EventRecord>), StoreError> {
-        let (index, records) =
-            self.commit(Some(entry), events, entry.actor.as_deref(), &[], &[])?;
-        Ok((index.unwrap_or(0), records))
     }
 
     /// Everything one mutation made durable, in one transaction (one fsync): the
@@ -406,24 +266,39 @@ impl Store {
     /// records itself), its events, and the leg records the engine acknowledged while
     /// programming it. Returns the journal index (if an entry was written) and the
     /// events with their sequence numbers. Nothing to write: no transaction.
+    ///
+    /// `base` is the head the caller's state reflects: the commit is refused with
+    /// [`StoreError::Conflict`] if the journal has moved past it. Only journal entries
+    /// advance the head here (leg records and sidecar events are not replayed).
     pub fn commit(
         &self,
+        base: u64,
         entry: Option<&JournalEntry>,
         events: &[Event],
         actor: Option<&str>,
         puts: &[(LegKey, LegRecord)],
         deletes: &[LegKey],
-    ) -> Result<(Option<u64>, Vec<EventRecord>), StoreError> {
+    ) -> Result<Committed, StoreError> {
         if entry.is_none() && events.is_empty() && puts.is_empty() && deletes.is_empty() {
-            return Ok((None, Vec::new()));
+            return Ok(Committed {
+                index: None,
+                head: base,
+                records: Vec::new(),
+            });
         }
         let tx = self.db.begin_write()?;
         let mut records = Vec::with_capacity(events.len());
         let mut index = None;
+        let head;
         {
             let mut meta = tx.open_table(META)?;
+            let next = meta.get(NEXT_JOURNAL)?.map_or(1, |v| v.value());
+            if next - 1 != base {
+                return Err(StoreError::Conflict { head: next - 1 });
+            }
+            head = if entry.is_some() { next } else { base };
             if let Some(entry) = entry {
-                let i = meta.get(NEXT_JOURNAL)?.map_or(1, |v| v.value());
+                let i = next;
                 meta.insert(NEXT_JOURNAL, i + 1)?;
                 tx.open_table(JOURNAL)?
                     .insert(i, serde_json::to_vec(entry)?.as_slice())?;
@@ -434,14 +309,7 @@ impl Store {
                 let mut log = tx.open_table(EVENTS)?;
                 let mut timeline = tx.open_table(TIMELINE)?;
                 for e in events {
-                    let record = EventRecord {
-                        sequence: seq,
-                        kind: e.kind,
-                        interaction_id: e.interaction_id.clone(),
-                        time_ms: e.at_ms,
-                        actor: render_actor(&e.actor, actor),
-                        details: e.details.clone(),
-                    };
+                    let record = EventRecord::of(seq, e, actor);
                     let bytes = serde_json::to_vec(&record)?;
                     log.insert(seq, bytes.as_slice())?;
                     // Directory events belong to no interaction's timeline.
@@ -473,7 +341,16 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok((index, records))
+        Ok(Committed {
+            index,
+            head,
+            records,
+        })
+    }
+
+    /// Commits written by other writers after `head`: none (one writer).
+    pub fn records_after(&self, _head: u64) -> Vec<(u64, CommitRecord)> {
+        Vec::new()
     }
 
     /// Replaces the snapshot and deletes the journal it covers.
@@ -484,32 +361,6 @@ impl Store {
                 .insert(SNAPSHOT_KEY, serde_json::to_vec(snapshot)?.as_slice())?;
             let mut journal = tx.open_table(JOURNAL)?;
             journal.retain_in(..=snapshot.journal_upto, |_, _| false)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Writes and deletes leg records in one transaction.
-    pub fn update_legs(
-        &self,
-        puts: &[(LegKey, LegRecord)],
-        deletes: &[LegKey],
-    ) -> Result<(), StoreError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
-        let tx = self.db.begin_write()?;
-        {
-            let mut legs = tx.open_table(LEGS)?;
-            for ((i, p), rec) in puts {
-                legs.insert(
-                    (i.as_str(), p.as_str()),
-                    serde_json::to_vec(rec)?.as_slice(),
-                )?;
-            }
-            for (i, p) in deletes {
-                legs.remove((i.as_str(), p.as_str()))?;
-            }
         }
         tx.commit()?;
         Ok(())
@@ -655,101 +506,5 @@ impl Store {
             out.push(serde_json::from_slice(v.value())?);
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn event(interaction: &str, kind: EventKind) -> Event {
-        Event {
-            kind,
-            interaction_id: interaction.into(),
-            at_ms: 5,
-            actor: Actor::Orchestrator,
-            details: BTreeMap::new(),
-        }
-    }
-
-    fn entry() -> JournalEntry {
-        JournalEntry {
-            now_ms: 5,
-            command: Command::EndInteraction {
-                interaction_id: "i".into(),
-            },
-            media: Vec::new(),
-            actor: Some("cc".into()),
-        }
-    }
-
-    #[test]
-    fn events_get_increasing_sequences_that_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), 100).unwrap();
-            let (_, recs) = store
-                .commit_command(
-                    &entry(),
-                    &[
-                        event("a", EventKind::HoldStarted),
-                        event("b", EventKind::HoldEnded),
-                    ],
-                )
-                .unwrap();
-            assert_eq!(recs.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2]);
-            assert_eq!(
-                recs[0].actor, "cc",
-                "the named actor overrides orchestrator"
-            );
-        }
-        let store = Store::open(dir.path(), 100).unwrap();
-        let (_, recs) = store
-            .commit_command(&entry(), &[event("a", EventKind::HoldEnded)])
-            .unwrap();
-        assert_eq!(recs[0].sequence, 3);
-        let tl = store.timeline("a").unwrap();
-        assert_eq!(tl.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(store.load().unwrap().journal.len(), 2);
-    }
-
-    #[test]
-    fn retention_bounds_the_log_but_not_the_timeline() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
-        for _ in 0..5 {
-            store
-                .commit_command(&entry(), &[event("a", EventKind::HoldStarted)])
-                .unwrap();
-        }
-        assert_eq!(store.first_retained().unwrap(), 3);
-        let after = store.events_after(0, 100).unwrap();
-        assert_eq!(
-            after.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
-        assert_eq!(store.timeline("a").unwrap().len(), 5);
-    }
-
-    #[test]
-    fn a_snapshot_deletes_the_journal_it_covers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 10).unwrap();
-        let (i1, _) = store.commit_command(&entry(), &[]).unwrap();
-        store
-            .write_snapshot(&Snapshot {
-                journal_upto: i1,
-                rules: State::default(),
-                media: Vec::new(),
-            })
-            .unwrap();
-        let (i2, _) = store.commit_command(&entry(), &[]).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.snapshot.unwrap().journal_upto, i1);
-        assert_eq!(
-            loaded.journal.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            [i2]
-        );
     }
 }
