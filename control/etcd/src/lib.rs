@@ -254,9 +254,12 @@ impl Etcd {
             let i = self.inner.current.load(Ordering::Relaxed) % n;
             // The timeout is per call, not on the channel: watch and keep-alive streams
             // share the channel and live for hours.
-            let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(self.inner.channels[i].clone()))
-                .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("etcd request timed out")));
+            let outcome =
+                tokio::time::timeout(REQUEST_TIMEOUT, call(self.inner.channels[i].clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded("etcd request timed out"))
+                    });
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(status) if retryable(&status) => {
@@ -297,12 +300,7 @@ impl Etcd {
         let r = self
             .with_failover(|ch| {
                 let request = request.clone();
-                async move {
-                    kv(ch)
-                        .range(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
+                async move { kv(ch).range(request).await.map(tonic::Response::into_inner) }
             })
             .await?;
         Ok(Range {
@@ -351,12 +349,7 @@ impl Etcd {
         };
         self.with_failover(|ch| {
             let request = request.clone();
-            async move {
-                kv(ch)
-                    .txn(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
+            async move { kv(ch).txn(request).await.map(tonic::Response::into_inner) }
         })
         .await
     }

@@ -380,7 +380,10 @@ impl ClusterEngine {
     fn node_down(&self, node_id: &str) {
         let mut st = lock(&self.state);
         if st.nodes.remove(node_id).is_some() {
-            tracing::warn!(node_id, "engine node lost its lease: its calls move to survivors");
+            tracing::warn!(
+                node_id,
+                "engine node lost its lease: its calls move to survivors"
+            );
             st.failed.insert(node_id.to_owned(), self.clock.now_ms());
             st.placements.retain(|_, n| n != node_id);
             self.generation.fetch_add(1, Ordering::Relaxed);
@@ -510,7 +513,9 @@ impl ClusterEngine {
                 _ => None,
             });
         }
-        Err(unavailable(format!("placement of {session} keeps changing")))
+        Err(unavailable(format!(
+            "placement of {session} keeps changing"
+        )))
     }
 
     async fn forget_placement(&self, session: &str) {
@@ -645,18 +650,20 @@ impl ClusterEngine {
             merged
                 .legs
                 .extend(s.legs.into_iter().map(|l| translate_leg(number, l)));
-            merged.plans.extend(s.plans.into_iter().map(|p| SessionPlan {
-                edges: p
-                    .edges
-                    .iter()
-                    .map(|e| earshot_engine_api::Edge {
-                        listener: global(number, e.listener),
-                        source: global(number, e.source),
-                        gain: e.gain,
-                    })
-                    .collect(),
-                no_dtmf: p.no_dtmf.iter().map(|l| global(number, *l)).collect(),
-                session: p.session,
+            merged.plans.extend(s.plans.into_iter().map(|p| {
+                SessionPlan {
+                    edges: p
+                        .edges
+                        .iter()
+                        .map(|e| earshot_engine_api::Edge {
+                            listener: global(number, e.listener),
+                            source: global(number, e.source),
+                            gain: e.gain,
+                        })
+                        .collect(),
+                    no_dtmf: p.no_dtmf.iter().map(|l| global(number, *l)).collect(),
+                    session: p.session,
+                }
             }));
             merged.activity.extend(s.activity.into_iter().map(|mut a| {
                 a.leg = global(number, a.leg);

@@ -564,7 +564,10 @@ impl Shared {
                 }
             }
             Err(StoreError::Behind { .. }) => {
-                tracing::warn!(head = core.journal_upto, "replica fell behind a snapshot; reloading");
+                tracing::warn!(
+                    head = core.journal_upto,
+                    "replica fell behind a snapshot; reloading"
+                );
                 let out_of_sync = std::mem::take(&mut core.out_of_sync);
                 *core = Core::load(&self.store).await.map_err(ApiError::store)?;
                 core.out_of_sync = out_of_sync;
@@ -1168,7 +1171,9 @@ impl Shared {
         if legs.iter().any(|k| !relation.legs.contains(&k.1)) {
             return true;
         }
-        !legs.is_empty() && current_plan.is_none_or(|c| normalized(c.clone()) != Self::plan_for(core, interaction_id))
+        !legs.is_empty()
+            && current_plan
+                .is_none_or(|c| normalized(c.clone()) != Self::plan_for(core, interaction_id))
     }
 
     /// The plan the engine should hold for `interaction_id`, from the rules and the

@@ -115,9 +115,7 @@ impl ApiError {
             }
             Some(
                 StoreError::Conflict { .. } | StoreError::Behind { .. } | StoreError::Locked(_),
-            ) => {
-                (Code::Aborted, reason::STORE_CONFLICT)
-            }
+            ) => (Code::Aborted, reason::STORE_CONFLICT),
             _ => (Code::Internal, reason::STORE_FAILED),
         };
         ApiError::new(code, why, format!("store: {err}"))

@@ -101,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .await
         .context("following the engine nodes in etcd")?;
-        tracing::info!(nodes = router.nodes().len(), "cluster mode: engine nodes from etcd");
+        tracing::info!(
+            nodes = router.nodes().len(),
+            "cluster mode: engine nodes from etcd"
+        );
         config.cluster = Some(Arc::clone(&router));
         router
     } else {

@@ -131,7 +131,12 @@ mod tests {
 
     #[test]
     fn a_node_leaving_moves_only_its_own_keys_and_spreads_them() {
-        let all = [node("a", 1.0), node("b", 1.0), node("c", 1.0), node("d", 1.0)];
+        let all = [
+            node("a", 1.0),
+            node("b", 1.0),
+            node("c", 1.0),
+            node("d", 1.0),
+        ];
         let survivors: Vec<NodeInfo> = all.iter().filter(|n| n.node_id != "b").cloned().collect();
         let mut moved_to = std::collections::BTreeMap::new();
         for k in 0..20_000 {
@@ -145,7 +150,11 @@ mod tests {
             }
         }
         let total: usize = moved_to.values().sum();
-        assert_eq!(moved_to.len(), 3, "spread over every survivor: {moved_to:?}");
+        assert_eq!(
+            moved_to.len(),
+            3,
+            "spread over every survivor: {moved_to:?}"
+        );
         for (n, c) in &moved_to {
             let share = *c as f64 / total as f64;
             assert!((share - 1.0 / 3.0).abs() < 0.04, "{n}: {moved_to:?}");
@@ -160,7 +169,10 @@ mod tests {
             assert_eq!(place(&format!("k{k}"), &nodes, 3).unwrap().node_id, "b");
         }
         nodes[1].legs = nodes[1].capacity_legs - 2;
-        assert!(place("k", &nodes, 3).is_none(), "no node has room for 3 legs");
+        assert!(
+            place("k", &nodes, 3).is_none(),
+            "no node has room for 3 legs"
+        );
         assert_eq!(place("k", &nodes, 2).unwrap().node_id, "b");
     }
 

@@ -169,11 +169,9 @@ impl InteractionsService {
             .shared
             .mutate(command, actor, |_| Ok(Vec::new()))
             .await?;
-        Ok(Response::new(interaction_view(
-            &self.shared,
-            &core,
-            interaction_id,
-        ).await?))
+        Ok(Response::new(
+            interaction_view(&self.shared, &core, interaction_id).await?,
+        ))
     }
 
     /// Applies a verb that adds one participant with media (from the request field
@@ -258,11 +256,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let req = request.into_inner();
         check_id("interaction_id", &req.interaction_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(interaction_view(
-            &self.shared,
-            &core,
-            &req.interaction_id,
-        ).await?))
+        Ok(Response::new(
+            interaction_view(&self.shared, &core, &req.interaction_id).await?,
+        ))
     }
 
     async fn list_interactions(
@@ -320,7 +316,13 @@ impl proto::interactions_server::Interactions for InteractionsService {
             .collect();
         if req.include_ended {
             // Ended calls live in the store (not in memory) for the retention period.
-            for (id, record) in self.shared.store.ended_all().await.map_err(ApiError::store)? {
+            for (id, record) in self
+                .shared
+                .store
+                .ended_all()
+                .await
+                .map_err(ApiError::store)?
+            {
                 let for_user = req.user_id.is_empty() || record.user_ids.contains(&req.user_id);
                 if for_user && after_token(&id) {
                     let view = proto::Interaction::decode(record.view.as_slice())
@@ -727,7 +729,9 @@ impl proto::supervision_server::Supervision for SupervisionService {
             Subject::Supervision(id) => id.clone(),
             _ => req.supervision_id,
         };
-        Ok(Response::new(supervision_view(&self.shared, &core, &id).await?))
+        Ok(Response::new(
+            supervision_view(&self.shared, &core, &id).await?,
+        ))
     }
 
     async fn get_supervision(
@@ -737,11 +741,9 @@ impl proto::supervision_server::Supervision for SupervisionService {
         let req = request.into_inner();
         check_id("supervision_id", &req.supervision_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(supervision_view(
-            &self.shared,
-            &core,
-            &req.supervision_id,
-        ).await?))
+        Ok(Response::new(
+            supervision_view(&self.shared, &core, &req.supervision_id).await?,
+        ))
     }
 
     async fn list_supervisions(
@@ -866,7 +868,10 @@ impl proto::engine_server::Engine for EngineService {
         else {
             return Err(not_a_cluster().into());
         };
-        let Some(mut node) = cluster.nodes().into_iter().find(|n| n.node_id == req.node_id)
+        let Some(mut node) = cluster
+            .nodes()
+            .into_iter()
+            .find(|n| n.node_id == req.node_id)
         else {
             return Err(not_found(reason::NODE_NOT_FOUND, "engine node", &req.node_id).into());
         };

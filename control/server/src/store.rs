@@ -28,6 +28,7 @@
 //! there is nothing to catch up on; with etcd every commit (even one with only leg
 //! records or sidecar events) advances the head and is a [`CommitRecord`] others replay.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use earshot_engine_api::{LegId, MediaConfig};
@@ -46,7 +47,7 @@ pub use self::redb::{CACHE_BYTES, DB_FILE};
 pub enum StoreError {
     /// The database failed (boxed: redb's error is large and errors are rare).
     #[error("database: {0}")]
-    Db(Box<redb::Error>),
+    Db(Box<::redb::Error>),
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
@@ -88,12 +89,12 @@ macro_rules! from_redb {
     )*};
 }
 from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
+    ::redb::Error,
+    ::redb::DatabaseError,
+    ::redb::TransactionError,
+    ::redb::TableError,
+    ::redb::StorageError,
+    ::redb::CommitError
 );
 
 /// One persisted event (a rules [`Event`] with its global sequence number).
@@ -194,7 +195,6 @@ pub struct Loaded {
     /// Leg records.
     pub legs: Vec<(LegKey, LegRecord)>,
 }
-
 
 /// What a commit wrote.
 #[derive(Debug, Clone, Default)]

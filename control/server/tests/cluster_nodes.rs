@@ -141,7 +141,11 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         *per_node.entry(node).or_default() += 1;
     }
     println!("placement of {calls} calls: {per_node:?}");
-    assert_eq!(per_node.len(), 3, "spread over all three nodes: {per_node:?}");
+    assert_eq!(
+        per_node.len(),
+        3,
+        "spread over all three nodes: {per_node:?}"
+    );
 
     // A supervisor's leg joins its interaction's node; the response names the node.
     add_supervisor(&server, "sup-1").await;
@@ -163,7 +167,11 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         .into_inner();
     for p in &view.participants {
         let leg = p.leg.as_ref().expect("a connected participant has a leg");
-        assert_eq!(leg.node_id, home, "{} is served by {home}", p.participant_id);
+        assert_eq!(
+            leg.node_id, home,
+            "{} is served by {home}",
+            p.participant_id
+        );
     }
 
     // DrainNode: nothing new on the drained node; its calls stay.
@@ -219,7 +227,11 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         );
     }
     for c in &before {
-        assert_eq!(node_of_session(&nodes, c).as_deref(), Some(drained), "{c} stayed");
+        assert_eq!(
+            node_of_session(&nodes, c).as_deref(),
+            Some(drained),
+            "{c} stayed"
+        );
     }
     server
         .engine()
@@ -254,11 +266,17 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
     drop(dead);
     let mut moved_to: BTreeMap<String, usize> = BTreeMap::new();
     for c in &on_failed {
-        *moved_to.entry(node_of_session(&nodes, c).unwrap()).or_default() += 1;
+        *moved_to
+            .entry(node_of_session(&nodes, c).unwrap())
+            .or_default() += 1;
     }
     println!("{} calls of {failed} moved: {moved_to:?}", on_failed.len());
     if on_failed.len() >= 4 {
-        assert_eq!(moved_to.len(), 2, "spread over both survivors: {moved_to:?}");
+        assert_eq!(
+            moved_to.len(),
+            2,
+            "spread over both survivors: {moved_to:?}"
+        );
     }
     for c in &on_failed {
         let mut i = server.interactions();
@@ -289,7 +307,11 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
             .into_inner();
         let now = node_of_session(&nodes, c).unwrap();
         for p in &view.participants {
-            assert_eq!(p.leg.as_ref().unwrap().node_id, now, "{c}: the view follows the move");
+            assert_eq!(
+                p.leg.as_ref().unwrap().node_id,
+                now,
+                "{c}: the view follows the move"
+            );
         }
     }
     server.stop().await;

@@ -12,7 +12,10 @@ use earshot_control::proto;
 use earshot_etcd::testing::EtcdCluster;
 use support::{FakeEngine, TestServer, add_supervisor, create_call, reason_of, supervise};
 
-async fn replicas(cluster: &EtcdCluster, prefix: &str) -> (TestServer, TestServer, Arc<FakeEngine>) {
+async fn replicas(
+    cluster: &EtcdCluster,
+    prefix: &str,
+) -> (TestServer, TestServer, Arc<FakeEngine>) {
     let engine = FakeEngine::new(30000);
     let dir = tempfile::tempdir().unwrap();
     let endpoints = cluster.endpoints();
@@ -63,7 +66,7 @@ async fn any_replica_answers_and_the_rules_hold_across_replicas() {
         .create_interaction(create_call("call-1"))
         .await
         .unwrap();
-    let mut bi = b.interactions();
+    let bi = b.interactions();
     eventually("B sees call-1", || {
         let mut bi = bi.clone();
         async move {
@@ -75,7 +78,10 @@ async fn any_replica_answers_and_the_rules_hold_across_replicas() {
         }
     })
     .await;
-    assert!(engine.leg("call-1", "a").is_some(), "the call is programmed");
+    assert!(
+        engine.leg("call-1", "a").is_some(),
+        "the call is programmed"
+    );
 
     // Directory writes through either replica are one directory.
     add_supervisor(&a, "sup-1").await;
@@ -110,7 +116,9 @@ async fn any_replica_answers_and_the_rules_hold_across_replicas() {
     let other_side = if busy_user == "sup-1" { &b } else { &a };
     let refused = other_side
         .supervision()
-        .start_monitor(supervise("call-2", "s-c", &busy_user, "busy-leg", "c", 21004))
+        .start_monitor(supervise(
+            "call-2", "s-c", &busy_user, "busy-leg", "c", 21004,
+        ))
         .await
         .expect_err("a supervisor coaching on call-1 is busy");
     assert_eq!(reason_of(&refused).0, "SUPERVISOR_BUSY");
@@ -126,7 +134,9 @@ async fn any_replica_answers_and_the_rules_hold_across_replicas() {
         .unwrap()
         .into_inner();
     let mut seqs = Vec::new();
-    while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_millis(500), watch.message()).await {
+    while let Ok(Ok(Some(e))) =
+        tokio::time::timeout(Duration::from_millis(500), watch.message()).await
+    {
         seqs.push(e.sequence);
     }
     assert!(seqs.len() >= 6, "create, join, coach events: {seqs:?}");
@@ -163,8 +173,8 @@ async fn racing_coaches_through_two_replicas_leave_exactly_one_coach_each_round(
             sb.start_coach(supervise("call-r", &idb, "sup-2", "leg-2", "a", 21002)),
         );
         let (winner, side) = match (&ra, &rb) {
-            (Ok(_), Err(l)) => (ida.clone(), 0),
-            (Err(l), Ok(_)) => (idb.clone(), 1),
+            (Ok(_), Err(_)) => (ida.clone(), 0),
+            (Err(_), Ok(_)) => (idb.clone(), 1),
             _ => panic!("round {round}: exactly one coach must win: {ra:?} / {rb:?}"),
         };
         let lost = ra.err().or(rb.err()).unwrap();
@@ -179,7 +189,11 @@ async fn racing_coaches_through_two_replicas_leave_exactly_one_coach_each_round(
                 .map(|l| l.leg_key.clone())
                 .collect()
         };
-        assert_eq!(leg_names.len(), 3, "round {round}: c, a and one coach: {leg_names:?}");
+        assert_eq!(
+            leg_names.len(),
+            3,
+            "round {round}: c, a and one coach: {leg_names:?}"
+        );
         a.supervision()
             .stop_supervision(proto::StopSupervisionRequest {
                 supervision_id: winner,

@@ -127,7 +127,10 @@ async fn sequences_are_global_and_survive_reopening(f: &dyn Factory) {
     .await;
     assert_eq!(seqs, [1, 2], "{}", f.name());
     let first = store.events_after(0, 10).await.unwrap();
-    assert_eq!(first[0].actor, "cc", "the named actor overrides orchestrator");
+    assert_eq!(
+        first[0].actor, "cc",
+        "the named actor overrides orchestrator"
+    );
     drop(store);
     let store = f.open("seq", 100).await;
     assert!(!store.is_new(), "{}: a reopened store is not new", f.name());
@@ -192,7 +195,12 @@ async fn a_snapshot_replaces_the_journal_it_covers(f: &dyn Factory) {
     let loaded = store.load().await.unwrap();
     let snap = loaded.snapshot.expect("the snapshot loads");
     assert_eq!(snap.journal_upto, c1.head, "{}", f.name());
-    assert_eq!(snap.media, big, "{}: the snapshot round-trips whole", f.name());
+    assert_eq!(
+        snap.media,
+        big,
+        "{}: the snapshot round-trips whole",
+        f.name()
+    );
     assert_eq!(
         loaded.journal.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         [c2.index.unwrap()],
@@ -223,7 +231,10 @@ async fn leg_records_commit_with_the_command(f: &dyn Factory) {
             Some(&entry("i")),
             &[event("i", EventKind::ParticipantJoined)],
             None,
-            &[(key("i", "a"), leg(1, 40000)), (key("i", "b"), leg(2, 40002))],
+            &[
+                (key("i", "a"), leg(1, 40000)),
+                (key("i", "b"), leg(2, 40002)),
+            ],
             &[],
         )
         .await
@@ -248,7 +259,10 @@ async fn leg_records_commit_with_the_command(f: &dyn Factory) {
     );
     assert_eq!(loaded.head, c.head, "{}", f.name());
     // Nothing to write: no transaction, the head stays.
-    let none = store.commit(c.head, None, &[], None, &[], &[]).await.unwrap();
+    let none = store
+        .commit(c.head, None, &[], None, &[], &[])
+        .await
+        .unwrap();
     assert_eq!(none.head, c.head, "{}", f.name());
 }
 
@@ -322,7 +336,12 @@ async fn ended_views_stay_until_pruned(f: &dyn Factory) {
         f.name()
     );
     assert_eq!(store.ended_supervisions().await.unwrap().len(), 2);
-    assert_eq!(store.prune_ended(2000, 10).await.unwrap(), 1, "{}", f.name());
+    assert_eq!(
+        store.prune_ended(2000, 10).await.unwrap(),
+        1,
+        "{}",
+        f.name()
+    );
     assert!(store.ended("gone").await.unwrap().is_none(), "{}", f.name());
     assert!(store.ended_supervision("sup-1").await.unwrap().is_none());
     assert!(
@@ -330,7 +349,11 @@ async fn ended_views_stay_until_pruned(f: &dyn Factory) {
         "{}: pruning deletes the timeline",
         f.name()
     );
-    assert!(store.ended("later").await.unwrap().is_some(), "{}", f.name());
+    assert!(
+        store.ended("later").await.unwrap().is_some(),
+        "{}",
+        f.name()
+    );
 }
 
 async fn suite(f: &dyn Factory) {
@@ -373,9 +396,10 @@ async fn racing_replicas_on_etcd_commit_exactly_once_each_in_order() {
     let base = a.load().await.unwrap().head;
     let ea = [event("call", EventKind::CoachStarted)];
     let eb = [event("call", EventKind::CoachStarted)];
+    let (ja, jb) = (entry("a"), entry("b"));
     let (ra, rb) = tokio::join!(
-        a.commit(base, Some(&entry("a")), &ea, Some("a"), &[], &[]),
-        b.commit(base, Some(&entry("b")), &eb, Some("b"), &[], &[]),
+        a.commit(base, Some(&ja), &ea, Some("a"), &[], &[]),
+        b.commit(base, Some(&jb), &eb, Some("b"), &[], &[]),
     );
     let (winner, loser, loser_store) = match (ra, rb) {
         (Ok(w), Err(StoreError::Conflict { .. })) => (w, "b", &b),
@@ -402,17 +426,24 @@ async fn finish_race(a: &Store, b: &Store, mut head: u64) {
     for _ in 0..rounds {
         let ea = [event("call", EventKind::HoldStarted)];
         let eb = [event("call", EventKind::HoldEnded)];
+        let (ja, jb) = (entry("a"), entry("b"));
         let (ra, rb) = tokio::join!(
-            a.commit(head, Some(&entry("a")), &ea, None, &[], &[]),
-            b.commit(head, Some(&entry("b")), &eb, None, &[], &[]),
+            a.commit(head, Some(&ja), &ea, None, &[], &[]),
+            b.commit(head, Some(&jb), &eb, None, &[], &[]),
         );
         let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
-        assert_eq!(ok, 1, "exactly one of two racing commits wins: {ra:?} {rb:?}");
+        assert_eq!(
+            ok, 1,
+            "exactly one of two racing commits wins: {ra:?} {rb:?}"
+        );
         head = ra.or(rb).unwrap().head;
     }
     let events = a.events_after(0, 1000).await.unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "sequences are global and gap-free");
-    println!("race: {rounds} rounds, one winner each, {} events", seqs.len());
+    println!(
+        "race: {rounds} rounds, one winner each, {} events",
+        seqs.len()
+    );
 }

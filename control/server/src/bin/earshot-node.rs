@@ -150,8 +150,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let margin = Duration::from_millis(args.fence_margin_ms);
     loop {
-        let registration = match cluster::register(&etcd, &prefix, &info, args.lease_ttl).await
-        {
+        let registration = match cluster::register(&etcd, &prefix, &info, args.lease_ttl).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register; retrying");

@@ -248,7 +248,10 @@ impl EtcdStore {
         let result = self
             .etcd
             .txn(
-                vec![earshot_etcd::mod_revision_is(guard.key.clone(), guard.revision)],
+                vec![earshot_etcd::mod_revision_is(
+                    guard.key.clone(),
+                    guard.revision,
+                )],
                 vec![delete(guard.key.clone(), Vec::new())],
                 vec![],
             )
@@ -315,7 +318,10 @@ impl EtcdStore {
                 let p: SnapshotPointer = json(kv)?;
                 let chunks = self
                     .etcd
-                    .range_prefix(self.key(&format!("snap/{}/", p.generation)).as_bytes(), revision)
+                    .range_prefix(
+                        self.key(&format!("snap/{}/", p.generation)).as_bytes(),
+                        revision,
+                    )
                     .await?;
                 if chunks.kvs.len() != p.chunks as usize {
                     return Err(StoreError::Damaged(format!(
@@ -402,7 +408,9 @@ impl EtcdStore {
             // snapshot deleted it all. The head key, at the same revision, tells which.
             let (now, _) = self.read_head(revision).await?;
             if now.head > head {
-                return Err(StoreError::Behind { oldest: now.head + 1 });
+                return Err(StoreError::Behind {
+                    oldest: now.head + 1,
+                });
             }
         }
         Ok(records)
@@ -459,10 +467,18 @@ impl EtcdStore {
             ];
             for r in &records {
                 let bytes = serde_json::to_vec(r)?;
-                ops.push(put(self.key(&format!("events/{}", hex(r.sequence))), bytes.clone(), 0));
+                ops.push(put(
+                    self.key(&format!("events/{}", hex(r.sequence))),
+                    bytes.clone(),
+                    0,
+                ));
                 if !r.interaction_id.is_empty() {
                     ops.push(put(
-                        self.key(&format!("timeline/{}/{}", r.interaction_id, hex(r.sequence))),
+                        self.key(&format!(
+                            "timeline/{}/{}",
+                            r.interaction_id,
+                            hex(r.sequence)
+                        )),
                         bytes,
                         0,
                     ));
@@ -576,7 +592,10 @@ impl EtcdStore {
         let reply = self
             .etcd
             .txn(
-                vec![earshot_etcd::mod_revision_is(self.key("snap/current"), old_rev)],
+                vec![earshot_etcd::mod_revision_is(
+                    self.key("snap/current"),
+                    old_rev,
+                )],
                 ops,
                 vec![],
             )
@@ -585,7 +604,11 @@ impl EtcdStore {
             // Another replica wrote one meanwhile: ours is not needed.
             let p = self.key(&format!("snap/{generation}/"));
             self.etcd
-                .txn(vec![], vec![delete(p.clone(), prefix_end(p.as_bytes()))], vec![])
+                .txn(
+                    vec![],
+                    vec![delete(p.clone(), prefix_end(p.as_bytes()))],
+                    vec![],
+                )
                 .await?;
         }
         Ok(())
@@ -652,7 +675,12 @@ impl EtcdStore {
     pub async fn ended(&self, interaction_id: &str) -> Result<Option<EndedRecord>, StoreError> {
         let r = self
             .etcd
-            .range(self.key(&format!("ended_i/{interaction_id}")).as_bytes(), &[], 0, 0)
+            .range(
+                self.key(&format!("ended_i/{interaction_id}")).as_bytes(),
+                &[],
+                0,
+                0,
+            )
             .await?;
         r.kvs.first().map(json).transpose()
     }
@@ -677,7 +705,12 @@ impl EtcdStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         let r = self
             .etcd
-            .range(self.key(&format!("ended_s/{supervision_id}")).as_bytes(), &[], 0, 0)
+            .range(
+                self.key(&format!("ended_s/{supervision_id}")).as_bytes(),
+                &[],
+                0,
+                0,
+            )
             .await?;
         Ok(r.kvs.into_iter().next().map(|kv| kv.value))
     }
@@ -686,10 +719,14 @@ impl EtcdStore {
     pub async fn ended_supervisions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let p = self.key("ended_s/");
         let r = self.etcd.range_prefix(p.as_bytes(), 0).await?;
-        Ok(r
-            .kvs
+        Ok(r.kvs
             .into_iter()
-            .map(|kv| (String::from_utf8_lossy(&kv.key[p.len()..]).into_owned(), kv.value))
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key[p.len()..]).into_owned(),
+                    kv.value,
+                )
+            })
             .collect())
     }
 

@@ -29,7 +29,6 @@
 //! acknowledged: a kill -9 after the reply loses nothing; a kill -9 before it loses
 //! the whole command, never half of it.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use earshot_rules::Event;
