@@ -352,12 +352,27 @@ impl RedbStore {
         Vec::new()
     }
 
-    /// Replaces the snapshot and deletes the journal it covers.
+    /// Replaces the snapshot and deletes the journal it covers; a snapshot not newer
+    /// than the stored one is dropped.
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        /// Only the field compared (serde skips the rest of the stored snapshot).
+        #[derive(serde::Deserialize)]
+        struct Upto {
+            journal_upto: u64,
+        }
         let tx = self.db.begin_write()?;
         {
-            tx.open_table(SNAPSHOT)?
-                .insert(SNAPSHOT_KEY, serde_json::to_vec(snapshot)?.as_slice())?;
+            let mut table = tx.open_table(SNAPSHOT)?;
+            let current = match table.get(SNAPSHOT_KEY)? {
+                Some(v) => Some(serde_json::from_slice::<Upto>(v.value())?.journal_upto),
+                None => None,
+            };
+            // An older snapshot never replaces a newer one (the conformance suite).
+            if current.is_some_and(|upto| upto >= snapshot.journal_upto) {
+                return Ok(());
+            }
+            table.insert(SNAPSHOT_KEY, serde_json::to_vec(snapshot)?.as_slice())?;
+            drop(table);
             let mut journal = tx.open_table(JOURNAL)?;
             journal.retain_in(..=snapshot.journal_upto, |_, _| false)?;
         }
