@@ -675,10 +675,18 @@ async fn damaged_store_files_are_a_clear_error_never_a_panic() {
         let d = dir.path().join(what.replace(' ', "-"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(earshot_control::store::DB_FILE), &content).unwrap();
-        let opened = std::panic::catch_unwind(|| {
-            earshot_control::store::Store::open(&d, 100)
-                .and_then(|s| earshot_control::Core::load(&s).map(|_| ()))
-        });
+        // On a thread of its own with its own runtime (this test runs on one), so that
+        // a panic anywhere in opening or loading shows as a failed join.
+        let opened = std::thread::spawn(move || {
+            earshot_control::store::Store::open(&d, 100).and_then(|s| {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(earshot_control::Core::load(&s))
+                    .map(|_| ())
+            })
+        })
+        .join();
         match opened {
             Err(_) => panic!("{what}: the store panicked"),
             Ok(Ok(())) if what == "scribbled" => {

@@ -1396,6 +1396,7 @@ mod tests {
                     }),
                     ..Default::default()
                 }),
+                node_id: String::new(),
             }),
             ..Default::default()
         };
