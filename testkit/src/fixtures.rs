@@ -193,6 +193,8 @@ pub fn pcmu_media(remote: Option<SocketAddr>) -> MediaConfig {
         rtcp_mux: true,
         report_first_packet: false,
         srtp: None,
+        strict_source: None,
+        quiet_when_unheard: false,
     }
 }
 

@@ -25,6 +25,8 @@ fn supervisor_media(report_first_packet: bool) -> MediaConfig {
         rtcp_mux: true,
         report_first_packet,
         srtp: None,
+        strict_source: None,
+        quiet_when_unheard: false,
     }
 }
 

@@ -79,6 +79,7 @@ fn media(port: u16) -> proto::Media {
         rtcp_mux: true,
         auto_answer: None,
         srtp: None,
+        ..Default::default()
     }
 }
 

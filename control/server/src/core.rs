@@ -1916,6 +1916,8 @@ mod tests {
                     rtcp_mux: true,
                     auto_answer: true,
                     srtp: None,
+                    strict_source: None,
+                    quiet_when_unheard: false,
                 },
             },
             field: field.into(),

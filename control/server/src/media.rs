@@ -11,7 +11,7 @@
 //! retries, sidecar restarts, engine restarts and re-programming, and the engine stays
 //! free of randomness for keys (its shards are sans-IO).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use earshot_engine_api::srtp::{parse_key, parse_suite};
 use earshot_engine_api::{CodecName, Family, MasterKey, MediaConfig, MediaError, SrtpMedia};
@@ -46,6 +46,12 @@ pub struct MediaSpec {
     /// SRTP keys; `None` for plain RTP. Absent from stored plain legs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtp: Option<SrtpSpec>,
+    /// The only address the leg accepts packets from; absent in older stored legs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_source: Option<IpAddr>,
+    /// Send nothing while the leg hears nobody (default: silence at ptime).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_when_unheard: bool,
 }
 
 /// A leg's SRTP as requested: the keys, and whether ours was generated here (the
@@ -169,6 +175,19 @@ impl MediaSpec {
             None => None,
             Some(s) => Some(SrtpSpec::from_proto(prefix, s)?),
         };
+        let strict_source = if m.strict_source_ip.is_empty() {
+            None
+        } else {
+            Some(m.strict_source_ip.parse::<IpAddr>().map_err(|_| {
+                ApiError::invalid(
+                    field("strict_source_ip"),
+                    format!(
+                        "\"{}\" is not an IP address",
+                        crate::error::quote(&m.strict_source_ip)
+                    ),
+                )
+            })?)
+        };
         let spec = MediaSpec {
             remote,
             codec,
@@ -178,12 +197,19 @@ impl MediaSpec {
             rtcp_mux: m.rtcp_mux,
             auto_answer: m.auto_answer.unwrap_or(true),
             srtp,
+            strict_source,
+            quiet_when_unheard: m.quiet_when_unheard,
         };
         // The engine's own validator (earshot-engine-api): the sidecar refuses up front
         // exactly what the engine would refuse when the leg is configured.
-        spec.engine_config(false)
-            .validate()
-            .map_err(|e| ApiError::invalid(field(e.field), e.message))?;
+        spec.engine_config(false).validate().map_err(|e| {
+            // The API names the strict source by its wire name.
+            let name = match e.field {
+                "strict_source" => "strict_source_ip",
+                other => other,
+            };
+            ApiError::invalid(field(name), e.message)
+        })?;
         Ok(spec)
     }
 
@@ -207,6 +233,8 @@ impl MediaSpec {
             rtcp_mux: self.rtcp_mux,
             report_first_packet,
             srtp: self.srtp.as_ref().map(|s| s.keys.clone()),
+            strict_source: self.strict_source,
+            quiet_when_unheard: self.quiet_when_unheard,
         }
     }
 
@@ -240,6 +268,11 @@ impl MediaSpec {
             rtcp_mux: self.rtcp_mux,
             auto_answer: Some(self.auto_answer),
             srtp: self.srtp.as_ref().map(SrtpSpec::to_proto),
+            strict_source_ip: self
+                .strict_source
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            quiet_when_unheard: self.quiet_when_unheard,
         }
     }
 }
@@ -258,6 +291,7 @@ mod tests {
             rtcp_mux: true,
             auto_answer: None,
             srtp: None,
+            ..Default::default()
         }
     }
 
@@ -271,6 +305,28 @@ mod tests {
         assert!(spec.auto_answer, "auto_answer defaults to true");
         let back = MediaSpec::from_proto("media", Some(&spec.to_proto())).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn strict_source_and_quiet_round_trip_and_are_checked() {
+        let mut m = pcmu();
+        m.strict_source_ip = "127.0.0.1".into();
+        m.quiet_when_unheard = true;
+        let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
+        assert_eq!(spec.strict_source, Some([127, 0, 0, 1].into()));
+        assert!(spec.engine_config(false).quiet_when_unheard);
+        assert_eq!(
+            MediaSpec::from_proto("media", Some(&spec.to_proto())).unwrap(),
+            spec
+        );
+        for bad in ["127.0.0.1:4000", "somewhere", "127.0.0.2", "0.0.0.0"] {
+            m.strict_source_ip = bad.into();
+            assert_eq!(
+                field_of(MediaSpec::from_proto("p.media", Some(&m)).unwrap_err()),
+                "p.media.strict_source_ip",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

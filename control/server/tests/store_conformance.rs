@@ -100,6 +100,9 @@ fn media(participant: usize) -> MediaEntry {
             rtcp_mux: true,
             auto_answer: true,
             srtp: None,
+            // A strict source, so the stores round-trip the newer optional fields too.
+            strict_source: Some([10, 0, 0, 1].into()),
+            quiet_when_unheard: true,
         },
     }
 }

@@ -315,6 +315,7 @@ pub fn media(remote: SocketAddr) -> proto::Media {
         rtcp_mux: true,
         auto_answer: None,
         srtp: None,
+        ..Default::default()
     }
 }
 

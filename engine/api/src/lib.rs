@@ -28,7 +28,7 @@ pub mod srtp;
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,14 @@ pub struct MediaConfig {
     /// serialised form of a plain leg, so older peers read it unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtp: Option<SrtpMedia>,
+    /// Strict source: the only address RTP and RTCP are accepted from (any port);
+    /// `None` accepts the configured remote or latches the first valid sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_source: Option<IpAddr>,
+    /// Send nothing while the leg hears nobody; `false` (the default) sends silence
+    /// frames at its ptime (SPEC section 5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_when_unheard: bool,
 }
 
 /// Why a [`MediaConfig`] is refused: the field (as named in [`MediaConfig`]) and what is
@@ -199,6 +207,22 @@ impl MediaConfig {
                 "remote",
                 format!("{remote} is not a unicast address with a port"),
             );
+        }
+        if let Some(ip) = self.strict_source {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return bad("strict_source", format!("{ip} is not a unicast address"));
+            }
+            if let Some(remote) = self.remote
+                && remote.ip() != ip
+            {
+                return bad(
+                    "strict_source",
+                    format!(
+                        "{ip} is not the configured remote's address {}",
+                        remote.ip()
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -555,6 +579,8 @@ mod tests {
             rtcp_mux: true,
             report_first_packet: false,
             srtp: None,
+            strict_source: None,
+            quiet_when_unheard: false,
         }
     }
 
@@ -567,6 +593,15 @@ mod tests {
             m.validate().map_err(|e| e.field)
         };
         assert_eq!(field(|m| m.ptime_ms = 25), Err("ptime_ms"));
+        assert_eq!(
+            field(|m| m.strict_source = Some([127, 0, 0, 2].into())),
+            Err("strict_source"),
+            "a strict source other than the configured remote's address"
+        );
+        assert_eq!(
+            field(|m| m.strict_source = Some([0, 0, 0, 0].into())),
+            Err("strict_source")
+        );
         assert_eq!(field(|m| m.ptime_ms = 0), Err("ptime_ms"));
         assert_eq!(field(|m| m.payload_type = 128), Err("payload_type"));
         for pt in [72, 80, 95] {

@@ -309,6 +309,7 @@ pub fn media(remote_port: u16) -> proto::Media {
         rtcp_mux: true,
         auto_answer: None,
         srtp: None,
+        ..Default::default()
     }
 }
 

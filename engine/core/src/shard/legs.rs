@@ -296,6 +296,7 @@ impl Shard {
                 m.te_pt = media.telephone_event_pt;
                 m.rtcp_mux = media.rtcp_mux;
                 m.report_first_packet = media.report_first_packet;
+                m.send_idle = !media.quiet_when_unheard;
                 m.srtp = srtp;
                 m.config = media;
             }
@@ -333,7 +334,7 @@ impl Shard {
             te_pt: media.telephone_event_pt,
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
-            send_idle: true,
+            send_idle: !media.quiet_when_unheard,
             jitter: JitterBuffer::new(jitter_cfg),
             out: OutputStream::new(
                 ssrc,

@@ -42,6 +42,15 @@ impl Shard {
         let Some(media) = leg.media.as_mut() else {
             return self.counters.drop(DropReason::UnconfiguredLeg);
         };
+        // A strict source is the only address this leg hears from, RTP or RTCP, before
+        // or after it has learned its remote.
+        if media
+            .config
+            .strict_source
+            .is_some_and(|ip| ip != remote.ip())
+        {
+            return self.counters.drop(DropReason::WrongSource);
+        }
         // RTCP: on port+1, or multiplexed (RFC 5761: second byte 192..=223, which SRTCP
         // leaves in clear).
         if is_rtcp_port || (media.rtcp_mux && rtp::looks_like_rtcp(payload)) {
