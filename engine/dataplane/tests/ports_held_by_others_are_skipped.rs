@@ -151,3 +151,30 @@ fn a_real_foreign_socket_in_the_range_is_skipped() {
     drop(foreign);
     engine.shutdown();
 }
+
+/// Every reconciliation pass re-sends AllocateLeg for legs that exist; the engine binds a
+/// fresh port for each retry before the shard answers with the existing leg. Those ports
+/// must go back unheld: they used to stay marked bound in the in-memory backend, so after
+/// a few passes 64 ports in a row looked taken by another process and new legs were
+/// refused (found by the fault suite: `refused_supervisions_and_joins_leave_no_trace`).
+#[test]
+fn retries_that_return_the_existing_leg_leave_no_port_held() {
+    let (engine, _net) = memory_engine(20_000, 64);
+    let first = allocate(&engine, "a", None).expect("the leg");
+    for _ in 0..200 {
+        assert_eq!(
+            allocate(&engine, "a", None).expect("the retry"),
+            first,
+            "a retry answers the existing leg"
+        );
+    }
+    for i in 0..20 {
+        allocate(&engine, &format!("n{i}"), None)
+            .unwrap_or_else(|e| panic!("new leg {i} after 200 retries: {e}"));
+    }
+    assert_eq!(
+        ports_busy(&engine),
+        0,
+        "no port looked held by another process"
+    );
+}

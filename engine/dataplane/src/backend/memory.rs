@@ -194,6 +194,10 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn discard_unused(&mut self, port: u16, _bound: BoundPort) {
+        self.net.bound[usize::from(port)].store(false, Ordering::Release);
+    }
+
     fn close_port(&mut self, port: u16) {
         self.open[usize::from(port)] = false;
         self.net.bound[usize::from(port)].store(false, Ordering::Release);
