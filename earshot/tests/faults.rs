@@ -430,9 +430,6 @@ async fn a_poisoned_interaction_never_blocks_the_others_and_is_reported() {
 }
 
 #[tokio::test]
-#[ignore = "hangs after the merges of 2026-12-01: when the engine restarts with a smaller \
-            port range, the legs of the lost range are not re-created (the test waits for \
-            them forever); open defect, see the closing note of issue 9"]
 async fn ports_are_sacred_across_an_engine_restart_and_a_lost_port_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     // Two shards of 32 ports: calls alternate between 40960.. and 40992..
