@@ -81,7 +81,11 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
     #[allow(clippy::disallowed_methods)]
     while to_agent < 5 && std::time::Instant::now() < deadline {
         if let Some(d) = net.take_sent() {
-            if d.peer == pa {
+            // A leg that hears nobody yet gets silence frames at its ptime (mu-law
+            // 0xFF): those may come first, and are not what this test checks.
+            if d.peer == pa && d.payload[12..].iter().all(|b| *b == 0xFF) {
+                assert_eq!(d.engine_port, a_port);
+            } else if d.peer == pa {
                 assert_eq!(d.engine_port, a_port);
                 assert_eq!(
                     &d.payload[12..],
