@@ -18,7 +18,7 @@ use earshot_engine::core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_engine::core::ports::PortPool;
 use earshot_engine::core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_engine_api::{
-    CodecName, Edge, Family, LegId, MediaConfig, Percentiles, Response, SessionPlan, ShardStats,
+    Edge, Family, LegId, MediaConfig, Percentiles, Response, SessionPlan, ShardStats,
 };
 use earshot_media::Codec;
 use earshot_media::dsp::g711;
@@ -157,12 +157,14 @@ fn peer_of(i: usize) -> SocketAddr {
 fn pcmu_20ms() -> MediaConfig {
     MediaConfig {
         remote: None,
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        max_ptime_ms: None,
+        opus: Default::default(),
     }
 }
 

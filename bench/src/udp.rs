@@ -24,7 +24,7 @@ use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::Engine;
 use earshot_engine_api::{
-    CodecName, Edge, EngineApi, Family, LegId, MediaConfig, Percentiles, Request, Response,
+    Codec, Edge, EngineApi, Family, LegId, MediaConfig, Percentiles, Request, Response,
     SessionPlan,
 };
 use hdrhistogram::Histogram;
@@ -334,12 +334,14 @@ fn program(
                     leg: info.leg,
                     media: MediaConfig {
                         remote: Some(SocketAddr::V4(peer)),
-                        codec: CodecName::Pcmu,
+                        codec: Codec::Pcmu,
                         payload_type: 0,
                         ptime_ms: 20,
                         telephone_event_pt: None,
                         rtcp_mux: true,
                         report_first_packet: false,
+                        max_ptime_ms: None,
+                        opus: Default::default(),
                     },
                 },
             )?;

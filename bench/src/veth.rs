@@ -35,7 +35,7 @@ use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::config::EngineConfig;
 use earshot_engine::engine::{Engine, EngineHandle};
 use earshot_engine_api::{
-    CodecName, Edge, EngineApi, Family, MediaConfig, Percentiles, Request, Response, SessionPlan,
+    Codec, Edge, EngineApi, Family, MediaConfig, Percentiles, Request, Response, SessionPlan,
 };
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -435,12 +435,14 @@ fn program_forwarded(
                     leg: info.leg,
                     media: MediaConfig {
                         remote: Some(SocketAddr::V4(peer)),
-                        codec: CodecName::Pcmu,
+                        codec: Codec::Pcmu,
                         payload_type: 0,
                         ptime_ms: 20,
                         telephone_event_pt: None,
                         rtcp_mux: true,
                         report_first_packet: false,
+                        max_ptime_ms: None,
+                        opus: Default::default(),
                     },
                 },
             )?;

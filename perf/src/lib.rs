@@ -40,7 +40,7 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan,
+    Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan,
 };
 use earshot_media::dsp::g711;
 use earshot_media::dsp::mix::MixKernels;
@@ -390,12 +390,14 @@ impl ShardRig {
             ports[k] = info.local.port();
             let media = MediaConfig {
                 remote: Some(peers[k]),
-                codec: CodecName::Pcmu,
+                codec: Codec::Pcmu,
                 payload_type: 0,
                 ptime_ms: 20,
                 telephone_event_pt: None,
                 rtcp_mux: true,
                 report_first_packet: false,
+                max_ptime_ms: None,
+                opus: Default::default(),
             };
             let cmd = ShardCommand::ConfigureLeg {
                 leg: info.leg,

@@ -4,7 +4,7 @@
 //! returns.
 
 use earshot_core::shard::{ShardCommand, ShardEvent};
-use earshot_engine_api::{CodecName, MediaConfig};
+use earshot_engine_api::{Codec, MediaConfig};
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, ms, seed_for,
 };
@@ -18,12 +18,14 @@ fn engine_events_report_first_packets_and_media_timeouts() {
     // The supervisor's phone rings: report its first packet.
     let media = MediaConfig {
         remote: None,
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: true,
+        max_ptime_ms: None,
+        opus: Default::default(),
     };
     sim.command(ShardCommand::ConfigureLeg {
         leg: sim.leg(s),

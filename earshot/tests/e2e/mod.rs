@@ -309,6 +309,7 @@ pub fn media(remote: SocketAddr) -> proto::Media {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         auto_answer: None,
+        ..Default::default()
     }
 }
 

@@ -35,7 +35,7 @@ use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
 use earshot_engine_api::{
-    CodecName, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
+    Codec, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
 };
 
 const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
@@ -302,12 +302,14 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 fn media(remote: SocketAddr) -> MediaConfig {
     MediaConfig {
         remote: Some(remote),
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        max_ptime_ms: None,
+        opus: Default::default(),
     }
 }
 

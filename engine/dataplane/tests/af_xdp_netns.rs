@@ -28,7 +28,7 @@ use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::{Engine, EngineHandle};
 use earshot_engine::server::block_on;
 use earshot_engine_api::{
-    CodecName, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
+    Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
 };
 use earshot_media::Codec;
 use earshot_media::dsp::g711;
@@ -496,12 +496,14 @@ fn allocate_legs(
                 leg: info.leg,
                 media: MediaConfig {
                     remote: Some(remote),
-                    codec: CodecName::Pcmu,
+                    codec: Codec::Pcmu,
                     payload_type: 0,
                     ptime_ms: 20,
                     telephone_event_pt: None,
                     rtcp_mux: true,
                     report_first_packet: false,
+                    max_ptime_ms: None,
+                    opus: Default::default(),
                 },
             },
         );

@@ -9,7 +9,7 @@ use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
+    Codec, Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
 };
 
 fn start() -> (Engine, MemoryNet) {
@@ -51,12 +51,14 @@ fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
     };
     let media = MediaConfig {
         remote: Some(peer),
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: false,
+        max_ptime_ms: None,
+        opus: Default::default(),
     };
     call(
         engine,

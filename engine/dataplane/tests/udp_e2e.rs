@@ -16,7 +16,7 @@ use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
+    Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
 };
 use earshot_media::Codec;
 use earshot_media::dsp::g711;
@@ -311,12 +311,14 @@ fn allocate(engine: &Engine, who: Who, remote: SocketAddr) -> (LegId, SocketAddr
     };
     let media = MediaConfig {
         remote: Some(remote),
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: PTIME_MS as u32,
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet: false,
+        max_ptime_ms: None,
+        opus: Default::default(),
     };
     call(
         engine,

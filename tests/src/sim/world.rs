@@ -22,7 +22,7 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan, ShardStats,
+    Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan, ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
@@ -289,18 +289,16 @@ impl Sim {
             Ok(Response::Leg(info)) => info,
             other => panic!("allocating {}: {other:?}", cfg.name),
         };
-        let codec = match cfg.talker.codec {
-            Codec::Pcmu => CodecName::Pcmu,
-            Codec::Pcma => CodecName::Pcma,
-        };
         let media = MediaConfig {
             remote: if cfg.latch { None } else { Some(addr) },
-            codec,
+            codec: cfg.talker.codec,
             payload_type: cfg.talker.payload_type,
             ptime_ms: cfg.talker.ptime_ms,
             telephone_event_pt: cfg.talker.telephone_event_pt,
             rtcp_mux: true,
             report_first_packet: false,
+            max_ptime_ms: None,
+            opus: Default::default(),
         };
         if let Err(e) = self.command(ShardCommand::ConfigureLeg {
             leg: leg.leg,
