@@ -4,12 +4,15 @@
 //! (`cargo test --all-targets` runs each once) so they cannot rot. The whole-engine
 //! runner lives here and in the `earshot-bench` binary:
 //! - [`capacity`]: how many 3-party barge sessions one core carries with zero late
-//!   ticks, driving a [`earshot_engine::core::Shard`] directly on the real clock with
-//!   the in-memory packet path (no kernel in the way);
+//!   ticks, driving the test kit's shard rig (a [`earshot_engine::core::Shard`]) on the
+//!   real clock with the in-memory packet path (no kernel in the way), in steps of 60 s
+//!   with the machine's stall record beside each;
 //! - [`udp`]: the same engine behind real UDP on loopback, against a bare batched UDP
 //!   reflector measured in the same run (the kernel's ceiling, SPEC section 6);
 //! - [`veth`]: AF_XDP vs io_uring vs sockets across a veth pair between two network
 //!   namespaces, with a socket and an AF_XDP reflector as baselines (needs root);
+//! - [`machine`]: per-core busy and stolen time from `/proc/stat`, reported beside
+//!   every measurement;
 //! - [`scenario`]: JSON scenario files (`bench/scenarios/*.json`) and JSON results
 //!   (`bench/results/*.json`).
 //!
@@ -21,6 +24,7 @@
 //! never changes engine code paths, it only feeds them.
 
 pub mod capacity;
+pub mod machine;
 pub mod net;
 pub mod scenario;
 pub mod udp;
@@ -36,6 +40,9 @@ pub enum BenchError {
     /// The engine answered with an unexpected response kind.
     #[error("unexpected engine response to {0}")]
     UnexpectedResponse(&'static str),
+    /// The shard rig (in-memory runs) could not be set up.
+    #[error("{0}")]
+    Rig(#[from] earshot_testkit::rig::RigError),
     /// A socket or file operation failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

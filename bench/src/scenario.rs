@@ -48,6 +48,23 @@ pub fn write_result<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(
     Ok(())
 }
 
+/// A result file's contents: the parameters beside what they produced.
+#[derive(Serialize)]
+struct Run<'a, P, R> {
+    params: &'a P,
+    result: &'a R,
+}
+
+/// Writes `{"params": params, "result": result}` to `dir/<name>.json`.
+pub fn write_run<P: Serialize, R: Serialize>(
+    dir: &Path,
+    name: &str,
+    params: &P,
+    result: &R,
+) -> Result<(), BenchError> {
+    write_result(dir, name, &Run { params, result })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,16 +22,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
+use earshot_engine::core::stats::percentiles_us;
 use earshot_engine::engine::Engine;
-use earshot_engine_api::{
-    Codec, Edge, EngineApi, Family, LegId, MediaConfig, Percentiles, Request, Response,
-    SessionPlan,
-};
+use earshot_engine_api::{EngineApi, Family, LegId, Percentiles, Request, Response};
+use earshot_media::Codec;
+use earshot_testkit::fixtures::{all_hear_all, pcmu_media, plan};
+use earshot_testkit::g711::tone_frame;
+use earshot_testkit::program::{add_leg, set_plan};
+use earshot_testkit::rig::{FRAME_SAMPLES, PACKET_LEN, voice};
+use earshot_testkit::rtp::{HEADER_LEN, RtpHeader};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::capacity::{PACKET_LEN, tone_frame, write_rtp_header};
 use crate::net::{self, BATCH, Mmsg};
 
 /// What the engine carries.
@@ -106,18 +109,6 @@ fn pin(core: usize) {
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
 }
 
-fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Percentiles {
-        p50: us(h.value_at_quantile(0.5)),
-        p90: us(h.value_at_quantile(0.9)),
-        p99: us(h.value_at_quantile(0.99)),
-        p999: us(h.value_at_quantile(0.999)),
-        max: us(h.max()),
-        count: h.len(),
-    }
-}
-
 /// What the generator saw.
 #[derive(Clone, Debug)]
 pub(crate) struct GenReport {
@@ -176,10 +167,10 @@ pub(crate) fn generate(
         })
     };
     pin(core);
-    let tone = tone_frame();
+    let tone: [u8; FRAME_SAMPLES] = tone_frame(Codec::Pcmu, &voice(0), 0);
     let mut m = Mmsg::new();
     for i in 0..BATCH {
-        m.buf_mut(i)[12..PACKET_LEN].copy_from_slice(&tone);
+        m.buf_mut(i)[HEADER_LEN..PACKET_LEN].copy_from_slice(&tone);
     }
     let mut seq = vec![0u16; targets.len()];
     let (mut offered, mut sent, mut next_target) = (0u64, 0u64, 0usize);
@@ -208,7 +199,9 @@ pub(crate) fn generate(
             let s = seq[t];
             seq[t] = s.wrapping_add(1);
             let buf = m.buf_mut(i);
-            write_rtp_header(buf, s == 0, s, u32::from(s) * 160, ssrc_base + t as u32);
+            RtpHeader::pcmu(s, u32::from(s) * 160, ssrc_base + t as u32)
+                .with_marker(s == 0)
+                .write(buf);
             buf[12..20].copy_from_slice(&stamp.to_le_bytes());
             m.set_send(i, targets[t], PACKET_LEN);
         }
@@ -303,74 +296,33 @@ fn block_on_call(api: &dyn EngineApi, req: Request) -> Result<Response, BenchErr
     Ok(pollster::block_on(api.call(req))?)
 }
 
-/// Programs the engine's sessions; returns every leg's local RTP address.
-fn program(
+/// Programs `sessions` sessions of `legs_per` legs whose remotes are all `peer`, every
+/// leg hearing every other (2 legs: a forwarded pair; 3: a barge); session keys are
+/// `prefix` and a number. Returns every leg's local RTP address, the generator's
+/// targets. Shared by the loopback and veth runners.
+pub(crate) fn program_sessions(
     api: &dyn EngineApi,
-    p: &UdpParams,
+    prefix: &str,
+    sessions: u32,
+    legs_per: usize,
     peer: SocketAddrV4,
 ) -> Result<Vec<SocketAddrV4>, BenchError> {
-    let legs_per = if p.mode == Mode::Forward { 2 } else { 3 };
+    let mut call = |r| pollster::block_on(api.call(r));
+    let edges = all_hear_all(legs_per);
     let mut targets = Vec::new();
-    for s in 0..p.sessions {
-        let session = format!("s{s}");
+    for s in 0..sessions {
+        let session = format!("{prefix}{s}");
         let mut ids: Vec<LegId> = Vec::with_capacity(legs_per);
         for k in 0..legs_per {
-            let Response::Leg(info) = block_on_call(
-                api,
-                Request::AllocateLeg {
-                    session: session.clone(),
-                    leg_key: format!("p{k}"),
-                    family: Family::V4,
-                    requested_port: None,
-                    rtcp_mux: true,
-                },
-            )?
-            else {
-                return Err(BenchError::UnexpectedResponse("AllocateLeg"));
-            };
-            block_on_call(
-                api,
-                Request::ConfigureLeg {
-                    leg: info.leg,
-                    media: MediaConfig {
-                        remote: Some(SocketAddr::V4(peer)),
-                        codec: Codec::Pcmu,
-                        payload_type: 0,
-                        ptime_ms: 20,
-                        telephone_event_pt: None,
-                        rtcp_mux: true,
-                        report_first_packet: false,
-                        max_ptime_ms: None,
-                        opus: Default::default(),
-                    },
-                },
-            )?;
+            let media = pcmu_media(Some(SocketAddr::V4(peer)));
+            let info = add_leg(&mut call, &session, &format!("p{k}"), Family::V4, media)?;
             ids.push(info.leg);
             match info.local {
                 SocketAddr::V4(a) => targets.push(a),
                 SocketAddr::V6(_) => return Err(std::io::Error::other("IPv6 leg").into()),
             }
         }
-        let mut edges = Vec::new();
-        for &listener in &ids {
-            for &source in &ids {
-                if listener != source {
-                    edges.push(Edge {
-                        listener,
-                        source,
-                        gain: 4096,
-                    });
-                }
-            }
-        }
-        block_on_call(
-            api,
-            Request::SetSessionPlan(SessionPlan {
-                session,
-                edges,
-                no_dtmf: Vec::new(),
-            }),
-        )?;
+        set_plan(&mut call, plan(&session, &ids, &edges, &[]))?;
     }
     Ok(targets)
 }
@@ -463,7 +415,8 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     let api = engine.handle();
     let gen_sock = net::bind(loopback(0))?;
     let peer = local_v4(&gen_sock)?;
-    let targets = program(api.as_ref(), p, peer)?;
+    let legs_per = if p.mode == Mode::Forward { 2 } else { 3 };
+    let targets = program_sessions(api.as_ref(), "s", p.sessions, legs_per, peer)?;
     // Mixing sessions tick (and send) from the moment they are programmed: count only
     // the generation window (and its drain), as for the reflector.
     let (_, in0, out0) = engine_counts(api.as_ref())?;

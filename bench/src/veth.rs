@@ -20,11 +20,10 @@
 //! What it deliberately does not do: judge veth numbers as NIC numbers (docs/perf.md
 //! says what they do and do not predict), or run without root (it needs CAP_NET_ADMIN,
 //! CAP_BPF and CAP_IPC_LOCK; it fails naming the step that was refused).
-#![allow(unsafe_code)] // setns(2): moving one helper thread into a namespace
+//!
+//! The namespaces and the veth pair are the test kit's guards (`earshot_testkit::netns`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -33,16 +32,16 @@ use earshot_afxdp::frame::{Ipv4Ident, UdpHeaders, parse_udp};
 use earshot_afxdp::{AttachMode, XdpFilter, XdpProgram, XskConfig, XskSocket};
 use earshot_engine::backend::{Factory, parse_kind};
 use earshot_engine::config::EngineConfig;
+use earshot_engine::core::stats::percentiles_us;
 use earshot_engine::engine::{Engine, EngineHandle};
-use earshot_engine_api::{
-    Codec, Edge, EngineApi, Family, MediaConfig, Percentiles, Request, Response, SessionPlan,
-};
-use hdrhistogram::Histogram;
+use earshot_engine_api::{EngineApi, Percentiles, Request, Response};
+use earshot_testkit::netns::{self, VethConfig, VethPair};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::machine::CoreTimes;
 use crate::net::{self, BATCH};
-use crate::udp::{ReflectorCounters, generate, run_reflector};
+use crate::udp::{ReflectorCounters, generate, program_sessions, run_reflector};
 
 const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -122,110 +121,21 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> BenchError {
     std::io::Error::other(format!("{what}: {e}")).into()
 }
 
-fn ip(args: &[&str]) -> Result<(), BenchError> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(io_err(
-            &format!("ip {}", args.join(" ")),
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ))
-    }
-}
-
-/// The two namespaces and the veth pair; deleted on drop.
-#[derive(Debug)]
-struct NetPair {
-    engine: String,
-    peer: String,
-}
-
-impl NetPair {
-    fn new() -> Result<NetPair, BenchError> {
-        let pid = std::process::id();
-        let pair = NetPair {
-            engine: format!("ebe-{pid}"),
-            peer: format!("ebp-{pid}"),
-        };
-        ip(&["netns", "add", &pair.engine])?;
-        ip(&["netns", "add", &pair.peer])?;
-        ip(&[
-            "-n",
-            &pair.engine,
-            "link",
-            "add",
-            "ve",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vp",
-            "netns",
-            &pair.peer,
-        ])?;
-        for (ns, dev, v4) in [(&pair.engine, "ve", ENGINE_V4), (&pair.peer, "vp", PEER_V4)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
-        Ok(pair)
-    }
-}
-
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.engine, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Moves the calling thread (only) into namespace `ns`.
-fn enter_netns(ns: &str) -> Result<(), BenchError> {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
-    // SAFETY: setns with a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io_err(
-            &format!("setns {ns}"),
-            std::io::Error::last_os_error(),
-        ))
-    }
-}
-
-/// Runs `f` on a fresh thread inside namespace `ns` (a socket keeps the namespace it was
-/// created in, so sockets made here can be used from any thread afterwards).
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T, BenchError> + Send + 'static,
-) -> Result<T, BenchError> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns)?;
-        f()
-    })
-    .join()
-    .map_err(|_| io_err("namespace thread", "panicked"))?
+/// The engine's namespace (`ve`, 10.77.0.1) and the peer's (`vp`, 10.77.0.2).
+fn veth_pair() -> Result<VethPair, BenchError> {
+    Ok(VethPair::new(
+        "bench",
+        VethConfig {
+            prefix_a: "ebe",
+            prefix_b: "ebp",
+            ..VethConfig::v4(77)
+        },
+    )?)
 }
 
 fn pin(core: usize) {
     // Best effort: the report names the core asked for.
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-}
-
-fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Percentiles {
-        p50: us(h.value_at_quantile(0.5)),
-        p90: us(h.value_at_quantile(0.9)),
-        p99: us(h.value_at_quantile(0.99)),
-        p999: us(h.value_at_quantile(0.999)),
-        max: us(h.max()),
-        count: h.len(),
-    }
 }
 
 /// A system under test: counts what it received and sent since it started.
@@ -376,7 +286,7 @@ fn start_engine(
     let ns = ns.to_string();
     let thread = std::thread::spawn(move || {
         // Shard threads inherit this thread's namespace.
-        let started = enter_netns(&ns).map_err(|e| e.to_string()).and_then(|()| {
+        let started = netns::enter(&ns).map_err(|e| e.to_string()).and_then(|()| {
             let mut factory = Factory::new(&cfg).map_err(|e| e.to_string())?;
             let engine = Engine::start(&cfg, |i| factory.open(i)).map_err(|e| e.to_string())?;
             Ok((factory, engine))
@@ -404,101 +314,13 @@ fn start_engine(
     })
 }
 
-/// Programs `sessions` forwarded 2-leg sessions whose remotes are all `peer`; returns
-/// every leg's local address (the generator's targets).
-fn program_forwarded(
-    api: &dyn EngineApi,
-    sessions: u32,
-    peer: SocketAddrV4,
-) -> Result<Vec<SocketAddrV4>, BenchError> {
-    let mut targets = Vec::new();
-    for s in 0..sessions {
-        let session = format!("v{s}");
-        let mut legs = Vec::new();
-        for k in 0..2 {
-            let Response::Leg(info) = call(
-                api,
-                Request::AllocateLeg {
-                    session: session.clone(),
-                    leg_key: format!("p{k}"),
-                    family: Family::V4,
-                    requested_port: None,
-                    rtcp_mux: true,
-                },
-            )?
-            else {
-                return Err(BenchError::UnexpectedResponse("AllocateLeg"));
-            };
-            call(
-                api,
-                Request::ConfigureLeg {
-                    leg: info.leg,
-                    media: MediaConfig {
-                        remote: Some(SocketAddr::V4(peer)),
-                        codec: Codec::Pcmu,
-                        payload_type: 0,
-                        ptime_ms: 20,
-                        telephone_event_pt: None,
-                        rtcp_mux: true,
-                        report_first_packet: false,
-                        max_ptime_ms: None,
-                        opus: Default::default(),
-                    },
-                },
-            )?;
-            let SocketAddr::V4(local) = info.local else {
-                return Err(io_err("engine", "IPv6 leg for an IPv4 request"));
-            };
-            targets.push(local);
-            legs.push(info.leg);
-        }
-        let edge = |listener, source| Edge {
-            listener,
-            source,
-            gain: 4096,
-        };
-        call(
-            api,
-            Request::SetSessionPlan(SessionPlan {
-                session,
-                edges: vec![edge(legs[0], legs[1]), edge(legs[1], legs[0])],
-                no_dtmf: Vec::new(),
-            }),
-        )?;
-    }
-    Ok(targets)
-}
-
-/// (busy, total) jiffies of `core` from /proc/stat (0, 0 if unreadable).
-fn cpu_jiffies(core: usize) -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return (0, 0);
-    };
-    let name = format!("cpu{core}");
-    let Some(line) = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-    else {
-        return (0, 0);
-    };
-    // user nice system idle iowait irq softirq steal ...
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let total = after.1.saturating_sub(before.1);
-    if total == 0 {
-        0.0
-    } else {
-        after.0.saturating_sub(before.0) as f64 / total as f64
-    }
+/// Busy share of a core between two readings, 0..1, counting stolen time as busy (the
+/// core was not free for the system under test); 0 if unreadable.
+fn busy_share(before: Option<CoreTimes>, after: Option<CoreTimes>) -> f64 {
+    before
+        .zip(after)
+        .and_then(|(b, a)| b.shares_until(&a))
+        .map_or(0.0, |(busy, steal)| busy + steal)
 }
 
 /// Both passes against one running SUT.
@@ -522,9 +344,10 @@ fn measure(
         true,
     )?;
     let (in0, out0) = sut.counts()?;
-    let (sut0, gen0) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
+    let core = |c: usize| CoreTimes::read(Some(c));
+    let (sut0, gen0) = (core(p.sut_core), core(p.gen_core));
     let g = generate(sock, 0x3000_0000, targets, 0, duration_ns, p.gen_core, true)?;
-    let (sut1, gen1) = (cpu_jiffies(p.sut_core), cpu_jiffies(p.gen_core));
+    let (sut1, gen1) = (core(p.sut_core), core(p.gen_core));
     let (in1, out1) = sut.counts()?;
     let r = CaseResult {
         target: target.to_string(),
@@ -557,10 +380,10 @@ fn measure(
     Ok(r)
 }
 
-fn peer_socket(ns: &str) -> Result<UdpSocket, BenchError> {
-    in_netns(ns, || {
-        Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(PEER_V4, 0)))?)
-    })
+fn peer_socket(pair: &VethPair) -> Result<UdpSocket, BenchError> {
+    Ok(pair
+        .b
+        .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(PEER_V4, 0))))?)
 }
 
 fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
@@ -572,17 +395,15 @@ fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
 
 /// Runs every measurement of the module docs once.
 pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
-    let pair = NetPair::new()?;
+    let pair = veth_pair()?;
     let duration_ns = p.duration_ms * 1_000_000;
 
     // 0. The generator's ceiling: unlimited, into a bound socket nobody reads.
-    let sink = in_netns(&pair.engine, || {
-        Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(
-            ENGINE_V4, SINK_PORT,
-        )))?)
-    })?;
+    let sink = pair
+        .a
+        .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(ENGINE_V4, SINK_PORT))))?;
     let g = generate(
-        &peer_socket(&pair.peer)?,
+        &peer_socket(&pair)?,
         0x2000_0000,
         &[local_v4(&sink)?],
         0,
@@ -597,12 +418,9 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
     let mut cases = Vec::new();
     // 1. The socket reflector.
     {
-        let sock = in_netns(&pair.engine, || {
-            Ok(net::bind(SocketAddr::V4(SocketAddrV4::new(
-                ENGINE_V4,
-                REFLECTOR_PORT,
-            )))?)
-        })?;
+        let sock = pair
+            .a
+            .run(|| net::bind(SocketAddr::V4(SocketAddrV4::new(ENGINE_V4, REFLECTOR_PORT))))?;
         let target = local_v4(&sock)?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(ReflectorCounters::default());
@@ -618,7 +436,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let r = measure(
             "reflector/socket",
             sut.as_ref(),
-            &peer_socket(&pair.peer)?,
+            &peer_socket(&pair)?,
             &[target],
             p,
         );
@@ -632,11 +450,8 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let (stop, counters, core) = (stop.clone(), counters.clone(), p.sut_core);
-            let ns = pair.engine.clone();
-            std::thread::spawn(move || {
-                enter_netns(&ns)?;
-                run_xdp_reflector(core, &stop, &counters, ready_tx)
-            })
+            pair.a
+                .spawn(move || run_xdp_reflector(core, &stop, &counters, ready_tx))
         };
         let ready = ready_rx.recv().unwrap_or(Err("thread exited".into()));
         let sut = Box::new(ReflectorSut {
@@ -652,7 +467,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
         let r = measure(
             "reflector/af_xdp",
             sut.as_ref(),
-            &peer_socket(&pair.peer)?,
+            &peer_socket(&pair)?,
             &[target],
             p,
         );
@@ -661,10 +476,10 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
     }
     // 3. The engine on each backend.
     for (block, backend) in p.backends.iter().enumerate() {
-        let sut = Box::new(start_engine(&pair.engine, p, backend, block)?);
-        let sock = peer_socket(&pair.peer)?;
-        let r = program_forwarded(sut.handle.as_ref(), p.sessions, local_v4(&sock)?).and_then(
-            |targets| {
+        let sut = Box::new(start_engine(pair.a.name(), p, backend, block)?);
+        let sock = peer_socket(&pair)?;
+        let r = program_sessions(sut.handle.as_ref(), "v", p.sessions, 2, local_v4(&sock)?)
+            .and_then(|targets| {
                 measure(
                     &format!("engine/{backend}"),
                     sut.as_ref(),
@@ -672,8 +487,7 @@ pub fn run(p: &VethParams) -> Result<VethResult, BenchError> {
                     &targets,
                     p,
                 )
-            },
-        );
+            });
         sut.stop()?;
         cases.push(r?);
     }

@@ -18,10 +18,11 @@
 //! - the DSP kernels alone: G.711 decode and encode of one 20 ms frame, and a mix of two
 //!   160-sample inputs with the scalar reference and with the detected SIMD kernel.
 //!
-//! Time is a fake clock advanced by the workload (20 ms of engine time per barge
-//! period), so every run executes the same instructions: no OS clock, no randomness
-//! beyond the shard's fixed seed, no I/O (sends go to a sink that builds each packet
-//! and discards it).
+//! The shard workloads run on the test kit's shard rig (`earshot_testkit::rig`), the
+//! same rig the capacity runner uses. Time is a fake clock advanced by the workload
+//! (20 ms of engine time per barge period), so every run executes the same
+//! instructions: no OS clock, no randomness beyond the shard's fixed seed, no I/O
+//! (sends go to the rig's sink, which builds each packet, checksums and discards it).
 //!
 //! What this crate does not do: time anything (criterion benches in `bench/` do), run
 //! valgrind (the scripts do), or judge the numbers (the baseline and `check.sh` do).
@@ -34,32 +35,18 @@
 
 use std::fmt;
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
-use earshot_core::ports::PortPool;
-use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
-use earshot_engine_api::{
-    Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan,
+use earshot_dsp::g711;
+use earshot_dsp::mix::MixKernels;
+use earshot_engine_api::EngineError;
+use earshot_testkit::fixtures::{AGENT, CUSTOMER, Supervision};
+use earshot_testkit::g711::tone_frame;
+use earshot_testkit::rig::{
+    DiscardSink, FRAME_SAMPLES, PERIOD_NS, RigError, ShardRig, fold, shard_config, voice,
 };
-use earshot_media::dsp::g711;
-use earshot_media::dsp::mix::MixKernels;
-use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain};
+use earshot_types::time::Instant;
+use earshot_types::{Codec, Gain};
 
-/// Samples in one 20 ms frame at 8 kHz.
-pub const FRAME_SAMPLES: usize = 160;
-/// RTP fixed header length (no CSRCs, no extension).
-const RTP_HEADER_LEN: usize = 12;
-/// RTP header plus 20 ms of PCMU.
-pub const PACKET_LEN: usize = RTP_HEADER_LEN + FRAME_SAMPLES;
-/// One packetisation period (20 ms) in nanoseconds of the fake clock.
-const PERIOD_NS: u64 = 20_000_000;
-/// Customer, agent, supervisor.
-const LEGS: usize = 3;
-const CUSTOMER: usize = 0;
-const AGENT: usize = 1;
-const SUPERVISOR: usize = 2;
 /// The shard's seed: fixed so SSRCs and initial sequence numbers repeat run to run.
 const SHARD_SEED: u64 = 0x005e_ed0f_ea25_4071;
 
@@ -141,9 +128,9 @@ pub enum PerfError {
     /// The shard refused a set-up command.
     #[error("shard set-up failed: {0}")]
     Engine(#[from] EngineError),
-    /// The shard answered a set-up command with the wrong kind of response.
-    #[error("unexpected response to {0}")]
-    UnexpectedResponse(&'static str),
+    /// The rig could not be set up.
+    #[error("{0}")]
+    Rig(#[from] RigError),
 }
 
 /// What one run did: enough to see that the work happened and was not optimised away.
@@ -188,9 +175,9 @@ impl fmt::Display for Report {
 /// Runs `mode` `iterations` times and reports what it did.
 pub fn run(mode: Mode, iterations: u64) -> Result<Report, PerfError> {
     match mode {
-        Mode::Forward => ShardRig::new(Plan::Monitor)?.run_forward(iterations, true),
-        Mode::ForwardPure => ShardRig::new(Plan::Forward)?.run_forward(iterations, false),
-        Mode::BargeTick => ShardRig::new(Plan::Barge)?.run_barge(iterations),
+        Mode::Forward => Workload::new(Supervision::Monitor)?.run_forward(iterations, true),
+        Mode::ForwardPure => Workload::new(Supervision::Call)?.run_forward(iterations, false),
+        Mode::BargeTick => Workload::new(Supervision::Barge)?.run_barge(iterations),
         Mode::G711Decode => Ok(run_g711_decode(iterations)),
         Mode::G711Encode => Ok(run_g711_encode(iterations)),
         Mode::MixScalar => Ok(run_mix(Mode::MixScalar, MixKernels::scalar(), iterations)),
@@ -198,27 +185,17 @@ pub fn run(mode: Mode, iterations: u64) -> Result<Report, PerfError> {
     }
 }
 
-/// 20 ms of a tone at -10 dBFS: speech-level linear samples, different per `party` so
-/// that a mix of two parties is not a doubling of one.
+/// 20 ms of party `party`'s voice as linear samples (the rig's tones: speech-level,
+/// different per party so that a mix of two parties is not a doubling of one).
 pub fn tone_pcm(party: usize) -> [i16; FRAME_SAMPLES] {
-    let hz = 300.0 + 250.0 * party as f64;
-    core::array::from_fn(|i| {
-        let phase = 2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0;
-        (phase.sin() * 10_362.0) as i16
-    })
+    let mut pcm = [0; FRAME_SAMPLES];
+    voice(party).fill(0, &mut pcm);
+    pcm
 }
 
 /// [`tone_pcm`] encoded as PCMU.
 pub fn tone_pcmu(party: usize) -> [u8; FRAME_SAMPLES] {
-    let mut out = [0u8; FRAME_SAMPLES];
-    g711::encode(Codec::Pcmu, &tone_pcm(party), &mut out);
-    out
-}
-
-/// Folds one value into a running checksum (FNV-1a step on 64 bits): cheap enough to
-/// sit inside the measured loop, and it makes the output observable.
-fn fold(sum: u64, value: u64) -> u64 {
-    (sum ^ value).wrapping_mul(0x0000_0100_0000_01b3)
+    tone_frame(Codec::Pcmu, &voice(party), 0)
 }
 
 fn run_g711_decode(iterations: u64) -> Report {
@@ -272,196 +249,19 @@ fn dsp_report(mode: Mode, kernel: &'static str, iterations: u64, checksum: u64) 
     }
 }
 
-/// A sink that lets the shard build every packet, folds its length and last byte into
-/// a checksum, and discards it: the cost of building is counted, no I/O is.
+/// The kit's shard rig holding one 3-leg session (customer, agent, supervisor) in one
+/// supervision mode, fed one packet per leg per 20 ms of fake clock.
 #[derive(Debug)]
-struct DiscardSink {
-    buf: Box<[u8; MAX_UDP_PAYLOAD]>,
-    sent: u64,
-    checksum: u64,
+struct Workload {
+    rig: ShardRig<DiscardSink>,
 }
 
-impl TxSink for DiscardSink {
-    fn send_with(
-        &mut self,
-        _src_port: u16,
-        _dst: SocketAddr,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> bool {
-        let len = build(&mut self.buf[..]).min(MAX_UDP_PAYLOAD);
-        let built = black_box(&self.buf[..len]);
-        let last = built.last().copied().unwrap_or(0);
-        self.checksum = fold(self.checksum, (len as u64) << 8 | u64::from(last));
-        self.sent += 1;
-        true
-    }
-}
-
-/// Who hears whom in the rig's one session.
-#[derive(Clone, Copy, Debug)]
-enum Plan {
-    /// Customer and agent hear each other (forwarded); the supervisor hears both
-    /// (mixed).
-    Monitor,
-    /// Customer and agent hear each other; the supervisor hears nobody.
-    Forward,
-    /// Everyone hears the other two (three mixes).
-    Barge,
-}
-
-impl Plan {
-    /// (listener, source) pairs at unity gain.
-    fn edges(self) -> &'static [(usize, usize)] {
-        match self {
-            Plan::Monitor => &[
-                (AGENT, CUSTOMER),
-                (CUSTOMER, AGENT),
-                (SUPERVISOR, CUSTOMER),
-                (SUPERVISOR, AGENT),
-            ],
-            Plan::Forward => &[(AGENT, CUSTOMER), (CUSTOMER, AGENT)],
-            Plan::Barge => &[
-                (AGENT, CUSTOMER),
-                (CUSTOMER, AGENT),
-                (SUPERVISOR, CUSTOMER),
-                (SUPERVISOR, AGENT),
-                (CUSTOMER, SUPERVISOR),
-                (AGENT, SUPERVISOR),
-            ],
-        }
-    }
-}
-
-/// One shard holding one 3-leg session, and the packets its far ends send.
-#[derive(Debug)]
-struct ShardRig {
-    shard: Shard,
-    sink: DiscardSink,
-    ports: [u16; LEGS],
-    peers: [SocketAddr; LEGS],
-    /// Each leg's prebuilt packet; the header's sequence number and timestamp are
-    /// rewritten per period.
-    packets: [[u8; PACKET_LEN]; LEGS],
-    kernel: &'static str,
-}
-
-impl ShardRig {
-    fn new(plan: Plan) -> Result<ShardRig, PerfError> {
-        let cfg = ShardConfig {
-            index: 0,
-            port_first: 20_000,
-            port_count: 16,
-            max_legs: LEGS as u32,
-            max_sessions: 1,
-            local_v4: Some(Ipv4Addr::LOCALHOST),
-            local_v6: None,
-            jitter_min_ms: 20,
-            jitter_max_ms: 200,
-            media_timeout: Duration::from_secs(30),
-            late_tick_threshold: Duration::from_micros(2000),
-            seed: SHARD_SEED,
-        };
-        let kernels = MixKernels::detect();
-        let mut pool = PortPool::new(cfg.port_first, cfg.port_count);
-        let mut shard = Shard::new(cfg, kernels);
-        let now = Instant::from_nanos(0);
-        let peers: [SocketAddr; LEGS] = core::array::from_fn(|i| {
-            SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::new(10, 0, 0, 1 + i as u8),
-                40_000,
-            ))
-        });
-        let mut ids = [LegId(0); LEGS];
-        let mut ports = [0u16; LEGS];
-        for k in 0..LEGS {
-            let cmd = ShardCommand::AllocateLeg {
-                session: "perf".into(),
-                leg_key: format!("leg{k}"),
-                family: Family::V4,
-                port: pool
-                    .take(true)
-                    .ok_or(PerfError::UnexpectedResponse("ports"))?,
-                rtcp_mux: true,
-            };
-            let Response::Leg(info) = shard.handle_command(now, cmd)? else {
-                return Err(PerfError::UnexpectedResponse("AllocateLeg"));
-            };
-            ids[k] = info.leg;
-            ports[k] = info.local.port();
-            let media = MediaConfig {
-                remote: Some(peers[k]),
-                codec: Codec::Pcmu,
-                payload_type: 0,
-                ptime_ms: 20,
-                telephone_event_pt: None,
-                rtcp_mux: true,
-                report_first_packet: false,
-                max_ptime_ms: None,
-                opus: Default::default(),
-            };
-            let cmd = ShardCommand::ConfigureLeg {
-                leg: info.leg,
-                media,
-            };
-            shard.handle_command(now, cmd)?;
-        }
-        let edges = plan
-            .edges()
-            .iter()
-            .map(|&(listener, source)| Edge {
-                listener: ids[listener],
-                source: ids[source],
-                gain: Gain::UNITY.0,
-            })
-            .collect();
-        let plan = SessionPlan {
-            session: "perf".into(),
-            edges,
-            no_dtmf: Vec::new(),
-        };
-        shard.handle_command(now, ShardCommand::SetSessionPlan(plan))?;
-        let packets = core::array::from_fn(|k| {
-            let mut p = [0u8; PACKET_LEN];
-            p[RTP_HEADER_LEN..].copy_from_slice(&tone_pcmu(k));
-            p
-        });
-        Ok(ShardRig {
-            shard,
-            sink: DiscardSink {
-                buf: Box::new([0; MAX_UDP_PAYLOAD]),
-                sent: 0,
-                checksum: 0,
-            },
-            ports,
-            peers,
-            packets,
-            kernel: kernels.name,
-        })
-    }
-
-    /// Hands leg `k`'s packet for `period` to the shard at `now`.
-    fn feed(&mut self, now: Instant, k: usize, period: u64) {
-        let p = &mut self.packets[k];
-        p[0] = 0x80; // V=2, no padding, extension or CSRCs.
-        p[1] = if period == 0 { 0x80 } else { 0 }; // Marker on the talk-spurt start, PT 0.
-        p[2..4].copy_from_slice(&(period as u16).to_be_bytes());
-        let ts = (period as u32).wrapping_mul(FRAME_SAMPLES as u32);
-        p[4..8].copy_from_slice(&ts.to_be_bytes());
-        p[8..12].copy_from_slice(&(0x1000_0000 + k as u32).to_be_bytes());
-        let d = Datagram {
-            local_port: self.ports[k],
-            remote: self.peers[k],
-            payload: black_box(&p[..]),
-        };
-        self.shard.handle_packet(now, d, &mut self.sink);
-    }
-
-    /// Runs every tick due at `now`, as the runtime loop does between receive batches.
-    fn tick(&mut self, now: Instant) {
-        if self.shard.poll_deadline().is_some_and(|d| d <= now) {
-            let clock = || now;
-            self.shard.handle_ticks(now, &mut self.sink, &clock);
-        }
+impl Workload {
+    fn new(mode: Supervision) -> Result<Workload, PerfError> {
+        let cfg = shard_config(20_000, 16, 3, 1, SHARD_SEED);
+        let mut rig = ShardRig::new(cfg, MixKernels::detect());
+        rig.add_session(Instant::ZERO, "perf", 3, mode.edges())?;
+        Ok(Workload { rig })
     }
 
     /// One packet per iteration, customer and agent alternately, 10 ms of fake clock
@@ -470,9 +270,9 @@ impl ShardRig {
         for i in 0..iterations {
             let (period, k) = (i / 2, if i % 2 == 0 { CUSTOMER } else { AGENT });
             let now = Instant::from_nanos(period * PERIOD_NS + (i % 2) * PERIOD_NS / 2);
-            self.feed(now, k, period);
+            self.rig.feed(now, k, period);
             if ticks {
-                self.tick(now);
+                self.rig.tick_if_due(now, &|| now);
             }
         }
         let mode = if ticks {
@@ -487,25 +287,24 @@ impl ShardRig {
     fn run_barge(mut self, iterations: u64) -> Result<Report, PerfError> {
         for period in 0..iterations {
             let now = Instant::from_nanos(period * PERIOD_NS);
-            for k in 0..LEGS {
-                self.feed(now, k, period);
-            }
-            self.tick(now);
+            self.rig.feed_period(now, period);
+            self.rig.tick_if_due(now, &|| now);
         }
         Ok(self.report(Mode::BargeTick, iterations))
     }
 
     fn report(&self, mode: Mode, iterations: u64) -> Report {
-        let c = self.shard.counters();
+        let c = self.rig.shard().counters();
+        let sink = self.rig.sink();
         Report {
             mode,
             iterations,
-            kernel: self.kernel,
+            kernel: self.rig.kernel(),
             packets_in: c.packets_in,
             packets_out: c.packets_out,
             drops: c.drops.iter().sum(),
             ticks: c.ticks,
-            checksum: fold(self.sink.checksum, self.sink.sent),
+            checksum: fold(sink.checksum, sink.sent),
         }
     }
 }

@@ -4,9 +4,8 @@
 //! drops or inserts frames rather than accumulate 180 ms of drift).
 
 use earshot_media::time::{Duration, Instant};
+use earshot_testkit::tone::{NARROWBAND_HZ, TONE_AMPLITUDE, tone_amplitude};
 use earshot_tests::sim::continuity::longest_send_gap;
-use earshot_tests::sim::listener::tone_amplitude;
-use earshot_tests::sim::talker::TONE_AMPLITUDE;
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Link, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms,
     seed_for,
@@ -25,15 +24,17 @@ fn beacon_delays(
     let mut out: Vec<(Instant, Duration)> = Vec::new();
     let mut i = 0;
     while i + 160 <= play.samples.len() {
-        let f = tone_amplitude(&play.samples[i..i + 160], beacon_hz) / TONE_AMPLITUDE;
+        let f =
+            tone_amplitude(&play.samples[i..i + 160], beacon_hz, NARROWBAND_HZ) / TONE_AMPLITUDE;
         if f > 0.5 {
             // Refine to the strongest 40-sample step of this beacon.
             let best = (0..5)
                 .map(|k| i + 40 * k)
                 .filter(|&j| j + 160 <= play.samples.len())
                 .max_by(|&x, &y| {
-                    tone_amplitude(&play.samples[x..x + 160], beacon_hz)
-                        .total_cmp(&tone_amplitude(&play.samples[y..y + 160], beacon_hz))
+                    tone_amplitude(&play.samples[x..x + 160], beacon_hz, NARROWBAND_HZ).total_cmp(
+                        &tone_amplitude(&play.samples[y..y + 160], beacon_hz, NARROWBAND_HZ),
+                    )
                 })
                 .unwrap_or(i);
             let heard = play.time_of(best);

@@ -4,7 +4,8 @@
 //! returns.
 
 use earshot_core::shard::{ShardCommand, ShardEvent};
-use earshot_engine_api::{Codec, MediaConfig};
+use earshot_engine_api::MediaConfig;
+use earshot_testkit::fixtures::pcmu_media;
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, ms, seed_for,
 };
@@ -17,15 +18,9 @@ fn engine_events_report_first_packets_and_media_timeouts() {
     let s = sim.add_party(PartyConfig::tone("supervisor", SUPERVISOR_HZ));
     // The supervisor's phone rings: report its first packet.
     let media = MediaConfig {
-        remote: None,
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        ptime_ms: 20,
         telephone_event_pt: Some(101),
-        rtcp_mux: true,
         report_first_packet: true,
-        max_ptime_ms: None,
-        opus: Default::default(),
+        ..pcmu_media(None)
     };
     sim.command(ShardCommand::ConfigureLeg {
         leg: sim.leg(s),

@@ -17,6 +17,12 @@ pub struct HearRelation {
     pub legs: BTreeSet<String>,
     /// `(listener, source)`: the listener hears the source. Never `(x, x)`.
     pub edges: BTreeSet<(String, String)>,
+    /// Participants that must never receive telephone events, even from sources they
+    /// hear: every supervisor of a live MONITOR supervision (SPEC section 5: DTMF never
+    /// reaches a monitoring supervisor; a coach or a barging supervisor may key in digits
+    /// the agent's IVR expects, so they receive them).
+    #[serde(default)]
+    pub no_dtmf: BTreeSet<String>,
 }
 
 impl HearRelation {
@@ -69,6 +75,17 @@ pub(crate) fn compute<'a>(
     for (i, g) in groups.iter().enumerate() {
         for m in g {
             group_of.insert(m.as_str(), i);
+        }
+    }
+
+    // DTMF: never to a monitor, whether its phone has answered yet or not.
+    for s in interaction
+        .supervision_ids
+        .iter()
+        .filter_map(|id| supervision(id))
+    {
+        if s.mode == SupervisionMode::Monitor && s.state != SupervisionState::Ended {
+            rel.no_dtmf.insert(s.supervisor_participant_id.clone());
         }
     }
 

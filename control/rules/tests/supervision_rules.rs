@@ -733,3 +733,38 @@ fn a_supervisor_live_on_one_call_is_busy_on_every_other_whatever_its_presence() 
     fx.ok(stop("b1"));
     fx.ok(monitor("i2", "m2", "s", "sp", "a"));
 }
+
+#[test]
+fn dtmf_never_reaches_a_monitor_but_does_reach_a_coach_or_barger() {
+    let mut fx = Fx::new();
+    fx.call("i");
+    let mut r = req("i", "s1", "sup1", "sp1", "a");
+    r.auto_answer = false;
+    fx.ok(Command::StartMonitor(r));
+    let no_dtmf = |fx: &Fx| -> Vec<String> {
+        fx.st
+            .hear_relation("i")
+            .unwrap()
+            .no_dtmf
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(
+        no_dtmf(&fx),
+        v(&["sp1"]),
+        "a monitor, even one whose phone still rings"
+    );
+    fx.ok(Command::MediaConnected {
+        interaction_id: "i".into(),
+        participant_id: "sp1".into(),
+    });
+    assert_eq!(no_dtmf(&fx), v(&["sp1"]));
+    fx.ok(stop("s1"));
+    fx.ok(coach("i", "s2", "sup1", "sp1", "a"));
+    assert!(no_dtmf(&fx).is_empty(), "a coach may receive digits");
+    fx.ok(barge("i", "s2", "sup1", "sp1", "a"));
+    assert!(
+        no_dtmf(&fx).is_empty(),
+        "a barging supervisor may receive digits"
+    );
+}

@@ -58,7 +58,6 @@ use earshot_engine_api::{
 };
 use earshot_rules::{
     Actor, Checkpoint, Command, Event, EventKind, Outcome, ParticipantState, State, Subject,
-    SupervisionFilter, SupervisionMode,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast};
 use tonic::Code;
@@ -785,16 +784,9 @@ impl Shared {
                 });
             }
         }
-        let filter = SupervisionFilter {
-            interaction_id: Some(interaction_id.to_owned()),
-            live_only: true,
-            ..SupervisionFilter::default()
-        };
-        for s in core.rules.supervisions(&filter) {
-            // SPEC section 5: DTMF never reaches a monitoring supervisor.
-            if s.mode == SupervisionMode::Monitor
-                && let Some(leg) = leg_of(&s.supervisor_participant_id)
-            {
+        // The rules decide who never receives telephone events (SPEC section 5).
+        for participant in &relation.no_dtmf {
+            if let Some(leg) = leg_of(participant) {
                 plan.no_dtmf.push(leg);
             }
         }

@@ -61,9 +61,8 @@ impl MediaSpec {
             })?;
             Some(addr)
         };
-        let codec = codec_from_proto(m.codec, m.clock_rate_hz).map_err(|(name, message)| {
-            ApiError::invalid(field(name), message)
-        })?;
+        let codec = codec_from_proto(m.codec, m.clock_rate_hz)
+            .map_err(|(name, message)| ApiError::invalid(field(name), message))?;
         let payload_type = u8::try_from(m.payload_type)
             .ok()
             .filter(|pt| *pt <= 127)
@@ -101,14 +100,14 @@ impl MediaSpec {
                 stereo: o.stereo,
                 complexity: match o.complexity {
                     None => None,
-                    Some(c) => Some(u8::try_from(c).ok().filter(|c| *c <= 10).ok_or_else(
-                        || {
+                    Some(c) => {
+                        Some(u8::try_from(c).ok().filter(|c| *c <= 10).ok_or_else(|| {
                             ApiError::invalid(
                                 field("opus.complexity"),
                                 format!("complexity {c} is not 0..=10"),
                             )
-                        },
-                    )?),
+                        })?)
+                    }
                 },
             },
         };
@@ -195,12 +194,16 @@ fn codec_from_proto(codec: i32, clock_rate_hz: u32) -> Result<Codec, (&'static s
         Ok(proto::Codec::G722) => Codec::G722,
         Ok(proto::Codec::Opus) => Codec::Opus,
         Ok(proto::Codec::L16) => {
-            return SampleRate::from_hz(clock_rate_hz).map(Codec::L16).ok_or_else(|| {
-                (
-                    "clock_rate_hz",
-                    format!("L16 at {clock_rate_hz} Hz is not supported (8000, 16000 or 48000)"),
-                )
-            });
+            return SampleRate::from_hz(clock_rate_hz)
+                .map(Codec::L16)
+                .ok_or_else(|| {
+                    (
+                        "clock_rate_hz",
+                        format!(
+                            "L16 at {clock_rate_hz} Hz is not supported (8000, 16000 or 48000)"
+                        ),
+                    )
+                });
         }
         _ => {
             return Err((
@@ -342,7 +345,10 @@ mod tests {
         m.clock_rate_hz = 16_000;
         let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
         assert_eq!(spec.codec, Codec::L16(SampleRate::Hz16000));
-        assert_eq!(MediaSpec::from_proto("media", Some(&spec.to_proto())).unwrap(), spec);
+        assert_eq!(
+            MediaSpec::from_proto("media", Some(&spec.to_proto())).unwrap(),
+            spec
+        );
         m.clock_rate_hz = 48_000;
         assert_eq!(
             field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),

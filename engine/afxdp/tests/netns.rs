@@ -5,11 +5,9 @@
 //! each test prints why it is skipped and passes. Namespaces are named with the pid and a
 //! per-test tag and deleted in Drop, even when an assertion fails.
 #![cfg(target_os = "linux")]
-#![allow(unsafe_code)] // setns(2) to move a test thread into a namespace
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,128 +15,26 @@ use earshot_afxdp::frame::{UdpHeaders, parse_udp};
 use earshot_afxdp::{
     AfXdpError, AttachMode, NeighborTable, XdpFilter, XdpProgram, XskConfig, XskSocket,
 };
+use earshot_testkit::netns::{self, VethConfig, VethPair, require_root};
 
 const A_V4: &str = "10.77.0.1";
 const B_V4: &str = "10.77.0.2";
 const A_OTHER_V4: &str = "10.77.0.9"; // local to A but not in the filter
-const A_V6: &str = "fd77::1";
-const B_V6: &str = "fd77::2";
+const A_V6: &str = "fd4d::1";
 const RANGE: (u16, u16) = (20000, 20099);
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    println!("SKIPPED {test}: needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK)");
-    true
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by a veth pair: `va` (A, 10.77.0.1 + .9, fd77::1) and `vb`
-/// (B, 10.77.0.2, fd77::2). Deleting the namespaces deletes the veth.
-struct NetPair {
-    a: String,
-    b: String,
-}
-
-impl NetPair {
-    fn new(tag: &str) -> NetPair {
-        let pid = std::process::id();
-        let pair = NetPair {
-            a: format!("exa-{pid}-{tag}"),
-            b: format!("exb-{pid}-{tag}"),
-        };
-        ip(&["netns", "add", &pair.a]);
-        ip(&["netns", "add", &pair.b]);
-        ip(&[
-            "-n", &pair.a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns",
-            &pair.b,
-        ]);
-        for (ns, dev, v4, v6) in [(&pair.a, "va", A_V4, A_V6), (&pair.b, "vb", B_V4, B_V6)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        ip(&[
-            "-n",
-            &pair.a,
-            "addr",
-            "add",
-            &format!("{A_OTHER_V4}/24"),
-            "dev",
-            "va",
-        ]);
-        pair
-    }
-
-    fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-        let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", dev])
-            .output()
-            .expect("ip link show");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mac = text
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("link/ether in ip output");
-        let mut bytes = [0u8; 6];
-        for (b, part) in bytes.iter_mut().zip(mac.split(':')) {
-            *b = u8::from_str_radix(part, 16).unwrap();
-        }
-        bytes
-    }
-
-    fn xdp_attached(ns: &str, dev: &str) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", ns, "link", "show", dev])
-            .output()
-            .expect("ip link show");
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-    }
-}
-
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Moves the calling thread (only) into namespace `ns`.
-fn enter_netns(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns with a valid namespace fd affects only the calling thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+/// Two namespaces joined by a veth pair: `va` (A, 10.77.0.1 + .9, fd4d::1) and `vb`
+/// (B, 10.77.0.2, fd4d::2).
+fn veth(tag: &str) -> VethPair {
+    let mut cfg = VethConfig {
+        prefix_a: "exa",
+        prefix_b: "exb",
+        dev_a: "va",
+        dev_b: "vb",
+        ..VethConfig::dual(77)
+    };
+    cfg.v4_a.push(A_OTHER_V4.parse().unwrap());
+    VethPair::new(tag, cfg).expect("veth pair")
 }
 
 fn small_config() -> XskConfig {
@@ -152,11 +48,10 @@ fn small_config() -> XskConfig {
     }
 }
 
-/// Sends `count` datagrams from namespace `ns` to `to`, in windows of 32, and counts the
-/// echoes that come back with the same payload.
-fn udp_client(ns: String, to: SocketAddr, count: usize) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        enter_netns(&ns);
+/// Sends `count` datagrams from side B to `to`, in windows of 32, and counts the echoes
+/// that come back with the same payload.
+fn udp_client(net: &VethPair, to: SocketAddr, count: usize) -> std::thread::JoinHandle<usize> {
+    net.b.spawn(move || {
         let bind: SocketAddr = if to.is_ipv4() {
             "0.0.0.0:0".parse().unwrap()
         } else {
@@ -211,7 +106,7 @@ fn run_echo(xsk: &mut XskSocket, done: impl Fn() -> bool) -> usize {
 
 #[test]
 fn in_range_udp_is_echoed_through_afxdp_and_everything_else_reaches_the_kernel_native() {
-    if skip_unless_root("echo test (native)") {
+    if !require_root("echo test (native)") {
         return;
     }
     echo_and_pass(AttachMode::Native, "echon");
@@ -219,15 +114,15 @@ fn in_range_udp_is_echoed_through_afxdp_and_everything_else_reaches_the_kernel_n
 
 #[test]
 fn in_range_udp_is_echoed_through_afxdp_and_everything_else_reaches_the_kernel_generic() {
-    if skip_unless_root("echo test (generic)") {
+    if !require_root("echo test (generic)") {
         return;
     }
     echo_and_pass(AttachMode::Generic, "echog");
 }
 
 fn echo_and_pass(mode: AttachMode, tag: &str) {
-    let net = NetPair::new(tag);
-    enter_netns(&net.a);
+    let net = veth(tag);
+    net.a.enter().expect("enter A");
     let addrs: Vec<IpAddr> = vec![A_V4.parse().unwrap(), A_V6.parse().unwrap()];
     let program = XdpProgram::attach(
         "va",
@@ -257,15 +152,11 @@ fn echo_and_pass(mode: AttachMode, tag: &str) {
 
     const N: usize = 300;
     let v4 = udp_client(
-        net.b.clone(),
+        &net,
         (A_V4.parse::<IpAddr>().unwrap(), RANGE.0 + 10).into(),
         N,
     );
-    let v6 = udp_client(
-        net.b.clone(),
-        (A_V6.parse::<IpAddr>().unwrap(), RANGE.1).into(),
-        N,
-    );
+    let v6 = udp_client(&net, (A_V6.parse::<IpAddr>().unwrap(), RANGE.1).into(), N);
     let echoed = run_echo(&mut xsk, || v4.is_finished() && v6.is_finished());
     let (v4_echoes, v6_echoes) = (v4.join().unwrap(), v6.join().unwrap());
     assert_eq!(v4_echoes, N, "every IPv4 datagram came back");
@@ -273,15 +164,12 @@ fn echo_and_pass(mode: AttachMode, tag: &str) {
     assert_eq!(echoed, 2 * N);
 
     // Out of range and not-our-address traffic goes to the kernel stack.
-    let b_ns = net.b.clone();
-    let sender = std::thread::spawn(move || {
-        enter_netns(&b_ns);
+    net.b.run(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
         s.send_to(b"kernel-port", (A_V4, 30000)).unwrap();
         s.send_to(b"kernel-addr", (A_OTHER_V4, RANGE.0 + 10))
             .unwrap();
     });
-    sender.join().unwrap();
     let mut buf = [0u8; 64];
     let (n, _) = out_of_range
         .recv_from(&mut buf)
@@ -291,10 +179,10 @@ fn echo_and_pass(mode: AttachMode, tag: &str) {
         .recv_from(&mut buf)
         .expect("address outside the filter reaches the kernel");
     assert_eq!(&buf[..n], b"kernel-addr");
-    let ping = Command::new("ip")
-        .args([
-            "netns", "exec", &net.b, "ping", "-c", "2", "-i", "0.2", "-W", "1", A_V4,
-        ])
+    let ping = net
+        .b
+        .command("ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "1", A_V4])
         .output()
         .expect("ping");
     assert!(
@@ -330,7 +218,7 @@ fn sigkill_child_holds_a_program_and_socket_until_killed() {
     let Ok(ns) = std::env::var("EARSHOT_XDP_CHILD_NS") else {
         return;
     };
-    enter_netns(&ns);
+    netns::enter(&ns).expect("enter the parent's namespace");
     let program = XdpProgram::attach(
         "va",
         &XdpFilter {
@@ -352,11 +240,11 @@ fn sigkill_child_holds_a_program_and_socket_until_killed() {
 
 #[test]
 fn sigkill_of_the_owner_detaches_the_program() {
-    if skip_unless_root("sigkill test") {
+    if !require_root("sigkill test") {
         return;
     }
-    let net = NetPair::new("kill");
-    enter_netns(&net.a);
+    let net = veth("kill");
+    net.a.enter().expect("enter A");
     let kernel_sock = UdpSocket::bind((A_V4, RANGE.0 + 20)).unwrap();
     kernel_sock
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -370,7 +258,7 @@ fn sigkill_of_the_owner_detaches_the_program() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("EARSHOT_XDP_CHILD_NS", &net.a)
+        .env("EARSHOT_XDP_CHILD_NS", net.a.name())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -385,19 +273,15 @@ fn sigkill_of_the_owner_detaches_the_program() {
         }
     }
     assert!(ready, "child attached and printed CHILD-READY");
-    assert!(NetPair::xdp_attached(&net.a, "va"));
+    assert!(net.xdp_attached_a().unwrap());
 
     let send_from_b = |tag: &'static str| {
-        let b_ns = net.b.clone();
-        std::thread::spawn(move || {
-            enter_netns(&b_ns);
+        net.b.run(|| {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
             for _ in 0..3 {
                 s.send_to(tag.as_bytes(), (A_V4, RANGE.0 + 20)).unwrap();
             }
-        })
-        .join()
-        .unwrap();
+        });
     };
     let mut buf = [0u8; 64];
     send_from_b("while-alive");
@@ -409,7 +293,7 @@ fn sigkill_of_the_owner_detaches_the_program() {
     child.kill().expect("SIGKILL the child");
     child.wait().unwrap();
     assert!(
-        !NetPair::xdp_attached(&net.a, "va"),
+        !net.xdp_attached_a().unwrap(),
         "the bpf_link died with the child"
     );
     send_from_b("after-kill");
@@ -422,11 +306,11 @@ fn sigkill_of_the_owner_detaches_the_program() {
 #[test]
 #[allow(clippy::disallowed_methods)] // polls the kernel's neighbour table in real time
 fn neighbour_miss_triggers_resolution_and_then_resolves_to_the_peer_mac() {
-    if skip_unless_root("neighbour test") {
+    if !require_root("neighbour test") {
         return;
     }
-    let net = NetPair::new("neigh");
-    enter_netns(&net.a);
+    let net = veth("neigh");
+    net.a.enter().expect("enter A");
     let table = NeighborTable::start(1000).expect("neighbour table");
     let reader = table.reader();
     let b: IpAddr = B_V4.parse().unwrap();
@@ -449,15 +333,15 @@ fn neighbour_miss_triggers_resolution_and_then_resolves_to_the_peer_mac() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let hop = hop.expect("resolved within 2 s of the miss");
-    assert_eq!(hop.dst_mac, NetPair::mac_of(&net.b, "vb"));
-    assert_eq!(hop.src_mac, NetPair::mac_of(&net.a, "va"));
+    assert_eq!(hop.dst_mac, net.mac_b().unwrap());
+    assert_eq!(hop.src_mac, net.mac_a().unwrap());
     assert_eq!(hop.via, b);
     assert_eq!(hop.mtu, 1500);
 }
 
 #[test]
 fn missing_interface_is_reported_by_name() {
-    if skip_unless_root("missing interface test") {
+    if !require_root("missing interface test") {
         return;
     }
     let filter = XdpFilter {

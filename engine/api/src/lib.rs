@@ -168,7 +168,9 @@ impl OpusParams {
     /// The bitrate the encoder uses towards this peer.
     pub fn bitrate_bps(&self) -> u32 {
         self.max_average_bitrate_bps
-            .map_or(Self::DEFAULT_BITRATE_BPS, |max| max.min(Self::DEFAULT_BITRATE_BPS))
+            .map_or(Self::DEFAULT_BITRATE_BPS, |max| {
+                max.min(Self::DEFAULT_BITRATE_BPS)
+            })
     }
 
     /// The highest rate worth sending this peer: the rate covering `maxplaybackrate`.
@@ -296,23 +298,26 @@ impl MediaConfig {
         if let Some(max) = self.max_ptime_ms
             && !(10..=120).contains(&max)
         {
-            return bad(
-                "max_ptime_ms",
-                format!("maxptime {max} ms is not 10..=120"),
-            );
+            return bad("max_ptime_ms", format!("maxptime {max} ms is not 10..=120"));
         }
         if let Some(max) = self.max_ptime_ms
             && self.ptime_ms > max
         {
             return bad(
                 "ptime_ms",
-                format!("ptime {} ms exceeds the peer's maxptime {max} ms", self.ptime_ms),
+                format!(
+                    "ptime {} ms exceeds the peer's maxptime {max} ms",
+                    self.ptime_ms
+                ),
             );
         }
         let o = &self.opus;
         if self.codec != Codec::Opus {
             if *o != OpusParams::default() {
-                return bad("opus", format!("Opus parameters given for {:?}", self.codec));
+                return bad(
+                    "opus",
+                    format!("Opus parameters given for {:?}", self.codec),
+                );
             }
             return Ok(());
         }
@@ -326,7 +331,10 @@ impl MediaConfig {
         }
         for (field, rate) in [
             ("opus.max_playback_rate_hz", o.max_playback_rate_hz),
-            ("opus.sprop_max_capture_rate_hz", o.sprop_max_capture_rate_hz),
+            (
+                "opus.sprop_max_capture_rate_hz",
+                o.sprop_max_capture_rate_hz,
+            ),
         ] {
             if let Some(hz) = rate
                 && !(8_000..=48_000).contains(&hz)

@@ -17,142 +17,58 @@
 //!    passes the engine's ports to the kernel again (the program died with its bpf_link),
 //!    and a second engine started on the same interface carries RTP again.
 //!
-//! Needs root; otherwise prints SKIPPED with the reason and passes.
+//! Needs root; otherwise prints SKIPPED with the reason and passes. The peers are the
+//! test kit's PCMU endpoints; the kit's guards delete the namespaces on drop.
 #![cfg(target_os = "linux")]
-#![allow(unsafe_code)] // setns(2) and an AF_PACKET socket in the peer namespace
+#![allow(unsafe_code)] // an AF_PACKET socket in the peer namespace
+// A real network is paced and waited on in real time.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use earshot_engine::backend::Factory;
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
-use earshot_engine_api::{
-    Codec, Edge, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
-};
+use earshot_engine_api::{Family, LegId, LegInfo, Request, Response};
+use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
+use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
+use earshot_testkit::netns::{VethConfig, VethPair, require_root};
+use earshot_testkit::program::{add_leg, set_plan};
+use earshot_testkit::rtp::{Rtp, RtpHeader};
 
-const ENGINE_V4: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
-const PEER_V4: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
 const PORT_BASE: u16 = 41984;
 const PORTS_PER_SHARD: u32 = 1024;
-const PACKETS: u16 = 100;
-/// Ticks (20 ms apart) at which one frame of each malformed kind is injected.
-const BAD_TICKS: [u16; 4] = [20, 40, 60, 80];
-
-fn skip_reason() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        return Some("needs root (CAP_NET_ADMIN, CAP_BPF, CAP_IPC_LOCK, CAP_NET_RAW)".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("needs the `ip` binary".into());
-    }
-    None
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+const PACKETS: u32 = 100;
+/// When (after the peers start talking) one frame of each malformed kind is injected.
+const BAD_AT_MS: [u64; 4] = [400, 800, 1200, 1600];
 
 /// Engine namespace (`ve`, 10.79.0.1) and peer namespace (`vp`, 10.79.0.2) joined by a
-/// veth pair; deleted in Drop.
-struct NetPair {
-    engine: String,
-    peer: String,
-}
-
-impl NetPair {
-    fn new(tag: &str) -> NetPair {
-        let pid = std::process::id();
-        let pair = NetPair {
-            engine: format!("xme-{pid}-{tag}"),
-            peer: format!("xmp-{pid}-{tag}"),
-        };
-        ip(&["netns", "add", &pair.engine]);
-        ip(&["netns", "add", &pair.peer]);
-        ip(&[
-            "-n",
-            &pair.engine,
-            "link",
-            "add",
-            "ve",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vp",
-            "netns",
-            &pair.peer,
-        ]);
-        for (ns, dev, v4) in [(&pair.engine, "ve", ENGINE_V4), (&pair.peer, "vp", PEER_V4)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        pair
-    }
-
-    fn xdp_attached(&self) -> bool {
-        ip(&["-n", &self.engine, "link", "show", "ve"]).contains("xdp")
-    }
-
-    fn mac(&self, ns: &str, dev: &str) -> [u8; 6] {
-        let text = ip(&["-n", ns, "link", "show", dev]);
-        let hex = text
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("link/ether in `ip link show`");
-        let mut mac = [0u8; 6];
-        for (b, h) in mac.iter_mut().zip(hex.split(':')) {
-            *b = u8::from_str_radix(h, 16).expect("hex MAC");
-        }
-        mac
-    }
-}
-
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.engine, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// Moves the calling thread (only) into namespace `ns`.
-fn enter_netns(ns: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns with a valid namespace fd affects only the calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+/// veth pair.
+fn veth(tag: &str) -> VethPair {
+    VethPair::new(
+        tag,
+        VethConfig {
+            prefix_a: "xme",
+            prefix_b: "xmp",
+            ..VethConfig::v4(79)
+        },
+    )
+    .expect("veth pair")
 }
 
 fn rtp(version: u8, pt: u8, seq: u16, ssrc: u32, payload_len: usize) -> Vec<u8> {
-    let mut p = vec![version << 6, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(160 * u32::from(seq)).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    // mu-law 0x55: audible, so the receiver can tell sound from the engine's silence.
-    p.resize(12 + payload_len, 0x55);
-    p
+    // mu-law 0x55: audible, so a receiver could tell sound from the engine's silence.
+    RtpHeader::new(pt, seq, 160 * u32::from(seq), ssrc)
+        .with_version(version)
+        .packet(&vec![0x55; payload_len])
 }
 
 fn checksum(chunks: &[&[u8]]) -> u16 {
@@ -299,119 +215,91 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-fn media(remote: SocketAddr) -> MediaConfig {
-    MediaConfig {
-        remote: Some(remote),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        ptime_ms: 20,
-        telephone_event_pt: None,
-        rtcp_mux: true,
-        report_first_packet: false,
-        max_ptime_ms: None,
-        opus: Default::default(),
-    }
-}
-
 /// The requests that make a forwarded pair (each leg hears the other) of legs whose
-/// remotes are `remotes`, given an allocator; returns the legs.
+/// remotes are `remotes`, through `call`; returns the legs.
 fn forwarded_pair(
     mut call: impl FnMut(Request) -> Response,
     session: &str,
     remotes: [SocketAddr; 2],
 ) -> [LegInfo; 2] {
+    let mut call = |r| Ok(call(r));
     let legs = remotes.map(|remote| {
-        let Response::Leg(info) = call(Request::AllocateLeg {
-            session: session.into(),
-            leg_key: remote.to_string(),
-            family: Family::V4,
-            requested_port: None,
-            rtcp_mux: true,
-        }) else {
-            panic!("AllocateLeg answers with a leg");
-        };
-        call(Request::ConfigureLeg {
-            leg: info.leg,
-            media: media(remote),
-        });
-        info
+        add_leg(
+            &mut call,
+            session,
+            &remote.to_string(),
+            Family::V4,
+            pcmu_media(Some(remote)),
+        )
+        .expect("leg allocated and configured")
     });
-    let edge = |l: &LegInfo, s: &LegInfo| Edge {
-        listener: l.leg,
-        source: s.leg,
-        gain: 4096,
-    };
-    assert_eq!(
-        call(Request::SetSessionPlan(SessionPlan {
-            session: session.into(),
-            edges: vec![edge(&legs[0], &legs[1]), edge(&legs[1], &legs[0])],
-            no_dtmf: Vec::new(),
-        })),
-        Response::Done
-    );
+    let ids: Vec<LegId> = legs.iter().map(|l| l.leg).collect();
+    set_plan(&mut call, Supervision::Call.plan(session, &ids, false)).expect("plan applied");
     legs
 }
 
-/// Peer side of a forwarded pair: sends `PACKETS` paced RTP packets from each socket
-/// to its leg, calls `inject(tick)` every tick, and returns how many valid RTP packets
-/// each socket received from its own leg.
-#[allow(clippy::disallowed_methods)] // real-time pacing of a real network peer
-fn talk(socks: &[UdpSocket; 2], legs: [SocketAddr; 2], mut inject: impl FnMut(u16)) -> [usize; 2] {
-    let mut got = [0usize; 2];
-    let mut buf = [0u8; 2048];
-    let start = std::time::Instant::now();
-    let mut drain = |got: &mut [usize; 2]| {
-        for (i, s) in socks.iter().enumerate() {
-            while let Ok((n, from)) = s.recv_from(&mut buf) {
-                if from == legs[i] && n == 172 && buf[0] >> 6 == 2 && buf[1] & 0x7f == 0 {
-                    got[i] += 1;
-                }
-            }
-        }
-    };
-    for t in 0..PACKETS {
-        for (i, s) in socks.iter().enumerate() {
-            s.send_to(&rtp(2, 0, 100 + t, 0x2000 + i as u32, 160), legs[i])
-                .expect("send RTP");
-        }
-        inject(t);
-        drain(&mut got);
-        let next = start + Duration::from_millis(20 * (u64::from(t) + 1));
-        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
-    }
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(10));
-        drain(&mut got);
-    }
-    got
+/// Two peers in the peer namespace (a customer and an agent).
+fn peers(net: &VethPair) -> [PcmuEndpoint; 2] {
+    let ip = IpAddr::V4(net.v4_b());
+    [0u32, 1].map(|i| {
+        net.b
+            .run(|| PcmuEndpoint::bind(SocketAddr::new(ip, 0), 0x2000 + i))
+            .expect("peer endpoint")
+    })
 }
 
-fn peer_sockets() -> [UdpSocket; 2] {
-    [0, 1].map(|_| {
-        let s = UdpSocket::bind((PEER_V4, 0)).expect("bind peer socket");
-        s.set_nonblocking(true).unwrap();
-        s
+/// Each peer talks `PACKETS` paced packets to its leg while `inject(ms)` is called at
+/// each of `at_ms` (milliseconds after the start); returns how many valid 20 ms PCMU
+/// packets each peer received from its own leg.
+fn talk(
+    peers: &[PcmuEndpoint; 2],
+    legs: [SocketAddr; 2],
+    at_ms: &[u64],
+    mut inject: impl FnMut(),
+) -> [usize; 2] {
+    let start = Instant::now();
+    let talkers = [0, 1].map(|i| {
+        let who = Role::ALL[i];
+        peers[i].talk(legs[i], Talk::tone(who.tone(), PACKETS))
+    });
+    for &ms in at_ms {
+        let at = start + Duration::from_millis(ms);
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        inject();
+    }
+    for t in talkers {
+        assert_eq!(t.join().expect("talker"), PACKETS);
+    }
+    // Let the last forwarded packets arrive.
+    std::thread::sleep(Duration::from_millis(200));
+    [0, 1].map(|i| {
+        peers[i]
+            .received()
+            .iter()
+            .filter(|a| a.from == legs[i])
+            .filter_map(|a| Rtp::parse(&a.bytes))
+            .filter(|r| r.payload_type == 0 && r.payload.len() == 160)
+            .count()
     })
 }
 
 #[test]
 fn malformed_frames_are_passed_or_dropped_by_reason_and_good_rtp_keeps_flowing() {
-    if let Some(reason) = skip_reason() {
-        println!("SKIPPED af_xdp_malformed: {reason}");
+    if !require_root("af_xdp_malformed::malformed_frames") {
         return;
     }
-    let net = NetPair::new("bad");
-    let macs = (net.mac(&net.engine, "ve"), net.mac(&net.peer, "vp"));
-    enter_netns(&net.engine);
+    let net = veth("bad");
+    let macs = (net.mac_a().unwrap(), net.mac_b().unwrap());
+    net.a.enter().expect("enter the engine namespace");
     let cfg = EngineConfig {
         shards: 1,
         pin: false,
         port_base: PORT_BASE,
         ports_per_shard: PORTS_PER_SHARD,
-        bind_v4: Some(ENGINE_V4),
+        bind_v4: Some(net.v4_a()),
         backend: BackendKind::AfXdp,
         fallback: false,
-        interface: Some("ve".into()),
+        interface: Some(net.cfg.dev_a.into()),
         max_legs_per_shard: 16,
         max_sessions_per_shard: 4,
         seed: 5,
@@ -420,101 +308,88 @@ fn malformed_frames_are_passed_or_dropped_by_reason_and_good_rtp_keeps_flowing()
     let mut factory = Factory::new(&cfg).expect("factory");
     let engine = Engine::start(&cfg, |i| factory.open(i)).expect("engine starts on AF_XDP");
 
-    let peer_ns = net.peer.clone();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<[SocketAddr; 2]>();
-    let peer = std::thread::spawn(move || {
-        enter_netns(&peer_ns);
-        let socks = peer_sockets();
-        addr_tx
-            .send([0, 1].map(|i| socks[i].local_addr().unwrap()))
-            .unwrap();
-        let legs = go_rx.recv().unwrap();
-        let raw = RawSender::open("vp");
-        let (from, to) = (v4(socks[0].local_addr().unwrap()), v4(legs[0]));
-        let good = Spoil::default();
-        let kinds = [
-            // XDP: the UDP header runs past the frame -> kernel.
-            frame(
-                macs,
-                from,
-                to,
-                &[],
-                Spoil {
-                    udp_header_bytes: Some(4),
-                    total_len: Some(24),
-                    ..good
-                },
-            ),
-            // Redirected, then refused by the backend's parser (length past the frame).
-            frame(
-                macs,
-                from,
-                to,
-                &rtp(2, 0, 1, 0xbad, 160),
-                Spoil {
-                    total_len: Some(1400),
-                    ..good
-                },
-            ),
-            // Checksums are not judged on veth: the media layer sees RTP version 1.
-            frame(
-                macs,
-                from,
-                to,
-                &rtp(1, 0, 1, 0xbad, 160),
-                Spoil {
-                    bad_udp_checksum: true,
-                    ..good
-                },
-            ),
-            // IPv4 options are parsed: the media layer sees an unknown payload type.
-            frame(
-                macs,
-                from,
-                to,
-                &rtp(2, 96, 1, 0xbad, 160),
-                Spoil {
-                    ip_options: true,
-                    ..good
-                },
-            ),
-            // One VLAN tag is parsed: the media layer sees a truncated RTP header.
-            frame(
-                macs,
-                from,
-                to,
-                &[0x80, 0, 0, 1, 2],
-                Spoil { vlan: true, ..good },
-            ),
-            // A fragment goes to the kernel (which never completes it).
-            frame(
-                macs,
-                from,
-                to,
-                &rtp(2, 0, 1, 0xbad, 160),
-                Spoil {
-                    more_fragments: true,
-                    ..good
-                },
-            ),
-        ];
-        talk(&socks, legs, |t| {
-            if BAD_TICKS.contains(&t) {
-                for k in &kinds {
-                    raw.send(k);
-                }
-            }
-        })
-    });
-    let remotes = addr_rx.recv().unwrap();
+    let peers = peers(&net);
+    let remotes = [peers[0].addr(), peers[1].addr()];
     let legs = forwarded_pair(
         |r| block_on(engine.handle().request(r)).expect("engine request"),
         "bad-1",
         remotes,
     );
-    go_tx.send(legs.map(|l| l.local)).unwrap();
-    let got = peer.join().expect("peer thread");
+    let legs = legs.map(|l| l.local);
+    let raw = net.b.run(|| RawSender::open(net.cfg.dev_b));
+    let (from, to) = (v4(remotes[0]), v4(legs[0]));
+    let good = Spoil::default();
+    let kinds = [
+        // XDP: the UDP header runs past the frame -> kernel.
+        frame(
+            macs,
+            from,
+            to,
+            &[],
+            Spoil {
+                udp_header_bytes: Some(4),
+                total_len: Some(24),
+                ..good
+            },
+        ),
+        // Redirected, then refused by the backend's parser (length past the frame).
+        frame(
+            macs,
+            from,
+            to,
+            &rtp(2, 0, 1, 0xbad, 160),
+            Spoil {
+                total_len: Some(1400),
+                ..good
+            },
+        ),
+        // Checksums are not judged on veth: the media layer sees RTP version 1.
+        frame(
+            macs,
+            from,
+            to,
+            &rtp(1, 0, 1, 0xbad, 160),
+            Spoil {
+                bad_udp_checksum: true,
+                ..good
+            },
+        ),
+        // IPv4 options are parsed: the media layer sees an unknown payload type.
+        frame(
+            macs,
+            from,
+            to,
+            &rtp(2, 96, 1, 0xbad, 160),
+            Spoil {
+                ip_options: true,
+                ..good
+            },
+        ),
+        // One VLAN tag is parsed: the media layer sees a truncated RTP header.
+        frame(
+            macs,
+            from,
+            to,
+            &[0x80, 0, 0, 1, 2],
+            Spoil { vlan: true, ..good },
+        ),
+        // A fragment goes to the kernel (which never completes it).
+        frame(
+            macs,
+            from,
+            to,
+            &rtp(2, 0, 1, 0xbad, 160),
+            Spoil {
+                more_fragments: true,
+                ..good
+            },
+        ),
+    ];
+    let got = talk(&peers, legs, &BAD_AT_MS, || {
+        for k in &kinds {
+            raw.send(k);
+        }
+    });
 
     let Response::Stats(stats) = block_on(engine.handle().request(Request::Stats)).unwrap() else {
         panic!("Stats answers with stats");
@@ -527,7 +402,7 @@ fn malformed_frames_are_passed_or_dropped_by_reason_and_good_rtp_keeps_flowing()
         .collect();
     let drops: HashMap<&str, u64> = shard.drops.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     println!("received {got:?}\nbackend {backend:?}\ndrops {drops:?}");
-    let rounds = BAD_TICKS.len() as u64;
+    let rounds = BAD_AT_MS.len() as u64;
     let mut failures = Vec::new();
     for (name, map, counter) in [
         ("truncated UDP header", &backend, "xdp_pass_truncated"),
@@ -548,7 +423,7 @@ fn malformed_frames_are_passed_or_dropped_by_reason_and_good_rtp_keeps_flowing()
         failures.push(format!("xdp_redirected = {redirected}"));
     }
     for (i, n) in got.iter().enumerate() {
-        if *n < usize::from(PACKETS) * 9 / 10 {
+        if *n < PACKETS as usize * 9 / 10 {
             failures.push(format!(
                 "peer {i} received only {n} of {PACKETS} forwarded packets"
             ));
@@ -602,22 +477,20 @@ impl Drop for EngineProcess {
 }
 
 /// `earshot-engine` on AF_XDP in the engine namespace, as its own process.
-#[allow(clippy::disallowed_methods)] // waits for a real process
-fn spawn_engine(net: &NetPair, socket: &Path) -> EngineProcess {
+fn spawn_engine(net: &VethPair, socket: &Path) -> EngineProcess {
     let _ = std::fs::remove_file(socket);
     let child = EngineProcess(
-        Command::new("ip")
-            .args(["netns", "exec", &net.engine])
-            .arg(env!("CARGO_BIN_EXE_earshot-engine"))
+        net.a
+            .command(env!("CARGO_BIN_EXE_earshot-engine"))
             .args([
                 "--backend",
                 "af_xdp",
                 "--interface",
-                "ve",
+                net.cfg.dev_a,
                 "--no-fallback",
                 "--no-pin",
             ])
-            .args(["--shards", "1", "--bind-v4", &ENGINE_V4.to_string()])
+            .args(["--shards", "1", "--bind-v4", &net.v4_a().to_string()])
             .args(["--port-base", &PORT_BASE.to_string()])
             .args(["--ports-per-shard", &PORTS_PER_SHARD.to_string()])
             .arg("--socket")
@@ -626,7 +499,7 @@ fn spawn_engine(net: &NetPair, socket: &Path) -> EngineProcess {
             .expect("spawn earshot-engine"),
     );
     for _ in 0..200 {
-        if socket.exists() && net.xdp_attached() {
+        if socket.exists() && net.xdp_attached_a().unwrap() {
             return child;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -635,27 +508,15 @@ fn spawn_engine(net: &NetPair, socket: &Path) -> EngineProcess {
 }
 
 /// A forwarded pair programmed over the socket carries RTP both ways.
-fn assert_engine_forwards(net: &NetPair, socket: &Path, session: &str) {
+fn assert_engine_forwards(net: &VethPair, socket: &Path, session: &str) {
     let mut client = Client::connect(socket);
-    let peer_ns = net.peer.clone();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<[SocketAddr; 2]>();
-    let peer = std::thread::spawn(move || {
-        enter_netns(&peer_ns);
-        let socks = peer_sockets();
-        addr_tx
-            .send([0, 1].map(|i| socks[i].local_addr().unwrap()))
-            .unwrap();
-        let legs = go_rx.recv().unwrap();
-        talk(&socks, legs, |_| {})
-    });
-    let remotes = addr_rx.recv().unwrap();
-    let legs = forwarded_pair(|r| client.call(r), session, remotes);
-    go_tx.send(legs.map(|l| l.local)).unwrap();
-    let got = peer.join().expect("peer thread");
+    let peers = peers(net);
+    let remotes = [peers[0].addr(), peers[1].addr()];
+    let legs = forwarded_pair(|r| client.call(r), session, remotes).map(|l| l.local);
+    let got = talk(&peers, legs, &[], || {});
     for (i, n) in got.iter().enumerate() {
         assert!(
-            *n >= usize::from(PACKETS) * 9 / 10,
+            *n >= PACKETS as usize * 9 / 10,
             "{session}: peer {i} received only {n} of {PACKETS}"
         );
     }
@@ -663,39 +524,34 @@ fn assert_engine_forwards(net: &NetPair, socket: &Path, session: &str) {
 
 /// UDP to one of the engine's ports reaches a kernel socket in the engine namespace
 /// (the calling thread must be in it).
-#[allow(clippy::disallowed_methods)] // bounded wait on a real socket
-fn assert_port_reaches_kernel(net: &NetPair, port: u16) {
-    let kernel = UdpSocket::bind((ENGINE_V4, port)).expect("kernel socket on an engine port");
+fn assert_port_reaches_kernel(net: &VethPair, port: u16) {
+    let engine_ip = net.v4_a();
+    let kernel = UdpSocket::bind((engine_ip, port)).expect("kernel socket on an engine port");
     kernel
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    let peer_ns = net.peer.clone();
-    std::thread::spawn(move || {
-        enter_netns(&peer_ns);
-        let s = UdpSocket::bind((PEER_V4, 0)).unwrap();
+    let peer_ip = net.v4_b();
+    net.b.run(|| {
+        let s = UdpSocket::bind((peer_ip, 0)).unwrap();
         for _ in 0..3 {
-            s.send_to(b"to-the-kernel", (ENGINE_V4, port)).unwrap();
+            s.send_to(b"to-the-kernel", (engine_ip, port)).unwrap();
         }
-    })
-    .join()
-    .unwrap();
+    });
     let mut buf = [0u8; 64];
     let (n, from) = kernel
         .recv_from(&mut buf)
         .expect("the engine's port reaches the kernel after the kill");
     assert_eq!(&buf[..n], b"to-the-kernel");
-    assert_eq!(from.ip(), IpAddr::V4(PEER_V4));
+    assert_eq!(from.ip(), IpAddr::V4(peer_ip));
 }
 
 #[test]
-#[allow(clippy::disallowed_methods)] // waits for a real process to exit
 fn sigkilled_engine_leaves_no_program_behind_and_a_restart_works_again() {
-    if let Some(reason) = skip_reason() {
-        println!("SKIPPED af_xdp_malformed: {reason}");
+    if !require_root("af_xdp_malformed::sigkilled_engine") {
         return;
     }
-    let net = NetPair::new("kill");
-    enter_netns(&net.engine);
+    let net = veth("kill");
+    net.a.enter().expect("enter the engine namespace");
     let socket = PathBuf::from(format!("/tmp/earshot-xdp-kill-{}.sock", std::process::id()));
 
     let mut first = spawn_engine(&net, &socket);
@@ -705,7 +561,7 @@ fn sigkilled_engine_leaves_no_program_behind_and_a_restart_works_again() {
     // The bpf_link dies with the process; give the kernel a moment to release it.
     let mut detached = false;
     for _ in 0..40 {
-        if !net.xdp_attached() {
+        if !net.xdp_attached_a().unwrap() {
             detached = true;
             break;
         }
@@ -726,6 +582,9 @@ fn sigkilled_engine_leaves_no_program_behind_and_a_restart_works_again() {
         status.success(),
         "engine exits cleanly on SIGTERM: {status:?}"
     );
-    assert!(!net.xdp_attached(), "SIGTERM detaches the program");
+    assert!(
+        !net.xdp_attached_a().unwrap(),
+        "SIGTERM detaches the program"
+    );
     let _ = std::fs::remove_file(&socket);
 }

@@ -8,9 +8,10 @@ use earshot_engine::backend::memory::{MemDatagram, MemoryBackend, MemoryNet};
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
-use earshot_engine_api::{
-    Codec, Edge, EngineError, Family, LegId, MediaConfig, Request, Response, SessionPlan,
-};
+use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Request, Response};
+use earshot_testkit::fixtures::{Supervision, pcmu_media};
+use earshot_testkit::program::add_leg;
+use earshot_testkit::rtp::RtpHeader;
 
 fn start() -> (Engine, MemoryNet) {
     let cfg = EngineConfig {
@@ -36,48 +37,17 @@ fn call(engine: &Engine, r: Request) -> Result<Response, EngineError> {
 }
 
 fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
-    let Response::Leg(info) = call(
-        engine,
-        Request::AllocateLeg {
-            session: "call-1".into(),
-            leg_key: key.into(),
-            family: Family::V4,
-            requested_port: None,
-            rtcp_mux: true,
-        },
-    )
-    .unwrap() else {
-        panic!("not a leg")
-    };
     let media = MediaConfig {
-        remote: Some(peer),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        ptime_ms: 20,
         telephone_event_pt: Some(101),
-        rtcp_mux: true,
-        report_first_packet: false,
-        max_ptime_ms: None,
-        opus: Default::default(),
+        ..pcmu_media(Some(peer))
     };
-    call(
-        engine,
-        Request::ConfigureLeg {
-            leg: info.leg,
-            media,
-        },
-    )
-    .unwrap();
+    let info = add_leg(&mut |r| call(engine, r), "call-1", key, Family::V4, media)
+        .expect("leg allocated and configured");
     (info.leg, info.local.port())
 }
 
 fn rtp(seq: u16, ts: u32, ssrc: u32, byte: u8) -> Vec<u8> {
-    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&ts.to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p.extend(std::iter::repeat_n(byte, 160));
-    p
+    RtpHeader::pcmu(seq, ts, ssrc).packet(&[byte; 160])
 }
 
 #[test]
@@ -91,16 +61,7 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
     let (s, _s_port) = leg(&engine, "supervisor", ps);
     let (c2, _) = leg(&engine, "customer", pc);
     assert_eq!(c, c2, "allocating the same key again returns the same leg");
-    let e = |listener, source| Edge {
-        listener,
-        source,
-        gain: 4096,
-    };
-    let plan = SessionPlan {
-        session: "call-1".into(),
-        edges: vec![e(c, a), e(a, c), e(s, c), e(s, a)],
-        no_dtmf: vec![s],
-    };
+    let plan = Supervision::Monitor.plan("call-1", &[c, a, s], true);
     assert_eq!(
         call(&engine, Request::SetSessionPlan(plan)).unwrap(),
         Response::Done
@@ -285,16 +246,7 @@ fn a_leg_joining_a_mixing_session_before_its_plan_does_not_disturb_the_shard() {
     let (c, _) = leg(&engine, "customer", p(1));
     let (a, _) = leg(&engine, "agent", p(2));
     let (s, _) = leg(&engine, "supervisor", p(3));
-    let e = |listener, source| Edge {
-        listener,
-        source,
-        gain: 4096,
-    };
-    let barge = SessionPlan {
-        session: "call-1".into(),
-        edges: vec![e(c, a), e(c, s), e(a, c), e(a, s), e(s, c), e(s, a)],
-        no_dtmf: vec![],
-    };
+    let barge = Supervision::Barge.plan("call-1", &[c, a, s], true);
     call(&engine, Request::SetSessionPlan(barge)).unwrap();
     // A fourth leg arrives (allocated, not yet configured, not in any plan) while the
     // session ticks; then stats are read: the shard must keep running throughout.

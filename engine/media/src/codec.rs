@@ -60,7 +60,7 @@ pub fn payload_units(codec: Codec, payload: &[u8]) -> Result<usize, PayloadError
         }
         None => {
             let samples_48k = earshot_opus::packet_duration_samples(payload)
-                .map_err(|_| PayloadError::BadToc)?;
+                .map_err(|_| PayloadError::BadToc)? as usize;
             let per_unit = (earshot_opus::RTP_CLOCK_HZ / 1_000 * UNIT_MS) as usize;
             if samples_48k == 0 || !samples_48k.is_multiple_of(per_unit) {
                 return Err(PayloadError::BadDuration);
@@ -77,6 +77,12 @@ pub fn payload_units(codec: Codec, payload: &[u8]) -> Result<usize, PayloadError
     } else {
         Err(PayloadError::BadDuration)
     }
+}
+
+/// Whether Opus legs can run in this process: libopus's version, or why it did not
+/// load (the message a refused Opus leg carries).
+pub fn opus_available() -> Result<&'static str, OpusError> {
+    earshot_opus::available()
 }
 
 /// Bytes the jitter buffer keeps per 10 ms unit of `codec`.
@@ -127,7 +133,9 @@ impl Decoder {
             Decoder::G711(_) => SampleRate::Hz8000,
             Decoder::G722(_) => SampleRate::Hz16000,
             Decoder::L16(rate) => *rate,
-            Decoder::Opus(d) => SampleRate::from_hz(d.sample_rate_hz()).unwrap_or(SampleRate::Hz48000),
+            Decoder::Opus(d) => {
+                SampleRate::from_hz(d.sample_rate_hz()).unwrap_or(SampleRate::Hz48000)
+            }
         }
     }
 
@@ -286,8 +294,8 @@ pub mod fade {
     /// Q15 gain at the start of concealed unit `run` (0-based): halving every 20 ms,
     /// i.e. 2^(-run/2) per 10 ms unit. Beyond the table the gain is zero.
     pub const GAIN_Q15: [i32; 16] = [
-        32_768, 23_170, 16_384, 11_585, 8_192, 5_793, 4_096, 2_896, 2_048, 1_448, 1_024, 724,
-        512, 362, 256, 181,
+        32_768, 23_170, 16_384, 11_585, 8_192, 5_793, 4_096, 2_896, 2_048, 1_448, 1_024, 724, 512,
+        362, 256, 181,
     ];
 
     /// Scales `out` in place by a gain ramping linearly from that of unit `run` to that
@@ -310,7 +318,8 @@ mod tests {
     fn tone(rate: SampleRate, hz: f64, n: usize) -> Vec<i16> {
         (0..n)
             .map(|i| {
-                (8_000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate.hz())).sin())
+                (8_000.0
+                    * (2.0 * std::f64::consts::PI * hz * i as f64 / f64::from(rate.hz())).sin())
                     as i16
             })
             .collect()
@@ -320,12 +329,24 @@ mod tests {
     fn payload_durations_come_from_length_or_toc() {
         assert_eq!(payload_units(Codec::Pcmu, &[0; 160]), Ok(2));
         assert_eq!(payload_units(Codec::Pcma, &[0; 480]), Ok(6));
-        assert_eq!(payload_units(Codec::Pcmu, &[0; 560]), Err(PayloadError::BadDuration));
-        assert_eq!(payload_units(Codec::Pcmu, &[0; 159]), Err(PayloadError::BadDuration));
-        assert_eq!(payload_units(Codec::Pcmu, &[]), Err(PayloadError::BadDuration));
+        assert_eq!(
+            payload_units(Codec::Pcmu, &[0; 560]),
+            Err(PayloadError::BadDuration)
+        );
+        assert_eq!(
+            payload_units(Codec::Pcmu, &[0; 159]),
+            Err(PayloadError::BadDuration)
+        );
+        assert_eq!(
+            payload_units(Codec::Pcmu, &[]),
+            Err(PayloadError::BadDuration)
+        );
         // G.722: one byte per two 16 kHz samples, i.e. per 8 kHz RTP tick.
         assert_eq!(payload_units(Codec::G722, &[0; 240]), Ok(3));
-        assert_eq!(payload_units(Codec::L16(SampleRate::Hz16000), &[0; 640]), Ok(2));
+        assert_eq!(
+            payload_units(Codec::L16(SampleRate::Hz16000), &[0; 640]),
+            Ok(2)
+        );
         assert_eq!(
             payload_units(Codec::L16(SampleRate::Hz16000), &[0; 641]),
             Err(PayloadError::BadDuration)
@@ -335,12 +356,21 @@ mod tests {
         // Code 1: two 20 ms frames.
         assert_eq!(payload_units(Codec::Opus, &[(1 << 3) | 1, 0, 0]), Ok(4));
         // Config 16 (CELT NB 2.5 ms): not whole 10 ms units.
-        assert_eq!(payload_units(Codec::Opus, &[16 << 3, 0]), Err(PayloadError::BadDuration));
+        assert_eq!(
+            payload_units(Codec::Opus, &[16 << 3, 0]),
+            Err(PayloadError::BadDuration)
+        );
         // Config 3 (SILK NB 60 ms), code 1 (two frames): 120 ms, too long.
-        assert_eq!(payload_units(Codec::Opus, &[(3 << 3) | 1, 0]), Err(PayloadError::BadDuration));
+        assert_eq!(
+            payload_units(Codec::Opus, &[(3 << 3) | 1, 0]),
+            Err(PayloadError::BadDuration)
+        );
         assert_eq!(payload_units(Codec::Opus, &[]), Err(PayloadError::BadToc));
         let big = vec![1u8 << 3; 2 * OPUS_UNIT_BYTES + 1];
-        assert_eq!(payload_units(Codec::Opus, &big), Err(PayloadError::TooLarge));
+        assert_eq!(
+            payload_units(Codec::Opus, &big),
+            Err(PayloadError::TooLarge)
+        );
     }
 
     #[test]
@@ -361,7 +391,10 @@ mod tests {
     fn g722_codec_state_round_trips_a_tone_at_16_khz() {
         let mut e = Encoder::new(Codec::G722, OpusSettings::default()).unwrap();
         let mut d = Decoder::new(Codec::G722, SampleRate::Hz8000).unwrap();
-        assert_eq!((e.pcm_rate(), d.pcm_rate()), (SampleRate::Hz16000, SampleRate::Hz16000));
+        assert_eq!(
+            (e.pcm_rate(), d.pcm_rate()),
+            (SampleRate::Hz16000, SampleRate::Hz16000)
+        );
         let pcm = tone(SampleRate::Hz16000, 1_000.0, 3_200);
         let mut out = vec![0i16; pcm.len()];
         for (i, o) in pcm.chunks(320).zip(out.chunks_mut(320)) {
@@ -382,8 +415,14 @@ mod tests {
             println!("SKIPPED: libopus not found ({e})");
             return;
         }
-        assert_eq!(pcm_rate(Codec::Opus, SampleRate::Hz8000), SampleRate::Hz8000);
-        assert_eq!(pcm_rate(Codec::G722, SampleRate::Hz8000), SampleRate::Hz16000);
+        assert_eq!(
+            pcm_rate(Codec::Opus, SampleRate::Hz8000),
+            SampleRate::Hz8000
+        );
+        assert_eq!(
+            pcm_rate(Codec::G722, SampleRate::Hz8000),
+            SampleRate::Hz16000
+        );
         for rate in SampleRate::ALL {
             let settings = OpusSettings {
                 sample_rate_hz: rate.hz(),

@@ -249,7 +249,10 @@ enum Slot {
     Empty,
     /// The first (for fixed-rate codecs: the only) unit of a packet: `len` payload bytes
     /// at the slot's place in the payload area, covering `span` units.
-    Audio { len: u16, span: u8 },
+    Audio {
+        len: u16,
+        span: u8,
+    },
     /// A later unit of the Opus packet that starts in an earlier slot.
     Covered,
     /// Comfort noise from here on; the level byte is at the slot's place.
@@ -747,7 +750,8 @@ impl JitterBuffer {
                     len: ub as u16,
                     span: 1,
                 };
-                self.payload[idx * ub..(idx + 1) * ub].copy_from_slice(&payload[j * ub..(j + 1) * ub]);
+                self.payload[idx * ub..(idx + 1) * ub]
+                    .copy_from_slice(&payload[j * ub..(j + 1) * ub]);
                 self.stored += 1;
             }
         } else {
@@ -963,7 +967,8 @@ impl JitterBuffer {
         match self.slots[idx] {
             Slot::Audio { .. } => true,
             Slot::Covered | Slot::Empty => {
-                self.staged_unit(self.head_ts.add(ahead as u32 * self.unit_ts)).is_some()
+                self.staged_unit(self.head_ts.add(ahead as u32 * self.unit_ts))
+                    .is_some()
                     || self.slots[idx] == Slot::Covered
             }
             Slot::Noise => false,
@@ -1109,13 +1114,16 @@ impl JitterBuffer {
         ) else {
             return false;
         };
-        let frame_units = samples_48k / frames.max(1) / self.unit_ts as usize;
+        let frame_units = samples_48k as usize / frames.max(1) as usize / self.unit_ts as usize;
         if frame_units != ahead || frames == 0 {
             return false;
         }
         let n = ahead * self.pcm_unit;
         let (stage, payload) = (&mut self.stage, &self.payload);
-        if !self.decoder.decode_fec(&payload[start..start + len], &mut stage[..n]) {
+        if !self
+            .decoder
+            .decode_fec(&payload[start..start + len], &mut stage[..n])
+        {
             return false;
         }
         self.stage_ts = self.head_ts;
@@ -1160,7 +1168,8 @@ impl JitterBuffer {
             } else {
                 let (ub, pu) = (self.unit_bytes, self.pcm_unit);
                 let start = self.last_slot * ub;
-                self.decoder.decode(&self.payload[start..start + ub], out, pu);
+                self.decoder
+                    .decode(&self.payload[start..start + ub], out, pu);
             }
             fade::apply(out, self.conceal_run as usize);
         }

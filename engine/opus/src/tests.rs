@@ -374,7 +374,10 @@ fn bad_settings_and_sizes_are_errors_not_panics() {
         })
         .is_err()
     );
-    assert!(OpusDecoder::new(12_000).is_err(), "12 kHz is not one of ours");
+    assert!(
+        OpusDecoder::new(12_000).is_err(),
+        "12 kHz is not one of ours"
+    );
     assert!(
         OpusEncoder::new(OpusSettings {
             complexity: 11,

@@ -278,7 +278,10 @@ mod tests {
         // Opus: 48 kHz clock whatever the audio (RFC 7587 4.1).
         assert_eq!(Codec::Opus.rtp_units_per_frame(20), 960);
         let l16 = Codec::L16(SampleRate::Hz16000);
-        assert_eq!((l16.rtp_clock_hz(), l16.pcm_samples_per_frame(10)), (16_000, 160));
+        assert_eq!(
+            (l16.rtp_clock_hz(), l16.pcm_samples_per_frame(10)),
+            (16_000, 160)
+        );
         assert_eq!(l16.payload_bytes_per_ms(), Some(32));
         assert_eq!(Codec::Opus.payload_bytes_per_ms(), None);
         assert_eq!(Codec::G722.static_payload_type(), Some(PayloadType(9)));

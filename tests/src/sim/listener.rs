@@ -9,19 +9,10 @@
 use earshot_media::Codec;
 use earshot_media::dsp::g711;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::wire::rtp::{RtpPacket, RtpRepr};
 
-use super::talker::TONE_AMPLITUDE;
-
-/// A tone counts as present when its measured amplitude is at least this fraction of
-/// the talkers' amplitude (-12 dB). A tone mixed at unity measures about 1.0; a tone
-/// that is absent measures below 0.01 (G.711 noise and leakage), so the margin is wide
-/// both ways.
-pub const PRESENT_FRACTION: f64 = 0.25;
-
-/// A frame whose tone measures below this fraction of the talkers' amplitude is silent
-/// for that tone (-20 dB): concealment fades a lost frame to 0.75, 0.375 and 0.19.
-pub const SILENT_FRACTION: f64 = 0.1;
+use earshot_testkit::rtp::Rtp;
+use earshot_testkit::tone::{NARROWBAND_HZ, TONE_AMPLITUDE, tone_amplitude};
+pub use earshot_testkit::tone::{PRESENT_FRACTION, SILENT_FRACTION, ToneReport};
 
 /// Samples per detection window: 100 ms at 8 kHz (10 Hz bins: every talker tone sits
 /// on a bin, so a window sees no leakage from the others).
@@ -93,23 +84,19 @@ impl Listener {
             }
             return;
         }
-        let Ok(view) = RtpPacket::new_checked(bytes) else {
-            self.malformed += 1;
-            return;
-        };
-        let Ok(repr) = RtpRepr::parse(&view) else {
+        let Some(rtp) = Rtp::parse(bytes) else {
             self.malformed += 1;
             return;
         };
         self.packets.push(Received {
             sent_at,
             at,
-            ssrc: repr.ssrc.0,
-            seq: repr.seq.0,
-            ts: repr.ts.0,
-            marker: repr.marker,
-            pt: repr.payload_type.0,
-            payload: repr.payload.to_vec(),
+            ssrc: rtp.ssrc,
+            seq: rtp.seq,
+            ts: rtp.ts,
+            marker: rtp.marker,
+            pt: rtp.payload_type,
+            payload: rtp.payload,
         });
     }
 
@@ -144,7 +131,7 @@ impl Listener {
     /// The amplitude of `hz` in one audio packet, as a fraction of the talkers'
     /// amplitude. Meaningful for 20 ms packets (50 Hz bins hold every talker tone).
     pub fn packet_tone(&self, p: &Received, hz: f64) -> f64 {
-        tone_amplitude(&self.decode(p), hz) / TONE_AMPLITUDE
+        tone_amplitude(&self.decode(p), hz, NARROWBAND_HZ) / TONE_AMPLITUDE
     }
 
     /// Rebuilds the audio by RTP timestamp (the jitter-free playout a phone would
@@ -196,15 +183,14 @@ impl Listener {
     }
 
     /// True when `hz` is present in at least 90% of the 100 ms windows in `[from, to)`
-    /// (and there is at least one window).
+    /// (and there is at least one window): the kit's [`ToneReport::hears`].
     pub fn hears(&self, hz: f64, from: Instant, to: Instant) -> bool {
-        let r = self.tone_report(hz, from, to);
-        r.windows > 0 && r.detected * 10 >= r.windows * 9
+        self.tone_report(hz, from, to).hears()
     }
 
     /// True when `hz` is present in no 100 ms window in `[from, to)`.
     pub fn never_hears(&self, hz: f64, from: Instant, to: Instant) -> bool {
-        self.tone_report(hz, from, to).detected == 0
+        self.tone_report(hz, from, to).never_hears()
     }
 }
 
@@ -221,79 +207,15 @@ impl Playout {
         self.start_at + Duration::from_nanos(i as u64 * 125_000)
     }
 
-    /// Counts the 100 ms windows in `[from, to)` where `hz` is present.
+    /// Measures `hz` in each 100 ms window in `[from, to)`.
     pub fn tone_report(&self, hz: f64, from: Instant, to: Instant) -> ToneReport {
         let (a, b) = (self.index_at(from), self.index_at(to));
-        let mut r = ToneReport {
-            windows: 0,
-            detected: 0,
-            min_fraction: f64::INFINITY,
-            max_fraction: 0.0,
-        };
-        let mut i = a;
-        while i + WINDOW_SAMPLES <= b {
-            let f = tone_amplitude(&self.samples[i..i + WINDOW_SAMPLES], hz) / TONE_AMPLITUDE;
-            r.windows += 1;
-            r.detected += usize::from(f >= PRESENT_FRACTION);
-            r.min_fraction = r.min_fraction.min(f);
-            r.max_fraction = r.max_fraction.max(f);
-            i += WINDOW_SAMPLES;
-        }
-        r
-    }
-}
-
-/// How often a tone was present over a span.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ToneReport {
-    /// Windows measured.
-    pub windows: usize,
-    /// Windows where the tone was present.
-    pub detected: usize,
-    /// Smallest amplitude seen (fraction of the talkers').
-    pub min_fraction: f64,
-    /// Largest amplitude seen (fraction of the talkers').
-    pub max_fraction: f64,
-}
-
-/// Amplitude of the `hz` component of `samples` (Goertzel): for a pure sine of
-/// amplitude `a` on a bin, returns about `a`.
-pub fn tone_amplitude(samples: &[i16], hz: f64) -> f64 {
-    let n = samples.len();
-    if n == 0 {
-        return 0.0;
-    }
-    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / n as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sine(hz: f64, amp: f64, n: usize) -> Vec<i16> {
-        (0..n)
-            .map(|i| (amp * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16)
-            .collect()
-    }
-
-    #[test]
-    fn goertzel_measures_a_tone_and_ignores_the_others() {
-        let mut mix = sine(500.0, 8192.0, 800);
-        for (m, o) in mix.iter_mut().zip(sine(900.0, 8192.0, 800)) {
-            *m += o;
-        }
-        let at_500 = tone_amplitude(&mix, 500.0);
-        let at_1400 = tone_amplitude(&mix, 1400.0);
-        assert!((at_500 - 8192.0).abs() < 100.0, "500 Hz measured {at_500}");
-        assert!(at_1400 < 50.0, "absent 1400 Hz measured {at_1400}");
+        earshot_testkit::tone::tone_report(
+            &self.samples[a..b.max(a)],
+            hz,
+            NARROWBAND_HZ,
+            WINDOW_SAMPLES,
+            TONE_AMPLITUDE,
+        )
     }
 }

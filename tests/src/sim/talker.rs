@@ -11,10 +11,10 @@ use earshot_media::time::{Duration, Instant};
 use earshot_media::wire::dtmf::{DtmfEvent, DtmfPacket, DtmfRepr};
 use earshot_media::wire::rtp::{CsrcList, RtpPacket, RtpRepr};
 use earshot_media::{Codec, PayloadType, RtpTs, SeqNo, Ssrc};
+use earshot_testkit::tone::{NARROWBAND_HZ, Tone};
 
-/// Peak amplitude of every talker's tone: -12 dBFS (a quarter of full scale), loud
-/// enough to measure and low enough that a mix of four never saturates.
-pub const TONE_AMPLITUDE: f64 = 8192.0;
+/// Peak amplitude of every talker's tone: the kit's, a quarter of full scale.
+pub use earshot_testkit::tone::TONE_AMPLITUDE;
 
 /// The tone of a customer.
 pub const CUSTOMER_HZ: f64 = 500.0;
@@ -185,7 +185,7 @@ impl Talker {
         if !self.active {
             return false;
         }
-        let samples = self.cfg.codec.frame_samples(self.cfg.ptime_ms);
+        let samples = self.cfg.codec.pcm_samples_per_frame(self.cfg.ptime_ms);
         let ts_of = |frame: u64| self.ts0.add((frame * samples as u64) as u32);
         let plan = self
             .dtmf
@@ -229,11 +229,7 @@ impl Talker {
             self.beacons.push(now);
         }
         let mut pcm = [0i16; earshot_media::MAX_FRAME_SAMPLES];
-        for (i, s) in pcm[..samples].iter_mut().enumerate() {
-            let n = k * samples as u64 + i as u64;
-            let phase = 2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0;
-            *s = (TONE_AMPLITUDE * phase.sin()).round() as i16;
-        }
+        Tone::new(hz, TONE_AMPLITUDE, NARROWBAND_HZ).fill(k * samples as u64, &mut pcm[..samples]);
         let mut payload = [0u8; earshot_media::MAX_FRAME_SAMPLES];
         g711::encode(self.cfg.codec, &pcm[..samples], &mut payload[..samples]);
         self.audio_sent += 1;

@@ -9,8 +9,8 @@
 //!    endpoint into its [`Listener`];
 //! 3. the shard's ticks, if its deadline has passed ([`Shard::handle_ticks`]).
 //!
-//! Whatever the shard sends is captured by [`CaptureTx`] (with its virtual send time,
-//! source port and destination) and routed to the endpoint with that address through
+//! Whatever the shard sends is captured by the kit's [`CaptureSink`] (with its virtual
+//! send time, source port and destination) and routed to the endpoint with that address through
 //! the endpoint's downlink. Ties in time are broken by insertion order, and nothing reads
 //! a real clock or iterates a hash map, so one seed gives one run, bit for bit.
 
@@ -18,15 +18,17 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
+use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD};
 use earshot_core::ports::PortPool;
-use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
+use earshot_core::shard::{Shard, ShardCommand, ShardEvent};
 use earshot_engine_api::{
     Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan, ShardStats,
 };
+use earshot_media::Gain;
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain};
+use earshot_testkit::fixtures::pcmu_media;
+use earshot_testkit::rig::{CaptureSink, shard_config};
 
 use super::listener::Listener;
 use super::net::{Link, SimRng};
@@ -74,50 +76,8 @@ impl PartyConfig {
     }
 }
 
-/// A datagram the engine sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Captured {
-    /// Virtual send time.
-    pub at: Instant,
-    /// Engine port it left from.
-    pub src_port: u16,
-    /// Destination.
-    pub dst: SocketAddr,
-    /// UDP payload.
-    pub bytes: Vec<u8>,
-}
-
-/// The shard's transmit sink in the simulation: keeps every datagram.
-#[derive(Debug)]
-pub struct CaptureTx {
-    now: Instant,
-    buf: Box<[u8; MAX_UDP_PAYLOAD]>,
-    pending: Vec<Captured>,
-}
-
-impl TxSink for CaptureTx {
-    fn send_with(
-        &mut self,
-        src_port: u16,
-        dst: SocketAddr,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> bool {
-        let len = build(&mut self.buf[..]);
-        assert!(
-            len <= MAX_UDP_PAYLOAD,
-            "the shard built a datagram longer than the buffer it was lent"
-        );
-        if len > 0 {
-            self.pending.push(Captured {
-                at: self.now,
-                src_port,
-                dst,
-                bytes: self.buf[..len].to_vec(),
-            });
-        }
-        true
-    }
-}
+/// A datagram the engine sent (the kit's capture, stamped with virtual time).
+pub use earshot_testkit::rig::Captured;
 
 #[derive(Debug)]
 struct Endpoint {
@@ -172,7 +132,7 @@ pub struct Sim {
     now: Instant,
     shard: Shard,
     ports: PortPool,
-    tx: CaptureTx,
+    tx: CaptureSink,
     rng: SimRng,
     parties: Vec<Endpoint>,
     in_flight: BinaryHeap<InFlight>,
@@ -192,20 +152,7 @@ impl Sim {
     /// the failure message. Virtual time starts at 1 s.
     pub fn new(label: &str, seed: u64) -> Sim {
         let mut rng = SimRng::new(seed);
-        let cfg = ShardConfig {
-            index: 0,
-            port_first: PORT_FIRST,
-            port_count: PORT_COUNT,
-            max_legs: 32,
-            max_sessions: 8,
-            local_v4: Some(Ipv4Addr::LOCALHOST),
-            local_v6: None,
-            jitter_min_ms: 20,
-            jitter_max_ms: 200,
-            media_timeout: Duration::from_secs(30),
-            late_tick_threshold: Duration::from_millis(2),
-            seed: rng.next_u64(),
-        };
+        let cfg = shard_config(PORT_FIRST, PORT_COUNT, 32, 8, rng.next_u64());
         let ports = PortPool::new(cfg.port_first, cfg.port_count);
         let shard = Shard::new(cfg, MixKernels::detect());
         let now = Instant::from_nanos(1_000_000_000);
@@ -213,11 +160,7 @@ impl Sim {
             now,
             shard,
             ports,
-            tx: CaptureTx {
-                now,
-                buf: Box::new([0; MAX_UDP_PAYLOAD]),
-                pending: Vec::new(),
-            },
+            tx: CaptureSink::new(),
             rng,
             parties: Vec::new(),
             in_flight: BinaryHeap::new(),
@@ -290,15 +233,11 @@ impl Sim {
             other => panic!("allocating {}: {other:?}", cfg.name),
         };
         let media = MediaConfig {
-            remote: if cfg.latch { None } else { Some(addr) },
             codec: cfg.talker.codec,
             payload_type: cfg.talker.payload_type,
             ptime_ms: cfg.talker.ptime_ms,
             telephone_event_pt: cfg.talker.telephone_event_pt,
-            rtcp_mux: true,
-            report_first_packet: false,
-            max_ptime_ms: None,
-            opus: Default::default(),
+            ..pcmu_media(if cfg.latch { None } else { Some(addr) })
         };
         if let Err(e) = self.command(ShardCommand::ConfigureLeg {
             leg: leg.leg,
@@ -395,7 +334,7 @@ impl Sim {
     /// Everything due at `self.now`, in the documented order.
     fn step(&mut self) {
         let now = self.now;
-        self.tx.now = now;
+        self.tx.set_now(now);
         for i in 0..self.parties.len() {
             while self.parties[i].talker.next_send_at() <= now {
                 let mut buf = std::mem::take(&mut self.scratch);
@@ -463,7 +402,7 @@ impl Sim {
 
     /// Routes what the shard sent to the parties by destination address.
     fn route_sent(&mut self) {
-        let sent = std::mem::take(&mut self.tx.pending);
+        let sent = self.tx.take();
         for c in &sent {
             match self.parties.iter().position(|p| p.addr == c.dst) {
                 Some(i) => {

@@ -485,135 +485,27 @@ pub struct IoCounters {
     pub tx_implicit_flushes: u64,
 }
 
-#[cfg(test)]
-pub(crate) mod testutil {
-    //! Real-socket test drivers shared by the two backends' tests.
-    use std::net::{SocketAddr, UdpSocket};
-    use std::time::{Duration as StdDuration, Instant as StdInstant};
-
-    use earshot_types::time::{Duration, Instant};
-
-    use super::super::{Backend, Datagram, PacketHandler, TxSink};
-
-    /// Echoes every datagram back to its sender from the port it arrived on, and
-    /// remembers which ports it saw.
-    #[derive(Debug, Default)]
-    pub(crate) struct Echo {
-        pub(crate) seen_ports: Vec<u16>,
-        pub(crate) refused: usize,
-    }
-
-    impl PacketHandler for Echo {
-        fn handle_datagram(&mut self, dgram: Datagram<'_>, tx: &mut dyn TxSink) {
-            self.seen_ports.push(dgram.local_port);
-            let payload = dgram.payload;
-            let ok = tx.send_with(dgram.local_port, dgram.remote, &mut |buf: &mut [u8]| {
-                buf[..payload.len()].copy_from_slice(payload);
-                payload.len()
-            });
-            if !ok {
-                self.refused += 1;
-            }
-        }
-    }
-
-    /// A free UDP port on `ip` right now (the OS picks it; racy but adequate for tests).
-    pub(crate) fn free_port(ip: std::net::IpAddr) -> u16 {
-        let s = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind an ephemeral port");
-        s.local_addr().expect("local addr").port()
-    }
-
-    /// Test payload for datagram `seq` to `port`: port, seq, then a pattern, with a
-    /// length that varies so truncation or mixing up slots would show.
-    pub(crate) fn payload(port: u16, seq: u32) -> Vec<u8> {
-        let len = 12 + (seq as usize * 7) % 160;
-        let mut p = Vec::with_capacity(len);
-        p.extend_from_slice(&port.to_be_bytes());
-        p.extend_from_slice(&seq.to_be_bytes());
-        while p.len() < len {
-            p.push((p.len() as u32 ^ seq) as u8);
-        }
-        p
-    }
-
-    /// Sends `count` datagrams from `client` to each of `targets`, interleaved with
-    /// driving `backend` through `Echo`, and collects every echo until all came back or
-    /// `limit` passed. Returns the echoes as (source, payload).
-    #[allow(clippy::disallowed_methods)] // a real-socket test reads the real clock
-    pub(crate) fn drive_echo<B: Backend>(
-        backend: &mut B,
-        client: &UdpSocket,
-        targets: &[SocketAddr],
-        count: u32,
-        limit: StdDuration,
-    ) -> (Vec<(SocketAddr, Vec<u8>)>, Echo) {
-        client.set_nonblocking(true).expect("nonblocking client");
-        let started = StdInstant::now();
-        let now = || Instant::from_nanos(started.elapsed().as_nanos() as u64);
-        let expected = targets.len() * count as usize;
-        let mut echo = Echo::default();
-        let mut got = Vec::with_capacity(expected);
-        let mut next = 0usize; // index over (seq, target) pairs
-        let mut buf = [0u8; 2048];
-        while got.len() < expected && started.elapsed() < limit {
-            // Send a burst small enough that no socket buffer overflows.
-            for _ in 0..32 {
-                if next >= expected {
-                    break;
-                }
-                let target = targets[next % targets.len()];
-                let seq = (next / targets.len()) as u32;
-                let _ = client.send_to(&payload(target.port(), seq), target);
-                next += 1;
-            }
-            let t = now();
-            backend.wait(t, t + Duration::from_millis(2)).expect("wait");
-            while backend.poll_recv(256, &mut echo).expect("poll_recv") > 0 {}
-            backend.flush().expect("flush");
-            while let Ok((n, from)) = client.recv_from(&mut buf) {
-                got.push((from, buf[..n].to_vec()));
-            }
-        }
-        (got, echo)
-    }
-
-    /// Asserts that `got` holds each of the `count` payloads per target exactly once and
-    /// each came back from the port it was sent to; allows 1% loss on loopback.
-    pub(crate) fn assert_echoes(got: &[(SocketAddr, Vec<u8>)], targets: &[SocketAddr], count: u32) {
-        let expected = targets.len() * count as usize;
-        for (from, p) in got {
-            assert!(p.len() >= 6, "short echo {p:?}");
-            let port = u16::from_be_bytes([p[0], p[1]]);
-            let seq = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
-            assert_eq!(
-                from.port(),
-                port,
-                "echo of a datagram for {port} came from {from}"
-            );
-            assert!(
-                targets.iter().any(|t| t == from),
-                "echo from unexpected {from}"
-            );
-            assert_eq!(p, &payload(port, seq), "payload for {port}/{seq} altered");
-        }
-        let mut keys: Vec<(u16, u32)> = got
-            .iter()
-            .map(|(_, p)| {
-                (
-                    u16::from_be_bytes([p[0], p[1]]),
-                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
-                )
-            })
-            .collect();
-        keys.sort_unstable();
-        let before = keys.len();
-        keys.dedup();
-        assert_eq!(before, keys.len(), "some datagrams were echoed twice");
-        assert!(
-            got.len() * 100 >= expected * 99,
-            "only {} of {expected} datagrams came back (need >= 99% on loopback)",
-            got.len()
-        );
+impl IoCounters {
+    /// The counters as (name, value) pairs, for the engine's stats.
+    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+        let c = self;
+        vec![
+            ("rx_datagrams", c.rx_datagrams),
+            ("rx_bytes", c.rx_bytes),
+            ("rx_oversize", c.rx_oversize),
+            ("rx_bad_source", c.rx_bad_source),
+            ("rx_errors", c.rx_errors),
+            ("rx_no_buffers", c.rx_no_buffers),
+            ("rx_rearms", c.rx_rearms),
+            ("rx_stale", c.rx_stale),
+            ("tx_datagrams", c.tx_datagrams),
+            ("tx_bytes", c.tx_bytes),
+            ("tx_would_block", c.tx_would_block),
+            ("tx_errors", c.tx_errors),
+            ("tx_no_port", c.tx_no_port),
+            ("tx_full", c.tx_full),
+            ("tx_implicit_flushes", c.tx_implicit_flushes),
+        ]
     }
 }
 
@@ -643,29 +535,5 @@ mod tests {
         assert_eq!(decode_sockaddr(&[]), None);
         let unix = (libc::AF_UNIX as u16).to_ne_bytes();
         assert_eq!(decode_sockaddr(&[unix[0], unix[1], 0, 0, 0, 0, 0, 0]), None);
-    }
-}
-
-impl IoCounters {
-    /// The counters as (name, value) pairs, for the engine's stats.
-    pub fn pairs(&self) -> Vec<(&'static str, u64)> {
-        let c = self;
-        vec![
-            ("rx_datagrams", c.rx_datagrams),
-            ("rx_bytes", c.rx_bytes),
-            ("rx_oversize", c.rx_oversize),
-            ("rx_bad_source", c.rx_bad_source),
-            ("rx_errors", c.rx_errors),
-            ("rx_no_buffers", c.rx_no_buffers),
-            ("rx_rearms", c.rx_rearms),
-            ("rx_stale", c.rx_stale),
-            ("tx_datagrams", c.tx_datagrams),
-            ("tx_bytes", c.tx_bytes),
-            ("tx_would_block", c.tx_would_block),
-            ("tx_errors", c.tx_errors),
-            ("tx_no_port", c.tx_no_port),
-            ("tx_full", c.tx_full),
-            ("tx_implicit_flushes", c.tx_implicit_flushes),
-        ]
     }
 }
