@@ -869,7 +869,7 @@ impl JitterBuffer {
             Phase::Playing => {}
         }
 
-        let level_us = self.level_units() as i64 * UNIT_US;
+        let level_us = self.level_units() * UNIT_US;
         self.stats.level_ms = (level_us / 1_000) as u32;
         if self.level_avg_valid {
             self.level_avg_us += (level_us - self.level_avg_us) / 16;

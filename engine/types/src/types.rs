@@ -207,7 +207,7 @@ pub const UNIT_MS: u32 = 10;
 const _: () = {
     let mut i = 0;
     while i < PTIMES_MS.len() {
-        assert!(PTIMES_MS[i] % UNIT_MS == 0);
+        assert!(PTIMES_MS[i].is_multiple_of(UNIT_MS));
         i += 1;
     }
 };
