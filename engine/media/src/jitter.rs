@@ -906,19 +906,31 @@ impl JitterBuffer {
                 talkspurt_start: false,
             };
         }
+        if let Some(mut polled) = self.play_run(out) {
+            // Played as audio from the head on: the fill may be adjusted.
+            self.adjust_fill(out, units, &mut polled);
+            return polled;
+        }
         let starts_with_audio = self.audio_at(0);
-        let mut polled = self.play(out);
+        let mut polled = self.play_units(out);
         if starts_with_audio && polled.kind == FrameKind::Audio {
             self.adjust_fill(out, units, &mut polled);
         }
         polled
     }
 
-    /// Plays one poll's units into `out`, unit by unit.
+    /// Plays one poll's units into `out`.
     fn play(&mut self, out: &mut [i16]) -> Polled {
-        if let Some(polled) = self.play_run(out) {
-            return polled;
+        match self.play_run(out) {
+            Some(polled) => polled,
+            None => self.play_units(out),
         }
+    }
+
+    /// Plays one poll's units into `out`, unit by unit (every case but the common one
+    /// of [`JitterBuffer::play_run`]).
+    #[inline(never)]
+    fn play_units(&mut self, out: &mut [i16]) -> Polled {
         let mut polled = Polled {
             kind: FrameKind::Silence,
             talkspurt_start: false,
@@ -945,6 +957,7 @@ impl JitterBuffer {
     /// (no wrap). The result is what [`JitterBuffer::play_unit`] gives unit by unit;
     /// `None` (nothing done) otherwise. It keeps a plain PCMU barge period as cheap as
     /// the one-frame buffer it replaced (perf/callgrind.sh barge-tick).
+    #[inline]
     fn play_run(&mut self, out: &mut [i16]) -> Option<Polled> {
         let (head, ub, pu) = (self.head_idx, self.unit_bytes, self.pcm_unit);
         let units = out.len() / pu;
