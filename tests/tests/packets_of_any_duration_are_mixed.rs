@@ -89,11 +89,19 @@ fn packets_of_any_duration_are_mixed() {
     assert_eq!(lens(c), [492, 92], "customer: 60 ms packets, then 10 ms");
     assert_eq!(lens(a), [252, 332], "agent: 30 ms packets, then 40 ms");
     // The engine refused nothing and lost nothing of what the peers sent.
-    for reason in ["bad_header", "jitter_late", "jitter_duplicate", "jitter_overflow"] {
+    for reason in [
+        "bad_header",
+        "jitter_late",
+        "jitter_duplicate",
+        "jitter_overflow",
+    ] {
         assert_eq!(sim.drops(reason), 0, "{reason} drops");
     }
     for p in [c, a] {
-        let js = sim.shard().jitter_stats(sim.leg(p)).expect("configured leg");
+        let js = sim
+            .shard()
+            .jitter_stats(sim.leg(p))
+            .expect("configured leg");
         assert_eq!(
             (js.bad_payload_drops, js.lost_ms),
             (0, 0),
