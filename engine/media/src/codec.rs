@@ -106,8 +106,9 @@ pub const fn pcm_rate(codec: Codec, mix_rate: SampleRate) -> SampleRate {
 /// Decodes one leg's payloads to linear PCM.
 #[derive(Debug)]
 pub enum Decoder {
-    /// G.711 mu-law or A-law: stateless table lookups.
-    G711(Codec),
+    /// G.711 mu-law or A-law: stateless table lookups, through the kernel chosen once
+    /// per process for this law (held here: no dispatch per frame).
+    G711(Codec, g711::DecodeFn),
     /// G.722: ADPCM state (260 bytes), 16 kHz out.
     G722(Box<G722Decoder>),
     /// L16 at the given rate: byte swapping.
@@ -120,17 +121,28 @@ impl Decoder {
     /// A decoder for `codec`; Opus decodes to `opus_rate` (control path: allocates).
     pub fn new(codec: Codec, opus_rate: SampleRate) -> Result<Decoder, OpusError> {
         Ok(match codec {
-            Codec::Pcmu | Codec::Pcma => Decoder::G711(codec),
+            Codec::Pcmu | Codec::Pcma => Decoder::g711(codec),
             Codec::G722 => Decoder::G722(Box::new(G722Decoder::new())),
             Codec::L16(rate) => Decoder::L16(rate),
             Codec::Opus => Decoder::Opus(OpusDecoder::new(opus_rate.hz())?),
         })
     }
 
+    /// A G.711 decoder for `codec` (`Pcma`: A-law, anything else mu-law).
+    pub fn g711(codec: Codec) -> Decoder {
+        let k = g711::kernels();
+        let kernel = if codec == Codec::Pcma {
+            k.alaw_decode
+        } else {
+            k.ulaw_decode
+        };
+        Decoder::G711(codec, kernel)
+    }
+
     /// The rate of the PCM it writes.
     pub fn pcm_rate(&self) -> SampleRate {
         match self {
-            Decoder::G711(_) => SampleRate::Hz8000,
+            Decoder::G711(..) => SampleRate::Hz8000,
             Decoder::G722(_) => SampleRate::Hz16000,
             Decoder::L16(rate) => *rate,
             Decoder::Opus(d) => {
@@ -142,7 +154,7 @@ impl Decoder {
     /// True when decoding leaves no state behind, so the same bytes can be decoded
     /// again later (to conceal a loss) with the same result.
     pub fn is_stateless(&self) -> bool {
-        matches!(self, Decoder::G711(_) | Decoder::L16(_))
+        matches!(self, Decoder::G711(..) | Decoder::L16(_))
     }
 
     /// True when the codec conceals losses itself (Opus PLC and FEC); the others are
@@ -157,9 +169,9 @@ impl Decoder {
     /// expected span silent (`expected` samples) rather than failing the tick.
     pub fn decode(&mut self, payload: &[u8], out: &mut [i16], expected: usize) -> usize {
         match self {
-            Decoder::G711(codec) => {
+            Decoder::G711(_, kernel) => {
                 let n = payload.len().min(out.len());
-                g711::decode(*codec, &payload[..n], &mut out[..n]);
+                kernel(&payload[..n], &mut out[..n]);
                 n
             }
             Decoder::G722(d) => d.decode(payload, out),
@@ -205,7 +217,7 @@ impl Decoder {
         match self {
             Decoder::G722(d) => **d = G722Decoder::new(),
             Decoder::Opus(d) => d.reset(),
-            Decoder::G711(_) | Decoder::L16(_) => {}
+            Decoder::G711(..) | Decoder::L16(_) => {}
         }
     }
 }

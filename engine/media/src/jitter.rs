@@ -352,7 +352,7 @@ impl JitterBuffer {
     /// nobody mixes this input any more, since the buffer is then neither fed nor polled
     /// and its timeline goes stale. Control path: it reallocates the storage.
     pub fn reset(&mut self) {
-        let decoder = std::mem::replace(&mut self.decoder, Decoder::G711(Codec::Pcmu));
+        let decoder = std::mem::replace(&mut self.decoder, Decoder::g711(Codec::Pcmu));
         self.replace_decoder(decoder);
     }
 
@@ -407,7 +407,7 @@ impl JitterBuffer {
             "concealment in whole units"
         );
         let matches = match (&decoder, cfg.codec) {
-            (Decoder::G711(c), codec) => *c == codec,
+            (Decoder::G711(c, _), codec) => *c == codec,
             (Decoder::G722(_), Codec::G722) | (Decoder::Opus(_), Codec::Opus) => true,
             (Decoder::L16(r), Codec::L16(rate)) => *r == rate,
             _ => false,
