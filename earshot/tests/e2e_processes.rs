@@ -157,6 +157,7 @@ async fn create_call(api: &Api, pump: &Pump, id: &str) -> proto::Interaction {
         .expect("interaction")
 }
 
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_media_follows_every_supervision_and_call_verb() {
     let dir = tempfile::tempdir().unwrap();
@@ -516,6 +517,7 @@ fn assert_refused<T: std::fmt::Debug>(
     }
 }
 
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_refuses_every_supervision_rule_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -841,6 +843,7 @@ fn locals(inter: &proto::Interaction) -> Vec<(String, String)> {
 }
 
 // A real-process test waits on the real clock (engine start-up, restarts).
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 #[allow(clippy::disallowed_methods)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_kill_9_mid_call_never_stops_media_and_restarts_with_state_and_timeline() {

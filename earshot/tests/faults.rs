@@ -11,6 +11,10 @@
 //! | an engine restart that cannot give a leg its port back | `ports_are_sacred_*` |
 //! | an empty, foreign, truncated or damaged store | `an_empty_or_foreign_store_*`, `damaged_store_files_*` |
 //! | long invalid input | `errors_quote_at_most_64_characters_*` |
+//! | kill -9 of the engine, then of the sidecar, while calls are being created | `kill_9_of_either_process_under_load_*` |
+//! | a second programming client on the engine socket | `a_second_programming_client_*` |
+//! | the sidecar away while a ringing supervisor's phone answers | `a_phone_that_answers_while_*` |
+//! | foreign sockets in the port range | `refused_for_lack_of_ports_*`, and `engine/dataplane/tests/ports_held_by_others_are_skipped.rs` |
 //!
 //! Long variants: none yet; every test here runs in a few seconds.
 
@@ -675,10 +679,18 @@ async fn damaged_store_files_are_a_clear_error_never_a_panic() {
         let d = dir.path().join(what.replace(' ', "-"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(earshot_control::store::DB_FILE), &content).unwrap();
-        let opened = std::panic::catch_unwind(|| {
-            earshot_control::store::Store::open(&d, 100)
-                .and_then(|s| earshot_control::Core::load(&s).map(|_| ()))
-        });
+        // On a thread of its own with its own runtime (this test runs on one), so that
+        // a panic anywhere in opening or loading shows as a failed join.
+        let opened = std::thread::spawn(move || {
+            earshot_control::store::Store::open(&d, 100).and_then(|s| {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(earshot_control::Core::load(&s))
+                    .map(|_| ())
+            })
+        })
+        .join();
         match opened {
             Err(_) => panic!("{what}: the store panicked"),
             Ok(Ok(())) if what == "scribbled" => {
@@ -1440,4 +1452,168 @@ async fn ended_calls_leave_memory_at_once_and_the_store_after_the_retention_peri
     .await;
     assert!(timeline_kinds(&server, "call-1").await.is_empty());
     server.stop().await;
+}
+
+/// The engine's legs as (session, leg key, local port), read by an observer client
+/// (which may read but never program).
+fn engine_legs(socket: &Path) -> std::collections::BTreeSet<(String, String, u16)> {
+    let (mut observer, hello) = engine_hello(socket, &Hello::observer()).expect("observer");
+    assert_eq!(hello.refused, None, "observer refused");
+    write_frame(
+        &mut observer,
+        &ClientFrame::Call {
+            id: 1,
+            request: Request::Snapshot,
+        },
+    )
+    .unwrap();
+    loop {
+        match read_frame::<_, ServerFrame>(&mut observer).expect("snapshot reply") {
+            Some(ServerFrame::Reply {
+                result: Ok(earshot_engine_api::Response::Snapshot(s)),
+                ..
+            }) => {
+                return s
+                    .legs
+                    .into_iter()
+                    .map(|l| (l.session, l.leg_key, l.local.port()))
+                    .collect();
+            }
+            Some(ServerFrame::Event(_)) => {}
+            other => panic!("snapshot answered {other:?}"),
+        }
+    }
+}
+
+/// Creates `load-{from}..load-{to}` one after another (a bounded load), returning
+/// each acknowledged call's legs as (id, participant, port); refusals are counted.
+async fn create_load(
+    api: e2e::Api,
+    pump_addr: SocketAddr,
+    from: usize,
+    to: usize,
+) -> (Vec<(String, String, u16)>, usize) {
+    use proto::{ParticipantKind as K, Role as R};
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in from..to {
+        let id = format!("load-{i}");
+        let created = api
+            .interactions()
+            .create_interaction(proto::CreateInteractionRequest {
+                interaction_id: id.clone(),
+                participants: vec![
+                    e2e::spec("c", K::External, R::Customer, "", pump_addr),
+                    e2e::spec("a", K::Internal, R::Agent, "agent-1", pump_addr),
+                ],
+                actor: String::new(),
+            })
+            .await;
+        match created {
+            Ok(r) => {
+                let inter = r.into_inner().interaction.expect("interaction");
+                for p in ["c", "a"] {
+                    acked.push((id.clone(), p.to_string(), e2e::local_of(&inter, p).port()));
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    (acked, refused)
+}
+
+/// Every interaction the sidecar stores, as (id, participant, port) of its legs.
+async fn stored_legs(
+    api: &e2e::Api,
+    ids: &[String],
+) -> std::collections::BTreeSet<(String, String, u16)> {
+    let mut out = std::collections::BTreeSet::new();
+    for id in ids {
+        let Ok(r) = api
+            .interactions()
+            .get_interaction(proto::GetInteractionRequest {
+                interaction_id: id.clone(),
+            })
+            .await
+        else {
+            continue;
+        };
+        for p in r.into_inner().participants {
+            let port = e2e::leg_local(p.leg.as_ref()).port();
+            out.insert((id.clone(), p.participant_id, port));
+        }
+    }
+    out
+}
+
+/// kill -9 of either process while calls are being created: afterwards the engine
+/// holds exactly the legs the sidecar stores (no call stranded without legs, no leg
+/// left without its call), and every acknowledged call is on its acknowledged ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_either_process_under_load_strands_no_call() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(mut procs) = Procs::engine(tmp.path()) else {
+        return;
+    };
+    let api = procs.start_sidecar().await;
+    let pump = e2e::Pump::start();
+    let target = pump.addr(Who::Customer);
+    let ids: Vec<String> = (0..240).map(|i| format!("load-{i}")).collect();
+
+    // The engine dies and comes back while calls 0..120 are being created.
+    let load = tokio::spawn(create_load(api.clone(), target, 0, 120));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    if let Some(mut engine) = procs.engine.take() {
+        engine.kill9();
+    }
+    procs.start_engine();
+    let (mut acked, refused_1) = load.await.unwrap();
+
+    // The sidecar dies and comes back while calls 120..240 are being created.
+    let load = tokio::spawn(create_load(api.clone(), target, 120, 240));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    procs.sidecar.as_mut().unwrap().kill9();
+    let (acked_2, refused_2) = load.await.unwrap();
+    acked.extend(acked_2);
+    let api = procs.start_sidecar().await;
+    eprintln!(
+        "load: {} calls acknowledged, {refused_1} refused around the engine's kill, \
+         {refused_2} around the sidecar's",
+        acked.len() / 2
+    );
+    assert!(
+        acked.len() >= 2 * 40,
+        "at least 40 calls were acknowledged (got {} legs; {refused_1} + {refused_2} refused)",
+        acked.len()
+    );
+
+    let mut stored = std::collections::BTreeSet::new();
+    let mut in_engine = std::collections::BTreeSet::new();
+    for _ in 0..75 {
+        stored = stored_legs(&api, &ids).await;
+        in_engine = engine_legs(&procs.socket);
+        if stored == in_engine {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let missing: Vec<_> = stored.difference(&in_engine).take(5).collect();
+    let orphans: Vec<_> = in_engine.difference(&stored).take(5).collect();
+    assert!(
+        missing.is_empty() && orphans.is_empty(),
+        "within 15 s the engine holds exactly the stored legs: {} stored, {} in the engine; \
+         stored but missing {missing:?}; in the engine but not stored {orphans:?}\n{}",
+        stored.len(),
+        in_engine.len(),
+        procs.sidecar_log()
+    );
+    let moved: Vec<_> = acked
+        .iter()
+        .filter(|(id, p, port)| !stored.contains(&(id.clone(), p.clone(), *port)))
+        .take(5)
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "acknowledged legs kept their ports: {moved:?}"
+    );
 }

@@ -194,6 +194,9 @@ pub fn pcmu_media(remote: Option<SocketAddr>) -> MediaConfig {
         report_first_packet: false,
         max_ptime_ms: None,
         opus: Default::default(),
+        srtp: None,
+        strict_source: None,
+        quiet_when_unheard: false,
     }
 }
 

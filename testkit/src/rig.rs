@@ -466,7 +466,7 @@ fn feed_one<S: TxSink>(
     let d = Datagram {
         local_port: leg.port,
         remote: leg.peer,
-        payload: black_box(&packet[..]),
+        payload: black_box(&mut packet[..]),
     };
     shard.handle_packet(now, d, sink);
 }

@@ -26,6 +26,9 @@ fn supervisor_media(report_first_packet: bool) -> MediaConfig {
         report_first_packet,
         max_ptime_ms: None,
         opus: Default::default(),
+        srtp: None,
+        strict_source: None,
+        quiet_when_unheard: false,
     }
 }
 

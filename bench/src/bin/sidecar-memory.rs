@@ -78,6 +78,7 @@ fn media(port: u16) -> proto::Media {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         auto_answer: None,
+        srtp: None,
         ..Default::default()
     }
 }

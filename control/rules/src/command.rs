@@ -186,6 +186,13 @@ pub enum EventKind {
     /// A directory user's presence changed; details: `user_id`, `presence`. Its
     /// `interaction_id` is empty.
     PresenceChanged,
+    /// Not produced by the rules: recorded by the control sidecar (cluster) when the
+    /// engine node serving this interaction lost its lease; details: `node_id`.
+    NodeFailed,
+    /// Not produced by the rules: recorded when every leg of an interaction of a
+    /// failed node has been re-created on a survivor; details: `node_id` (the new
+    /// node), `from_node_id`, `gap_ms` (from the failure's detection to restoration).
+    MediaRestored,
 }
 
 impl EventKind {
@@ -214,6 +221,8 @@ impl EventKind {
             EventKind::LegPortLost => "LEG_PORT_LOST",
             EventKind::UserUpserted => "USER_UPSERTED",
             EventKind::PresenceChanged => "PRESENCE_CHANGED",
+            EventKind::NodeFailed => "NODE_FAILED",
+            EventKind::MediaRestored => "MEDIA_RESTORED",
         }
     }
 }

@@ -1429,6 +1429,8 @@ impl State {
 
     // ----------------------------------------------------------------- supervision
 
+    /// StartMonitor, StartCoach and StartBarge: the checks of SPEC section 2 in their
+    /// documented order, one function per row, then the one change they allow.
     fn start_supervision(
         &mut self,
         now_ms: u64,
@@ -1436,288 +1438,264 @@ impl State {
         req: StartSupervision,
     ) -> Result<Done, RuleError> {
         // 1. Validation.
-        check_id("interaction_id", &req.interaction_id)?;
-        check_id("supervision_id", &req.supervision_id)?;
-        check_id("supervisor_user_id", &req.supervisor_user_id)?;
-        check_id("supervisor_participant_id", &req.supervisor_participant_id)?;
-        check_id("target_participant_id", &req.target_participant_id)?;
+        check_supervision_ids(&req)?;
         let auto_answer = mode == SupervisionMode::Barge || req.auto_answer;
-
         // 2. Not found.
         let interaction = self.find_interaction(&req.interaction_id)?;
-        let user = self.users.get(&req.supervisor_user_id).ok_or_else(|| {
+        let user = self.find_user(&req.supervisor_user_id)?;
+        let target = Self::find_participant(interaction, &req.target_participant_id)?;
+        // 3./4. Replay, or the id taken by something else.
+        let escalate_by_id = match self.existing_supervision_id(mode, auto_answer, &req)? {
+            IdUse::Replay(subject) => return Ok(Done::existing(subject)),
+            IdUse::EscalateById => true,
+            IdUse::Fresh => false,
+        };
+        // 5. Interaction ended.
+        Self::not_ended(interaction)?;
+        // 6. Role misuse.
+        check_target_is_not_supervisor(target)?;
+        // 7. Permission.
+        check_supervision_permission(user, mode)?;
+        // 8. Failed preconditions, in documented order.
+        check_supervisor_not_participant(interaction, &req)?;
+        let escalating = match self.live_supervision_here(interaction, &req) {
+            None => {
+                self.check_supervisor_free(interaction, user, &req)?;
+                None
+            }
+            Some(current) => Some(check_escalation(current, mode, &req)?),
+        };
+        debug_assert!(!escalate_by_id || escalating.is_some());
+        check_target_connected(target)?;
+        self.check_target_for_mode(interaction, target, mode, &req)?;
+
+        // Accepted.
+        Ok(match escalating {
+            Some(sid) => self.escalate_to_barge(now_ms, sid, escalate_by_id, &req),
+            None => self.create_supervision(now_ms, mode, auto_answer, req),
+        })
+    }
+
+    fn find_user(&self, user_id: &str) -> Result<&User, RuleError> {
+        self.users.get(user_id).ok_or_else(|| {
             RuleError::not_found(
                 reason::USER_NOT_FOUND,
-                format!("no user {}", quote(&req.supervisor_user_id)),
+                format!("no user {}", quote(user_id)),
             )
-        })?;
-        let target = Self::find_participant(interaction, &req.target_participant_id)?;
+        })
+    }
 
-        // 3./4. Replay of an identical request, or the id taken by something else. The
-        // one non-identical use of an existing id that is allowed: StartBarge naming the
-        // live monitor/coach it escalates.
-        let mut escalate_by_id = false;
-        if let Some(sid) = self.resolve_supervision(&req.supervision_id) {
-            let s = &self.supervisions[sid];
-            let same_call = s.interaction_id == req.interaction_id
+    /// Rows 3 and 4: an identical request is a replay; an id used for something else is
+    /// SUPERVISION_EXISTS, with one exception: StartBarge naming the live monitor or
+    /// coach it escalates.
+    fn existing_supervision_id(
+        &self,
+        mode: SupervisionMode,
+        auto_answer: bool,
+        req: &StartSupervision,
+    ) -> Result<IdUse, RuleError> {
+        let Some(sid) = self.resolve_supervision(&req.supervision_id) else {
+            return Ok(IdUse::Fresh);
+        };
+        let s = &self.supervisions[sid];
+        let same_call = s.interaction_id == req.interaction_id
+            && s.supervisor_user_id == req.supervisor_user_id
+            && s.target_participant_id == req.target_participant_id;
+        let identical = same_call
+            && s.requested_mode == mode
+            && s.supervisor_participant_id == req.supervisor_participant_id
+            && s.auto_answer == auto_answer;
+        let escalation_retry =
+            same_call && mode == SupervisionMode::Barge && s.escalated_from.is_some();
+        if identical || escalation_retry {
+            return Ok(IdUse::Replay(Subject::Supervision(
+                s.supervision_id.clone(),
+            )));
+        }
+        if same_call
+            && mode == SupervisionMode::Barge
+            && s.is_live()
+            && s.mode != SupervisionMode::Barge
+            && sid == req.supervision_id
+        {
+            return Ok(IdUse::EscalateById);
+        }
+        Err(RuleError::exists(
+            reason::SUPERVISION_EXISTS,
+            format!(
+                "supervision {} exists with other content",
+                quote(&req.supervision_id)
+            ),
+        ))
+    }
+
+    /// The supervisor's live supervision on this interaction, if any.
+    fn live_supervision_here<'a>(
+        &'a self,
+        interaction: &Interaction,
+        req: &StartSupervision,
+    ) -> Option<&'a Supervision> {
+        interaction
+            .supervision_ids
+            .iter()
+            .filter_map(|id| self.supervisions.get(id))
+            .find(|s| s.is_live() && s.supervisor_user_id == req.supervisor_user_id)
+    }
+
+    /// A supervisor with nothing live on this interaction: free elsewhere (one call at a
+    /// time, whatever presence the platform pushed, since it may lag or never come),
+    /// AVAILABLE, and the leg id free (or this supervisor's own disconnected leg).
+    fn check_supervisor_free(
+        &self,
+        interaction: &Interaction,
+        user: &User,
+        req: &StartSupervision,
+    ) -> Result<(), RuleError> {
+        let elsewhere = self.supervisions.values().find(|s| {
+            s.is_live()
                 && s.supervisor_user_id == req.supervisor_user_id
-                && s.target_participant_id == req.target_participant_id;
-            let identical = same_call
-                && s.requested_mode == mode
-                && s.supervisor_participant_id == req.supervisor_participant_id
-                && s.auto_answer == auto_answer;
-            let escalation_retry =
-                same_call && mode == SupervisionMode::Barge && s.escalated_from.is_some();
-            if identical || escalation_retry {
-                return Ok(Done::existing(Subject::Supervision(
-                    s.supervision_id.clone(),
-                )));
-            }
-            if same_call
-                && mode == SupervisionMode::Barge
-                && s.is_live()
-                && s.mode != SupervisionMode::Barge
-                && sid == req.supervision_id
-            {
-                escalate_by_id = true;
-            } else {
+                && s.interaction_id != req.interaction_id
+        });
+        if let Some(s) = elsewhere {
+            return Err(RuleError::precondition(
+                reason::SUPERVISOR_BUSY,
+                format!(
+                    "user {} already supervises interaction {} ({})",
+                    quote(&req.supervisor_user_id),
+                    quote(&s.interaction_id),
+                    quote(&s.supervision_id)
+                ),
+            ));
+        }
+        if user.presence != Presence::Available {
+            return Err(RuleError::precondition(
+                reason::SUPERVISOR_NOT_AVAILABLE,
+                format!(
+                    "user {} is {:?}, not AVAILABLE",
+                    quote(&user.user_id),
+                    user.presence
+                ),
+            ));
+        }
+        if let Some(p) = interaction.participant(&req.supervisor_participant_id) {
+            let reusable = p.is_supervisor()
+                && p.state == ParticipantState::Disconnected
+                && p.user_id.as_deref() == Some(req.supervisor_user_id.as_str());
+            if !reusable {
                 return Err(RuleError::exists(
-                    reason::SUPERVISION_EXISTS,
+                    reason::PARTICIPANT_EXISTS,
                     format!(
-                        "supervision {} exists with other content",
-                        quote(&req.supervision_id)
+                        "participant {} is taken in {}",
+                        quote(&req.supervisor_participant_id),
+                        quote(&req.interaction_id)
                     ),
                 ));
             }
         }
+        Ok(())
+    }
 
-        // 5. Interaction ended.
-        Self::not_ended(interaction)?;
-
-        // 6. Role misuse.
-        if target.is_supervisor() {
-            return Err(RuleError::invalid(
-                "target_participant_id",
-                reason::TARGET_IS_SUPERVISOR,
-                format!("{} is a supervisor leg", quote(&target.participant_id)),
-            ));
-        }
-
-        // 7. Permission.
-        if !user.has_permission(mode.permission()) || !user.has_permission(PERM_CALL_ADD) {
-            return Err(RuleError::denied(format!(
-                "user {} needs {} and {}",
-                quote(&user.user_id),
-                mode.permission(),
-                PERM_CALL_ADD
-            )));
-        }
-
-        // 8. Failed preconditions, in documented order.
-        let is_participant = interaction.participants.iter().any(|p| {
-            !p.is_supervisor()
-                && p.is_connected()
-                && p.user_id.as_deref() == Some(req.supervisor_user_id.as_str())
-        });
-        if is_participant {
-            return Err(RuleError::precondition(
-                reason::SUPERVISOR_IS_PARTICIPANT,
-                format!(
-                    "user {} is a participant of {}",
-                    quote(&req.supervisor_user_id),
-                    quote(&req.interaction_id)
-                ),
-            ));
-        }
-        let current: Option<&Supervision> = interaction
-            .supervision_ids
-            .iter()
-            .filter_map(|id| self.supervisions.get(id))
-            .find(|s| s.is_live() && s.supervisor_user_id == req.supervisor_user_id);
-        debug_assert!(!escalate_by_id || current.is_some());
-        let escalating: Option<&Supervision> = match current {
-            None => {
-                // A supervisor is on one call at a time, whatever the platform pushed
-                // as presence (it may lag or never be pushed).
-                let elsewhere = self.supervisions.values().find(|s| {
-                    s.is_live()
-                        && s.supervisor_user_id == req.supervisor_user_id
-                        && s.interaction_id != req.interaction_id
-                });
-                if let Some(s) = elsewhere {
-                    return Err(RuleError::precondition(
-                        reason::SUPERVISOR_BUSY,
-                        format!(
-                            "user {} already supervises interaction {} ({})",
-                            quote(&req.supervisor_user_id),
-                            quote(&s.interaction_id),
-                            quote(&s.supervision_id)
-                        ),
-                    ));
-                }
-                if user.presence != Presence::Available {
-                    return Err(RuleError::precondition(
-                        reason::SUPERVISOR_NOT_AVAILABLE,
-                        format!(
-                            "user {} is {:?}, not AVAILABLE",
-                            quote(&user.user_id),
-                            user.presence
-                        ),
-                    ));
-                }
-                if let Some(p) = interaction.participant(&req.supervisor_participant_id) {
-                    let reusable = p.is_supervisor()
-                        && p.state == ParticipantState::Disconnected
-                        && p.user_id.as_deref() == Some(req.supervisor_user_id.as_str());
-                    if !reusable {
-                        return Err(RuleError::exists(
-                            reason::PARTICIPANT_EXISTS,
-                            format!(
-                                "participant {} is taken in {}",
-                                quote(&req.supervisor_participant_id),
-                                quote(&req.interaction_id)
-                            ),
-                        ));
-                    }
-                }
-                None
-            }
-            Some(c) => match (c.mode, mode) {
-                (SupervisionMode::Barge, SupervisionMode::Monitor | SupervisionMode::Coach) => {
-                    return Err(RuleError::precondition(
-                        reason::STOP_BARGE_FIRST,
-                        format!("stop barge {} first", quote(&c.supervision_id)),
-                    ));
-                }
-                (SupervisionMode::Monitor, SupervisionMode::Coach)
-                | (SupervisionMode::Coach, SupervisionMode::Monitor) => {
-                    return Err(RuleError::precondition(
-                        reason::STOP_CURRENT_FIRST,
-                        format!(
-                            "stop {} {} first",
-                            c.mode.as_str(),
-                            quote(&c.supervision_id)
-                        ),
-                    ));
-                }
-                (SupervisionMode::Monitor | SupervisionMode::Coach, SupervisionMode::Barge)
-                    if c.target_participant_id == req.target_participant_id =>
-                {
-                    Some(c)
-                }
-                _ => {
-                    return Err(RuleError::precondition(
-                        reason::SUPERVISOR_ALREADY_ACTIVE,
-                        format!(
-                            "user {} already supervises {} ({})",
-                            quote(&req.supervisor_user_id),
-                            quote(&req.interaction_id),
-                            quote(&c.supervision_id)
-                        ),
-                    ));
-                }
-            },
-        };
-
-        // Target checks.
-        if !target.is_connected() {
-            return Err(RuleError::precondition(
-                reason::TARGET_NOT_CONNECTED,
-                format!("{} is not connected", quote(&target.participant_id)),
-            ));
-        }
+    /// What the target must be for this mode: coach and barge only on internal legs, one
+    /// coach per target, no barge into a consult's specialist or a conference of three.
+    fn check_target_for_mode(
+        &self,
+        interaction: &Interaction,
+        target: &Participant,
+        mode: SupervisionMode,
+        req: &StartSupervision,
+    ) -> Result<(), RuleError> {
         if mode != SupervisionMode::Monitor && target.kind == ParticipantKind::External {
             return Err(RuleError::precondition(
                 reason::TARGET_EXTERNAL,
                 format!("{} is EXTERNAL", quote(&target.participant_id)),
             ));
         }
-        if mode == SupervisionMode::Coach {
-            let other_coach = interaction
-                .supervision_ids
-                .iter()
-                .filter_map(|id| self.supervisions.get(id))
-                .find(|s| {
-                    s.is_live()
-                        && s.mode == SupervisionMode::Coach
-                        && s.target_participant_id == req.target_participant_id
-                });
-            if let Some(s) = other_coach {
-                return Err(RuleError::precondition(
-                    reason::COACH_ALREADY_ACTIVE,
-                    format!(
-                        "{} is already coached by {}",
-                        quote(&target.participant_id),
-                        quote(&s.supervisor_user_id)
-                    ),
-                ));
-            }
+        match mode {
+            SupervisionMode::Monitor => Ok(()),
+            SupervisionMode::Coach => self.check_no_other_coach(interaction, target, req),
+            SupervisionMode::Barge => check_barge_target(interaction, target),
         }
-        if mode == SupervisionMode::Barge {
-            if interaction
-                .consult
-                .as_ref()
-                .is_some_and(|c| c.specialist_participant_id == req.target_participant_id)
-            {
-                return Err(RuleError::precondition(
-                    reason::TARGET_IN_CONSULT,
-                    format!(
-                        "{} is the specialist of an active consult",
-                        quote(&target.participant_id)
-                    ),
-                ));
-            }
-            let group = interaction.talk_group_of(&req.target_participant_id);
-            if group.len() >= 3 {
-                return Err(RuleError::precondition(
-                    reason::TARGET_IN_CONFERENCE,
-                    format!(
-                        "{} is in a conference of {}",
-                        quote(&target.participant_id),
-                        group.len()
-                    ),
-                ));
-            }
-        }
+    }
 
-        // Accepted.
+    fn check_no_other_coach(
+        &self,
+        interaction: &Interaction,
+        target: &Participant,
+        req: &StartSupervision,
+    ) -> Result<(), RuleError> {
+        let other_coach = interaction
+            .supervision_ids
+            .iter()
+            .filter_map(|id| self.supervisions.get(id))
+            .find(|s| {
+                s.is_live()
+                    && s.mode == SupervisionMode::Coach
+                    && s.target_participant_id == req.target_participant_id
+            });
+        match other_coach {
+            Some(s) => Err(RuleError::precondition(
+                reason::COACH_ALREADY_ACTIVE,
+                format!(
+                    "{} is already coached by {}",
+                    quote(&target.participant_id),
+                    quote(&s.supervisor_user_id)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A live monitor or coach becomes a barge in place: same id, same leg.
+    fn escalate_to_barge(
+        &mut self,
+        now_ms: u64,
+        sid: String,
+        escalate_by_id: bool,
+        req: &StartSupervision,
+    ) -> Done {
         let actor = Actor::User {
             user_id: req.supervisor_user_id.clone(),
         };
-        let mut tl = Timeline::new(now_ms);
-        if let Some(c) = escalating {
-            let sid = c.supervision_id.clone();
-            let from_mode = c.mode;
-            let s = self
-                .supervisions
-                .get_mut(&sid)
-                .expect("the escalated supervision was just found");
-            s.mode = SupervisionMode::Barge;
-            s.escalated_from = Some(from_mode);
-            if !escalate_by_id && req.supervision_id != sid {
-                s.escalation_alias = Some(req.supervision_id.clone());
-                self.aliases.insert(req.supervision_id.clone(), sid.clone());
-            }
-            let s = self.supervisions[&sid].clone();
-            let details: [(&str, &str); 4] = [
-                ("supervision_id", &s.supervision_id),
-                ("supervisor_participant_id", &s.supervisor_participant_id),
-                ("supervisor_user_id", &s.supervisor_user_id),
-                ("target_participant_id", &s.target_participant_id),
-            ];
-            let mut stopped = details.to_vec();
-            stopped.push(("cause", "ESCALATED_TO_BARGE"));
-            tl.push(stopped_kind(from_mode), &s.interaction_id, &actor, &stopped);
-            let mut started = details.to_vec();
-            started.push(("escalated_from", from_mode.as_str()));
-            tl.push(EventKind::BargeStarted, &s.interaction_id, &actor, &started);
-            return Ok(Done {
-                subject: Subject::Supervision(sid),
-                events: tl.events,
-                existing: false,
-            });
+        let s = self
+            .supervisions
+            .get_mut(&sid)
+            .expect("the escalated supervision was just found");
+        let from_mode = s.mode;
+        s.mode = SupervisionMode::Barge;
+        s.escalated_from = Some(from_mode);
+        if !escalate_by_id && req.supervision_id != sid {
+            s.escalation_alias = Some(req.supervision_id.clone());
+            self.aliases.insert(req.supervision_id.clone(), sid.clone());
         }
+        let s = &self.supervisions[&sid];
+        let details: [(&str, &str); 4] = [
+            ("supervision_id", &s.supervision_id),
+            ("supervisor_participant_id", &s.supervisor_participant_id),
+            ("supervisor_user_id", &s.supervisor_user_id),
+            ("target_participant_id", &s.target_participant_id),
+        ];
+        let mut tl = Timeline::new(now_ms);
+        let mut stopped = details.to_vec();
+        stopped.push(("cause", "ESCALATED_TO_BARGE"));
+        tl.push(stopped_kind(from_mode), &s.interaction_id, &actor, &stopped);
+        let mut started = details.to_vec();
+        started.push(("escalated_from", from_mode.as_str()));
+        tl.push(EventKind::BargeStarted, &s.interaction_id, &actor, &started);
+        Done {
+            subject: Subject::Supervision(sid),
+            events: tl.events,
+            existing: false,
+        }
+    }
 
+    /// A new supervision and its supervisor leg (ringing, or connected on auto-answer).
+    fn create_supervision(
+        &mut self,
+        now_ms: u64,
+        mode: SupervisionMode,
+        auto_answer: bool,
+        req: StartSupervision,
+    ) -> Done {
         let (state, leg_state, connected_at_ms) = if auto_answer {
             (
                 SupervisionState::Active,
@@ -1766,10 +1744,13 @@ impl State {
             None => interaction.participants.push(leg),
         }
         interaction.supervision_ids.push(req.supervision_id.clone());
+        let mut tl = Timeline::new(now_ms);
         tl.push(
             started_kind(mode),
             &req.interaction_id,
-            &actor,
+            &Actor::User {
+                user_id: req.supervisor_user_id.clone(),
+            },
             &[
                 ("supervision_id", &req.supervision_id),
                 ("supervisor_participant_id", &req.supervisor_participant_id),
@@ -1780,11 +1761,11 @@ impl State {
         );
         self.supervisions
             .insert(req.supervision_id.clone(), supervision);
-        Ok(Done {
+        Done {
             subject: Subject::Supervision(req.supervision_id),
             events: tl.events,
             existing: false,
-        })
+        }
     }
 
     fn stop_supervision(&mut self, now_ms: u64, supervision_id: String) -> Result<Done, RuleError> {
@@ -1911,4 +1892,146 @@ impl State {
             existing: false,
         })
     }
+}
+
+/// How a StartMonitor/StartCoach/StartBarge uses its supervision id.
+enum IdUse {
+    /// New id.
+    Fresh,
+    /// The same request again: answer with what exists.
+    Replay(Subject),
+    /// StartBarge naming the live monitor or coach it escalates.
+    EscalateById,
+}
+
+fn check_supervision_ids(req: &StartSupervision) -> Result<(), RuleError> {
+    check_id("interaction_id", &req.interaction_id)?;
+    check_id("supervision_id", &req.supervision_id)?;
+    check_id("supervisor_user_id", &req.supervisor_user_id)?;
+    check_id("supervisor_participant_id", &req.supervisor_participant_id)?;
+    check_id("target_participant_id", &req.target_participant_id)
+}
+
+fn check_target_is_not_supervisor(target: &Participant) -> Result<(), RuleError> {
+    if target.is_supervisor() {
+        return Err(RuleError::invalid(
+            "target_participant_id",
+            reason::TARGET_IS_SUPERVISOR,
+            format!("{} is a supervisor leg", quote(&target.participant_id)),
+        ));
+    }
+    Ok(())
+}
+
+fn check_supervision_permission(user: &User, mode: SupervisionMode) -> Result<(), RuleError> {
+    if !user.has_permission(mode.permission()) || !user.has_permission(PERM_CALL_ADD) {
+        return Err(RuleError::denied(format!(
+            "user {} needs {} and {}",
+            quote(&user.user_id),
+            mode.permission(),
+            PERM_CALL_ADD
+        )));
+    }
+    Ok(())
+}
+
+fn check_supervisor_not_participant(
+    interaction: &Interaction,
+    req: &StartSupervision,
+) -> Result<(), RuleError> {
+    let is_participant = interaction.participants.iter().any(|p| {
+        !p.is_supervisor()
+            && p.is_connected()
+            && p.user_id.as_deref() == Some(req.supervisor_user_id.as_str())
+    });
+    if is_participant {
+        return Err(RuleError::precondition(
+            reason::SUPERVISOR_IS_PARTICIPANT,
+            format!(
+                "user {} is a participant of {}",
+                quote(&req.supervisor_user_id),
+                quote(&req.interaction_id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A supervisor already live on this interaction may only escalate a monitor or coach of
+/// the same target to barge; the answer is the id of the supervision to escalate.
+fn check_escalation(
+    current: &Supervision,
+    mode: SupervisionMode,
+    req: &StartSupervision,
+) -> Result<String, RuleError> {
+    match (current.mode, mode) {
+        (SupervisionMode::Barge, SupervisionMode::Monitor | SupervisionMode::Coach) => {
+            Err(RuleError::precondition(
+                reason::STOP_BARGE_FIRST,
+                format!("stop barge {} first", quote(&current.supervision_id)),
+            ))
+        }
+        (SupervisionMode::Monitor, SupervisionMode::Coach)
+        | (SupervisionMode::Coach, SupervisionMode::Monitor) => Err(RuleError::precondition(
+            reason::STOP_CURRENT_FIRST,
+            format!(
+                "stop {} {} first",
+                current.mode.as_str(),
+                quote(&current.supervision_id)
+            ),
+        )),
+        (SupervisionMode::Monitor | SupervisionMode::Coach, SupervisionMode::Barge)
+            if current.target_participant_id == req.target_participant_id =>
+        {
+            Ok(current.supervision_id.clone())
+        }
+        _ => Err(RuleError::precondition(
+            reason::SUPERVISOR_ALREADY_ACTIVE,
+            format!(
+                "user {} already supervises {} ({})",
+                quote(&req.supervisor_user_id),
+                quote(&req.interaction_id),
+                quote(&current.supervision_id)
+            ),
+        )),
+    }
+}
+
+fn check_target_connected(target: &Participant) -> Result<(), RuleError> {
+    if !target.is_connected() {
+        return Err(RuleError::precondition(
+            reason::TARGET_NOT_CONNECTED,
+            format!("{} is not connected", quote(&target.participant_id)),
+        ));
+    }
+    Ok(())
+}
+
+/// No barge into a consult's specialist or a conference of three or more.
+fn check_barge_target(interaction: &Interaction, target: &Participant) -> Result<(), RuleError> {
+    if interaction
+        .consult
+        .as_ref()
+        .is_some_and(|c| c.specialist_participant_id == target.participant_id)
+    {
+        return Err(RuleError::precondition(
+            reason::TARGET_IN_CONSULT,
+            format!(
+                "{} is the specialist of an active consult",
+                quote(&target.participant_id)
+            ),
+        ));
+    }
+    let group = interaction.talk_group_of(&target.participant_id);
+    if group.len() >= 3 {
+        return Err(RuleError::precondition(
+            reason::TARGET_IN_CONFERENCE,
+            format!(
+                "{} is in a conference of {}",
+                quote(&target.participant_id),
+                group.len()
+            ),
+        ));
+    }
+    Ok(())
 }

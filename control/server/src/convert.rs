@@ -95,7 +95,7 @@ pub fn check_media_retry(core: &Core, entries: &[crate::core::NewLeg]) -> Result
         if exists
             && core
                 .media_of(&e.interaction_id, &e.participant_id)
-                .is_some_and(|m| *m != e.media)
+                .is_some_and(|m| !m.satisfies(&e.media))
         {
             return Err(ApiError::new(
                 tonic::Code::AlreadyExists,
@@ -202,6 +202,7 @@ pub fn leg_out(core: &Core, interaction_id: &str, participant_id: &str) -> Optio
         media: core
             .media_of(interaction_id, participant_id)
             .map(MediaSpec::to_proto),
+        node_id: record.node.clone().unwrap_or_default(),
     })
 }
 
@@ -338,6 +339,8 @@ fn event_kind_out(k: rules::EventKind) -> proto::EventKind {
         K::LegPortLost => P::LegPortLost,
         K::UserUpserted => P::UserUpserted,
         K::PresenceChanged => P::PresenceChanged,
+        K::NodeFailed => P::NodeFailed,
+        K::MediaRestored => P::MediaRestored,
     }
 }
 

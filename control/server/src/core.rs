@@ -67,8 +67,13 @@ use crate::error::{ApiError, reason};
 use crate::media::MediaSpec;
 use crate::metrics::RpcMetrics;
 use crate::store::{
-    EventRecord, JournalEntry, LegKey, LegRecord, MediaEntry, Snapshot, Store, StoreError,
+    CommitRecord, EventRecord, JournalEntry, LegKey, LegRecord, MediaEntry, Snapshot, Store,
+    StoreError,
 };
+
+/// Attempts of one mutation against commits of other replicas before it is refused
+/// with ABORTED `STORE_CONFLICT` (each attempt first replays what the others did).
+const MAX_COMMIT_ATTEMPTS: usize = 16;
 
 /// The mutable state of the sidecar; only touched under [`Shared::core`].
 #[derive(Debug)]
@@ -84,6 +89,11 @@ pub struct Core {
     pub out_of_sync: BTreeMap<String, String>,
     journal_upto: u64,
     since_snapshot: u64,
+    /// Engine legs and sessions that were strays in the last reconciliation pass. With
+    /// a shared store a leg can be a stray for a moment (another replica allocated it
+    /// and has not committed yet), so a stray is removed only when it is still one a
+    /// pass later.
+    strays_seen: (BTreeSet<earshot_engine_api::LegId>, BTreeSet<String>),
 }
 
 /// A participant's media introduced by a command, with the request field that carried
@@ -98,8 +108,9 @@ pub struct NewLeg {
 
 impl Core {
     /// Rebuilds the state from the store: snapshot, then the journal after it.
-    pub fn load(store: &Store) -> Result<Core, StoreError> {
-        let loaded = store.load()?;
+    pub async fn load(store: &Store) -> Result<Core, StoreError> {
+        let loaded = store.load().await?;
+        let head = loaded.head;
         let (mut rules, mut media, mut journal_upto) = match loaded.snapshot {
             Some(s) => (
                 s.rules,
@@ -129,9 +140,41 @@ impl Core {
             media,
             legs: loaded.legs.into_iter().collect(),
             out_of_sync: BTreeMap::new(),
-            journal_upto,
+            // Commits without a command (leg records, sidecar events) advance the head
+            // in a shared store too.
+            journal_upto: journal_upto.max(head),
             since_snapshot,
+            strays_seen: Default::default(),
         })
+    }
+
+    /// The head (last commit index) this state reflects.
+    pub fn head(&self) -> u64 {
+        self.journal_upto
+    }
+
+    /// Applies another replica's commit (module doc, "Replicas"): its command to the
+    /// rules, its media, its leg records. `index` must be the next one.
+    fn apply_record(&mut self, index: u64, record: CommitRecord) {
+        debug_assert_eq!(index, self.journal_upto + 1);
+        if let Some(entry) = record.entry {
+            if let Err(e) = self.rules.apply(entry.now_ms, entry.command) {
+                // Accepted by the replica that committed it against this same state:
+                // only a rules change between versions can refuse it here.
+                tracing::warn!(index, error = %e, "replicated command no longer applies");
+            }
+            for m in entry.media {
+                self.media
+                    .insert((m.interaction_id, m.participant_id), m.media);
+            }
+        }
+        for (key, leg) in record.puts {
+            self.legs.insert(key, leg);
+        }
+        for key in record.deletes {
+            self.legs.remove(&key);
+        }
+        self.journal_upto = index;
     }
 
     /// The leg record of a participant.
@@ -227,6 +270,9 @@ pub struct Shared {
     /// Turns true when the server shuts down, so open `WatchEvents` streams end and the
     /// graceful shutdown does not wait for clients that never hang up.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Cluster mode: the router over the engine nodes (also `engine`), for what only
+    /// it knows (which node serves a leg, which calls moved off a failed node).
+    pub cluster: Option<Arc<crate::cluster::ClusterEngine>>,
 }
 
 /// `Arc<dyn EngineApi>` with a Debug impl.
@@ -379,9 +425,60 @@ fn engine_event(
 }
 
 impl Shared {
+    /// The engine node serving `leg` (cluster mode).
+    fn node_of(&self, leg: earshot_engine_api::LegId) -> Option<String> {
+        self.cluster.as_ref()?.node_of(leg)
+    }
+
+    /// Records `NODE_FAILED` and `MEDIA_RESTORED` for every interaction the router
+    /// moved off a failed node whose legs all run again on the survivor.
+    async fn report_failovers(&self, core: &mut Core) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let moves = cluster.take_moves();
+        if moves.is_empty() {
+            return;
+        }
+        let now_ms = self.clock.now_ms();
+        let mut events = Vec::new();
+        for m in moves {
+            let gap_ms = now_ms.saturating_sub(m.detected_ms).to_string();
+            tracing::warn!(
+                interaction_id = %m.interaction_id,
+                from = %m.node_id,
+                to = %m.to_node_id,
+                gap_ms = %gap_ms,
+                "interaction moved off a failed node"
+            );
+            events.push(engine_event(
+                EventKind::NodeFailed,
+                &m.interaction_id,
+                m.detected_ms,
+                &[("node_id", &m.node_id)],
+            ));
+            events.push(engine_event(
+                EventKind::MediaRestored,
+                &m.interaction_id,
+                now_ms,
+                &[
+                    ("node_id", &m.to_node_id),
+                    ("from_node_id", &m.node_id),
+                    ("gap_ms", &gap_ms),
+                ],
+            ));
+        }
+        self.record_events(core, &events).await;
+    }
+
     /// Applies a command end to end (module doc, steps 1-4). `prepare` runs under the
     /// lock before the rules see the command and returns the media of the legs it
     /// introduces (it may refuse, e.g. a retry with different media).
+    ///
+    /// In a shared store a commit can lose the race to another replica; the attempt is
+    /// then undone whole (engine included), what the others committed is replayed, and
+    /// the command is tried again against the new state, `prepare` included (so a
+    /// second coach of an agent meets the first one and gets COACH_ALREADY_ACTIVE).
     pub async fn mutate<F>(
         &self,
         command: Command,
@@ -389,18 +486,211 @@ impl Shared {
         prepare: F,
     ) -> Result<(MutexGuard<'_, Core>, Outcome), ApiError>
     where
-        F: FnOnce(&Core) -> Result<Vec<NewLeg>, ApiError>,
+        F: Fn(&Core) -> Result<Vec<NewLeg>, ApiError>,
     {
         let mut core = self.core.lock().await;
         self.reconcile_if_needed(&mut core).await?;
-        if let Some(outcome) = self.retired_answer(&core, &command)? {
-            return Ok((core, outcome));
+        let guard = self.lock_scope(&mut core, &command).await?;
+        let result = async {
+            if let Some(outcome) = self.retired_answer(&core, &command).await? {
+                return Ok(outcome);
+            }
+            let new_legs = prepare(&core)?;
+            self.mutate_locked(&mut core, command, actor, new_legs)
+                .await
         }
-        let new_legs = prepare(&core)?;
-        let outcome = self
-            .mutate_locked(&mut core, command, actor, new_legs)
-            .await?;
-        Ok((core, outcome))
+        .await;
+        self.store.unlock(guard).await;
+        result.map(|outcome| (core, outcome))
+    }
+
+    /// In a shared store: takes the lock of the interaction `command` concerns and
+    /// brings this state up to date, so that the command meets the latest state of
+    /// its interaction and no other replica programs that interaction until this one
+    /// has committed (module doc, "Replicas"). Nothing to do with one writer.
+    async fn lock_scope(
+        &self,
+        core: &mut Core,
+        command: &Command,
+    ) -> Result<Option<crate::store::etcd::LockGuard>, ApiError> {
+        if !self.store.is_shared() {
+            return Ok(None);
+        }
+        let scope = |core: &Core| match command {
+            Command::StopSupervision { supervision_id } => core
+                .rules
+                .supervision(supervision_id)
+                .map(|s| s.interaction_id.clone()),
+            other => command_interaction(other).map(str::to_owned),
+        };
+        let mut scoped = scope(core);
+        if scoped.is_none() {
+            // A supervision this replica has not heard of yet, or a directory command.
+            self.catch_up(core).await?;
+            scoped = scope(core);
+        }
+        let Some(id) = scoped else {
+            return Ok(None);
+        };
+        let guard = self.store.lock(&id).await.map_err(ApiError::store)?;
+        if let Err(e) = self.catch_up(core).await {
+            self.store.unlock(guard).await;
+            return Err(e);
+        }
+        Ok(guard)
+    }
+
+    /// Replays every commit other replicas made after this state's head (nothing to do
+    /// on a store with one writer). A replica so far behind that a snapshot folded its
+    /// missing commits reloads the whole state.
+    pub async fn catch_up(&self, core: &mut Core) -> Result<(), ApiError> {
+        self.replay(core).await?;
+        self.retire_ended_locked(core).await;
+        Ok(())
+    }
+
+    /// [`Shared::catch_up`] without retiring calls that ended (what retiring itself
+    /// uses when its commit loses a race).
+    async fn replay(&self, core: &mut Core) -> Result<(), ApiError> {
+        if !self.store.is_shared() {
+            return Ok(());
+        }
+        match self.store.records_after(core.journal_upto).await {
+            Ok(records) => {
+                for (index, record) in records {
+                    if index == core.journal_upto + 1 {
+                        core.apply_record(index, record);
+                    }
+                }
+            }
+            Err(StoreError::Behind { .. }) => {
+                tracing::warn!(
+                    head = core.journal_upto,
+                    "replica fell behind a snapshot; reloading"
+                );
+                let out_of_sync = std::mem::take(&mut core.out_of_sync);
+                *core = Core::load(&self.store).await.map_err(ApiError::store)?;
+                core.out_of_sync = out_of_sync;
+            }
+            Err(e) => return Err(ApiError::store(e)),
+        }
+        Ok(())
+    }
+
+    /// Follows every replica's commits (a shared store only; returns at once
+    /// otherwise): publishes their events to `WatchEvents` in commit order (this
+    /// replica's own included) and replays other replicas' commits into this state, so
+    /// reads on any replica see every write within a watch round trip.
+    pub async fn run_follower(self: Arc<Self>) {
+        let crate::store::Store::Etcd(etcd) = &*self.store else {
+            return;
+        };
+        let mut published = self.core.lock().await.journal_upto;
+        loop {
+            let mut commits = match etcd.follow(std::time::Duration::from_secs(30)).await {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the store; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            // Whatever was committed before the watch started.
+            self.follow_gap(&mut published).await;
+            while let Some(item) = commits.recv().await {
+                match item {
+                    Ok((index, record)) => {
+                        if index <= published {
+                            continue;
+                        }
+                        if index > published + 1 {
+                            self.follow_gap(&mut published).await;
+                            if index <= published {
+                                continue;
+                            }
+                        }
+                        self.follow_one(&mut published, index, record).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store watch ended; following again");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Publishes and replays one commit in order.
+    async fn follow_one(&self, published: &mut u64, index: u64, record: CommitRecord) {
+        self.publish_now(record.events.clone());
+        *published = index;
+        let mut core = self.core.lock().await;
+        if index == core.journal_upto + 1 {
+            core.apply_record(index, record);
+            self.retire_ended_locked(&mut core).await;
+        } else if index > core.journal_upto
+            && let Err(e) = self.catch_up(&mut core).await
+        {
+            tracing::warn!(error = %e.message, "catching up failed");
+        }
+    }
+
+    /// Publishes and replays every commit after `published` (read from the store).
+    async fn follow_gap(&self, published: &mut u64) {
+        match self.store.records_after(*published).await {
+            Ok(records) => {
+                for (index, record) in records {
+                    if index == *published + 1 {
+                        self.follow_one(published, index, record).await;
+                    }
+                }
+            }
+            Err(StoreError::Behind { .. }) => {
+                // Folded into a snapshot: live watchers cannot get these events from
+                // here, but they stay readable from the store (WatchEvents resumes by
+                // sequence). The state catches up by reloading.
+                let mut core = self.core.lock().await;
+                if let Err(e) = self.catch_up(&mut core).await {
+                    tracing::warn!(error = %e.message, "reloading after a snapshot failed");
+                }
+                *published = core.journal_upto;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the journal failed"),
+        }
+    }
+
+    /// Commits what the sidecar records itself (leg records, its own events), replaying
+    /// other replicas' commits and retrying when it loses a race: these never depend on
+    /// the rules' state.
+    async fn commit_side(
+        &self,
+        core: &mut Core,
+        events: &[Event],
+        puts: &[(LegKey, LegRecord)],
+        deletes: &[LegKey],
+    ) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self
+                .store
+                .commit(core.journal_upto, None, events, None, puts, deletes)
+                .await
+            {
+                Ok(committed) => {
+                    core.journal_upto = committed.head;
+                    self.publish(committed.records);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) if attempt + 1 < MAX_COMMIT_ATTEMPTS => {
+                    attempt += 1;
+                    if let Err(e) = self.replay(core).await {
+                        tracing::warn!(error = %e.message, "catching up before a retry failed");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// [`Shared::mutate`] with the lock held and the media prepared.
@@ -411,96 +701,146 @@ impl Shared {
         actor: Option<String>,
         new_legs: Vec<NewLeg>,
     ) -> Result<Outcome, ApiError> {
-        let now_ms = self.clock.now_ms();
-        let checkpoint = core.rules.checkpoint(&command);
-        let outcome = core.rules.apply(now_ms, command.clone())?;
-        let mut media_before = Vec::new();
-        if !outcome.existing {
-            for n in &new_legs {
-                let key = (
-                    n.entry.interaction_id.clone(),
-                    n.entry.participant_id.clone(),
-                );
-                let old = core.media.insert(key.clone(), n.entry.media.clone());
-                media_before.push((key, old));
-            }
-        }
-        let scope = scope_of(&core.rules, &outcome);
+        // Accumulates across conflict retries: the engine keeps what was programmed.
         let mut attempt = Attempt::default();
-        let programmed = match &scope {
-            Some(id) => match Self::check_limits(core, id) {
-                Err(error) => Err(Refused {
-                    error,
-                    participant: None,
-                }),
-                Ok(()) => self.program(core, id, None, &mut attempt).await.map(|_| ()),
-            },
-            None => Ok(()),
-        };
-        let undo = Undo {
-            checkpoint,
-            media_before,
-            scope: scope.clone(),
-        };
-        let programmed = match programmed {
-            Err(refused) if !refused.unavailable() => {
-                let error = name_field(refused, &new_legs);
-                tracing::warn!(
-                    interaction_id = scope.as_deref().unwrap_or(""),
-                    code = ?error.code,
-                    reason = error.reason,
-                    field = error.field.as_deref().unwrap_or(""),
-                    error = %error.message,
-                    "engine refused the change; undone, nothing stored"
-                );
-                if error.reason.starts_with("ENGINE_") {
-                    self.metrics
-                        .sidecar
-                        .engine_refusals
-                        .fetch_add(1, Ordering::Relaxed);
+        let mut tries = 0;
+        let (outcome, scope, programmed) = loop {
+            let now_ms = self.clock.now_ms();
+            let checkpoint = core.rules.checkpoint(&command);
+            let outcome = match core.rules.apply(now_ms, command.clone()) {
+                Ok(o) => o,
+                Err(e) => {
+                    // Only after a conflict can there be engine work to undo: the
+                    // latest state refuses what an older one accepted.
+                    if !attempt.before.is_empty() || !attempt.plans_sent.is_empty() {
+                        let scope = command_interaction(&command).map(str::to_owned);
+                        self.undo(
+                            core,
+                            Undo {
+                                checkpoint,
+                                media_before: Vec::new(),
+                                scope,
+                            },
+                            attempt,
+                        )
+                        .await;
+                    }
+                    return Err(e.into());
                 }
-                self.undo(core, undo, attempt).await;
-                return Err(error);
-            }
-            other => other,
-        };
-        // Accepted (or accepted while the engine is unavailable): durable now.
-        let entry = (!outcome.existing).then(|| JournalEntry {
-            now_ms,
-            command,
-            media: new_legs.into_iter().map(|n| n.entry).collect(),
-            actor: actor.clone(),
-        });
-        let (puts, deletes) = attempt.leg_changes(core);
-        match self.store.commit(
-            entry.as_ref(),
-            &outcome.events,
-            actor.as_deref(),
-            &puts,
-            &deletes,
-        ) {
-            Ok((index, records)) => {
-                if let Some(index) = index {
-                    core.journal_upto = index;
-                    core.since_snapshot += 1;
+            };
+            let mut media_before = Vec::new();
+            if !outcome.existing {
+                for n in &new_legs {
+                    let key = (
+                        n.entry.interaction_id.clone(),
+                        n.entry.participant_id.clone(),
+                    );
+                    let old = core.media.insert(key.clone(), n.entry.media.clone());
+                    media_before.push((key, old));
                 }
-                self.publish(records);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "store commit failed; the change is undone");
-                self.undo(core, undo, attempt).await;
-                return Err(ApiError::store(e));
+            let scope = scope_of(&core.rules, &outcome);
+            let programmed = match &scope {
+                Some(id) => match Self::check_limits(core, id) {
+                    Err(error) => Err(Refused {
+                        error,
+                        participant: None,
+                    }),
+                    Ok(()) => self.program(core, id, None, &mut attempt).await.map(|_| ()),
+                },
+                None => Ok(()),
+            };
+            let undo = Undo {
+                checkpoint,
+                media_before,
+                scope: scope.clone(),
+            };
+            let programmed = match programmed {
+                Err(refused) if !refused.unavailable() => {
+                    let error = name_field(refused, &new_legs);
+                    tracing::warn!(
+                        interaction_id = scope.as_deref().unwrap_or(""),
+                        code = ?error.code,
+                        reason = error.reason,
+                        field = error.field.as_deref().unwrap_or(""),
+                        error = %error.message,
+                        "engine refused the change; undone, nothing stored"
+                    );
+                    if error.reason.starts_with("ENGINE_") {
+                        self.metrics
+                            .sidecar
+                            .engine_refusals
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.undo(core, undo, attempt).await;
+                    return Err(error);
+                }
+                other => other,
+            };
+            // Accepted (or accepted while the engine is unavailable): durable now.
+            let entry = (!outcome.existing).then(|| JournalEntry {
+                now_ms,
+                command: command.clone(),
+                media: new_legs.iter().map(|n| n.entry.clone()).collect(),
+                actor: actor.clone(),
+            });
+            let (puts, deletes) = attempt.leg_changes(core);
+            match self
+                .store
+                .commit(
+                    core.journal_upto,
+                    entry.as_ref(),
+                    &outcome.events,
+                    actor.as_deref(),
+                    &puts,
+                    &deletes,
+                )
+                .await
+            {
+                Ok(committed) => {
+                    core.journal_upto = committed.head;
+                    if committed.index.is_some() {
+                        core.since_snapshot += 1;
+                    }
+                    self.publish(committed.records);
+                    break (outcome, scope, programmed);
+                }
+                Err(StoreError::Conflict { head }) if tries + 1 < MAX_COMMIT_ATTEMPTS => {
+                    // Another replica committed first (on another interaction: this
+                    // one is locked). Put the rules and media back, keep the engine
+                    // as programmed, replay the others' commits, and apply the command
+                    // again to the new state: the engine work is reused where the new
+                    // outcome agrees, undone where it is refused.
+                    tries += 1;
+                    tracing::debug!(head, tries, "another replica committed first; retrying");
+                    core.rules.restore(undo.checkpoint);
+                    for (key, old) in undo.media_before.into_iter().rev() {
+                        match old {
+                            Some(m) => core.media.insert(key, m),
+                            None => core.media.remove(&key),
+                        };
+                    }
+                    if let Err(e) = self.catch_up(core).await {
+                        self.undo_engine(core, scope.as_deref(), attempt).await;
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store commit failed; the change is undone");
+                    self.undo(core, undo, attempt).await;
+                    return Err(ApiError::store(e));
+                }
             }
-        }
+        };
         if core.since_snapshot >= self.snapshot_every {
-            self.write_snapshot(core);
+            self.write_snapshot(core).await;
         }
         if let Some(id) = &scope
             && core.rules.interaction(id).is_some_and(|i| i.is_ended())
         {
             // Ended calls leave memory at once; the store keeps their views for the
             // retention period. The reconciler removes what the engine still holds.
-            self.retire(core, id);
+            self.retire(core, id).await;
         }
         match programmed {
             Ok(()) => {
@@ -520,7 +860,7 @@ impl Shared {
     /// Moves an ended interaction from memory to the store: its final view and its
     /// supervisions' views are stored, then it is forgotten with its media and leg
     /// records (SPEC: the sidecar's memory stays flat however many calls ended).
-    pub fn retire(&self, core: &mut Core, interaction_id: &str) {
+    pub async fn retire(&self, core: &mut Core, interaction_id: &str) {
         let Some(i) = core.rules.interaction(interaction_id) else {
             return;
         };
@@ -556,10 +896,13 @@ impl Shared {
             view: crate::convert::interaction_out(core, i).encode_to_vec(),
         };
         let legs = core.legs_of(interaction_id);
-        let stored = self
+        let mut stored = self
             .store
             .retire(interaction_id, &record, &supervisions)
-            .and_then(|()| self.store.commit(None, &[], None, &[], &legs));
+            .await;
+        if stored.is_ok() {
+            stored = self.commit_side(core, &[], &[], &legs).await;
+        }
         if let Err(e) = stored {
             tracing::error!(interaction_id, error = %e, "ended interaction kept in memory");
             return;
@@ -587,6 +930,12 @@ impl Shared {
     /// Retires every ended interaction still in memory (after a restart replayed them).
     pub async fn retire_ended(&self) {
         let mut core = self.core.lock().await;
+        self.retire_ended_locked(&mut core).await;
+    }
+
+    /// [`Shared::retire_ended`] with the lock held (also after replaying another
+    /// replica's commits that ended calls).
+    async fn retire_ended_locked(&self, core: &mut Core) {
         let ended: Vec<String> = core
             .rules
             .interactions()
@@ -594,7 +943,7 @@ impl Shared {
             .map(|i| i.interaction_id.clone())
             .collect();
         for id in ended {
-            self.retire(&mut core, &id);
+            self.retire(core, &id).await;
         }
         self.metrics
             .sidecar
@@ -606,7 +955,11 @@ impl Shared {
     /// memory but is still retained in the store, as the rules would have answered it
     /// in memory: retries of what ended it are `existing`, other verbs
     /// `INTERACTION_ENDED`, reused ids `ALREADY_EXISTS`. `None`: the rules decide.
-    fn retired_answer(&self, core: &Core, command: &Command) -> Result<Option<Outcome>, ApiError> {
+    async fn retired_answer(
+        &self,
+        core: &Core,
+        command: &Command,
+    ) -> Result<Option<Outcome>, ApiError> {
         use earshot_rules::reason as r;
         let existing = |subject| {
             Ok(Some(Outcome {
@@ -628,6 +981,7 @@ impl Shared {
                 && self
                     .store
                     .ended_supervision(supervision_id)
+                    .await
                     .map_err(ApiError::store)?
                     .is_some()
             {
@@ -642,6 +996,7 @@ impl Shared {
             && self
                 .store
                 .ended_supervision(&req.supervision_id)
+                .await
                 .map_err(ApiError::store)?
                 .is_some()
         {
@@ -660,7 +1015,12 @@ impl Shared {
         if core.rules.interaction(interaction_id).is_some() {
             return Ok(None);
         }
-        let Some(record) = self.store.ended(interaction_id).map_err(ApiError::store)? else {
+        let Some(record) = self
+            .store
+            .ended(interaction_id)
+            .await
+            .map_err(ApiError::store)?
+        else {
             return Ok(None);
         };
         let subject = Subject::Interaction(interaction_id.to_owned());
@@ -684,6 +1044,7 @@ impl Shared {
                 if self
                     .store
                     .ended_supervision(&req.supervision_id)
+                    .await
                     .map_err(ApiError::store)?
                     .is_some()
                 {
@@ -716,7 +1077,18 @@ impl Shared {
         Ok(())
     }
 
+    /// Publishes stored events to `WatchEvents`. In a shared store only the follower
+    /// publishes ([`Shared::publish_replicated`]), in commit order, whoever committed:
+    /// a replica publishing its own events at once could overtake an earlier event of
+    /// another replica that it has not seen yet.
     fn publish(&self, records: Vec<EventRecord>) {
+        if self.store.is_shared() {
+            return;
+        }
+        self.publish_now(records);
+    }
+
+    fn publish_now(&self, records: Vec<EventRecord>) {
         for r in records {
             // No receivers is fine: nobody is watching.
             let _ = self.events.send(Arc::new(r));
@@ -724,8 +1096,8 @@ impl Shared {
     }
 
     /// Writes a snapshot (errors are logged: the journal still holds everything).
-    pub fn write_snapshot(&self, core: &mut Core) {
-        match self.store.write_snapshot(&core.snapshot()) {
+    pub async fn write_snapshot(&self, core: &mut Core) {
+        match self.store.write_snapshot(&core.snapshot()).await {
             Ok(()) => core.since_snapshot = 0,
             Err(e) => tracing::warn!(error = %e, "snapshot failed; journal kept"),
         }
@@ -762,6 +1134,46 @@ impl Shared {
             Response::Leg(info) => Ok(info),
             other => Err(EngineError::Internal(format!("AllocateLeg answered {other:?}")).into()),
         }
+    }
+
+    /// Whether [`Shared::program`] would change anything in the engine for
+    /// `interaction_id` (no engine call): a leg missing or configured otherwise, a
+    /// plan that differs, a leg of a participant that left, or an ended call.
+    fn needs_programming(
+        core: &Core,
+        interaction_id: &str,
+        current_plan: Option<&SessionPlan>,
+    ) -> bool {
+        let Some(interaction) = core.rules.interaction(interaction_id) else {
+            return false;
+        };
+        if interaction.is_ended() {
+            return true;
+        }
+        let Some(relation) = core.rules.hear_relation(interaction_id) else {
+            return false;
+        };
+        for p in &interaction.participants {
+            if !relation.legs.contains(&p.participant_id) {
+                continue;
+            }
+            let key = (interaction_id.to_owned(), p.participant_id.clone());
+            let Some(media) = core.media.get(&key) else {
+                continue;
+            };
+            let want = media.engine_config(p.state == ParticipantState::Connecting);
+            match core.legs.get(&key) {
+                Some(r) if r.configured.as_ref() == Some(&want) => {}
+                _ => return true,
+            }
+        }
+        let legs = core.legs_of(interaction_id);
+        if legs.iter().any(|k| !relation.legs.contains(&k.1)) {
+            return true;
+        }
+        !legs.is_empty()
+            && current_plan
+                .is_none_or(|c| normalized(c.clone()) != Self::plan_for(core, interaction_id))
     }
 
     /// The plan the engine should hold for `interaction_id`, from the rules and the
@@ -850,6 +1262,7 @@ impl Shared {
                         local: info.local,
                         local_rtcp: info.local_rtcp,
                         configured: None,
+                        node: self.node_of(info.leg),
                     };
                     attempt.touch(core, &key);
                     core.legs.insert(key.clone(), record.clone());
@@ -908,6 +1321,13 @@ impl Shared {
                 None => core.media.remove(&key),
             };
         }
+        self.undo_engine(core, undo.scope.as_deref(), attempt).await;
+    }
+
+    /// The engine half of [`Shared::undo`]: leg records back as they were before the
+    /// attempt, configurations and the plan of `scope` re-sent, legs it allocated
+    /// removed.
+    async fn undo_engine(&self, core: &mut Core, scope: Option<&str>, attempt: Attempt) {
         let mut allocated = Vec::new();
         let mut reconfigure: Vec<(earshot_engine_api::LegId, MediaConfig)> = Vec::new();
         for (key, before) in &attempt.before {
@@ -934,7 +1354,7 @@ impl Shared {
                 .await
                 .is_ok();
         }
-        if let Some(id) = &undo.scope {
+        if let Some(id) = scope {
             let exists = core.rules.interaction(id).is_some();
             if exists && attempt.plans_sent.contains(id) && !core.legs_of(id).is_empty() {
                 let plan = Self::plan_for(core, id);
@@ -947,7 +1367,7 @@ impl Shared {
                 // A refused create: no session may stay behind, not even empty.
                 clean &= self
                     .call(Request::RemoveSession {
-                        session: id.clone(),
+                        session: id.to_owned(),
                     })
                     .await
                     .is_ok();
@@ -971,7 +1391,7 @@ impl Shared {
 
     /// Marks an interaction the engine refused (with an already stored intent): WARN
     /// log every time, a `PROGRAMMING_FAILED` event and a metric once per reason.
-    fn mark_failed(&self, core: &mut Core, interaction_id: &str, refused: &Refused) {
+    async fn mark_failed(&self, core: &mut Core, interaction_id: &str, refused: &Refused) {
         let error = &refused.error;
         let participant = refused.participant.as_deref().unwrap_or("");
         tracing::warn!(
@@ -1002,7 +1422,7 @@ impl Shared {
                     ("participant_id", participant),
                 ],
             );
-            self.record_events(&[event]);
+            self.record_events(core, &[event]).await;
         }
         self.metrics
             .sidecar
@@ -1011,10 +1431,9 @@ impl Shared {
     }
 
     /// Stores and publishes events the sidecar records itself.
-    fn record_events(&self, events: &[Event]) {
-        match self.store.commit(None, events, None, &[], &[]) {
-            Ok((_, records)) => self.publish(records),
-            Err(e) => tracing::error!(error = %e, "events not recorded"),
+    async fn record_events(&self, core: &mut Core, events: &[Event]) {
+        if let Err(e) = self.commit_side(core, events, &[], &[]).await {
+            tracing::error!(error = %e, "events not recorded");
         }
     }
 
@@ -1090,6 +1509,22 @@ impl Shared {
     }
 
     async fn reconcile_locked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+        // One replica at a time repairs an engine, from the latest state.
+        let guard = self
+            .store
+            .lock("reconcile")
+            .await
+            .map_err(ApiError::store)?;
+        let result = async {
+            self.catch_up(core).await?;
+            self.reconcile_unlocked(core).await
+        }
+        .await;
+        self.store.unlock(guard).await;
+        result
+    }
+
+    async fn reconcile_unlocked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
         let epoch = self.engine.0.connection_epoch();
         let snapshot = self.snapshot_of_engine().await?;
         self.claim(&snapshot).await?;
@@ -1100,10 +1535,11 @@ impl Shared {
             .await;
         // Record what the engine acknowledged, even when the pass stopped early.
         let (puts, deletes) = attempt.leg_changes(core);
-        self.store
-            .commit(None, &[], None, &puts, &deletes)
+        self.commit_side(core, &[], &puts, &deletes)
+            .await
             .map_err(ApiError::store)?;
         result?;
+        self.report_failovers(core).await;
         self.recover_first_packets(core, &snapshot, &mut report)
             .await;
         self.metrics
@@ -1132,12 +1568,18 @@ impl Shared {
                 desired.extend(rel.legs.into_iter().map(|p| (id.clone(), p)));
             }
         }
-        // Strays (the engine is ours: claimed above) and the legs we keep.
+        // Strays (the engine is ours: claimed above) and the legs we keep. With a
+        // shared store, only strays already seen in the previous pass go (field doc of
+        // `strays_seen`).
+        let patient = self.store.is_shared();
+        let (seen_legs, seen_sessions) = std::mem::take(&mut core.strays_seen);
         let mut engine_legs: BTreeMap<LegKey, &LegInfo> = BTreeMap::new();
         for info in &snapshot.legs {
             let key = (info.session.clone(), info.leg_key.clone());
             if desired.contains(&key) && !engine_legs.contains_key(&key) {
                 engine_legs.insert(key, info);
+            } else if patient && !seen_legs.contains(&info.leg) {
+                core.strays_seen.0.insert(info.leg);
             } else {
                 self.call(Request::RemoveLeg { leg: info.leg }).await?;
                 report.legs_removed += 1;
@@ -1151,6 +1593,10 @@ impl Shared {
             .collect();
         for session in engine_sessions {
             if !live_set.contains(session) {
+                if patient && !seen_sessions.contains(session) {
+                    core.strays_seen.1.insert(session.clone());
+                    continue;
+                }
                 self.call(Request::RemoveSession {
                     session: session.clone(),
                 })
@@ -1168,6 +1614,7 @@ impl Shared {
                     local: info.local,
                     local_rtcp: info.local_rtcp,
                     configured: info.media.clone(),
+                    node: self.node_of(info.leg),
                 };
                 if core.legs.get(&key) != Some(&adopted) {
                     attempt.touch(core, &key);
@@ -1190,6 +1637,7 @@ impl Shared {
                         local: info.local,
                         local_rtcp: info.local_rtcp,
                         configured: info.media.clone(),
+                        node: self.node_of(info.leg),
                     },
                 );
             }
@@ -1224,6 +1672,7 @@ impl Shared {
                             local: info.local,
                             local_rtcp: info.local_rtcp,
                             configured: None,
+                            node: self.node_of(info.leg),
                         },
                     );
                     report.legs_allocated += 1;
@@ -1263,6 +1712,7 @@ impl Shared {
                             local: info.local,
                             local_rtcp: info.local_rtcp,
                             configured: None,
+                            node: self.node_of(info.leg),
                         },
                     );
                     report.legs_allocated += 1;
@@ -1289,7 +1739,7 @@ impl Shared {
                             ("new_local", &new_local),
                         ],
                     );
-                    self.record_events(&[event]);
+                    self.record_events(core, &[event]).await;
                 }
                 Err(e) if e.code == Code::Unavailable => return Err(e),
                 Err(error) => {
@@ -1315,10 +1765,30 @@ impl Shared {
             if failed.contains_key(id) {
                 continue;
             }
-            match self
-                .program(core, id, plans.get(id.as_str()).copied(), attempt)
-                .await
-            {
+            let current = plans.get(id.as_str()).copied();
+            // With a shared store another replica may be programming this interaction
+            // right now: touch it only if it differs, and then under its lock.
+            let mut guard = None;
+            if patient {
+                if !Self::needs_programming(core, id, current) {
+                    self.mark_in_sync(core, id);
+                    continue;
+                }
+                match self.store.lock(id).await {
+                    Ok(g) => guard = g,
+                    Err(e) => {
+                        tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
+                        continue;
+                    }
+                }
+                if let Err(e) = self.catch_up(core).await {
+                    self.store.unlock(guard).await;
+                    return Err(e);
+                }
+            }
+            let programmed = self.program(core, id, current, attempt).await;
+            self.store.unlock(guard).await;
+            match programmed {
                 Ok(sent) => {
                     report.plans_sent += usize::from(sent);
                     self.mark_in_sync(core, id);
@@ -1331,7 +1801,7 @@ impl Shared {
         }
         report.failed = failed.len();
         for (id, refused) in &failed {
-            self.mark_failed(core, id, refused);
+            self.mark_failed(core, id, refused).await;
         }
         // Out-of-sync marks of interactions that ended or vanished.
         core.out_of_sync.retain(|id, _| live_set.contains(id));
@@ -1368,7 +1838,15 @@ impl Shared {
                 interaction_id: interaction_id.clone(),
                 participant_id: participant_id.clone(),
             };
-            match self.mutate_locked(core, command, None, Vec::new()).await {
+            let applied = match self.lock_scope(core, &command).await {
+                Ok(guard) => {
+                    let r = self.mutate_locked(core, command, None, Vec::new()).await;
+                    self.store.unlock(guard).await;
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match applied {
                 Ok(_) => {
                     report.events_recovered += 1;
                     self.metrics
@@ -1439,6 +1917,9 @@ mod tests {
                     auto_answer: true,
                     max_ptime_ms: None,
                     opus: Default::default(),
+                    srtp: None,
+                    strict_source: None,
+                    quiet_when_unheard: false,
                 },
             },
             field: field.into(),

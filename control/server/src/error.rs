@@ -37,6 +37,14 @@ pub mod reason {
     pub const ENGINE_INTERNAL: &str = "ENGINE_INTERNAL";
     /// The embedded database failed; the change was not acknowledged.
     pub const STORE_FAILED: &str = "STORE_FAILED";
+    /// A cluster RPC (DrainNode) on a control plane with one engine.
+    pub const NOT_A_CLUSTER: &str = "NOT_A_CLUSTER";
+    /// No live engine node has this id.
+    pub const NODE_NOT_FOUND: &str = "NODE_NOT_FOUND";
+    /// Other control replicas kept committing first; nothing was acknowledged (retry).
+    pub const STORE_CONFLICT: &str = "STORE_CONFLICT";
+    /// The store (etcd) is unreachable; nothing was acknowledged.
+    pub const STORE_UNAVAILABLE: &str = "STORE_UNAVAILABLE";
     /// The caller lacks `analytics:interaction:view` for a listing on a user's behalf.
     pub const MISSING_PERMISSION: &str = "MISSING_PERMISSION";
     /// The change would give an interaction more legs than the engine mixes
@@ -96,13 +104,21 @@ impl ApiError {
         }
     }
 
-    /// The store failed: nothing was acknowledged.
-    pub fn store(err: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            Code::Internal,
-            reason::STORE_FAILED,
-            format!("store: {err}"),
-        )
+    /// The store failed: nothing was acknowledged. An unreachable etcd is UNAVAILABLE
+    /// (retry elsewhere or later), a lost race ABORTED, anything else INTERNAL.
+    pub fn store(err: impl std::fmt::Display + std::any::Any) -> ApiError {
+        use crate::store::StoreError;
+        let any: &dyn std::any::Any = &err;
+        let (code, why) = match any.downcast_ref::<StoreError>() {
+            Some(StoreError::Etcd(earshot_etcd::EtcdError::Unavailable(_))) => {
+                (Code::Unavailable, reason::STORE_UNAVAILABLE)
+            }
+            Some(
+                StoreError::Conflict { .. } | StoreError::Behind { .. } | StoreError::Locked(_),
+            ) => (Code::Aborted, reason::STORE_CONFLICT),
+            _ => (Code::Internal, reason::STORE_FAILED),
+        };
+        ApiError::new(code, why, format!("store: {err}"))
     }
 
     /// The single mapping of every earshot error to a gRPC status.

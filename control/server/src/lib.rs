@@ -29,12 +29,14 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod cluster;
 pub mod convert;
 pub mod core;
 pub mod engine_client;
 pub mod error;
 pub mod limits;
 pub mod media;
+pub mod placement;
 pub mod service;
 pub mod store;
 
@@ -44,7 +46,12 @@ pub mod metrics;
 pub mod security;
 
 /// Generated protobuf types and tonic stubs of `earshot.v1`.
-#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod proto {
     tonic::include_proto!("earshot.v1");
 }
@@ -121,6 +128,16 @@ pub struct ServerConfig {
     /// every leg this store does not know. Default false: such an engine is refused
     /// with a message naming the choices (`docs/operations.md`).
     pub adopt_engine_state: bool,
+    /// etcd member endpoints (`http://127.0.0.1:2379`). Default empty: the embedded
+    /// store in `data_dir`. Non-empty: the cluster store on etcd, shared with every
+    /// other control replica configured with the same endpoints and prefix
+    /// (`docs/cluster.md`).
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this cluster's state in etcd. Default `/earshot/`.
+    pub etcd_prefix: String,
+    /// Cluster mode: the router over the engine nodes registered in etcd, which is
+    /// then also the engine passed to [`serve`]. Default `None` (one engine).
+    pub cluster: Option<Arc<cluster::ClusterEngine>>,
 }
 
 impl ServerConfig {
@@ -145,9 +162,15 @@ impl ServerConfig {
             max_connections: limits::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: limits::DEFAULT_HANDSHAKE_TIMEOUT,
             adopt_engine_state: false,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            cluster: None,
         }
     }
 }
+
+/// The key prefix of the cluster state in etcd when none is configured.
+pub const DEFAULT_ETCD_PREFIX: &str = "/earshot/";
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -237,7 +260,7 @@ pub async fn serve_with_listeners(
         ))
     });
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let shared = open_shared(&config, engine, stopping_rx, Arc::clone(&rpc_metrics))?;
+    let shared = open_shared(&config, engine, stopping_rx, Arc::clone(&rpc_metrics)).await?;
     match shared.reconcile().await {
         Ok(report) => tracing::info!(?report, "engine reconciled"),
         Err(e) if e.reason == error::reason::ENGINE_NOT_OURS => {
@@ -251,6 +274,7 @@ pub async fn serve_with_listeners(
     }
     shared.retire_ended().await;
     let events_task = tokio::spawn(run_engine_events(Arc::clone(&shared)));
+    let follower_task = tokio::spawn(Arc::clone(&shared).run_follower());
     let pruner_task = tokio::spawn(run_pruner(Arc::clone(&shared), config.ended_retention));
     let reconcile_task = tokio::spawn(run_reconciler(
         Arc::clone(&shared),
@@ -336,6 +360,8 @@ pub async fn serve_with_listeners(
         let _ = task.await;
     }
     events_task.abort();
+    follower_task.abort();
+    let _ = follower_task.await;
     reconcile_task.abort();
     pruner_task.abort();
     let _ = events_task.await;
@@ -343,21 +369,40 @@ pub async fn serve_with_listeners(
     let _ = pruner_task.await;
     {
         let mut core = shared.core.lock().await;
-        shared.write_snapshot(&mut core);
+        shared.write_snapshot(&mut core).await;
     }
     result.context("gRPC server")
 }
 
-/// Opens the store and loads the state.
-pub fn open_shared(
+/// Opens the store (redb in `data_dir`, or etcd when endpoints are configured) and
+/// loads the state.
+pub async fn open_shared(
     config: &ServerConfig,
     engine: Arc<dyn EngineApi>,
     stopping: tokio::sync::watch::Receiver<bool>,
     metrics: Arc<metrics::RpcMetrics>,
 ) -> anyhow::Result<Arc<Shared>> {
-    let store = store::Store::open(&config.data_dir, config.event_retention)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let core = Core::load(&store).context("loading the stored state")?;
+    let store = if config.etcd_endpoints.is_empty() {
+        store::Store::open(&config.data_dir, config.event_retention)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
+    } else {
+        store::Store::open_etcd(
+            &config.etcd_endpoints,
+            &config.etcd_prefix,
+            config.event_retention,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "opening the cluster store on etcd {} under {}",
+                config.etcd_endpoints.join(","),
+                config.etcd_prefix
+            )
+        })?
+    };
+    let core = Core::load(&store)
+        .await
+        .context("loading the stored state")?;
     let (events, _) = broadcast::channel(4096);
     Ok(Arc::new(Shared {
         core: Mutex::new(core),
@@ -371,6 +416,7 @@ pub fn open_shared(
         adopt_engine_state: config.adopt_engine_state,
         metrics,
         stopping,
+        cluster: config.cluster.clone(),
     }))
 }
 
@@ -394,7 +440,7 @@ async fn run_pruner(shared: Arc<Shared>, retention: Duration) {
             now_ms.saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
         // A bounded batch per transaction; loop while batches come back full.
         loop {
-            match shared.store.prune_ended(before, 1000) {
+            match shared.store.prune_ended(before, 1000).await {
                 Ok(n) => {
                     shared
                         .metrics
@@ -421,7 +467,14 @@ async fn run_reconciler(shared: Arc<Shared>, interval: Duration, retry: Duration
     loop {
         tokio::time::sleep(retry).await;
         since_ms += retry.as_millis();
-        if !shared.needs_reconcile.load(Ordering::Relaxed) && since_ms < interval.as_millis() {
+        // A changed engine epoch (an engine reconnected; in a cluster, a node joined or
+        // failed) is repaired at the next retry tick, not the next interval.
+        let epoch_changed =
+            shared.engine.0.connection_epoch() != shared.reconciled_epoch.load(Ordering::Relaxed);
+        if !shared.needs_reconcile.load(Ordering::Relaxed)
+            && !epoch_changed
+            && since_ms < interval.as_millis()
+        {
             continue;
         }
         since_ms = 0;

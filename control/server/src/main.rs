@@ -23,9 +23,21 @@ struct Args {
     /// The engine's programming socket.
     #[arg(long, default_value = "earshot-engine.sock")]
     engine_socket: PathBuf,
-    /// Where the database lives.
+    /// Where the database lives (the embedded store; unused with --etcd).
     #[arg(long, default_value = "earshot-data")]
     data_dir: PathBuf,
+    /// Keep the state in etcd instead of the embedded store, shared with every other
+    /// control replica on the same endpoints and prefix: comma-separated member
+    /// endpoints (`http://10.0.0.1:2379,http://10.0.0.2:2379`). See docs/cluster.md.
+    #[arg(long, value_delimiter = ',', env = "EARSHOT_ETCD")]
+    etcd: Vec<String>,
+    /// Key prefix of this cluster's state in etcd.
+    #[arg(long, default_value = earshot_control::DEFAULT_ETCD_PREFIX)]
+    etcd_prefix: String,
+    /// Program the engine nodes registered in etcd (placement, failover) instead of
+    /// the one engine at --engine-socket. Needs --etcd.
+    #[arg(long, requires = "etcd")]
+    cluster: bool,
     /// Events retained for WatchEvents resumption.
     #[arg(long, default_value_t = 100_000)]
     event_retention: u64,
@@ -67,20 +79,47 @@ async fn main() -> anyhow::Result<()> {
     config.event_retention = args.event_retention;
     config.ended_retention = args.ended_retention;
     config.adopt_engine_state = args.adopt_engine_state;
+    config.etcd_endpoints = args.etcd;
+    config.etcd_prefix = args.etcd_prefix;
     config.max_connections = earshot_control::limits::cap_connections(args.max_connections, nofile);
     config.handshake_timeout = args.handshake_timeout;
     config.metrics_addr = args.metrics.addr();
     args.security.apply(&mut config)?;
-    let engine = EngineClient::connect(&args.engine_socket, EngineClientConfig::default());
-    if !engine
-        .wait_connected(std::time::Duration::from_secs(2))
+    let engine: Arc<dyn earshot_engine_api::EngineApi> = if args.cluster {
+        let etcd = earshot_etcd::Etcd::new(&config.etcd_endpoints)?;
+        let connect: earshot_control::cluster::Connector = Box::new(|node| {
+            Arc::new(EngineClient::connect(
+                &node.engine,
+                EngineClientConfig::default(),
+            ))
+        });
+        let router = earshot_control::cluster::ClusterEngine::start(
+            etcd,
+            &config.etcd_prefix,
+            connect,
+            Arc::clone(&config.clock),
+        )
         .await
-    {
-        tracing::warn!(
-            socket = %args.engine_socket.display(),
-            "engine not reachable yet; serving and retrying in the background"
+        .context("following the engine nodes in etcd")?;
+        tracing::info!(
+            nodes = router.nodes().len(),
+            "cluster mode: engine nodes from etcd"
         );
-    }
+        config.cluster = Some(Arc::clone(&router));
+        router
+    } else {
+        let engine = EngineClient::connect(&args.engine_socket, EngineClientConfig::default());
+        if !engine
+            .wait_connected(std::time::Duration::from_secs(2))
+            .await
+        {
+            tracing::warn!(
+                socket = %args.engine_socket.display(),
+                "engine not reachable yet; serving and retrying in the background"
+            );
+        }
+        Arc::new(engine)
+    };
     // SIGTERM (systemd, Kubernetes) and Ctrl-C both stop gracefully: the server drains
     // and writes a snapshot. The engine, a separate process, keeps forwarding media.
     let shutdown = async {
@@ -97,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    earshot_control::serve(config, Arc::new(engine), shutdown)
+    earshot_control::serve(config, engine, shutdown)
         .await
         .context("earshot-control")
 }

@@ -65,7 +65,7 @@ fn not_found(reason: &'static str, what: &str, id: &str) -> ApiError {
 }
 
 /// An interaction from memory, or the final view of an ended one from the store.
-fn interaction_view(
+async fn interaction_view(
     shared: &Shared,
     core: &Core,
     interaction_id: &str,
@@ -76,6 +76,7 @@ fn interaction_view(
     if let Some(record) = shared
         .store
         .ended(interaction_id)
+        .await
         .map_err(ApiError::store)?
     {
         return proto::Interaction::decode(record.view.as_slice()).map_err(ApiError::store);
@@ -98,7 +99,7 @@ fn participant_view(
 }
 
 /// A supervision from memory, or the final view of one whose interaction ended.
-fn supervision_view(
+async fn supervision_view(
     shared: &Shared,
     core: &Core,
     supervision_id: &str,
@@ -109,6 +110,7 @@ fn supervision_view(
     if let Some(view) = shared
         .store
         .ended_supervision(supervision_id)
+        .await
         .map_err(ApiError::store)?
     {
         return proto::SupervisionInfo::decode(view.as_slice()).map_err(ApiError::store);
@@ -167,11 +169,9 @@ impl InteractionsService {
             .shared
             .mutate(command, actor, |_| Ok(Vec::new()))
             .await?;
-        Ok(Response::new(interaction_view(
-            &self.shared,
-            &core,
-            interaction_id,
-        )?))
+        Ok(Response::new(
+            interaction_view(&self.shared, &core, interaction_id).await?,
+        ))
     }
 
     /// Applies a verb that adds one participant with media (from the request field
@@ -191,10 +191,10 @@ impl InteractionsService {
             .shared
             .mutate(command, actor, move |core| {
                 convert::check_media_retry(core, &entries)?;
-                Ok(entries)
+                Ok(entries.clone())
             })
             .await?;
-        let interaction = interaction_view(&self.shared, &core, &entry.interaction_id)?;
+        let interaction = interaction_view(&self.shared, &core, &entry.interaction_id).await?;
         let participant = participant_view(&core, &entry.interaction_id, &entry.participant_id)
             .ok_or_else(|| {
                 ApiError::new(
@@ -240,11 +240,11 @@ impl proto::interactions_server::Interactions for InteractionsService {
             .shared
             .mutate(command, actor, move |core| {
                 convert::check_media_retry(core, &entries)?;
-                Ok(entries)
+                Ok(entries.clone())
             })
             .await?;
         Ok(Response::new(proto::CreateInteractionResponse {
-            interaction: Some(interaction_view(&self.shared, &core, &req.interaction_id)?),
+            interaction: Some(interaction_view(&self.shared, &core, &req.interaction_id).await?),
             existing: outcome.existing,
         }))
     }
@@ -256,11 +256,9 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let req = request.into_inner();
         check_id("interaction_id", &req.interaction_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(interaction_view(
-            &self.shared,
-            &core,
-            &req.interaction_id,
-        )?))
+        Ok(Response::new(
+            interaction_view(&self.shared, &core, &req.interaction_id).await?,
+        ))
     }
 
     async fn list_interactions(
@@ -318,7 +316,13 @@ impl proto::interactions_server::Interactions for InteractionsService {
             .collect();
         if req.include_ended {
             // Ended calls live in the store (not in memory) for the retention period.
-            for (id, record) in self.shared.store.ended_all().map_err(ApiError::store)? {
+            for (id, record) in self
+                .shared
+                .store
+                .ended_all()
+                .await
+                .map_err(ApiError::store)?
+            {
                 let for_user = req.user_id.is_empty() || record.user_ids.contains(&req.user_id);
                 if for_user && after_token(&id) {
                     let view = proto::Interaction::decode(record.view.as_slice())
@@ -501,6 +505,7 @@ impl proto::interactions_server::Interactions for InteractionsService {
             .shared
             .store
             .timeline(&req.interaction_id)
+            .await
             .map_err(ApiError::store)?;
         if !known && events.is_empty() {
             return Err(not_found(
@@ -530,12 +535,13 @@ impl proto::interactions_server::Interactions for InteractionsService {
         let after = if req.live_only {
             store
                 .next_sequence()
+                .await
                 .map_err(ApiError::store)?
                 .saturating_sub(1)
         } else {
             req.after_sequence
         };
-        check_retained(&store, after)?;
+        check_retained(&store, after).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let filter = (!req.interaction_id.is_empty()).then_some(req.interaction_id);
         let stopping = self.shared.stopping.clone();
@@ -551,8 +557,8 @@ impl proto::interactions_server::Interactions for InteractionsService {
 }
 
 /// OUT_OF_RANGE when events after `after` have been dropped by retention.
-fn check_retained(store: &crate::store::Store, after: u64) -> Result<(), ApiError> {
-    let first = store.first_retained().map_err(ApiError::store)?;
+async fn check_retained(store: &crate::store::Store, after: u64) -> Result<(), ApiError> {
+    let first = store.first_retained().await.map_err(ApiError::store)?;
     if after != 0 && after.saturating_add(1) < first {
         return Err(ApiError::new(
             Code::OutOfRange,
@@ -578,7 +584,7 @@ async fn watch_task(
 ) {
     'replay: loop {
         loop {
-            let page = match store.events_after(last, REPLAY_PAGE) {
+            let page = match store.events_after(last, REPLAY_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = tx.send(Err(ApiError::store(e).into())).await;
@@ -609,7 +615,7 @@ async fn watch_task(
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // A slow client: catch up from the store if it still has the events.
-                    if let Err(e) = check_retained(&store, last) {
+                    if let Err(e) = check_retained(&store, last).await {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
@@ -658,7 +664,7 @@ impl SupervisionService {
                     })
                     .is_empty();
             let retry = core.rules.supervision(&req.supervision_id).is_some();
-            match media {
+            match media.clone() {
                 Some(media) if !escalation => Ok(vec![NewLeg {
                     entry: MediaEntry {
                         interaction_id: req.interaction_id.clone(),
@@ -677,7 +683,7 @@ impl SupervisionService {
             _ => req.supervision_id.clone(),
         };
         Ok(Response::new(proto::StartSupervisionResponse {
-            supervision: Some(supervision_view(&self.shared, &core, &id)?),
+            supervision: Some(supervision_view(&self.shared, &core, &id).await?),
             existing: outcome.existing,
         }))
     }
@@ -723,7 +729,9 @@ impl proto::supervision_server::Supervision for SupervisionService {
             Subject::Supervision(id) => id.clone(),
             _ => req.supervision_id,
         };
-        Ok(Response::new(supervision_view(&self.shared, &core, &id)?))
+        Ok(Response::new(
+            supervision_view(&self.shared, &core, &id).await?,
+        ))
     }
 
     async fn get_supervision(
@@ -733,11 +741,9 @@ impl proto::supervision_server::Supervision for SupervisionService {
         let req = request.into_inner();
         check_id("supervision_id", &req.supervision_id)?;
         let core = self.shared.core.lock().await;
-        Ok(Response::new(supervision_view(
-            &self.shared,
-            &core,
-            &req.supervision_id,
-        )?))
+        Ok(Response::new(
+            supervision_view(&self.shared, &core, &req.supervision_id).await?,
+        ))
     }
 
     async fn list_supervisions(
@@ -766,6 +772,7 @@ impl proto::supervision_server::Supervision for SupervisionService {
                 .shared
                 .store
                 .ended_supervisions()
+                .await
                 .map_err(ApiError::store)?
             {
                 let s = proto::SupervisionInfo::decode(view.as_slice()).map_err(ApiError::store)?;
@@ -848,5 +855,69 @@ impl proto::engine_server::Engine for EngineService {
             .into()),
             Err(e) => Err(ApiError::from(e).into()),
         }
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<proto::DrainNodeRequest>,
+    ) -> Reply<proto::DrainNodeResponse> {
+        let req = request.into_inner();
+        check_id("node_id", &req.node_id)?;
+        let (Some(cluster), crate::store::Store::Etcd(store)) =
+            (&self.shared.cluster, &*self.shared.store)
+        else {
+            return Err(not_a_cluster().into());
+        };
+        let Some(mut node) = cluster
+            .nodes()
+            .into_iter()
+            .find(|n| n.node_id == req.node_id)
+        else {
+            return Err(not_found(reason::NODE_NOT_FOUND, "engine node", &req.node_id).into());
+        };
+        crate::cluster::set_draining(store.etcd(), store.prefix(), &req.node_id, !req.undrain)
+            .await
+            .map_err(ApiError::store)?;
+        node.draining = !req.undrain;
+        tracing::info!(node_id = %req.node_id, draining = node.draining, "drain mark set");
+        Ok(Response::new(proto::DrainNodeResponse {
+            node: Some(node_out(&node)),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<proto::ListNodesRequest>,
+    ) -> Reply<proto::ListNodesResponse> {
+        let nodes = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|c| c.nodes())
+            .unwrap_or_default();
+        Ok(Response::new(proto::ListNodesResponse {
+            nodes: nodes.iter().map(node_out).collect(),
+        }))
+    }
+}
+
+fn not_a_cluster() -> ApiError {
+    ApiError::new(
+        Code::FailedPrecondition,
+        reason::NOT_A_CLUSTER,
+        "this control plane runs one engine, not a cluster of nodes (see docs/cluster.md)",
+    )
+}
+
+fn node_out(n: &crate::placement::NodeInfo) -> proto::Node {
+    proto::Node {
+        node_id: n.node_id.clone(),
+        engine: n.engine.clone(),
+        media_address: n.media_address.clone(),
+        shards: u32::from(n.shards),
+        capacity_legs: n.capacity_legs,
+        legs: n.legs,
+        weight: n.weight,
+        draining: n.draining,
     }
 }

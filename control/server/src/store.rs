@@ -1,70 +1,53 @@
-//! The embedded, crash-safe store (redb): everything the sidecar has acknowledged.
+//! The store: everything the sidecar has acknowledged, behind one interface with two
+//! implementations that pass one conformance suite (`tests/store_conformance.rs`).
 //!
-//! ## Layout
-//! - `journal`: every accepted mutating command, with its `now_ms` and the media of the
-//!   legs it introduced, by journal index. The rules state machine is deterministic, so
-//!   the latest snapshot plus the journal after it rebuilds the state exactly.
-//! - `snapshot`: the whole rules [`State`] and the media map as of a journal index;
-//!   written every `snapshot_every` commands and at shutdown, after which the journal
-//!   up to it is deleted.
-//! - `events`: the global event log by sequence number (from 1), bounded to the last
-//!   `retention` events, for `WatchEvents`.
-//! - `timeline`: every event again, keyed by (interaction, sequence), never pruned with
-//!   the log: a call's history outlives the retention window.
-//! - `legs`: the engine's leg for each (interaction, participant): id, local addresses
-//!   (so a restarted engine gives legs their old ports back) and the configuration last
-//!   sent.
-//! - `ended_interactions`, `ended_supervisions`, `ended`: an ended interaction leaves
-//!   the sidecar's memory at once; its final view (and its supervisions' views, by id
-//!   and escalation alias) stays here, indexed by end time, until the retention period
-//!   passes ([`Store::prune_ended`], which also deletes its timeline).
-//! - `meta`: counters (`next_sequence`, `next_journal`) and the store's random identity
-//!   (`store_id`, written at creation).
+//! - [`redb::RedbStore`], the default: one embedded, crash-safe file per host (`cargo
+//!   run --release` uses it unchanged).
+//! - [`etcd::EtcdStore`]: the cluster's store (SPEC section 7). Several control replicas
+//!   share it; each commit is one etcd transaction comparing the head it was based on.
 //!
-//! ## Durability
-//! A command, its journal entry and its events commit in one write transaction with
-//! redb's default durability (fsync before `commit` returns), before the RPC is
-//! acknowledged: a kill -9 after the reply loses nothing; a kill -9 before it loses
-//! the whole command, never half of it.
+//! ## The model both implement
+//! The rules state machine is deterministic, so the state is a **journal** of accepted
+//! commands over a **snapshot**; leg records, events (with their global sequence
+//! number and per-interaction timeline) and the final views of ended interactions sit
+//! beside it. One mutation is one [`Store::commit`]: its journal entry, its events and
+//! the leg records the engine acknowledged, atomically. A commit names its **base**,
+//! the head (last commit index) that the caller's state reflects; if anything was
+//! committed after it the commit is refused with [`StoreError::Conflict`] and nothing is
+//! written. The caller then reads what it missed ([`Store::records_after`]), applies it,
+//! re-applies its command to the new state (which may now be refused: two replicas
+//! racing to coach one agent, exactly one wins, the other answers
+//! COACH_ALREADY_ACTIVE) and commits again. So every rule of SPEC section 2 holds across
+//! replicas: a command is only ever accepted against the latest state.
+//!
+//! Event sequence numbers are assigned inside the commit, under the same comparison, so
+//! they are global, gap-free and in commit order whichever replica wrote them:
+//! `WatchEvents` on any replica resumes from any retained sequence.
+//!
+//! With redb there is one writer (the file is locked), so the base is always the head and
+//! there is nothing to catch up on; with etcd every commit (even one with only leg
+//! records or sidecar events) advances the head and is a [`CommitRecord`] others replay.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use earshot_engine_api::{LegId, MediaConfig};
 use earshot_rules::{Actor, Command, Event, EventKind, State};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::media::MediaSpec;
 
-const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
-const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const TIMELINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("timeline");
-const LEGS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("legs");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub mod etcd;
+pub mod redb;
 
-const ENDED: TableDefinition<(u64, &str), ()> = TableDefinition::new("ended");
-const ENDED_INTERACTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("ended_interactions");
-const ENDED_SUPERVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("ended_supervisions");
-
-const NEXT_SEQUENCE: &str = "next_sequence";
-const STORE_ID: &str = "store_id";
-const NEXT_JOURNAL: &str = "next_journal";
-const SNAPSHOT_KEY: &str = "state";
-
-/// Page cache of the database (redb's default is 1 GiB).
-pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The database file inside the data directory.
-pub const DB_FILE: &str = "earshot-control.redb";
+pub use self::redb::{CACHE_BYTES, DB_FILE};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database failed (boxed: redb's error is large and errors are rare).
     #[error("database: {0}")]
-    Db(Box<redb::Error>),
+    Db(Box<::redb::Error>),
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("record encoding: {0}")]
     Encoding(#[from] serde_json::Error),
@@ -74,6 +57,26 @@ pub enum StoreError {
     /// The database file exists but is empty, foreign or damaged.
     #[error("damaged store: {0}")]
     Damaged(String),
+    /// Another writer committed after the head this commit was based on: catch up
+    /// ([`Store::records_after`]) and try again.
+    #[error("another replica committed first (head is now {head})")]
+    Conflict {
+        /// The head as the store sees it.
+        head: u64,
+    },
+    /// The commits after the caller's head were folded into a snapshot: load the whole
+    /// state again.
+    #[error("the journal after this replica's head was compacted (oldest is {oldest})")]
+    Behind {
+        /// The oldest commit index still in the journal.
+        oldest: u64,
+    },
+    /// Another replica held the named lock for too long.
+    #[error("{0} is being changed through another control replica; retry")]
+    Locked(String),
+    /// etcd failed or is unreachable.
+    #[error("etcd: {0}")]
+    Etcd(#[from] earshot_etcd::EtcdError),
 }
 
 macro_rules! from_redb {
@@ -86,12 +89,12 @@ macro_rules! from_redb {
     )*};
 }
 from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
+    ::redb::Error,
+    ::redb::DatabaseError,
+    ::redb::TransactionError,
+    ::redb::TableError,
+    ::redb::StorageError,
+    ::redb::CommitError
 );
 
 /// One persisted event (a rules [`Event`] with its global sequence number).
@@ -172,6 +175,9 @@ pub struct LegRecord {
     pub local_rtcp: SocketAddr,
     /// The configuration last acknowledged by the engine.
     pub configured: Option<MediaConfig>,
+    /// The engine node serving the leg (cluster); `None` on one host.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A leg record's key: (interaction, participant).
@@ -180,6 +186,8 @@ pub type LegKey = (String, String);
 /// Everything read back at start-up.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The head: the index of the last commit the loaded state includes.
+    pub head: u64,
     /// The latest snapshot.
     pub snapshot: Option<Snapshot>,
     /// Journal entries after it, in order, with their indices.
@@ -188,568 +196,258 @@ pub struct Loaded {
     pub legs: Vec<(LegKey, LegRecord)>,
 }
 
-/// The store. All methods are blocking but short (one transaction each).
-#[derive(Debug)]
-pub struct Store {
-    db: Database,
-    retention: u64,
-    id: String,
-    created: bool,
+/// What a commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// The journal index of the entry, if one was written.
+    pub index: Option<u64>,
+    /// The head after the commit (the caller's new base).
+    pub head: u64,
+    /// The events with their sequence numbers.
+    pub records: Vec<EventRecord>,
 }
 
-/// The first bytes of every redb file (redb's `MAGICNUMBER`).
-const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
-
-/// Refuses a database file that is empty or does not start like a redb file.
-fn check_header(path: &Path, len: u64) -> Result<(), StoreError> {
-    use std::io::Read;
-    let shown = path.display();
-    if len == 0 {
-        return Err(StoreError::Damaged(format!(
-            "{shown} is empty (0 bytes): it is not the store of this sidecar. Restore it \
-             from a backup, point --data-dir at the right directory, or remove the file to \
-             start with a new, empty store"
-        )));
-    }
-    let mut head = [0u8; REDB_MAGIC.len()];
-    let n = std::fs::File::open(path)?.read(&mut head)?;
-    if n < head.len() || head != REDB_MAGIC {
-        return Err(StoreError::Damaged(format!(
-            "{shown} is not an earshot store (no redb header; another program's file?). \
-             Point --data-dir at the right directory"
-        )));
-    }
-    Ok(())
+/// One commit as other replicas replay it: everything a mutation made durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CommitRecord {
+    /// The command, if the commit carried one.
+    pub entry: Option<JournalEntry>,
+    /// Its events, with their sequence numbers.
+    pub events: Vec<EventRecord>,
+    /// Leg records written.
+    pub puts: Vec<(LegKey, LegRecord)>,
+    /// Leg records deleted.
+    pub deletes: Vec<LegKey>,
 }
 
-/// Runs `f`, turning a panic inside the database library (which some kinds of damage
-/// provoke) into [`StoreError::Damaged`].
-fn guard<T>(shown: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(StoreError::Damaged(format!(
-                "{shown}: the database library failed: {what}"
-            )))
+impl EventRecord {
+    /// The record of `event` with sequence number `sequence`; `named` overrides the
+    /// `orchestrator` actor (the request's `actor` field).
+    pub fn of(sequence: u64, event: &Event, named: Option<&str>) -> EventRecord {
+        EventRecord {
+            sequence,
+            kind: event.kind,
+            interaction_id: event.interaction_id.clone(),
+            time_ms: event.at_ms,
+            actor: match &event.actor {
+                Actor::Orchestrator => named.unwrap_or("orchestrator").to_owned(),
+                Actor::Engine => "engine".to_owned(),
+                Actor::User { user_id } => format!("user:{user_id}"),
+            },
+            details: event.details.clone(),
         }
     }
 }
 
-/// 64 random bits for a store identity (the kernel's pool; the clock and the address
-/// space as a fallback, since only distinctness matters).
-fn random_id() -> u64 {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok()
-    {
-        return u64::from_ne_bytes(b);
-    }
-    let x = 0u8;
-    (std::ptr::addr_of!(x) as u64) ^ u64::from(std::process::id()) << 32
-}
-
-fn render_actor(actor: &Actor, named: Option<&str>) -> String {
-    match actor {
-        Actor::Orchestrator => named.unwrap_or("orchestrator").to_owned(),
-        Actor::Engine => "engine".to_owned(),
-        Actor::User { user_id } => format!("user:{user_id}"),
-    }
+/// The store: redb on one host, etcd in a cluster (module doc). Every method is one
+/// transaction (a few for etcd's paged reads).
+#[derive(Debug)]
+pub enum Store {
+    /// The embedded store.
+    Redb(redb::RedbStore),
+    /// The cluster store.
+    Etcd(etcd::EtcdStore),
 }
 
 impl Store {
-    /// Opens the store in `data_dir`, creating it only if the database file does not
-    /// exist, keeping the last `retention` events for `WatchEvents`. A file that exists
-    /// but is empty, is not a redb database, or is damaged is refused with
-    /// [`StoreError::Damaged`] (never replaced by a fresh store: an empty store would
-    /// make the sidecar believe the engine's calls are strays).
+    /// Opens (or creates) the embedded store in `data_dir`, keeping the last
+    /// `retention` events for `WatchEvents` ([`redb::RedbStore::open`]).
     pub fn open(data_dir: &Path, retention: u64) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
-        let path = data_dir.join(DB_FILE);
-        let created = match std::fs::metadata(&path) {
-            Ok(meta) => {
-                check_header(&path, meta.len())?;
-                false
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => return Err(e.into()),
-        };
-        let shown = path.display().to_string();
-        let opened = guard(&shown, || {
-            // redb caches up to 1 GiB of pages by default, so the resident set would
-            // follow the database file (events and ended calls within their retention)
-            // instead of staying flat; the working set of a mutation is a few pages.
-            let mut builder = Database::builder();
-            builder.set_cache_size(CACHE_BYTES);
-            let db = if created {
-                builder.create(&path)?
-            } else {
-                builder.open(&path)?
-            };
-            Self::init_tables(&db)?;
-            Ok(db)
-        });
-        let db = match opened {
-            Ok(db) => db,
-            Err(StoreError::Db(e)) if !created => {
-                return Err(StoreError::Damaged(format!("{shown}: {e}")));
-            }
-            Err(e) => return Err(e),
-        };
-        let id = {
-            let tx = db.begin_read()?;
-            let meta = tx.open_table(META)?;
-            meta.get(STORE_ID)?.map_or(0, |v| v.value())
-        };
-        let store = Store {
-            db,
-            retention: retention.max(1),
-            id: format!("store-{id:016x}"),
-            created,
-        };
-        if !created {
-            // Read every record once now, so that damage is a clear error at start and
-            // never a surprise (or a panic) in the middle of serving.
-            guard(&shown, || store.load().map(|_| ()))
-                .map_err(|e| StoreError::Damaged(format!("{shown}: {e}")))?;
-        }
-        Ok(store)
+        redb::RedbStore::open(data_dir, retention).map(Store::Redb)
     }
 
-    fn init_tables(db: &Database) -> Result<(), StoreError> {
-        let tx = db.begin_write()?;
-        {
-            // Create every table so that read transactions never meet a missing one.
-            tx.open_table(JOURNAL)?;
-            tx.open_table(SNAPSHOT)?;
-            tx.open_table(EVENTS)?;
-            tx.open_table(TIMELINE)?;
-            tx.open_table(LEGS)?;
-            tx.open_table(ENDED)?;
-            tx.open_table(ENDED_INTERACTIONS)?;
-            tx.open_table(ENDED_SUPERVISIONS)?;
-            let mut meta = tx.open_table(META)?;
-            for key in [NEXT_SEQUENCE, NEXT_JOURNAL] {
-                if meta.get(key)?.is_none() {
-                    meta.insert(key, 1)?;
-                }
-            }
-            if meta.get(STORE_ID)?.is_none() {
-                meta.insert(STORE_ID, random_id())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+    /// Connects to the etcd cluster at `endpoints`, under the key prefix `prefix`
+    /// ([`etcd::EtcdStore::open`]).
+    pub async fn open_etcd(
+        endpoints: &[String],
+        prefix: &str,
+        retention: u64,
+    ) -> Result<Store, StoreError> {
+        etcd::EtcdStore::open(endpoints, prefix, retention)
+            .await
+            .map(Store::Etcd)
     }
 
-    /// This store's identity: random, written when the store was created. The sidecar
-    /// claims the engine with it, so that a sidecar started on another (or a new) store
-    /// can tell that the engine's legs are not its own.
+    /// Whether several replicas may write this store (so commits can conflict and
+    /// other replicas' commits must be followed).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Etcd(_))
+    }
+
+    /// The store's identity, random, written when it was created. The sidecar claims the
+    /// engine with it.
     pub fn id(&self) -> &str {
-        &self.id
+        match self {
+            Store::Redb(s) => s.id(),
+            Store::Etcd(s) => s.id(),
+        }
     }
 
-    /// Whether this process created the store (it did not exist before).
+    /// Whether this process created the store.
     pub fn is_new(&self) -> bool {
-        self.created
-    }
-
-    /// Reads the snapshot, the journal after it and the leg records.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        let tx = self.db.begin_read()?;
-        let snapshot: Option<Snapshot> = match tx.open_table(SNAPSHOT)?.get(SNAPSHOT_KEY)? {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        };
-        let after = snapshot.as_ref().map_or(0, |s| s.journal_upto);
-        let mut journal = Vec::new();
-        for row in tx.open_table(JOURNAL)?.range(after + 1..)? {
-            let (k, v) = row?;
-            journal.push((k.value(), serde_json::from_slice(v.value())?));
+        match self {
+            Store::Redb(s) => s.is_new(),
+            Store::Etcd(s) => s.is_new(),
         }
-        let mut legs = Vec::new();
-        for row in tx.open_table(LEGS)?.iter()? {
-            let (k, v) = row?;
-            let (i, p) = k.value();
-            legs.push((
-                (i.to_owned(), p.to_owned()),
-                serde_json::from_slice(v.value())?,
-            ));
+    }
+
+    /// The snapshot, the journal after it, the leg records and the head, consistently.
+    pub async fn load(&self) -> Result<Loaded, StoreError> {
+        match self {
+            Store::Redb(s) => s.load(),
+            Store::Etcd(s) => s.load().await,
         }
-        Ok(Loaded {
-            snapshot,
-            journal,
-            legs,
-        })
     }
 
-    /// Appends one accepted command and its events in one transaction; returns the
-    /// journal index and the events with their sequence numbers.
-    pub fn commit_command(
+    /// Makes one mutation durable (module doc): the journal entry (none for an
+    /// identical retry or a record the sidecar makes itself), its events and the leg
+    /// records, atomically, if nothing was committed after `base`. Nothing to write:
+    /// no transaction, the head stays `base`.
+    pub async fn commit(
         &self,
-        entry: &JournalEntry,
-        events: &[Event],
-    ) -> Result<(u64, Vec<EventRecord>), StoreError> {
-        let (index, records) =
-            self.commit(Some(entry), events, entry.actor.as_deref(), &[], &[])?;
-        Ok((index.unwrap_or(0), records))
-    }
-
-    /// Everything one mutation made durable, in one transaction (one fsync): the
-    /// command's journal entry (none for an identical retry or an event the sidecar
-    /// records itself), its events, and the leg records the engine acknowledged while
-    /// programming it. Returns the journal index (if an entry was written) and the
-    /// events with their sequence numbers. Nothing to write: no transaction.
-    pub fn commit(
-        &self,
+        base: u64,
         entry: Option<&JournalEntry>,
         events: &[Event],
         actor: Option<&str>,
         puts: &[(LegKey, LegRecord)],
         deletes: &[LegKey],
-    ) -> Result<(Option<u64>, Vec<EventRecord>), StoreError> {
-        if entry.is_none() && events.is_empty() && puts.is_empty() && deletes.is_empty() {
-            return Ok((None, Vec::new()));
+    ) -> Result<Committed, StoreError> {
+        match self {
+            Store::Redb(s) => s.commit(base, entry, events, actor, puts, deletes),
+            Store::Etcd(s) => s.commit(base, entry, events, actor, puts, deletes).await,
         }
-        let tx = self.db.begin_write()?;
-        let mut records = Vec::with_capacity(events.len());
-        let mut index = None;
-        {
-            let mut meta = tx.open_table(META)?;
-            if let Some(entry) = entry {
-                let i = meta.get(NEXT_JOURNAL)?.map_or(1, |v| v.value());
-                meta.insert(NEXT_JOURNAL, i + 1)?;
-                tx.open_table(JOURNAL)?
-                    .insert(i, serde_json::to_vec(entry)?.as_slice())?;
-                index = Some(i);
-            }
-            if !events.is_empty() {
-                let mut seq = meta.get(NEXT_SEQUENCE)?.map_or(1, |v| v.value());
-                let mut log = tx.open_table(EVENTS)?;
-                let mut timeline = tx.open_table(TIMELINE)?;
-                for e in events {
-                    let record = EventRecord {
-                        sequence: seq,
-                        kind: e.kind,
-                        interaction_id: e.interaction_id.clone(),
-                        time_ms: e.at_ms,
-                        actor: render_actor(&e.actor, actor),
-                        details: e.details.clone(),
-                    };
-                    let bytes = serde_json::to_vec(&record)?;
-                    log.insert(seq, bytes.as_slice())?;
-                    // Directory events belong to no interaction's timeline.
-                    if !record.interaction_id.is_empty() {
-                        timeline.insert((record.interaction_id.as_str(), seq), bytes.as_slice())?;
-                    }
-                    records.push(record);
-                    seq += 1;
-                }
-                meta.insert(NEXT_SEQUENCE, seq)?;
-                // Retention: drop the oldest beyond the window (usually one per event).
-                while log.len()? > self.retention {
-                    if log.pop_first()?.is_none() {
-                        break;
-                    }
-                }
-            }
-            if !puts.is_empty() || !deletes.is_empty() {
-                let mut legs = tx.open_table(LEGS)?;
-                for ((i, p), rec) in puts {
-                    legs.insert(
-                        (i.as_str(), p.as_str()),
-                        serde_json::to_vec(rec)?.as_slice(),
-                    )?;
-                }
-                for (i, p) in deletes {
-                    legs.remove((i.as_str(), p.as_str()))?;
-                }
-            }
+    }
+
+    /// Every commit after `head`, in order (other replicas' work). Errors with
+    /// [`StoreError::Behind`] if a snapshot has already deleted some of them: the
+    /// caller then loads the whole state again.
+    pub async fn records_after(&self, head: u64) -> Result<Vec<(u64, CommitRecord)>, StoreError> {
+        match self {
+            Store::Redb(s) => Ok(s.records_after(head)),
+            Store::Etcd(s) => s.records_after(head).await,
         }
-        tx.commit()?;
-        Ok((index, records))
+    }
+
+    /// Takes the lock `name` across replicas (etcd; nothing to take with redb, whose
+    /// single writer is serialised by the core lock). A mutation holds its
+    /// interaction's lock from before it reads the latest state until after it
+    /// commits, so that no other replica programs that interaction's legs meanwhile.
+    pub async fn lock(&self, name: &str) -> Result<Option<etcd::LockGuard>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(None),
+            Store::Etcd(s) => s.lock(name).await.map(Some),
+        }
+    }
+
+    /// Releases a lock taken with [`Store::lock`].
+    pub async fn unlock(&self, guard: Option<etcd::LockGuard>) {
+        if let (Store::Etcd(s), Some(g)) = (self, guard) {
+            s.unlock(g).await;
+        }
     }
 
     /// Replaces the snapshot and deletes the journal it covers.
-    pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            tx.open_table(SNAPSHOT)?
-                .insert(SNAPSHOT_KEY, serde_json::to_vec(snapshot)?.as_slice())?;
-            let mut journal = tx.open_table(JOURNAL)?;
-            journal.retain_in(..=snapshot.journal_upto, |_, _| false)?;
+    pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(s) => s.write_snapshot(snapshot),
+            Store::Etcd(s) => s.write_snapshot(snapshot).await,
         }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Writes and deletes leg records in one transaction.
-    pub fn update_legs(
-        &self,
-        puts: &[(LegKey, LegRecord)],
-        deletes: &[LegKey],
-    ) -> Result<(), StoreError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
-        let tx = self.db.begin_write()?;
-        {
-            let mut legs = tx.open_table(LEGS)?;
-            for ((i, p), rec) in puts {
-                legs.insert(
-                    (i.as_str(), p.as_str()),
-                    serde_json::to_vec(rec)?.as_slice(),
-                )?;
-            }
-            for (i, p) in deletes {
-                legs.remove((i.as_str(), p.as_str()))?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// Up to `limit` retained events with sequence greater than `after`, in order.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for row in table.range(after.saturating_add(1)..)?.take(limit) {
-            let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
+    pub async fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        match self {
+            Store::Redb(s) => s.events_after(after, limit),
+            Store::Etcd(s) => s.events_after(after, limit).await,
         }
-        Ok(out)
     }
 
-    /// The oldest retained sequence number, or the next one to be assigned when none is
-    /// retained.
-    pub fn first_retained(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        if let Some((k, _)) = tx.open_table(EVENTS)?.first()? {
-            return Ok(k.value());
+    /// The oldest retained sequence number, or the next one when none is retained.
+    pub async fn first_retained(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Redb(s) => s.first_retained(),
+            Store::Etcd(s) => s.first_retained().await,
         }
-        Ok(tx
-            .open_table(META)?
-            .get(NEXT_SEQUENCE)?
-            .map_or(1, |v| v.value()))
     }
 
     /// The sequence number the next event will get.
-    pub fn next_sequence(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx
-            .open_table(META)?
-            .get(NEXT_SEQUENCE)?
-            .map_or(1, |v| v.value()))
+    pub async fn next_sequence(&self) -> Result<u64, StoreError> {
+        match self {
+            Store::Redb(s) => s.next_sequence(),
+            Store::Etcd(s) => s.next_sequence().await,
+        }
     }
 
-    /// Keeps an ended interaction's final views (`supervisions`: id or alias and the
-    /// encoded `proto::SupervisionInfo`). Idempotent.
-    pub fn retire(
+    /// Keeps an ended interaction's final views. Idempotent: the first writer wins.
+    pub async fn retire(
         &self,
         interaction_id: &str,
         record: &EndedRecord,
         supervisions: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut views = tx.open_table(ENDED_INTERACTIONS)?;
-            if views.get(interaction_id)?.is_none() {
-                views.insert(interaction_id, serde_json::to_vec(record)?.as_slice())?;
-                tx.open_table(ENDED)?
-                    .insert((record.ended_ms, interaction_id), ())?;
-                let mut sups = tx.open_table(ENDED_SUPERVISIONS)?;
-                for (id, view) in supervisions {
-                    sups.insert(id.as_str(), view.as_slice())?;
-                }
-            }
+        match self {
+            Store::Redb(s) => s.retire(interaction_id, record, supervisions),
+            Store::Etcd(s) => s.retire(interaction_id, record, supervisions).await,
         }
-        tx.commit()?;
-        Ok(())
     }
 
     /// An ended interaction still retained.
-    pub fn ended(&self, interaction_id: &str) -> Result<Option<EndedRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(ENDED_INTERACTIONS)?;
-        match table.get(interaction_id)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
-            None => Ok(None),
+    pub async fn ended(&self, interaction_id: &str) -> Result<Option<EndedRecord>, StoreError> {
+        match self {
+            Store::Redb(s) => s.ended(interaction_id),
+            Store::Etcd(s) => s.ended(interaction_id).await,
         }
     }
 
     /// Every retained ended interaction, by id.
-    pub fn ended_all(&self) -> Result<Vec<(String, EndedRecord)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for row in tx.open_table(ENDED_INTERACTIONS)?.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_owned(), serde_json::from_slice(v.value())?));
+    pub async fn ended_all(&self) -> Result<Vec<(String, EndedRecord)>, StoreError> {
+        match self {
+            Store::Redb(s) => s.ended_all(),
+            Store::Etcd(s) => s.ended_all().await,
         }
-        Ok(out)
     }
 
-    /// The encoded final view of an ended supervision (by id or alias), if retained.
-    pub fn ended_supervision(&self, supervision_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(ENDED_SUPERVISIONS)?;
-        Ok(table.get(supervision_id)?.map(|v| v.value().to_vec()))
+    /// The encoded final view of an ended supervision (by id or alias).
+    pub async fn ended_supervision(
+        &self,
+        supervision_id: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Redb(s) => s.ended_supervision(supervision_id),
+            Store::Etcd(s) => s.ended_supervision(supervision_id).await,
+        }
     }
 
     /// Every retained ended supervision view.
-    pub fn ended_supervisions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for row in tx.open_table(ENDED_SUPERVISIONS)?.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_owned(), v.value().to_vec()));
+    pub async fn ended_supervisions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            Store::Redb(s) => s.ended_supervisions(),
+            Store::Etcd(s) => s.ended_supervisions().await,
         }
-        Ok(out)
     }
 
-    /// Deletes every ended interaction that ended before `ended_before_ms`: its view,
-    /// its supervisions' views and its timeline. Returns how many were deleted. At most
-    /// `limit` per call, so one call never holds the database for long.
-    pub fn prune_ended(&self, ended_before_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write()?;
-        let mut pruned = 0;
-        {
-            let mut index = tx.open_table(ENDED)?;
-            let mut views = tx.open_table(ENDED_INTERACTIONS)?;
-            let mut sups = tx.open_table(ENDED_SUPERVISIONS)?;
-            let mut timeline = tx.open_table(TIMELINE)?;
-            let doomed: Vec<(u64, String)> = index
-                .range((0, "")..(ended_before_ms, ""))?
-                .take(limit)
-                .map(|row| row.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
-                .collect::<Result<_, _>>()?;
-            for (ms, id) in doomed {
-                index.remove((ms, id.as_str()))?;
-                if let Some(v) = views.remove(id.as_str())? {
-                    let record: EndedRecord = serde_json::from_slice(v.value())?;
-                    for sid in &record.supervision_ids {
-                        sups.remove(sid.as_str())?;
-                    }
-                }
-                timeline.retain_in((id.as_str(), 0)..=(id.as_str(), u64::MAX), |_, _| false)?;
-                pruned += 1;
-            }
+    /// Deletes up to `limit` ended interactions that ended before `ended_before_ms`
+    /// (views, supervisions' views, timeline); returns how many.
+    pub async fn prune_ended(
+        &self,
+        ended_before_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        match self {
+            Store::Redb(s) => s.prune_ended(ended_before_ms, limit),
+            Store::Etcd(s) => s.prune_ended(ended_before_ms, limit).await,
         }
-        tx.commit()?;
-        Ok(pruned)
     }
 
     /// Every event of one interaction, in order.
-    pub fn timeline(&self, interaction_id: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TIMELINE)?;
-        let mut out = Vec::new();
-        for row in table.range((interaction_id, 0)..=(interaction_id, u64::MAX))? {
-            let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
+    pub async fn timeline(&self, interaction_id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        match self {
+            Store::Redb(s) => s.timeline(interaction_id),
+            Store::Etcd(s) => s.timeline(interaction_id).await,
         }
-        Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    fn event(interaction: &str, kind: EventKind) -> Event {
-        Event {
-            kind,
-            interaction_id: interaction.into(),
-            at_ms: 5,
-            actor: Actor::Orchestrator,
-            details: BTreeMap::new(),
-        }
-    }
-
-    fn entry() -> JournalEntry {
-        JournalEntry {
-            now_ms: 5,
-            command: Command::EndInteraction {
-                interaction_id: "i".into(),
-            },
-            media: Vec::new(),
-            actor: Some("cc".into()),
-        }
-    }
-
-    #[test]
-    fn events_get_increasing_sequences_that_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path(), 100).unwrap();
-            let (_, recs) = store
-                .commit_command(
-                    &entry(),
-                    &[
-                        event("a", EventKind::HoldStarted),
-                        event("b", EventKind::HoldEnded),
-                    ],
-                )
-                .unwrap();
-            assert_eq!(recs.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 2]);
-            assert_eq!(
-                recs[0].actor, "cc",
-                "the named actor overrides orchestrator"
-            );
-        }
-        let store = Store::open(dir.path(), 100).unwrap();
-        let (_, recs) = store
-            .commit_command(&entry(), &[event("a", EventKind::HoldEnded)])
-            .unwrap();
-        assert_eq!(recs[0].sequence, 3);
-        let tl = store.timeline("a").unwrap();
-        assert_eq!(tl.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(store.load().unwrap().journal.len(), 2);
-    }
-
-    #[test]
-    fn retention_bounds_the_log_but_not_the_timeline() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
-        for _ in 0..5 {
-            store
-                .commit_command(&entry(), &[event("a", EventKind::HoldStarted)])
-                .unwrap();
-        }
-        assert_eq!(store.first_retained().unwrap(), 3);
-        let after = store.events_after(0, 100).unwrap();
-        assert_eq!(
-            after.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
-        assert_eq!(store.timeline("a").unwrap().len(), 5);
-    }
-
-    #[test]
-    fn a_snapshot_deletes_the_journal_it_covers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 10).unwrap();
-        let (i1, _) = store.commit_command(&entry(), &[]).unwrap();
-        store
-            .write_snapshot(&Snapshot {
-                journal_upto: i1,
-                rules: State::default(),
-                media: Vec::new(),
-            })
-            .unwrap();
-        let (i2, _) = store.commit_command(&entry(), &[]).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.snapshot.unwrap().journal_upto, i1);
-        assert_eq!(
-            loaded.journal.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            [i2]
-        );
     }
 }

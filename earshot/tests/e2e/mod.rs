@@ -99,6 +99,11 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what the process said: its log lives in a temporary
+        // directory that is gone once the test ends.
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ---\n{}", self.name, self.log_tail());
+        }
     }
 }
 
@@ -309,6 +314,7 @@ pub fn media(remote: SocketAddr) -> proto::Media {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         auto_answer: None,
+        srtp: None,
         ..Default::default()
     }
 }

@@ -395,7 +395,7 @@ impl XskSocket {
     pub fn recv_batch_with_tx(
         &mut self,
         max: usize,
-        mut f: impl FnMut(&[u8], &mut XskTx<'_>),
+        mut f: impl FnMut(&mut [u8], &mut XskTx<'_>),
     ) -> usize {
         let max = max.min(self.rx_batch.capacity());
         let frame_size = u64::from(self.frame_size);
@@ -442,12 +442,11 @@ impl XskSocket {
             // after `f` returns. offset + len <= frame_size was checked above, so the slice
             // stays inside this frame. No other slice of this frame exists: `XskTx` only
             // writes Free TX frames, and the slice does not outlive this iteration (`f` is
-            // generic over the slice's lifetime).
+            // generic over the slice's lifetime). It is lent mutably so that the receiver
+            // can transform the datagram where it lies (SRTP decryption): the kernel does
+            // not read an RX frame, and the frame is overwritten by the next receive.
             let bytes = unsafe {
-                core::slice::from_raw_parts(
-                    chunk.addr.as_ptr().cast::<u8>().add(offset).cast_const(),
-                    len,
-                )
+                core::slice::from_raw_parts_mut(chunk.addr.as_ptr().cast::<u8>().add(offset), len)
             };
             f(bytes, &mut XskTx { sock: self });
             received += 1;

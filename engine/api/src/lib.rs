@@ -24,10 +24,11 @@
 #![forbid(unsafe_code)]
 
 pub mod protocol;
+pub mod srtp;
 
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use earshot_types::{
     Codec, Gain, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS, PTIMES_MS, PayloadType, SampleRate,
 };
+pub use srtp::{MasterKey, SrtpMedia, SrtpSuite};
 
 /// The engine's identifier of a leg: shard index in the top 16 bits, then a slot index and
 /// a generation so that a stale id never names a reused slot.
@@ -121,6 +123,20 @@ pub struct MediaConfig {
     /// defaults for other codecs.
     #[serde(default)]
     pub opus: OpusParams,
+    /// SRTP/SRTCP on this leg (RFC 3711, RFC 7714) with SDES keys; `None` is plain RTP.
+    /// Legs of one session are plain or SRTP independently. Changing the keys of a
+    /// configured leg re-keys it without a gap (`docs/srtp.md`). Absent in the
+    /// serialised form of a plain leg, so older peers read it unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<SrtpMedia>,
+    /// Strict source: the only address RTP and RTCP are accepted from (any port);
+    /// `None` accepts the configured remote or latches the first valid sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_source: Option<IpAddr>,
+    /// Send nothing while the leg hears nobody; `false` (the default) sends silence
+    /// frames at its ptime (SPEC section 5).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet_when_unheard: bool,
 }
 
 /// An Opus leg's parameters: the peer's `a=fmtp` (RFC 7587 section 6.1), which shape
@@ -218,7 +234,10 @@ impl MediaConfig {
     /// one of [`PTIMES_MS`]; payload type 7-bit and outside [`RTCP_CONFLICT_PTS`];
     /// telephone-event payload type 7-bit, not the codec's, not comfort noise (13), not
     /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port; then the
-    /// codec's own limits ([`MediaConfig::validate_codec`]).
+    /// codec's own limits ([`MediaConfig::validate_codec`]). SRTP suite names and key
+    /// forms are checked where they are parsed, [`SrtpSuite`]-typed, by
+    /// [`SrtpMedia::from_sdes`] (fields `srtp.suite`, `srtp.remote_key`,
+    /// `srtp.local_key`): a `MediaConfig` cannot hold a bad key.
     pub fn validate(&self) -> Result<(), MediaError> {
         let bad = |field: &'static str, message: String| Err(MediaError { field, message });
         if !PTIMES_MS.contains(&self.ptime_ms) {
@@ -266,6 +285,22 @@ impl MediaConfig {
                 "remote",
                 format!("{remote} is not a unicast address with a port"),
             );
+        }
+        if let Some(ip) = self.strict_source {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return bad("strict_source", format!("{ip} is not a unicast address"));
+            }
+            if let Some(remote) = self.remote
+                && remote.ip() != ip
+            {
+                return bad(
+                    "strict_source",
+                    format!(
+                        "{ip} is not the configured remote's address {}",
+                        remote.ip()
+                    ),
+                );
+            }
         }
         self.validate_codec()
     }
@@ -501,8 +536,12 @@ impl EngineSnapshot {
     }
 }
 
-/// Drop reasons counted per shard. The names are the metric labels.
-pub const DROP_REASONS: [&str; 13] = [
+/// Drop reasons counted per shard. The names are the metric labels. `srtp_auth`: an
+/// SRTP/SRTCP packet whose tag did not verify (forged, corrupted, another key, or plain
+/// RTP sent to an SRTP leg); `srtp_replay`: one already received or older than the
+/// replay window; `srtp_protect`: a packet the engine could not protect for sending
+/// (index space of the key used up: the leg needs a re-key).
+pub const DROP_REASONS: [&str; 16] = [
     "truncated",
     "bad_version",
     "bad_header",
@@ -516,6 +555,9 @@ pub const DROP_REASONS: [&str; 13] = [
     "jitter_overflow",
     "tx_full",
     "bad_rtcp",
+    "srtp_auth",
+    "srtp_replay",
+    "srtp_protect",
 ];
 
 /// Counters and latency percentiles of one shard.
@@ -678,6 +720,9 @@ mod tests {
             report_first_packet: false,
             max_ptime_ms: None,
             opus: OpusParams::default(),
+            srtp: None,
+            strict_source: None,
+            quiet_when_unheard: false,
         }
     }
 
@@ -690,6 +735,15 @@ mod tests {
             m.validate().map_err(|e| e.field)
         };
         assert_eq!(field(|m| m.ptime_ms = 25), Err("ptime_ms"));
+        assert_eq!(
+            field(|m| m.strict_source = Some([127, 0, 0, 2].into())),
+            Err("strict_source"),
+            "a strict source other than the configured remote's address"
+        );
+        assert_eq!(
+            field(|m| m.strict_source = Some([0, 0, 0, 0].into())),
+            Err("strict_source")
+        );
         assert_eq!(field(|m| m.ptime_ms = 0), Err("ptime_ms"));
         assert_eq!(field(|m| m.payload_type = 128), Err("payload_type"));
         for pt in [72, 80, 95] {
@@ -852,6 +906,32 @@ mod tests {
         let mut m = pcmu();
         m.payload_type = pt;
         m
+    }
+
+    #[test]
+    fn plain_legs_serialise_without_an_srtp_field_and_srtp_legs_with_one() {
+        let plain = serde_json::to_string(&pcmu()).unwrap();
+        assert!(!plain.contains("srtp"), "{plain}");
+        let back: MediaConfig = serde_json::from_str(&plain).unwrap();
+        assert_eq!(back, pcmu());
+        let mut secure = pcmu();
+        secure.srtp = Some(
+            SrtpMedia::new(
+                MasterKey::generate(SrtpSuite::AeadAes256Gcm, |b| b.fill(7)),
+                MasterKey::generate(SrtpSuite::AeadAes256Gcm, |b| b.fill(9)),
+            )
+            .unwrap(),
+        );
+        let json = serde_json::to_string(&secure).unwrap();
+        let back: MediaConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, secure);
+        let debug = format!("{secure:?}");
+        assert!(debug.contains("AEAD_AES_256_GCM") && debug.contains("redacted"));
+        // 0x07 and 0x09 octets are "BwcH" and "CQkJ" in base64.
+        assert!(
+            !debug.contains("BwcH") && !debug.contains("CQkJ"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 /// and UDP headers. Larger datagrams are counted as `oversize` and dropped.
 pub const MAX_UDP_PAYLOAD: usize = 1452;
 
-/// A received UDP datagram, borrowed from the backend's receive buffer.
+/// A received UDP datagram, borrowed mutably from the backend's receive buffer: the
+/// shard decrypts SRTP where the datagram lies. The backend must not read the buffer
+/// back as received data once the shard had it.
 #[derive(Debug)]
 pub struct Datagram<'a> {
     /// The local UDP port it arrived on (the port table's index).
@@ -20,7 +22,7 @@ pub struct Datagram<'a> {
     /// The sender.
     pub remote: SocketAddr,
     /// UDP payload.
-    pub payload: &'a [u8],
+    pub payload: &'a mut [u8],
 }
 
 /// Where a shard builds packets to send.

@@ -37,9 +37,17 @@ pub enum DropReason {
     TxFull,
     /// Malformed RTCP.
     BadRtcp,
+    /// SRTP/SRTCP authentication failed (forged, corrupted, another key, plain RTP on an
+    /// SRTP leg).
+    SrtpAuth,
+    /// SRTP/SRTCP replay, or older than the replay window.
+    SrtpReplay,
+    /// A packet to send on an SRTP leg could not be protected (the key's index space is
+    /// used up; the leg needs a re-key).
+    SrtpProtect,
 }
 
-const _: () = assert!(DropReason::BadRtcp as usize + 1 == DROP_REASONS.len());
+const _: () = assert!(DropReason::SrtpProtect as usize + 1 == DROP_REASONS.len());
 
 /// Counters of one shard.
 #[derive(Debug)]
@@ -95,6 +103,20 @@ impl Counters {
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
+    }
+
+    /// Counts one send: `sent` as the sink returned it, `len` the datagram length the
+    /// build closure returned (0 when SRTP protection failed and the send was cancelled).
+    #[inline]
+    pub fn count_send(&mut self, sent: bool, len: usize) {
+        match (sent, len) {
+            (false, _) => self.drop(DropReason::TxFull),
+            (true, 0) => self.drop(DropReason::SrtpProtect),
+            (true, len) => {
+                self.packets_out += 1;
+                self.bytes_out += len as u64;
+            }
+        }
     }
 
     /// Copies the counters into the API's form.

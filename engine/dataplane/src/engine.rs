@@ -329,7 +329,10 @@ impl EngineHandle {
         let s = &self.shards[shard];
         self.reclaim(s);
         if let Some(port) = requested {
-            lock_pool(s).take_specific(port, rtcp_mux).map_err(|why| {
+            // The pool's guard must be gone before the refusal locks it again to
+            // quote the range (a temporary would live to the end of the statement).
+            let taken = lock_pool(s).take_specific(port, rtcp_mux);
+            taken.map_err(|why| {
                 let (first, count) = {
                     let p = lock_pool(s);
                     (p.first(), p.count())

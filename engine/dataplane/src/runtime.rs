@@ -167,6 +167,7 @@ fn apply(
         _ => None,
     };
     let mut result = shard.handle_command(now, cmd);
+    let mut ports = Some(ports);
     if let (Some((port, family)), Ok(Response::Leg(info))) = (wanted, &result) {
         // The shard took the port only if the leg is new (a retry returns the existing
         // leg on its own port): then the sockets become the backend's.
@@ -174,7 +175,7 @@ fn apply(
             let leg = info.leg;
             let mut added = Vec::new();
             let mut failure = None;
-            for (p, bound) in ports {
+            for (p, bound) in ports.take().into_iter().flatten() {
                 match backend.add_port(p, family, bound) {
                     Ok(()) => added.push(p),
                     Err(e) => {
@@ -191,6 +192,11 @@ fn apply(
                 result = Err(EngineError::Internal(message));
             }
         }
+    }
+    // Ports bound for a leg the shard did not take go back unused (an idempotent retry
+    // of AllocateLeg, as every reconciliation pass sends, must not leak one each time).
+    for (p, bound) in ports.into_iter().flatten() {
+        backend.discard_unused(p, bound);
     }
     if stats && let Ok(Response::Stats(s)) = &mut result {
         s.backend = backend.name().to_string();

@@ -5,10 +5,13 @@
 //! are applied in order per connection.
 //!
 //! ## Contract
-//! - **One programming client.** A client whose hello asks for
-//!   [`ClientRole::Program`] (the sidecar) is accepted only while no other programming
-//!   client is connected; a second one gets a hello with `refused` set and is closed,
-//!   and the first keeps the event stream. Observers ([`ClientRole::Observe`]) may call
+//! - **One programming client** (by default). A client whose hello asks for
+//!   [`ClientRole::Program`] (the sidecar) is accepted only while fewer than
+//!   [`SocketOptions::max_programmers`] (default 1) are connected; one more gets a
+//!   hello with `refused` set and is closed. A cluster's engine node accepts one per
+//!   control replica (`--programmers N`): the replicas serialise their work on each
+//!   interaction themselves (docs/cluster.md). Events go to the programming client
+//!   connected longest, and to the next one when it leaves. Observers ([`ClientRole::Observe`]) may call
 //!   `Snapshot` and `Stats` only and get no events; any number may connect.
 //! - **No event is lost silently.** Events go to the programming client; while none is
 //!   connected they wait in a bounded buffer ([`EVENT_BACKLOG`]) and are delivered, in
@@ -54,11 +57,23 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How the socket is created.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SocketOptions {
     /// Group allowed to program the engine: the socket is then 0660 and owned by this
     /// group (the engine must be a member or root). `None`: 0600, owner only.
     pub group: Option<u32>,
+    /// Programming clients accepted at once. Default 1 (one sidecar); a cluster node
+    /// takes one per control replica.
+    pub max_programmers: usize,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            group: None,
+            max_programmers: 1,
+        }
+    }
 }
 
 /// A running socket server.
@@ -71,11 +86,13 @@ pub struct SocketServer {
     stop: Arc<AtomicBool>,
 }
 
-/// The programming client's side of the event stream, and the events waiting for one.
+/// The programming clients' side of the event stream, and the events waiting for one.
 #[derive(Debug, Default)]
 struct Hub {
-    /// Connection number and a write handle of the programming client.
-    programmer: Option<(u64, UnixStream)>,
+    /// Connection number and a write handle of each programming client, oldest first;
+    /// events go to the first.
+    programmers: Vec<(u64, UnixStream)>,
+    max_programmers: usize,
     backlog: VecDeque<EngineEvent>,
 }
 
@@ -102,7 +119,10 @@ impl SocketServer {
     ) -> io::Result<SocketServer> {
         let (listener, identity) = bind_private(path, options)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let hub: SharedHub = Arc::new(Mutex::new(Hub::default()));
+        let hub: SharedHub = Arc::new(Mutex::new(Hub {
+            max_programmers: options.max_programmers.max(1),
+            ..Hub::default()
+        }));
         {
             let (engine, hub, stop) = (engine.clone(), hub.clone(), stop.clone());
             thread::Builder::new()
@@ -264,12 +284,12 @@ fn accept_loop(
 /// Sends `ev` to the programming client, or keeps it for the next one.
 fn deliver(hub: &SharedHub, engine: &EngineHandle, ev: EngineEvent) {
     let mut h = lock(hub);
-    if let Some((_, s)) = h.programmer.as_mut() {
+    while let Some((_, s)) = h.programmers.first_mut() {
         if write_frame(s, &ServerFrame::Event(ev.clone())).is_ok() {
             return;
         }
-        // The client went away mid-stream: keep the event for the next one.
-        h.programmer = None;
+        // The client went away mid-stream: the next one (or the backlog) gets it.
+        h.programmers.remove(0);
     }
     if h.backlog.len() < EVENT_BACKLOG {
         h.backlog.push_back(ev);
@@ -315,7 +335,7 @@ fn serve_connection(
     let programmer = hello.role == ClientRole::Program;
     if programmer {
         let mut h = lock(hub);
-        if h.programmer.is_some() {
+        if h.programmers.len() >= h.max_programmers {
             drop(h);
             return refuse(
                 &mut w,
@@ -333,16 +353,14 @@ fn serve_connection(
                 return Err(e);
             }
         }
-        h.programmer = Some((id, w.try_clone()?));
+        h.programmers.push((id, w.try_clone()?));
     } else {
         write_frame(&mut w, &Hello::current())?;
     }
     let served = serve_calls(&mut reader, &mut w, engine, hub, programmer);
     if programmer {
         let mut h = lock(hub);
-        if h.programmer.as_ref().is_some_and(|(p, _)| *p == id) {
-            h.programmer = None;
-        }
+        h.programmers.retain(|(p, _)| *p != id);
     }
     served
 }

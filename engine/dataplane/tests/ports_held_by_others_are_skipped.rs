@@ -151,3 +151,73 @@ fn a_real_foreign_socket_in_the_range_is_skipped() {
     drop(foreign);
     engine.shutdown();
 }
+
+/// Every reconciliation pass re-sends AllocateLeg for legs that exist; the engine binds a
+/// fresh port for each retry before the shard answers with the existing leg. Those ports
+/// must go back unheld: they used to stay marked bound in the in-memory backend, so after
+/// a few passes 64 ports in a row looked taken by another process and new legs were
+/// refused (found by the fault suite: `refused_supervisions_and_joins_leave_no_trace`).
+#[test]
+fn retries_that_return_the_existing_leg_leave_no_port_held() {
+    let (engine, _net) = memory_engine(20_000, 64);
+    let first = allocate(&engine, "a", None).expect("the leg");
+    for _ in 0..200 {
+        assert_eq!(
+            allocate(&engine, "a", None).expect("the retry"),
+            first,
+            "a retry answers the existing leg"
+        );
+    }
+    for i in 0..20 {
+        allocate(&engine, &format!("n{i}"), None)
+            .unwrap_or_else(|e| panic!("new leg {i} after 200 retries: {e}"));
+    }
+    assert_eq!(
+        ports_busy(&engine),
+        0,
+        "no port looked held by another process"
+    );
+}
+
+/// Every refusal of a requested port answers (outside the range, already taken, odd
+/// without rtcp-mux) with the field named; none of them may block the caller. The
+/// out-of-range refusal used to lock the shard's port pool a second time while its
+/// first guard was alive, so the request (and every later one) hung: the sidecar's
+/// reconciliation after an engine restart with a smaller range never finished.
+#[test]
+fn a_refused_requested_port_answers_instead_of_hanging() {
+    let (engine, _net) = memory_engine(20_000, 64);
+    let taken = allocate(&engine, "first", None).expect("first allocation");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = engine.handle();
+    std::thread::spawn(move || {
+        let ask = |key: &str, port: u16| {
+            block_on(handle.request(Request::AllocateLeg {
+                session: format!("call-{key}"),
+                leg_key: key.into(),
+                family: Family::V4,
+                requested_port: Some(port),
+                rtcp_mux: false,
+            }))
+        };
+        let answers = [
+            ask("outside", 30_000),
+            ask("taken", taken),
+            ask("odd", 20_011),
+        ];
+        let _ = tx.send(answers.map(|a| a.map(|_| ())));
+    });
+    let answers = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("every refused port request answers within 10 s (it used to deadlock)");
+    for (what, answer) in ["outside the range", "taken", "odd"].iter().zip(answers) {
+        match answer {
+            Err(EngineError::InvalidArgument { field, .. }) => {
+                assert_eq!(field, "requested_port", "{what}");
+            }
+            other => panic!("a requested port {what} answered {other:?}"),
+        }
+    }
+    // The pool is still usable afterwards.
+    allocate(&engine, "after", None).expect("allocation after the refusals");
+}

@@ -622,7 +622,7 @@ fn assert_unavailable_everywhere() -> OpusError {
 /// Started by `missing_library_is_an_error_not_a_crash` inside a mount namespace where
 /// libopus is hidden; on its own it has nothing to check (the library is present).
 #[test]
-#[ignore]
+#[ignore = "child process of missing_library_is_an_error_not_a_crash"]
 fn hidden_library_child() {
     if std::env::var_os("EARSHOT_OPUS_EXPECT_HIDDEN").is_none() {
         println!("only meaningful when started by missing_library_is_an_error_not_a_crash");

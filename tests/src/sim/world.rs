@@ -22,11 +22,14 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardEvent};
 use earshot_engine_api::{
-    Edge, EngineError, Family, LegId, MediaConfig, Response, SessionPlan, ShardStats,
+    Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan,
+    ShardStats, SrtpMedia, SrtpSuite,
 };
 use earshot_media::Gain;
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
+use earshot_media::Codec;
+use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_testkit::fixtures::pcmu_media;
 use earshot_testkit::rig::{CaptureSink, shard_config};
 
@@ -61,6 +64,9 @@ pub struct PartyConfig {
     pub uplink: Link,
     /// Path from the engine to the phone.
     pub downlink: Link,
+    /// SRTP keys as the engine's leg is configured with them (`remote_key`: what the
+    /// phone encrypts with; `local_key`: what the engine encrypts with); `None`: plain.
+    pub srtp: Option<SrtpMedia>,
 }
 
 impl PartyConfig {
@@ -72,8 +78,37 @@ impl PartyConfig {
             latch: false,
             uplink: Link::CLEAN,
             downlink: Link::CLEAN,
+            srtp: None,
         }
     }
+
+    /// The same party with an SRTP phone of `suite`; the two keys are derived from
+    /// `key_seed` (a test's keys need no secrecy, only to differ between parties).
+    pub fn with_srtp(mut self, suite: SrtpSuite, key_seed: u8) -> PartyConfig {
+        let key = |salt: u8| {
+            MasterKey::generate(suite, |b| {
+                for (k, x) in b.iter_mut().enumerate() {
+                    *x = key_seed
+                        .wrapping_mul(31)
+                        .wrapping_add(salt)
+                        .wrapping_add(k as u8);
+                }
+            })
+        };
+        self.srtp = Some(SrtpMedia::new(key(1), key(2)).expect("one suite"));
+        self
+    }
+}
+
+/// The phone's side of an SRTP leg.
+#[derive(Debug)]
+struct PhoneSrtp {
+    /// Protects what the phone sends (the leg's `remote_key`).
+    out: SrtpSession,
+    /// Unprotects what the engine sends (the leg's `local_key`).
+    inb: SrtpSession,
+    /// Engine datagrams the phone could not unprotect.
+    failures: u64,
 }
 
 /// A datagram the engine sent (the kit's capture, stamped with virtual time).
@@ -91,6 +126,7 @@ struct Endpoint {
     uplink_lost: u64,
     /// Every datagram the phone sent.
     uplink_log: Vec<Vec<u8>>,
+    srtp: Option<PhoneSrtp>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -237,6 +273,7 @@ impl Sim {
             payload_type: cfg.talker.payload_type,
             ptime_ms: cfg.talker.ptime_ms,
             telephone_event_pt: cfg.talker.telephone_event_pt,
+            srtp: cfg.srtp.clone(),
             ..pcmu_media(if cfg.latch { None } else { Some(addr) })
         };
         if let Err(e) = self.command(ShardCommand::ConfigureLeg {
@@ -256,6 +293,11 @@ impl Sim {
             self.rng.next_u32(),
         );
         let listener = Listener::new(cfg.talker.codec, cfg.talker.payload_type);
+        let srtp = cfg.srtp.as_ref().map(|k| PhoneSrtp {
+            out: SrtpSession::new(Direction::Outbound, k.remote_key(), SrtpConfig::default()),
+            inb: SrtpSession::new(Direction::Inbound, k.local_key(), SrtpConfig::default()),
+            failures: 0,
+        });
         self.parties.push(Endpoint {
             cfg,
             addr,
@@ -266,6 +308,7 @@ impl Sim {
             uplink_sent: 0,
             uplink_lost: 0,
             uplink_log: Vec::new(),
+            srtp,
         });
         Party(i)
     }
@@ -339,7 +382,13 @@ impl Sim {
             while self.parties[i].talker.next_send_at() <= now {
                 let mut buf = std::mem::take(&mut self.scratch);
                 if self.parties[i].talker.emit(now, &mut buf) {
-                    let p = &self.parties[i];
+                    let p = &mut self.parties[i];
+                    if let Some(srtp) = &mut p.srtp {
+                        let len = buf.len();
+                        buf.resize(len + srtp.out.suite().rtp_overhead(), 0);
+                        let sealed = srtp.out.protect_rtp(&mut buf, len);
+                        buf.truncate(sealed.expect("a phone's packet protects"));
+                    }
                     let dest = Dest::Engine {
                         port: p.engine_port,
                         from: p.addr,
@@ -351,20 +400,37 @@ impl Sim {
             }
         }
         while self.in_flight.peek().is_some_and(|f| f.at <= now) {
-            let Some(f) = self.in_flight.pop() else { break };
+            let Some(mut f) = self.in_flight.pop() else {
+                break;
+            };
             match f.dest {
                 Dest::Engine { port, from } => {
                     let d = Datagram {
                         local_port: port,
                         remote: from,
-                        payload: &f.bytes,
+                        payload: &mut f.bytes,
                     };
                     self.shard.handle_packet(now, d, &mut self.tx);
                     self.route_sent();
                 }
-                Dest::Party(i) => self.parties[i]
-                    .listener
-                    .handle_datagram(f.sent_at, now, &f.bytes),
+                Dest::Party(i) => {
+                    let p = &mut self.parties[i];
+                    let len = match &mut p.srtp {
+                        None => Some(f.bytes.len()),
+                        Some(srtp) => {
+                            let r = if earshot_media::wire::is_rtcp(&f.bytes) {
+                                srtp.inb.unprotect_rtcp(&mut f.bytes)
+                            } else {
+                                srtp.inb.unprotect_rtp(&mut f.bytes)
+                            };
+                            srtp.failures += u64::from(r.is_err());
+                            r.ok()
+                        }
+                    };
+                    if let Some(len) = len {
+                        p.listener.handle_datagram(f.sent_at, now, &f.bytes[..len]);
+                    }
+                }
             }
         }
         if self.shard.poll_deadline().is_some_and(|d| d <= now) {
@@ -470,6 +536,12 @@ impl Sim {
     /// Packets the party's phone sent, and how many of them its uplink lost.
     pub fn uplink_counts(&self, p: Party) -> (u64, u64) {
         (self.parties[p.0].uplink_sent, self.parties[p.0].uplink_lost)
+    }
+
+    /// Engine datagrams the party's SRTP phone could not verify and decrypt (0 for a
+    /// plain phone).
+    pub fn srtp_failures(&self, p: Party) -> u64 {
+        self.parties[p.0].srtp.as_ref().map_or(0, |s| s.failures)
     }
 
     /// Every datagram the party's phone sent, in order (before its uplink).

@@ -308,6 +308,7 @@ pub fn media(remote_port: u16) -> proto::Media {
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         auto_answer: None,
+        srtp: None,
         ..Default::default()
     }
 }

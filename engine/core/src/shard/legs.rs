@@ -12,6 +12,7 @@ use earshot_media::{
 };
 
 use super::session::Session;
+use super::srtp::LegSrtp;
 use super::{NO_SLOT, ReleasedPort, Shard};
 
 /// Mean interval between a leg's RTCP reports (RFC 3550 section 6.2's minimum of 5 s;
@@ -59,6 +60,8 @@ pub(super) struct LegMedia {
     pub(super) packets_sent: u32,
     /// When this leg next sends RTCP.
     pub(super) next_rtcp: Instant,
+    /// SRTP/SRTCP sessions when the leg is encrypted; `None` for plain RTP.
+    pub(super) srtp: Option<Box<LegSrtp>>,
 }
 
 /// Where a mixed output's frame to send is.
@@ -265,7 +268,7 @@ impl Shard {
         }
         let codec = media.codec;
         check_codec(codec)?;
-        let fresh = self.new_media(now, &media, codec);
+        let mut fresh = self.new_media(now, &media, codec);
         let leg = self.legs[slot as usize]
             .as_mut()
             .expect("resolved slot holds a leg");
@@ -287,14 +290,23 @@ impl Shard {
         let keep = leg.media.as_ref().is_some_and(|m| {
             m.codec == codec && m.ptime_ms == media.ptime_ms && m.payload_type == media.payload_type
         });
+        // SRTP state carries over whatever else changes: the remote keeps its SSRC and
+        // rollover counter across a re-INVITE, and a changed key re-keys without a gap.
+        let old_srtp = leg.media.as_mut().and_then(|m| m.srtp.take());
+        let srtp = LegSrtp::next(old_srtp, media.srtp.as_ref(), now);
         match (&mut leg.media, keep) {
             (Some(m), true) => {
                 m.te_pt = media.telephone_event_pt;
                 m.rtcp_mux = media.rtcp_mux;
                 m.report_first_packet = media.report_first_packet;
+                m.send_idle = !media.quiet_when_unheard;
+                m.srtp = srtp;
                 m.config = media;
             }
-            _ => leg.media = Some(fresh),
+            _ => {
+                fresh.srtp = srtp;
+                leg.media = Some(fresh);
+            }
         }
         // The format may have changed: rebuild the session's plan.
         let s = self.leg(slot).session;
@@ -326,7 +338,7 @@ impl Shard {
             te_pt: media.telephone_event_pt,
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
-            send_idle: true,
+            send_idle: !media.quiet_when_unheard,
             jitter: JitterBuffer::new(jitter_cfg),
             out: OutputStream::new(
                 ssrc,
@@ -351,6 +363,7 @@ impl Shard {
             octets_sent: 0,
             packets_sent: 0,
             next_rtcp: now + RTCP_INTERVAL,
+            srtp: None,
         })
     }
 

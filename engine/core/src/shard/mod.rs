@@ -33,6 +33,7 @@ mod packet;
 mod report;
 mod rtcp;
 mod session;
+mod srtp;
 mod tick;
 
 use std::collections::{HashMap, VecDeque};
@@ -293,14 +294,12 @@ impl Shard {
         }
     }
 
+    /// Counts one send: `sent` as [`crate::io::TxSink::send_with`] returned it, `len`
+    /// the datagram's length as the build closure returned it (0: SRTP protection
+    /// failed and the send was cancelled).
     #[inline]
     fn count_send(&mut self, sent: bool, len: usize) {
-        if sent {
-            self.counters.packets_out += 1;
-            self.counters.bytes_out += len as u64;
-        } else {
-            self.counters.drop(crate::stats::DropReason::TxFull);
-        }
+        self.counters.count_send(sent, len);
     }
 
     fn resolve(&self, id: LegId) -> Result<u32, EngineError> {

@@ -6,6 +6,7 @@ use earshot_media::time::Instant;
 use earshot_media::wire::seq::SeqTracker;
 use earshot_media::{PayloadType, RtpTs, SeqNo, Ssrc};
 
+use super::srtp::LegSrtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::{Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use crate::rtp::{self, RtpView};
@@ -13,13 +14,21 @@ use crate::stats::DropReason;
 
 impl Shard {
     /// Handles one received datagram in place; `tx` is where forwarded copies are built.
+    /// On an SRTP leg the datagram is verified and decrypted where it lies first:
+    /// whatever fails is counted (`srtp_auth`, `srtp_replay`) and dropped before any
+    /// parser, jitter buffer or other leg sees it.
     pub fn handle_packet(&mut self, now: Instant, d: Datagram<'_>, tx: &mut dyn TxSink) {
+        let Datagram {
+            local_port,
+            remote,
+            payload,
+        } = d;
         self.counters.packets_in += 1;
-        self.counters.bytes_in += d.payload.len() as u64;
-        if d.payload.len() > MAX_UDP_PAYLOAD {
+        self.counters.bytes_in += payload.len() as u64;
+        if payload.len() > MAX_UDP_PAYLOAD {
             return self.counters.drop(DropReason::Oversize);
         }
-        let Some(offset) = d.local_port.checked_sub(self.cfg.port_first) else {
+        let Some(offset) = local_port.checked_sub(self.cfg.port_first) else {
             return self.counters.drop(DropReason::UnknownPort);
         };
         let slot = match self.port_table.get(usize::from(offset)) {
@@ -29,32 +38,55 @@ impl Shard {
         let leg = self.legs[slot as usize]
             .as_mut()
             .expect("port table names live legs");
-        let is_rtcp_port = leg.paired && d.local_port != leg.port;
+        let is_rtcp_port = leg.paired && local_port != leg.port;
         let Some(media) = leg.media.as_mut() else {
             return self.counters.drop(DropReason::UnconfiguredLeg);
         };
-        // RTCP: on port+1, or multiplexed (RFC 5761: second byte 192..=223).
-        if is_rtcp_port || (media.rtcp_mux && rtp::looks_like_rtcp(d.payload)) {
+        // A strict source is the only address this leg hears from, RTP or RTCP, before
+        // or after it has learned its remote.
+        if media
+            .config
+            .strict_source
+            .is_some_and(|ip| ip != remote.ip())
+        {
+            return self.counters.drop(DropReason::WrongSource);
+        }
+        // RTCP: on port+1, or multiplexed (RFC 5761: second byte 192..=223, which SRTCP
+        // leaves in clear).
+        if is_rtcp_port || (media.rtcp_mux && rtp::looks_like_rtcp(payload)) {
             // Only from the leg's peer: its address (rtcp-mux) or its host (port+1).
             let from_peer = leg.remote.is_some_and(|r| {
                 if is_rtcp_port {
-                    r.ip() == d.remote.ip()
+                    r.ip() == remote.ip()
                 } else {
-                    r == d.remote
+                    r == remote
                 }
             });
             if !from_peer {
                 return self.counters.drop(DropReason::WrongSource);
             }
-            return self.handle_rtcp(now, slot, d);
+            return self.handle_rtcp(now, slot, payload);
         }
-        let view = match RtpView::parse(d.payload) {
+        // SRTP: a source other than the leg's peer is refused before any crypto is
+        // spent on it; then the packet is verified and decrypted in place.
+        let payload: &[u8] = match media.srtp.as_deref_mut() {
+            None => payload,
+            Some(_) if leg.remote.is_some_and(|r| r != remote) => {
+                return self.counters.drop(DropReason::WrongSource);
+            }
+            Some(srtp) => match srtp.unprotect_rtp(now, payload) {
+                Ok(len) => &payload[..len],
+                Err(reason) => return self.counters.drop(reason),
+            },
+        };
+        let view = match RtpView::parse(payload) {
             Ok(v) => v,
             Err(reason) => return self.counters.drop(reason),
         };
         // Symmetric RTP: latch the first valid source, then refuse every other one. A
-        // remote once known (configured or latched) is never replaced by a packet.
-        if leg.remote.is_some_and(|r| r != d.remote) {
+        // remote once known (configured or latched) is never replaced by a packet. On
+        // an SRTP leg "valid" means authenticated: junk cannot take the latch.
+        if leg.remote.is_some_and(|r| r != remote) {
             return self.counters.drop(DropReason::WrongSource);
         }
         let pt = view.payload_type;
@@ -79,9 +111,9 @@ impl Shard {
         let id = leg.id;
         let mut event = None;
         if leg.remote.is_none() {
-            leg.remote = Some(d.remote);
+            leg.remote = Some(remote);
             leg.latched = true;
-            event = Some(ShardEvent::RemoteLatched(id, d.remote));
+            event = Some(ShardEvent::RemoteLatched(id, remote));
         }
         leg.last_rx = now;
         leg.timed_out = false;
@@ -97,7 +129,7 @@ impl Shard {
         let leg = self.leg(slot);
         let (s, src_index) = (leg.session, usize::from(leg.index));
         if is_event {
-            return self.forward_event(now, s, src_index, &view, d.payload, tx);
+            return self.forward_event(now, s, src_index, &view, payload, tx);
         }
         // Forward to every listener whose plan forwards this source.
         let sess = self.session(s);
@@ -105,7 +137,7 @@ impl Shard {
         if !targets.is_empty() {
             let legs = sess.legs;
             for l in targets {
-                self.forward_audio(now, legs[l], &view, d.payload, tx);
+                self.forward_audio(now, legs[l], &view, payload, tx);
             }
         }
         // Buffer for the mix if anyone mixes this source.
@@ -118,7 +150,7 @@ impl Shard {
                 RtpTs(view.ts),
                 PayloadType(view.payload_type),
                 view.marker,
-                view.payload(d.payload),
+                view.payload(payload),
             );
             if let Err(drop) = r {
                 if let Some(reason) = jitter_drop_reason(&drop) {
@@ -153,17 +185,26 @@ impl Shard {
         };
         m.mixed_active = false;
         let payload = view.payload(packet);
+        if !fits(&m.srtp, payload.len()) {
+            return self.counters.drop(DropReason::Oversize);
+        }
         let pt = m.payload_type;
+        let srtp = &mut m.srtp;
+        let mut len = 0;
+        // Re-encrypted for this listener without decoding: the source's packet was
+        // decrypted in place, its payload is copied once into the transmit buffer (as
+        // for plain legs) and protected there with the listener's key.
         let sent = tx.send_with(leg.port, remote, &mut |buf| {
             let h = rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
             buf[h..h + payload.len()].copy_from_slice(payload);
-            h + payload.len()
+            len = seal_rtp(srtp, buf, h + payload.len());
+            len
         });
-        if sent {
+        if sent && len > 0 {
             m.packets_sent = m.packets_sent.wrapping_add(1);
             m.octets_sent = m.octets_sent.wrapping_add(payload.len() as u32);
         }
-        self.count_send(sent, rtp::HEADER_LEN + payload.len());
+        self.count_send(sent, len);
     }
 
     /// Passes a telephone event from source `src` to every listener that hears it and may
@@ -202,8 +243,14 @@ impl Shard {
                     to
                 }
             };
-            let stamp = m.out.event(out_ts, view.marker);
             let payload = view.payload(packet);
+            if !fits(&m.srtp, payload.len()) {
+                self.counters.drop(DropReason::Oversize);
+                continue;
+            }
+            let stamp = m.out.event(out_ts, view.marker);
+            let srtp = &mut m.srtp;
+            let mut len = 0;
             let sent = tx.send_with(leg.port, remote, &mut |buf| {
                 let h = rtp::write_header(
                     buf,
@@ -214,10 +261,31 @@ impl Shard {
                     stamp.ssrc.0,
                 );
                 buf[h..h + payload.len()].copy_from_slice(payload);
-                h + payload.len()
+                len = seal_rtp(srtp, buf, h + payload.len());
+                len
             });
-            self.count_send(sent, rtp::HEADER_LEN + payload.len());
+            self.count_send(sent, len);
         }
+    }
+}
+
+/// Whether an RTP packet with a `payload_len` payload, protected for a leg with `srtp`,
+/// fits in a datagram: SRTP appends its tag to what a plain leg would send.
+#[inline]
+fn fits(srtp: &Option<Box<LegSrtp>>, payload_len: usize) -> bool {
+    let overhead = srtp.as_ref().map_or(0, |s| s.rtp_overhead());
+    rtp::HEADER_LEN + payload_len + overhead <= MAX_UDP_PAYLOAD
+}
+
+/// Protects `buf[..len]` in place for a leg with `srtp` (plain legs: as it is); the
+/// length to send, 0 when protection failed (the send is cancelled and counted as
+/// `srtp_protect`). The transmit buffer holds [`MAX_UDP_PAYLOAD`] octets and the caller
+/// checked [`fits`], so the tag has room.
+#[inline]
+pub(super) fn seal_rtp(srtp: &mut Option<Box<LegSrtp>>, buf: &mut [u8], len: usize) -> usize {
+    match srtp {
+        None => len,
+        Some(s) => s.protect_rtp(buf, len).unwrap_or(0),
     }
 }
 

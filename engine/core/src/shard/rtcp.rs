@@ -7,7 +7,7 @@ use earshot_media::wire::report::{Reception, emit_report};
 use earshot_media::wire::rtcp::{self, RtcpRepr, SenderInfo};
 
 use super::Shard;
-use crate::io::{Datagram, TxSink};
+use crate::io::TxSink;
 use crate::stats::DropReason;
 
 /// The canonical name every leg reports (RFC 3550 6.5.1 asks for a stable name per
@@ -15,9 +15,23 @@ use crate::stats::DropReason;
 const CNAME: &[u8] = b"earshot";
 
 impl Shard {
-    pub(super) fn handle_rtcp(&mut self, now: Instant, slot: u32, d: Datagram<'_>) {
+    /// One RTCP compound from the leg's peer, in place: SRTCP is verified and decrypted
+    /// first on an SRTP leg.
+    pub(super) fn handle_rtcp(&mut self, now: Instant, slot: u32, payload: &mut [u8]) {
+        let srtp = self
+            .leg_mut(slot)
+            .media
+            .as_mut()
+            .and_then(|m| m.srtp.as_deref_mut());
+        let payload: &[u8] = match srtp {
+            None => payload,
+            Some(srtp) => match srtp.unprotect_rtcp(now, payload) {
+                Ok(len) => &payload[..len],
+                Err(reason) => return self.counters.drop(reason),
+            },
+        };
         let mut sr_ntp = None;
-        for p in rtcp::packets(d.payload) {
+        for p in rtcp::packets(payload) {
             let Ok(p) = p else {
                 return self.counters.drop(DropReason::BadRtcp);
             };
@@ -75,12 +89,24 @@ impl Shard {
                 SocketAddr::new(remote.ip(), remote.port().wrapping_add(1))
             };
             let src_port = if m.rtcp_mux { leg.port } else { leg.port + 1 };
-            let mut len = 0;
+            let srtp = &mut m.srtp;
+            let overhead = srtp.as_ref().map_or(0, |s| s.rtcp_overhead());
+            let (mut len, mut sealed) = (0, true);
             let sent = tx.send_with(src_port, dst, &mut |buf| {
-                len = emit_report(ssrc, sender, reception.as_mut(), CNAME, buf).unwrap_or(0);
+                // Room for SRTCP's index word and tag after the compound.
+                let room = buf.len().saturating_sub(overhead);
+                len = emit_report(ssrc, sender, reception.as_mut(), CNAME, &mut buf[..room])
+                    .unwrap_or(0);
+                if let (Some(s), true) = (srtp.as_deref_mut(), len > 0) {
+                    let protected = s.protect_rtcp(buf, len);
+                    sealed = protected.is_some();
+                    len = protected.unwrap_or(0);
+                }
                 len
             });
-            if sent && len > 0 {
+            if !sealed {
+                self.counters.drop(DropReason::SrtpProtect);
+            } else if sent && len > 0 {
                 self.counters.packets_out += 1;
                 self.counters.bytes_out += len as u64;
             } else if !sent {

@@ -169,7 +169,10 @@ impl Shard {
         let phase_ns = (u64::from(s).wrapping_mul(7_919) % u64::from(tick_ms)) * WHEEL_SLOT_NS;
         // Audio after silence (or silence after audio) is a new talk spurt: its first
         // packet carries the marker.
-        let flipped = self.session(s).idle.0 ^ idle.0;
+        // Only legs still in the session: after a removal the old set may name an index
+        // past the end (the removed leg's), which has no slot any more.
+        let present = u16::try_from((1u32 << n) - 1).unwrap_or(u16::MAX);
+        let flipped = (self.session(s).idle.0 ^ idle.0) & present;
         for l in LegSet(flipped) {
             let slot = self.session(s).legs[l];
             if let Some(m) = self.leg_mut(slot).media.as_mut() {

@@ -7,10 +7,10 @@ use earshot_media::time::Instant;
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS};
 
 use super::legs::Frame;
+use super::packet::seal_rtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
 use crate::rtp;
-use crate::stats::DropReason;
 
 /// What an idle output hears.
 static SILENCE: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
@@ -22,6 +22,9 @@ pub(super) const WHEEL_SLOTS: usize = 64;
 const _: () = assert!(WHEEL_SLOTS as u64 * WHEEL_SLOT_NS > 60_000_000);
 // One bit per slot in `Shard::wheel_busy`.
 const _: () = assert!(WHEEL_SLOTS == 64);
+// A mixed frame (G.711: one octet per sample) with its header and the largest SRTP tag
+// fits in a transmit buffer, so the tick path protects without a size check.
+const _: () = assert!(rtp::HEADER_LEN + MAX_FRAME_SAMPLES + 16 <= crate::io::MAX_UDP_PAYLOAD);
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
@@ -190,6 +193,8 @@ impl Shard {
                 Frame::Staged => &m.out_pcm[..fs],
             };
             let enc = &mut tick_enc[leader];
+            let srtp = &mut m.srtp;
+            let mut len = 0;
             let sent = tx.send_with(port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
@@ -199,22 +204,22 @@ impl Shard {
                 } else {
                     g711::encode(codec, pcm, payload);
                     if keep {
+                        // Followers reuse the clear payload; each protects with its own key.
                         enc[..fs].copy_from_slice(payload);
                     }
                 }
-                h + fs
+                // A frame plus header and tag fits (asserted at the top of the file).
+                len = seal_rtp(srtp, buf, h + fs);
+                len
             });
             if keep && sent {
                 encoded[l] = fs;
             }
-            if sent {
+            if sent && len > 0 {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
                 m.octets_sent = m.octets_sent.wrapping_add(fs as u32);
-                counters.packets_out += 1;
-                counters.bytes_out += (rtp::HEADER_LEN + fs) as u64;
-            } else {
-                counters.drop(DropReason::TxFull);
             }
+            counters.count_send(sent, len);
         }
     }
 
@@ -229,6 +234,9 @@ impl Shard {
             let Some(leg) = self.legs[slot as usize].as_mut() else {
                 continue;
             };
+            if let Some(srtp) = leg.media.as_mut().and_then(|m| m.srtp.as_deref_mut()) {
+                srtp.expire_previous(now);
+            }
             if leg.media.is_none() || leg.timed_out || now.saturating_since(leg.last_rx) < timeout {
                 continue;
             }

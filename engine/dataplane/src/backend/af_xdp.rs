@@ -734,7 +734,7 @@ impl AfXdpBackend {
     fn drain_handover(&mut self, max: usize, handler: &mut dyn PacketHandler) -> usize {
         let mut n = 0;
         while n < max {
-            let Some(h) = self.handover[self.shard].pop() else {
+            let Some(mut h) = self.handover[self.shard].pop() else {
                 break;
             };
             n += 1;
@@ -755,7 +755,7 @@ impl AfXdpBackend {
             let dgram = Datagram {
                 local_port: h.local_port,
                 remote: h.remote,
-                payload: &h.payload[..len],
+                payload: &mut h.payload[..len],
             };
             handler.handle_datagram(dgram, &mut sink);
         }
@@ -866,7 +866,7 @@ impl Backend for AfXdpBackend {
                     let dgram = Datagram {
                         local_port,
                         remote,
-                        payload: &frame[payload],
+                        payload: &mut frame[payload],
                     };
                     let mut sink = RecvSink {
                         xtx,

@@ -194,6 +194,10 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn discard_unused(&mut self, port: u16, _bound: BoundPort) {
+        self.net.bound[usize::from(port)].store(false, Ordering::Release);
+    }
+
     fn close_port(&mut self, port: u16) {
         self.open[usize::from(port)] = false;
         self.net.bound[usize::from(port)].store(false, Ordering::Release);
@@ -202,7 +206,7 @@ impl Backend for MemoryBackend {
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize> {
         let mut n = 0;
         while n < max {
-            let Some(d) = self.net.inbound.pop() else {
+            let Some(mut d) = self.net.inbound.pop() else {
                 break;
             };
             n += 1;
@@ -213,7 +217,7 @@ impl Backend for MemoryBackend {
             let dgram = Datagram {
                 local_port: d.engine_port,
                 remote: d.peer,
-                payload: &d.payload,
+                payload: &mut d.payload,
             };
             handler.handle_datagram(dgram, &mut self.tx);
         }

@@ -72,6 +72,14 @@ pub trait Backend: Send {
     /// Stops receiving on `port`; pending datagrams for it are discarded.
     fn close_port(&mut self, port: u16);
 
+    /// Gives back a port bound for a leg the shard did not take (refused, or a retry
+    /// answered with the existing leg). Real sockets close when `bound` drops; a
+    /// backend whose binder keeps its own record of bound ports clears it here.
+    fn discard_unused(&mut self, port: u16, bound: BoundPort) {
+        let _ = port;
+        drop(bound);
+    }
+
     /// Hands up to `max` received datagrams to `handler`, in place. Returns how many.
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize>;
 

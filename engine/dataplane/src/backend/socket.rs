@@ -165,14 +165,14 @@ impl RxBatch {
     }
 
     /// Slot `i` after a receive: the datagram, whether it was truncated, its sender.
-    fn slot(&self, i: usize) -> (&[u8], bool, &[u8]) {
+    fn slot(&mut self, i: usize) -> (&mut [u8], bool, &[u8]) {
         let m = &self.msgs[i];
         let len = (m.msg_len as usize).min(MAX_UDP_PAYLOAD);
         let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let name_len = (m.msg_hdr.msg_namelen as usize).min(SOCKADDR_BYTES);
         let start = i * MAX_UDP_PAYLOAD;
         (
-            &self.bufs[start..start + len],
+            &mut self.bufs[start..start + len],
             truncated,
             &self.names[i].0[..name_len],
         )

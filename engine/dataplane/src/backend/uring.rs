@@ -205,6 +205,17 @@ impl RxPool {
         unsafe { std::slice::from_raw_parts(self.buffer_ptr(buf.0), len) }
     }
 
+    /// The first `len` bytes of a buffer we hold, mutably: the `&mut` token makes this
+    /// the only view of the buffer while the slice lives.
+    fn buffer_mut<'a>(&'a self, buf: &'a mut RxBuf, len: usize) -> &'a mut [u8] {
+        let len = len.min(self.buffer_size);
+        // SAFETY: as for `buffer`: the kernel completed into this buffer and will not touch
+        // it until `provide` consumes the token; the token is borrowed mutably for the
+        // slice's lifetime, so no other slice of this buffer (each buffer id has exactly
+        // one token) can exist meanwhile; the range is inside the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.buffer_ptr(buf.0), len) }
+    }
+
     /// Gives a buffer back to the kernel (visible after the next `publish`).
     fn provide(&mut self, buf: RxBuf) {
         let index = usize::from(self.tail & self.mask);
@@ -689,31 +700,49 @@ impl UringBackend {
         }
         let mut delivered = 0;
         match buf {
-            Some(buf) if res >= 0 => {
-                let data = self.rx.buffer(&buf, res as usize);
-                match RecvMsgOut::parse(data, &self.recv_template.0) {
-                    Err(()) => self.rx_counters.rx_errors += 1,
-                    Ok(out)
-                        if out.is_payload_truncated()
-                            || out.payload_data().len() > MAX_UDP_PAYLOAD =>
-                    {
-                        self.rx_counters.rx_oversize += 1;
-                    }
-                    Ok(out) => match decode_sockaddr(out.name_data()) {
-                        Some(remote) if !out.is_name_data_truncated() => {
-                            let payload = out.payload_data();
-                            self.rx_counters.rx_datagrams += 1;
-                            self.rx_counters.rx_bytes += payload.len() as u64;
-                            let dgram = Datagram {
-                                local_port: (index / 2) as u16,
-                                remote,
-                                payload,
-                            };
-                            handler.handle_datagram(dgram, &mut self.tx);
-                            delivered = 1;
+            Some(mut buf) if res >= 0 => {
+                let len = res as usize;
+                // Where the payload lies and who sent it, read through a shared view; the
+                // datagram is then lent mutably (the shard decrypts SRTP in place).
+                let found = {
+                    let data = self.rx.buffer(&buf, len);
+                    match RecvMsgOut::parse(data, &self.recv_template.0) {
+                        Err(()) => {
+                            self.rx_counters.rx_errors += 1;
+                            None
                         }
-                        _ => self.rx_counters.rx_bad_source += 1,
-                    },
+                        Ok(out)
+                            if out.is_payload_truncated()
+                                || out.payload_data().len() > MAX_UDP_PAYLOAD =>
+                        {
+                            self.rx_counters.rx_oversize += 1;
+                            None
+                        }
+                        Ok(out) => match decode_sockaddr(out.name_data()) {
+                            Some(remote) if !out.is_name_data_truncated() => {
+                                let payload = out.payload_data();
+                                // The payload is a subslice of `data`.
+                                let start = payload.as_ptr() as usize - data.as_ptr() as usize;
+                                Some((remote, start..start + payload.len()))
+                            }
+                            _ => {
+                                self.rx_counters.rx_bad_source += 1;
+                                None
+                            }
+                        },
+                    }
+                };
+                if let Some((remote, range)) = found {
+                    let payload = &mut self.rx.buffer_mut(&mut buf, len)[range];
+                    self.rx_counters.rx_datagrams += 1;
+                    self.rx_counters.rx_bytes += payload.len() as u64;
+                    let dgram = Datagram {
+                        local_port: (index / 2) as u16,
+                        remote,
+                        payload,
+                    };
+                    handler.handle_datagram(dgram, &mut self.tx);
+                    delivered = 1;
                 }
                 self.rx.provide(buf);
             }

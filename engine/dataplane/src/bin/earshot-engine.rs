@@ -55,6 +55,10 @@ struct Args {
     /// and owned by this group. Default: none (0600).
     #[arg(long)]
     socket_group: Option<String>,
+    /// Programming clients accepted at once: 1 (one sidecar) unless this engine is a
+    /// cluster node programmed by several control replicas (docs/cluster.md).
+    #[arg(long, default_value_t = 1)]
+    programmers: usize,
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
@@ -177,6 +181,7 @@ fn main() -> anyhow::Result<()> {
     );
     let options = earshot_engine::server::SocketOptions {
         group: args.socket_group.as_deref().map(group_id).transpose()?,
+        max_programmers: args.programmers,
     };
     let server = SocketServer::start_with(&cfg.socket, engine.handle(), &options)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;

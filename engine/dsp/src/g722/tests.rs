@@ -460,7 +460,7 @@ fn state_is_small() {
 /// decoded) for counting instructions, e.g. `valgrind --tool=callgrind <test binary>
 /// --ignored g722::tests::cost_probe`. Asserts only that the work happened.
 #[test]
-#[ignore]
+#[ignore = "a callgrind workload, run explicitly with --ignored"]
 fn cost_probe() {
     let mut rng = Rng(1);
     let pcm: Vec<i16> = (0..2).flat_map(|_| speech_like(&mut rng)).collect();

@@ -1,0 +1,758 @@
+//! Cluster mode (SPEC section 7): engine nodes registered in etcd under leases, and
+//! [`ClusterEngine`], the router that makes them one engine to the core.
+//!
+//! ## Keys (beside the store's, under the same prefix)
+//! - `nodes/{node_id}`: a [`Registered`] node (its [`NodeInfo`] and a small number),
+//!   attached to the node's lease: it disappears when the node stops renewing.
+//! - `nodenum/{n}`: which node holds number `n` (1..=255), under the same lease. The
+//!   number goes into the top bits of every [`LegId`] the router hands out, so leg ids
+//!   of different nodes never collide in the core's records and plans.
+//! - `drain/{node_id}`: set by `DrainNode`: no new interactions go there.
+//! - `placement/{interaction}`: the node an interaction lives on, written once by
+//!   whichever replica placed it first (a transaction that compares its absence), so
+//!   every replica routes it to the same node; rewritten (comparing the old value) when
+//!   that node has failed.
+//!
+//! ## Routing
+//! A whole interaction lives on one node (its mix is local): `AllocateLeg`,
+//! `SetSessionPlan` and `RemoveSession` go to the session's node, chosen on its first
+//! leg by [`crate::placement::place`] over live, non-draining nodes with headroom;
+//! `ConfigureLeg` and `RemoveLeg` go to the node whose number the leg id carries;
+//! `Snapshot`, `Claim` and `Stats` go to every live node and are merged. Events of every
+//! node arrive on one stream.
+//!
+//! ## Node failure
+//! When a node's key disappears (lease expired: the node died or lost etcd) the router
+//! forgets its connection, notes when the failure was seen, and changes its
+//! [`EngineApi::connection_epoch`], so the reconciler runs at once: every leg of the
+//! failed node is missing from the merged snapshot and is re-created, on its recorded
+//! port, on the node placement now picks among the survivors (each interaction on its
+//! own, so they spread), and the core records `NODE_FAILED` and `MEDIA_RESTORED`.
+//!
+//! What this does not do yet (docs/cluster.md): move the failed node's virtual address
+//! to the survivor, continue SSRC and sequence numbers on the new legs, and make the
+//! node fence itself; the node agent registering real engines is `earshot-node`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use earshot_engine_api::{
+    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, LegId, LegInfo,
+    Request, Response, SessionPlan,
+};
+use earshot_etcd::{Etcd, absent, delete, put, value_is};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::placement::{self, NodeInfo};
+
+/// A node as registered: what it says about itself and its number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The node.
+    pub info: NodeInfo,
+    /// Its number, 1..=255, unique among live nodes.
+    pub number: u8,
+}
+
+/// Why registering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd failed.
+    #[error("etcd: {0}")]
+    Etcd(#[from] earshot_etcd::EtcdError),
+    /// Every node number is taken.
+    #[error("255 nodes are registered: no node number left")]
+    Full,
+    /// A record does not decode.
+    #[error("encoding: {0}")]
+    Encoding(#[from] serde_json::Error),
+}
+
+/// A node's registration, kept alive by its lease.
+#[derive(Debug)]
+pub struct Registration {
+    /// The lease; revoke it to leave at once.
+    pub lease: i64,
+    /// The node's number.
+    pub number: u8,
+    /// Renewal in the background; `deadline` turns `None` when the lease is lost.
+    pub keep_alive: earshot_etcd::KeepAlive,
+}
+
+/// Registers `info` under `prefix` with a lease of `ttl_s` seconds: takes the lowest
+/// free node number, then writes the node's key (both under the lease).
+pub async fn register(
+    etcd: &Etcd,
+    prefix: &str,
+    info: &NodeInfo,
+    ttl_s: i64,
+) -> Result<Registration, ClusterError> {
+    let lease = etcd.grant(ttl_s).await?;
+    let mut number = None;
+    for n in 1..=255u8 {
+        let key = format!("{prefix}nodenum/{n}");
+        let r = etcd
+            .txn(
+                vec![absent(key.clone())],
+                vec![put(key, info.node_id.clone(), lease)],
+                vec![],
+            )
+            .await?;
+        if r.succeeded {
+            number = Some(n);
+            break;
+        }
+    }
+    let number = number.ok_or(ClusterError::Full)?;
+    let registered = Registered {
+        info: info.clone(),
+        number,
+    };
+    update(etcd, prefix, lease, &registered).await?;
+    Ok(Registration {
+        lease,
+        number,
+        keep_alive: etcd.keep_alive(lease, ttl_s),
+    })
+}
+
+/// Rewrites a node's registration (its load) under its lease.
+pub async fn update(
+    etcd: &Etcd,
+    prefix: &str,
+    lease: i64,
+    registered: &Registered,
+) -> Result<(), ClusterError> {
+    etcd.txn(
+        vec![],
+        vec![put(
+            format!("{prefix}nodes/{}", registered.info.node_id),
+            serde_json::to_vec(registered)?,
+            lease,
+        )],
+        vec![],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets or clears a node's drain mark (`DrainNode`).
+pub async fn set_draining(
+    etcd: &Etcd,
+    prefix: &str,
+    node_id: &str,
+    draining: bool,
+) -> Result<(), ClusterError> {
+    let key = format!("{prefix}drain/{node_id}");
+    let op = if draining {
+        put(key, "1", 0)
+    } else {
+        delete(key, Vec::new())
+    };
+    etcd.txn(vec![], vec![op], vec![]).await?;
+    Ok(())
+}
+
+/// Connects to a node's engine (a Unix socket client in production, anything in
+/// tests).
+pub type Connector = Box<dyn Fn(&NodeInfo) -> Arc<dyn EngineApi> + Send + Sync>;
+
+struct Node {
+    registered: Registered,
+    client: Arc<dyn EngineApi>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.events.abort();
+    }
+}
+
+/// A node seen failing, and the interactions re-placed away from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    /// The failed node.
+    pub node_id: String,
+    /// The interaction moved.
+    pub interaction_id: String,
+    /// The node it moved to.
+    pub to_node_id: String,
+    /// When the failure was seen, ms since the Unix epoch.
+    pub detected_ms: u64,
+}
+
+#[derive(Default)]
+struct RouterState {
+    nodes: BTreeMap<String, Node>,
+    drained: BTreeSet<String>,
+    placements: BTreeMap<String, String>,
+    /// Failed nodes (by id) and when their failure was seen.
+    failed: BTreeMap<String, u64>,
+    /// Interactions moved off failed nodes, not yet reported.
+    moves: Vec<Failover>,
+}
+
+/// The router: the core's one engine, made of every live node (module doc).
+pub struct ClusterEngine {
+    etcd: Etcd,
+    prefix: String,
+    connect: Connector,
+    state: Mutex<RouterState>,
+    generation: AtomicU64,
+    clock: Arc<dyn crate::Clock>,
+    events_tx: mpsc::UnboundedSender<EngineEvent>,
+    events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<EngineEvent>>,
+}
+
+impl std::fmt::Debug for ClusterEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterEngine")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The leg id the core sees: the node's number in the top 8 bits of the shard field.
+fn global(number: u8, leg: LegId) -> LegId {
+    LegId::new(
+        (u16::from(number) << 8) | (leg.shard() & 0xff),
+        leg.slot(),
+        leg.generation(),
+    )
+}
+
+/// The node's own leg id and the node number.
+fn local(leg: LegId) -> (u8, LegId) {
+    (
+        (leg.shard() >> 8) as u8,
+        LegId::new(leg.shard() & 0xff, leg.slot(), leg.generation()),
+    )
+}
+
+fn lock(state: &Mutex<RouterState>) -> std::sync::MutexGuard<'_, RouterState> {
+    // Plain map updates: a panic cannot leave them half done.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unavailable(what: impl Into<String>) -> EngineError {
+    EngineError::Unavailable(what.into())
+}
+
+impl ClusterEngine {
+    /// Starts following the nodes registered under `prefix` and connects to each with
+    /// `connect`.
+    pub async fn start(
+        etcd: Etcd,
+        prefix: &str,
+        connect: Connector,
+        clock: Arc<dyn crate::Clock>,
+    ) -> Result<Arc<ClusterEngine>, ClusterError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let engine = Arc::new(ClusterEngine {
+            etcd,
+            prefix: prefix.to_owned(),
+            connect,
+            state: Mutex::new(RouterState::default()),
+            generation: AtomicU64::new(0),
+            clock,
+            events_tx,
+            events_rx: tokio::sync::Mutex::new(events_rx),
+        });
+        let revision = engine.load().await?;
+        tokio::spawn(Arc::clone(&engine).follow(revision + 1));
+        Ok(engine)
+    }
+
+    /// Reads every node and drain mark; returns the revision read at.
+    async fn load(&self) -> Result<i64, ClusterError> {
+        let nodes = self
+            .etcd
+            .range_prefix(format!("{}nodes/", self.prefix).as_bytes(), 0)
+            .await?;
+        let drained = self
+            .etcd
+            .range_prefix(format!("{}drain/", self.prefix).as_bytes(), nodes.revision)
+            .await?;
+        for kv in &nodes.kvs {
+            let r: Registered = serde_json::from_slice(&kv.value)?;
+            self.node_up(r);
+        }
+        let mut st = lock(&self.state);
+        for kv in &drained.kvs {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            if let Some(id) = key.rsplit('/').next() {
+                st.drained.insert(id.to_owned());
+            }
+        }
+        Ok(nodes.revision)
+    }
+
+    /// Follows registrations and drain marks.
+    async fn follow(self: Arc<Self>, from: i64) {
+        // One watch over both prefixes would need a common prefix; two are simpler.
+        let mut nodes = self.etcd.watch(
+            format!("{}nodes/", self.prefix).as_bytes(),
+            from,
+            std::time::Duration::from_secs(3600),
+        );
+        let mut drains = self.etcd.watch(
+            format!("{}drain/", self.prefix).as_bytes(),
+            from,
+            std::time::Duration::from_secs(3600),
+        );
+        loop {
+            tokio::select! {
+                batch = nodes.recv() => {
+                    let Some(Ok(batch)) = batch else {
+                        tracing::error!("node watch ended");
+                        return;
+                    };
+                    for change in batch.changes {
+                        let key = String::from_utf8_lossy(&change.kv.key).into_owned();
+                        let id = key.rsplit('/').next().unwrap_or_default().to_owned();
+                        if change.deleted {
+                            self.node_down(&id);
+                        } else if let Ok(r) = serde_json::from_slice::<Registered>(&change.kv.value) {
+                            self.node_up(r);
+                        }
+                    }
+                }
+                batch = drains.recv() => {
+                    let Some(Ok(batch)) = batch else {
+                        tracing::error!("drain watch ended");
+                        return;
+                    };
+                    let mut st = lock(&self.state);
+                    for change in batch.changes {
+                        let key = String::from_utf8_lossy(&change.kv.key).into_owned();
+                        let id = key.rsplit('/').next().unwrap_or_default().to_owned();
+                        if change.deleted {
+                            st.drained.remove(&id);
+                        } else {
+                            st.drained.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn node_up(&self, registered: Registered) {
+        let mut st = lock(&self.state);
+        let id = registered.info.node_id.clone();
+        if let Some(node) = st.nodes.get_mut(&id)
+            && node.registered.number == registered.number
+            && node.registered.info.engine == registered.info.engine
+        {
+            // A load report: same node, same engine.
+            node.registered = registered;
+            return;
+        }
+        let client = (self.connect)(&registered.info);
+        let events = {
+            let client = Arc::clone(&client);
+            let tx = self.events_tx.clone();
+            let number = registered.number;
+            tokio::spawn(async move {
+                while let Some(e) = client.next_event().await {
+                    if tx.send(translate_event(number, e)).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        tracing::info!(node_id = %id, number = registered.number, "engine node joined");
+        st.failed.remove(&id);
+        st.nodes.insert(
+            id,
+            Node {
+                registered,
+                client,
+                events,
+            },
+        );
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn node_down(&self, node_id: &str) {
+        let mut st = lock(&self.state);
+        if st.nodes.remove(node_id).is_some() {
+            tracing::warn!(
+                node_id,
+                "engine node lost its lease: its calls move to survivors"
+            );
+            st.failed.insert(node_id.to_owned(), self.clock.now_ms());
+            st.placements.retain(|_, n| n != node_id);
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The live nodes as placement sees them (drain marks applied).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let st = lock(&self.state);
+        st.nodes
+            .values()
+            .map(|n| {
+                let mut info = n.registered.info.clone();
+                info.draining |= st.drained.contains(&info.node_id);
+                info
+            })
+            .collect()
+    }
+
+    /// The node that serves a leg the core knows by its (global) id.
+    pub fn node_of(&self, leg: LegId) -> Option<String> {
+        let (number, _) = local(leg);
+        let st = lock(&self.state);
+        st.nodes
+            .values()
+            .find(|n| n.registered.number == number)
+            .map(|n| n.registered.info.node_id.clone())
+    }
+
+    /// Interactions moved off failed nodes since the last call.
+    pub fn take_moves(&self) -> Vec<Failover> {
+        std::mem::take(&mut lock(&self.state).moves)
+    }
+
+    fn client_by_number(&self, number: u8) -> Option<Arc<dyn EngineApi>> {
+        let st = lock(&self.state);
+        st.nodes
+            .values()
+            .find(|n| n.registered.number == number)
+            .map(|n| Arc::clone(&n.client))
+    }
+
+    fn live(&self, node_id: &str) -> Option<(u8, Arc<dyn EngineApi>)> {
+        let st = lock(&self.state);
+        st.nodes
+            .get(node_id)
+            .map(|n| (n.registered.number, Arc::clone(&n.client)))
+    }
+
+    /// The node of `session`: its placement if that node lives; with `place`, a new
+    /// placement (first leg, or its node failed), agreed with every replica in etcd.
+    async fn node_for(
+        &self,
+        session: &str,
+        place: bool,
+    ) -> Result<Option<(String, u8, Arc<dyn EngineApi>)>, EngineError> {
+        let cached = lock(&self.state).placements.get(session).cloned();
+        if let Some(id) = cached
+            && let Some((number, client)) = self.live(&id)
+        {
+            return Ok(Some((id, number, client)));
+        }
+        let key = format!("{}placement/{session}", self.prefix);
+        let etcd_err = |e: earshot_etcd::EtcdError| unavailable(format!("etcd: {e}"));
+        let mut current = self
+            .etcd
+            .range(key.as_bytes(), &[], 0, 0)
+            .await
+            .map_err(etcd_err)?
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        for _ in 0..8 {
+            if let Some(id) = &current
+                && let Some((number, client)) = self.live(id)
+            {
+                lock(&self.state)
+                    .placements
+                    .insert(session.to_owned(), id.clone());
+                return Ok(Some((id.clone(), number, client)));
+            }
+            if !place {
+                return Ok(None);
+            }
+            let nodes = self.nodes();
+            let Some(chosen) = placement::place(session, &nodes, 1) else {
+                return Err(EngineError::ResourceExhausted(
+                    "no live, non-draining engine node has room".into(),
+                ));
+            };
+            let compare = match &current {
+                None => absent(key.clone()),
+                Some(old) => value_is(key.clone(), old.clone()),
+            };
+            let reply = self
+                .etcd
+                .txn(
+                    vec![compare],
+                    vec![put(key.clone(), chosen.node_id.clone(), 0)],
+                    vec![earshot_etcd::get(key.clone())],
+                )
+                .await
+                .map_err(etcd_err)?;
+            if reply.succeeded {
+                if let Some(old) = &current {
+                    let detected_ms = lock(&self.state)
+                        .failed
+                        .get(old)
+                        .copied()
+                        .unwrap_or_else(|| self.clock.now_ms());
+                    lock(&self.state).moves.push(Failover {
+                        node_id: old.clone(),
+                        interaction_id: session.to_owned(),
+                        to_node_id: chosen.node_id.clone(),
+                        detected_ms,
+                    });
+                }
+                current = Some(chosen.node_id.clone());
+                continue;
+            }
+            // Another replica placed it first: use theirs.
+            current = reply.responses.first().and_then(|r| match &r.response {
+                Some(earshot_etcd::pb::response_op::Response::ResponseRange(r)) => r
+                    .kvs
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                _ => None,
+            });
+        }
+        Err(unavailable(format!(
+            "placement of {session} keeps changing"
+        )))
+    }
+
+    async fn forget_placement(&self, session: &str) {
+        lock(&self.state).placements.remove(session);
+        let key = format!("{}placement/{session}", self.prefix);
+        if let Err(e) = self
+            .etcd
+            .txn(vec![], vec![delete(key, Vec::new())], vec![])
+            .await
+        {
+            tracing::warn!(session, error = %e, "placement not deleted");
+        }
+    }
+
+    async fn route(&self, request: Request) -> Result<Response, EngineError> {
+        match request {
+            Request::AllocateLeg {
+                session,
+                leg_key,
+                family,
+                requested_port,
+                rtcp_mux,
+            } => {
+                let Some((_, number, client)) = self.node_for(&session, true).await? else {
+                    return Err(unavailable("no node"));
+                };
+                let r = client
+                    .call(Request::AllocateLeg {
+                        session,
+                        leg_key,
+                        family,
+                        requested_port,
+                        rtcp_mux,
+                    })
+                    .await?;
+                Ok(translate_response(number, r))
+            }
+            Request::ConfigureLeg { leg, media } => {
+                let (number, leg) = local(leg);
+                let client = self
+                    .client_by_number(number)
+                    .ok_or_else(|| unavailable("the leg's node is gone"))?;
+                let r = client.call(Request::ConfigureLeg { leg, media }).await?;
+                Ok(translate_response(number, r))
+            }
+            Request::RemoveLeg { leg } => {
+                let (number, leg) = local(leg);
+                match self.client_by_number(number) {
+                    Some(client) => client.call(Request::RemoveLeg { leg }).await,
+                    // Its node is gone, and the leg with it.
+                    None => Ok(Response::Done),
+                }
+            }
+            Request::SetSessionPlan(plan) => {
+                let Some((_, _, client)) = self.node_for(&plan.session, false).await? else {
+                    return Err(EngineError::NotFound(format!(
+                        "session {} is on no live node",
+                        plan.session
+                    )));
+                };
+                let plan = SessionPlan {
+                    edges: plan
+                        .edges
+                        .iter()
+                        .map(|e| earshot_engine_api::Edge {
+                            listener: local(e.listener).1,
+                            source: local(e.source).1,
+                            gain: e.gain,
+                        })
+                        .collect(),
+                    no_dtmf: plan.no_dtmf.iter().map(|l| local(*l).1).collect(),
+                    session: plan.session,
+                };
+                client.call(Request::SetSessionPlan(plan)).await
+            }
+            Request::RemoveSession { session } => {
+                let found = self.node_for(&session, false).await?;
+                if let Some((_, _, client)) = found {
+                    client
+                        .call(Request::RemoveSession {
+                            session: session.clone(),
+                        })
+                        .await?;
+                }
+                self.forget_placement(&session).await;
+                Ok(Response::Done)
+            }
+            Request::Snapshot => self.snapshot().await,
+            Request::Claim { owner } => {
+                for (_, client) in self.all() {
+                    client
+                        .call(Request::Claim {
+                            owner: owner.clone(),
+                        })
+                        .await?;
+                }
+                Ok(Response::Done)
+            }
+            Request::Stats => {
+                let mut out = EngineStats::default();
+                for (number, client) in self.all() {
+                    if let Ok(Response::Stats(s)) = client.call(Request::Stats).await {
+                        out.backend = s.backend;
+                        out.shards.extend(s.shards.into_iter().map(|mut sh| {
+                            sh.shard |= u16::from(number) << 8;
+                            sh
+                        }));
+                    }
+                }
+                Ok(Response::Stats(out))
+            }
+        }
+    }
+
+    fn all(&self) -> Vec<(u8, Arc<dyn EngineApi>)> {
+        let st = lock(&self.state);
+        st.nodes
+            .values()
+            .map(|n| (n.registered.number, Arc::clone(&n.client)))
+            .collect()
+    }
+
+    async fn snapshot(&self) -> Result<Response, EngineError> {
+        let mut merged = EngineSnapshot::default();
+        let mut owners = BTreeSet::new();
+        for (number, client) in self.all() {
+            let Response::Snapshot(s) = client.call(Request::Snapshot).await? else {
+                return Err(EngineError::Internal("Snapshot answered otherwise".into()));
+            };
+            owners.insert(s.owner.clone());
+            merged.events_lost += s.events_lost;
+            merged
+                .legs
+                .extend(s.legs.into_iter().map(|l| translate_leg(number, l)));
+            merged.plans.extend(s.plans.into_iter().map(|p| {
+                SessionPlan {
+                    edges: p
+                        .edges
+                        .iter()
+                        .map(|e| earshot_engine_api::Edge {
+                            listener: global(number, e.listener),
+                            source: global(number, e.source),
+                            gain: e.gain,
+                        })
+                        .collect(),
+                    no_dtmf: p.no_dtmf.iter().map(|l| global(number, *l)).collect(),
+                    session: p.session,
+                }
+            }));
+            merged.activity.extend(s.activity.into_iter().map(|mut a| {
+                a.leg = global(number, a.leg);
+                a
+            }));
+        }
+        // One owner for the cluster: a node that holds legs of another store (or of
+        // none) makes the whole snapshot say so, and the claim check refuses it.
+        merged.owner = match owners.len() {
+            0 => None,
+            1 => owners.into_iter().next().flatten(),
+            _ => owners.into_iter().find(|o| o.is_none()).flatten(),
+        };
+        Ok(Response::Snapshot(merged))
+    }
+}
+
+fn translate_leg(number: u8, mut info: LegInfo) -> LegInfo {
+    info.leg = global(number, info.leg);
+    info
+}
+
+fn translate_response(number: u8, r: Response) -> Response {
+    match r {
+        Response::Leg(info) => Response::Leg(translate_leg(number, info)),
+        other => other,
+    }
+}
+
+fn translate_event(number: u8, e: EngineEvent) -> EngineEvent {
+    match e {
+        EngineEvent::FirstPacket {
+            leg,
+            session,
+            leg_key,
+        } => EngineEvent::FirstPacket {
+            leg: global(number, leg),
+            session,
+            leg_key,
+        },
+        EngineEvent::MediaTimeout {
+            leg,
+            session,
+            leg_key,
+        } => EngineEvent::MediaTimeout {
+            leg: global(number, leg),
+            session,
+            leg_key,
+        },
+        EngineEvent::RemoteLatched { leg, remote } => EngineEvent::RemoteLatched {
+            leg: global(number, leg),
+            remote,
+        },
+    }
+}
+
+impl EngineApi for ClusterEngine {
+    fn call(&self, request: Request) -> BoxFuture<'_, Result<Response, EngineError>> {
+        Box::pin(self.route(request))
+    }
+
+    fn next_event(&self) -> BoxFuture<'_, Option<EngineEvent>> {
+        Box::pin(async move { self.events_rx.lock().await.recv().await })
+    }
+
+    /// Changes whenever a node joins or leaves, or any node's connection was
+    /// re-established: the core then reconciles before anything else.
+    fn connection_epoch(&self) -> u64 {
+        let nodes: u64 = self
+            .all()
+            .iter()
+            .map(|(n, c)| c.connection_epoch().wrapping_mul(u64::from(*n) + 1))
+            .fold(0, u64::wrapping_add);
+        self.generation
+            .load(Ordering::Relaxed)
+            .wrapping_mul(1_000_003)
+            .wrapping_add(nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leg_ids_carry_the_node_number_and_come_back_unchanged() {
+        let leg = LegId::new(3, 70_000, 9);
+        let g = global(17, leg);
+        assert_eq!(local(g), (17, leg));
+        assert_ne!(global(18, leg), g, "two nodes' equal ids differ globally");
+    }
+}
