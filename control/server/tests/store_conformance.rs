@@ -103,6 +103,8 @@ fn media(participant: usize) -> MediaEntry {
             // A strict source, so the stores round-trip the newer optional fields too.
             strict_source: Some([10, 0, 0, 1].into()),
             quiet_when_unheard: true,
+            max_ptime_ms: Some(40),
+            opus: Default::default(),
         },
     }
 }

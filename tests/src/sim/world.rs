@@ -22,13 +22,12 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardEvent};
 use earshot_engine_api::{
-    Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan,
-    ShardStats, SrtpMedia, SrtpSuite,
+    Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan, ShardStats,
+    SrtpMedia, SrtpSuite,
 };
 use earshot_media::Gain;
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::Codec;
 use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_testkit::fixtures::pcmu_media;
 use earshot_testkit::rig::{CaptureSink, shard_config};
