@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use earshot_engine_api::{CodecName, Edge, LegId, MediaConfig, SessionPlan};
+use earshot_engine_api::{Codec, Edge, LegId, MediaConfig, SessionPlan};
 use earshot_types::Gain;
 
 use crate::tone::Tone;
@@ -186,12 +186,14 @@ pub fn plan(
 pub fn pcmu_media(remote: Option<SocketAddr>) -> MediaConfig {
     MediaConfig {
         remote,
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: None,
         rtcp_mux: true,
         report_first_packet: false,
+        max_ptime_ms: None,
+        opus: Default::default(),
         srtp: None,
         strict_source: None,
         quiet_when_unheard: false,

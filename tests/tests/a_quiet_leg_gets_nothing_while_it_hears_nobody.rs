@@ -4,7 +4,8 @@
 //! send nothing").
 
 use earshot_core::shard::ShardCommand;
-use earshot_engine_api::{CodecName, MediaConfig};
+use earshot_engine_api::MediaConfig;
+use earshot_testkit::fixtures::pcmu_media;
 use earshot_tests::sim::{AGENT_HZ, CUSTOMER_HZ, Hearing, PartyConfig, Sim, before, ms, seed_for};
 
 #[test]
@@ -17,16 +18,8 @@ fn a_quiet_leg_gets_nothing_while_it_hears_nobody() {
     sim.command(ShardCommand::ConfigureLeg {
         leg: sim.leg(c),
         media: MediaConfig {
-            remote: Some(remote),
-            codec: CodecName::Pcmu,
-            payload_type: 0,
-            ptime_ms: 20,
-            telephone_event_pt: None,
-            rtcp_mux: true,
-            report_first_packet: false,
-            srtp: None,
-            strict_source: None,
             quiet_when_unheard: true,
+            ..pcmu_media(Some(remote))
         },
     })
     .unwrap();

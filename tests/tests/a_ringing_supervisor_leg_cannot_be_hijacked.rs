@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use earshot_core::ShardEvent;
 use earshot_core::shard::ShardCommand;
-use earshot_engine_api::{CodecName, MediaConfig};
+use earshot_engine_api::{Codec, MediaConfig};
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
 };
@@ -18,12 +18,14 @@ use earshot_tests::sim::{
 fn supervisor_media(report_first_packet: bool) -> MediaConfig {
     MediaConfig {
         remote: None,
-        codec: CodecName::Pcmu,
+        codec: Codec::Pcmu,
         payload_type: 0,
         ptime_ms: 20,
         telephone_event_pt: Some(101),
         rtcp_mux: true,
         report_first_packet,
+        max_ptime_ms: None,
+        opus: Default::default(),
         srtp: None,
         strict_source: None,
         quiet_when_unheard: false,

@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 
 use earshot_core::shard::ShardCommand;
-use earshot_engine_api::{CodecName, MediaConfig};
+use earshot_engine_api::MediaConfig;
+use earshot_testkit::fixtures::pcmu_media;
 use earshot_tests::sim::{
     AGENT_HZ, CUSTOMER_HZ, Hearing, Mode, PartyConfig, SUPERVISOR_HZ, Sim, before, ms, seed_for,
 };
@@ -38,16 +39,8 @@ fn race(strict: bool) -> (u64, u64, bool) {
     sim.command(ShardCommand::ConfigureLeg {
         leg: sim.leg(s),
         media: MediaConfig {
-            remote: None,
-            codec: CodecName::Pcmu,
-            payload_type: 0,
-            ptime_ms: 20,
-            telephone_event_pt: None,
-            rtcp_mux: true,
-            report_first_packet: false,
-            srtp: None,
             strict_source: strict.then_some(phone.ip()),
-            quiet_when_unheard: false,
+            ..pcmu_media(None)
         },
     })
     .unwrap();

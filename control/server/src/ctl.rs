@@ -92,10 +92,11 @@ pub enum CtlCommand {
 /// How a participant's leg is carried (shared by every command that creates legs).
 #[derive(Debug, Clone, Args)]
 pub struct MediaArgs {
-    /// Codec: pcmu or pcma.
-    #[arg(long, default_value = "pcmu", value_parser = ["pcmu", "pcma"])]
+    /// Codec: pcmu, pcma, g722, opus, l16-8000, l16-16000 or l16-48000.
+    #[arg(long, default_value = "pcmu", value_parser = ["pcmu", "pcma", "g722", "opus", "l16-8000", "l16-16000", "l16-48000"])]
     pub codec: String,
-    /// RTP payload type (default: 0 for pcmu, 8 for pcma).
+    /// RTP payload type (default: 0 for pcmu, 8 for pcma, 9 for g722, 111 for opus, 96
+    /// for l16).
     #[arg(long)]
     pub payload_type: Option<u32>,
     /// Packetisation time in ms: 10, 20, 30, 40 or 60.
@@ -128,10 +129,14 @@ pub struct MediaArgs {
 
 impl MediaArgs {
     fn media(&self, remote: Option<&str>, auto_answer: Option<bool>) -> proto::Media {
-        let (codec, default_pt) = if self.codec == "pcma" {
-            (proto::Codec::Pcma, 8)
-        } else {
-            (proto::Codec::Pcmu, 0)
+        let (codec, default_pt, clock_rate_hz) = match self.codec.as_str() {
+            "pcma" => (proto::Codec::Pcma, 8, 0),
+            "g722" => (proto::Codec::G722, 9, 0),
+            "opus" => (proto::Codec::Opus, 111, 0),
+            "l16-8000" => (proto::Codec::L16, 96, 8_000),
+            "l16-16000" => (proto::Codec::L16, 96, 16_000),
+            "l16-48000" => (proto::Codec::L16, 96, 48_000),
+            _ => (proto::Codec::Pcmu, 0, 0),
         };
         proto::Media {
             remote: remote.unwrap_or_default().to_owned(),
@@ -148,6 +153,8 @@ impl MediaArgs {
             }),
             strict_source_ip: self.strict_source_ip.clone().unwrap_or_default(),
             quiet_when_unheard: self.quiet_when_unheard,
+            clock_rate_hz,
+            ..Default::default()
         }
     }
 }

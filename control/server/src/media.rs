@@ -14,7 +14,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use earshot_engine_api::srtp::{parse_key, parse_suite};
-use earshot_engine_api::{CodecName, Family, MasterKey, MediaConfig, MediaError, SrtpMedia};
+use earshot_engine_api::{
+    Codec, Family, MasterKey, MediaConfig, MediaError, OpusParams, SampleRate, SrtpMedia,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -31,8 +33,8 @@ pub const DEFAULT_PTIME_MS: u32 = 20;
 pub struct MediaSpec {
     /// Peer RTP address; `None` latches from the first packet.
     pub remote: Option<SocketAddr>,
-    /// Codec.
-    pub codec: CodecName,
+    /// Codec (with its rate, for L16).
+    pub codec: Codec,
     /// RTP payload type, 0..=127.
     pub payload_type: u8,
     /// One of [`PTIMES_MS`].
@@ -43,6 +45,12 @@ pub struct MediaSpec {
     pub rtcp_mux: bool,
     /// Supervisor phone answers by itself (always true for non-supervisors and barge).
     pub auto_answer: bool,
+    /// The peer's a=maxptime, if given.
+    #[serde(default)]
+    pub max_ptime_ms: Option<u32>,
+    /// Opus fmtp parameters (defaults for other codecs).
+    #[serde(default)]
+    pub opus: OpusParams,
     /// SRTP keys; `None` for plain RTP. Absent from stored plain legs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtp: Option<SrtpSpec>,
@@ -135,16 +143,8 @@ impl MediaSpec {
             })?;
             Some(addr)
         };
-        let codec = match proto::Codec::try_from(m.codec) {
-            Ok(proto::Codec::Pcmu) => CodecName::Pcmu,
-            Ok(proto::Codec::Pcma) => CodecName::Pcma,
-            _ => {
-                return Err(ApiError::invalid(
-                    field("codec"),
-                    format!("codec {} is not CODEC_PCMU or CODEC_PCMA", m.codec),
-                ));
-            }
-        };
+        let codec = codec_from_proto(m.codec, m.clock_rate_hz)
+            .map_err(|(name, message)| ApiError::invalid(field(name), message))?;
         let payload_type = u8::try_from(m.payload_type)
             .ok()
             .filter(|pt| *pt <= 127)
@@ -171,6 +171,28 @@ impl MediaSpec {
                     },
                 )?),
             };
+        let opus = match &m.opus {
+            None => OpusParams::default(),
+            Some(o) => OpusParams {
+                use_inband_fec: o.use_inband_fec,
+                use_dtx: o.use_dtx,
+                max_average_bitrate_bps: o.max_average_bitrate_bps,
+                max_playback_rate_hz: o.max_playback_rate_hz,
+                sprop_max_capture_rate_hz: o.sprop_max_capture_rate_hz,
+                stereo: o.stereo,
+                complexity: match o.complexity {
+                    None => None,
+                    Some(c) => {
+                        Some(u8::try_from(c).ok().filter(|c| *c <= 10).ok_or_else(|| {
+                            ApiError::invalid(
+                                field("opus.complexity"),
+                                format!("complexity {c} is not 0..=10"),
+                            )
+                        })?)
+                    }
+                },
+            },
+        };
         let srtp = match &m.srtp {
             None => None,
             Some(s) => Some(SrtpSpec::from_proto(prefix, s)?),
@@ -196,6 +218,8 @@ impl MediaSpec {
             telephone_event_pt,
             rtcp_mux: m.rtcp_mux,
             auto_answer: m.auto_answer.unwrap_or(true),
+            max_ptime_ms: m.max_ptime_ms,
+            opus,
             srtp,
             strict_source,
             quiet_when_unheard: m.quiet_when_unheard,
@@ -232,6 +256,8 @@ impl MediaSpec {
             telephone_event_pt: self.telephone_event_pt,
             rtcp_mux: self.rtcp_mux,
             report_first_packet,
+            max_ptime_ms: self.max_ptime_ms,
+            opus: self.opus,
             srtp: self.srtp.as_ref().map(|s| s.keys.clone()),
             strict_source: self.strict_source,
             quiet_when_unheard: self.quiet_when_unheard,
@@ -259,14 +285,28 @@ impl MediaSpec {
         proto::Media {
             remote: self.remote.map(|a| a.to_string()).unwrap_or_default(),
             codec: match self.codec {
-                CodecName::Pcmu => proto::Codec::Pcmu,
-                CodecName::Pcma => proto::Codec::Pcma,
+                Codec::Pcmu => proto::Codec::Pcmu,
+                Codec::Pcma => proto::Codec::Pcma,
+                Codec::G722 => proto::Codec::G722,
+                Codec::Opus => proto::Codec::Opus,
+                Codec::L16(_) => proto::Codec::L16,
             } as i32,
             payload_type: u32::from(self.payload_type),
             ptime_ms: self.ptime_ms,
             telephone_event_pt: self.telephone_event_pt.map(u32::from),
             rtcp_mux: self.rtcp_mux,
             auto_answer: Some(self.auto_answer),
+            clock_rate_hz: self.codec.rtp_clock_hz(),
+            max_ptime_ms: self.max_ptime_ms,
+            opus: (self.codec == Codec::Opus).then(|| proto::OpusParams {
+                use_inband_fec: self.opus.use_inband_fec,
+                use_dtx: self.opus.use_dtx,
+                max_average_bitrate_bps: self.opus.max_average_bitrate_bps,
+                max_playback_rate_hz: self.opus.max_playback_rate_hz,
+                sprop_max_capture_rate_hz: self.opus.sprop_max_capture_rate_hz,
+                stereo: self.opus.stereo,
+                complexity: self.opus.complexity.map(u32::from),
+            }),
             srtp: self.srtp.as_ref().map(SrtpSpec::to_proto),
             strict_source_ip: self
                 .strict_source
@@ -275,6 +315,49 @@ impl MediaSpec {
             quiet_when_unheard: self.quiet_when_unheard,
         }
     }
+}
+
+/// The codec of `message Media` from its enum and a=rtpmap clock rate (`clock_rate_hz`,
+/// 0 meaning the codec's own). On refusal, the field to name and why.
+fn codec_from_proto(codec: i32, clock_rate_hz: u32) -> Result<Codec, (&'static str, String)> {
+    let codec = match proto::Codec::try_from(codec) {
+        Ok(proto::Codec::Pcmu) => Codec::Pcmu,
+        Ok(proto::Codec::Pcma) => Codec::Pcma,
+        Ok(proto::Codec::G722) => Codec::G722,
+        Ok(proto::Codec::Opus) => Codec::Opus,
+        Ok(proto::Codec::L16) => {
+            return SampleRate::from_hz(clock_rate_hz)
+                .map(Codec::L16)
+                .ok_or_else(|| {
+                    (
+                        "clock_rate_hz",
+                        format!(
+                            "L16 at {clock_rate_hz} Hz is not supported (8000, 16000 or 48000)"
+                        ),
+                    )
+                });
+        }
+        _ => {
+            return Err((
+                "codec",
+                format!(
+                    "codec {codec} is not CODEC_PCMU, CODEC_PCMA, CODEC_G722, CODEC_OPUS or \
+                     CODEC_L16"
+                ),
+            ));
+        }
+    };
+    if clock_rate_hz != 0 && clock_rate_hz != codec.rtp_clock_hz() {
+        return Err((
+            "clock_rate_hz",
+            format!(
+                "{} runs on a {} Hz RTP clock, not {clock_rate_hz}",
+                codec.sdp_name(),
+                codec.rtp_clock_hz()
+            ),
+        ));
+    }
+    Ok(codec)
 }
 
 #[cfg(test)]
@@ -390,6 +473,111 @@ mod tests {
             field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
             "media.telephone_event_pt"
         );
+    }
+
+    #[test]
+    fn wideband_codecs_map_with_their_clock_and_opus_parameters() {
+        let mut m = pcmu();
+        m.codec = proto::Codec::G722 as i32;
+        m.payload_type = 9;
+        let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
+        assert_eq!(spec.codec, Codec::G722);
+        assert_eq!(spec.to_proto().clock_rate_hz, 8_000);
+        m.clock_rate_hz = 16_000;
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.clock_rate_hz",
+            "G.722's RTP clock is 8 kHz (RFC 3551)"
+        );
+        let mut m = pcmu();
+        m.codec = proto::Codec::L16 as i32;
+        m.payload_type = 96;
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.clock_rate_hz",
+            "L16 needs its rate"
+        );
+        m.clock_rate_hz = 16_000;
+        let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
+        assert_eq!(spec.codec, Codec::L16(SampleRate::Hz16000));
+        assert_eq!(
+            MediaSpec::from_proto("media", Some(&spec.to_proto())).unwrap(),
+            spec
+        );
+        m.clock_rate_hz = 48_000;
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.ptime_ms",
+            "20 ms of L16 at 48 kHz does not fit one packet"
+        );
+        let mut m = pcmu();
+        m.codec = proto::Codec::Opus as i32;
+        m.payload_type = 111;
+        m.max_ptime_ms = Some(60);
+        m.opus = Some(proto::OpusParams {
+            use_inband_fec: true,
+            max_average_bitrate_bps: Some(24_000),
+            max_playback_rate_hz: Some(16_000),
+            stereo: true,
+            complexity: Some(3),
+            ..Default::default()
+        });
+        let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
+        assert_eq!(spec.codec, Codec::Opus);
+        assert!(spec.opus.use_inband_fec && spec.opus.stereo);
+        assert_eq!(spec.opus.bitrate_bps(), 24_000);
+        assert_eq!(spec.opus.playback_rate(), SampleRate::Hz16000);
+        let back = spec.to_proto();
+        assert_eq!(back.clock_rate_hz, 48_000);
+        assert_eq!(MediaSpec::from_proto("media", Some(&back)).unwrap(), spec);
+        for (bad, field) in [
+            (
+                proto::OpusParams {
+                    complexity: Some(11),
+                    ..Default::default()
+                },
+                "media.opus.complexity",
+            ),
+            (
+                proto::OpusParams {
+                    max_average_bitrate_bps: Some(1_000_000),
+                    ..Default::default()
+                },
+                "media.opus.max_average_bitrate_bps",
+            ),
+        ] {
+            m.opus = Some(bad);
+            assert_eq!(
+                field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+                field
+            );
+        }
+        // Opus parameters on a PCMU leg are a mistake, named.
+        let mut m = pcmu();
+        m.opus = Some(proto::OpusParams {
+            use_dtx: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.opus"
+        );
+        // An Opus leg at 30 ms is refused: no such Opus frame.
+        let mut m = pcmu();
+        m.codec = proto::Codec::Opus as i32;
+        m.ptime_ms = 30;
+        assert_eq!(
+            field_of(MediaSpec::from_proto("media", Some(&m)).unwrap_err()),
+            "media.ptime_ms"
+        );
+    }
+
+    #[test]
+    fn media_stored_before_wideband_still_decodes() {
+        let old = r#"{"remote":null,"codec":"Pcmu","payload_type":0,"ptime_ms":20,"telephone_event_pt":101,"rtcp_mux":true,"auto_answer":true}"#;
+        let spec: MediaSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.codec, Codec::Pcmu);
+        assert_eq!(spec.opus, OpusParams::default());
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn media(participant: usize) -> MediaEntry {
         participant_id: format!("participant-with-a-longish-name-{participant}"),
         media: MediaSpec {
             remote: Some(([10, 0, 0, 1], 4000).into()),
-            codec: earshot_engine_api::CodecName::Pcmu,
+            codec: earshot_engine_api::Codec::Pcmu,
             payload_type: 0,
             ptime_ms: 20,
             telephone_event_pt: Some(101),
@@ -103,6 +103,8 @@ fn media(participant: usize) -> MediaEntry {
             // A strict source, so the stores round-trip the newer optional fields too.
             strict_source: Some([10, 0, 0, 1].into()),
             quiet_when_unheard: true,
+            max_ptime_ms: Some(40),
+            opus: Default::default(),
         },
     }
 }

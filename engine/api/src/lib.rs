@@ -33,7 +33,9 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-pub use earshot_types::{Codec, Gain, MAX_SESSION_LEGS, PTIMES_MS, PayloadType};
+pub use earshot_types::{
+    Codec, Gain, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS, PTIMES_MS, PayloadType, SampleRate,
+};
 pub use srtp::{MasterKey, SrtpMedia, SrtpSuite};
 
 /// The engine's identifier of a leg: shard index in the top 16 bits, then a slot index and
@@ -89,16 +91,22 @@ pub enum Family {
 }
 
 /// How a leg's media is carried (SPEC section 3, `message Media`).
+///
+/// The codec parameters are the peer's SDP: its `a=rtpmap` (codec and clock rate, in
+/// [`Codec`]), `a=ptime`/`a=maxptime`, and for Opus its `a=fmtp` ([`OpusParams`]).
+/// They say what the peer wants to *receive*; the engine accepts any packetization
+/// from 10 to 60 ms whatever they say.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct MediaConfig {
     /// The peer's RTP address; `None` latches it from the first valid packet
     /// (symmetric RTP).
     pub remote: Option<SocketAddr>,
-    /// Audio codec.
-    pub codec: CodecName,
+    /// Audio codec (with its rate, for L16).
+    pub codec: Codec,
     /// RTP payload type of the codec on this leg.
     pub payload_type: u8,
-    /// Packetisation time: 10, 20, 30, 40 or 60 ms.
+    /// Packetisation time of what the engine sends: 10, 20, 30, 40 or 60 ms (Opus:
+    /// not 30, which is no Opus frame size).
     pub ptime_ms: u32,
     /// RFC 4733 telephone-event payload type, if the leg negotiated one.
     pub telephone_event_pt: Option<u8>,
@@ -107,6 +115,14 @@ pub struct MediaConfig {
     /// Report the leg's first received packet as [`EngineEvent::FirstPacket`] (used for
     /// supervisors whose phone rings: `auto_answer = false`).
     pub report_first_packet: bool,
+    /// The peer's `a=maxptime`: the longest packet it accepts. `None`: no limit said.
+    /// `ptime_ms` must not exceed it.
+    #[serde(default)]
+    pub max_ptime_ms: Option<u32>,
+    /// Opus parameters (the peer's fmtp, RFC 7587 section 6.1). Must stay at their
+    /// defaults for other codecs.
+    #[serde(default)]
+    pub opus: OpusParams,
     /// SRTP/SRTCP on this leg (RFC 3711, RFC 7714) with SDES keys; `None` is plain RTP.
     /// Legs of one session are plain or SRTP independently. Changing the keys of a
     /// configured leg re-keys it without a gap (`docs/srtp.md`). Absent in the
@@ -121,6 +137,67 @@ pub struct MediaConfig {
     /// frames at its ptime (SPEC section 5).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quiet_when_unheard: bool,
+}
+
+/// An Opus leg's parameters: the peer's `a=fmtp` (RFC 7587 section 6.1), which shape
+/// what the engine's encoder sends to it, plus the encoder complexity (not an SDP
+/// parameter; the operator's cost/quality lever). Every default is RFC 7587's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub struct OpusParams {
+    /// `useinbandfec=1`: the peer decodes in-band FEC, so the encoder adds it. Default
+    /// false (RFC 7587). What the engine *receives* is decoded with FEC whenever a
+    /// packet carries it, whatever this says.
+    #[serde(default)]
+    pub use_inband_fec: bool,
+    /// `usedtx=1`: the peer prefers discontinuous transmission. Default false.
+    #[serde(default)]
+    pub use_dtx: bool,
+    /// `maxaveragebitrate`: the most the peer wants to receive, 6000..=510000 bit/s.
+    /// `None`: the engine's default (32 kbit/s).
+    #[serde(default)]
+    pub max_average_bitrate_bps: Option<u32>,
+    /// `maxplaybackrate`: the highest audio rate the peer plays, 8000..=48000 Hz. The
+    /// engine then never mixes or encodes above the rate that covers it (8, 16 or
+    /// 48 kHz) for this leg. `None`: 48000.
+    #[serde(default)]
+    pub max_playback_rate_hz: Option<u32>,
+    /// `sprop-maxcapturerate`: the highest audio rate the peer captures, 8000..=48000
+    /// Hz. Its audio never needs a mix above the rate covering it. `None`: 48000.
+    #[serde(default)]
+    pub sprop_max_capture_rate_hz: Option<u32>,
+    /// `stereo=1`: the peer would rather receive stereo. Accepted and recorded; the
+    /// engine sends mono, which RFC 7587 allows, and downmixes stereo packets it
+    /// receives (libopus decodes any Opus packet to mono). Default false.
+    #[serde(default)]
+    pub stereo: bool,
+    /// Encoder complexity 0..=10 for what is sent to this leg. `None`: the engine's
+    /// default (5, see docs/codecs.md for the cost of each).
+    #[serde(default)]
+    pub complexity: Option<u8>,
+}
+
+impl OpusParams {
+    /// The engine's bitrate when the peer states no `maxaveragebitrate`: transparent
+    /// wideband speech with room for FEC (RFC 7587 section 3.1.1: 28-40 kbit/s).
+    pub const DEFAULT_BITRATE_BPS: u32 = 32_000;
+
+    /// The bitrate the encoder uses towards this peer.
+    pub fn bitrate_bps(&self) -> u32 {
+        self.max_average_bitrate_bps
+            .map_or(Self::DEFAULT_BITRATE_BPS, |max| {
+                max.min(Self::DEFAULT_BITRATE_BPS)
+            })
+    }
+
+    /// The highest rate worth sending this peer: the rate covering `maxplaybackrate`.
+    pub fn playback_rate(&self) -> SampleRate {
+        SampleRate::covering(self.max_playback_rate_hz.unwrap_or(48_000))
+    }
+
+    /// The highest rate the peer's own audio carries (`sprop-maxcapturerate`).
+    pub fn capture_rate(&self) -> SampleRate {
+        SampleRate::covering(self.sprop_max_capture_rate_hz.unwrap_or(48_000))
+    }
 }
 
 /// Why a [`MediaConfig`] is refused: the field (as named in [`MediaConfig`]) and what is
@@ -156,10 +233,11 @@ impl MediaConfig {
     /// sidecar refuses up front exactly what the engine would. Checks, in order: ptime
     /// one of [`PTIMES_MS`]; payload type 7-bit and outside [`RTCP_CONFLICT_PTS`];
     /// telephone-event payload type 7-bit, not the codec's, not comfort noise (13), not
-    /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port. SRTP
-    /// suite names and key forms are checked where they are parsed,
-    /// [`SrtpSuite`]-typed, by [`SrtpMedia::from_sdes`] (fields `srtp.suite`,
-    /// `srtp.remote_key`, `srtp.local_key`): a `MediaConfig` cannot hold a bad key.
+    /// in [`RTCP_CONFLICT_PTS`]; a remote address that is unicast with a port; then the
+    /// codec's own limits ([`MediaConfig::validate_codec`]). SRTP suite names and key
+    /// forms are checked where they are parsed, [`SrtpSuite`]-typed, by
+    /// [`SrtpMedia::from_sdes`] (fields `srtp.suite`, `srtp.remote_key`,
+    /// `srtp.local_key`): a `MediaConfig` cannot hold a bad key.
     pub fn validate(&self) -> Result<(), MediaError> {
         let bad = |field: &'static str, message: String| Err(MediaError { field, message });
         if !PTIMES_MS.contains(&self.ptime_ms) {
@@ -224,25 +302,87 @@ impl MediaConfig {
                 );
             }
         }
-        Ok(())
+        self.validate_codec()
     }
-}
 
-/// Codec names as they appear on the API (serialisable mirror of [`Codec`]).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-pub enum CodecName {
-    /// G.711 mu-law.
-    Pcmu,
-    /// G.711 A-law.
-    Pcma,
-}
-
-impl From<CodecName> for Codec {
-    fn from(c: CodecName) -> Codec {
-        match c {
-            CodecName::Pcmu => Codec::Pcmu,
-            CodecName::Pcma => Codec::Pcma,
+    /// The codec's own limits: a frame that fits one packet ([`MAX_PAYLOAD_BYTES`]:
+    /// L16 at 48 kHz only at 10 ms, at 16 kHz up to 40 ms), Opus ptimes that are Opus
+    /// frame sizes (not 30 ms), `ptime_ms <= max_ptime_ms`, Opus parameters in range,
+    /// and none given for another codec.
+    pub fn validate_codec(&self) -> Result<(), MediaError> {
+        let bad = |field: &'static str, message: String| Err(MediaError { field, message });
+        if let Some(per_ms) = self.codec.payload_bytes_per_ms()
+            && (per_ms * self.ptime_ms) as usize > MAX_PAYLOAD_BYTES
+        {
+            return bad(
+                "ptime_ms",
+                format!(
+                    "{} ms of {:?} is {} bytes, more than one packet carries ({MAX_PAYLOAD_BYTES})",
+                    self.ptime_ms,
+                    self.codec,
+                    per_ms * self.ptime_ms
+                ),
+            );
         }
+        if self.codec == Codec::Opus && self.ptime_ms == 30 {
+            return bad(
+                "ptime_ms",
+                "30 ms is not an Opus frame size (10, 20, 40 or 60 ms)".into(),
+            );
+        }
+        if let Some(max) = self.max_ptime_ms
+            && !(10..=120).contains(&max)
+        {
+            return bad("max_ptime_ms", format!("maxptime {max} ms is not 10..=120"));
+        }
+        if let Some(max) = self.max_ptime_ms
+            && self.ptime_ms > max
+        {
+            return bad(
+                "ptime_ms",
+                format!(
+                    "ptime {} ms exceeds the peer's maxptime {max} ms",
+                    self.ptime_ms
+                ),
+            );
+        }
+        let o = &self.opus;
+        if self.codec != Codec::Opus {
+            if *o != OpusParams::default() {
+                return bad(
+                    "opus",
+                    format!("Opus parameters given for {:?}", self.codec),
+                );
+            }
+            return Ok(());
+        }
+        if let Some(b) = o.max_average_bitrate_bps
+            && !(6_000..=510_000).contains(&b)
+        {
+            return bad(
+                "opus.max_average_bitrate_bps",
+                format!("maxaveragebitrate {b} is not 6000..=510000"),
+            );
+        }
+        for (field, rate) in [
+            ("opus.max_playback_rate_hz", o.max_playback_rate_hz),
+            (
+                "opus.sprop_max_capture_rate_hz",
+                o.sprop_max_capture_rate_hz,
+            ),
+        ] {
+            if let Some(hz) = rate
+                && !(8_000..=48_000).contains(&hz)
+            {
+                return bad(field, format!("{hz} Hz is not 8000..=48000"));
+            }
+        }
+        if let Some(c) = o.complexity
+            && c > 10
+        {
+            return bad("opus.complexity", format!("complexity {c} is not 0..=10"));
+        }
+        Ok(())
     }
 }
 
@@ -572,12 +712,14 @@ mod tests {
     fn pcmu() -> MediaConfig {
         MediaConfig {
             remote: Some(([127, 0, 0, 1], 4000).into()),
-            codec: CodecName::Pcmu,
+            codec: Codec::Pcmu,
             payload_type: 0,
             ptime_ms: 20,
             telephone_event_pt: Some(101),
             rtcp_mux: true,
             report_first_packet: false,
+            max_ptime_ms: None,
+            opus: OpusParams::default(),
             srtp: None,
             strict_source: None,
             quiet_when_unheard: false,
@@ -649,6 +791,115 @@ mod tests {
         assert!(
             matches!(as_engine, EngineError::InvalidArgument { ref field, .. } if field == "payload_type")
         );
+    }
+
+    #[test]
+    fn codec_limits_and_opus_parameters_are_checked() {
+        let field = |f: fn(&mut MediaConfig)| {
+            let mut m = pcmu();
+            f(&mut m);
+            m.validate().map_err(|e| e.field)
+        };
+        let opus = |m: &mut MediaConfig| {
+            m.codec = Codec::Opus;
+            m.payload_type = 111;
+        };
+        assert_eq!(field(opus), Ok(()));
+        assert_eq!(
+            field(|m| {
+                m.codec = Codec::Opus;
+                m.ptime_ms = 30;
+            }),
+            Err("ptime_ms")
+        );
+        // L16: a frame must fit one packet.
+        assert_eq!(
+            field(|m| {
+                m.codec = Codec::L16(SampleRate::Hz48000);
+                m.ptime_ms = 10;
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            field(|m| m.codec = Codec::L16(SampleRate::Hz48000)),
+            Err("ptime_ms")
+        );
+        assert_eq!(
+            field(|m| {
+                m.codec = Codec::L16(SampleRate::Hz16000);
+                m.ptime_ms = 60;
+            }),
+            Err("ptime_ms")
+        );
+        assert_eq!(
+            field(|m| {
+                m.codec = Codec::L16(SampleRate::Hz8000);
+                m.ptime_ms = 60;
+            }),
+            Ok(())
+        );
+        assert_eq!(field(|m| m.max_ptime_ms = Some(10)), Err("ptime_ms"));
+        assert_eq!(field(|m| m.max_ptime_ms = Some(5)), Err("max_ptime_ms"));
+        assert_eq!(field(|m| m.max_ptime_ms = Some(40)), Ok(()));
+        assert_eq!(field(|m| m.opus.use_inband_fec = true), Err("opus"));
+        let with = |f: fn(&mut OpusParams)| {
+            let mut m = pcmu();
+            opus(&mut m);
+            f(&mut m.opus);
+            m.validate().map_err(|e| e.field)
+        };
+        assert_eq!(
+            with(|o| o.max_average_bitrate_bps = Some(5_999)),
+            Err("opus.max_average_bitrate_bps")
+        );
+        assert_eq!(with(|o| o.max_average_bitrate_bps = Some(6_000)), Ok(()));
+        assert_eq!(
+            with(|o| o.max_playback_rate_hz = Some(96_000)),
+            Err("opus.max_playback_rate_hz")
+        );
+        assert_eq!(
+            with(|o| o.sprop_max_capture_rate_hz = Some(4_000)),
+            Err("opus.sprop_max_capture_rate_hz")
+        );
+        assert_eq!(with(|o| o.complexity = Some(11)), Err("opus.complexity"));
+        assert_eq!(
+            with(|o| {
+                o.stereo = true;
+                o.use_dtx = true;
+                o.complexity = Some(0);
+            }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn opus_parameters_become_encoder_settings_and_rates() {
+        let mut o = OpusParams::default();
+        assert_eq!(o.bitrate_bps(), OpusParams::DEFAULT_BITRATE_BPS);
+        assert_eq!(o.playback_rate(), SampleRate::Hz48000);
+        o.max_average_bitrate_bps = Some(20_000);
+        o.max_playback_rate_hz = Some(16_000);
+        o.sprop_max_capture_rate_hz = Some(8_000);
+        assert_eq!(o.bitrate_bps(), 20_000);
+        assert_eq!(o.playback_rate(), SampleRate::Hz16000);
+        assert_eq!(o.capture_rate(), SampleRate::Hz8000);
+        o.max_average_bitrate_bps = Some(128_000);
+        assert_eq!(o.bitrate_bps(), OpusParams::DEFAULT_BITRATE_BPS);
+    }
+
+    #[test]
+    fn media_stored_before_wideband_still_decodes() {
+        // A MediaConfig as serialised when the codec was `CodecName` and had no
+        // parameters: the names are kept and the new fields default.
+        let old = r#"{"remote":"127.0.0.1:4000","codec":"Pcma","payload_type":8,"ptime_ms":20,"telephone_event_pt":null,"rtcp_mux":true,"report_first_packet":false}"#;
+        let m: MediaConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(m.codec, Codec::Pcma);
+        assert_eq!((m.max_ptime_ms, m.opus), (None, OpusParams::default()));
+        let mut l16 = pcmu();
+        l16.codec = Codec::L16(SampleRate::Hz16000);
+        let text = serde_json::to_string(&l16).unwrap();
+        assert!(text.contains(r#""codec":{"L16":"Hz16000"}"#), "{text}");
+        assert_eq!(serde_json::from_str::<MediaConfig>(&text).unwrap(), l16);
     }
 
     fn pcmu_with_pt(pt: u8) -> MediaConfig {

@@ -287,7 +287,8 @@ pub fn alaw_to_ulaw(c: u8) -> u8 {
     ALAW_TO_ULAW[usize::from(c)]
 }
 
-/// Decodes `src` into `dst`. The two should have equal lengths; the shorter one bounds
+/// Decodes G.711 `src` into `dst` (`codec` is `Pcmu` or `Pcma`; any other codec is a
+/// caller bug and writes nothing). The two should have equal lengths; the shorter one bounds
 /// the work (the rest of `dst` is left as it was).
 ///
 /// Runs the kernel chosen once per process by [`kernels`] (the fastest this CPU has,
@@ -455,6 +456,8 @@ impl G711Kernels {
         match codec {
             Codec::Pcmu => (self.ulaw_encode)(src, dst),
             Codec::Pcma => (self.alaw_encode)(src, dst),
+            // Not G.711: the caller's mistake, never the network's. Nothing is written.
+            Codec::G722 | Codec::Opus | Codec::L16(_) => debug_assert!(false, "{codec:?}"),
         }
     }
 
@@ -464,6 +467,8 @@ impl G711Kernels {
         match codec {
             Codec::Pcmu => (self.ulaw_decode)(src, dst),
             Codec::Pcma => (self.alaw_decode)(src, dst),
+            // Not G.711: the caller's mistake, never the network's. Nothing is written.
+            Codec::G722 | Codec::Opus | Codec::L16(_) => debug_assert!(false, "{codec:?}"),
         }
     }
 }
@@ -545,6 +550,11 @@ pub fn transcode(from: Codec, to: Codec, src: &[u8], dst: &mut [u8]) {
         (Codec::Pcmu, Codec::Pcmu) | (Codec::Pcma, Codec::Pcma) => {
             let n = src.len().min(dst.len());
             dst[..n].copy_from_slice(&src[..n]);
+            return;
+        }
+        // Not two G.711 laws: the caller's mistake. Nothing is written.
+        _ => {
+            debug_assert!(false, "{from:?} -> {to:?}");
             return;
         }
     };

@@ -1,68 +1,81 @@
 //! An adaptive jitter buffer per input leg that is mixed (decoded at ticks).
 //!
-//! Packets go in as they arrive ([`JitterBuffer::handle_packet`]); one frame of linear
-//! PCM comes out per ptime tick ([`JitterBuffer::poll_frame`]). Forwarded paths bypass
+//! Packets go in as they arrive ([`JitterBuffer::handle_packet`]); linear PCM comes out
+//! at each tick ([`JitterBuffer::poll`], any whole number of 10 ms units, or
+//! [`JitterBuffer::poll_frame`], one frame of the leg's ptime). Forwarded paths bypass
 //! the buffer entirely (SPEC section 5), so its delay is paid only by mixed listeners.
+//! The buffer owns the leg's [`Decoder`]: it decodes what it plays, in order, so that
+//! stateful codecs (G.722, Opus) see their stream as it was sent.
 //!
 //! ## Model
-//! Storage is a ring of `capacity_packets` frame slots allocated in
-//! [`JitterBuffer::new`]; a packet's slot is chosen by its RTP timestamp relative to
-//! the *head* (the frame due at the next tick), so reordering is free and a duplicate
-//! finds its slot taken. Packets must carry exactly one frame (`ptime_ms` of samples);
-//! the leg's negotiated ptime is the contract, and other lengths are refused.
+//! The buffer works on **timestamp ranges**, not packet counts. Storage is a ring of
+//! `capacity_units` slots of one 10 ms *unit* each ([`UNIT_MS`]), allocated in
+//! [`JitterBuffer::new`]; a packet's slots are chosen by its RTP timestamp relative to
+//! the *head* (the unit due next), so reordering is free and a duplicate finds its
+//! slots taken. A packet may carry any whole number of units from 10 to 60 ms, whatever
+//! the leg's ptime, so a peer that changes its packetization mid-call, or packs several
+//! frames into one packet, is simply played ([`crate::codec::payload_units`]). Fixed
+//! rate codecs (G.711, G.722, L16) are cut into units on arrival; an Opus packet cannot
+//! be cut, so it lives whole in its first unit's slot (the others are marked as covered
+//! by it), is decoded whole when playout reaches it, and its PCM is played a unit at a
+//! time from a staging buffer.
 //!
 //! - **Talk spurts.** The first packet after nothing (start, long loss, comfort-noise
 //!   silence, or a marker bit on an empty buffer) anchors the head to its timestamp and
 //!   waits the *target depth* before playout starts. This is also where the delay
 //!   adapts freely: each spurt starts at the current target.
-//! - **Target depth** = clamp(ptime + 4 x jitter, `min_depth_ms`, `max_depth_ms`), where
+//! - **Target depth** = clamp(P + 4 x jitter, `min_depth_ms`, `max_depth_ms`), where P
+//!   is the duration of the packets arriving (the leg's ptime until one arrives) and
 //!   jitter is the RFC 3550 (A.8) interarrival estimate, computed here in our own code.
 //!   It rises at once and decays by 1/64 of the gap per packet: grow fast, shrink slowly.
-//! - **Fill control.** At each tick the buffered span from the head to the newest
-//!   frame (the *level*) is averaged (1/16 per tick). With a steady stream it sits at
-//!   target + ptime. When the average leaves [target + ptime/2, target + 3 ptime/2] a
-//!   frame is inserted (the head frame is played twice) or dropped (the head frame is
-//!   skipped), preferably on a quiet frame (mean |x| below about -40 dBov) where the
-//!   change is inaudible; a loud stream gets its adjustment after
-//!   [`ADJUST_PATIENCE_FRAMES`] ticks anyway, or at once when a whole frame off. Drops
-//!   are rate limited to one per [`DROP_HOLDOFF_FRAMES`]. This absorbs sender clock
-//!   drift (+-1000 ppm is one frame every 20 s at 20 ms) and moves the depth to a new
-//!   target within a spurt.
-//! - **Loss.** A missing head frame with later frames present is lost: it is concealed
-//!   by repeating the last frame with a fade (gain halving per consecutive frame) for
-//!   `conceal_frames`, then silence. A missing head frame with nothing buffered is an
-//!   *underrun*: the frame is concealed the same way but the head waits (the stream
-//!   grew one frame late, so the depth grows by one). After `conceal_frames` the
-//!   stream is considered stopped and the buffer goes idle until the next packet.
+//! - **Fill control.** At each poll (T long) the buffered span from the head to the end
+//!   of the newest packet (the *level*) is averaged (1/16 per poll). With a steady
+//!   stream it sits at target + (P + T) / 2. When the average leaves that centre by more
+//!   than max(P, T) / 2, one poll's worth of audio is inserted (the poll's output is
+//!   played twice) or dropped (skipped), preferably on a quiet span (mean |x| below
+//!   about -40 dBov) where the change is inaudible; a loud stream gets its adjustment
+//!   after [`ADJUST_PATIENCE_FRAMES`] polls anyway, or at once when a whole packet off.
+//!   Drops are rate limited to one per [`DROP_HOLDOFF_FRAMES`] polls. Adjusting by whole
+//!   polls keeps packet and tick boundaries aligned when they were. This absorbs sender
+//!   clock drift (+-1000 ppm is 20 ms every 20 s) and moves the depth to a new target
+//!   within a spurt.
+//! - **Loss.** A missing head unit with later units present is lost. Opus recovers it
+//!   from the in-band FEC of the packet after it when that packet is buffered and the
+//!   gap is exactly one of its frames, and otherwise conceals with libopus's PLC; the
+//!   other codecs repeat the last unit played with a fade (gain halving every 20 ms).
+//!   Either way for at most `conceal_ms`, then silence. A missing head unit with nothing
+//!   buffered is an *underrun*: it is concealed the same way but the head waits (the
+//!   stream grew late, so the depth grows by a unit). After `conceal_ms` the stream is
+//!   considered stopped and the buffer goes idle until the next packet.
 //! - **Comfort noise** (payload type 13, RFC 3389: first byte is the level in -dBov)
 //!   plays seeded uniform noise at that level from its timestamp until audio resumes.
 //!   A DTX gap after it is neither loss nor concealment.
 //! - **Resync.** A new SSRC, or a packet far from the current timeline (sequence
 //!   number more than 100 away, or timestamp beyond the ring either way), is held on
 //!   probation as RFC 3550 A.1 does: it is dropped, and only a run of
-//!   [`PROBATION_PACKETS`] (same SSRC, consecutive sequence numbers, timestamps exactly
-//!   one frame apart) starts a new timeline. So stray packets (a late one from a
-//!   replaced SSRC, junk from the latched address) cannot flip the buffer, and a real
-//!   restart costs two frames of audio. A newer
-//!   sequence number whose timestamp lands just behind the head resyncs at once. The
-//!   new timeline is mapped (by an offset added to every later timestamp) to follow
-//!   the newest buffered frame, so playout carries straight on with no gap. When the
-//!   buffer is idle or in comfort noise, any packet simply starts a talk spurt.
+//!   [`PROBATION_PACKETS`] (same SSRC, consecutive sequence numbers, each timestamp
+//!   exactly the previous packet's duration on) starts a new timeline. So stray packets
+//!   (a late one from a replaced SSRC, junk from the latched address) cannot flip the
+//!   buffer, and a real restart costs two packets of audio. A newer sequence number
+//!   whose timestamp lands just behind the head resyncs at once. The new timeline is
+//!   mapped (by an offset added to every later timestamp) to follow the newest buffered
+//!   unit, so playout carries straight on with no gap. When the buffer is idle or in
+//!   comfort noise, any packet simply starts a talk spurt.
 //!
 //! Packets of payload types other than the codec's and comfort noise are the caller's
 //! business: the engine filters RFC 4733 DTMF before the buffer. They are refused and
 //! counted here. No allocation after [`JitterBuffer::new`].
 
-use crate::dsp::g711;
+use crate::codec::{self, Decoder, MAX_PACKET_UNITS, fade};
 use crate::rng::SeedRng;
 use crate::time::{Duration, Instant};
-use crate::{Codec, PTIMES_MS, PayloadType, RtpTs, SeqNo, Ssrc};
+use crate::{Codec, PTIMES_MS, PayloadType, RtpTs, SeqNo, Ssrc, UNIT_MS};
 
-/// Ticks a needed fill adjustment waits for a quiet frame before it is forced.
+/// Polls a needed fill adjustment waits for a quiet span before it is forced.
 pub const ADJUST_PATIENCE_FRAMES: u32 = 25;
-/// Minimum ticks between two dropped frames: shrinking is slow.
+/// Minimum polls between two drops: shrinking is slow.
 pub const DROP_HOLDOFF_FRAMES: u32 = 25;
-/// A frame whose mean absolute sample is below this is quiet enough to drop or repeat
+/// A span whose mean absolute sample is below this is quiet enough to drop or repeat
 /// (about -40 dBov).
 const QUIET_MEAN_ABS: u32 = 330;
 /// Sequence numbers further than this from the highest seen are a different timeline
@@ -70,20 +83,27 @@ const QUIET_MEAN_ABS: u32 = 330;
 const MAX_MISORDER: i32 = 100;
 
 /// Packets in a row a new timeline must show before the buffer moves to it: RFC 3550
-/// A.1's `MIN_SEQUENTIAL` (2), plus one, and with timestamps held to exact frame steps.
+/// A.1's `MIN_SEQUENTIAL` (2), plus one, and with timestamps held to exact steps.
 const PROBATION_PACKETS: u8 = 3;
+
+/// Microseconds in one unit.
+const UNIT_US: i64 = UNIT_MS as i64 * 1_000;
+
+/// How far ahead of a lost unit the buffer looks for the packet whose FEC recovers it.
+const FEC_LOOKAHEAD_UNITS: usize = MAX_PACKET_UNITS + 1;
 
 /// Configuration of one jitter buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JitterConfig {
     /// The leg's codec. No default: it is negotiated.
     pub codec: Codec,
-    /// Payload type of the codec's packets. Default: the codec's static type (0 or 8).
+    /// Payload type of the codec's packets. Default: the codec's static type, else 96.
     pub payload_type: PayloadType,
     /// Payload type of comfort noise. Default 13, the static type of RFC 3389.
     pub cn_payload_type: PayloadType,
-    /// Frame length in milliseconds; every audio packet must carry exactly one frame.
-    /// No default: it is negotiated (one of [`PTIMES_MS`]).
+    /// The leg's negotiated packetisation (one of [`PTIMES_MS`]): the packet duration
+    /// assumed until packets say otherwise, and the frame [`JitterBuffer::poll_frame`]
+    /// writes. Packets of any duration from 10 to 60 ms are played. No default.
     pub ptime_ms: u32,
     /// Smallest target depth. Default 20 ms: one frame at the common ptime, enough for a
     /// LAN where arrival is nearly periodic, and little added delay for supervisors.
@@ -91,14 +111,12 @@ pub struct JitterConfig {
     /// Largest target depth. Default 200 ms: beyond it a conversation suffers more from
     /// delay than from the occasional late-packet loss the extra depth would save.
     pub max_depth_ms: u32,
-    /// Slots in the ring. Default 32: holds the max depth at the smallest ptime (200 ms
-    /// at 10 ms = 20 frames) plus room for early and reordered packets.
-    pub capacity_packets: usize,
-    /// Frames of faded repetition before a loss turns to silence. Default 3 (60 ms at
-    /// 20 ms): longer repetition of one frame sounds robotic, shorter clicks.
-    pub conceal_frames: u32,
-    /// RTP clock rate. Default 8000, G.711's.
-    pub clock_rate_hz: u32,
+    /// 10 ms slots in the ring. Default 34: the max depth (200 ms) plus two of the
+    /// longest packets (60 ms) of room for early and reordered packets.
+    pub capacity_units: usize,
+    /// Concealment before a loss turns to silence, in milliseconds (a multiple of 10).
+    /// Default 60: longer repetition sounds robotic, shorter clicks.
+    pub conceal_ms: u32,
     /// Seed of the comfort-noise generator. Default 0; the engine passes one per leg so
     /// simulations replay.
     pub noise_seed: u64,
@@ -109,14 +127,13 @@ impl JitterConfig {
     pub fn new(codec: Codec, ptime_ms: u32) -> Self {
         JitterConfig {
             codec,
-            payload_type: codec.static_payload_type(),
+            payload_type: codec.static_payload_type().unwrap_or(PayloadType(96)),
             cn_payload_type: PayloadType::CN,
             ptime_ms,
             min_depth_ms: 20,
             max_depth_ms: 200,
-            capacity_packets: 32,
-            conceal_frames: 3,
-            clock_rate_hz: codec.clock_rate_hz(),
+            capacity_units: 34,
+            conceal_ms: 60,
             noise_seed: 0,
         }
     }
@@ -126,24 +143,25 @@ impl JitterConfig {
 /// [`JitterStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DropReason {
-    /// Its frame was already played (or concealed).
-    #[error("packet arrived after its frame was played")]
+    /// Its audio was already played (or concealed).
+    #[error("packet arrived after its audio was played")]
     TooLate,
-    /// Its slot already holds that frame.
+    /// Its slots already hold that audio.
     #[error("duplicate packet")]
     Duplicate,
     /// Its timestamp lies beyond the ring while its sequence number is old, so it fits no
-    /// timeline; or a new timeline found the ring full to its last slot.
+    /// timeline; or it would not fit the ring.
     #[error("packet beyond the buffer capacity")]
     Overflow,
-    /// Audio not exactly one frame long, or comfort noise without its level byte.
-    #[error("payload length does not match the leg's ptime")]
+    /// Audio that is not 10 to 60 ms in whole 10 ms units (or an Opus packet with a bad
+    /// TOC or too large), or comfort noise without its level byte.
+    #[error("payload length is not a playable duration")]
     BadPayloadLength,
     /// Neither the codec's payload type nor comfort noise (DTMF belongs to the caller).
     #[error("payload type not for the jitter buffer")]
     UnexpectedPayloadType,
     /// The first packet of a new SSRC or of a far-away timeline, held on probation: a
-    /// second packet in sequence confirms the switch.
+    /// run in sequence confirms the switch.
     #[error("packet on probation for a new timeline")]
     Probation,
 }
@@ -151,7 +169,7 @@ pub enum DropReason {
 /// What became of an accepted packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
-    /// Stored in its slot.
+    /// Stored in its slots.
     Stored,
     /// It starts a talk spurt: the buffer re-anchored on it and waits the target depth.
     TalkspurtStart,
@@ -159,37 +177,37 @@ pub enum Accepted {
     Resynced,
 }
 
-/// What [`JitterBuffer::poll_frame`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`JitterBuffer::poll`] wrote (for several units: the most audible of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FrameKind {
-    /// Received audio, decoded.
-    Audio,
-    /// A lost or late frame, replaced by a faded repeat of the last one.
-    Concealed,
-    /// Comfort noise at the level the sender asked for.
-    ComfortNoise,
     /// Zeros: nothing received yet, or loss beyond concealment.
     Silence,
+    /// Comfort noise at the level the sender asked for.
+    ComfortNoise,
+    /// A lost or late span, replaced by concealment (faded repeat, Opus PLC or FEC).
+    Concealed,
+    /// Received audio, decoded.
+    Audio,
 }
 
-/// One polled frame's description.
+/// One poll's description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Polled {
     /// What the samples are.
     pub kind: FrameKind,
-    /// True on the first audio frame after anything but audio or concealment: the
-    /// output stream sets the RTP marker bit on it.
+    /// True on the first audio after anything but audio or concealment: the output
+    /// stream sets the RTP marker bit on it.
     pub talkspurt_start: bool,
 }
 
-/// Counters and estimates of one jitter buffer.
+/// Counters and estimates of one jitter buffer. Durations count 10 ms units of audio.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JitterStats {
     /// RFC 3550 interarrival jitter estimate, microseconds.
     pub jitter_us: u64,
     /// Current target depth, microseconds.
     pub target_depth_us: u64,
-    /// Buffered span from the head to the newest frame at the last tick, milliseconds.
+    /// Buffered span from the head to the newest unit at the last poll, milliseconds.
     pub level_ms: u32,
     /// Packets accepted.
     pub accepted: u64,
@@ -205,40 +223,41 @@ pub struct JitterStats {
     pub unexpected_pt_drops: u64,
     /// Drops: [`DropReason::Probation`].
     pub probation_drops: u64,
-    /// Frames never received and passed over (later frames were present).
-    pub lost_frames: u64,
-    /// Frames played as concealment (loss or underrun).
-    pub concealed_frames: u64,
+    /// Audio never received and passed over (later audio was present), milliseconds.
+    pub lost_ms: u64,
+    /// Audio played as concealment (loss or underrun; FEC included), milliseconds.
+    pub concealed_ms: u64,
+    /// Of the lost audio, what Opus in-band FEC recovered, milliseconds.
+    pub fec_ms: u64,
     /// Times the buffer ran empty while playing audio.
     pub underruns: u64,
     /// SSRC changes and timestamp jumps remapped.
     pub resyncs: u64,
     /// Talk spurts started (re-anchors).
     pub talkspurts: u64,
-    /// Frames repeated to grow the fill.
-    pub frames_inserted: u64,
-    /// Frames skipped to shrink the fill.
-    pub frames_dropped: u64,
-    /// Frames of comfort noise played.
-    pub comfort_noise_frames: u64,
+    /// Audio repeated to grow the fill, milliseconds.
+    pub inserted_ms: u64,
+    /// Audio skipped to shrink the fill, milliseconds.
+    pub dropped_ms: u64,
+    /// Comfort noise played, milliseconds.
+    pub comfort_noise_ms: u64,
 }
 
+/// One 10 ms slot of the ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotKind {
-    Audio,
-    ComfortNoise,
+enum Slot {
+    Empty,
+    /// The first (for fixed-rate codecs: the only) unit of a packet: `len` payload bytes
+    /// at the slot's place in the payload area, covering `span` units.
+    Audio {
+        len: u16,
+        span: u8,
+    },
+    /// A later unit of the Opus packet that starts in an earlier slot.
+    Covered,
+    /// Comfort noise from here on; the level byte is at the slot's place.
+    Noise,
 }
-
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    filled: bool,
-    kind: SlotKind,
-}
-
-const EMPTY_SLOT: Slot = Slot {
-    filled: false,
-    kind: SlotKind::Audio,
-};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -246,7 +265,7 @@ enum Phase {
     Idle,
     /// A talk spurt's first packet arrived at `since`; playout starts at since + target.
     Buffering { since: Instant },
-    /// The head advances (or waits) at every tick.
+    /// The head advances (or waits) at every poll.
     Playing,
 }
 
@@ -256,6 +275,7 @@ struct Probe {
     ssrc: Ssrc,
     seq: SeqNo,
     ts: RtpTs,
+    units: u32,
     run: u8,
 }
 
@@ -263,25 +283,44 @@ struct Probe {
 #[derive(Debug)]
 pub struct JitterBuffer {
     cfg: JitterConfig,
-    frame_samples: usize,
-    ptime_us: i64,
+    decoder: Decoder,
+    /// RTP timestamp units per 10 ms unit.
+    unit_ts: u32,
+    /// Payload bytes per slot.
+    unit_bytes: usize,
+    /// PCM samples per unit at the decoder's rate.
+    pcm_unit: usize,
+    /// Duration of the packets arriving (the ptime until one arrives), microseconds.
+    packet_us: i64,
     slots: Vec<Slot>,
-    /// `capacity_packets * frame_samples` payload bytes, slot `i` at `i * frame_samples`.
+    /// `unit_bytes` per slot, plus room for an Opus packet starting in the last slot to
+    /// run on past the end (its later units' own places stay free).
     payload: Vec<u8>,
-    /// The last frame played as audio, for concealment: it stays in its slot
-    /// (`last_slot`) until a packet overwrites that slot, and only then is it decoded
-    /// here (`last_frame_saved`). Playing a frame costs no copy.
-    last_frame: Vec<i16>,
-    last_frame_valid: bool,
+    /// The decoded PCM of the Opus packet (or FEC) being played: `stage_units` units
+    /// from internal timestamp `stage_ts`. Empty for the fixed-rate codecs.
+    stage: Vec<i16>,
+    stage_ts: RtpTs,
+    stage_units: usize,
+    /// The last unit played as audio, for concealment. Stateless codecs leave it in its
+    /// slot (`last_slot`) until a packet overwrites that slot, and only then decode it
+    /// here (`last_saved`): playing costs no copy. Stateful ones copy it as they play.
+    last_unit: Vec<i16>,
+    last_valid: bool,
     last_slot: usize,
-    last_frame_saved: bool,
+    last_saved: bool,
+    /// The previous poll's output, kept when it is to be played again (an insertion).
+    replay: Vec<i16>,
+    /// Samples in `replay` when an insertion is pending (0: none).
+    replay_len: usize,
     phase: Phase,
     head_ts: RtpTs,
     head_idx: usize,
+    /// Filled slots (covered ones included).
     stored: usize,
+    /// Internal timestamp of the newest filled unit.
     newest_ts: RtpTs,
     ssrc: Option<Ssrc>,
-    /// The last packet held on probation: (SSRC, seq, wire timestamp).
+    /// The last packet held on probation.
     probe: Option<Probe>,
     /// Added to every wire timestamp: the internal timeline survives SSRC changes and
     /// jumps.
@@ -295,9 +334,10 @@ pub struct JitterBuffer {
     level_avg_valid: bool,
     adjust_wait: u32,
     since_drop: u32,
-    /// The head frame was just played as an insertion: play it normally next, so a loud
-    /// frame is never heard three times.
+    /// The previous poll was an insertion: play normally next, so loud audio is never
+    /// heard three times.
     just_inserted: bool,
+    /// Concealed units in a row.
     conceal_run: u32,
     /// Comfort noise amplitude while comfort noise is active.
     cn_amplitude: Option<i32>,
@@ -307,56 +347,96 @@ pub struct JitterBuffer {
 }
 
 impl JitterBuffer {
-    /// Forgets the stream: the next packet starts a new talk spurt on a fresh timeline.
-    /// The counters survive. For the engine to call when nobody mixes this input any
-    /// more, since the buffer is then neither fed nor polled and its timeline goes stale.
-    /// Control path: it reallocates the storage.
+    /// Forgets the stream: the next packet starts a new talk spurt on a fresh timeline,
+    /// and the decoder starts afresh. The counters survive. For the engine to call when
+    /// nobody mixes this input any more, since the buffer is then neither fed nor polled
+    /// and its timeline goes stale. Control path: it reallocates the storage.
     pub fn reset(&mut self) {
+        let decoder = std::mem::replace(&mut self.decoder, Decoder::g711(Codec::Pcmu));
+        self.replace_decoder(decoder);
+    }
+
+    /// Resets the buffer (as [`JitterBuffer::reset`]) with another decoder for the same
+    /// codec: an Opus leg whose session now mixes at another rate. Control path.
+    ///
+    /// Panics if the decoder's PCM rate does not suit the codec (a programmer error).
+    pub fn replace_decoder(&mut self, mut decoder: Decoder) {
+        decoder.reset();
         let stats = self.stats;
-        *self = JitterBuffer::new(self.cfg);
+        *self = JitterBuffer::with_decoder(self.cfg, decoder);
         self.stats = stats;
     }
 
-    /// Allocates all storage for `cfg`.
+    /// Allocates all storage for `cfg`, decoding at the codec's own rate.
+    ///
+    /// Panics on an inconsistent config (see [`JitterBuffer::with_decoder`]) and for
+    /// Opus, whose decoder the caller builds (libopus may be missing, and the rate is
+    /// the session's): use [`JitterBuffer::with_decoder`].
+    pub fn new(cfg: JitterConfig) -> Self {
+        let decoder = Decoder::new(cfg.codec, cfg.codec.audio_rate())
+            .expect("the fixed-rate codecs always have a decoder; Opus needs with_decoder");
+        JitterBuffer::with_decoder(cfg, decoder)
+    }
+
+    /// Allocates all storage for `cfg`, playing through `decoder`.
     ///
     /// Panics on an inconsistent config (a programmer error: the control side validates
-    /// ptime and codec): ptime not in [`PTIMES_MS`], clock rate not the codec's,
-    /// `min_depth_ms > max_depth_ms`, or a ring too small to hold the max depth plus
-    /// two frames.
-    pub fn new(cfg: JitterConfig) -> Self {
+    /// ptime and codec): ptime not in [`PTIMES_MS`], `min_depth_ms > max_depth_ms`, a
+    /// ring too small to hold the max depth plus two of the longest packets, a
+    /// concealment budget that is not whole units, or a decoder for another codec.
+    pub fn with_decoder(cfg: JitterConfig, decoder: Decoder) -> Self {
         assert!(
             PTIMES_MS.contains(&cfg.ptime_ms),
             "ptime {} ms unsupported",
             cfg.ptime_ms
         );
-        assert_eq!(
-            cfg.clock_rate_hz,
-            cfg.codec.clock_rate_hz(),
-            "clock rate is the codec's"
-        );
         assert!(
             cfg.min_depth_ms <= cfg.max_depth_ms,
             "min depth above max depth"
         );
+        let longest_ms = (MAX_PACKET_UNITS as u32 * UNIT_MS).max(cfg.ptime_ms);
         assert!(
-            cfg.capacity_packets as u64 * u64::from(cfg.ptime_ms)
-                >= u64::from(cfg.max_depth_ms) + 2 * u64::from(cfg.ptime_ms),
-            "{} slots cannot hold {} ms of depth at {} ms",
-            cfg.capacity_packets,
+            cfg.capacity_units as u64 * u64::from(UNIT_MS)
+                >= u64::from(cfg.max_depth_ms) + 2 * u64::from(longest_ms),
+            "{} units cannot hold {} ms of depth and two packets of {longest_ms} ms",
+            cfg.capacity_units,
             cfg.max_depth_ms,
-            cfg.ptime_ms
         );
-        let frame_samples = cfg.codec.frame_samples(cfg.ptime_ms);
+        assert!(
+            cfg.conceal_ms.is_multiple_of(UNIT_MS),
+            "concealment in whole units"
+        );
+        let matches = match (&decoder, cfg.codec) {
+            (Decoder::G711(c, _), codec) => *c == codec,
+            (Decoder::G722(_), Codec::G722) | (Decoder::Opus(_), Codec::Opus) => true,
+            (Decoder::L16(r), Codec::L16(rate)) => *r == rate,
+            _ => false,
+        };
+        assert!(matches, "a {:?} decoder for {:?}", decoder, cfg.codec);
+        let unit_bytes = codec::unit_bytes(cfg.codec);
+        let pcm_unit = decoder.pcm_rate().samples_in_ms(UNIT_MS);
+        let stage_len = if decoder.conceals() {
+            MAX_PACKET_UNITS * pcm_unit
+        } else {
+            0
+        };
+        let cap = cfg.capacity_units;
         JitterBuffer {
-            cfg,
-            frame_samples,
-            ptime_us: i64::from(cfg.ptime_ms) * 1_000,
-            slots: vec![EMPTY_SLOT; cfg.capacity_packets],
-            payload: vec![0; cfg.capacity_packets * frame_samples],
-            last_frame: vec![0; frame_samples],
-            last_frame_valid: false,
+            unit_ts: cfg.codec.rtp_units_per_frame(UNIT_MS),
+            unit_bytes,
+            pcm_unit,
+            packet_us: i64::from(cfg.ptime_ms) * 1_000,
+            slots: vec![Slot::Empty; cap],
+            payload: vec![0; (cap + MAX_PACKET_UNITS - 1) * unit_bytes],
+            stage: vec![0; stage_len],
+            stage_ts: RtpTs(0),
+            stage_units: 0,
+            last_unit: vec![0; pcm_unit],
+            last_valid: false,
             last_slot: 0,
-            last_frame_saved: false,
+            last_saved: false,
+            replay: vec![0; MAX_PACKET_UNITS * pcm_unit],
+            replay_len: 0,
             phase: Phase::Idle,
             head_ts: RtpTs(0),
             head_idx: 0,
@@ -379,6 +459,8 @@ impl JitterBuffer {
             talkspurt_pending: true,
             rng: SeedRng::new(cfg.noise_seed),
             stats: JitterStats::default(),
+            decoder,
+            cfg,
         }
     }
 
@@ -387,16 +469,28 @@ impl JitterBuffer {
         &self.cfg
     }
 
-    /// Samples in one frame (what [`JitterBuffer::poll_frame`] writes).
+    /// The decoder it plays through.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// PCM samples in one frame of the leg's ptime at the decoder's rate (what
+    /// [`JitterBuffer::poll_frame`] writes).
     pub fn frame_samples(&self) -> usize {
-        self.frame_samples
+        self.pcm_unit * (self.cfg.ptime_ms / UNIT_MS) as usize
+    }
+
+    /// PCM samples in one 10 ms unit at the decoder's rate: [`JitterBuffer::poll`] takes
+    /// whole multiples of it.
+    pub fn unit_samples(&self) -> usize {
+        self.pcm_unit
     }
 
     /// Counters and estimates.
     pub fn stats(&self) -> JitterStats {
         JitterStats {
             jitter_us: u64::from(self.jitter_q4 >> 4) * 1_000_000
-                / u64::from(self.cfg.clock_rate_hz),
+                / u64::from(self.cfg.codec.rtp_clock_hz()),
             target_depth_us: self.target_us as u64,
             ..self.stats
         }
@@ -438,23 +532,20 @@ impl JitterBuffer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Accepted, DropReason> {
-        let kind = if pt == self.cfg.payload_type {
-            if payload.len() != self.frame_samples {
-                return Err(DropReason::BadPayloadLength);
-            }
-            SlotKind::Audio
+        let (noise, units) = if pt == self.cfg.payload_type {
+            let units = codec::payload_units(self.cfg.codec, payload)
+                .map_err(|_| DropReason::BadPayloadLength)?;
+            (false, units)
         } else if pt == self.cfg.cn_payload_type {
             if payload.is_empty() {
                 return Err(DropReason::BadPayloadLength);
             }
-            SlotKind::ComfortNoise
+            (true, 1)
         } else {
             return Err(DropReason::UnexpectedPayloadType);
         };
 
         let new_ssrc = self.ssrc != Some(ssrc);
-        let frame_ts = self.frame_samples as u32;
-
         let seq_delta = i32::from(seq.delta(self.highest_seq));
         // Nothing buffered and nothing to continue: this packet starts a talk spurt,
         // unless it is older than what was already played (a straggler). Another SSRC
@@ -469,37 +560,38 @@ impl JitterBuffer {
             self.probe = None;
             let internal = ts.add(self.ts_offset);
             self.start_talkspurt(now, internal);
+            self.note_packet(noise, units);
             self.update_jitter(now, internal);
-            self.store(0, kind, payload);
+            self.store(0, noise, units, payload);
             return Ok(Accepted::TalkspurtStart);
         }
 
         let mut internal = ts.add(self.ts_offset);
-        let mut frames = self.frames_from_head(internal);
+        let mut offset = self.units_from_head(internal);
         let cap = self.slots.len() as i64;
         // A straggler (up to MAX_MISORDER behind the highest sequence number) is never a
         // new timeline, however late: it is played if it can be, else dropped as late.
         let straggler = !new_ssrc && (-MAX_MISORDER..=0).contains(&seq_delta);
-        let far = seq_delta.abs() > MAX_MISORDER || frames < -cap || frames >= cap;
+        let far = seq_delta.abs() > MAX_MISORDER || offset < -cap || offset >= cap;
         let resync = if new_ssrc || far && !straggler {
-            if !self.on_probation(ssrc, seq, ts) {
+            if !self.on_probation(ssrc, seq, ts, units as u32) {
                 return Err(DropReason::Probation);
             }
             true
         } else {
             // A newer packet behind the head: the sender's timestamps stepped back.
-            seq_delta > 0 && frames < 0
+            seq_delta > 0 && offset < 0
         };
 
         let mut accepted = Accepted::Stored;
         if resync {
-            // A new timeline: continue right after the newest buffered frame, but never
-            // further ahead than the target depth: frames of the old timeline beyond it
+            // A new timeline: continue right after the newest buffered unit, but never
+            // further ahead than the target depth: units of the old timeline beyond it
             // go, so that no resync can leave the buffer holding more delay than it
             // wants (junk once stacked 600 ms this way).
-            self.keep_frames(self.target_frames() + 1);
+            self.keep_units(self.target_units() + self.packet_units());
             let follow = if self.stored > 0 {
-                self.newest_ts.add(frame_ts)
+                self.newest_ts.add(self.unit_ts)
             } else {
                 self.head_ts
             };
@@ -510,116 +602,204 @@ impl JitterBuffer {
             self.prev_transit = None;
             self.stats.resyncs += 1;
             internal = follow;
-            frames = self.frames_from_head(internal);
+            offset = self.units_from_head(internal);
             accepted = Accepted::Resynced;
-        } else if frames >= cap {
+        } else if offset >= cap {
             // A straggler by sequence number whose timestamp lies beyond the ring: it fits
             // no timeline.
             return Err(DropReason::Overflow);
-        } else if frames < 0 {
+        } else if offset < 0 {
             // An old packet behind the head. Before playout starts it can still be
-            // played: move the head back to it if the newest frame stays in the ring.
-            let span = i64::from(self.newest_ts.delta(internal)) / i64::from(frame_ts);
+            // played: move the head back to it if the newest unit stays in the ring.
+            let span = i64::from(self.newest_ts.delta(internal)) / i64::from(self.unit_ts);
             if !matches!(self.phase, Phase::Buffering { .. }) || span >= cap {
                 self.update_jitter(now, internal);
                 return Err(DropReason::TooLate);
             }
-            let back = (-frames) as usize % self.slots.len();
+            let back = (-offset) as usize % self.slots.len();
             self.head_idx = (self.head_idx + self.slots.len() - back) % self.slots.len();
-            self.head_ts = RtpTs(self.head_ts.0.wrapping_sub(back as u32 * frame_ts));
-            frames = 0;
+            self.head_ts = RtpTs(self.head_ts.0.wrapping_sub(back as u32 * self.unit_ts));
+            offset = 0;
         } else if seq_delta > 0 {
             self.highest_seq = seq;
         }
-        if !(0..cap).contains(&frames) {
-            // A resync onto a ring full to its last slot: nowhere to continue.
+        if offset < 0 || offset + units as i64 > cap {
+            // A resync onto a ring full to its end, or a packet running past it.
             return Err(DropReason::Overflow);
         }
-        let idx = (self.head_idx + frames as usize) % self.slots.len();
-        if self.slots[idx].filled {
+        let offset = offset as usize;
+        if !self.has_room(offset, noise, units) {
             return Err(DropReason::Duplicate);
         }
+        self.note_packet(noise, units);
         self.update_jitter(now, internal);
-        self.store(frames as usize, kind, payload);
+        self.store(offset, noise, units, payload);
         Ok(accepted)
     }
 
+    /// Records an audio packet's duration: the target and the fill window follow what
+    /// the peer sends, not what it negotiated.
+    fn note_packet(&mut self, noise: bool, units: usize) {
+        if !noise {
+            self.packet_us = units as i64 * UNIT_US;
+        }
+    }
+
+    /// Whether a packet of `units` at `offset` can be stored: an Opus packet needs all
+    /// its slots free; a fixed-rate packet needs one (it fills the gaps it finds).
+    fn has_room(&self, offset: usize, noise: bool, units: usize) -> bool {
+        let cap = self.slots.len();
+        let free = |j: usize| self.slots[(self.head_idx + offset + j) % cap] == Slot::Empty;
+        if noise {
+            free(0)
+        } else if self.cfg.codec.payload_bytes_per_ms().is_some() {
+            (0..units).any(free)
+        } else {
+            (0..units).all(free)
+        }
+    }
+
     /// Adds a packet to the run on probation; true when it completes a run of
-    /// [`PROBATION_PACKETS`]: same SSRC, consecutive sequence numbers, and timestamps
-    /// exactly one frame apart. A real new stream shows that at once; junk from the
-    /// latched address (garbage, a stray from a replaced SSRC) practically never does,
-    /// so it cannot move the timeline (a moved timeline can leave the buffer holding
-    /// seconds of delay).
-    fn on_probation(&mut self, ssrc: Ssrc, seq: SeqNo, ts: RtpTs) -> bool {
-        let frame = self.frame_samples as i32;
+    /// [`PROBATION_PACKETS`]: same SSRC, consecutive sequence numbers, and each
+    /// timestamp exactly the previous packet's duration on. A real new stream shows that
+    /// at once; junk from the latched address (garbage, a stray from a replaced SSRC)
+    /// practically never does, so it cannot move the timeline (a moved timeline can
+    /// leave the buffer holding seconds of delay).
+    fn on_probation(&mut self, ssrc: Ssrc, seq: SeqNo, ts: RtpTs, units: u32) -> bool {
         let run = match self.probe {
-            Some(p) if p.ssrc == ssrc && seq == p.seq.next() && ts.delta(p.ts) == frame => {
+            Some(p)
+                if p.ssrc == ssrc
+                    && seq == p.seq.next()
+                    && ts.delta(p.ts) == (p.units * self.unit_ts) as i32 =>
+            {
                 p.run + 1
             }
             _ => 1,
         };
-        self.probe = Some(Probe { ssrc, seq, ts, run });
+        self.probe = Some(Probe {
+            ssrc,
+            seq,
+            ts,
+            units,
+            run,
+        });
         run >= PROBATION_PACKETS
     }
 
-    /// The target depth in whole frames, rounded up.
-    fn target_frames(&self) -> usize {
-        ((self.target_us + self.ptime_us - 1) / self.ptime_us).max(1) as usize
+    /// The target depth in whole units, rounded up.
+    fn target_units(&self) -> usize {
+        ((self.target_us + UNIT_US - 1) / UNIT_US).max(1) as usize
     }
 
-    /// Drops every buffered frame `frames` or more after the head (counted as
-    /// overflow) and moves `newest_ts` back to the newest frame kept.
-    fn keep_frames(&mut self, frames: usize) {
+    /// Units in the packets arriving.
+    fn packet_units(&self) -> usize {
+        (self.packet_us / UNIT_US).max(1) as usize
+    }
+
+    /// Drops every buffered unit `units` or more after the head (counted as overflow)
+    /// and moves `newest_ts` back to the newest unit kept.
+    fn keep_units(&mut self, units: usize) {
         let cap = self.slots.len();
         let mut newest = None;
         for i in 0..cap {
             let idx = (self.head_idx + i) % cap;
-            if !self.slots[idx].filled {
+            if self.slots[idx] == Slot::Empty {
                 continue;
             }
-            if i < frames {
+            if i < units {
                 newest = Some(i);
             } else {
-                self.slots[idx] = EMPTY_SLOT;
+                self.slots[idx] = Slot::Empty;
                 self.stored -= 1;
                 self.stats.overflow_drops += 1;
             }
         }
         if let Some(i) = newest {
-            self.newest_ts = self.head_ts.add(i as u32 * self.frame_samples as u32);
+            self.newest_ts = self.head_ts.add(i as u32 * self.unit_ts);
         }
     }
 
-    /// Frames from the head to `internal`, rounded to the nearest frame.
-    fn frames_from_head(&self, internal: RtpTs) -> i64 {
-        let frame = i64::from(self.frame_samples as u32);
+    /// Units from the head to `internal`, rounded to the nearest unit.
+    fn units_from_head(&self, internal: RtpTs) -> i64 {
+        let unit = i64::from(self.unit_ts);
         let d = i64::from(internal.delta(self.head_ts));
-        (d + frame / 2).div_euclid(frame)
+        (d + unit / 2).div_euclid(unit)
     }
 
-    /// Copies a packet into the slot `frames` after the head.
-    fn store(&mut self, frames: usize, kind: SlotKind, payload: &[u8]) {
-        let idx = (self.head_idx + frames) % self.slots.len();
-        let ts = self.head_ts.add(frames as u32 * self.frame_samples as u32);
-        if self.last_frame_valid && !self.last_frame_saved && idx == self.last_slot {
-            // The frame concealment would repeat is about to be overwritten: keep it.
-            let n = self.frame_samples;
-            let (payload, last) = (&self.payload[idx * n..(idx + 1) * n], &mut self.last_frame);
-            g711::decode(self.cfg.codec, payload, last);
-            self.last_frame_saved = true;
-        }
-        self.slots[idx] = Slot { filled: true, kind };
-        let n = self.frame_samples;
-        let dst = &mut self.payload[idx * n..(idx + 1) * n];
-        match kind {
-            SlotKind::Audio => dst.copy_from_slice(payload),
+    /// Copies a packet into the slots from `offset` after the head on: cut into units
+    /// for the fixed-rate codecs (filling only the empty ones), whole for Opus.
+    fn store(&mut self, offset: usize, noise: bool, units: usize, payload: &[u8]) {
+        let cap = self.slots.len();
+        let ub = self.unit_bytes;
+        let first = (self.head_idx + offset) % cap;
+        let was_empty = self.stored == 0;
+        if noise {
+            self.save_last_before_overwrite(first);
+            self.slots[first] = Slot::Noise;
             // Only the level byte matters; spectral parameters are ignored.
-            SlotKind::ComfortNoise => dst[0] = payload[0] & 0x7f,
+            self.payload[first * ub] = payload[0] & 0x7f;
+            self.stored += 1;
+        } else if self.cfg.codec.payload_bytes_per_ms().is_some()
+            && first + units <= cap
+            && self.slots[first..first + units]
+                .iter()
+                .all(|s| *s == Slot::Empty)
+            && (!self.last_valid
+                || self.last_saved
+                || !(first..first + units).contains(&self.last_slot))
+        {
+            // The common case in one copy: free slots in one run of the ring (no wrap),
+            // none of them holding the unit concealment would repeat.
+            let audio = Slot::Audio {
+                len: ub as u16,
+                span: 1,
+            };
+            self.slots[first..first + units].fill(audio);
+            self.payload[first * ub..(first + units) * ub].copy_from_slice(&payload[..units * ub]);
+            self.stored += units;
+        } else if self.cfg.codec.payload_bytes_per_ms().is_some() {
+            for j in 0..units {
+                let idx = (first + j) % cap;
+                if self.slots[idx] != Slot::Empty {
+                    continue;
+                }
+                self.save_last_before_overwrite(idx);
+                self.slots[idx] = Slot::Audio {
+                    len: ub as u16,
+                    span: 1,
+                };
+                self.payload[idx * ub..(idx + 1) * ub]
+                    .copy_from_slice(&payload[j * ub..(j + 1) * ub]);
+                self.stored += 1;
+            }
+        } else {
+            // Opus: `payload_units` bounded the length by `units * ub`, and the payload
+            // area runs `MAX_PACKET_UNITS - 1` units past the last slot.
+            self.slots[first] = Slot::Audio {
+                len: payload.len() as u16,
+                span: units as u8,
+            };
+            self.payload[first * ub..first * ub + payload.len()].copy_from_slice(payload);
+            for j in 1..units {
+                self.slots[(first + j) % cap] = Slot::Covered;
+            }
+            self.stored += units;
         }
-        if self.stored == 0 || ts.delta(self.newest_ts) > 0 {
-            self.newest_ts = ts;
+        let last = self.head_ts.add((offset + units - 1) as u32 * self.unit_ts);
+        if was_empty || last.delta(self.newest_ts) > 0 {
+            self.newest_ts = last;
         }
-        self.stored += 1;
+    }
+
+    /// The unit concealment would repeat is about to be overwritten: keep it.
+    fn save_last_before_overwrite(&mut self, idx: usize) {
+        if self.last_valid && !self.last_saved && idx == self.last_slot {
+            let ub = self.unit_bytes;
+            let pu = self.pcm_unit;
+            let (bytes, last) = (&self.payload[idx * ub..(idx + 1) * ub], &mut self.last_unit);
+            self.decoder.decode(bytes, last, pu);
+            self.last_saved = true;
+        }
     }
 
     /// Empties the ring and anchors the head on a spurt's first packet.
@@ -628,6 +808,8 @@ impl JitterBuffer {
         self.head_ts = internal;
         self.head_idx = 0;
         self.newest_ts = internal;
+        self.stage_units = 0;
+        self.replay_len = 0;
         self.phase = Phase::Buffering { since: now };
         self.talkspurt_pending = true;
         self.conceal_run = 0;
@@ -637,28 +819,28 @@ impl JitterBuffer {
 
     fn clear_slots(&mut self) {
         if self.stored > 0 {
-            self.slots.fill(EMPTY_SLOT);
+            self.slots.fill(Slot::Empty);
             self.stored = 0;
         }
     }
 
     /// RFC 3550 A.8 interarrival jitter, in 1/16 sample units, and the target it implies.
     fn update_jitter(&mut self, now: Instant, internal: RtpTs) {
+        let clock = self.cfg.codec.rtp_clock_hz();
         // Arrival in RTP units; wrapping to 32 bits is what RFC 3550 does too.
-        let arrival = rtp_units(now, self.cfg.clock_rate_hz);
-        let rate = u64::from(self.cfg.clock_rate_hz);
+        let arrival = rtp_units(now, clock);
         let transit = arrival.wrapping_sub(internal.0);
         if let Some(prev) = self.prev_transit {
             // A delta over a second is a glitch the resync logic handles; cap its weight.
             let d = (transit.wrapping_sub(prev) as i32)
                 .unsigned_abs()
-                .min(self.cfg.clock_rate_hz);
+                .min(clock);
             self.jitter_q4 = self.jitter_q4 + d - ((self.jitter_q4 + 8) >> 4);
         }
         self.prev_transit = Some(transit);
 
-        let jitter_us = i64::from(self.jitter_q4 >> 4) * 1_000_000 / rate as i64;
-        let raw = (self.ptime_us + 4 * jitter_us).clamp(
+        let jitter_us = i64::from(self.jitter_q4 >> 4) * 1_000_000 / i64::from(clock);
+        let raw = (self.packet_us + 4 * jitter_us).clamp(
             i64::from(self.cfg.min_depth_ms) * 1_000,
             i64::from(self.cfg.max_depth_ms) * 1_000,
         );
@@ -670,16 +852,29 @@ impl JitterBuffer {
         };
     }
 
-    /// Writes the frame due at the tick `now` into `out[..frame_samples]`.
+    /// Writes one frame of the leg's ptime ([`JitterBuffer::frame_samples`]) into the
+    /// start of `out`: [`JitterBuffer::poll`] of that length.
     ///
-    /// Panics if `out` is shorter than a frame (a programmer error: the engine sizes its
-    /// buffers from [`JitterBuffer::frame_samples`] or `MAX_FRAME_SAMPLES`).
+    /// Panics if `out` is shorter than a frame (a programmer error).
     pub fn poll_frame(&mut self, now: Instant, out: &mut [i16]) -> Polled {
+        let n = self.frame_samples();
+        assert!(out.len() >= n, "output shorter than a frame");
+        self.poll(now, &mut out[..n])
+    }
+
+    /// Writes the audio due at the tick `now` into `out`, whose length is a whole number
+    /// of units ([`JitterBuffer::unit_samples`]) up to 60 ms: the tick's span.
+    ///
+    /// Panics if `out` is not 1 to 6 whole units (a programmer error: the engine's
+    /// ticks are whole multiples of 10 ms).
+    pub fn poll(&mut self, now: Instant, out: &mut [i16]) -> Polled {
+        let pu = self.pcm_unit;
+        let units = out.len() / pu;
         assert!(
-            out.len() >= self.frame_samples,
-            "output shorter than a frame"
+            out.len().is_multiple_of(pu) && (1..=MAX_PACKET_UNITS).contains(&units),
+            "a poll is 1 to {MAX_PACKET_UNITS} whole units of {pu} samples, not {}",
+            out.len()
         );
-        let out = &mut out[..self.frame_samples];
         match self.phase {
             Phase::Idle => return self.fill_idle(out),
             Phase::Buffering { since } => {
@@ -692,7 +887,7 @@ impl JitterBuffer {
             Phase::Playing => {}
         }
 
-        let level_us = self.level_frames() * self.ptime_us;
+        let level_us = self.level_units() * UNIT_US;
         self.stats.level_ms = (level_us / 1_000) as u32;
         if self.level_avg_valid {
             self.level_avg_us += (level_us - self.level_avg_us) / 16;
@@ -702,19 +897,228 @@ impl JitterBuffer {
         }
         self.since_drop = self.since_drop.saturating_add(1);
 
-        let head = self.slots[self.head_idx];
-        if head.filled {
-            return match head.kind {
-                SlotKind::Audio => self.play_audio(out),
-                SlotKind::ComfortNoise => {
-                    let level_dbov = self.payload[self.head_idx * self.frame_samples];
-                    self.cn_amplitude = Some(noise_amplitude(level_dbov));
-                    self.advance();
-                    self.talkspurt_pending = true;
-                    self.play_comfort_noise(out)
-                }
+        if std::mem::take(&mut self.replay_len) == out.len() {
+            // An insertion: the previous poll's audio again, the head unmoved.
+            out.copy_from_slice(&self.replay[..out.len()]);
+            self.stats.inserted_ms += units as u64 * u64::from(UNIT_MS);
+            return Polled {
+                kind: FrameKind::Audio,
+                talkspurt_start: false,
             };
         }
+        if let Some(mut polled) = self.play_run(out) {
+            // Played as audio from the head on: the fill may be adjusted.
+            self.adjust_fill(out, units, &mut polled);
+            return polled;
+        }
+        let starts_with_audio = self.audio_at(0);
+        let mut polled = self.play_units(out);
+        if starts_with_audio && polled.kind == FrameKind::Audio {
+            self.adjust_fill(out, units, &mut polled);
+        }
+        polled
+    }
+
+    /// Plays one poll's units into `out`.
+    fn play(&mut self, out: &mut [i16]) -> Polled {
+        match self.play_run(out) {
+            Some(polled) => polled,
+            None => self.play_units(out),
+        }
+    }
+
+    /// Plays one poll's units into `out`, unit by unit (every case but the common one
+    /// of [`JitterBuffer::play_run`]).
+    #[inline(never)]
+    fn play_units(&mut self, out: &mut [i16]) -> Polled {
+        let mut polled = Polled {
+            kind: FrameKind::Silence,
+            talkspurt_start: false,
+        };
+        let pu = self.pcm_unit;
+        for i in 0..out.len() / pu {
+            if self.phase == Phase::Idle {
+                // The stream stopped inside this poll (concealment ran out).
+                out[i * pu..].fill(0);
+                break;
+            }
+            let kind = self.play_unit(&mut out[i * pu..(i + 1) * pu]);
+            if kind == FrameKind::Audio && self.talkspurt_pending {
+                self.talkspurt_pending = false;
+                polled.talkspurt_start = true;
+            }
+            polled.kind = polled.kind.max(kind);
+        }
+        polled
+    }
+
+    /// The common case of the stateless codecs (G.711, L16), in one decode call: every
+    /// unit of the poll is a whole buffered unit and they lie in one run of the ring
+    /// (no wrap). The result is what [`JitterBuffer::play_unit`] gives unit by unit;
+    /// `None` (nothing done) otherwise. It keeps a plain PCMU barge period as cheap as
+    /// the one-frame buffer it replaced (perf/callgrind.sh barge-tick).
+    #[inline]
+    fn play_run(&mut self, out: &mut [i16]) -> Option<Polled> {
+        let (head, ub, pu) = (self.head_idx, self.unit_bytes, self.pcm_unit);
+        let units = out.len() / pu;
+        let whole = |s: &Slot| matches!(s, Slot::Audio { len, .. } if usize::from(*len) == ub);
+        if !self.stage.is_empty()
+            || !self.decoder.is_stateless()
+            || self.phase == Phase::Idle
+            || head + units > self.slots.len()
+            || !self.slots[head..head + units].iter().all(whole)
+        {
+            return None;
+        }
+        self.decoder.decode(
+            &self.payload[head * ub..(head + units) * ub],
+            out,
+            out.len(),
+        );
+        self.last_slot = head + units - 1;
+        self.last_saved = false;
+        self.played_audio();
+        self.slots[head..head + units].fill(Slot::Empty);
+        self.stored -= units;
+        self.head_idx = (head + units) % self.slots.len();
+        self.head_ts = self.head_ts.add(units as u32 * self.unit_ts);
+        Some(Polled {
+            kind: FrameKind::Audio,
+            talkspurt_start: std::mem::take(&mut self.talkspurt_pending),
+        })
+    }
+
+    /// Inserts or drops one poll's worth when the fill has left its window around
+    /// target + (P + T) / 2, with `out` the poll just played (to judge quietness).
+    fn adjust_fill(&mut self, out: &mut [i16], units: usize, polled: &mut Polled) {
+        let poll_us = units as i64 * UNIT_US;
+        let centre = self.target_us + (self.packet_us + poll_us) / 2;
+        let half = self.packet_us.max(poll_us) / 2;
+        let (low, high) = (centre - half, centre + half);
+        // Whether the audio is quiet is asked only when the fill is out of its window
+        // (adapting prefers quiet spans); most polls never pay for it.
+        if self.just_inserted {
+            self.just_inserted = false;
+        } else if self.level_avg_us < low {
+            self.adjust_wait += 1;
+            let far = self.level_avg_us < low - 2 * half;
+            if far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out) {
+                // Insert: this poll's audio plays again at the next poll.
+                self.replay[..out.len()].copy_from_slice(out);
+                self.replay_len = out.len();
+                self.just_inserted = true;
+                self.level_avg_us += poll_us;
+                self.adjust_wait = 0;
+            }
+        } else if self.level_avg_us > high && self.since_drop >= DROP_HOLDOFF_FRAMES {
+            self.adjust_wait += 1;
+            let far = self.level_avg_us > high + 2 * half;
+            if (0..units).all(|u| self.audio_at(u))
+                && (far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out))
+            {
+                // Drop: the next poll's audio plays in this one's place.
+                let next = self.play(out);
+                polled.talkspurt_start |= next.talkspurt_start;
+                self.level_avg_us -= poll_us;
+                self.adjust_wait = 0;
+                self.since_drop = 0;
+                self.stats.dropped_ms += units as u64 * u64::from(UNIT_MS);
+            }
+        } else {
+            self.adjust_wait = 0;
+        }
+    }
+
+    /// True when the unit `ahead` units after the head holds audio to play (a packet's
+    /// unit, or one the stage covers).
+    fn audio_at(&self, ahead: usize) -> bool {
+        let idx = (self.head_idx + ahead) % self.slots.len();
+        match self.slots[idx] {
+            Slot::Audio { .. } => true,
+            Slot::Covered | Slot::Empty => {
+                self.staged_unit(self.head_ts.add(ahead as u32 * self.unit_ts))
+                    .is_some()
+                    || self.slots[idx] == Slot::Covered
+            }
+            Slot::Noise => false,
+        }
+    }
+
+    /// The index in the stage of the unit at internal timestamp `ts`, if staged.
+    fn staged_unit(&self, ts: RtpTs) -> Option<usize> {
+        let d = ts.delta(self.stage_ts);
+        let unit = self.unit_ts as i32;
+        (d >= 0 && d % unit == 0 && ((d / unit) as usize) < self.stage_units)
+            .then_some((d / unit) as usize)
+    }
+
+    /// Plays the unit at the head into `out` (one unit) and says what it was.
+    fn play_unit(&mut self, out: &mut [i16]) -> FrameKind {
+        let slot = self.slots[self.head_idx];
+        match slot {
+            Slot::Audio { len, span } => {
+                let ub = self.unit_bytes;
+                let start = self.head_idx * ub;
+                if self.stage.is_empty() {
+                    let pu = self.pcm_unit;
+                    self.decoder
+                        .decode(&self.payload[start..start + usize::from(len)], out, pu);
+                    if self.decoder.is_stateless() {
+                        self.last_slot = self.head_idx;
+                        self.last_saved = false;
+                    } else {
+                        self.last_unit.copy_from_slice(out);
+                        self.last_saved = true;
+                    }
+                } else {
+                    let n = usize::from(span) * self.pcm_unit;
+                    let bytes = &self.payload[start..start + usize::from(len)];
+                    self.decoder.decode(bytes, &mut self.stage[..n], n);
+                    self.stage_ts = self.head_ts;
+                    self.stage_units = usize::from(span);
+                    out.copy_from_slice(&self.stage[..self.pcm_unit]);
+                }
+                self.played_audio();
+                self.advance();
+                FrameKind::Audio
+            }
+            Slot::Noise => {
+                let level_dbov = self.payload[self.head_idx * self.unit_bytes];
+                self.cn_amplitude = Some(noise_amplitude(level_dbov));
+                self.advance();
+                self.talkspurt_pending = true;
+                self.play_comfort_noise(out)
+            }
+            Slot::Covered | Slot::Empty => {
+                if let Some(u) = self.staged_unit(self.head_ts) {
+                    let pu = self.pcm_unit;
+                    out.copy_from_slice(&self.stage[u * pu..(u + 1) * pu]);
+                    if slot == Slot::Empty {
+                        // A unit recovered from FEC: lost, then concealed by recovery.
+                        self.stats.lost_ms += u64::from(UNIT_MS);
+                        self.stats.concealed_ms += u64::from(UNIT_MS);
+                        self.stats.fec_ms += u64::from(UNIT_MS);
+                        self.advance();
+                        return FrameKind::Concealed;
+                    }
+                    self.played_audio();
+                    self.advance();
+                    return FrameKind::Audio;
+                }
+                self.play_missing(out)
+            }
+        }
+    }
+
+    /// Bookkeeping of a unit played as audio.
+    fn played_audio(&mut self) {
+        self.last_valid = true;
+        self.conceal_run = 0;
+        self.cn_amplitude = None;
+    }
+
+    /// The head unit is missing: a DTX gap, a loss or an underrun.
+    fn play_missing(&mut self, out: &mut [i16]) -> FrameKind {
         if self.cn_amplitude.is_some() {
             // A DTX gap: not a loss. Let time pass only if something is waiting.
             if self.stored > 0 {
@@ -723,158 +1127,147 @@ impl JitterBuffer {
             return self.play_comfort_noise(out);
         }
         if self.stored > 0 {
-            self.stats.lost_frames += 1;
+            self.stats.lost_ms += u64::from(UNIT_MS);
+            if self.recover_from_fec() {
+                // The stage now holds the lost frame: play its first unit.
+                let pu = self.pcm_unit;
+                out.copy_from_slice(&self.stage[..pu]);
+                self.stats.concealed_ms += u64::from(UNIT_MS);
+                self.stats.fec_ms += u64::from(UNIT_MS);
+                self.conceal_run = 0;
+                self.advance();
+                return FrameKind::Concealed;
+            }
             self.advance();
             return self.conceal(out);
         }
-        // Underrun: wait for the late frame while concealing; give up after the
+        // Underrun: wait for the late audio while concealing; give up after the
         // concealment budget.
-        if self.conceal_run == 0 && self.last_frame_valid {
+        if self.conceal_run == 0 && self.last_valid {
             self.stats.underruns += 1;
         }
-        let polled = self.conceal(out);
-        if polled.kind == FrameKind::Silence {
+        let kind = self.conceal(out);
+        if kind == FrameKind::Silence {
             self.phase = Phase::Idle;
             self.talkspurt_pending = true;
         }
-        polled
+        kind
     }
 
-    /// Plays the audio frame at the head, inserting or dropping a frame when the fill
-    /// has left its window.
-    fn play_audio(&mut self, out: &mut [i16]) -> Polled {
-        let mut played = self.head_idx;
-        self.decode_slot(played, out);
-        let low = self.target_us + self.ptime_us / 2;
-        let high = self.target_us + 3 * self.ptime_us / 2;
-        let mut advance = true;
-        // Whether the frame is quiet is asked only when the fill is out of its window
-        // (adapting prefers quiet frames); most frames never pay for it.
-        if self.just_inserted {
-            self.just_inserted = false;
-        } else if self.level_avg_us < low {
-            self.adjust_wait += 1;
-            let far = self.level_avg_us < low - self.ptime_us;
-            if far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out) {
-                // Insert: play this frame now and again at the next tick.
-                advance = false;
-                self.just_inserted = true;
-                self.level_avg_us += self.ptime_us;
-                self.adjust_wait = 0;
-                self.stats.frames_inserted += 1;
+    /// Opus: when the packet after the lost span is buffered and the span from the head
+    /// to it is exactly one of its frames, decodes that frame from the packet's in-band
+    /// FEC into the stage (from the head on). True when it did.
+    fn recover_from_fec(&mut self) -> bool {
+        if !self.decoder.conceals() {
+            return false;
+        }
+        let cap = self.slots.len();
+        // The first filled slot after the head must start a packet.
+        let found = (1..FEC_LOOKAHEAD_UNITS.min(cap)).find_map(|ahead| {
+            let idx = (self.head_idx + ahead) % cap;
+            match self.slots[idx] {
+                Slot::Empty => None,
+                Slot::Audio { len, .. } => Some(Some((ahead, idx, usize::from(len)))),
+                Slot::Covered | Slot::Noise => Some(None),
             }
-        } else if self.level_avg_us > high && self.since_drop >= DROP_HOLDOFF_FRAMES {
-            self.adjust_wait += 1;
-            let far = self.level_avg_us > high + self.ptime_us;
-            let next_idx = (self.head_idx + 1) % self.slots.len();
-            let next = self.slots[next_idx];
-            if next.filled
-                && next.kind == SlotKind::Audio
-                && (far || self.adjust_wait >= ADJUST_PATIENCE_FRAMES || is_quiet(out))
-            {
-                // Drop: skip this frame and play the next in its place.
-                self.advance();
-                played = self.head_idx;
-                self.decode_slot(played, out);
-                self.level_avg_us -= self.ptime_us;
-                self.adjust_wait = 0;
-                self.since_drop = 0;
-                self.stats.frames_dropped += 1;
-            }
-        } else {
-            self.adjust_wait = 0;
+        });
+        let Some(Some((ahead, idx, len))) = found else {
+            return false;
+        };
+        let start = idx * self.unit_bytes;
+        let next = &self.payload[start..start + len];
+        // FEC describes the frame before the packet's first: as long as one of its frames.
+        let (Ok(frames), Ok(samples_48k)) = (
+            earshot_opus::packet_frame_count(next),
+            earshot_opus::packet_duration_samples(next),
+        ) else {
+            return false;
+        };
+        let frame_units = samples_48k as usize / frames.max(1) as usize / self.unit_ts as usize;
+        if frame_units != ahead || frames == 0 {
+            return false;
         }
-        if advance {
-            self.advance();
+        let n = ahead * self.pcm_unit;
+        let (stage, payload) = (&mut self.stage, &self.payload);
+        if !self
+            .decoder
+            .decode_fec(&payload[start..start + len], &mut stage[..n])
+        {
+            return false;
         }
-        self.last_slot = played;
-        self.last_frame_saved = false;
-        self.last_frame_valid = true;
-        self.conceal_run = 0;
-        self.cn_amplitude = None;
-        let talkspurt_start = self.talkspurt_pending;
-        self.talkspurt_pending = false;
-        Polled {
-            kind: FrameKind::Audio,
-            talkspurt_start,
-        }
+        self.stage_ts = self.head_ts;
+        self.stage_units = ahead;
+        true
     }
 
-    fn decode_slot(&self, idx: usize, out: &mut [i16]) {
-        let n = self.frame_samples;
-        g711::decode(self.cfg.codec, &self.payload[idx * n..(idx + 1) * n], out);
-    }
-
-    /// Consumes the head slot (if filled) and moves the head one frame on.
+    /// Consumes the head slot (if filled) and moves the head one unit on.
     fn advance(&mut self) {
         let slot = &mut self.slots[self.head_idx];
-        if slot.filled {
-            *slot = EMPTY_SLOT;
+        if *slot != Slot::Empty {
+            *slot = Slot::Empty;
             self.stored -= 1;
         }
         self.head_idx = (self.head_idx + 1) % self.slots.len();
-        self.head_ts = self.head_ts.add(self.frame_samples as u32);
+        self.head_ts = self.head_ts.add(self.unit_ts);
     }
 
-    /// Buffered frames from the head to the newest, inclusive.
-    fn level_frames(&self) -> i64 {
+    /// Buffered units from the head to the newest, inclusive.
+    fn level_units(&self) -> i64 {
         if self.stored == 0 {
             return 0;
         }
-        let frame = i64::from(self.frame_samples as u32);
-        (i64::from(self.newest_ts.delta(self.head_ts)) / frame + 1).max(0)
+        let unit = i64::from(self.unit_ts);
+        (i64::from(self.newest_ts.delta(self.head_ts)) / unit + 1).max(0)
     }
 
-    /// A faded repeat of the last audio frame, or silence once the budget is spent.
-    fn conceal(&mut self, out: &mut [i16]) -> Polled {
-        if !self.last_frame_valid || self.conceal_run >= self.cfg.conceal_frames {
+    /// Concealment of one unit: Opus PLC, or a faded repeat of the last unit; silence
+    /// once the budget is spent.
+    fn conceal(&mut self, out: &mut [i16]) -> FrameKind {
+        if !self.last_valid || self.conceal_run >= self.cfg.conceal_ms / UNIT_MS {
             out.fill(0);
-            return Polled {
-                kind: FrameKind::Silence,
-                talkspurt_start: false,
-            };
+            return FrameKind::Silence;
         }
-        // Gain ramps from 2^-run to 2^-(run+1) across the frame (Q15), so consecutive
-        // concealed frames join without a step.
-        if self.last_frame_saved {
-            out.copy_from_slice(&self.last_frame);
+        if self.decoder.conceals() {
+            if !self.decoder.conceal(out) {
+                out.fill(0);
+            }
         } else {
-            self.decode_slot(self.last_slot, out);
-        }
-        let run = self.conceal_run.min(14);
-        let g_start = (1i32 << 15) >> run;
-        let g_end = g_start >> 1;
-        let n = out.len() as i32;
-        for (i, o) in out.iter_mut().enumerate() {
-            let g = g_start - (g_start - g_end) * i as i32 / n;
-            *o = ((i32::from(*o) * g) >> 15) as i16;
+            if self.last_saved {
+                out.copy_from_slice(&self.last_unit);
+            } else {
+                let (ub, pu) = (self.unit_bytes, self.pcm_unit);
+                let start = self.last_slot * ub;
+                self.decoder
+                    .decode(&self.payload[start..start + ub], out, pu);
+            }
+            fade::apply(out, self.conceal_run as usize);
         }
         self.conceal_run += 1;
-        self.stats.concealed_frames += 1;
-        Polled {
-            kind: FrameKind::Concealed,
-            talkspurt_start: false,
-        }
+        self.stats.concealed_ms += u64::from(UNIT_MS);
+        FrameKind::Concealed
     }
 
-    fn play_comfort_noise(&mut self, out: &mut [i16]) -> Polled {
+    fn play_comfort_noise(&mut self, out: &mut [i16]) -> FrameKind {
         // Set by every caller just before; silence if not, rather than panic.
         let amplitude = self.cn_amplitude.unwrap_or(0);
         for o in out.iter_mut() {
             let r = i32::from((self.rng.next_u32() >> 16) as u16 as i16);
             *o = ((r * amplitude) >> 15).clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
         }
-        self.stats.comfort_noise_frames += 1;
-        Polled {
-            kind: FrameKind::ComfortNoise,
-            talkspurt_start: false,
-        }
+        self.stats.comfort_noise_ms += u64::from(UNIT_MS);
+        FrameKind::ComfortNoise
     }
 
     /// Output while not playing: comfort noise if it was active, else silence.
     fn fill_idle(&mut self, out: &mut [i16]) -> Polled {
         if self.cn_amplitude.is_some() {
-            return self.play_comfort_noise(out);
+            for unit in out.chunks_exact_mut(self.pcm_unit) {
+                self.play_comfort_noise(unit);
+            }
+            return Polled {
+                kind: FrameKind::ComfortNoise,
+                talkspurt_start: false,
+            };
         }
         out.fill(0);
         Polled {

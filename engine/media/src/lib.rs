@@ -17,9 +17,11 @@
 //! 2. If a listener's plan forwards this source, the packet is re-stamped by that
 //!    listener's [`stream::OutputStream`] and sent at once, bypassing the jitter buffer.
 //! 3. Otherwise its payload goes into the leg's [`jitter::JitterBuffer`].
-//! 4. At each tick (the leg's ptime), every mixed input is pulled from its jitter buffer
-//!    as linear PCM, the [`dsp::mix`] kernels build each listener's frame from the
-//!    session's gains, [`dsp::g711`] encodes it, and the output stream stamps it.
+//! 4. At each tick, every mixed input is pulled from its jitter buffer as linear PCM
+//!    (decoded by the leg's [`codec::Decoder`] and resampled to the session's mix rate
+//!    where they differ), the [`dsp::mix`] kernels build each listener's mix from the
+//!    session's gains, the listener's [`codec::Encoder`] encodes a frame once a ptime
+//!    is complete, and the output stream stamps it.
 #![forbid(unsafe_code)]
 
 pub use earshot_dsp as dsp;
@@ -27,6 +29,7 @@ pub use earshot_types::time;
 pub use earshot_types::*;
 pub use earshot_wire as wire;
 
+pub mod codec;
 pub mod jitter;
 pub mod mixer;
 pub mod plan;

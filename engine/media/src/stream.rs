@@ -124,8 +124,8 @@ impl OutputStream {
         OutputStream {
             ssrc,
             pt: payload_type,
-            clock_rate_hz: codec.clock_rate_hz(),
-            frame_samples: codec.frame_samples(ptime_ms) as u32,
+            clock_rate_hz: codec.rtp_clock_hz(),
+            frame_samples: codec.rtp_units_per_frame(ptime_ms),
             next_seq: first_seq,
             first_ts,
             last_ts: None,

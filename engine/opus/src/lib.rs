@@ -3,7 +3,7 @@
 //! Opus (RFC 6716) as RTP payload (RFC 7587): the RTP clock is always 48 kHz whatever
 //! the audio rate, mono by default. This crate gives the media core three things:
 //!
-//! - [`OpusEncoder`]: 16 kHz or 48 kHz mono PCM in, one packet out per call, with the
+//! - [`OpusEncoder`]: 8, 16 or 48 kHz mono PCM in, one packet out per call, with the
 //!   per-leg settings of [`OpusSettings`] (bitrate, complexity, in-band FEC, expected
 //!   packet loss, DTX), changeable while running.
 //! - [`OpusDecoder`]: packets in, PCM out, plus the two loss paths: concealment
@@ -22,8 +22,9 @@
 //! builds libopus from source is used. All unsafe code is in one module (`ffi`), every
 //! block justified there.
 //!
-//! What it deliberately does not do: no resampling (the encoder takes 16 or 48 kHz; use
-//! `earshot_dsp::resample` for 8 kHz), no stereo, no jitter buffering or timing, no RTP.
+//! What it deliberately does not do: no resampling (the encoder takes 8, 16 or 48 kHz;
+//! use `earshot_dsp::resample` between them), no stereo output (stereo packets decode
+//! to mono), no jitter buffering or timing, no RTP.
 //! States are allocated by libopus at construction (43 KiB per mono encoder, 18 KiB per
 //! decoder, libopus 1.3.1); encode and decode never allocate.
 //!
@@ -136,8 +137,9 @@ fn loaded() -> Result<&'static ffi::Api, OpusError> {
 /// The per-leg encoder settings (what SDP's fmtp and the API carry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpusSettings {
-    /// PCM rate in and out of the codec: 16000 (wideband voice, cheaper) or 48000.
-    /// Default 48000, the native rate of WebRTC endpoints.
+    /// PCM rate in and out of the codec: 8000 (narrowband peers: trunk audio towards a
+    /// WebRTC agent, cheapest), 16000 (wideband voice) or 48000. Default 48000, the
+    /// native rate of WebRTC endpoints.
     pub sample_rate_hz: u32,
     /// Target bitrate, 6000..=510000 bit/s. Default 32000: transparent wideband
     /// speech with room for FEC (RFC 7587 section 3.1.1 recommends 28-40 kbit/s for
@@ -172,9 +174,9 @@ impl Default for OpusSettings {
 
 fn check_rate(sample_rate_hz: u32) -> Result<(), OpusError> {
     match sample_rate_hz {
-        16_000 | 48_000 => Ok(()),
+        8_000 | 16_000 | 48_000 => Ok(()),
         _ => Err(OpusError::BadSetting(
-            "sample rate must be 16000 or 48000 Hz",
+            "sample rate must be 8000, 16000 or 48000 Hz",
         )),
     }
 }
@@ -287,7 +289,7 @@ pub struct OpusDecoder {
 }
 
 impl OpusDecoder {
-    /// A decoder giving mono PCM at `sample_rate_hz` (16000 or 48000), whatever the
+    /// A decoder giving mono PCM at `sample_rate_hz` (8000, 16000 or 48000), whatever the
     /// packets' bandwidth or channel count. [`OpusError::Unavailable`] when libopus
     /// could not be loaded.
     pub fn new(sample_rate_hz: u32) -> Result<Self, OpusError> {

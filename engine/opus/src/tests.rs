@@ -107,9 +107,9 @@ fn encode_all(settings: OpusSettings, pcm: &[i16], frame: usize) -> Vec<Vec<u8>>
 }
 
 #[test]
-fn tones_survive_a_round_trip_at_both_rates() {
+fn tones_survive_a_round_trip_at_every_rate() {
     require_libopus!();
-    for rate_hz in [16_000, 48_000] {
+    for rate_hz in [8_000, 16_000, 48_000] {
         let settings = OpusSettings {
             sample_rate_hz: rate_hz,
             ..OpusSettings::default()
@@ -117,7 +117,7 @@ fn tones_survive_a_round_trip_at_both_rates() {
         let frame = rate_hz as usize / 50;
         // 1 s of 440 Hz plus 1 s of 3 kHz, -10 dBFS each.
         let freqs = [440.0, 3000.0];
-        for freq in freqs {
+        for freq in freqs.into_iter().filter(|f| *f < rate_hz as f64 * 0.45) {
             let pcm = tone(rate_hz, freq, 10_000.0, rate_hz as usize);
             let packets = encode_all(settings, &pcm, frame);
             let mut decoder = OpusDecoder::new(rate_hz).unwrap();
@@ -147,7 +147,7 @@ fn tones_survive_a_round_trip_at_both_rates() {
 fn fec_recovers_a_lost_packet_better_than_plc() {
     require_libopus!();
     let mut rng = Rng(seed());
-    for rate_hz in [16_000, 48_000] {
+    for rate_hz in [8_000, 16_000, 48_000] {
         let frame = rate_hz as usize / 50;
         let pcm = voiced(rate_hz, rate_hz as usize * 4, &mut rng);
         let settings = OpusSettings {
@@ -369,10 +369,14 @@ fn bad_settings_and_sizes_are_errors_not_panics() {
     require_libopus!();
     assert!(
         OpusEncoder::new(OpusSettings {
-            sample_rate_hz: 8000,
+            sample_rate_hz: 44_100,
             ..OpusSettings::default()
         })
         .is_err()
+    );
+    assert!(
+        OpusDecoder::new(12_000).is_err(),
+        "12 kHz is not one of ours"
     );
     assert!(
         OpusEncoder::new(OpusSettings {
@@ -492,6 +496,10 @@ macro_rules! cost_probes {
 }
 
 cost_probes!(
+    cost_probe_encode_8k_c0: 8_000, 0, false;
+    cost_probe_encode_8k_c2: 8_000, 2, false;
+    cost_probe_encode_8k_c5: 8_000, 5, false;
+    cost_probe_encode_and_decode_8k_c5: 8_000, 5, true;
     cost_probe_encode_16k_c0: 16_000, 0, false;
     cost_probe_encode_16k_c2: 16_000, 2, false;
     cost_probe_encode_16k_c5: 16_000, 5, false;

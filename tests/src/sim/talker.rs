@@ -37,8 +37,12 @@ pub struct TalkerConfig {
     pub codec: Codec,
     /// Audio payload type.
     pub payload_type: u8,
-    /// Frame length.
+    /// Frame length: the ptime the leg is configured with.
     pub ptime_ms: u32,
+    /// Duration of the packets actually sent, when it differs from `ptime_ms` (a peer
+    /// that packs several frames per packet, or ignores the negotiated ptime); 10 to 60
+    /// ms. `None`: `ptime_ms`. [`Talker::set_packet_ms`] changes it mid-call.
+    pub packet_ms: Option<u32>,
     /// Telephone-event payload type, if negotiated.
     pub telephone_event_pt: Option<u8>,
     /// Sample-clock error in parts per million (positive: the phone runs fast).
@@ -58,6 +62,7 @@ impl TalkerConfig {
             codec: Codec::Pcmu,
             payload_type: 0,
             ptime_ms: 20,
+            packet_ms: None,
             telephone_event_pt: Some(101),
             drift_ppm: 0.0,
             beacon_every_frames: 0,
@@ -97,6 +102,10 @@ pub struct Talker {
     ts0: RtpTs,
     start: Instant,
     frame: u64,
+    /// Where the current packet duration took over: its first frame index, and that
+    /// frame's sample offset in the stream (timestamps and tone phase count samples).
+    base_frame: u64,
+    base_sample: u64,
     /// Nanoseconds of virtual time per frame on this talker's (drifting) clock.
     frame_ns: f64,
     dtmf: Vec<DtmfPlan>,
@@ -113,7 +122,8 @@ impl Talker {
     /// A talker whose first frame leaves at `start`; `ssrc`, `seq0` and `ts0` are the
     /// stream's random initial values (drawn by the caller from the seeded RNG).
     pub fn new(cfg: TalkerConfig, start: Instant, ssrc: u32, seq0: u16, ts0: u32) -> Talker {
-        let frame_ns = f64::from(cfg.ptime_ms) * 1e6 / (1.0 + cfg.drift_ppm * 1e-6);
+        let packet_ms = cfg.packet_ms.unwrap_or(cfg.ptime_ms);
+        let frame_ns = f64::from(packet_ms) * 1e6 / (1.0 + cfg.drift_ppm * 1e-6);
         Talker {
             cfg,
             ssrc: Ssrc(ssrc),
@@ -121,6 +131,8 @@ impl Talker {
             ts0: RtpTs(ts0),
             start,
             frame: 0,
+            base_frame: 0,
+            base_sample: 0,
             frame_ns,
             dtmf: Vec::new(),
             beacons: Vec::new(),
@@ -144,6 +156,31 @@ impl Talker {
     pub fn add_dtmf(&mut self, plan: DtmfPlan) {
         assert!(plan.frames >= 1, "a key is held at least one frame");
         self.dtmf.push(plan);
+    }
+
+    /// From the next packet on, sends packets of `packet_ms` (10 to 60), continuing the
+    /// stream's timestamps, timing and tone without a gap: a peer changing its
+    /// packetization mid-call. Frame indices (DTMF plans, beacons) count packets.
+    pub fn set_packet_ms(&mut self, packet_ms: u32) {
+        let next_at = self.next_send_at();
+        self.base_sample = self.sample_of(self.frame);
+        self.base_frame = self.frame;
+        self.start = next_at;
+        self.cfg.packet_ms = Some(packet_ms);
+        self.frame_ns = f64::from(packet_ms) * 1e6 / (1.0 + self.cfg.drift_ppm * 1e-6);
+    }
+
+    /// Samples per packet sent now.
+    fn packet_samples(&self) -> u64 {
+        let ms = self.cfg.packet_ms.unwrap_or(self.cfg.ptime_ms);
+        self.cfg.codec.pcm_samples_per_frame(ms) as u64
+    }
+
+    /// The stream's sample offset at the start of packet `frame` (of the current
+    /// packet duration's span; earlier frames are extrapolated back).
+    fn sample_of(&self, frame: u64) -> u64 {
+        let d = frame as i64 - self.base_frame as i64;
+        (self.base_sample as i64 + d * self.packet_samples() as i64) as u64
     }
 
     /// Starts or stops sending (a muted or hung-up phone sends nothing).
@@ -173,7 +210,8 @@ impl Talker {
 
     /// When the next frame leaves, on the virtual clock.
     pub fn next_send_at(&self) -> Instant {
-        self.start + Duration::from_nanos((self.frame as f64 * self.frame_ns).round() as u64)
+        let k = (self.frame - self.base_frame) as f64;
+        self.start + Duration::from_nanos((k * self.frame_ns).round() as u64)
     }
 
     /// Builds the packet of the current frame (or nothing when inactive) into `out`
@@ -185,8 +223,12 @@ impl Talker {
         if !self.active {
             return false;
         }
-        let samples = self.cfg.codec.frame_samples(self.cfg.ptime_ms);
-        let ts_of = |frame: u64| self.ts0.add((frame * samples as u64) as u32);
+        let samples = self.packet_samples() as usize;
+        let (ts0, base_frame, base_sample) = (self.ts0, self.base_frame, self.base_sample);
+        let ts_of = |frame: u64| {
+            let d = frame as i64 - base_frame as i64;
+            ts0.add((base_sample as i64 + d * samples as i64) as u32)
+        };
         let plan = self
             .dtmf
             .iter()
@@ -229,7 +271,7 @@ impl Talker {
             self.beacons.push(now);
         }
         let mut pcm = [0i16; earshot_media::MAX_FRAME_SAMPLES];
-        Tone::new(hz, TONE_AMPLITUDE, NARROWBAND_HZ).fill(k * samples as u64, &mut pcm[..samples]);
+        Tone::new(hz, TONE_AMPLITUDE, NARROWBAND_HZ).fill(self.sample_of(k), &mut pcm[..samples]);
         let mut payload = [0u8; earshot_media::MAX_FRAME_SAMPLES];
         g711::encode(self.cfg.codec, &pcm[..samples], &mut payload[..samples]);
         self.audio_sent += 1;

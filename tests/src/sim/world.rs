@@ -22,12 +22,12 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardEvent};
 use earshot_engine_api::{
-    CodecName, Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan,
-    ShardStats, SrtpMedia, SrtpSuite,
+    Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan, ShardStats,
+    SrtpMedia, SrtpSuite,
 };
+use earshot_media::Gain;
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain};
 use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_testkit::fixtures::pcmu_media;
 use earshot_testkit::rig::{CaptureSink, shard_config};
@@ -267,12 +267,8 @@ impl Sim {
             Ok(Response::Leg(info)) => info,
             other => panic!("allocating {}: {other:?}", cfg.name),
         };
-        let codec = match cfg.talker.codec {
-            Codec::Pcmu => CodecName::Pcmu,
-            Codec::Pcma => CodecName::Pcma,
-        };
         let media = MediaConfig {
-            codec,
+            codec: cfg.talker.codec,
             payload_type: cfg.talker.payload_type,
             ptime_ms: cfg.talker.ptime_ms,
             telephone_event_pt: cfg.talker.telephone_event_pt,

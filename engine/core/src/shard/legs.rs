@@ -7,7 +7,9 @@ use earshot_media::jitter::{JitterBuffer, JitterConfig};
 use earshot_media::stream::OutputStream;
 use earshot_media::time::Instant;
 use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
-use earshot_media::{Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc};
+use earshot_media::{
+    Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc, UNIT_MS,
+};
 
 use super::session::Session;
 use super::srtp::LegSrtp;
@@ -264,7 +266,8 @@ impl Shard {
                 message: "must match the rtcp_mux the leg was allocated with".into(),
             });
         }
-        let codec = Codec::from(media.codec);
+        let codec = media.codec;
+        check_codec(codec)?;
         let mut fresh = self.new_media(now, &media, codec);
         let leg = self.legs[slot as usize]
             .as_mut()
@@ -318,9 +321,10 @@ impl Shard {
             ptime_ms: media.ptime_ms,
             min_depth_ms: self.cfg.jitter_min_ms.max(media.ptime_ms),
             max_depth_ms,
-            // Room for the deepest buffer plus two frames, whatever the ptime (the
-            // buffer refuses a ring too small for its depth).
-            capacity_packets: (max_depth_ms / media.ptime_ms + 3) as usize,
+            // Room for the deepest buffer plus two of the longest packets (60 ms) and a
+            // spare unit, whatever the ptime (the buffer refuses a ring too small for
+            // its depth).
+            capacity_units: ((max_depth_ms + 2 * 60) / UNIT_MS + 1) as usize,
             ..JitterConfig::new(codec, media.ptime_ms)
         };
         let ssrc = Ssrc(self.rng.next_u32());
@@ -330,7 +334,7 @@ impl Shard {
             codec,
             payload_type: media.payload_type,
             ptime_ms: media.ptime_ms,
-            frame_samples: codec.frame_samples(media.ptime_ms),
+            frame_samples: codec.pcm_samples_per_frame(media.ptime_ms),
             te_pt: media.telephone_event_pt,
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
@@ -406,5 +410,31 @@ impl Shard {
         } else {
             self.rebuild_plan(now, s);
         }
+    }
+}
+
+/// Refuses, as an invalid `codec` argument, what the shard cannot carry: Opus when
+/// libopus did not load (with its reason), and every codec but G.711, whose decode,
+/// resample and encode paths in the shard are not built yet (the codec states exist in
+/// `earshot_media::codec`; the session mixes at 8 kHz). A refusal, never a panic.
+fn check_codec(codec: Codec) -> Result<(), EngineError> {
+    let refuse = |message: String| {
+        Err(EngineError::InvalidArgument {
+            field: "codec".into(),
+            message,
+        })
+    };
+    match codec {
+        Codec::Pcmu | Codec::Pcma => Ok(()),
+        Codec::Opus => match earshot_media::codec::opus_available() {
+            Err(e) => refuse(format!(
+                "Opus legs need libopus, which this engine lacks: {e}"
+            )),
+            Ok(_) => refuse("Opus legs are not mixed by this engine yet (G.711 only)".into()),
+        },
+        Codec::G722 | Codec::L16(_) => refuse(format!(
+            "{} legs are not mixed by this engine yet (G.711 only)",
+            codec.sdp_name()
+        )),
     }
 }

@@ -104,7 +104,7 @@ impl Shard {
         }
         media.rx_seq.handle_seq(SeqNo(view.seq));
         if !is_event {
-            let arrival = rtp_units(now, media.codec.clock_rate_hz());
+            let arrival = rtp_units(now, media.codec.rtp_clock_hz());
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
         let report_first = media.report_first_packet;

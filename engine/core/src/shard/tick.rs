@@ -22,9 +22,11 @@ pub(super) const WHEEL_SLOTS: usize = 64;
 const _: () = assert!(WHEEL_SLOTS as u64 * WHEEL_SLOT_NS > 60_000_000);
 // One bit per slot in `Shard::wheel_busy`.
 const _: () = assert!(WHEEL_SLOTS == 64);
-// A mixed frame (G.711: one octet per sample) with its header and the largest SRTP tag
-// fits in a transmit buffer, so the tick path protects without a size check.
-const _: () = assert!(rtp::HEADER_LEN + MAX_FRAME_SAMPLES + 16 <= crate::io::MAX_UDP_PAYLOAD);
+// An encoded frame (at most MAX_PAYLOAD_BYTES: the media validator refuses a codec and
+// ptime whose frame would not fit) with its header and the largest SRTP tag fits in a
+// transmit buffer, so the tick path protects without a size check.
+const _: () =
+    assert!(rtp::HEADER_LEN + earshot_media::MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.

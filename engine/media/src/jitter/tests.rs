@@ -2,6 +2,7 @@
 //! in virtual time.
 
 use super::*;
+use crate::dsp::g711;
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -141,12 +142,7 @@ fn an_in_order_stream_comes_out_bit_exact_after_the_initial_depth() {
     assert_eq!(outs.iter().filter(|o| o.polled.talkspurt_start).count(), 1);
     let s = jb.stats();
     assert_eq!(
-        (
-            s.lost_frames,
-            s.concealed_frames,
-            s.frames_inserted,
-            s.frames_dropped
-        ),
+        (s.lost_ms, s.concealed_ms, s.inserted_ms, s.dropped_ms),
         (0, 0, 0, 0)
     );
     assert_eq!(s.accepted, 200);
@@ -172,7 +168,7 @@ fn reordered_packets_within_the_depth_come_out_in_order() {
         "out of order: {frames:?}"
     );
     assert_eq!(jb.stats().late_drops, 0);
-    assert_eq!(jb.stats().concealed_frames, 0);
+    assert_eq!(jb.stats().concealed_ms, 0);
 }
 
 #[test]
@@ -205,21 +201,25 @@ fn a_single_loss_is_concealed_with_a_faded_repeat_and_audio_resumes() {
         (1..=2).contains(&concealed),
         "{concealed} concealed frames for one loss"
     );
-    // A faded copy of frame 49: every sample no louder and of the same sign, and the
-    // energy between a quarter and all of it.
+    // Faded copies of the last 10 ms unit played (the end of frame 49): every sample no
+    // louder and of the same sign, and the energy between a quarter and all of it.
     let (last, conc) = (&outs[at - 1].samples, &outs[at].samples);
-    assert!(
-        last.iter()
-            .zip(conc)
+    let last_unit = &last[FRAME / 2..];
+    assert!(conc.chunks(FRAME / 2).all(|c| {
+        last_unit
+            .iter()
+            .zip(c)
             .all(|(&l, &c)| c.unsigned_abs() <= l.unsigned_abs() && (c == 0 || (c < 0) == (l < 0)))
-    );
+    }));
+    let last = &last_unit.repeat(2);
     let ratio = rms(conc) / rms(last);
     assert!((0.25..0.95).contains(&ratio), "fade ratio {ratio}");
     assert_eq!(outs[at + concealed].frame, Some(51));
     let after = audio_frames(&outs[at..]);
     assert_eq!(after, (51..51 + after.len() as u64).collect::<Vec<_>>());
+    // Each concealed 20 ms poll was a lost frame, or the start of an underrun.
     assert_eq!(
-        jb.stats().lost_frames + jb.stats().underruns,
+        jb.stats().lost_ms / PTIME_MS + jb.stats().underruns,
         concealed as u64
     );
 }
@@ -248,7 +248,7 @@ fn a_long_loss_turns_to_silence_and_audio_returns_as_a_new_talkspurt() {
         (back.polled.kind, back.frame, back.polled.talkspurt_start),
         (FrameKind::Audio, Some(80), true)
     );
-    assert_eq!(jb.stats().concealed_frames, 3);
+    assert_eq!(jb.stats().concealed_ms, 60);
 }
 
 /// Frames 0..50 of stream A, then frames 50..150 from stream B with unrelated seq, ts
@@ -372,19 +372,19 @@ fn drift(ppm: i64, minutes: u64) -> (JitterBuffer, u32) {
 fn a_sender_1000_ppm_fast_for_ten_minutes_keeps_the_fill_bounded() {
     let (jb, max_level) = drift(1_000, 10);
     let s = jb.stats();
-    // 600 s at +1000 ppm is 0.6 s of extra audio: 30 frames to drop.
-    assert!((25..=35).contains(&s.frames_dropped), "{s:?}");
+    // 600 s at +1000 ppm is 0.6 s of extra audio to drop (30 frames of 20 ms).
+    assert!((500..=700).contains(&s.dropped_ms), "{s:?}");
     assert!(max_level <= 80, "level reached {max_level} ms: {s:?}");
-    assert!(s.underruns <= 2 && s.lost_frames == 0, "{s:?}");
+    assert!(s.underruns <= 2 && s.lost_ms == 0, "{s:?}");
 }
 
 #[test]
 fn a_sender_1000_ppm_slow_for_ten_minutes_does_not_underrun_repeatedly() {
     let (jb, max_level) = drift(-1_000, 10);
     let s = jb.stats();
-    assert!((25..=35).contains(&s.frames_inserted), "{s:?}");
+    assert!((500..=700).contains(&s.inserted_ms), "{s:?}");
     assert!(s.underruns <= 2, "{s:?}");
-    assert!(s.concealed_frames <= 4, "{s:?}");
+    assert!(s.concealed_ms <= 4 * PTIME_MS, "{s:?}");
     assert!(max_level <= 80, "level reached {max_level} ms: {s:?}");
 }
 
@@ -425,11 +425,7 @@ fn comfort_noise_plays_at_the_signalled_level_through_a_dtx_gap() {
         (FrameKind::Audio, Some(150), true)
     );
     let s = jb.stats();
-    assert_eq!(
-        (s.lost_frames, s.concealed_frames, s.underruns),
-        (0, 0, 0),
-        "{s:?}"
-    );
+    assert_eq!((s.lost_ms, s.concealed_ms, s.underruns), (0, 0, 0), "{s:?}");
 }
 
 #[test]
@@ -474,7 +470,7 @@ fn thirty_ms_of_jitter_grows_the_target_and_it_shrinks_after_the_jitter_stops() 
 #[test]
 fn every_ptime_plays_in_order_and_conceals_a_loss() {
     for ptime_ms in PTIMES_MS {
-        let frame = Codec::Pcma.frame_samples(ptime_ms);
+        let frame = Codec::Pcma.pcm_samples_per_frame(ptime_ms);
         let mut jb = JitterBuffer::new(JitterConfig::new(Codec::Pcma, ptime_ms));
         let mut out = [0i16; crate::MAX_FRAME_SAMPLES];
         let mut played = Vec::new();
@@ -514,9 +510,13 @@ fn every_ptime_plays_in_order_and_conceals_a_loss() {
             played.len()
         );
         let s = jb.stats();
-        assert_eq!(s.lost_frames + s.underruns, 1, "ptime {ptime_ms}: {s:?}");
         assert_eq!(
-            (s.frames_inserted, s.frames_dropped),
+            s.lost_ms / u64::from(ptime_ms) + s.underruns,
+            1,
+            "ptime {ptime_ms}: {s:?}"
+        );
+        assert_eq!(
+            (s.inserted_ms, s.dropped_ms),
             (0, 0),
             "ptime {ptime_ms}: {s:?}"
         );
