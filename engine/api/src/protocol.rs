@@ -82,6 +82,10 @@ pub enum ClientFrame {
 }
 
 /// A frame from the engine.
+// A frame is built once per control request or event and serialised at once; a reply
+// carrying a leg's whole media configuration is the common case, so boxing it would
+// add an allocation to every reply to save stack space in none.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum ServerFrame {
     /// The answer to the call with this id.
