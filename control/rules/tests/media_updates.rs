@@ -37,12 +37,23 @@ fn an_update_is_recorded_with_what_changed_and_moves_nobody() {
     assert_eq!(e.detail("participant_id"), Some("c"));
     assert_eq!(e.detail("changed"), Some("remote,srtp_remote_key"));
     assert_eq!(e.detail("remote"), Some("192.0.2.1:4000"));
-    assert_eq!(e.detail("srtp_remote_key"), None, "empty values are never shown");
+    assert_eq!(
+        e.detail("srtp_remote_key"),
+        None,
+        "empty values are never shown"
+    );
     assert_eq!(fx.st.hear_relation("i1"), hear_before);
     // A change can never overwrite the fixed details.
-    let out = fx.ok(update("i1", "a", &[("participant_id", "x"), ("changed", "y")]));
+    let out = fx.ok(update(
+        "i1",
+        "a",
+        &[("participant_id", "x"), ("changed", "y")],
+    ));
     assert_eq!(out.events[0].detail("participant_id"), Some("a"));
-    assert_eq!(out.events[0].detail("changed"), Some("changed,participant_id"));
+    assert_eq!(
+        out.events[0].detail("changed"),
+        Some("changed,participant_id")
+    );
     // Nothing changed: an identical retry.
     let out = fx.ok(update("i1", "c", &[]));
     assert!(out.existing && out.events.is_empty());
@@ -55,8 +66,14 @@ fn only_a_participant_with_a_leg_can_be_updated() {
     fx.ok(monitor("i1", "s1", "sup1", "sup1-leg", "a"));
     let out = fx.ok(update("i1", "sup1-leg", &[("ptime_ms", "30")]));
     assert_eq!(kinds(&out), [EventKind::MediaUpdated]);
-    fx.refused(update("nope", "c", &[("ptime_ms", "30")]), reason::INTERACTION_NOT_FOUND);
-    fx.refused(update("i1", "zz", &[("ptime_ms", "30")]), reason::PARTICIPANT_NOT_FOUND);
+    fx.refused(
+        update("nope", "c", &[("ptime_ms", "30")]),
+        reason::INTERACTION_NOT_FOUND,
+    );
+    fx.refused(
+        update("i1", "zz", &[("ptime_ms", "30")]),
+        reason::PARTICIPANT_NOT_FOUND,
+    );
     fx.refused(update("i1", "bad id!", &[]), reason::INVALID_ID);
     fx.ok(stop("s1"));
     fx.refused(
@@ -64,6 +81,9 @@ fn only_a_participant_with_a_leg_can_be_updated() {
         reason::PARTICIPANT_NOT_CONNECTED,
     );
     fx.ok(end("i1"));
-    fx.refused(update("i1", "c", &[("ptime_ms", "30")]), reason::INTERACTION_ENDED);
+    fx.refused(
+        update("i1", "c", &[("ptime_ms", "30")]),
+        reason::INTERACTION_ENDED,
+    );
     fx.refused(update("i1", "c", &[]), reason::INTERACTION_ENDED);
 }

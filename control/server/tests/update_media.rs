@@ -60,7 +60,10 @@ fn reinvite_media() -> proto::Media {
 
 fn assert_no_key(what: &str, text: &str) {
     for fragment in KEY_FRAGMENTS {
-        assert!(!text.contains(fragment), "{what} shows key material: {text}");
+        assert!(
+            !text.contains(fragment),
+            "{what} shows key material: {text}"
+        );
     }
 }
 
@@ -145,7 +148,14 @@ async fn an_update_is_programmed_on_the_same_leg_recorded_and_survives_a_restart
         .interaction
         .unwrap();
     let before = participant(&created, "c").leg.clone().unwrap();
-    let ours = before.media.as_ref().unwrap().srtp.clone().unwrap().local_key;
+    let ours = before
+        .media
+        .as_ref()
+        .unwrap()
+        .srtp
+        .clone()
+        .unwrap()
+        .local_key;
     let leg_id = engine.leg("call-u", "c").unwrap().leg;
     let mut watch = api
         .watch_events(proto::WatchEventsRequest {
@@ -217,7 +227,11 @@ async fn an_update_is_programmed_on_the_same_leg_recorded_and_survives_a_restart
         .into_inner();
     assert!(again.existing && again.changed.is_empty(), "{again:?}");
     assert_eq!(again.leg, reply.leg);
-    assert_eq!(configure_calls(&engine), configured, "nothing re-programmed");
+    assert_eq!(
+        configure_calls(&engine),
+        configured,
+        "nothing re-programmed"
+    );
     assert_eq!(media_updated(&timeline(&server, "call-u").await).len(), 1);
 
     // A named key of ours replaces ours.
@@ -322,7 +336,11 @@ async fn refused_updates_leave_the_old_media_in_force_and_no_event() {
     for (k, (req, field)) in cases.into_iter().enumerate() {
         let err = api.update_media(req).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "case {k}: {err:?}");
-        assert_eq!(reason_of(&err).1.as_deref(), Some(field), "case {k}: {err:?}");
+        assert_eq!(
+            reason_of(&err).1.as_deref(),
+            Some(field),
+            "case {k}: {err:?}"
+        );
         assert_no_key(&format!("case {k}'s error"), &format!("{err:?}"));
     }
 
@@ -523,10 +541,16 @@ async fn a_supervisors_leg_is_updated_like_any_other() {
     );
     let leg_media = reply.leg.unwrap().media.unwrap();
     assert_eq!(leg_media.auto_answer, Some(false));
-    assert!(!leg_media.srtp.unwrap().local_key.is_empty(), "ours generated");
+    assert!(
+        !leg_media.srtp.unwrap().local_key.is_empty(),
+        "ours generated"
+    );
     let config = programmed(&engine, "call-s", "sup-leg");
     assert_eq!(config.remote, Some("127.0.0.1:22100".parse().unwrap()));
-    assert!(config.report_first_packet, "still ringing: first packet wanted");
+    assert!(
+        config.report_first_packet,
+        "still ringing: first packet wanted"
+    );
     assert!(config.srtp.is_some());
     let sv = server
         .supervision()

@@ -365,10 +365,7 @@ impl Sim {
         }
         let party = &mut self.parties[p.0];
         party.media = media;
-        let srtp = party
-            .srtp
-            .as_mut()
-            .expect("only an SRTP party is re-keyed");
+        let srtp = party.srtp.as_mut().expect("only an SRTP party is re-keyed");
         let new_inb = srtp.inb.rekeyed(keys.local_key());
         srtp.previous = Some(PreviousKeys {
             rekeyed_at: now,
@@ -389,10 +386,7 @@ impl Sim {
         let pt = party.talker.config().payload_type;
         let samples = party.talker.config().ptime_ms * 8;
         let srtp = party.srtp.as_mut().expect("an SRTP party");
-        let previous = srtp
-            .previous
-            .as_mut()
-            .expect("the party was re-keyed");
+        let previous = srtp.previous.as_mut().expect("the party was re-keyed");
         let out = previous
             .out
             .as_mut()
@@ -545,9 +539,7 @@ impl Sim {
                         Some(srtp) => {
                             // Sent before the last re-key: the old key; after: the new.
                             let (session, fresh) = match &mut srtp.previous {
-                                Some(prev) if f.sent_at < prev.rekeyed_at => {
-                                    (&mut prev.inb, false)
-                                }
+                                Some(prev) if f.sent_at < prev.rekeyed_at => (&mut prev.inb, false),
                                 Some(_) => (&mut srtp.inb, true),
                                 None => (&mut srtp.inb, false),
                             };
