@@ -147,6 +147,19 @@ pub enum Command {
         /// Participant id.
         participant_id: String,
     },
+    /// A live participant's media changed (a SIP re-INVITE: new remote address, new
+    /// SRTP keys, another ptime). The rules hold no media: the caller compares the old
+    /// and new media and names what changed; nothing changed is an identical retry.
+    UpdateMedia {
+        /// Interaction id.
+        interaction_id: String,
+        /// Participant id (a call participant or a supervisor's leg).
+        participant_id: String,
+        /// What changed, by media field name (`remote`, `ptime_ms`, `srtp_remote_key`,
+        /// ...), with the new value to show in the event, or an empty value for what
+        /// is never shown (keys). Empty: nothing changed.
+        changes: BTreeMap<String, String>,
+    },
 }
 
 /// Timeline event kinds (SPEC section 2).
@@ -193,6 +206,10 @@ pub enum EventKind {
     /// failed node has been re-created on a survivor; details: `node_id` (the new
     /// node), `from_node_id`, `gap_ms` (from the failure's detection to restoration).
     MediaRestored,
+    /// A live participant's media was replaced (`UpdateMedia`); details:
+    /// `participant_id`, `changed` (comma-separated field names) and the new value of
+    /// each changed field that may be shown (never a key).
+    MediaUpdated,
 }
 
 impl EventKind {
@@ -223,6 +240,7 @@ impl EventKind {
             EventKind::PresenceChanged => "PRESENCE_CHANGED",
             EventKind::NodeFailed => "NODE_FAILED",
             EventKind::MediaRestored => "MEDIA_RESTORED",
+            EventKind::MediaUpdated => "MEDIA_UPDATED",
         }
     }
 }

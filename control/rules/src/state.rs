@@ -454,7 +454,8 @@ impl State {
             | Command::Transfer { interaction_id, .. }
             | Command::Conference { interaction_id, .. }
             | Command::MediaConnected { interaction_id, .. }
-            | Command::MediaTimeout { interaction_id, .. } => Some(interaction_id.clone()),
+            | Command::MediaTimeout { interaction_id, .. }
+            | Command::UpdateMedia { interaction_id, .. } => Some(interaction_id.clone()),
             Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) => {
                 Some(r.interaction_id.clone())
             }
@@ -530,6 +531,11 @@ impl State {
                 interaction_id,
                 participant_id,
             } => self.media_timeout(now_ms, interaction_id, participant_id),
+            Command::UpdateMedia {
+                interaction_id,
+                participant_id,
+                changes,
+            } => self.update_media(now_ms, interaction_id, participant_id, &changes),
         }
     }
 
@@ -1886,6 +1892,58 @@ impl State {
         if let Some(sid) = supervision_id {
             self.end_supervision(&mut tl, &sid, &Actor::Engine, "MEDIA_TIMEOUT");
         }
+        Ok(Done {
+            subject,
+            events: tl.events,
+            existing: false,
+        })
+    }
+
+    /// A participant's media replaced: any participant that has a leg (connected or
+    /// ringing; supervisors included, their leg is theirs to re-negotiate too).
+    fn update_media(
+        &mut self,
+        now_ms: u64,
+        interaction_id: String,
+        participant_id: String,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Done, RuleError> {
+        check_id("interaction_id", &interaction_id)?;
+        check_id("participant_id", &participant_id)?;
+        let interaction = self.find_interaction(&interaction_id)?;
+        let p = Self::find_participant(interaction, &participant_id)?;
+        let subject = Subject::Interaction(interaction_id.clone());
+        Self::not_ended(interaction)?;
+        if p.state == ParticipantState::Disconnected {
+            return Err(RuleError::precondition(
+                reason::PARTICIPANT_NOT_CONNECTED,
+                format!(
+                    "participant {} has left; it has no leg to update",
+                    quote(&participant_id)
+                ),
+            ));
+        }
+        if changes.is_empty() {
+            return Ok(Done::existing(subject));
+        }
+        let changed = changes.keys().cloned().collect::<Vec<_>>().join(",");
+        let mut details: Vec<(&str, &str)> = vec![
+            ("participant_id", participant_id.as_str()),
+            ("changed", changed.as_str()),
+        ];
+        for (name, value) in changes {
+            // Fixed keys win: a change can never overwrite them.
+            if !value.is_empty() && !matches!(name.as_str(), "participant_id" | "changed") {
+                details.push((name.as_str(), value.as_str()));
+            }
+        }
+        let mut tl = Timeline::new(now_ms);
+        tl.push(
+            EventKind::MediaUpdated,
+            &interaction_id,
+            &Actor::Orchestrator,
+            &details,
+        );
         Ok(Done {
             subject,
             events: tl.events,

@@ -422,7 +422,8 @@ fn scope(st: &State, cmd: &Command) -> Option<String> {
         | Command::Transfer { interaction_id, .. }
         | Command::Conference { interaction_id, .. }
         | Command::MediaConnected { interaction_id, .. }
-        | Command::MediaTimeout { interaction_id, .. } => Some(interaction_id.clone()),
+        | Command::MediaTimeout { interaction_id, .. }
+        | Command::UpdateMedia { interaction_id, .. } => Some(interaction_id.clone()),
     }
 }
 

@@ -341,6 +341,7 @@ fn event_kind_out(k: rules::EventKind) -> proto::EventKind {
         K::PresenceChanged => P::PresenceChanged,
         K::NodeFailed => P::NodeFailed,
         K::MediaRestored => P::MediaRestored,
+        K::MediaUpdated => P::MediaUpdated,
     }
 }
 

@@ -311,7 +311,8 @@ fn command_interaction(command: &Command) -> Option<&str> {
         | Command::Transfer { interaction_id, .. }
         | Command::Conference { interaction_id, .. }
         | Command::MediaConnected { interaction_id, .. }
-        | Command::MediaTimeout { interaction_id, .. } => Some(interaction_id),
+        | Command::MediaTimeout { interaction_id, .. }
+        | Command::UpdateMedia { interaction_id, .. } => Some(interaction_id),
         Command::StartMonitor(r) | Command::StartCoach(r) | Command::StartBarge(r) => {
             Some(&r.interaction_id)
         }
@@ -488,14 +489,36 @@ impl Shared {
     where
         F: Fn(&Core) -> Result<Vec<NewLeg>, ApiError>,
     {
+        let scope = command.clone();
+        self.mutate_with(scope, actor, move |core| {
+            Ok((command.clone(), prepare(core)?))
+        })
+        .await
+    }
+
+    /// [`Shared::mutate`] for a command that depends on the state: `prepare` builds it
+    /// under the lock (with the media it introduces). `scope` names the interaction it
+    /// concerns (its lock, its retired answer); the built command must concern the same
+    /// one. `UpdateMedia` uses it: what changed is known only against the media in
+    /// force.
+    pub async fn mutate_with<F>(
+        &self,
+        scope: Command,
+        actor: Option<String>,
+        prepare: F,
+    ) -> Result<(MutexGuard<'_, Core>, Outcome), ApiError>
+    where
+        F: Fn(&Core) -> Result<(Command, Vec<NewLeg>), ApiError>,
+    {
         let mut core = self.core.lock().await;
         self.reconcile_if_needed(&mut core).await?;
-        let guard = self.lock_scope(&mut core, &command).await?;
+        let guard = self.lock_scope(&mut core, &scope).await?;
         let result = async {
-            if let Some(outcome) = self.retired_answer(&core, &command).await? {
+            if let Some(outcome) = self.retired_answer(&core, &scope).await? {
                 return Ok(outcome);
             }
-            let new_legs = prepare(&core)?;
+            let (command, new_legs) = prepare(&core)?;
+            debug_assert_eq!(command_interaction(&command), command_interaction(&scope));
             self.mutate_locked(&mut core, command, actor, new_legs)
                 .await
         }

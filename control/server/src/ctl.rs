@@ -353,6 +353,24 @@ pub enum InteractionsCmd {
         #[arg(long, default_value = "")]
         actor: String,
     },
+    /// UpdateMedia: replace a live participant's media (a re-INVITE's new remote, SRTP
+    /// keys, ptime...). The flags give the complete new media, not a patch.
+    UpdateMedia {
+        /// Interaction id.
+        #[arg(long)]
+        interaction: String,
+        /// Participant id (a call participant or a supervisor's leg).
+        #[arg(long)]
+        participant: String,
+        /// Peer RTP address "ip:port" (empty: learn from the first packet).
+        #[arg(long)]
+        remote: Option<String>,
+        /// Timeline actor.
+        #[arg(long, default_value = "")]
+        actor: String,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
     /// GetTimeline.
     Timeline {
         /// Interaction id.
@@ -980,6 +998,22 @@ async fn run_interactions(
             .await?
             .into_inner(),
         ),
+        C::UpdateMedia {
+            interaction,
+            participant,
+            remote,
+            actor,
+            media,
+        } => printer.print(
+            &i.update_media(proto::UpdateMediaRequest {
+                interaction_id: interaction.clone(),
+                participant_id: participant.clone(),
+                media: Some(media.media(remote.as_deref(), None)),
+                actor: actor.clone(),
+            })
+            .await?
+            .into_inner(),
+        ),
         C::Hold {
             interaction,
             participant,
@@ -1104,6 +1138,7 @@ named!(
     AddParticipantResponse,
     StartConsultResponse,
     TransferResponse,
+    UpdateMediaResponse,
     GetTimelineResponse,
     Event,
     StartSupervisionResponse,
@@ -1440,6 +1475,39 @@ mod tests {
             );
             assert!(s.contains(KEY), "{s}");
         }
+    }
+
+    #[test]
+    fn update_media_replies_show_our_key_only_when_asked() {
+        const KEY: &str = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        let reply = proto::UpdateMediaResponse {
+            leg: Some(proto::Leg {
+                media: Some(proto::Media {
+                    srtp: Some(proto::Srtp {
+                        suite: "AES_CM_128_HMAC_SHA1_80".into(),
+                        remote_key: String::new(),
+                        local_key: KEY.into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            existing: false,
+            changed: vec!["srtp_remote_key".into()],
+        };
+        let render = |show: bool| {
+            let p = Printer::new(false, show).unwrap();
+            let mut t = String::new();
+            render_message(&p.dynamic(&reply).unwrap(), 0, &mut t);
+            t
+        };
+        let (hidden, shown) = (render(false), render(true));
+        assert!(
+            !hidden.contains("WVNf") && hidden.contains(REDACTED),
+            "{hidden}"
+        );
+        assert!(hidden.contains("srtp_remote_key"), "{hidden}");
+        assert!(shown.contains(KEY), "{shown}");
     }
 
     #[test]

@@ -207,6 +207,67 @@ impl InteractionsService {
     }
 }
 
+/// Builds the `UpdateMedia` command against the media in force (under the core lock):
+/// the media that will be in force ([`MediaSpec::updated`]) and what changed. A leg
+/// keeps its allocation: rtcp_mux and the address family cannot change on it. Without
+/// media in force (unknown interaction or participant) the command names no change and
+/// the rules give the refusal (NOT_FOUND, INTERACTION_ENDED, PARTICIPANT_NOT_CONNECTED).
+fn prepare_update(
+    core: &Core,
+    interaction_id: &str,
+    participant_id: &str,
+    requested: MediaSpec,
+) -> Result<(Command, Vec<NewLeg>), ApiError> {
+    let command = |changes| Command::UpdateMedia {
+        interaction_id: interaction_id.to_owned(),
+        participant_id: participant_id.to_owned(),
+        changes,
+    };
+    let Some(current) = core.media_of(interaction_id, participant_id) else {
+        return Ok((command(Default::default()), Vec::new()));
+    };
+    let next = current.updated(requested);
+    if next.rtcp_mux != current.rtcp_mux {
+        return Err(ApiError::invalid(
+            "media.rtcp_mux",
+            format!(
+                "rtcp_mux must stay {} as the leg was allocated; remove and re-add the \
+                 participant to change it",
+                current.rtcp_mux
+            ),
+        ));
+    }
+    let leg_is_v6 = core
+        .leg(interaction_id, participant_id)
+        .map_or(current.family() == earshot_engine_api::Family::V6, |r| {
+            r.local.is_ipv6()
+        });
+    if next.remote.is_some_and(|r| r.is_ipv6() != leg_is_v6) {
+        return Err(ApiError::invalid(
+            "media.remote",
+            format!(
+                "the leg's local port is {}; the remote must be of the same address family \
+                 (remove and re-add the participant to change it)",
+                if leg_is_v6 { "IPv6" } else { "IPv4" }
+            ),
+        ));
+    }
+    let changes = current.changes(&next);
+    let legs = if changes.is_empty() {
+        Vec::new()
+    } else {
+        vec![NewLeg {
+            entry: MediaEntry {
+                interaction_id: interaction_id.to_owned(),
+                participant_id: participant_id.to_owned(),
+                media: next,
+            },
+            field: "media".to_owned(),
+        }]
+    };
+    Ok((command(changes), legs))
+}
+
 #[tonic::async_trait]
 impl proto::interactions_server::Interactions for InteractionsService {
     async fn create_interaction(
@@ -485,6 +546,49 @@ impl proto::interactions_server::Interactions for InteractionsService {
         };
         self.interaction_verb(command, &req.interaction_id, actor)
             .await
+    }
+
+    async fn update_media(
+        &self,
+        request: Request<proto::UpdateMediaRequest>,
+    ) -> Reply<proto::UpdateMediaResponse> {
+        let req = request.into_inner();
+        let actor = actor(&req.actor)?;
+        check_id("interaction_id", &req.interaction_id)?;
+        check_id("participant_id", &req.participant_id)?;
+        // The one validator every media goes through (the engine's own included).
+        let requested = MediaSpec::from_proto("media", req.media.as_ref())?;
+        let (iid, pid) = (req.interaction_id, req.participant_id);
+        let scope = Command::UpdateMedia {
+            interaction_id: iid.clone(),
+            participant_id: pid.clone(),
+            changes: Default::default(),
+        };
+        let (core, outcome) = self
+            .shared
+            .mutate_with(scope, actor, |core| {
+                prepare_update(core, &iid, &pid, requested.clone())
+            })
+            .await?;
+        let changed = outcome
+            .events
+            .iter()
+            .find(|e| e.kind == rules::EventKind::MediaUpdated)
+            .and_then(|e| e.detail("changed"))
+            .map(|c| c.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let leg = convert::leg_out(&core, &iid, &pid).or_else(|| {
+            // Accepted while the engine had no leg for it yet: the media, no address.
+            core.media_of(&iid, &pid).map(|m| proto::Leg {
+                media: Some(m.to_proto()),
+                ..proto::Leg::default()
+            })
+        });
+        Ok(Response::new(proto::UpdateMediaResponse {
+            leg,
+            existing: outcome.existing,
+            changed,
+        }))
     }
 
     async fn get_timeline(

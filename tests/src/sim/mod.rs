@@ -21,7 +21,7 @@ pub use net::Link;
 pub use scenario::{Hearing, Mode, OutputKind};
 pub use seed::{SeedGuard, seed_for};
 pub use talker::{AGENT_HZ, CUSTOMER_HZ, SPECIALIST_HZ, SUPERVISOR_HZ, TalkerConfig};
-pub use world::{Party, PartyConfig, Sim};
+pub use world::{Party, PartyConfig, Sim, test_keys};
 
 use earshot_media::time::{Duration, Instant};
 

@@ -152,6 +152,11 @@ impl Talker {
         self.ssrc.0
     }
 
+    /// The sequence number of the next packet.
+    pub fn next_seq(&self) -> u16 {
+        self.seq.0
+    }
+
     /// Schedules a telephone event.
     pub fn add_dtmf(&mut self, plan: DtmfPlan) {
         assert!(plan.frames >= 1, "a key is held at least one frame");

@@ -84,19 +84,25 @@ impl PartyConfig {
     /// The same party with an SRTP phone of `suite`; the two keys are derived from
     /// `key_seed` (a test's keys need no secrecy, only to differ between parties).
     pub fn with_srtp(mut self, suite: SrtpSuite, key_seed: u8) -> PartyConfig {
-        let key = |salt: u8| {
-            MasterKey::generate(suite, |b| {
-                for (k, x) in b.iter_mut().enumerate() {
-                    *x = key_seed
-                        .wrapping_mul(31)
-                        .wrapping_add(salt)
-                        .wrapping_add(k as u8);
-                }
-            })
-        };
-        self.srtp = Some(SrtpMedia::new(key(1), key(2)).expect("one suite"));
+        self.srtp = Some(test_keys(suite, key_seed));
         self
     }
+}
+
+/// A leg's two SRTP keys of `suite` derived from `key_seed` (a test's keys need no
+/// secrecy, only to differ between parties and between a leg's key generations).
+pub fn test_keys(suite: SrtpSuite, key_seed: u8) -> SrtpMedia {
+    let key = |salt: u8| {
+        MasterKey::generate(suite, |b| {
+            for (k, x) in b.iter_mut().enumerate() {
+                *x = key_seed
+                    .wrapping_mul(31)
+                    .wrapping_add(salt)
+                    .wrapping_add(k as u8);
+            }
+        })
+    };
+    SrtpMedia::new(key(1), key(2)).expect("one suite")
 }
 
 /// The phone's side of an SRTP leg.
@@ -108,6 +114,24 @@ struct PhoneSrtp {
     inb: SrtpSession,
     /// Engine datagrams the phone could not unprotect.
     failures: u64,
+    /// After a re-key ([`Sim::rekey`]): the phone's previous sessions and the instant
+    /// the engine was re-keyed. Engine datagrams sent before it are verified with the
+    /// previous inbound session, those sent at or after it only with the new one.
+    previous: Option<PreviousKeys>,
+    /// A re-key the phone has not applied to what it sends yet: at this instant its
+    /// outbound session switches to this one (the phone answered the re-INVITE).
+    pending_out: Option<(Instant, SrtpSession)>,
+    /// Engine datagrams sent at or after the last re-key that verified with the new key.
+    verified_after_rekey: u64,
+}
+
+/// A phone's sessions before its last re-key.
+#[derive(Debug)]
+struct PreviousKeys {
+    rekeyed_at: Instant,
+    inb: SrtpSession,
+    /// The old outbound session, kept after the phone switched, to send stale packets.
+    out: Option<SrtpSession>,
 }
 
 /// A datagram the engine sent (the kit's capture, stamped with virtual time).
@@ -126,6 +150,8 @@ struct Endpoint {
     /// Every datagram the phone sent.
     uplink_log: Vec<Vec<u8>>,
     srtp: Option<PhoneSrtp>,
+    /// The configuration the engine's leg was last given.
+    media: MediaConfig,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,7 +303,7 @@ impl Sim {
         };
         if let Err(e) = self.command(ShardCommand::ConfigureLeg {
             leg: leg.leg,
-            media,
+            media: media.clone(),
         }) {
             panic!("configuring {}: {e}", cfg.name);
         }
@@ -296,6 +322,9 @@ impl Sim {
             out: SrtpSession::new(Direction::Outbound, k.remote_key(), SrtpConfig::default()),
             inb: SrtpSession::new(Direction::Inbound, k.local_key(), SrtpConfig::default()),
             failures: 0,
+            previous: None,
+            pending_out: None,
+            verified_after_rekey: 0,
         });
         self.parties.push(Endpoint {
             cfg,
@@ -308,8 +337,87 @@ impl Sim {
             uplink_lost: 0,
             uplink_log: Vec::new(),
             srtp,
+            media,
         });
         Party(i)
+    }
+
+    /// Re-keys party `p`'s SRTP leg the way a re-INVITE with a new `a=crypto` line
+    /// does (`UpdateMedia` in the API): the engine's leg is configured now with `keys`
+    /// (everything else unchanged); the phone verifies what the engine sends from now on
+    /// with the new local key only (what was sent before, with the old one) and keeps
+    /// protecting with its old key until `phone_switches_at` (its answer's round trip),
+    /// then with the new remote key, sequence and rollover continuing.
+    pub fn rekey(&mut self, p: Party, keys: SrtpMedia, phone_switches_at: Instant) {
+        let now = self.now;
+        let leg = self.parties[p.0].leg;
+        let mut media = self.parties[p.0].media.clone();
+        media.srtp = Some(keys.clone());
+        if let Err(e) = self.command(ShardCommand::ConfigureLeg {
+            leg,
+            media: media.clone(),
+        }) {
+            panic!("re-keying {}: {e}", self.parties[p.0].cfg.name);
+        }
+        let party = &mut self.parties[p.0];
+        party.media = media;
+        let srtp = party.srtp.as_mut().expect("only an SRTP party is re-keyed");
+        let new_inb = srtp.inb.rekeyed(keys.local_key());
+        srtp.previous = Some(PreviousKeys {
+            rekeyed_at: now,
+            inb: std::mem::replace(&mut srtp.inb, new_inb),
+            out: None,
+        });
+        srtp.pending_out = Some((phone_switches_at, srtp.out.rekeyed(keys.remote_key())));
+        srtp.verified_after_rekey = 0;
+    }
+
+    /// Sends `count` RTP packets of party `p`'s stream protected with its phone's old
+    /// key (kept after a [`Sim::rekey`] and the phone's switch) straight to the engine
+    /// now: a stale sender, or packets held in the network past the overlap. They carry
+    /// sequence numbers ahead of the stream, so that only the key can refuse them.
+    pub fn inject_stale(&mut self, p: Party, count: u16) {
+        let party = &mut self.parties[p.0];
+        let ssrc = party.talker.ssrc();
+        let pt = party.talker.config().payload_type;
+        let samples = party.talker.config().ptime_ms * 8;
+        let srtp = party.srtp.as_mut().expect("an SRTP party");
+        let previous = srtp.previous.as_mut().expect("the party was re-keyed");
+        let out = previous
+            .out
+            .as_mut()
+            .expect("the phone has switched to its new key");
+        // Ahead of the stream (by less than half the sequence space), so that the
+        // replay check lets them through to the key's.
+        let (seq0, ts0) = (party.talker.next_seq().wrapping_add(1000), 1_000_000u32);
+        let mut datagrams = Vec::new();
+        for k in 0..count {
+            let header = earshot_testkit::rtp::RtpHeader::new(
+                pt,
+                seq0.wrapping_add(k),
+                ts0.wrapping_add(u32::from(k) * samples),
+                ssrc,
+            );
+            let mut buf = header.packet(&[0xffu8; 160]);
+            let len = buf.len();
+            buf.resize(len + out.suite().rtp_overhead(), 0);
+            let sealed = out.protect_rtp(&mut buf, len).expect("protects");
+            buf.truncate(sealed);
+            datagrams.push(buf);
+        }
+        let (port, from, now) = (party.engine_port, party.addr, self.now);
+        for bytes in datagrams {
+            self.inject_at(now, port, from, bytes);
+        }
+    }
+
+    /// Engine datagrams party `p`'s phone verified with its new key since the last
+    /// [`Sim::rekey`] (RTP and SRTCP).
+    pub fn verified_after_rekey(&self, p: Party) -> u64 {
+        self.parties[p.0]
+            .srtp
+            .as_ref()
+            .map_or(0, |s| s.verified_after_rekey)
     }
 
     /// Replaces the session's hear relation with `hearing` (edges at unity gain).
@@ -383,6 +491,14 @@ impl Sim {
                 if self.parties[i].talker.emit(now, &mut buf) {
                     let p = &mut self.parties[i];
                     if let Some(srtp) = &mut p.srtp {
+                        if srtp.pending_out.as_ref().is_some_and(|(at, _)| *at <= now)
+                            && let Some((_, next)) = srtp.pending_out.take()
+                        {
+                            let old = std::mem::replace(&mut srtp.out, next);
+                            if let Some(previous) = &mut srtp.previous {
+                                previous.out = Some(old);
+                            }
+                        }
                         let len = buf.len();
                         buf.resize(len + srtp.out.suite().rtp_overhead(), 0);
                         let sealed = srtp.out.protect_rtp(&mut buf, len);
@@ -417,12 +533,19 @@ impl Sim {
                     let len = match &mut p.srtp {
                         None => Some(f.bytes.len()),
                         Some(srtp) => {
+                            // Sent before the last re-key: the old key; after: the new.
+                            let (session, fresh) = match &mut srtp.previous {
+                                Some(prev) if f.sent_at < prev.rekeyed_at => (&mut prev.inb, false),
+                                Some(_) => (&mut srtp.inb, true),
+                                None => (&mut srtp.inb, false),
+                            };
                             let r = if earshot_media::wire::is_rtcp(&f.bytes) {
-                                srtp.inb.unprotect_rtcp(&mut f.bytes)
+                                session.unprotect_rtcp(&mut f.bytes)
                             } else {
-                                srtp.inb.unprotect_rtp(&mut f.bytes)
+                                session.unprotect_rtp(&mut f.bytes)
                             };
                             srtp.failures += u64::from(r.is_err());
+                            srtp.verified_after_rekey += u64::from(fresh && r.is_ok());
                             r.ok()
                         }
                     };

@@ -28,6 +28,9 @@ pub struct FakeState {
     pub calls: Vec<Request>,
     pub owner: Option<String>,
     pub activity: Vec<earshot_engine_api::LegActivity>,
+    /// Refuse every `ConfigureLeg` with this error (a test's stand-in for an engine
+    /// refusal the sidecar's validation cannot foresee).
+    pub refuse_configure: Option<EngineError>,
 }
 
 /// A deterministic engine double: ports from a counter, plans recorded.
@@ -142,6 +145,9 @@ impl FakeEngine {
                 };
                 st.legs.insert(info.leg, info.clone());
                 Ok(Response::Leg(info))
+            }
+            Request::ConfigureLeg { .. } if st.refuse_configure.is_some() => {
+                Err(st.refuse_configure.clone().expect("checked"))
             }
             Request::ConfigureLeg { leg, media } => match st.legs.get_mut(&leg) {
                 Some(l) => {
