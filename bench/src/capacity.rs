@@ -16,13 +16,20 @@
 //! other load on its core from `/proc/stat`. A late tick on a core that was stolen from
 //! is the machine's, not the engine's; the record lets the reader tell them apart.
 //!
+//! SRTP (`"srtp": "<suite id>"` in the scenario, `--srtp` on the command line, ids as
+//! `aes_cm_128_hmac_sha1_80`): every leg is an SRTP leg of that suite with generated
+//! keys, and is fed protected packets (the kit's rig protects each party's packet once
+//! per period and hands each leg a copy, which the shard authenticates and decrypts in
+//! place); the shard protects everything it sends. The result has the same shape; run
+//! a plain and an SRTP search back to back and compare `projected_sessions`.
+//!
 //! The shard counts a tick late when it starts more than 2 ms after its deadline (the
 //! engine default). A step passes when it saw zero late ticks and the feeder kept up
 //! (so that a late tick cannot hide behind a starved shard).
 #![allow(unsafe_code)] // clock_gettime(CLOCK_THREAD_CPUTIME_ID): the thread's CPU time
 
 use earshot_engine::clock::Clock;
-use earshot_engine_api::Percentiles;
+use earshot_engine_api::{Percentiles, SrtpSuite};
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::Instant;
 use earshot_testkit::rig::{PERIOD_NS, ShardRig, shard_config};
@@ -41,7 +48,7 @@ const IDLE_SPIN_NS: u64 = 100_000;
 pub const DEFAULT_STEP_MS: u64 = 60_000;
 
 /// Parameters of one capacity step.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepParams {
     /// Barge sessions (3 legs each).
     pub sessions: u32,
@@ -55,6 +62,29 @@ pub struct StepParams {
     /// work alone).
     #[serde(default)]
     pub sleep_when_idle: bool,
+    /// Every leg SRTP with this suite (its lower-case id, `aes_cm_128_hmac_sha1_80`,
+    /// ...); absent: plain RTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
+}
+
+/// The suite a scenario's `srtp` names, or an error listing the ids.
+pub fn parse_srtp(id: Option<&str>) -> Result<Option<SrtpSuite>, BenchError> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    SrtpSuite::ALL
+        .into_iter()
+        .find(|s| s.id() == id.trim())
+        .map(Some)
+        .ok_or_else(|| {
+            let ids: Vec<&str> = SrtpSuite::ALL.iter().map(|s| s.id()).collect();
+            std::io::Error::other(format!(
+                "unknown srtp suite {id:?}: one of {}",
+                ids.join(", ")
+            ))
+            .into()
+        })
 }
 
 /// The machine's side of a step: what the shard thread could not help.
@@ -182,10 +212,13 @@ impl MachineProbe {
 
 /// A rig holding `sessions` barge sessions, set up at engine time 0 so that the run
 /// starts just before the first ticks.
-fn build_rig(sessions: u32) -> Result<ShardRig, BenchError> {
+fn build_rig(sessions: u32, srtp: Option<SrtpSuite>) -> Result<ShardRig, BenchError> {
     let legs = sessions * LEGS_PER_SESSION as u32;
     let cfg = shard_config(2, 65_532, legs, sessions, 1);
     let mut rig = ShardRig::new(cfg, MixKernels::detect());
+    if let Some(suite) = srtp {
+        rig.set_srtp(suite);
+    }
     for s in 0..sessions {
         rig.add_barge_session(Instant::ZERO, &format!("s{s}"))?;
     }
@@ -199,8 +232,9 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
         // which core was asked for).
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: core });
     }
+    let srtp = parse_srtp(p.srtp.as_deref())?;
     let setup_clock = Clock::new();
-    let mut rig = build_rig(p.sessions)?;
+    let mut rig = build_rig(p.sessions, srtp)?;
     let setup_ms = setup_clock.now().as_nanos() / 1_000_000;
     let legs = rig.legs().len();
     // The engine's timeline starts now: the sessions were set up at time 0 and tick at
@@ -298,6 +332,9 @@ pub struct SearchParams {
     /// See [`StepParams::sleep_when_idle`].
     #[serde(default)]
     pub sleep_when_idle: bool,
+    /// See [`StepParams::srtp`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
 }
 
 fn default_step_ms() -> u64 {
@@ -351,6 +388,8 @@ pub fn step_line(r: &StepResult) -> String {
 
 /// Runs the search; bounded by `max_seconds` (a step already started finishes).
 pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
+    // An unknown suite fails here, before any step.
+    parse_srtp(p.srtp.as_deref())?;
     let clock = Clock::new();
     let budget_ns = p.max_seconds * 1_000_000_000;
     let mut steps = Vec::new();
@@ -360,6 +399,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             step_ms: p.step_ms,
             core: p.core,
             sleep_when_idle: p.sleep_when_idle,
+            srtp: p.srtp.clone(),
         })?;
         eprintln!("capacity: {}", step_line(&r));
         let result = (
@@ -433,7 +473,7 @@ pub struct MemoryResult {
 /// written, then reports the growth of the resident set per session.
 pub fn memory(sessions: u32) -> Result<MemoryResult, BenchError> {
     let rss_before = rss_bytes();
-    let mut rig = build_rig(sessions)?;
+    let mut rig = build_rig(sessions, None)?;
     rig.run_periods(0..50);
     let rss_after = rss_bytes();
     std::hint::black_box(&rig);
@@ -469,6 +509,7 @@ mod tests {
             step_ms: 200,
             core: None,
             sleep_when_idle: false,
+            srtp: None,
         })
         .expect("step runs");
         // 200 ms at 20 ms per tick: about 10 ticks per session (staggered phases and
@@ -501,6 +542,7 @@ mod tests {
             step_ms: 300,
             core: None,
             sleep_when_idle: true,
+            srtp: None,
         })
         .expect("step runs");
         assert!(r.ticks >= 10 * 12, "ticks {}", r.ticks);
@@ -514,21 +556,23 @@ mod tests {
         println!("{}", step_line(&r));
     }
 
-    #[test]
-    fn the_ci_sized_scenario_runs_in_seconds_and_reports_a_projection() {
+    /// Runs a CI-sized scenario file and checks what every step did.
+    fn run_ci_scenario(file: &str) -> SearchResult {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("scenarios")
-            .join("capacity-ci.json");
+            .join(file);
         let named = crate::scenario::load(&path).expect("CI scenario parses");
         let crate::scenario::Scenario::Capacity(p) = named.scenario else {
-            panic!("capacity-ci.json is not a capacity scenario");
+            panic!("{file} is not a capacity scenario");
         };
         assert!(p.step_ms <= 500 && p.max_seconds <= 10, "CI-sized: {p:?}");
         let r = search(&p).expect("search runs");
         assert!(!r.steps.is_empty());
         assert!(r.elapsed_s < 30.0, "took {} s", r.elapsed_s);
         // Every step did the work it was given; a loaded CI machine may fail a step on
-        // timing, but the projection from measured work is always there.
+        // timing, but the projection from measured work is always there. On an SRTP
+        // run no drop means every packet fed authenticated (`srtp_auth`, `srtp_replay`)
+        // and every packet sent was protected (`srtp_protect`).
         for s in &r.steps {
             assert_eq!(s.drops, 0, "{s:?}");
             assert_eq!(s.packets_out, s.ticks * 3, "{s:?}");
@@ -541,6 +585,66 @@ mod tests {
         assert!(projected > f64::from(r.steps[0].sessions), "{projected}");
         let json = simd_json::serde::to_string(&r).expect("result serialises");
         assert!(json.contains("\"projected_sessions\""), "{json}");
+        r
+    }
+
+    #[test]
+    fn the_ci_sized_scenario_runs_in_seconds_and_reports_a_projection() {
+        run_ci_scenario("capacity-ci.json");
+    }
+
+    #[test]
+    fn the_ci_sized_srtp_scenario_feeds_protected_packets_and_reports_a_projection() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scenarios")
+            .join("capacity-srtp-ci.json");
+        let named = crate::scenario::load(&path).expect("parses");
+        let crate::scenario::Scenario::Capacity(p) = named.scenario else {
+            panic!("not a capacity scenario");
+        };
+        assert_eq!(
+            parse_srtp(p.srtp.as_deref()).expect("a known suite"),
+            Some(SrtpSuite::AesCm128HmacSha1_80)
+        );
+        let r = run_ci_scenario("capacity-srtp-ci.json");
+        // The packets really were SRTP: the shard received what it fed.
+        assert!(r.steps.iter().all(|s| s.packets_in > 0), "{r:?}");
+    }
+
+    #[test]
+    fn an_srtp_step_authenticates_every_fed_packet() {
+        for suite in SrtpSuite::ALL {
+            let r = run_step(&StepParams {
+                sessions: 5,
+                step_ms: 150,
+                core: None,
+                sleep_when_idle: false,
+                srtp: Some(suite.id().to_string()),
+            })
+            .expect("step runs");
+            assert!(r.packets_in >= 15 * 5, "{suite:?}: {r:?}");
+            assert_eq!(
+                r.drops, 0,
+                "{suite:?}: every fed packet authenticates: {r:?}"
+            );
+            assert_eq!(r.packets_out, r.ticks * 3, "{suite:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_srtp_suite_is_refused_before_any_step() {
+        let p = SearchParams {
+            ramp: vec![10],
+            step_ms: 100,
+            max_seconds: 1,
+            resolution: 5,
+            core: None,
+            sleep_when_idle: false,
+            srtp: Some("aes_cm_256_hmac_sha1_80".into()),
+        };
+        let e = search(&p).expect_err("unknown suite");
+        assert!(e.to_string().contains("aes_cm_128_hmac_sha1_80"), "{e}");
+        assert_eq!(parse_srtp(None).unwrap(), None);
     }
 
     #[test]

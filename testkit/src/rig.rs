@@ -10,6 +10,14 @@
 //! is rewritten per packet, so feeding costs next to nothing beside the shard's work
 //! (about 30 instructions a packet, which the cost model counts with the shard's).
 //!
+//! SRTP ([`ShardRig::set_srtp`]): every leg added afterwards is configured with the
+//! suite, one remote key shared by all legs (what the phones encrypt with) and its own
+//! local key. The phones' side protects each party's packet once per period with one
+//! outbound session (every leg of a party index sends the same SSRC, so the protected
+//! bytes are the same for all of them), and each leg's packet is a copy of it: the shard
+//! unprotects in place. Feeding then costs a 190-octet copy per packet beside the
+//! shard's work, and three protections per period for the whole rig.
+//!
 //! Two transmit sinks: [`DiscardSink`] lets the shard build every packet and folds each
 //! into a checksum before discarding it (the build cannot be optimised away, and no I/O
 //! is counted); [`CaptureSink`] keeps every datagram.
@@ -22,7 +30,10 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, TxSink};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_dsp::mix::MixKernels;
-use earshot_engine_api::{EngineError, Family, LegId, Response, ShardStats};
+use earshot_engine_api::{
+    EngineError, Family, LegId, MasterKey, Response, ShardStats, SrtpMedia, SrtpSuite,
+};
+use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_types::Codec;
 use earshot_types::time::{Duration, Instant};
 
@@ -37,6 +48,8 @@ pub const FRAME_SAMPLES: usize = 160;
 pub const PACKET_LEN: usize = HEADER_LEN + FRAME_SAMPLES;
 /// One packetisation period (20 ms) in nanoseconds.
 pub const PERIOD_NS: u64 = 20_000_000;
+/// The longest SRTP packet a rig leg sends: the PCMU packet and the largest tag.
+pub const SRTP_PACKET_MAX: usize = PACKET_LEN + 16;
 
 /// A shard configuration with the engine's defaults for everything but the sizes: legs
 /// report 127.0.0.1, jitter buffers between 20 and 200 ms, a 30 s media timeout, ticks
@@ -246,6 +259,80 @@ pub struct RigLeg {
     pub party: usize,
 }
 
+/// The SSRC every leg of party index `party` sends with on an SRTP rig.
+pub fn srtp_ssrc_of(party: usize) -> u32 {
+    0x2000_0000 + party as u32
+}
+
+/// The key material of the rig's SRTP keys: `n` in the first two octets and `tag` in
+/// the rest (a different key per leg without a random source).
+fn rig_key(suite: SrtpSuite, tag: u8, n: usize) -> MasterKey {
+    MasterKey::generate(suite, |b| {
+        b.fill(tag);
+        b[0] = (n >> 8) as u8;
+        b[1] = n as u8;
+    })
+}
+
+/// The phones' side of an SRTP rig.
+#[derive(Debug)]
+struct RigSrtp {
+    suite: SrtpSuite,
+    /// The key every leg is configured with as its remote key.
+    remote_key: MasterKey,
+    /// Protects with `remote_key`: one stream per party SSRC.
+    phones: SrtpSession,
+    /// Per party index: the period whose packet `protected` holds, and its length.
+    protected: Vec<(Option<u64>, usize, [u8; SRTP_PACKET_MAX])>,
+    /// The copy handed to the shard, which unprotects it in place.
+    scratch: [u8; SRTP_PACKET_MAX],
+    /// Packets the phones' session could not protect (none unless the rig is misused).
+    protect_failures: u64,
+}
+
+impl RigSrtp {
+    fn new(suite: SrtpSuite) -> RigSrtp {
+        let remote_key = rig_key(suite, 0x5A, 0);
+        let config = SrtpConfig {
+            max_ssrcs: 16,
+            ..SrtpConfig::default()
+        };
+        let phones = SrtpSession::new(Direction::Outbound, &remote_key, config);
+        RigSrtp {
+            suite,
+            remote_key,
+            phones,
+            protected: Vec::new(),
+            scratch: [0; SRTP_PACKET_MAX],
+            protect_failures: 0,
+        }
+    }
+
+    /// Party `party`'s packet of `period`, protected, copied into the scratch buffer:
+    /// its length (0 when it could not be protected).
+    #[inline]
+    fn packet(&mut self, voice: &mut [u8; PACKET_LEN], party: usize, period: u64) -> usize {
+        while self.protected.len() <= party {
+            self.protected.push((None, 0, [0; SRTP_PACKET_MAX]));
+        }
+        let (at, len, bytes) = &mut self.protected[party];
+        if *at != Some(period) {
+            header(period, srtp_ssrc_of(party)).write(voice);
+            bytes[..PACKET_LEN].copy_from_slice(voice);
+            *at = Some(period);
+            *len = self
+                .phones
+                .protect_rtp(bytes, PACKET_LEN)
+                .unwrap_or_else(|_| {
+                    self.protect_failures += 1;
+                    0
+                });
+        }
+        self.scratch[..*len].copy_from_slice(&bytes[..*len]);
+        *len
+    }
+}
+
 /// One shard, its port pool, a transmit sink, and the legs it was given.
 #[derive(Debug)]
 pub struct ShardRig<S: TxSink = DiscardSink> {
@@ -256,6 +343,8 @@ pub struct ShardRig<S: TxSink = DiscardSink> {
     /// One prebuilt packet per party index; the header is rewritten per packet.
     voices: Vec<[u8; PACKET_LEN]>,
     kernel: &'static str,
+    /// Set: legs added are SRTP and are fed protected packets.
+    srtp: Option<Box<RigSrtp>>,
 }
 
 impl ShardRig<DiscardSink> {
@@ -276,7 +365,33 @@ impl<S: TxSink> ShardRig<S> {
             legs: Vec::new(),
             voices: Vec::new(),
             kernel: kernels.name,
+            srtp: None,
         }
+    }
+
+    /// Makes every leg added from now on an SRTP leg of `suite` (see the module docs).
+    /// Set it before adding sessions: legs added before stay plain, and are then fed
+    /// plain packets no longer (every leg is fed the protected form).
+    pub fn set_srtp(&mut self, suite: SrtpSuite) {
+        self.srtp = Some(Box::new(RigSrtp::new(suite)));
+    }
+
+    /// The SRTP suite of the rig's legs, if they are SRTP.
+    pub fn srtp_suite(&self) -> Option<SrtpSuite> {
+        self.srtp.as_ref().map(|s| s.suite)
+    }
+
+    /// The key the shard protects what it sends to rig leg `index` with (its local
+    /// key), on an SRTP rig: what a phone would unprotect with.
+    pub fn srtp_local_key(&self, index: usize) -> Option<MasterKey> {
+        self.srtp
+            .as_ref()
+            .map(|s| rig_key(s.suite, 0xA5, index + 1))
+    }
+
+    /// Packets the rig's phones could not protect (zero unless the rig is misused).
+    pub fn srtp_protect_failures(&self) -> u64 {
+        self.srtp.as_ref().map_or(0, |s| s.protect_failures)
     }
 
     /// Adds session `session` of `parties` legs (PCMU, rtcp-mux, each with its far end
@@ -304,9 +419,16 @@ impl<S: TxSink> ShardRig<S> {
                 return Err(RigError::UnexpectedResponse("AllocateLeg"));
             };
             let peer = peer_of(self.legs.len());
+            let mut media = pcmu_media(Some(peer));
+            if let Some(srtp) = &self.srtp {
+                let local = rig_key(srtp.suite, 0xA5, self.legs.len() + 1);
+                let keys =
+                    SrtpMedia::new(srtp.remote_key.clone(), local).map_err(EngineError::from)?;
+                media.srtp = Some(keys);
+            }
             let cmd = ShardCommand::ConfigureLeg {
                 leg: info.leg,
-                media: pcmu_media(Some(peer)),
+                media,
             };
             self.shard.handle_command(now, cmd)?;
             ids.push(info.leg);
@@ -353,6 +475,18 @@ impl<S: TxSink> ShardRig<S> {
     #[inline]
     pub fn feed(&mut self, now: Instant, leg: usize, period: u64) {
         let l = self.legs[leg];
+        if let Some(srtp) = self.srtp.as_deref_mut() {
+            feed_srtp(
+                &mut self.shard,
+                &mut self.sink,
+                srtp,
+                &mut self.voices[l.party],
+                now,
+                &l,
+                period,
+            );
+            return;
+        }
         feed_one(
             &mut self.shard,
             &mut self.sink,
@@ -372,10 +506,14 @@ impl<S: TxSink> ShardRig<S> {
             sink,
             legs,
             voices,
+            srtp,
             ..
         } = self;
         for (i, l) in legs.iter().enumerate() {
-            feed_one(shard, sink, &mut voices[l.party], now, i, l, period);
+            match srtp.as_deref_mut() {
+                Some(srtp) => feed_srtp(shard, sink, srtp, &mut voices[l.party], now, l, period),
+                None => feed_one(shard, sink, &mut voices[l.party], now, i, l, period),
+            }
         }
     }
 
@@ -442,6 +580,42 @@ impl<S: TxSink> ShardRig<S> {
     pub fn kernel(&self) -> &'static str {
         self.kernel
     }
+}
+
+/// The RTP header of a rig packet of `period` (the marker on period 0, the talk-spurt
+/// start).
+#[inline]
+fn header(period: u64, ssrc: u32) -> RtpHeader {
+    RtpHeader::pcmu(
+        period as u16,
+        (period as u32).wrapping_mul(FRAME_SAMPLES as u32),
+        ssrc,
+    )
+    .with_marker(period == 0)
+}
+
+/// One SRTP leg's packet of `period`: the party's protected packet, copied for the
+/// shard to unprotect in place.
+#[inline]
+fn feed_srtp<S: TxSink>(
+    shard: &mut Shard,
+    sink: &mut S,
+    srtp: &mut RigSrtp,
+    voice: &mut [u8; PACKET_LEN],
+    now: Instant,
+    leg: &RigLeg,
+    period: u64,
+) {
+    let len = srtp.packet(voice, leg.party, period);
+    if len == 0 {
+        return;
+    }
+    let d = Datagram {
+        local_port: leg.port,
+        remote: leg.peer,
+        payload: black_box(&mut srtp.scratch[..len]),
+    };
+    shard.handle_packet(now, d, sink);
 }
 
 /// One leg's packet of `period`: the party's prebuilt packet with this leg's header
@@ -526,6 +700,48 @@ mod tests {
         let rtp = Rtp::parse(&sent[0].bytes).unwrap();
         let want: [u8; FRAME_SAMPLES] = tone_frame(Codec::Pcmu, &voice(CUSTOMER), 0);
         assert_eq!(rtp.payload, want.to_vec(), "payload forwarded bit-exactly");
+    }
+
+    #[test]
+    fn an_srtp_barge_session_authenticates_every_packet_and_mixes_every_leg() {
+        for suite in SrtpSuite::ALL {
+            let mut rig = rig_with_capture(1);
+            rig.set_srtp(suite);
+            rig.add_barge_session(Instant::ZERO, "b").unwrap();
+            rig.run_periods(0..20);
+            let sent = rig.sink_mut().take();
+            let stats = rig.stats(Instant::ZERO).unwrap();
+            assert_eq!(stats.packets_in, 60, "{suite:?}: every packet fed");
+            let dropped: u64 = stats.drops.iter().map(|(_, n)| n).sum();
+            assert_eq!(dropped, 0, "{suite:?}: {:?}", stats.drops);
+            assert_eq!(rig.srtp_protect_failures(), 0);
+            assert_eq!(stats.packets_out as usize, sent.len());
+            for (index, leg) in rig.legs().to_vec().into_iter().enumerate() {
+                let key = rig.srtp_local_key(index).expect("an SRTP rig");
+                let mut phone = SrtpSession::new(Direction::Inbound, &key, SrtpConfig::default());
+                let mut last = None;
+                for c in sent.iter().filter(|c| c.dst == leg.peer) {
+                    let mut bytes = c.bytes.clone();
+                    let len = phone
+                        .unprotect_rtp(&mut bytes)
+                        .unwrap_or_else(|e| panic!("{suite:?}: leg {index}: {e:?}"));
+                    assert_eq!(len, PACKET_LEN, "{suite:?}");
+                    last = Some(bytes[..len].to_vec());
+                }
+                let last = last.expect("each party gets mixed frames");
+                let rtp = Rtp::parse(&last).expect("RTP");
+                let pcm = crate::g711::decode_vec(Codec::Pcmu, &rtp.payload);
+                for party in [CUSTOMER, AGENT, SUPERVISOR] {
+                    let level =
+                        tone_amplitude(&pcm, voice(party).hz, NARROWBAND_HZ) / TONE_AMPLITUDE;
+                    if party == leg.party {
+                        assert!(level < 0.05, "{suite:?}: party {party} hears itself");
+                    } else {
+                        assert!(level > 0.5, "{suite:?}: party {} misses {party}", leg.party);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

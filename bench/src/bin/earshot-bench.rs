@@ -51,6 +51,11 @@ enum Cmd {
         /// CPU share is then its busy share).
         #[arg(long)]
         sleep_when_idle: bool,
+        /// Every leg SRTP with this suite (`aes_cm_128_hmac_sha1_80`,
+        /// `aes_cm_128_hmac_sha1_32`, `aead_aes_128_gcm`, `aead_aes_256_gcm`), or
+        /// `plain` for plain RTP whatever the scenario says.
+        #[arg(long)]
+        srtp: Option<String>,
         /// Result name (default: the scenario file's stem, else "capacity").
         #[arg(long)]
         name: Option<String>,
@@ -136,6 +141,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             max_seconds,
             core,
             sleep_when_idle,
+            srtp,
             name,
         } => {
             let (mut p, name) = match file {
@@ -156,6 +162,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                         resolution: 500,
                         core: Some(0),
                         sleep_when_idle: false,
+                        srtp: None,
                     },
                     name.unwrap_or_else(|| "capacity".to_string()),
                 ),
@@ -173,10 +180,19 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 p.core = core;
             }
             p.sleep_when_idle |= sleep_when_idle;
+            match srtp.as_deref() {
+                Some("plain") => p.srtp = None,
+                Some(suite) => p.srtp = Some(suite.to_string()),
+                None => {}
+            }
             let r = capacity::search(&p)?;
             println!(
-                "capacity: largest zero-late session count {:?} (first failure {:?}); projected from work {:?}; in {:.1} s",
-                r.max_sessions_zero_late, r.min_sessions_failed, r.projected_sessions, r.elapsed_s
+                "capacity ({}): largest zero-late session count {:?} (first failure {:?}); projected from work {:?}; in {:.1} s",
+                p.srtp.as_deref().unwrap_or("plain"),
+                r.max_sessions_zero_late,
+                r.min_sessions_failed,
+                r.projected_sessions,
+                r.elapsed_s
             );
             scenario::write_run(&cli.results, &name, &p, &r)?;
         }

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use earshot_control::proto;
+use earshot_srtp::reference::{MAX_TRAILER_LEN, RefSession};
 use tonic::transport::Channel;
 
 // ----------------------------------------------------------------------------------
@@ -236,6 +237,26 @@ impl Api {
     }
     pub fn directory(&self) -> proto::directory_client::DirectoryClient<Channel> {
         proto::directory_client::DirectoryClient::new(self.channel.clone())
+    }
+    pub fn engine(&self) -> proto::engine_client::EngineClient<Channel> {
+        proto::engine_client::EngineClient::new(self.channel.clone())
+    }
+
+    /// The engine's drop counter `reason`, summed over its cores (GetStats).
+    pub async fn drops(&self, reason: &str) -> u64 {
+        let stats = self
+            .engine()
+            .get_stats(proto::GetStatsRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("GetStats: {e:?}"))
+            .into_inner();
+        stats
+            .cores
+            .iter()
+            .flat_map(|c| &c.drops)
+            .filter(|d| d.name == reason)
+            .map(|d| d.value)
+            .sum()
     }
 
     /// Creates or replaces a user with `permissions` and sets its presence.
@@ -486,6 +507,43 @@ fn rtp(seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The SRTP of one pump endpoint, done by libsrtp (the independent implementation):
+/// `tx` protects what the endpoint sends (with the key it gave the engine as
+/// `remote_key`), `rx` unprotects what it receives (with the engine's `local_key`).
+#[derive(Debug)]
+pub struct SrtpEndpoint {
+    pub tx: RefSession,
+    pub rx: RefSession,
+}
+
+/// What an SRTP endpoint of the pump saw. Failures are counted only while it has keys:
+/// before that (the leg exists, the response with the engine's key is on its way) the
+/// packets are counted in `before_keys` and dropped.
+#[derive(Debug, Clone, Default)]
+pub struct SrtpCounts {
+    /// SRTP packets that libsrtp authenticated and decrypted.
+    pub rtp_ok: u64,
+    /// SRTP packets libsrtp refused, with the last libsrtp status seen.
+    pub rtp_failed: u64,
+    /// SRTCP compounds libsrtp authenticated and decrypted.
+    pub rtcp_ok: u64,
+    /// SRTCP compounds libsrtp refused.
+    pub rtcp_failed: u64,
+    /// The last libsrtp error status of a refused packet.
+    pub last_error: Option<i32>,
+    /// Packets that arrived while the endpoint had no keys.
+    pub before_keys: u64,
+    /// SRTCP sender reports the endpoint sent.
+    pub rtcp_sent: u64,
+    /// Packets libsrtp could not protect for sending.
+    pub protect_failed: u64,
+}
+
+/// How often an SRTP endpoint sends an SRTCP sender report.
+const SR_INTERVAL: Duration = Duration::from_millis(500);
+/// The CNAME of the pump's sender reports.
+const PUMP_CNAME: &[u8] = b"pump";
+
 /// One endpoint in the pump.
 #[derive(Debug)]
 struct Talker {
@@ -497,8 +555,21 @@ struct Talker {
     seq: u16,
     ts: u32,
     sample: u64,
-    /// RTP packets received (RTCP set aside), with their arrival time.
+    /// RTP packets received (RTCP set aside), with their arrival time: decrypted ones
+    /// on an SRTP endpoint.
     received: Vec<(Instant, Vec<u8>)>,
+    /// An SRTP endpoint: it sends and accepts nothing in the clear.
+    secure: bool,
+    /// Its libsrtp sessions once it has keys.
+    srtp: Option<SrtpEndpoint>,
+    counts: SrtpCounts,
+    /// The RTCP compounds it received, decrypted (SRTP endpoints only).
+    rtcp: Vec<Vec<u8>>,
+    /// The middle 32 bits of the NTP timestamp of every sender report it sent.
+    sr_ntp_mid: Vec<u32>,
+    next_sr: Instant,
+    packets_sent: u32,
+    octets_sent: u32,
 }
 
 impl Talker {
@@ -517,22 +588,164 @@ impl Talker {
         p
     }
 
+    /// Sends the next tone packet to `dest`: in the clear, or protected by libsrtp on an
+    /// SRTP endpoint with keys (an SRTP endpoint without keys sends nothing).
+    fn send_next(&mut self, dest: SocketAddr) {
+        if self.secure && self.srtp.is_none() {
+            return;
+        }
+        let mut p = self.next_packet();
+        self.packets_sent = self.packets_sent.wrapping_add(1);
+        self.octets_sent = self.octets_sent.wrapping_add(FRAME_SAMPLES as u32);
+        if let Some(srtp) = self.srtp.as_mut() {
+            let len = p.len();
+            p.resize(len + MAX_TRAILER_LEN, 0);
+            match srtp.tx.protect_rtp(&mut p, len) {
+                Ok(n) => p.truncate(n),
+                Err(e) => {
+                    self.counts.protect_failed += 1;
+                    self.counts.last_error = Some(e.0);
+                    return;
+                }
+            }
+        }
+        let _ = self.sock.send_to(&p, dest);
+    }
+
+    /// An SRTP endpoint's SRTCP sender report (SR and SDES CNAME), when one is due.
+    fn send_report_if_due(&mut self, dest: SocketAddr, epoch: Instant, now: Instant) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        if now < self.next_sr {
+            return;
+        }
+        self.next_sr = now + SR_INTERVAL;
+        // An NTP-format timestamp of the pump's own clock: only its middle 32 bits
+        // matter, the engine echoes them as LSR.
+        let since = now - epoch;
+        let ntp = ((since.as_secs() + 1) << 32)
+            | ((u64::from(since.subsec_nanos()) << 32) / 1_000_000_000);
+        let mut p = sender_report(self.ssrc, ntp, self.ts, self.packets_sent, self.octets_sent);
+        let len = p.len();
+        p.resize(len + MAX_TRAILER_LEN, 0);
+        match srtp.tx.protect_rtcp(&mut p, len) {
+            Ok(n) => {
+                p.truncate(n);
+                if self.sock.send_to(&p, dest).is_ok() {
+                    self.sr_ntp_mid.push((ntp >> 16) as u32);
+                    self.counts.rtcp_sent += 1;
+                }
+            }
+            Err(e) => {
+                self.counts.protect_failed += 1;
+                self.counts.last_error = Some(e.0);
+            }
+        }
+    }
+
     fn drain(&mut self) {
         let mut buf = [0u8; 2048];
         loop {
             match self.sock.recv_from(&mut buf) {
-                Ok((n, _)) => {
-                    let is_rtcp = n >= 2 && (192..=223).contains(&buf[1]);
-                    if !is_rtcp && n >= 12 {
-                        self.received.push((Instant::now(), buf[..n].to_vec()));
-                    }
-                }
+                Ok((n, _)) => self.take(&mut buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 // ICMP errors of an earlier send (a removed leg's port): not media.
                 Err(_) => {}
             }
         }
     }
+
+    /// One datagram received.
+    fn take(&mut self, packet: &mut [u8]) {
+        let n = packet.len();
+        let is_rtcp = n >= 2 && (192..=223).contains(&packet[1]);
+        if !self.secure {
+            if !is_rtcp && n >= 12 {
+                self.received.push((Instant::now(), packet.to_vec()));
+            }
+            return;
+        }
+        let Some(srtp) = self.srtp.as_mut() else {
+            self.counts.before_keys += 1;
+            return;
+        };
+        let unprotected = if is_rtcp {
+            srtp.rx.unprotect_rtcp(packet)
+        } else {
+            srtp.rx.unprotect_rtp(packet)
+        };
+        match (unprotected, is_rtcp) {
+            (Ok(len), true) => {
+                self.counts.rtcp_ok += 1;
+                self.rtcp.push(packet[..len].to_vec());
+            }
+            (Ok(len), false) => {
+                self.counts.rtp_ok += 1;
+                if len >= 12 {
+                    self.received.push((Instant::now(), packet[..len].to_vec()));
+                }
+            }
+            (Err(e), rtcp) => {
+                if rtcp {
+                    self.counts.rtcp_failed += 1;
+                } else {
+                    self.counts.rtp_failed += 1;
+                }
+                self.counts.last_error = Some(e.0);
+            }
+        }
+    }
+}
+
+/// An RTCP compound of one sender report (no report blocks) and an SDES CNAME chunk.
+fn sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, packets: u32, octets: u32) -> Vec<u8> {
+    // SR: V=2, RC=0, PT=200, length 6 (28 octets).
+    let mut p = vec![0x80, 200, 0, 6];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&ntp.to_be_bytes());
+    p.extend_from_slice(&rtp_ts.to_be_bytes());
+    p.extend_from_slice(&packets.to_be_bytes());
+    p.extend_from_slice(&octets.to_be_bytes());
+    // SDES: V=2, SC=1, PT=202; one chunk: SSRC, CNAME item, end item, padding to 32 bits.
+    let mut chunk = ssrc.to_be_bytes().to_vec();
+    chunk.extend_from_slice(&[1, PUMP_CNAME.len() as u8]);
+    chunk.extend_from_slice(PUMP_CNAME);
+    chunk.push(0);
+    while !chunk.len().is_multiple_of(4) {
+        chunk.push(0);
+    }
+    let words = (4 + chunk.len()) / 4 - 1;
+    p.extend_from_slice(&[0x81, 202, 0, words as u8]);
+    p.extend_from_slice(&chunk);
+    p
+}
+
+/// The report blocks of an RTCP compound's SR and RR packets: `(source SSRC, LSR)`.
+pub fn report_blocks(compound: &[u8]) -> Vec<(u32, u32)> {
+    let mut blocks = Vec::new();
+    let mut rest = compound;
+    while rest.len() >= 4 {
+        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        if len > rest.len() {
+            break;
+        }
+        let (packet, tail) = rest.split_at(len);
+        let count = usize::from(packet[0] & 0x1F);
+        let first = match packet[1] {
+            200 => Some(28),
+            201 => Some(8),
+            _ => None,
+        };
+        if let Some(first) = first {
+            for b in packet[first..].chunks_exact(24).take(count) {
+                let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                blocks.push((word(0), word(16)));
+            }
+        }
+        rest = tail;
+    }
+    blocks
 }
 
 /// What the pump measured for one listener over a window.
@@ -570,6 +783,14 @@ impl Pump {
                     ts: 9000 * who.idx() as u32,
                     sample: 0,
                     received: Vec::new(),
+                    secure: false,
+                    srtp: None,
+                    counts: SrtpCounts::default(),
+                    rtcp: Vec::new(),
+                    sr_ntp_mid: Vec::new(),
+                    next_sr: Instant::now(),
+                    packets_sent: 0,
+                    octets_sent: 0,
                 }
             })
             .collect();
@@ -591,8 +812,8 @@ impl Pump {
                             if now >= due {
                                 for t in ts.iter_mut() {
                                     if let Some(dest) = t.dest {
-                                        let p = t.next_packet();
-                                        let _ = t.sock.send_to(&p, dest);
+                                        t.send_next(dest);
+                                        t.send_report_if_due(dest, start, now);
                                     }
                                 }
                                 tick += 1;
@@ -622,6 +843,70 @@ impl Pump {
     /// Starts sending `who`'s tone to `dest` (its leg's local address), or stops.
     pub fn send_to(&self, who: Who, dest: Option<SocketAddr>) {
         self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()].dest = dest;
+    }
+
+    /// Makes `who` an SRTP endpoint: from now on it sends and accepts only what libsrtp
+    /// protects and unprotects, and nothing until [`Pump::set_srtp`] gives it keys.
+    pub fn secure(&self, who: Who) {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()].secure = true;
+    }
+
+    /// Gives an SRTP endpoint its libsrtp sessions (a new leg's keys), or takes them
+    /// away (`None`: the endpoint waits for the keys of its next leg, counting what
+    /// arrives meanwhile as `before_keys`).
+    pub fn set_srtp(&self, who: Who, srtp: Option<SrtpEndpoint>) {
+        let mut ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut ts[who.idx()];
+        assert!(t.secure, "{who:?} is not an SRTP endpoint");
+        t.srtp = srtp;
+        t.next_sr = Instant::now();
+    }
+
+    /// What an SRTP endpoint's libsrtp sessions did so far.
+    pub fn srtp_counts(&self, who: Who) -> SrtpCounts {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()]
+            .counts
+            .clone()
+    }
+
+    /// The RTCP compounds an SRTP endpoint received, decrypted by libsrtp.
+    pub fn rtcp_received(&self, who: Who) -> Vec<Vec<u8>> {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()]
+            .rtcp
+            .clone()
+    }
+
+    /// The middle 32 bits of the NTP timestamps of the sender reports `who` sent (what
+    /// a report block's LSR echoes).
+    pub fn sr_sent(&self, who: Who) -> Vec<u32> {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()]
+            .sr_ntp_mid
+            .clone()
+    }
+
+    /// Sends `bytes` as they are from `who`'s socket to `dest` (a forged or stray packet).
+    pub fn send_raw(&self, who: Who, bytes: &[u8], dest: SocketAddr) {
+        let ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        ts[who.idx()]
+            .sock
+            .send_to(bytes, dest)
+            .expect("send a raw datagram");
+    }
+
+    /// RTP packets `who` received (decrypted on an SRTP endpoint) whose length is not
+    /// that of a 20 ms PCMU packet: what a leaked tag or a double encryption would show.
+    pub fn odd_lengths(&self, who: Who) -> usize {
+        let ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        ts[who.idx()]
+            .received
+            .iter()
+            .filter(|(_, b)| b.len() != 12 + FRAME_SAMPLES)
+            .count()
+    }
+
+    /// The SSRC `who` sends with.
+    pub fn ssrc(&self, who: Who) -> u32 {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()].ssrc
     }
 
     /// What `listener` received between `from` and `to`.

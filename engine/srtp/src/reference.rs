@@ -156,6 +156,14 @@ impl core::fmt::Debug for RefSession {
     }
 }
 
+// SAFETY: an `srtp_t` is plain heap state of libsrtp with no tie to the thread that
+// created it (no thread-local storage; the library's globals are set up once by
+// srtp_init before any session exists). Moving a session to another thread is sound;
+// using one from two threads at once is not, and `&mut self` on every call rules that
+// out (RefSession is not Sync). The end-to-end tests' media pump owns its endpoints'
+// sessions on its own thread.
+unsafe impl Send for RefSession {}
+
 /// A libsrtp status code (`srtp_err_status_t`): 7 is an authentication failure, 9 and
 /// 10 replays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
