@@ -326,12 +326,14 @@ impl MediaSpec {
         note(
             "codec",
             self.codec != next.codec,
-            match next.codec {
-                CodecName::Pcmu => "PCMU",
-                CodecName::Pcma => "PCMA",
-            }
-            .to_owned(),
+            next.codec.sdp_name().to_owned(),
         );
+        note(
+            "max_ptime_ms",
+            self.max_ptime_ms != next.max_ptime_ms,
+            or_none(next.max_ptime_ms.map(|ms| ms.to_string())),
+        );
+        note("opus", self.opus != next.opus, "changed".to_owned());
         note(
             "payload_type",
             self.payload_type != next.payload_type,
