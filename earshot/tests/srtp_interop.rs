@@ -20,7 +20,7 @@
 //! engine's GetStats counts no `srtp_auth`, `srtp_replay`, `srtp_protect` or
 //! `bad_rtcp` drop. A last forged packet shows that the `srtp_auth` counter does count.
 //!
-//! The three tests run in parallel (each with its own `earshot`), about 9 s each.
+//! The three tests run in parallel (each with its own `earshot`): about 13 s in all.
 //! Without libsrtp 2 they print `SKIPPED: libsrtp2 not installed` and pass.
 
 // Real processes and real sockets: waits and deadlines use the real clock.
