@@ -6,7 +6,7 @@
 mod support;
 
 use earshot_control::proto;
-use earshot_engine_api::{MediaConfig, Request};
+use earshot_engine_api::Request;
 use support::*;
 use tonic::Code;
 
@@ -33,20 +33,6 @@ fn customer_srtp(i: &proto::Interaction) -> proto::Srtp {
         .expect("the customer's leg has SRTP")
 }
 
-/// The last media the engine was programmed with for the customer's leg.
-fn programmed(engine: &FakeEngine, session: &str) -> MediaConfig {
-    let leg = engine.leg(session, "c").expect("customer leg").leg;
-    let st = engine.state.lock().unwrap();
-    st.calls
-        .iter()
-        .rev()
-        .find_map(|r| match r {
-            Request::ConfigureLeg { leg: l, media } if *l == leg => Some(media.clone()),
-            _ => None,
-        })
-        .expect("the customer's leg was configured")
-}
-
 #[tokio::test]
 async fn our_key_is_generated_returned_programmed_and_stable_across_retries_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,7 +54,7 @@ async fn our_key_is_generated_returned_programmed_and_stable_across_retries_and_
     );
     assert!(ours.local_key.starts_with("inline:") && ours.local_key.len() == 47);
     assert_ne!(ours.local_key, REMOTE_KEY);
-    let media = programmed(&engine, "call-s");
+    let media = engine.programmed("call-s", "c");
     let keys = media.srtp.as_ref().expect("the engine got SRTP");
     assert_eq!(keys.local_key().to_sdes().as_str(), ours.local_key);
     assert_eq!(keys.remote_key().to_sdes().as_str(), REMOTE_KEY);
@@ -148,7 +134,7 @@ async fn our_key_is_generated_returned_programmed_and_stable_across_retries_and_
         .unwrap()
         .into_inner();
     assert_eq!(customer_srtp(&after), ours);
-    let media = programmed(&engine2, "call-s");
+    let media = engine2.programmed("call-s", "c");
     let keys = media.srtp.as_ref().expect("the restarted engine got SRTP");
     assert_eq!(keys.local_key().to_sdes().as_str(), ours.local_key);
     assert_eq!(keys.remote_key().to_sdes().as_str(), REMOTE_KEY);

@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use earshot_control::proto;
-use earshot_engine_api::{EngineError, MediaConfig, Request};
+use earshot_engine_api::{EngineError, Request};
 use support::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -80,20 +80,6 @@ fn leg_media(i: &proto::Interaction, id: &str) -> proto::Media {
         .as_ref()
         .and_then(|l| l.media.clone())
         .expect("a leg with media")
-}
-
-/// The last configuration the engine was sent for `(session, leg_key)`.
-fn programmed(engine: &FakeEngine, session: &str, leg_key: &str) -> MediaConfig {
-    let leg = engine.leg(session, leg_key).expect("engine leg").leg;
-    let st = engine.state.lock().unwrap();
-    st.calls
-        .iter()
-        .rev()
-        .find_map(|r| match r {
-            Request::ConfigureLeg { leg: l, media } if *l == leg => Some(media.clone()),
-            _ => None,
-        })
-        .expect("the leg was configured")
 }
 
 fn configure_calls(engine: &FakeEngine) -> usize {
@@ -190,7 +176,7 @@ async fn an_update_is_programmed_on_the_same_leg_recorded_and_survives_a_restart
 
     // Programmed on the same engine leg with the new keys.
     assert_eq!(engine.leg("call-u", "c").unwrap().leg, leg_id);
-    let config = programmed(&engine, "call-u", "c");
+    let config = engine.programmed("call-u", "c");
     assert_eq!(config.remote, Some("127.0.0.1:21000".parse().unwrap()));
     assert_eq!(config.ptime_ms, 30);
     let keys = config.srtp.expect("SRTP programmed");
@@ -245,7 +231,7 @@ async fn an_update_is_programmed_on_the_same_leg_recorded_and_survives_a_restart
     assert_eq!(reply.changed, ["srtp_local_key"]);
     let got = reply.leg.unwrap().media.unwrap().srtp.unwrap();
     assert_eq!(got.local_key, NAMED_LOCAL_KEY);
-    let keys = programmed(&engine, "call-u", "c").srtp.unwrap();
+    let keys = engine.programmed("call-u", "c").srtp.unwrap();
     assert_eq!(keys.local_key().to_sdes().as_str(), NAMED_LOCAL_KEY);
 
     // Another suite with our key left to us: a new key of that suite.
@@ -280,7 +266,7 @@ async fn an_update_is_programmed_on_the_same_leg_recorded_and_survives_a_restart
     let m = leg_media(&after, "c");
     assert_eq!((m.remote.as_str(), m.ptime_ms), ("127.0.0.1:21000", 30));
     assert_eq!(m.srtp.unwrap().local_key, gcm_ours);
-    let config = programmed(&engine2, "call-u", "c");
+    let config = engine2.programmed("call-u", "c");
     assert_eq!(config.remote, Some("127.0.0.1:21000".parse().unwrap()));
     assert_eq!(config.ptime_ms, 30);
     assert_eq!(
@@ -304,7 +290,7 @@ async fn refused_updates_leave_the_old_media_in_force_and_no_event() {
     api.create_interaction(srtp_call("call-r")).await.unwrap();
     let before = get(&server, "call-r").await;
     let old_media = leg_media(&before, "c");
-    let old_config = programmed(&engine, "call-r", "c");
+    let old_config = engine.programmed("call-r", "c");
     let events_before = timeline(&server, "call-r").await.len();
 
     // Validation: the shared validator, the leg's allocation; the field named, no key.
@@ -545,7 +531,7 @@ async fn a_supervisors_leg_is_updated_like_any_other() {
         !leg_media.srtp.unwrap().local_key.is_empty(),
         "ours generated"
     );
-    let config = programmed(&engine, "call-s", "sup-leg");
+    let config = engine.programmed("call-s", "sup-leg");
     assert_eq!(config.remote, Some("127.0.0.1:22100".parse().unwrap()));
     assert!(
         config.report_first_packet,

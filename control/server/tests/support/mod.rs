@@ -12,7 +12,7 @@ use earshot_control::proto;
 use earshot_control::{ManualClock, ServerConfig};
 use earshot_engine_api::{
     BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, LegId, LegInfo,
-    Request, Response, SessionPlan, ShardStats,
+    MediaConfig, Request, Response, SessionPlan, ShardStats,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
@@ -69,6 +69,20 @@ impl FakeEngine {
             .values()
             .find(|l| l.session == session && l.leg_key == leg_key)
             .cloned()
+    }
+
+    /// The last media configuration the engine was sent for `(session, leg_key)`.
+    pub fn programmed(&self, session: &str, leg_key: &str) -> MediaConfig {
+        let leg = self.leg(session, leg_key).expect("engine leg").leg;
+        let st = self.state.lock().unwrap();
+        st.calls
+            .iter()
+            .rev()
+            .find_map(|r| match r {
+                Request::ConfigureLeg { leg: l, media } if *l == leg => Some(media.clone()),
+                _ => None,
+            })
+            .expect("the leg was configured")
     }
 
     pub fn plan(&self, session: &str) -> Option<SessionPlan> {
