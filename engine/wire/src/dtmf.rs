@@ -182,6 +182,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> DtmfPacket<T> {
     }
 }
 
+/// Rescales the duration of the telephone-event payload in `payload` from a
+/// `from_hz` RTP clock to a `to_hz` one (RFC 4733 2.3.5: durations count in the
+/// stream's clock), saturating at the longest a packet can say. A payload too short to
+/// carry an event, or equal clocks, are left as they are: the relay passes what it got.
+pub fn rescale_duration(payload: &mut [u8], from_hz: u32, to_hz: u32) {
+    if from_hz == to_hz || from_hz == 0 {
+        return;
+    }
+    let Ok(mut packet) = DtmfPacket::new_checked(payload) else {
+        return;
+    };
+    let scaled = u64::from(packet.duration()) * u64::from(to_hz) / u64::from(from_hz);
+    packet.set_duration(u16::try_from(scaled).unwrap_or(u16::MAX));
+}
+
 /// A validated telephone event.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct DtmfRepr {

@@ -64,3 +64,22 @@ fn short_payload_is_truncated() {
         Err(Error::Truncated)
     );
 }
+
+#[test]
+fn durations_are_rescaled_between_rtp_clocks() {
+    use earshot_wire::dtmf::rescale_duration;
+    // Digit 5, 100 ms: 800 units at 8 kHz is 4,800 at 48 kHz and back.
+    let mut p = [0x05, 0x8A, 0x03, 0x20];
+    rescale_duration(&mut p, 8_000, 48_000);
+    assert_eq!(p, [0x05, 0x8A, 0x12, 0xC0], "event and flags untouched");
+    rescale_duration(&mut p, 48_000, 8_000);
+    assert_eq!(p, [0x05, 0x8A, 0x03, 0x20]);
+    // 8 s at 8 kHz does not fit a 48 kHz duration: it saturates.
+    let mut long = [0x05, 0x0A, 0xFA, 0x00];
+    rescale_duration(&mut long, 8_000, 48_000);
+    assert_eq!(long[2..], [0xFF, 0xFF]);
+    // Too short to be an event: left alone.
+    let mut short = [0x05, 0x8A, 0x03];
+    rescale_duration(&mut short, 8_000, 16_000);
+    assert_eq!(short, [0x05, 0x8A, 0x03]);
+}

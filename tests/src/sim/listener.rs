@@ -6,17 +6,17 @@
 //! by energy relative to the known talker amplitude, never by sample equality: G.711,
 //! mixing and concealment all change samples a little.
 
-use earshot_media::Codec;
-use earshot_media::dsp::g711;
+use earshot_media::codec::Decoder;
 use earshot_media::time::{Duration, Instant};
+use earshot_media::{Codec, SampleRate};
 
 use earshot_testkit::rtp::Rtp;
-use earshot_testkit::tone::{NARROWBAND_HZ, TONE_AMPLITUDE, tone_amplitude};
 pub use earshot_testkit::tone::{PRESENT_FRACTION, SILENT_FRACTION, ToneReport};
+use earshot_testkit::tone::{TONE_AMPLITUDE, tone_amplitude};
 
-/// Samples per detection window: 100 ms at 8 kHz (10 Hz bins: every talker tone sits
-/// on a bin, so a window sees no leakage from the others).
-pub const WINDOW_SAMPLES: usize = 800;
+/// Detection windows are 100 ms (10 Hz bins: every talker tone sits on a bin, so a
+/// window sees no leakage from the others).
+pub const WINDOW_MS: u32 = 100;
 
 /// One received RTP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub struct Received {
     pub pt: u8,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// The audio decoded at the listener's rate, in arrival order (empty for other
+    /// payload types).
+    pub pcm: Vec<i16>,
 }
 
 /// The receiving side of one endpoint.
@@ -44,6 +47,8 @@ pub struct Received {
 pub struct Listener {
     codec: Codec,
     audio_pt: u8,
+    /// Decodes audio as it arrives (G.722 and Opus decoders keep history).
+    decoder: Decoder,
     packets: Vec<Received>,
     rtcp: Vec<(Instant, Vec<u8>)>,
     /// Datagrams that were neither valid RTP nor valid RTCP.
@@ -55,8 +60,10 @@ pub struct Listener {
 pub struct Playout {
     /// Virtual time of sample 0 (when the engine sent the first audio packet).
     pub start_at: Instant,
-    /// Linear samples (zero where nothing arrived).
+    /// Linear samples (zero where nothing arrived), at `rate`.
     pub samples: Vec<i16>,
+    /// The sample rate of `samples`: the codec's audio rate.
+    pub rate: SampleRate,
     /// Whether a packet covered each sample.
     pub covered: Vec<bool>,
 }
@@ -67,6 +74,8 @@ impl Listener {
         Listener {
             codec,
             audio_pt,
+            decoder: Decoder::new(codec, codec.audio_rate())
+                .expect("a listener's codec state (Opus needs libopus)"),
             packets: Vec::new(),
             rtcp: Vec::new(),
             malformed: 0,
@@ -88,7 +97,16 @@ impl Listener {
             self.malformed += 1;
             return;
         };
+        let pcm = if rtp.payload_type == self.audio_pt {
+            let mut pcm = vec![0i16; earshot_media::MAX_FRAME_SAMPLES * 2];
+            let n = self.decoder.decode(&rtp.payload, &mut pcm, 0);
+            pcm.truncate(n);
+            pcm
+        } else {
+            Vec::new()
+        };
         self.packets.push(Received {
+            pcm,
             sent_at,
             at,
             ssrc: rtp.ssrc,
@@ -121,17 +139,20 @@ impl Listener {
         self.packets.iter().filter(move |p| p.pt == pt)
     }
 
-    /// Decodes one audio packet's payload.
+    /// One audio packet's payload, decoded (as it arrived, in arrival order).
     pub fn decode(&self, p: &Received) -> Vec<i16> {
-        let mut pcm = vec![0i16; p.payload.len()];
-        g711::decode(self.codec, &p.payload, &mut pcm);
-        pcm
+        p.pcm.clone()
+    }
+
+    /// The rate of the decoded audio.
+    pub fn rate(&self) -> SampleRate {
+        self.codec.audio_rate()
     }
 
     /// The amplitude of `hz` in one audio packet, as a fraction of the talkers'
     /// amplitude. Meaningful for 20 ms packets (50 Hz bins hold every talker tone).
     pub fn packet_tone(&self, p: &Received, hz: f64) -> f64 {
-        tone_amplitude(&self.decode(p), hz, NARROWBAND_HZ) / TONE_AMPLITUDE
+        tone_amplitude(&p.pcm, hz, f64::from(self.rate().hz())) / TONE_AMPLITUDE
     }
 
     /// Rebuilds the audio by RTP timestamp (the jitter-free playout a phone would
@@ -143,9 +164,13 @@ impl Listener {
             return Playout {
                 start_at: Instant::ZERO,
                 samples: Vec::new(),
+                rate: self.rate(),
                 covered: Vec::new(),
             };
         };
+        // PCM samples per RTP timestamp unit (G.722: two; the others one).
+        let per_unit =
+            i64::from(self.rate().hz() / self.codec.rtp_clock_hz().min(self.rate().hz()));
         let mut placed: Vec<(i64, Vec<i16>)> = vec![(0, self.decode(first))];
         let (mut last_ts, mut last_ext) = (first.ts, 0i64);
         for p in audio {
@@ -155,7 +180,7 @@ impl Listener {
             last_ts = p.ts;
             last_ext = ext;
             if ext >= 0 {
-                placed.push((ext, self.decode(p)));
+                placed.push((ext * per_unit, self.decode(p)));
             }
         }
         let len = placed
@@ -173,6 +198,7 @@ impl Listener {
         Playout {
             start_at: first.sent_at,
             samples,
+            rate: self.rate(),
             covered,
         }
     }
@@ -197,14 +223,15 @@ impl Listener {
 impl Playout {
     /// The sample index at virtual time `t` (clamped to the playout).
     pub fn index_at(&self, t: Instant) -> usize {
+        let hz = u128::from(self.rate.hz());
         let n =
-            (t.saturating_since(self.start_at).as_nanos() as u128 * 8_000 / 1_000_000_000) as usize;
+            (t.saturating_since(self.start_at).as_nanos() as u128 * hz / 1_000_000_000) as usize;
         n.min(self.samples.len())
     }
 
     /// Virtual time of sample `i`.
     pub fn time_of(&self, i: usize) -> Instant {
-        self.start_at + Duration::from_nanos(i as u64 * 125_000)
+        self.start_at + Duration::from_nanos(i as u64 * 1_000_000_000 / u64::from(self.rate.hz()))
     }
 
     /// Measures `hz` in each 100 ms window in `[from, to)`.
@@ -213,8 +240,8 @@ impl Playout {
         earshot_testkit::tone::tone_report(
             &self.samples[a..b.max(a)],
             hz,
-            NARROWBAND_HZ,
-            WINDOW_SAMPLES,
+            f64::from(self.rate.hz()),
+            self.rate.samples_in_ms(WINDOW_MS),
             TONE_AMPLITUDE,
         )
     }

@@ -6,12 +6,13 @@
 //! duration, in the same sequence space). Tones are chosen with a whole number of
 //! cycles per 20 ms frame so that a receiver can measure them per packet.
 
-use earshot_media::dsp::g711;
+use earshot_media::codec::Encoder;
 use earshot_media::time::{Duration, Instant};
 use earshot_media::wire::dtmf::{DtmfEvent, DtmfPacket, DtmfRepr};
 use earshot_media::wire::rtp::{CsrcList, RtpPacket, RtpRepr};
 use earshot_media::{Codec, PayloadType, RtpTs, SeqNo, Ssrc};
-use earshot_testkit::tone::{NARROWBAND_HZ, Tone};
+use earshot_opus::OpusSettings;
+use earshot_testkit::tone::Tone;
 
 /// Peak amplitude of every talker's tone: the kit's, a quarter of full scale.
 pub use earshot_testkit::tone::TONE_AMPLITUDE;
@@ -103,7 +104,8 @@ pub struct Talker {
     start: Instant,
     frame: u64,
     /// Where the current packet duration took over: its first frame index, and that
-    /// frame's sample offset in the stream (timestamps and tone phase count samples).
+    /// frame's offset in the stream in RTP timestamp units (timestamps and tone phase
+    /// count them; the PCM runs at the codec's audio rate, twice the clock for G.722).
     base_frame: u64,
     base_sample: u64,
     /// Nanoseconds of virtual time per frame on this talker's (drifting) clock.
@@ -116,6 +118,8 @@ pub struct Talker {
     /// Audio packets sent.
     audio_sent: u64,
     active: bool,
+    /// The codec's encoder (G.711 and L16 stateless; G.722 and Opus keep history).
+    encoder: Encoder,
 }
 
 impl Talker {
@@ -125,7 +129,6 @@ impl Talker {
         let packet_ms = cfg.packet_ms.unwrap_or(cfg.ptime_ms);
         let frame_ns = f64::from(packet_ms) * 1e6 / (1.0 + cfg.drift_ppm * 1e-6);
         Talker {
-            cfg,
             ssrc: Ssrc(ssrc),
             seq: SeqNo(seq0),
             ts0: RtpTs(ts0),
@@ -139,6 +142,9 @@ impl Talker {
             events_sent: Vec::new(),
             audio_sent: 0,
             active: true,
+            encoder: Encoder::new(cfg.codec, OpusSettings::default())
+                .expect("a talker's codec state (Opus needs libopus)"),
+            cfg,
         }
     }
 
@@ -175,10 +181,10 @@ impl Talker {
         self.frame_ns = f64::from(packet_ms) * 1e6 / (1.0 + self.cfg.drift_ppm * 1e-6);
     }
 
-    /// Samples per packet sent now.
+    /// RTP timestamp units per packet sent now.
     fn packet_samples(&self) -> u64 {
         let ms = self.cfg.packet_ms.unwrap_or(self.cfg.ptime_ms);
-        self.cfg.codec.pcm_samples_per_frame(ms) as u64
+        u64::from(self.cfg.codec.rtp_units_per_frame(ms))
     }
 
     /// The stream's sample offset at the start of packet `frame` (of the current
@@ -275,18 +281,18 @@ impl Talker {
         if beacon {
             self.beacons.push(now);
         }
+        // The tone at the codec's audio rate, in phase with the RTP clock.
+        let codec = self.cfg.codec;
+        let rate = u64::from(codec.audio_rate().hz());
+        let per_unit = rate / u64::from(codec.rtp_clock_hz()).min(rate);
+        let pcm_len = samples * per_unit as usize;
         let mut pcm = [0i16; earshot_media::MAX_FRAME_SAMPLES];
-        Tone::new(hz, TONE_AMPLITUDE, NARROWBAND_HZ).fill(self.sample_of(k), &mut pcm[..samples]);
-        let mut payload = [0u8; earshot_media::MAX_FRAME_SAMPLES];
-        g711::encode(self.cfg.codec, &pcm[..samples], &mut payload[..samples]);
+        Tone::new(hz, TONE_AMPLITUDE, rate as f64)
+            .fill(self.sample_of(k) * per_unit, &mut pcm[..pcm_len]);
+        let mut payload = [0u8; 2 * earshot_media::MAX_FRAME_SAMPLES];
+        let n = self.encoder.encode(&pcm[..pcm_len], &mut payload);
         self.audio_sent += 1;
-        self.write_rtp(
-            out,
-            self.cfg.payload_type,
-            k == 0,
-            ts_of(k),
-            &payload[..samples],
-        );
+        self.write_rtp(out, self.cfg.payload_type, k == 0, ts_of(k), &payload[..n]);
         true
     }
 

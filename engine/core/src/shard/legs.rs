@@ -3,13 +3,17 @@
 use std::net::SocketAddr;
 
 use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Response};
+use earshot_media::codec::{Decoder, Encoder};
+use earshot_media::dsp::resample::Resampler;
 use earshot_media::jitter::{JitterBuffer, JitterConfig};
 use earshot_media::stream::OutputStream;
 use earshot_media::time::Instant;
 use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
 use earshot_media::{
-    Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SeqNo, Ssrc, UNIT_MS,
+    Codec, MAX_FRAME_SAMPLES, MAX_SESSION_LEGS, PayloadType, RtpTs, SampleRate, SeqNo, Ssrc,
+    UNIT_MS,
 };
+use earshot_opus::OpusSettings;
 
 use super::session::Session;
 use super::srtp::LegSrtp;
@@ -27,7 +31,19 @@ pub(super) struct LegMedia {
     pub(super) codec: Codec,
     pub(super) payload_type: u8,
     pub(super) ptime_ms: u32,
+    /// Samples in one frame of the leg's ptime at the jitter buffer's decoding rate.
     pub(super) frame_samples: usize,
+    /// The rate of the session's mix as this leg was last set up for it.
+    pub(super) mix_rate: SampleRate,
+    /// Samples in one frame of the leg's ptime at the mix rate (what a listener's
+    /// ticks accumulate before one frame is encoded).
+    pub(super) mix_frame_samples: usize,
+    /// The leg's encoder; its PCM rate is the codec's own, or the mix rate for Opus.
+    pub(super) encoder: Encoder,
+    /// Decoded PCM to the mix rate, when the decoder runs at another rate.
+    pub(super) in_rs: Option<Box<Resampler>>,
+    /// The mix to the encoder's rate, when the encoder runs at another rate.
+    pub(super) out_rs: Option<Box<Resampler>>,
     pub(super) te_pt: Option<u8>,
     pub(super) rtcp_mux: bool,
     pub(super) report_first_packet: bool,
@@ -74,10 +90,27 @@ pub(super) enum Frame {
 }
 
 impl LegMedia {
-    /// Writes one tick of this input's PCM into `dst`: straight from the jitter buffer
-    /// when a tick is a whole frame, else through `in_pcm`, which keeps what a frame
-    /// longer than the tick leaves over for the next ticks.
-    pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16]) {
+    /// Writes one tick of this input's PCM at the mix rate into `dst`, through the
+    /// input resampler (with `scratch` holding the tick at the decoder's rate) when the
+    /// decoder runs at another rate.
+    pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16], scratch: &mut [i16]) {
+        let Some(rs) = self.in_rs.as_deref_mut() else {
+            return self.pull_pcm(now, dst);
+        };
+        // Every rate is a whole number of samples per millisecond and ticks are whole
+        // milliseconds, so the tick at the decoder's rate is exact and the resampler
+        // writes exactly `dst.len()` samples.
+        let n = dst.len() * rs.from_hz() as usize / rs.to_hz() as usize;
+        let pcm = &mut scratch[..n];
+        self.pull_pcm(now, pcm);
+        let rs = self.in_rs.as_deref_mut().expect("checked above");
+        rs.process(pcm, dst);
+    }
+
+    /// Writes one tick of this input's PCM at the decoder's rate into `dst`: straight
+    /// from the jitter buffer when a tick is a whole frame, else through `in_pcm`, which
+    /// keeps what a frame longer than the tick leaves over for the next ticks.
+    fn pull_pcm(&mut self, now: Instant, dst: &mut [i16]) {
         let (tick, fs) = (dst.len(), self.frame_samples);
         if self.in_len == 0 && tick == fs {
             self.jitter.poll_frame(now, dst);
@@ -97,7 +130,7 @@ impl LegMedia {
     /// Takes one tick of this listener's mix; returns where the frame to send is once
     /// one is complete.
     pub(super) fn accumulate(&mut self, chunk: &[i16]) -> Option<Frame> {
-        let (tick, fs) = (chunk.len(), self.frame_samples);
+        let (tick, fs) = (chunk.len(), self.mix_frame_samples);
         if self.out_len + tick > fs {
             self.out_len = 0; // ptime changed under us; restart the frame.
         }
@@ -268,7 +301,8 @@ impl Shard {
         }
         let codec = media.codec;
         check_codec(codec)?;
-        let mut fresh = self.new_media(now, &media, codec);
+        let mix_rate = self.session(self.leg(slot).session).mix_rate;
+        let mut fresh = self.new_media(now, &media, codec, mix_rate)?;
         let leg = self.legs[slot as usize]
             .as_mut()
             .expect("resolved slot holds a leg");
@@ -288,7 +322,10 @@ impl Shard {
         // Reconfiguring keeps the output stream (and so its SSRC and sequence space) when
         // the format is unchanged, so that a retry or a remote change does not reset it.
         let keep = leg.media.as_ref().is_some_and(|m| {
-            m.codec == codec && m.ptime_ms == media.ptime_ms && m.payload_type == media.payload_type
+            m.codec == codec
+                && m.ptime_ms == media.ptime_ms
+                && m.payload_type == media.payload_type
+                && m.config.opus == media.opus
         });
         // SRTP state carries over whatever else changes: the remote keeps its SSRC and
         // rollover counter across a re-INVITE, and a changed key re-keys without a gap.
@@ -314,10 +351,21 @@ impl Shard {
         Ok(Response::Leg(self.leg_info(slot)))
     }
 
-    fn new_media(&mut self, now: Instant, media: &MediaConfig, codec: Codec) -> Box<LegMedia> {
+    /// A leg's media state for `media`, set up for a session mixing at `mix_rate`.
+    /// Fails only when libopus refuses an Opus state.
+    fn new_media(
+        &mut self,
+        now: Instant,
+        media: &MediaConfig,
+        codec: Codec,
+        mix_rate: SampleRate,
+    ) -> Result<Box<LegMedia>, EngineError> {
         let max_depth_ms = self.cfg.jitter_max_ms.max(media.ptime_ms * 2);
         let jitter_cfg = JitterConfig {
             codec,
+            // The leg's own payload type: dynamic for Opus and L16, and a peer may map
+            // even PCMU to a dynamic one.
+            payload_type: PayloadType(media.payload_type),
             ptime_ms: media.ptime_ms,
             min_depth_ms: self.cfg.jitter_min_ms.max(media.ptime_ms),
             max_depth_ms,
@@ -327,19 +375,30 @@ impl Shard {
             capacity_units: ((max_depth_ms + 2 * 60) / UNIT_MS + 1) as usize,
             ..JitterConfig::new(codec, media.ptime_ms)
         };
+        let (decoder, encoder) =
+            codec_states(media, mix_rate).map_err(|e| EngineError::InvalidArgument {
+                field: "codec".into(),
+                message: format!("libopus refused the leg's codec state: {e}"),
+            })?;
+        let jitter = JitterBuffer::with_decoder(jitter_cfg, decoder);
         let ssrc = Ssrc(self.rng.next_u32());
         let first_seq = SeqNo(self.rng.next_u32() as u16);
         let first_ts = RtpTs(self.rng.next_u32());
-        Box::new(LegMedia {
+        let mut m = Box::new(LegMedia {
             codec,
             payload_type: media.payload_type,
             ptime_ms: media.ptime_ms,
-            frame_samples: codec.pcm_samples_per_frame(media.ptime_ms),
+            frame_samples: jitter.frame_samples(),
+            mix_rate,
+            mix_frame_samples: mix_rate.samples_in_ms(media.ptime_ms),
+            encoder,
+            in_rs: None,
+            out_rs: None,
             te_pt: media.telephone_event_pt,
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
             send_idle: !media.quiet_when_unheard,
-            jitter: JitterBuffer::new(jitter_cfg),
+            jitter,
             out: OutputStream::new(
                 ssrc,
                 first_seq,
@@ -364,7 +423,9 @@ impl Shard {
             packets_sent: 0,
             next_rtcp: now + RTCP_INTERVAL,
             srtp: None,
-        })
+        });
+        m.fit_resamplers();
+        Ok(m)
     }
 
     pub(super) fn remove_leg(&mut self, now: Instant, id: LegId) {
@@ -414,27 +475,100 @@ impl Shard {
 }
 
 /// Refuses, as an invalid `codec` argument, what the shard cannot carry: Opus when
-/// libopus did not load (with its reason), and every codec but G.711, whose decode,
-/// resample and encode paths in the shard are not built yet (the codec states exist in
-/// `earshot_media::codec`; the session mixes at 8 kHz). A refusal, never a panic.
+/// libopus did not load (with its reason). A refusal, never a panic.
 fn check_codec(codec: Codec) -> Result<(), EngineError> {
-    let refuse = |message: String| {
-        Err(EngineError::InvalidArgument {
+    match (codec, earshot_media::codec::opus_available()) {
+        (Codec::Opus, Err(e)) => Err(EngineError::InvalidArgument {
             field: "codec".into(),
-            message,
-        })
-    };
-    match codec {
-        Codec::Pcmu | Codec::Pcma => Ok(()),
-        Codec::Opus => match earshot_media::codec::opus_available() {
-            Err(e) => refuse(format!(
-                "Opus legs need libopus, which this engine lacks: {e}"
-            )),
-            Ok(_) => refuse("Opus legs are not mixed by this engine yet (G.711 only)".into()),
-        },
-        Codec::G722 | Codec::L16(_) => refuse(format!(
-            "{} legs are not mixed by this engine yet (G.711 only)",
-            codec.sdp_name()
-        )),
+            message: format!("Opus legs need libopus, which this engine lacks: {e}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The encoder settings of an Opus leg in a session mixing at `mix_rate`: the peer's
+/// fmtp (bitrate, FEC, DTX) and PCM at the mix rate ([`earshot_media::codec::pcm_rate`]).
+fn opus_settings(media: &MediaConfig, mix_rate: SampleRate) -> OpusSettings {
+    let opus = &media.opus;
+    OpusSettings {
+        sample_rate_hz: earshot_media::codec::pcm_rate(media.codec, mix_rate).hz(),
+        bitrate_bps: opus.bitrate_bps(),
+        complexity: opus
+            .complexity
+            .unwrap_or(OpusSettings::default().complexity),
+        inband_fec: opus.use_inband_fec,
+        dtx: opus.use_dtx,
+        ..OpusSettings::default()
+    }
+}
+
+/// A leg's decoder and encoder for a session mixing at `mix_rate` (control path:
+/// allocates; libopus may refuse).
+fn codec_states(
+    media: &MediaConfig,
+    mix_rate: SampleRate,
+) -> Result<(Decoder, Encoder), earshot_opus::OpusError> {
+    let rate = earshot_media::codec::pcm_rate(media.codec, mix_rate);
+    Ok((
+        Decoder::new(media.codec, rate)?,
+        Encoder::new(media.codec, opus_settings(media, mix_rate))?,
+    ))
+}
+
+impl LegMedia {
+    /// The highest audio rate this leg's own audio carries (a source's need).
+    pub(super) fn source_rate(&self) -> SampleRate {
+        match self.codec {
+            Codec::Opus => self.config.opus.capture_rate(),
+            c => c.audio_rate(),
+        }
+    }
+
+    /// The highest audio rate this leg's peer plays (a listener's need).
+    pub(super) fn listener_rate(&self) -> SampleRate {
+        match self.codec {
+            Codec::Opus => self.config.opus.playback_rate(),
+            c => c.audio_rate(),
+        }
+    }
+
+    /// Sets the leg up for a session mixing at `mix_rate`: an Opus leg's states move to
+    /// the new rate (its jitter buffer starts afresh), and the resamplers between the
+    /// codec's rate and the mix are rebuilt. Nothing happens when the rate is the one
+    /// already set. Control path: allocates.
+    pub(super) fn set_mix_rate(&mut self, mix_rate: SampleRate) {
+        if mix_rate == self.mix_rate {
+            return;
+        }
+        self.mix_rate = mix_rate;
+        self.mix_frame_samples = mix_rate.samples_in_ms(self.ptime_ms);
+        // Staged PCM is at the old rates.
+        self.in_len = 0;
+        self.out_len = 0;
+        if self.codec == Codec::Opus {
+            // libopus took these settings at configuration; should it refuse now, the
+            // old states stay and the resamplers bridge their rate to the mix.
+            if let Ok((decoder, encoder)) = codec_states(&self.config, mix_rate) {
+                self.jitter.replace_decoder(decoder);
+                self.encoder = encoder;
+                self.frame_samples = self.jitter.frame_samples();
+            }
+        }
+        self.fit_resamplers();
+    }
+
+    /// Builds the resamplers the codec states' rates and the mix rate need (none when
+    /// they agree, as for G.711 in a narrowband session).
+    fn fit_resamplers(&mut self) {
+        let mix = self.mix_rate.hz();
+        let fit = |hz: SampleRate, from: u32, to: u32| {
+            (hz.hz() != mix)
+                .then(|| Resampler::new(from, to).ok().map(Box::new))
+                .flatten()
+        };
+        let dec = self.jitter.decoder().pcm_rate();
+        self.in_rs = fit(dec, dec.hz(), mix);
+        let enc = self.encoder.pcm_rate();
+        self.out_rs = fit(enc, mix, enc.hz());
     }
 }

@@ -141,6 +141,8 @@ pub struct Shard {
     tick_out: Box<Frames>,
     /// Encoded frames of shared mixes, by leader, for its followers.
     tick_enc: Box<[[u8; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]>,
+    /// One tick or frame at a codec's rate, on its way through a resampler.
+    tick_rs: Box<[i16; MAX_FRAME_SAMPLES]>,
     /// Time of the first iteration: the wheel's origin.
     started: Option<Instant>,
 }
@@ -180,6 +182,7 @@ impl Shard {
             tick_in: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
             tick_out: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
             tick_enc: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
+            tick_rs: Box::new([0; MAX_FRAME_SAMPLES]),
             started: None,
             cfg,
         }

@@ -11,6 +11,7 @@ use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::{Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use crate::rtp::{self, RtpView};
 use crate::stats::DropReason;
+use earshot_media::wire::dtmf;
 
 impl Shard {
     /// Handles one received datagram in place; `tx` is where forwarded copies are built.
@@ -220,6 +221,11 @@ impl Shard {
     ) {
         let sess = self.session(s);
         let (legs, n, no_dtmf) = (sess.legs, sess.len, sess.no_dtmf);
+        let src_clock_hz = self
+            .leg(legs[src])
+            .media
+            .as_ref()
+            .map_or(8_000, |m| m.codec.rtp_clock_hz());
         for l in 0..n {
             if l == src || no_dtmf & (1 << l) != 0 || self.session(s).matrix.gain(l, src).is_mute()
             {
@@ -249,6 +255,7 @@ impl Shard {
                 continue;
             }
             let stamp = m.out.event(out_ts, view.marker);
+            let clock_hz = m.codec.rtp_clock_hz();
             let srtp = &mut m.srtp;
             let mut len = 0;
             let sent = tx.send_with(leg.port, remote, &mut |buf| {
@@ -261,6 +268,9 @@ impl Shard {
                     stamp.ssrc.0,
                 );
                 buf[h..h + payload.len()].copy_from_slice(payload);
+                // The event's duration counts in the RTP clock (RFC 4733 2.3.5): an 8 kHz
+                // source's event to a 48 kHz Opus leg lasts six times as many units.
+                dtmf::rescale_duration(&mut buf[h..h + payload.len()], src_clock_hz, clock_hz);
                 len = seal_rtp(srtp, buf, h + payload.len());
                 len
             });

@@ -3,13 +3,10 @@
 use earshot_engine_api::{EngineError, Response, SessionPlan as ApiPlan};
 use earshot_media::plan::{HearMatrix, LegFormat, LegSet, OutputPlan, SessionPlan};
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain, MAX_SESSION_LEGS};
+use earshot_media::{Codec, Gain, MAX_SESSION_LEGS, SampleRate};
 
 use super::tick::{WHEEL_SLOT_NS, WHEEL_SLOTS};
 use super::{NO_SLOT, Shard};
-
-/// The rate sessions mix at. Narrowband G.711 only for now: every leg's clock.
-pub(super) const MIX_RATE_HZ: u32 = 8_000;
 
 /// The engine's view of one interaction: the legs that may hear each other.
 #[derive(Debug)]
@@ -27,6 +24,10 @@ pub(super) struct Session {
     /// Configured outputs that hear nobody and still get a stream of silence at their
     /// ptime, so their endpoints do not take the call for dead (SPEC section 5).
     pub(super) idle: LegSet,
+    /// The rate the session mixes at (SPEC section 5): the highest rate that some
+    /// listener both hears from a source and plays.
+    pub(super) mix_rate: SampleRate,
+    /// Samples of one tick at the mix rate.
     pub(super) tick_samples: usize,
     pub(super) tick_period: Duration,
     pub(super) next_tick: Instant,
@@ -51,6 +52,7 @@ impl Session {
             matrix: HearMatrix::new(0),
             mixing: false,
             idle: LegSet(0),
+            mix_rate: SampleRate::Hz8000,
             tick_samples: 160,
             tick_period: Duration::from_millis(20),
             next_tick: now,
@@ -162,6 +164,7 @@ impl Shard {
             }
         }
         let tick_ms = if tick_ms == 0 { 20 } else { tick_ms };
+        let mix_rate = self.mix_rate_of(s, &plan);
         // Staggering: a session's ticks fall at a phase derived from its slot, spreading
         // sessions evenly over the period instead of bursting every 20 ms.
         // Phases are whole wheel slots, so that a tick's deadline is the start of its slot
@@ -184,7 +187,8 @@ impl Shard {
         sess.plan = plan;
         sess.no_dtmf = no_dtmf;
         sess.idle = idle;
-        sess.tick_samples = (tick_ms * MIX_RATE_HZ / 1_000) as usize;
+        sess.mix_rate = mix_rate;
+        sess.tick_samples = mix_rate.samples_in_ms(tick_ms);
         sess.tick_period = Duration::from_millis(u64::from(tick_ms));
         let was_mixing = sess.mixing;
         sess.mixing = mixing;
@@ -209,6 +213,7 @@ impl Shard {
             let mixed_out = i < sess.plan.legs()
                 && (matches!(sess.plan.output(i), OutputPlan::Mix(_)) || sess.idle.contains(i));
             if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
+                m.set_mix_rate(mix_rate);
                 if !mixed_input && (m.in_len > 0 || m.jitter_live) {
                     // Nobody mixes this input now: its jitter buffer is neither fed nor
                     // polled from here on, so it starts afresh when it is mixed again
@@ -225,6 +230,28 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The rate session `s` mixes at under `plan`: for every mixed listener and every
+    /// source it hears, the lower of what the listener plays and what the source
+    /// carries; the highest of those, and at least 8 kHz. So a G.711 call that a G.722
+    /// supervisor monitors mixes at 8 kHz (nobody in it carries more), and a G.722 agent
+    /// barged by a G.722 supervisor at 16 kHz.
+    fn mix_rate_of(&self, s: u32, plan: &SessionPlan) -> SampleRate {
+        let sess = self.session(s);
+        let media = |i: usize| self.leg(sess.legs[i]).media.as_deref();
+        let mut rate = SampleRate::Hz8000;
+        for l in plan.mixed_outputs() {
+            let (Some(listener), OutputPlan::Mix(sources)) = (media(l), plan.output(l)) else {
+                continue;
+            };
+            for src in sources.set() {
+                if let Some(source) = media(src) {
+                    rate = rate.max(listener.listener_rate().min(source.source_rate()));
+                }
+            }
+        }
+        rate
     }
 
     pub(super) fn schedule(&mut self, s: u32) {

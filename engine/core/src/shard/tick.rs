@@ -1,10 +1,9 @@
 //! Ticks: every mixing session, once per period, pulls, mixes, encodes and sends.
 
-use earshot_media::dsp::g711;
 use earshot_media::mixer;
 use earshot_media::plan::LegSet;
 use earshot_media::time::Instant;
-use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS};
+use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
 use super::legs::Frame;
 use super::packet::seal_rtp;
@@ -25,8 +24,7 @@ const _: () = assert!(WHEEL_SLOTS == 64);
 // An encoded frame (at most MAX_PAYLOAD_BYTES: the media validator refuses a codec and
 // ptime whose frame would not fit) with its header and the largest SRTP tag fits in a
 // transmit buffer, so the tick path protects without a size check.
-const _: () =
-    assert!(rtp::HEADER_LEN + earshot_media::MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
+const _: () = assert!(rtp::HEADER_LEN + MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
@@ -140,6 +138,7 @@ impl Shard {
             tick_in,
             tick_out,
             tick_enc,
+            tick_rs,
             kernels,
             counters,
             ..
@@ -158,13 +157,14 @@ impl Shard {
                 .as_mut()
                 .and_then(|l| l.media.as_deref_mut())
             {
-                Some(m) => m.pull_tick(now, dst),
+                Some(m) => m.pull_tick(now, dst, &mut tick_rs[..]),
                 None => dst.fill(0),
             }
         }
         mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
-        // Encoded frames of shared mixes, by leader: (length, followers may reuse it).
-        let mut encoded = [0usize; MAX_SESSION_LEGS];
+        // Encoded frames of shared mixes, by leader: their length, for followers to
+        // reuse in the same tick.
+        let mut encoded: [Option<usize>; MAX_SESSION_LEGS] = [None; MAX_SESSION_LEGS];
         for l in LegSet(plan.mixed_outputs().0 | sess.idle.0) {
             let leader = plan.mix_leader(l);
             let mix = if sess.idle.contains(l) {
@@ -186,40 +186,65 @@ impl Shard {
             m.mixed_active = true;
             let stamp = m.out.mixed(now, talkspurt);
             let Some(remote) = remote else { continue };
-            let (codec, pt, fs) = (m.codec, m.payload_type, m.frame_samples);
-            // A follower in step with its leader sends the leader's encoded bytes.
-            let reuse = leader != l && frame == Frame::Tick && encoded[leader] == fs;
+            // A follower in step with its leader sends the leader's encoded bytes (the
+            // plan shares a mix only between legs of one codec and ptime).
+            let reuse = match encoded[leader] {
+                Some(n) if leader != l && frame == Frame::Tick => Some(n),
+                _ => None,
+            };
             let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
             let pcm = match frame {
                 Frame::Tick => mix,
-                Frame::Staged => &m.out_pcm[..fs],
+                Frame::Staged => &m.out_pcm[..m.mix_frame_samples],
             };
+            // The mix to the encoder's rate (G.722 or L16 in a session mixing at another
+            // rate, G.711 in a wideband one); not needed when reusing a leader's bytes.
+            let pcm = match (reuse, m.out_rs.as_deref_mut()) {
+                (None, Some(rs)) => {
+                    let n = rs.process(pcm, &mut tick_rs[..]);
+                    &tick_rs[..n]
+                }
+                _ => pcm,
+            };
+            let pt = m.payload_type;
             let enc = &mut tick_enc[leader];
-            let srtp = &mut m.srtp;
-            let mut len = 0;
+            let (srtp, encoder) = (&mut m.srtp, &mut m.encoder);
+            let (mut len, mut payload_len) = (0, 0);
             let sent = tx.send_with(port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
-                let payload = &mut buf[h..h + fs];
-                if reuse {
-                    payload.copy_from_slice(&enc[..fs]);
-                } else {
-                    g711::encode(codec, pcm, payload);
-                    if keep {
-                        // Followers reuse the clear payload; each protects with its own key.
-                        enc[..fs].copy_from_slice(payload);
+                let payload = &mut buf[h..h + MAX_PAYLOAD_BYTES];
+                payload_len = match reuse {
+                    Some(n) => {
+                        payload[..n].copy_from_slice(&enc[..n]);
+                        n
                     }
+                    None => {
+                        let n = encoder.encode(pcm, payload);
+                        if keep {
+                            // Followers reuse the clear payload; each protects with its
+                            // own key.
+                            enc[..n].copy_from_slice(&payload[..n]);
+                        }
+                        n
+                    }
+                };
+                if payload_len == 0 {
+                    return 0; // The encoder refused: nothing to send.
                 }
                 // A frame plus header and tag fits (asserted at the top of the file).
-                len = seal_rtp(srtp, buf, h + fs);
+                len = seal_rtp(srtp, buf, h + payload_len);
                 len
             });
+            if sent && payload_len == 0 {
+                continue; // The encoder refused (libopus); nothing went out.
+            }
             if keep && sent {
-                encoded[l] = fs;
+                encoded[l] = Some(payload_len);
             }
             if sent && len > 0 {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
-                m.octets_sent = m.octets_sent.wrapping_add(fs as u32);
+                m.octets_sent = m.octets_sent.wrapping_add(payload_len as u32);
             }
             counters.count_send(sent, len);
         }
