@@ -32,19 +32,6 @@ const MEASURE: Duration = Duration::from_millis(440);
 
 use Who::{Agent as A, Customer as C, Specialist as X, Supervisor as S};
 
-/// Every ordered pair of distinct members.
-fn all_pairs(members: &[Who]) -> Vec<(Who, Who)> {
-    let mut v = Vec::new();
-    for &l in members {
-        for &s in members {
-            if l != s {
-                v.push((l, s));
-            }
-        }
-    }
-    v
-}
-
 /// Arguments shared by both binaries' engines: ports below the ephemeral range.
 fn engine_toml(dir: &Path, port_base: u16) -> PathBuf {
     let path = dir.join("engine.toml");

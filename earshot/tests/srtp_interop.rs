@@ -29,7 +29,6 @@
 mod e2e;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -162,56 +161,6 @@ fn install(lib: &'static LibSrtp, pump: &Pump, party: Party, offer: &Offer, leg:
     let tx = RefSession::new(lib, suite, tx_key, true, 0).expect("libsrtp outbound session");
     let rx = RefSession::new(lib, suite, &rx_key, false, 0).expect("libsrtp inbound session");
     pump.set_srtp(party.who, Some(SrtpEndpoint { tx, rx }));
-}
-
-/// The engine's configuration: one shard on loopback, the given I/O `backend`.
-fn engine_toml(dir: &Path, port_base: u16, backend: &str) -> PathBuf {
-    let path = dir.join("engine.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "port_base = {port_base}\nports_per_shard = 1024\npin = false\n\
-             bind_v4 = \"127.0.0.1\"\nmax_legs_per_shard = 256\nmax_sessions_per_shard = 64\n\
-             backend = \"{backend}\"\n"
-        ),
-    )
-    .expect("write engine.toml");
-    path
-}
-
-/// Starts `earshot` on loopback with the I/O `backend` on a fresh data directory.
-async fn start_earshot(dir: &Path, backend: &str) -> (ChildGuard, Api) {
-    let program = PathBuf::from(env!("CARGO_BIN_EXE_earshot"));
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-    let args = vec![
-        "--grpc".to_string(),
-        grpc.to_string(),
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-        "--no-pin".into(),
-        "--engine-config".into(),
-        engine_toml(dir, free_port_base(), backend)
-            .display()
-            .to_string(),
-        "--metrics".into(),
-        "off".into(),
-    ];
-    let mut child = ChildGuard::spawn("earshot", &program, &args, &dir.join("earshot.log"));
-    let channel = connect_when_serving(grpc, &mut child).await;
-    (child, Api { channel })
-}
-
-/// Every ordered pair of distinct members.
-fn all_pairs(members: &[Who]) -> Vec<(Who, Who)> {
-    let mut v = Vec::new();
-    for &l in members {
-        for &s in members {
-            if l != s {
-                v.push((l, s));
-            }
-        }
-    }
-    v
 }
 
 /// A new supervision of the agent with a new supervisor leg: the endpoint drops the

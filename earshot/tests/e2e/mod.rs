@@ -60,6 +60,36 @@ impl ChildGuard {
         }
     }
 
+    /// Starts `program args...` with stdout piped to the caller (the returned pipe:
+    /// a child that streams what it produces, read by the test as it comes) and stderr
+    /// appended to `log`.
+    pub fn spawn_piped(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> (ChildGuard, std::process::ChildStdout) {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open child log");
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", program.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let guard = ChildGuard {
+            name: name.into(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        };
+        (guard, stdout)
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, std::process::Child::id)
@@ -218,6 +248,46 @@ pub async fn connect_when_serving(addr: SocketAddr, child: &mut ChildGuard) -> C
     }
 }
 
+/// The engine's configuration for one `earshot` of a test: one shard on loopback at
+/// `port_base`, the given I/O `backend` (`socket`, `io_uring` or `auto`).
+pub fn engine_toml(dir: &Path, port_base: u16, backend: &str) -> PathBuf {
+    let path = dir.join("engine.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "port_base = {port_base}\nports_per_shard = 1024\npin = false\n\
+             bind_v4 = \"127.0.0.1\"\nmax_legs_per_shard = 256\nmax_sessions_per_shard = 64\n\
+             backend = \"{backend}\"\n"
+        ),
+    )
+    .expect("write engine.toml");
+    path
+}
+
+/// Starts `earshot` (engine and sidecar in one process, this package's binary) on
+/// loopback with the I/O `backend`, a fresh data directory under `dir` and a free port
+/// range, and connects to it once it serves.
+pub async fn start_earshot(dir: &Path, backend: &str) -> (ChildGuard, Api) {
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_earshot"));
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+    let args = vec![
+        "--grpc".to_string(),
+        grpc.to_string(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--no-pin".into(),
+        "--engine-config".into(),
+        engine_toml(dir, free_port_base(), backend)
+            .display()
+            .to_string(),
+        "--metrics".into(),
+        "off".into(),
+    ];
+    let mut child = ChildGuard::spawn("earshot", &program, &args, &dir.join("earshot.log"));
+    let channel = connect_when_serving(grpc, &mut child).await;
+    (child, Api { channel })
+}
+
 // ----------------------------------------------------------------------------------
 // gRPC.
 
@@ -374,6 +444,19 @@ pub fn supervise(
         target_participant_id: target.into(),
         media: Some(media(remote)),
     }
+}
+
+/// Every ordered pair `(listener, source)` of distinct members: everyone hears everyone.
+pub fn all_pairs(members: &[Who]) -> Vec<(Who, Who)> {
+    let mut v = Vec::new();
+    for &l in members {
+        for &s in members {
+            if l != s {
+                v.push((l, s));
+            }
+        }
+    }
+    v
 }
 
 /// The `local` address of a participant's leg.
