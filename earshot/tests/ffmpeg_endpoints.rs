@@ -22,8 +22,9 @@
 //! (PCMU) listener must not hear it, nor its alias below 4 kHz (8000 - f), which a
 //! downsampler without an anti-alias filter would leave. At the end: the engine sent
 //! each endpoint only packets of that leg's payload type (and, for the constant-rate
-//! codecs, of that leg's ptime), and GetStats counts no drop of ffmpeg's RTP or RTCP as
-//! malformed, from a wrong source, of an unknown payload type or oversized.
+//! codecs, of that leg's ptime), and GetStats counts no drop of ffmpeg's RTP or RTCP
+//! sender reports as malformed, from a wrong source, of an unknown payload type or
+//! oversized.
 //!
 //! The source address. The engine accepts a leg's RTP and RTCP only from its remote, ip
 //! and port (configured in `media.remote`, or latched from the first packet), and sends
@@ -37,8 +38,11 @@
 //! engine sees (`remote` = that socket): what the ffmpeg sender sends to the relay's
 //! other socket (RTP, and its RTCP sender reports via `rtcpport=`) leaves from the
 //! engine-facing socket to the leg, and what the engine sends to it goes on to the
-//! ffmpeg receiver's port. The relay forwards bytes as they are (it never rewrites RTP);
-//! it only looks at what the engine sent, for the payload-type and size check.
+//! ffmpeg receiver's port. The relay forwards bytes as they are (it never rewrites RTP)
+//! and looks at what the engine sent, for the payload-type and size check. One liberty:
+//! ffmpeg sends an RTCP sender report before its first RTP packet and then every 5 s,
+//! longer than a phase, so the relay keeps the last one and gives it to each new leg
+//! first (as a phone reports once answered).
 //!
 //! The four tests run in parallel, each with its own `earshot` and six ffmpeg processes:
 //! PCMU everywhere, G.722 customer and agent with a PCMU supervisor, a mixed-codec call
@@ -242,7 +246,9 @@ impl Party {
     }
 
     fn tones_hz(&self) -> Vec<f64> {
-        std::iter::once(self.who.tone_hz()).chain(self.high_hz).collect()
+        std::iter::once(self.who.tone_hz())
+            .chain(self.high_hz)
+            .collect()
     }
 }
 
@@ -377,8 +383,9 @@ impl Receiver {
             "nobuffer",
             "-i",
             &sdp.display().to_string(),
-            "-t",
-            "60",
+            // No `-t` bound here (the guard is the bound): ffmpeg counts it in the
+            // stream's timestamps, and a new leg's stream starts at another random RTP
+            // timestamp, which can look like minutes later.
             "-ac",
             "1",
             "-ar",
@@ -475,17 +482,35 @@ fn read_pcm(mut pipe: ChildStdout, decoded: &Mutex<Decoded>) {
 // ----------------------------------------------------------------------------------
 // The relay: one symmetric-RTP address per endpoint.
 
-/// What the relay saw the engine send to an endpoint.
+/// What the relay saw go between an endpoint and the engine.
 #[derive(Debug, Default, Clone)]
-struct FromEngine {
+struct Traffic {
     rtp: u64,
     rtcp: u64,
     /// RTP packets of another payload type or (constant-rate codecs) another size.
     odd: u64,
     /// Payload type and payload length of the last odd packet.
     last_odd: Option<(u8, usize)>,
-    /// Datagrams of the ffmpeg sender forwarded to the engine.
-    to_engine: u64,
+    /// RTP packets of the ffmpeg sender forwarded to the engine.
+    rtp_to_engine: u64,
+    /// RTCP reports of the ffmpeg sender forwarded to the engine.
+    rtcp_to_engine: u64,
+}
+
+/// Where the relay sends the ffmpeg sender's packets.
+#[derive(Debug, Default)]
+struct Route {
+    /// The leg's local address; `None` while the party has no leg.
+    leg: Option<SocketAddr>,
+    /// The sender's last RTCP report. ffmpeg sends one before its first RTP packet and
+    /// then every 5 s, longer than a phase lasts: a new leg gets this one at once, as
+    /// a phone reports when its call is answered, so the engine parses ffmpeg's RTCP.
+    last_report: Option<Vec<u8>>,
+}
+
+/// RTCP (RFC 5761: payload types 200..=204 on a muxed port).
+fn is_rtcp(packet: &[u8]) -> bool {
+    packet.len() >= 2 && (200..=204).contains(&packet[1])
 }
 
 /// The endpoint's one address as the engine sees it (`far`, the leg's remote), and the
@@ -496,8 +521,9 @@ struct FromEngine {
 struct Relay {
     near: SocketAddr,
     far: SocketAddr,
-    leg: Arc<Mutex<Option<SocketAddr>>>,
-    seen: Arc<Mutex<FromEngine>>,
+    far_sock: Arc<UdpSocket>,
+    route: Arc<Mutex<Route>>,
+    seen: Arc<Mutex<Traffic>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -514,49 +540,83 @@ impl Relay {
         let (near_sock, far_sock) = (bind(), bind());
         let near = near_sock.local_addr().expect("addr");
         let far = far_sock.local_addr().expect("addr");
-        let leg = Arc::new(Mutex::new(None::<SocketAddr>));
-        let seen = Arc::new(Mutex::new(FromEngine::default()));
+        let route = Arc::new(Mutex::new(Route::default()));
+        let seen = Arc::new(Mutex::new(Traffic::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let outbound = {
-            let (far_sock, leg, seen) = (Arc::clone(&far_sock), Arc::clone(&leg), Arc::clone(&seen));
+            let (far_sock, route, seen) =
+                (Arc::clone(&far_sock), Arc::clone(&route), Arc::clone(&seen));
             move |packet: &[u8]| {
-                let dest = *leg.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(dest) = dest
+                let mut route = route.lock().unwrap_or_else(|e| e.into_inner());
+                if is_rtcp(packet) {
+                    route.last_report = Some(packet.to_vec());
+                }
+                if let Some(dest) = route.leg
                     && far_sock.send_to(packet, dest).is_ok()
                 {
-                    seen.lock().unwrap_or_else(|e| e.into_inner()).to_engine += 1;
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if is_rtcp(packet) {
+                        seen.rtcp_to_engine += 1;
+                    } else {
+                        seen.rtp_to_engine += 1;
+                    }
                 }
             }
         };
         let inbound = {
             let (far_sock, seen) = (Arc::clone(&far_sock), Arc::clone(&seen));
             move |packet: &[u8]| {
-                note_from_engine(&mut seen.lock().unwrap_or_else(|e| e.into_inner()), wire, packet);
+                note_from_engine(
+                    &mut seen.lock().unwrap_or_else(|e| e.into_inner()),
+                    wire,
+                    packet,
+                );
                 // Before the receiving ffmpeg binds its port the datagram is lost,
                 // as it would be on the way to a phone that is not ready.
                 let _ = far_sock.send_to(packet, receiver);
             }
         };
         let threads = vec![
-            forward(format!("relay-out-{who:?}"), near_sock, Arc::clone(&stop), outbound),
-            forward(format!("relay-in-{who:?}"), far_sock, Arc::clone(&stop), inbound),
+            forward(
+                format!("relay-out-{who:?}"),
+                near_sock,
+                Arc::clone(&stop),
+                outbound,
+            ),
+            forward(
+                format!("relay-in-{who:?}"),
+                Arc::clone(&far_sock),
+                Arc::clone(&stop),
+                inbound,
+            ),
         ];
         Relay {
             near,
             far,
-            leg,
+            far_sock,
+            route,
             seen,
             stop,
             threads,
         }
     }
 
-    /// Sends the ffmpeg sender's packets to a leg's local address, or nowhere.
+    /// Sends the ffmpeg sender's packets to a leg's local address (starting with its
+    /// last RTCP report), or nowhere.
     fn send_to(&self, leg: Option<SocketAddr>) {
-        *self.leg.lock().unwrap_or_else(|e| e.into_inner()) = leg;
+        let mut route = self.route.lock().unwrap_or_else(|e| e.into_inner());
+        route.leg = leg;
+        if let (Some(dest), Some(report)) = (leg, route.last_report.as_ref())
+            && self.far_sock.send_to(report, dest).is_ok()
+        {
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rtcp_to_engine += 1;
+        }
     }
 
-    fn seen(&self) -> FromEngine {
+    fn seen(&self) -> Traffic {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -593,8 +653,8 @@ fn forward(
 
 /// Counts one datagram from the engine: RTCP (RFC 5761 payload types 200..=204 on the
 /// muxed port), or RTP checked against the leg's payload type and packet size.
-fn note_from_engine(seen: &mut FromEngine, wire: Wire, packet: &[u8]) {
-    if packet.len() >= 2 && (200..=204).contains(&packet[1]) {
+fn note_from_engine(seen: &mut Traffic, wire: Wire, packet: &[u8]) {
+    if is_rtcp(packet) {
         seen.rtcp += 1;
         return;
     }
@@ -720,9 +780,8 @@ impl Call {
                     pcm.len()
                 ));
             }
-            let level = |hz: f64| {
-                tone_report(&pcm, hz, rate, WINDOW_SAMPLES, reference_amplitude())
-            };
+            let level =
+                |hz: f64| tone_report(&pcm, hz, rate, WINDOW_SAMPLES, reference_amplitude());
             for source in &self.endpoints {
                 let audible = hears.contains(&(listener, source.party.who));
                 for hz in source.party.tones_hz() {
@@ -770,16 +829,18 @@ impl Call {
         }
     }
 
-    /// What the engine sent each endpoint: packets, all of the leg's payload type and
-    /// size, and what each sender got through to the engine.
+    /// What went between each endpoint and the engine: RTP both ways, every packet the
+    /// engine sent of the leg's payload type and size, and at least one RTCP report of
+    /// the ffmpeg sender to the engine (so `bad_rtcp` = 0 says something).
     fn check_streams(&self, label: &str, failures: &mut Vec<String>) {
         for e in &self.endpoints {
             let seen = e.relay.seen();
             println!("{label}: {:?} ({:?}): {seen:?}", e.party.who, e.party.wire);
-            if seen.rtp < 50 || seen.to_engine < 50 {
+            if seen.rtp < 50 || seen.rtp_to_engine < 50 || seen.rtcp_to_engine == 0 {
                 failures.push(format!(
-                    "{label}: {:?}: only {} RTP packets from the engine, {} to it",
-                    e.party.who, seen.rtp, seen.to_engine
+                    "{label}: {:?}: only {} RTP packets from the engine, {} RTP packets \
+                     and {} RTCP reports to it",
+                    e.party.who, seen.rtp, seen.rtp_to_engine, seen.rtcp_to_engine
                 ));
             }
             if seen.odd > 0 {
@@ -808,7 +869,14 @@ async fn supervise_agent(
 ) -> proto::SupervisionInfo {
     let sup = call.ep(S);
     sup.relay.send_to(None);
-    let mut req = supervise("call-1", supervision, "sup-1", participant, "a", sup.relay.far);
+    let mut req = supervise(
+        "call-1",
+        supervision,
+        "sup-1",
+        participant,
+        "a",
+        sup.relay.far,
+    );
     req.media = Some(sup.media());
     let info = api
         .start(mode, req)
@@ -856,9 +924,21 @@ async fn scenario(label: &str, parties: [Party; 3]) {
         .await;
 
     // The call.
-    let mut c_spec = spec("c", Kind::External, Role::Customer, "", call.ep(C).relay.far);
+    let mut c_spec = spec(
+        "c",
+        Kind::External,
+        Role::Customer,
+        "",
+        call.ep(C).relay.far,
+    );
     c_spec.media = Some(call.ep(C).media());
-    let mut a_spec = spec("a", Kind::Internal, Role::Agent, "agent-1", call.ep(A).relay.far);
+    let mut a_spec = spec(
+        "a",
+        Kind::Internal,
+        Role::Agent,
+        "agent-1",
+        call.ep(A).relay.far,
+    );
     a_spec.media = Some(call.ep(A).media());
     let inter = api
         .interactions()
@@ -888,7 +968,13 @@ async fn scenario(label: &str, parties: [Party; 3]) {
     supervise_agent(&api, &call, Mode::Coach, "coach-1", "s1").await;
     let w = window(SETTLE, MEASURE).await;
     let coached = [(C, A), (A, C), (S, C), (S, A), (A, S)];
-    call.check(&format!("{label}: coach"), w, &[C, A, S], &coached, &mut failures);
+    call.check(
+        &format!("{label}: coach"),
+        w,
+        &[C, A, S],
+        &coached,
+        &mut failures,
+    );
     call.ep(S).relay.send_to(None);
     api.stop("coach-1").await;
 
@@ -897,16 +983,32 @@ async fn scenario(label: &str, parties: [Party; 3]) {
     let monitor_local = leg_local(mon.leg.as_ref());
     let w = window(SETTLE, MEASURE).await;
     let monitored = [(C, A), (A, C), (S, C), (S, A)];
-    call.check(&format!("{label}: monitor"), w, &[C, A, S], &monitored, &mut failures);
+    call.check(
+        &format!("{label}: monitor"),
+        w,
+        &[C, A, S],
+        &monitored,
+        &mut failures,
+    );
 
     // Barge escalated in place: same leg; everyone hears everyone.
-    let mut req = supervise("call-1", "barge-1", "sup-1", "s3", "a", call.ep(S).relay.far);
+    let mut req = supervise(
+        "call-1",
+        "barge-1",
+        "sup-1",
+        "s3",
+        "a",
+        call.ep(S).relay.far,
+    );
     req.media = Some(call.ep(S).media());
     let barge = api
         .start(Mode::Barge, req)
         .await
         .unwrap_or_else(|e| panic!("{label}: escalate to barge: {e:?}"));
-    assert_eq!(barge.supervision_id, "mon-1", "escalation keeps the supervision");
+    assert_eq!(
+        barge.supervision_id, "mon-1",
+        "escalation keeps the supervision"
+    );
     assert_eq!(
         leg_local(barge.leg.as_ref()),
         monitor_local,
@@ -926,7 +1028,9 @@ async fn scenario(label: &str, parties: [Party; 3]) {
     for reason in NO_DROPS {
         let n = api.drops(reason).await;
         if n > 0 {
-            failures.push(format!("{label}: the engine dropped {n} packets as {reason}"));
+            failures.push(format!(
+                "{label}: the engine dropped {n} packets as {reason}"
+            ));
         }
     }
     println!("{label}: {:.1} s", started.elapsed().as_secs_f64());
@@ -965,7 +1069,7 @@ async fn g722_customer_and_agent_pcmu_supervisor() {
         "g722",
         [
             Party::new(C, Wire::G722, Some(5000.0)),
-            Party::new(A, Wire::G722, Some(5500.0)),
+            Party::new(A, Wire::G722, Some(6000.0)),
             Party::new(S, Wire::Pcmu, None),
         ],
     )
