@@ -28,7 +28,6 @@
 
 mod e2e;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
