@@ -78,8 +78,12 @@ use Who::{Agent as A, Customer as C, Supervisor as S};
 const SETTLE: Duration = Duration::from_millis(250);
 /// How long each phase is measured (25 windows of 20 ms).
 const MEASURE: Duration = Duration::from_millis(500);
+/// Packets each ffmpeg sender sends before the call starts (200 ms at 20 ms)...
+const STEADY_PACKETS: u64 = 10;
+/// ...within this bound.
+const SENDERS_UP: Duration = Duration::from_secs(20);
 /// The bound on the wait for a new leg's first audio at the test.
-const FIRST_AUDIO: Duration = Duration::from_secs(5);
+const FIRST_AUDIO: Duration = Duration::from_secs(10);
 /// Every receiver decodes and resamples to this rate: enough for the wideband tones,
 /// and the same analysis for every codec.
 const OUT_RATE_HZ: u32 = 16_000;
@@ -495,6 +499,8 @@ struct Traffic {
     rtp_to_engine: u64,
     /// RTCP reports of the ffmpeg sender forwarded to the engine.
     rtcp_to_engine: u64,
+    /// Datagrams the ffmpeg sender sent the relay, with or without a leg to go to.
+    from_sender: u64,
 }
 
 /// Where the relay sends the ffmpeg sender's packets.
@@ -547,6 +553,7 @@ impl Relay {
             let (far_sock, route, seen) =
                 (Arc::clone(&far_sock), Arc::clone(&route), Arc::clone(&seen));
             move |packet: &[u8]| {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).from_sender += 1;
                 let mut route = route.lock().unwrap_or_else(|e| e.into_inner());
                 if is_rtcp(packet) {
                     route.last_report = Some(packet.to_vec());
@@ -683,7 +690,7 @@ struct Endpoint {
     party: Party,
     relay: Relay,
     receiver: Receiver,
-    _sender: ChildGuard,
+    sender: ChildGuard,
 }
 
 impl Endpoint {
@@ -699,7 +706,7 @@ impl Endpoint {
             party,
             relay,
             receiver,
-            _sender: sender,
+            sender,
         }
     }
 
@@ -712,6 +719,8 @@ impl Endpoint {
 /// The endpoints of one scenario.
 struct Call {
     endpoints: Vec<Endpoint>,
+    /// When the scenario started: phases print their time from it.
+    started: Instant,
 }
 
 impl Call {
@@ -720,6 +729,34 @@ impl Call {
             .iter()
             .find(|e| e.party.who == who)
             .unwrap_or_else(|| panic!("no {who:?} endpoint"))
+    }
+
+    /// Waits (bounded) until every ffmpeg sender has sent [`STEADY_PACKETS`]: the call
+    /// starts once ffmpeg's start-up, a burst of work on a small machine, is over.
+    async fn wait_senders(&self) -> Instant {
+        let deadline = Instant::now() + SENDERS_UP;
+        loop {
+            let counts: Vec<u64> = self
+                .endpoints
+                .iter()
+                .map(|e| e.relay.seen().from_sender)
+                .collect();
+            if counts.iter().all(|&n| n >= STEADY_PACKETS) {
+                return Instant::now();
+            }
+            if Instant::now() >= deadline {
+                let logs: Vec<String> = self
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("--- {} ---\n{}", e.sender.name, e.sender.log_tail()))
+                    .collect();
+                panic!(
+                    "the ffmpeg senders sent {counts:?} datagrams within {SENDERS_UP:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits (bounded) until each of `who` decoded 50 ms more than it had: a new leg's
@@ -770,7 +807,8 @@ impl Call {
             let pcm = l.receiver.between(from, to);
             let expected = (to - from).as_secs_f64() * rate;
             let mut line = format!(
-                "{phase}: {listener:?} ({:?}) decoded {} ms:",
+                "{phase} at {:.1} s: {listener:?} ({:?}) decoded {} ms:",
+                (from - self.started).as_secs_f64(),
                 l.party.wire,
                 pcm.len() * 1000 / OUT_RATE_HZ as usize
             );
@@ -911,8 +949,14 @@ async fn scenario(label: &str, parties: [Party; 3]) {
             .iter()
             .map(|&p| Endpoint::start(&ffmpeg, dir.path(), p))
             .collect(),
+        started,
     };
     let (mut earshot, api) = start_earshot(dir.path(), "auto").await;
+    let senders_up = call.wait_senders().await;
+    println!(
+        "{label}: ffmpeg senders steady {:.1} s after the start",
+        (senders_up - started).as_secs_f64()
+    );
     let mut failures = Vec::new();
     api.user(
         "agent-1",
@@ -1025,6 +1069,17 @@ async fn scenario(label: &str, parties: [Party; 3]) {
 
     earshot.assert_running();
     call.check_streams(label, &mut failures);
+    // Not judged (a loaded machine delays packets), printed to explain a failure.
+    let mut late = Vec::new();
+    for reason in [
+        "jitter_late",
+        "jitter_overflow",
+        "jitter_duplicate",
+        "tx_full",
+    ] {
+        late.push(format!("{reason} {}", api.drops(reason).await));
+    }
+    println!("{label}: engine drops: {}", late.join(", "));
     for reason in NO_DROPS {
         let n = api.drops(reason).await;
         if n > 0 {
