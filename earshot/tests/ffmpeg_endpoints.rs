@@ -20,7 +20,10 @@
 //! Wideband parties (G.722, L16 at 16 or 48 kHz, Opus) also send a tone above 4 kHz:
 //! a wideband listener must hear it, which a mix run at 8 kHz cannot pass; a narrowband
 //! (PCMU) listener must not hear it, nor its alias below 4 kHz (8000 - f), which a
-//! downsampler without an anti-alias filter would leave. At the end: the engine sent
+//! downsampler without an anti-alias filter would leave. A listener that hears exactly
+//! one source of its own codec (the call, the customer under coach, both call parties
+//! under monitor) gets that source's packets byte for byte as its ffmpeg encoded them:
+//! the engine forwards there, it does not transcode. At the end: the engine sent
 //! each endpoint only packets of that leg's payload type (and, for the constant-rate
 //! codecs, of that leg's ptime), and GetStats counts no drop of ffmpeg's RTP or RTCP
 //! sender reports as malformed, from a wrong source, of an unknown payload type or
@@ -33,8 +36,10 @@
 //! receiver's address (the sender's packets come from another port and are dropped as
 //! `wrong_source`) nor latching on the sender (the engine would send to the sender's
 //! port, which reads nothing) works. Binding the sender to the receiver's port
-//! (`localport=` with `reuse=1`) leaves it to the kernel which of the two sockets gets
-//! each datagram. So each endpoint has a relay in the test that owns the one socket the
+//! (`rtp://...?localrtpport=P&reuse=1`) fails, ffmpeg 5.1: "bind failed: Address already
+//! in use" (its RTP protocol does not pass `reuse` on), and were both sockets bound with
+//! SO_REUSEADDR the kernel, not the test, would pick the one that gets each datagram.
+//! So each endpoint has a relay in the test that owns the one socket the
 //! engine sees (`remote` = that socket): what the ffmpeg sender sends to the relay's
 //! other socket (RTP, and its RTCP sender reports via `rtcpport=`) leaves from the
 //! engine-facing socket to the leg, and what the engine sends to it goes on to the
@@ -44,7 +49,8 @@
 //! longer than a phase, so the relay keeps the last one and gives it to each new leg
 //! first (as a phone reports once answered).
 //!
-//! The four tests run in parallel, each with its own `earshot` and six ffmpeg processes:
+//! The four tests are independent, each with its own `earshot` and six ffmpeg processes
+//! (libtest runs two at a time on a 2-core machine: about 5 s each, 10 s in all):
 //! PCMU everywhere, G.722 customer and agent with a PCMU supervisor, a mixed-codec call
 //! (PCMU trunk customer, Opus agent, G.722 supervisor), and L16 (customer at 16 kHz,
 //! supervisor at 48 kHz with 10 ms packets, PCMU agent). Every ffmpeg is killed and
@@ -57,6 +63,7 @@
 
 mod e2e;
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -503,6 +510,26 @@ struct Traffic {
     from_sender: u64,
 }
 
+/// RTP payloads as they crossed the relay, for the forwarding check.
+#[derive(Debug, Default)]
+struct Payloads {
+    /// What the ffmpeg sender sent the engine.
+    sent: HashSet<Vec<u8>>,
+    /// What the engine sent the endpoint, stamped on arrival.
+    received: Vec<(Instant, Vec<u8>)>,
+}
+
+/// The payload of an RTP packet (after the CSRC list and any header extension), or
+/// `None` when the header does not fit.
+fn rtp_payload(packet: &[u8]) -> Option<&[u8]> {
+    let mut at = 12 + 4 * usize::from(*packet.first()? & 0x0F);
+    if packet[0] & 0x10 != 0 {
+        let words = packet.get(at + 2..at + 4)?;
+        at += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    packet.get(at..)
+}
+
 /// Where the relay sends the ffmpeg sender's packets.
 #[derive(Debug, Default)]
 struct Route {
@@ -530,6 +557,7 @@ struct Relay {
     far_sock: Arc<UdpSocket>,
     route: Arc<Mutex<Route>>,
     seen: Arc<Mutex<Traffic>>,
+    payloads: Arc<Mutex<Payloads>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -548,10 +576,15 @@ impl Relay {
         let far = far_sock.local_addr().expect("addr");
         let route = Arc::new(Mutex::new(Route::default()));
         let seen = Arc::new(Mutex::new(Traffic::default()));
+        let payloads = Arc::new(Mutex::new(Payloads::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let outbound = {
-            let (far_sock, route, seen) =
-                (Arc::clone(&far_sock), Arc::clone(&route), Arc::clone(&seen));
+            let (far_sock, route, seen, payloads) = (
+                Arc::clone(&far_sock),
+                Arc::clone(&route),
+                Arc::clone(&seen),
+                Arc::clone(&payloads),
+            );
             move |packet: &[u8]| {
                 seen.lock().unwrap_or_else(|e| e.into_inner()).from_sender += 1;
                 let mut route = route.lock().unwrap_or_else(|e| e.into_inner());
@@ -566,13 +599,33 @@ impl Relay {
                         seen.rtcp_to_engine += 1;
                     } else {
                         seen.rtp_to_engine += 1;
+                        if let Some(payload) = rtp_payload(packet) {
+                            payloads
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .sent
+                                .insert(payload.to_vec());
+                        }
                     }
                 }
             }
         };
         let inbound = {
-            let (far_sock, seen) = (Arc::clone(&far_sock), Arc::clone(&seen));
+            let (far_sock, seen, payloads) = (
+                Arc::clone(&far_sock),
+                Arc::clone(&seen),
+                Arc::clone(&payloads),
+            );
             move |packet: &[u8]| {
+                if !is_rtcp(packet)
+                    && let Some(payload) = rtp_payload(packet)
+                {
+                    payloads
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .received
+                        .push((Instant::now(), payload.to_vec()));
+                }
                 note_from_engine(
                     &mut seen.lock().unwrap_or_else(|e| e.into_inner()),
                     wire,
@@ -603,6 +656,7 @@ impl Relay {
             far_sock,
             route,
             seen,
+            payloads,
             stop,
             threads,
         }
@@ -672,9 +726,8 @@ fn note_from_engine(seen: &mut Traffic, wire: Wire, packet: &[u8]) {
         return;
     }
     let pt = packet[1] & 0x7F;
-    // Header: 12 octets and the CSRC list (the engine adds no extension).
-    let payload = packet.len() - 12 - 4 * usize::from(packet[0] & 0x0F);
-    let size_ok = wire.payload_bytes().is_none_or(|n| n == payload);
+    let payload = rtp_payload(packet).map_or(0, <[u8]>::len);
+    let size_ok = payload > 0 && wire.payload_bytes().is_none_or(|n| n == payload);
     if pt != wire.payload_type() || !size_ok {
         seen.odd += 1;
         seen.last_odd = Some((pt, payload));
@@ -863,8 +916,54 @@ impl Call {
                     }
                 }
             }
+            // One audible source of the listener's own codec: the engine forwards
+            // that source's packets, it does not decode them.
+            let sources: Vec<Who> = hears
+                .iter()
+                .filter(|&&(l, _)| l == listener)
+                .map(|&(_, s)| s)
+                .collect();
+            if let [source] = sources[..]
+                && self.ep(source).party.wire == l.party.wire
+            {
+                let (same, total) = self.forwarded(listener, source, from, to);
+                line += &format!(" forwarded from {source:?} {same}/{total} packets;");
+                if total == 0 || same * 10 < total * 9 {
+                    failures.push(format!(
+                        "{phase}: {listener:?} hears only {source:?}, of its codec, but only \
+                         {same} of its {total} packets are {source:?}'s byte for byte"
+                    ));
+                }
+            }
             println!("{line}");
         }
+    }
+
+    /// Of the RTP packets `listener` received between `from` and `to`, how many carry
+    /// a payload byte for byte as `source`'s ffmpeg sent it, and how many there were.
+    fn forwarded(&self, listener: Who, source: Who, from: Instant, to: Instant) -> (usize, usize) {
+        let sent = self
+            .ep(source)
+            .relay
+            .payloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sent
+            .clone();
+        let got = self
+            .ep(listener)
+            .relay
+            .payloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let in_window: Vec<&Vec<u8>> = got
+            .received
+            .iter()
+            .filter(|(at, _)| *at >= from && *at <= to)
+            .map(|(_, p)| p)
+            .collect();
+        let same = in_window.iter().filter(|p| sent.contains(**p)).count();
+        (same, in_window.len())
     }
 
     /// What went between each endpoint and the engine: RTP both ways, every packet the
