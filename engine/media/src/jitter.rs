@@ -295,6 +295,11 @@ pub struct JitterBuffer {
     clock_hz: u32,
     /// The codec has a fixed byte rate (everything but Opus): packets are cut into units.
     fixed_rate: bool,
+    /// The decoder is stateless and nothing is staged (G.711, L16): whole runs of units
+    /// decode in one call ([`JitterBuffer::play_run`]).
+    run_decode: bool,
+    /// What a slot holding one whole unit of a fixed-rate packet looks like.
+    whole_slot: Slot,
     /// Units and PCM samples in one frame of the leg's ptime ([`JitterBuffer::poll_frame`]).
     frame_units: usize,
     frame_samples: usize,
@@ -441,6 +446,11 @@ impl JitterBuffer {
             pcm_unit,
             clock_hz: cfg.codec.rtp_clock_hz(),
             fixed_rate: cfg.codec.payload_bytes_per_ms().is_some(),
+            run_decode: stage_len == 0 && decoder.is_stateless(),
+            whole_slot: Slot::Audio {
+                len: unit_bytes as u16,
+                span: 1,
+            },
             frame_units: (cfg.ptime_ms / UNIT_MS) as usize,
             frame_samples: pcm_unit * (cfg.ptime_ms / UNIT_MS) as usize,
             packet_us: i64::from(cfg.ptime_ms) * 1_000,
@@ -1103,15 +1113,15 @@ impl JitterBuffer {
     /// (no wrap). The result is what [`JitterBuffer::play_unit`] gives unit by unit;
     /// `None` (nothing done) otherwise. It keeps a plain PCMU barge period as cheap as
     /// the one-frame buffer it replaced (perf/callgrind.sh barge-tick).
-    #[inline]
+    #[inline(always)]
     fn play_run(&mut self, out: &mut [i16], units: usize) -> Option<Polled> {
         let (head, ub) = (self.head_idx, self.unit_bytes);
-        let whole = |s: &Slot| matches!(s, Slot::Audio { len, .. } if usize::from(*len) == ub);
-        if !self.stage.is_empty()
-            || !self.decoder.is_stateless()
+        // A stateless decoder means a fixed-rate codec, whose slots hold single units.
+        let whole = self.whole_slot;
+        if !self.run_decode
             || self.phase == Phase::Idle
             || head + units > self.slots.len()
-            || !self.slots[head..head + units].iter().all(whole)
+            || self.slots[head..head + units].iter().any(|s| *s != whole)
         {
             return None;
         }
@@ -1140,7 +1150,27 @@ impl JitterBuffer {
 
     /// Inserts or drops one poll's worth when the fill has left its window around
     /// target + (P + T) / 2, with `out` the poll just played (to judge quietness).
+    /// The common case (inside the window) is decided here, inline.
+    #[inline]
     fn adjust_fill(&mut self, out: &mut [i16], units: usize, polled: &mut Polled) {
+        let poll_us = units as i64 * UNIT_US;
+        // Both durations are positive: halving is a shift.
+        let centre = self.target_us + ((self.packet_us + poll_us) >> 1);
+        let half = self.packet_us.max(poll_us) >> 1;
+        if !self.just_inserted
+            && self.level_avg_us >= centre - half
+            && self.level_avg_us <= centre + half
+        {
+            self.adjust_wait = 0;
+            return;
+        }
+        self.adjust_fill_outside(out, units, polled);
+    }
+
+    /// [`JitterBuffer::adjust_fill`] when the fill is outside its window (or the
+    /// previous poll was an insertion).
+    #[inline(never)]
+    fn adjust_fill_outside(&mut self, out: &mut [i16], units: usize, polled: &mut Polled) {
         let poll_us = units as i64 * UNIT_US;
         let centre = self.target_us + (self.packet_us + poll_us) / 2;
         let half = self.packet_us.max(poll_us) / 2;

@@ -100,7 +100,22 @@ impl SeqTracker {
 
     /// Feeds one packet's sequence number (A.1 `update_seq`, plus the source set-up A.1
     /// performs on the first packet).
+    #[inline]
     pub fn handle_seq(&mut self, seq: SeqNo) -> SeqOutcome {
+        // The usual packet, decided inline: the next one of a validated source, not
+        // wrapping (what the general path below does with it, in a few instructions).
+        if self.started && self.probation == 0 && seq.0 == self.max_seq.wrapping_add(1) && seq.0 != 0
+        {
+            self.max_seq = seq.0;
+            self.received += 1;
+            return SeqOutcome::Accepted;
+        }
+        self.handle_seq_other(seq)
+    }
+
+    /// [`SeqTracker::handle_seq`] for every other packet.
+    #[inline(never)]
+    fn handle_seq_other(&mut self, seq: SeqNo) -> SeqOutcome {
         let seq = seq.0;
         if !self.started {
             self.started = true;
