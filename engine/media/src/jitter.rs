@@ -500,6 +500,12 @@ impl JitterBuffer {
         &self.cfg
     }
 
+    /// The RTP clock of the codec, hertz (`config().codec.rtp_clock_hz()`, kept).
+    #[inline]
+    pub fn clock_hz(&self) -> u32 {
+        self.clock_hz
+    }
+
     /// The decoder it plays through.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
@@ -640,9 +646,8 @@ impl JitterBuffer {
         if first >= cap {
             first -= cap;
         }
-        let keeps_last = self.last_valid
-            && !self.last_saved
-            && (first..first + units).contains(&self.last_slot);
+        let keeps_last =
+            self.last_valid && !self.last_saved && (first..first + units).contains(&self.last_slot);
         if first + units > cap || keeps_last {
             // Wrapping around the ring, or over the unit concealment would repeat.
             self.store(offset, false, units, payload);

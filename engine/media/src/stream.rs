@@ -159,6 +159,7 @@ impl OutputStream {
 
     /// Stamps a frame the engine mixed (or transcoded) at the tick `now`.
     /// `talkspurt_start` comes from the jitter buffer or mixer and sets the marker.
+    #[inline]
     pub fn mixed(&mut self, now: Instant, talkspurt_start: bool) -> Stamp {
         // Leaving a forwarded source is a switch: the receiver should resync.
         let switching = self.source.is_some() || self.marker_pending;

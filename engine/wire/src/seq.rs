@@ -104,7 +104,10 @@ impl SeqTracker {
     pub fn handle_seq(&mut self, seq: SeqNo) -> SeqOutcome {
         // The usual packet, decided inline: the next one of a validated source, not
         // wrapping (what the general path below does with it, in a few instructions).
-        if self.started && self.probation == 0 && seq.0 == self.max_seq.wrapping_add(1) && seq.0 != 0
+        if self.started
+            && self.probation == 0
+            && seq.0 == self.max_seq.wrapping_add(1)
+            && seq.0 != 0
         {
             self.max_seq = seq.0;
             self.received += 1;

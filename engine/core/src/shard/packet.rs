@@ -104,8 +104,8 @@ impl Shard {
         }
         media.rx_seq.handle_seq(SeqNo(view.seq));
         // `now` on the leg's RTP clock, for these statistics and the jitter buffer (built
-        // for the same codec) alike.
-        let arrival = rtp_units(now, media.codec.rtp_clock_hz());
+        // for the leg's codec) alike; the buffer keeps the clock rate at hand.
+        let arrival = rtp_units(now, media.jitter.clock_hz());
         if !is_event {
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
