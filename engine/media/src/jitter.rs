@@ -363,6 +363,9 @@ pub struct JitterBuffer {
     talkspurt_pending: bool,
     rng: SeedRng,
     stats: JitterStats,
+    /// Tests: take only the general paths, to check that the fast ones change nothing.
+    #[cfg(test)]
+    general_paths_only: bool,
 }
 
 impl JitterBuffer {
@@ -490,6 +493,8 @@ impl JitterBuffer {
             talkspurt_pending: true,
             rng: SeedRng::new(cfg.noise_seed),
             stats: JitterStats::default(),
+            #[cfg(test)]
+            general_paths_only: false,
             decoder,
             cfg,
         }
@@ -600,6 +605,16 @@ impl JitterBuffer {
         result
     }
 
+    /// Whether the fast paths run: always, except in the tests that check they change
+    /// nothing.
+    #[inline(always)]
+    fn fast_paths(&self) -> bool {
+        #[cfg(test)]
+        return !self.general_paths_only;
+        #[cfg(not(test))]
+        true
+    }
+
     /// The common case, decided in a few comparisons: a fixed-rate packet of the
     /// current SSRC with the next sequence number whose timestamp follows the newest
     /// buffered unit (a steady stream). It does what [`JitterBuffer::place`] does with
@@ -615,6 +630,9 @@ impl JitterBuffer {
         pt: PayloadType,
         payload: &[u8],
     ) -> bool {
+        if !self.fast_paths() {
+            return false;
+        }
         // A packet as long as the last one (or the ptime) has as many units: no division.
         let units = self.packet_units;
         let internal = ts.add(self.ts_offset);
@@ -889,6 +907,7 @@ impl JitterBuffer {
             self.payload[first * ub] = payload[0] & 0x7f;
             self.stored += 1;
         } else if self.fixed_rate
+            && self.fast_paths()
             && first + units <= cap
             && self.slots[first..first + units]
                 .iter()
@@ -1120,6 +1139,9 @@ impl JitterBuffer {
     /// the one-frame buffer it replaced (perf/callgrind.sh barge-tick).
     #[inline(always)]
     fn play_run(&mut self, out: &mut [i16], units: usize) -> Option<Polled> {
+        if !self.fast_paths() {
+            return None;
+        }
         let (head, ub) = (self.head_idx, self.unit_bytes);
         // A stateless decoder means a fixed-rate codec, whose slots hold single units.
         let whole = self.whole_slot;
@@ -1162,6 +1184,9 @@ impl JitterBuffer {
         // Both durations are positive: halving is a shift.
         let centre = self.target_us + ((self.packet_us + poll_us) >> 1);
         let half = self.packet_us.max(poll_us) >> 1;
+        if !self.fast_paths() {
+            return self.adjust_fill_outside(out, units, polled);
+        }
         if !self.just_inserted
             && self.level_avg_us >= centre - half
             && self.level_avg_us <= centre + half
