@@ -620,7 +620,7 @@ impl JitterBuffer {
     /// buffered unit (a steady stream). It does what [`JitterBuffer::place`] does with
     /// such a packet (stored after the newest unit), without the talk-spurt, probation,
     /// resync and reorder cases; false (nothing done) for any other packet.
-    #[inline]
+    #[inline(always)]
     fn place_next(
         &mut self,
         arrival: u32,
