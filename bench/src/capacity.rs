@@ -32,7 +32,8 @@ use earshot_engine::clock::Clock;
 use earshot_engine_api::{Percentiles, SrtpSuite};
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::Instant;
-use earshot_testkit::rig::{PERIOD_NS, ShardRig, shard_config};
+use earshot_testkit::rig::{PERIOD_NS, RIG_CODECS, ShardRig, shard_config};
+use earshot_types::Codec;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
@@ -66,6 +67,57 @@ pub struct StepParams {
     /// ...); absent: plain RTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtp: Option<String>,
+    /// What each session is: its parties' codecs and its supervision mode.
+    #[serde(default, flatten)]
+    pub calls: CallShape,
+}
+
+/// The sessions of a step: a 3-party barge of PCMU legs unless the scenario says
+/// otherwise (`"codecs": ["pcmu", "opus", "pcmu"]` for customer, agent, supervisor;
+/// `"mode": "monitor"`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallShape {
+    /// Codec of each party (customer, agent, supervisor) by SDP name in lower case:
+    /// `pcmu`, `pcma`, `g722`, `opus`. Empty: all PCMU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs: Vec<String>,
+    /// `barge` (the default: everyone hears the two others, all mixed) or `monitor`
+    /// (customer and agent hear each other, the supervisor hears both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl CallShape {
+    /// The parties' codecs, or an error naming the unknown one.
+    pub fn codecs(&self) -> Result<Vec<Codec>, BenchError> {
+        self.codecs
+            .iter()
+            .map(|name| {
+                RIG_CODECS
+                    .into_iter()
+                    .find(|c| c.sdp_name().eq_ignore_ascii_case(name.trim()))
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "unknown codec {name:?}: one of pcmu, pcma, g722, opus"
+                        ))
+                        .into()
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether sessions are monitored calls (else barges), or an error for an unknown
+    /// mode.
+    pub fn monitor(&self) -> Result<bool, BenchError> {
+        match self.mode.as_deref().map(str::trim) {
+            None | Some("barge") => Ok(false),
+            Some("monitor") => Ok(true),
+            Some(other) => Err(std::io::Error::other(format!(
+                "unknown mode {other:?}: barge or monitor"
+            ))
+            .into()),
+        }
+    }
 }
 
 /// The suite a scenario's `srtp` names, or an error listing the ids.
@@ -212,15 +264,26 @@ impl MachineProbe {
 
 /// A rig holding `sessions` barge sessions, set up at engine time 0 so that the run
 /// starts just before the first ticks.
-fn build_rig(sessions: u32, srtp: Option<SrtpSuite>) -> Result<ShardRig, BenchError> {
+fn build_rig(
+    sessions: u32,
+    srtp: Option<SrtpSuite>,
+    calls: &CallShape,
+) -> Result<ShardRig, BenchError> {
     let legs = sessions * LEGS_PER_SESSION as u32;
     let cfg = shard_config(2, 65_532, legs, sessions, 1);
     let mut rig = ShardRig::new(cfg, MixKernels::detect());
     if let Some(suite) = srtp {
         rig.set_srtp(suite);
     }
+    rig.set_codecs(&calls.codecs()?)?;
+    let monitor = calls.monitor()?;
     for s in 0..sessions {
-        rig.add_barge_session(Instant::ZERO, &format!("s{s}"))?;
+        let name = format!("s{s}");
+        if monitor {
+            rig.add_monitor_session(Instant::ZERO, &name)?;
+        } else {
+            rig.add_barge_session(Instant::ZERO, &name)?;
+        }
     }
     Ok(rig)
 }
@@ -234,7 +297,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
     }
     let srtp = parse_srtp(p.srtp.as_deref())?;
     let setup_clock = Clock::new();
-    let mut rig = build_rig(p.sessions, srtp)?;
+    let mut rig = build_rig(p.sessions, srtp, &p.calls)?;
     let setup_ms = setup_clock.now().as_nanos() / 1_000_000;
     let legs = rig.legs().len();
     // The engine's timeline starts now: the sessions were set up at time 0 and tick at
@@ -335,6 +398,9 @@ pub struct SearchParams {
     /// See [`StepParams::srtp`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub srtp: Option<String>,
+    /// See [`StepParams::calls`].
+    #[serde(default, flatten)]
+    pub calls: CallShape,
 }
 
 fn default_step_ms() -> u64 {
@@ -390,6 +456,8 @@ pub fn step_line(r: &StepResult) -> String {
 pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
     // An unknown suite fails here, before any step.
     parse_srtp(p.srtp.as_deref())?;
+    p.calls.codecs()?;
+    p.calls.monitor()?;
     let clock = Clock::new();
     let budget_ns = p.max_seconds * 1_000_000_000;
     let mut steps = Vec::new();
@@ -400,6 +468,7 @@ pub fn search(p: &SearchParams) -> Result<SearchResult, BenchError> {
             core: p.core,
             sleep_when_idle: p.sleep_when_idle,
             srtp: p.srtp.clone(),
+            calls: p.calls.clone(),
         })?;
         eprintln!("capacity: {}", step_line(&r));
         let result = (
@@ -473,7 +542,7 @@ pub struct MemoryResult {
 /// written, then reports the growth of the resident set per session.
 pub fn memory(sessions: u32) -> Result<MemoryResult, BenchError> {
     let rss_before = rss_bytes();
-    let mut rig = build_rig(sessions, None)?;
+    let mut rig = build_rig(sessions, None, &CallShape::default())?;
     rig.run_periods(0..50);
     let rss_after = rss_bytes();
     std::hint::black_box(&rig);
@@ -510,6 +579,7 @@ mod tests {
             core: None,
             sleep_when_idle: false,
             srtp: None,
+            calls: CallShape::default(),
         })
         .expect("step runs");
         // 200 ms at 20 ms per tick: about 10 ticks per session (staggered phases and
@@ -543,6 +613,7 @@ mod tests {
             core: None,
             sleep_when_idle: true,
             srtp: None,
+            calls: CallShape::default(),
         })
         .expect("step runs");
         assert!(r.ticks >= 10 * 12, "ticks {}", r.ticks);
@@ -620,6 +691,7 @@ mod tests {
                 core: None,
                 sleep_when_idle: false,
                 srtp: Some(suite.id().to_string()),
+                calls: CallShape::default(),
             })
             .expect("step runs");
             assert!(r.packets_in >= 15 * 5, "{suite:?}: {r:?}");
@@ -632,6 +704,50 @@ mod tests {
     }
 
     #[test]
+    fn the_ci_sized_g722_barge_scenario_mixes_g722_legs() {
+        let r = run_ci_scenario("capacity-g722-barge-ci.json");
+        assert!(r.steps.iter().all(|s| s.packets_in > 0), "{r:?}");
+    }
+
+    #[test]
+    fn the_ci_sized_opus_pcmu_monitor_scenario_transcodes_every_leg() {
+        if let Err(e) = earshot_media::codec::opus_available() {
+            println!("SKIPPED: libopus not found ({e})");
+            return;
+        }
+        // Every output is mixed (Opus and PCMU cannot forward to each other), so the
+        // run's check of three packets out per tick holds for monitored calls too.
+        let r = run_ci_scenario("capacity-opus-pcmu-monitor-ci.json");
+        assert!(r.steps.iter().all(|s| s.packets_in > 0), "{r:?}");
+    }
+
+    #[test]
+    fn unknown_codecs_and_modes_are_refused_before_any_step() {
+        let mut p = SearchParams {
+            ramp: vec![10],
+            step_ms: 100,
+            max_seconds: 1,
+            resolution: 5,
+            core: None,
+            sleep_when_idle: false,
+            srtp: None,
+            calls: CallShape {
+                codecs: vec!["pcmu".into(), "amr".into()],
+                mode: None,
+            },
+        };
+        let e = search(&p).expect_err("unknown codec");
+        assert!(e.to_string().contains("amr"), "{e}");
+        p.calls = CallShape {
+            codecs: vec!["G722".into()],
+            mode: Some("whisper".into()),
+        };
+        let e = search(&p).expect_err("unknown mode");
+        assert!(e.to_string().contains("whisper"), "{e}");
+        assert_eq!(p.calls.codecs().unwrap(), vec![Codec::G722]);
+    }
+
+    #[test]
     fn an_unknown_srtp_suite_is_refused_before_any_step() {
         let p = SearchParams {
             ramp: vec![10],
@@ -641,6 +757,7 @@ mod tests {
             core: None,
             sleep_when_idle: false,
             srtp: Some("aes_cm_256_hmac_sha1_80".into()),
+            calls: CallShape::default(),
         };
         let e = search(&p).expect_err("unknown suite");
         assert!(e.to_string().contains("aes_cm_128_hmac_sha1_80"), "{e}");

@@ -31,14 +31,13 @@ use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_dsp::mix::MixKernels;
 use earshot_engine_api::{
-    EngineError, Family, LegId, MasterKey, Response, ShardStats, SrtpMedia, SrtpSuite,
+    EngineError, Family, LegId, MasterKey, MediaConfig, Response, ShardStats, SrtpMedia, SrtpSuite,
 };
 use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_types::Codec;
 use earshot_types::time::{Duration, Instant};
 
 use crate::fixtures::{Supervision, pcmu_media, plan};
-use crate::g711::tone_frame;
 use crate::rtp::{HEADER_LEN, RtpHeader};
 use crate::tone::Tone;
 
@@ -50,6 +49,74 @@ pub const PACKET_LEN: usize = HEADER_LEN + FRAME_SAMPLES;
 pub const PERIOD_NS: u64 = 20_000_000;
 /// The longest SRTP packet a rig leg sends: the PCMU packet and the largest tag.
 pub const SRTP_PACKET_MAX: usize = PACKET_LEN + 16;
+
+/// The codecs a rig party may talk ([`ShardRig::set_codecs`]): those whose 20 ms packet
+/// fits [`PACKET_LEN`] (L16 does not).
+pub const RIG_CODECS: [Codec; 4] = [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
+
+/// One party's prebuilt packet: its codec's 20 ms frame of the party's tone, behind a
+/// header rewritten per packet.
+#[derive(Clone, Copy, Debug)]
+struct Voice {
+    bytes: [u8; PACKET_LEN],
+    len: usize,
+    payload_type: u8,
+    /// RTP timestamp units per 20 ms period.
+    ts_per_period: u32,
+}
+
+impl Voice {
+    /// Party `party`'s voice in `codec`: for the stateful codecs (G.722, Opus) the frame
+    /// an encoder produces once it has settled (the fourth), so the shard's decoder sees
+    /// a steady stream of one representative frame.
+    fn new(codec: Codec, party: usize) -> Voice {
+        let rate = codec.audio_rate();
+        let samples = rate.samples_in_ms(20);
+        let settings = earshot_opus::OpusSettings::default();
+        let mut encoder = earshot_media::codec::Encoder::new(codec, settings)
+            .expect("rig codecs have encoders (Opus needs libopus)");
+        let tone = Tone::new(
+            voice(party).hz,
+            crate::tone::TONE_AMPLITUDE,
+            f64::from(rate.hz()),
+        );
+        let mut pcm = vec![0i16; samples];
+        let mut bytes = [0u8; PACKET_LEN];
+        let mut len = 0;
+        for frame in 0..4u64 {
+            tone.fill(frame * samples as u64, &mut pcm);
+            len = encoder.encode(&pcm, &mut bytes[HEADER_LEN..]);
+        }
+        assert!(len > 0, "{codec:?} encoded nothing");
+        Voice {
+            bytes,
+            len: HEADER_LEN + len,
+            payload_type: rig_payload_type(codec),
+            ts_per_period: codec.rtp_units_per_frame(20),
+        }
+    }
+
+    /// The RTP header of this voice's packet of `period` from `ssrc` (the marker on
+    /// period 0, the talk-spurt start).
+    #[inline]
+    fn header(&self, period: u64, ssrc: u32) -> RtpHeader {
+        RtpHeader {
+            payload_type: self.payload_type,
+            ..RtpHeader::pcmu(
+                period as u16,
+                (period as u32).wrapping_mul(self.ts_per_period),
+                ssrc,
+            )
+        }
+        .with_marker(period == 0)
+    }
+}
+
+/// The payload type rig legs of `codec` use: the static one, 111 for Opus (WebRTC's
+/// usual choice).
+pub fn rig_payload_type(codec: Codec) -> u8 {
+    codec.static_payload_type().map_or(111, |pt| pt.0)
+}
 
 /// A shard configuration with the engine's defaults for everything but the sizes: legs
 /// report 127.0.0.1, jitter buffers between 20 and 200 ms, a 30 s media timeout, ticks
@@ -105,6 +172,8 @@ pub enum RigError {
     UnexpectedResponse(&'static str),
     /// The port pool is exhausted.
     NoFreePort,
+    /// A codec the rig cannot prebuild a 20 ms packet of ([`RIG_CODECS`]).
+    UnsupportedCodec(Codec),
 }
 
 impl std::fmt::Display for RigError {
@@ -113,6 +182,7 @@ impl std::fmt::Display for RigError {
             RigError::Engine(e) => write!(f, "shard set-up failed: {e}"),
             RigError::UnexpectedResponse(what) => write!(f, "unexpected response to {what}"),
             RigError::NoFreePort => f.write_str("the rig's port range is exhausted"),
+            RigError::UnsupportedCodec(c) => write!(f, "the rig cannot talk {c:?}"),
         }
     }
 }
@@ -311,18 +381,20 @@ impl RigSrtp {
     /// Party `party`'s packet of `period`, protected, copied into the scratch buffer:
     /// its length (0 when it could not be protected).
     #[inline]
-    fn packet(&mut self, voice: &mut [u8; PACKET_LEN], party: usize, period: u64) -> usize {
+    fn packet(&mut self, voice: &mut Voice, party: usize, period: u64) -> usize {
         while self.protected.len() <= party {
             self.protected.push((None, 0, [0; SRTP_PACKET_MAX]));
         }
         let (at, len, bytes) = &mut self.protected[party];
         if *at != Some(period) {
-            header(period, srtp_ssrc_of(party)).write(voice);
-            bytes[..PACKET_LEN].copy_from_slice(voice);
+            voice
+                .header(period, srtp_ssrc_of(party))
+                .write(&mut voice.bytes);
+            bytes[..voice.len].copy_from_slice(&voice.bytes[..voice.len]);
             *at = Some(period);
             *len = self
                 .phones
-                .protect_rtp(bytes, PACKET_LEN)
+                .protect_rtp(bytes, voice.len)
                 .unwrap_or_else(|_| {
                     self.protect_failures += 1;
                     0
@@ -341,7 +413,9 @@ pub struct ShardRig<S: TxSink = DiscardSink> {
     sink: S,
     legs: Vec<RigLeg>,
     /// One prebuilt packet per party index; the header is rewritten per packet.
-    voices: Vec<[u8; PACKET_LEN]>,
+    voices: Vec<Voice>,
+    /// The codec of each party index (PCMU beyond the list).
+    codecs: Vec<Codec>,
     kernel: &'static str,
     /// Set: legs added are SRTP and are fed protected packets.
     srtp: Option<Box<RigSrtp>>,
@@ -364,6 +438,7 @@ impl<S: TxSink> ShardRig<S> {
             sink,
             legs: Vec::new(),
             voices: Vec::new(),
+            codecs: Vec::new(),
             kernel: kernels.name,
             srtp: None,
         }
@@ -394,7 +469,23 @@ impl<S: TxSink> ShardRig<S> {
         self.srtp.as_ref().map_or(0, |s| s.protect_failures)
     }
 
-    /// Adds session `session` of `parties` legs (PCMU, rtcp-mux, each with its far end
+    /// Sets the codec of each party index (customer, agent, supervisor, ...) for the
+    /// sessions added from now on; parties beyond the list talk PCMU. Set it before
+    /// adding sessions: a party's prebuilt voice is made in its codec when its first leg
+    /// is added. Refuses a codec outside [`RIG_CODECS`].
+    pub fn set_codecs(&mut self, codecs: &[Codec]) -> Result<(), RigError> {
+        if let Some(c) = codecs.iter().find(|c| !RIG_CODECS.contains(c)) {
+            return Err(RigError::UnsupportedCodec(*c));
+        }
+        self.codecs = codecs.to_vec();
+        Ok(())
+    }
+
+    fn codec_of(&self, party: usize) -> Codec {
+        self.codecs.get(party).copied().unwrap_or(Codec::Pcmu)
+    }
+
+    /// Adds session `session` of `parties` legs (each in its party's codec, rtcp-mux, each with its far end
     /// [`peer_of`] its rig-wide leg index) and the plan `edges` (party indices, unity
     /// gain), at time `now`. Returns the new legs' rig indices.
     pub fn add_session(
@@ -419,7 +510,12 @@ impl<S: TxSink> ShardRig<S> {
                 return Err(RigError::UnexpectedResponse("AllocateLeg"));
             };
             let peer = peer_of(self.legs.len());
-            let mut media = pcmu_media(Some(peer));
+            let codec = self.codec_of(party);
+            let mut media = MediaConfig {
+                codec,
+                payload_type: rig_payload_type(codec),
+                ..pcmu_media(Some(peer))
+            };
             if let Some(srtp) = &self.srtp {
                 let local = rig_key(srtp.suite, 0xA5, self.legs.len() + 1);
                 let keys =
@@ -439,11 +535,8 @@ impl<S: TxSink> ShardRig<S> {
                 party,
             });
             while self.voices.len() <= party {
-                let mut p = [0u8; PACKET_LEN];
-                let payload: [u8; FRAME_SAMPLES] =
-                    tone_frame(Codec::Pcmu, &voice(self.voices.len()), 0);
-                p[HEADER_LEN..].copy_from_slice(&payload);
-                self.voices.push(p);
+                let p = self.voices.len();
+                self.voices.push(Voice::new(self.codec_of(p), p));
             }
         }
         let cmd = ShardCommand::SetSessionPlan(plan(session, &ids, edges, &[]));
@@ -582,18 +675,6 @@ impl<S: TxSink> ShardRig<S> {
     }
 }
 
-/// The RTP header of a rig packet of `period` (the marker on period 0, the talk-spurt
-/// start).
-#[inline]
-fn header(period: u64, ssrc: u32) -> RtpHeader {
-    RtpHeader::pcmu(
-        period as u16,
-        (period as u32).wrapping_mul(FRAME_SAMPLES as u32),
-        ssrc,
-    )
-    .with_marker(period == 0)
-}
-
 /// One SRTP leg's packet of `period`: the party's protected packet, copied for the
 /// shard to unprotect in place.
 #[inline]
@@ -601,7 +682,7 @@ fn feed_srtp<S: TxSink>(
     shard: &mut Shard,
     sink: &mut S,
     srtp: &mut RigSrtp,
-    voice: &mut [u8; PACKET_LEN],
+    voice: &mut Voice,
     now: Instant,
     leg: &RigLeg,
     period: u64,
@@ -624,23 +705,19 @@ fn feed_srtp<S: TxSink>(
 fn feed_one<S: TxSink>(
     shard: &mut Shard,
     sink: &mut S,
-    packet: &mut [u8; PACKET_LEN],
+    voice: &mut Voice,
     now: Instant,
     index: usize,
     leg: &RigLeg,
     period: u64,
 ) {
-    RtpHeader::pcmu(
-        period as u16,
-        (period as u32).wrapping_mul(FRAME_SAMPLES as u32),
-        0x1000_0000 + index as u32,
-    )
-    .with_marker(period == 0)
-    .write(packet);
+    voice
+        .header(period, 0x1000_0000 + index as u32)
+        .write(&mut voice.bytes);
     let d = Datagram {
         local_port: leg.port,
         remote: leg.peer,
-        payload: black_box(&mut packet[..]),
+        payload: black_box(&mut voice.bytes[..voice.len]),
     };
     shard.handle_packet(now, d, sink);
 }
@@ -690,6 +767,35 @@ mod tests {
     }
 
     #[test]
+    fn each_party_of_a_mixed_codec_session_gets_its_own_codec() {
+        let mut rig = rig_with_capture(1);
+        rig.set_codecs(&[Codec::Pcmu, Codec::G722, Codec::Pcma])
+            .unwrap();
+        rig.add_barge_session(Instant::ZERO, "w").unwrap();
+        rig.run_periods(0..20);
+        let sent = rig.sink_mut().take();
+        let stats = rig.stats(Instant::ZERO).unwrap();
+        assert_eq!(stats.packets_in, 60);
+        assert!(stats.drops.iter().all(|(_, n)| *n == 0), "{stats:?}");
+        for (leg, pt) in rig.legs().to_vec().into_iter().zip([0u8, 9, 8]) {
+            let got: Vec<Rtp> = sent
+                .iter()
+                .filter(|c| c.dst == leg.peer)
+                .filter_map(|c| Rtp::parse(&c.bytes))
+                .collect();
+            assert!(got.len() >= 15, "party {} got {}", leg.party, got.len());
+            assert!(
+                got.iter()
+                    .all(|r| r.payload_type == pt && r.payload.len() == 160)
+            );
+        }
+        assert!(matches!(
+            rig.set_codecs(&[Codec::L16(earshot_types::SampleRate::Hz8000)]),
+            Err(RigError::UnsupportedCodec(_))
+        ));
+    }
+
+    #[test]
     fn a_monitor_session_forwards_customer_and_agent_untouched() {
         let mut rig = rig_with_capture(1);
         rig.add_monitor_session(Instant::ZERO, "m").unwrap();
@@ -698,7 +804,7 @@ mod tests {
         assert_eq!(sent.len(), 1, "forwarded at once, inside the receive call");
         assert_eq!(sent[0].dst, rig.legs()[AGENT].peer);
         let rtp = Rtp::parse(&sent[0].bytes).unwrap();
-        let want: [u8; FRAME_SAMPLES] = tone_frame(Codec::Pcmu, &voice(CUSTOMER), 0);
+        let want: [u8; FRAME_SAMPLES] = crate::g711::tone_frame(Codec::Pcmu, &voice(CUSTOMER), 0);
         assert_eq!(rtp.payload, want.to_vec(), "payload forwarded bit-exactly");
     }
 

@@ -163,6 +163,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                         core: Some(0),
                         sleep_when_idle: false,
                         srtp: None,
+                        calls: Default::default(),
                     },
                     name.unwrap_or_else(|| "capacity".to_string()),
                 ),

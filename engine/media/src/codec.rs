@@ -225,8 +225,9 @@ impl Decoder {
 /// Encodes one leg's outgoing frames.
 #[derive(Debug)]
 pub enum Encoder {
-    /// G.711 mu-law or A-law.
-    G711(Codec),
+    /// G.711 mu-law or A-law, through the kernel chosen once per process for this law
+    /// (held here: no table lookup per frame).
+    G711(Codec, g711::EncodeFn),
     /// G.722 ADPCM state, 16 kHz in.
     G722(Box<G722Encoder>),
     /// L16 at the given rate.
@@ -240,7 +241,15 @@ impl Encoder {
     /// settings (control path: allocates).
     pub fn new(codec: Codec, opus: OpusSettings) -> Result<Encoder, OpusError> {
         Ok(match codec {
-            Codec::Pcmu | Codec::Pcma => Encoder::G711(codec),
+            Codec::Pcmu | Codec::Pcma => {
+                let k = g711::kernels();
+                let kernel = if codec == Codec::Pcma {
+                    k.alaw_encode
+                } else {
+                    k.ulaw_encode
+                };
+                Encoder::G711(codec, kernel)
+            }
             Codec::G722 => Encoder::G722(Box::new(G722Encoder::new())),
             Codec::L16(rate) => Encoder::L16(rate),
             Codec::Opus => Encoder::Opus(OpusEncoder::new(opus)?),
@@ -250,7 +259,7 @@ impl Encoder {
     /// The rate of the PCM it takes.
     pub fn pcm_rate(&self) -> SampleRate {
         match self {
-            Encoder::G711(_) => SampleRate::Hz8000,
+            Encoder::G711(..) => SampleRate::Hz8000,
             Encoder::G722(_) => SampleRate::Hz16000,
             Encoder::L16(rate) => *rate,
             Encoder::Opus(e) => {
@@ -263,9 +272,9 @@ impl Encoder {
     /// refuses, which the caller treats as nothing to send).
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
         match self {
-            Encoder::G711(codec) => {
+            Encoder::G711(_, kernel) => {
                 let n = pcm.len().min(out.len());
-                g711::encode(*codec, &pcm[..n], &mut out[..n]);
+                kernel(&pcm[..n], &mut out[..n]);
                 n
             }
             Encoder::G722(e) => e.encode(pcm, out),

@@ -290,8 +290,25 @@ pub struct JitterBuffer {
     unit_bytes: usize,
     /// PCM samples per unit at the decoder's rate.
     pcm_unit: usize,
+    /// The codec's RTP clock, hertz. Per-call constants like this one are computed once
+    /// here: the packet and poll paths run per packet and per tick.
+    clock_hz: u32,
+    /// The codec has a fixed byte rate (everything but Opus): packets are cut into units.
+    fixed_rate: bool,
+    /// The decoder is stateless and nothing is staged (G.711, L16): whole runs of units
+    /// decode in one call ([`JitterBuffer::play_run`]).
+    run_decode: bool,
+    /// What a slot holding one whole unit of a fixed-rate packet looks like.
+    whole_slot: Slot,
+    /// Units and PCM samples in one frame of the leg's ptime ([`JitterBuffer::poll_frame`]).
+    frame_units: usize,
+    frame_samples: usize,
     /// Duration of the packets arriving (the ptime until one arrives), microseconds.
     packet_us: i64,
+    /// The same in units, and (fixed-rate codecs) in payload bytes: a packet of that
+    /// length is known to be that many units without a division.
+    packet_units: usize,
+    packet_bytes: usize,
     slots: Vec<Slot>,
     /// `unit_bytes` per slot, plus room for an Opus packet starting in the last slot to
     /// run on past the end (its later units' own places stay free).
@@ -329,6 +346,8 @@ pub struct JitterBuffer {
     /// RFC 3550 A.8 state: previous transit time (samples) and jitter in 1/16 samples.
     prev_transit: Option<u32>,
     jitter_q4: u32,
+    /// `jitter_q4 >> 4` and the same in microseconds.
+    jitter_cached: (u32, i64),
     target_us: i64,
     level_avg_us: i64,
     level_avg_valid: bool,
@@ -344,6 +363,9 @@ pub struct JitterBuffer {
     talkspurt_pending: bool,
     rng: SeedRng,
     stats: JitterStats,
+    /// Tests: take only the general paths, to check that the fast ones change nothing.
+    #[cfg(test)]
+    general_paths_only: bool,
 }
 
 impl JitterBuffer {
@@ -425,7 +447,18 @@ impl JitterBuffer {
             unit_ts: cfg.codec.rtp_units_per_frame(UNIT_MS),
             unit_bytes,
             pcm_unit,
+            clock_hz: cfg.codec.rtp_clock_hz(),
+            fixed_rate: cfg.codec.payload_bytes_per_ms().is_some(),
+            run_decode: stage_len == 0 && decoder.is_stateless(),
+            whole_slot: Slot::Audio {
+                len: unit_bytes as u16,
+                span: 1,
+            },
+            frame_units: (cfg.ptime_ms / UNIT_MS) as usize,
+            frame_samples: pcm_unit * (cfg.ptime_ms / UNIT_MS) as usize,
             packet_us: i64::from(cfg.ptime_ms) * 1_000,
+            packet_units: (cfg.ptime_ms / UNIT_MS) as usize,
+            packet_bytes: (cfg.ptime_ms / UNIT_MS) as usize * unit_bytes,
             slots: vec![Slot::Empty; cap],
             payload: vec![0; (cap + MAX_PACKET_UNITS - 1) * unit_bytes],
             stage: vec![0; stage_len],
@@ -448,6 +481,7 @@ impl JitterBuffer {
             highest_seq: SeqNo(0),
             prev_transit: None,
             jitter_q4: 0,
+            jitter_cached: (0, 0),
             target_us: i64::from(cfg.min_depth_ms.max(cfg.ptime_ms).min(cfg.max_depth_ms)) * 1_000,
             level_avg_us: 0,
             level_avg_valid: false,
@@ -459,6 +493,8 @@ impl JitterBuffer {
             talkspurt_pending: true,
             rng: SeedRng::new(cfg.noise_seed),
             stats: JitterStats::default(),
+            #[cfg(test)]
+            general_paths_only: false,
             decoder,
             cfg,
         }
@@ -469,6 +505,12 @@ impl JitterBuffer {
         &self.cfg
     }
 
+    /// The RTP clock of the codec, hertz (`config().codec.rtp_clock_hz()`, kept).
+    #[inline]
+    pub fn clock_hz(&self) -> u32 {
+        self.clock_hz
+    }
+
     /// The decoder it plays through.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
@@ -477,7 +519,7 @@ impl JitterBuffer {
     /// PCM samples in one frame of the leg's ptime at the decoder's rate (what
     /// [`JitterBuffer::poll_frame`] writes).
     pub fn frame_samples(&self) -> usize {
-        self.pcm_unit * (self.cfg.ptime_ms / UNIT_MS) as usize
+        self.frame_samples
     }
 
     /// PCM samples in one 10 ms unit at the decoder's rate: [`JitterBuffer::poll`] takes
@@ -508,7 +550,49 @@ impl JitterBuffer {
         marker: bool,
         payload: &[u8],
     ) -> Result<Accepted, DropReason> {
-        let result = self.place(now, ssrc, seq, ts, pt, marker, payload);
+        let arrival = rtp_units(now, self.clock_hz);
+        self.handle_packet_at(now, arrival, ssrc, seq, ts, pt, marker, payload)
+    }
+
+    /// [`JitterBuffer::handle_packet`] with `now` also given on the codec's RTP clock:
+    /// `arrival` is [`rtp_units`]`(now, codec.rtp_clock_hz())`, which the engine computes
+    /// once per packet for its RTCP statistics as well.
+    #[allow(clippy::too_many_arguments)] // The RTP header fields the buffer needs, unpacked.
+    #[inline]
+    pub fn handle_packet_at(
+        &mut self,
+        now: Instant,
+        arrival: u32,
+        ssrc: Ssrc,
+        seq: SeqNo,
+        ts: RtpTs,
+        pt: PayloadType,
+        marker: bool,
+        payload: &[u8],
+    ) -> Result<Accepted, DropReason> {
+        debug_assert_eq!(arrival, rtp_units(now, self.clock_hz));
+        if self.place_next(arrival, ssrc, seq, ts, pt, payload) {
+            self.stats.accepted += 1;
+            return Ok(Accepted::Stored);
+        }
+        self.handle_other(now, arrival, ssrc, seq, ts, pt, marker, payload)
+    }
+
+    /// Every packet but the common one of [`JitterBuffer::place_next`], counted.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn handle_other(
+        &mut self,
+        now: Instant,
+        arrival: u32,
+        ssrc: Ssrc,
+        seq: SeqNo,
+        ts: RtpTs,
+        pt: PayloadType,
+        marker: bool,
+        payload: &[u8],
+    ) -> Result<Accepted, DropReason> {
+        let result = self.place(now, arrival, ssrc, seq, ts, pt, marker, payload);
         match result {
             Ok(_) => self.stats.accepted += 1,
             Err(DropReason::TooLate) => self.stats.late_drops += 1,
@@ -521,10 +605,87 @@ impl JitterBuffer {
         result
     }
 
+    /// Whether the fast paths run: always, except in the tests that check they change
+    /// nothing.
+    #[inline(always)]
+    fn fast_paths(&self) -> bool {
+        #[cfg(test)]
+        return !self.general_paths_only;
+        #[cfg(not(test))]
+        true
+    }
+
+    /// The common case, decided in a few comparisons: a fixed-rate packet of the
+    /// current SSRC with the next sequence number whose timestamp follows the newest
+    /// buffered unit (a steady stream). It does what [`JitterBuffer::place`] does with
+    /// such a packet (stored after the newest unit), without the talk-spurt, probation,
+    /// resync and reorder cases; false (nothing done) for any other packet.
+    #[inline(always)]
+    fn place_next(
+        &mut self,
+        arrival: u32,
+        ssrc: Ssrc,
+        seq: SeqNo,
+        ts: RtpTs,
+        pt: PayloadType,
+        payload: &[u8],
+    ) -> bool {
+        if !self.fast_paths() {
+            return false;
+        }
+        // A packet as long as the last one (or the ptime) has as many units: no division.
+        let units = self.packet_units;
+        let internal = ts.add(self.ts_offset);
+        if !self.fixed_rate
+            || payload.len() != self.packet_bytes
+            || pt != self.cfg.payload_type
+            || self.stored == 0
+            || self.ssrc != Some(ssrc)
+            || seq != self.highest_seq.next()
+            || internal != self.newest_ts.add(self.unit_ts)
+        {
+            return false;
+        }
+        // With audio buffered the newest unit is at or after the head, and no slot after
+        // it is filled: the packet's slots are all free if they are in the ring.
+        let ahead = internal.delta(self.head_ts);
+        // Unsigned division (a positive `ahead`): cheaper than the signed one.
+        let offset = (ahead as u32 / self.unit_ts) as usize;
+        let cap = self.slots.len();
+        if ahead <= 0 || offset as u32 * self.unit_ts != ahead as u32 || offset + units > cap {
+            return false;
+        }
+        debug_assert!(self.has_room(offset, false, units));
+        self.highest_seq = seq;
+        self.update_jitter(arrival, internal);
+        let ub = self.unit_bytes;
+        // head_idx < cap and offset < cap.
+        let mut first = self.head_idx + offset;
+        if first >= cap {
+            first -= cap;
+        }
+        let keeps_last =
+            self.last_valid && !self.last_saved && (first..first + units).contains(&self.last_slot);
+        if first + units > cap || keeps_last {
+            // Wrapping around the ring, or over the unit concealment would repeat.
+            self.store(offset, false, units, payload);
+            return true;
+        }
+        self.slots[first..first + units].fill(Slot::Audio {
+            len: ub as u16,
+            span: 1,
+        });
+        self.payload[first * ub..(first + units) * ub].copy_from_slice(payload);
+        self.stored += units;
+        self.newest_ts = internal.add((units - 1) as u32 * self.unit_ts);
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn place(
         &mut self,
         now: Instant,
+        arrival: u32,
         ssrc: Ssrc,
         seq: SeqNo,
         ts: RtpTs,
@@ -561,7 +722,7 @@ impl JitterBuffer {
             let internal = ts.add(self.ts_offset);
             self.start_talkspurt(now, internal);
             self.note_packet(noise, units);
-            self.update_jitter(now, internal);
+            self.update_jitter(arrival, internal);
             self.store(0, noise, units, payload);
             return Ok(Accepted::TalkspurtStart);
         }
@@ -613,7 +774,7 @@ impl JitterBuffer {
             // played: move the head back to it if the newest unit stays in the ring.
             let span = i64::from(self.newest_ts.delta(internal)) / i64::from(self.unit_ts);
             if !matches!(self.phase, Phase::Buffering { .. }) || span >= cap {
-                self.update_jitter(now, internal);
+                self.update_jitter(arrival, internal);
                 return Err(DropReason::TooLate);
             }
             let back = (-offset) as usize % self.slots.len();
@@ -632,7 +793,7 @@ impl JitterBuffer {
             return Err(DropReason::Duplicate);
         }
         self.note_packet(noise, units);
-        self.update_jitter(now, internal);
+        self.update_jitter(arrival, internal);
         self.store(offset, noise, units, payload);
         Ok(accepted)
     }
@@ -642,6 +803,8 @@ impl JitterBuffer {
     fn note_packet(&mut self, noise: bool, units: usize) {
         if !noise {
             self.packet_us = units as i64 * UNIT_US;
+            self.packet_units = units;
+            self.packet_bytes = units * self.unit_bytes;
         }
     }
 
@@ -652,7 +815,7 @@ impl JitterBuffer {
         let free = |j: usize| self.slots[(self.head_idx + offset + j) % cap] == Slot::Empty;
         if noise {
             free(0)
-        } else if self.cfg.codec.payload_bytes_per_ms().is_some() {
+        } else if self.fixed_rate {
             (0..units).any(free)
         } else {
             (0..units).all(free)
@@ -731,7 +894,11 @@ impl JitterBuffer {
     fn store(&mut self, offset: usize, noise: bool, units: usize, payload: &[u8]) {
         let cap = self.slots.len();
         let ub = self.unit_bytes;
-        let first = (self.head_idx + offset) % cap;
+        // head_idx < cap and offset < cap (callers keep offset + units <= cap).
+        let mut first = self.head_idx + offset;
+        if first >= cap {
+            first -= cap;
+        }
         let was_empty = self.stored == 0;
         if noise {
             self.save_last_before_overwrite(first);
@@ -739,7 +906,8 @@ impl JitterBuffer {
             // Only the level byte matters; spectral parameters are ignored.
             self.payload[first * ub] = payload[0] & 0x7f;
             self.stored += 1;
-        } else if self.cfg.codec.payload_bytes_per_ms().is_some()
+        } else if self.fixed_rate
+            && self.fast_paths()
             && first + units <= cap
             && self.slots[first..first + units]
                 .iter()
@@ -757,7 +925,7 @@ impl JitterBuffer {
             self.slots[first..first + units].fill(audio);
             self.payload[first * ub..(first + units) * ub].copy_from_slice(&payload[..units * ub]);
             self.stored += units;
-        } else if self.cfg.codec.payload_bytes_per_ms().is_some() {
+        } else if self.fixed_rate {
             for j in 0..units {
                 let idx = (first + j) % cap;
                 if self.slots[idx] != Slot::Empty {
@@ -825,10 +993,10 @@ impl JitterBuffer {
     }
 
     /// RFC 3550 A.8 interarrival jitter, in 1/16 sample units, and the target it implies.
-    fn update_jitter(&mut self, now: Instant, internal: RtpTs) {
-        let clock = self.cfg.codec.rtp_clock_hz();
-        // Arrival in RTP units; wrapping to 32 bits is what RFC 3550 does too.
-        let arrival = rtp_units(now, clock);
+    /// `arrival` is the packet's arrival in RTP units, wrapped to 32 bits as RFC 3550
+    /// does too.
+    fn update_jitter(&mut self, arrival: u32, internal: RtpTs) {
+        let clock = self.clock_hz;
         let transit = arrival.wrapping_sub(internal.0);
         if let Some(prev) = self.prev_transit {
             // A delta over a second is a glitch the resync logic handles; cap its weight.
@@ -839,7 +1007,12 @@ impl JitterBuffer {
         }
         self.prev_transit = Some(transit);
 
-        let jitter_us = i64::from(self.jitter_q4 >> 4) * 1_000_000 / i64::from(clock);
+        // The estimate in microseconds, converted again only when it moved (a division).
+        let jitter = self.jitter_q4 >> 4;
+        if jitter != self.jitter_cached.0 {
+            self.jitter_cached = (jitter, i64::from(jitter) * 1_000_000 / i64::from(clock));
+        }
+        let jitter_us = self.jitter_cached.1;
         let raw = (self.packet_us + 4 * jitter_us).clamp(
             i64::from(self.cfg.min_depth_ms) * 1_000,
             i64::from(self.cfg.max_depth_ms) * 1_000,
@@ -857,9 +1030,9 @@ impl JitterBuffer {
     ///
     /// Panics if `out` is shorter than a frame (a programmer error).
     pub fn poll_frame(&mut self, now: Instant, out: &mut [i16]) -> Polled {
-        let n = self.frame_samples();
+        let n = self.frame_samples;
         assert!(out.len() >= n, "output shorter than a frame");
-        self.poll(now, &mut out[..n])
+        self.poll_units(now, &mut out[..n], self.frame_units)
     }
 
     /// Writes the audio due at the tick `now` into `out`, whose length is a whole number
@@ -875,6 +1048,12 @@ impl JitterBuffer {
             "a poll is 1 to {MAX_PACKET_UNITS} whole units of {pu} samples, not {}",
             out.len()
         );
+        self.poll_units(now, out, units)
+    }
+
+    /// [`JitterBuffer::poll`] of `units` units (`out.len()` is `units` whole units).
+    #[inline(always)]
+    fn poll_units(&mut self, now: Instant, out: &mut [i16], units: usize) -> Polled {
         match self.phase {
             Phase::Idle => return self.fill_idle(out),
             Phase::Buffering { since } => {
@@ -887,8 +1066,9 @@ impl JitterBuffer {
             Phase::Playing => {}
         }
 
-        let level_us = self.level_units() * UNIT_US;
-        self.stats.level_ms = (level_us / 1_000) as u32;
+        let level_units = self.level_units();
+        let level_us = level_units * UNIT_US;
+        self.stats.level_ms = (level_units * i64::from(UNIT_MS)) as u32;
         if self.level_avg_valid {
             self.level_avg_us += (level_us - self.level_avg_us) / 16;
         } else {
@@ -906,7 +1086,7 @@ impl JitterBuffer {
                 talkspurt_start: false,
             };
         }
-        if let Some(mut polled) = self.play_run(out) {
+        if let Some(mut polled) = self.play_run(out, units) {
             // Played as audio from the head on: the fill may be adjusted.
             self.adjust_fill(out, units, &mut polled);
             return polled;
@@ -921,7 +1101,7 @@ impl JitterBuffer {
 
     /// Plays one poll's units into `out`.
     fn play(&mut self, out: &mut [i16]) -> Polled {
-        match self.play_run(out) {
+        match self.play_run(out, out.len() / self.pcm_unit) {
             Some(polled) => polled,
             None => self.play_units(out),
         }
@@ -957,16 +1137,18 @@ impl JitterBuffer {
     /// (no wrap). The result is what [`JitterBuffer::play_unit`] gives unit by unit;
     /// `None` (nothing done) otherwise. It keeps a plain PCMU barge period as cheap as
     /// the one-frame buffer it replaced (perf/callgrind.sh barge-tick).
-    #[inline]
-    fn play_run(&mut self, out: &mut [i16]) -> Option<Polled> {
-        let (head, ub, pu) = (self.head_idx, self.unit_bytes, self.pcm_unit);
-        let units = out.len() / pu;
-        let whole = |s: &Slot| matches!(s, Slot::Audio { len, .. } if usize::from(*len) == ub);
-        if !self.stage.is_empty()
-            || !self.decoder.is_stateless()
+    #[inline(always)]
+    fn play_run(&mut self, out: &mut [i16], units: usize) -> Option<Polled> {
+        if !self.fast_paths() {
+            return None;
+        }
+        let (head, ub) = (self.head_idx, self.unit_bytes);
+        // A stateless decoder means a fixed-rate codec, whose slots hold single units.
+        let whole = self.whole_slot;
+        if !self.run_decode
             || self.phase == Phase::Idle
             || head + units > self.slots.len()
-            || !self.slots[head..head + units].iter().all(whole)
+            || self.slots[head..head + units].iter().any(|s| *s != whole)
         {
             return None;
         }
@@ -980,7 +1162,12 @@ impl JitterBuffer {
         self.played_audio();
         self.slots[head..head + units].fill(Slot::Empty);
         self.stored -= units;
-        self.head_idx = (head + units) % self.slots.len();
+        // head + units <= len (checked above).
+        self.head_idx = if head + units == self.slots.len() {
+            0
+        } else {
+            head + units
+        };
         self.head_ts = self.head_ts.add(units as u32 * self.unit_ts);
         Some(Polled {
             kind: FrameKind::Audio,
@@ -990,7 +1177,30 @@ impl JitterBuffer {
 
     /// Inserts or drops one poll's worth when the fill has left its window around
     /// target + (P + T) / 2, with `out` the poll just played (to judge quietness).
+    /// The common case (inside the window) is decided here, inline.
+    #[inline]
     fn adjust_fill(&mut self, out: &mut [i16], units: usize, polled: &mut Polled) {
+        let poll_us = units as i64 * UNIT_US;
+        // Both durations are positive: halving is a shift.
+        let centre = self.target_us + ((self.packet_us + poll_us) >> 1);
+        let half = self.packet_us.max(poll_us) >> 1;
+        if !self.fast_paths() {
+            return self.adjust_fill_outside(out, units, polled);
+        }
+        if !self.just_inserted
+            && self.level_avg_us >= centre - half
+            && self.level_avg_us <= centre + half
+        {
+            self.adjust_wait = 0;
+            return;
+        }
+        self.adjust_fill_outside(out, units, polled);
+    }
+
+    /// [`JitterBuffer::adjust_fill`] when the fill is outside its window (or the
+    /// previous poll was an insertion).
+    #[inline(never)]
+    fn adjust_fill_outside(&mut self, out: &mut [i16], units: usize, polled: &mut Polled) {
         let poll_us = units as i64 * UNIT_US;
         let centre = self.target_us + (self.packet_us + poll_us) / 2;
         let half = self.packet_us.max(poll_us) / 2;
@@ -1216,8 +1426,12 @@ impl JitterBuffer {
         if self.stored == 0 {
             return 0;
         }
-        let unit = i64::from(self.unit_ts);
-        (i64::from(self.newest_ts.delta(self.head_ts)) / unit + 1).max(0)
+        let ahead = self.newest_ts.delta(self.head_ts);
+        if ahead < 0 {
+            return (i64::from(ahead) / i64::from(self.unit_ts) + 1).max(0);
+        }
+        // Unsigned division (`ahead` is positive): cheaper than the signed one.
+        i64::from(ahead as u32 / self.unit_ts) + 1
     }
 
     /// Concealment of one unit: Opus PLC, or a faded repeat of the last unit; silence

@@ -159,6 +159,7 @@ impl OutputStream {
 
     /// Stamps a frame the engine mixed (or transcoded) at the tick `now`.
     /// `talkspurt_start` comes from the jitter buffer or mixer and sets the marker.
+    #[inline]
     pub fn mixed(&mut self, now: Instant, talkspurt_start: bool) -> Stamp {
         // Leaving a forwarded source is a switch: the receiver should resync.
         let switching = self.source.is_some() || self.marker_pending;
@@ -172,11 +173,17 @@ impl OutputStream {
                 let frame = i64::from(self.frame_samples);
                 // Whole frames between where ticking puts us and where time does;
                 // truncation toward zero leaves sub-frame tick jitter alone.
-                let behind_frames = i64::from(self.ideal_ts(now).delta(next)) / frame;
-                // Ahead of wall time (a fast forwarded source, or forwarded packets that
-                // arrived early): never go backwards; the lead stays constant while
-                // ticking and shrinks at the next switch that comes late enough.
-                next.add((behind_frames.max(0) * frame) as u32)
+                let behind = i64::from(self.ideal_ts(now).delta(next));
+                if behind < frame {
+                    // Less than a frame behind, or ahead of wall time (a fast forwarded
+                    // source, or forwarded packets that arrived early): never go
+                    // backwards; the lead stays constant while ticking and shrinks at
+                    // the next switch that comes late enough. The usual tick: no
+                    // division.
+                    next
+                } else {
+                    next.add((behind / frame * frame) as u32)
+                }
             }
         };
         let switched = self.source.take().is_some();

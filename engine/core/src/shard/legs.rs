@@ -493,14 +493,26 @@ fn opus_settings(media: &MediaConfig, mix_rate: SampleRate) -> OpusSettings {
     OpusSettings {
         sample_rate_hz: earshot_media::codec::pcm_rate(media.codec, mix_rate).hz(),
         bitrate_bps: opus.bitrate_bps(),
-        complexity: opus
-            .complexity
-            .unwrap_or(OpusSettings::default().complexity),
+        complexity: opus.complexity.unwrap_or(default_complexity(mix_rate)),
         inband_fec: opus.use_inband_fec,
         dtx: opus.use_dtx,
         ..OpusSettings::default()
     }
 }
+
+/// The Opus encoder complexity when the leg's SDP (or operator) names none: 2 for a
+/// narrowband (8 kHz) mix, whose telephone-band audio SILK codes nearly as well at low
+/// complexity, else libopus's setting of our codec crate (5). Measured in
+/// docs/perf.md ("Codec capacity"): the encoder is most of an Opus/PCMU call's cost.
+fn default_complexity(mix_rate: SampleRate) -> u8 {
+    match mix_rate {
+        SampleRate::Hz8000 => NARROWBAND_OPUS_COMPLEXITY,
+        _ => OpusSettings::default().complexity,
+    }
+}
+
+/// See [`default_complexity`].
+const NARROWBAND_OPUS_COMPLEXITY: u8 = 2;
 
 /// A leg's decoder and encoder for a session mixing at `mix_rate` (control path:
 /// allocates; libopus may refuse).

@@ -104,12 +104,15 @@ impl Shard {
             media.rx_jitter.reset();
         }
         media.rx_seq.handle_seq(SeqNo(view.seq));
+        // `now` on the leg's RTP clock, for these statistics and the jitter buffer (built
+        // for the leg's codec) alike; the buffer keeps the clock rate at hand.
+        let arrival = rtp_units(now, media.jitter.clock_hz());
         if !is_event {
-            let arrival = rtp_units(now, media.codec.rtp_clock_hz());
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
         let report_first = media.report_first_packet;
         let id = leg.id;
+        let (s, src_index) = (leg.session, usize::from(leg.index));
         let mut event = None;
         if leg.remote.is_none() {
             leg.remote = Some(remote);
@@ -127,14 +130,18 @@ impl Shard {
         if first && report_first {
             self.push_event(ShardEvent::FirstPacket(id));
         }
-        let leg = self.leg(slot);
-        let (s, src_index) = (leg.session, usize::from(leg.index));
         if is_event {
             return self.forward_event(now, s, src_index, &view, payload, tx);
         }
-        // Forward to every listener whose plan forwards this source.
-        let sess = self.session(s);
+        // The session and leg tables are indexed here rather than through
+        // `Shard::session` and `Shard::leg_mut`, which are not inlined (a call each, on
+        // every packet).
+        let sess = self.sessions[s as usize]
+            .as_ref()
+            .expect("a live leg belongs to a live session");
         let targets = sess.plan.forward_targets(src_index);
+        let mixed = sess.plan.is_mixed_input(src_index);
+        // Forward to every listener whose plan forwards this source.
         if !targets.is_empty() {
             let legs = sess.legs;
             for l in targets {
@@ -142,10 +149,14 @@ impl Shard {
             }
         }
         // Buffer for the mix if anyone mixes this source.
-        if self.session(s).plan.is_mixed_input(src_index) {
-            let media = self.leg_mut(slot).media.as_mut().expect("checked above");
-            let r = media.jitter.handle_packet(
+        if mixed {
+            let media = self.legs[slot as usize]
+                .as_mut()
+                .and_then(|l| l.media.as_mut())
+                .expect("checked above");
+            let r = media.jitter.handle_packet_at(
                 now,
+                arrival,
                 Ssrc(view.ssrc),
                 SeqNo(view.seq),
                 RtpTs(view.ts),

@@ -611,3 +611,104 @@ fn junk_in_sequence_from_the_latched_address_never_moves_the_timeline() {
     frames.dedup();
     assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
 }
+
+/// One packet of the differential test's stream: its duration in units, what the
+/// network does to it, and what the sender does at it.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    units: u32,
+    delay_ms: u64,
+    lost: bool,
+    dup: bool,
+    /// 0: audio; 1: comfort noise instead; 2: a new SSRC from here on; 3: a timestamp
+    /// jump from here on; 4: a marker bit.
+    event: u8,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        prop::sample::select(vec![1u32, 2, 2, 2, 2, 3]),
+        prop::sample::select(vec![0u64, 0, 0, 1, 3, 5, 15, 30, 45, 70]),
+        prop::bool::weighted(0.05),
+        prop::bool::weighted(0.03),
+        prop::sample::select(vec![
+            0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+        ]),
+    )
+        .prop_map(|(units, delay_ms, lost, dup, event)| Step {
+            units,
+            delay_ms,
+            lost,
+            dup,
+            event,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The fast paths (the next packet of a steady stream stored in one go, whole runs
+    /// decoded in one call, the in-window fill check) change nothing: a buffer that
+    /// takes only the general paths plays the same samples, says the same about them
+    /// and counts the same, whatever the stream (any packetisation, loss, duplicates,
+    /// jitter, reordering, comfort noise, SSRC changes, timestamp jumps, markers).
+    #[test]
+    fn the_fast_paths_play_exactly_what_the_general_paths_play(
+        steps in prop::collection::vec(step(), 50..250),
+    ) {
+        let mut fast = buffer();
+        let mut slow = buffer();
+        slow.general_paths_only = true;
+        let (mut ssrc, mut seq, mut ts, mut sent_ms) = (Ssrc(0x1111), SeqNo(7), RtpTs(9_000), 0u64);
+        let mut pkts = Vec::new();
+        for (k, s) in steps.iter().enumerate() {
+            match s.event {
+                2 => ssrc = Ssrc(ssrc.0 + 1),
+                3 => ts = ts.add(123_456),
+                _ => {}
+            }
+            let cn = s.event == 1;
+            let mut r = SeedRng::new(k as u64);
+            let bytes = if cn { 1 } else { 80 * s.units as usize };
+            let p = Pkt {
+                at_ns: (sent_ms + s.delay_ms) * MS,
+                ssrc,
+                seq,
+                ts,
+                pt: if cn { PayloadType::CN } else { PayloadType::PCMU },
+                marker: s.event == 4,
+                payload: (0..bytes).map(|_| if cn { 40 } else { (r.next_u32() & 0xff) as u8 }).collect(),
+            };
+            if !s.lost {
+                if s.dup {
+                    let mut d = p.clone();
+                    d.at_ns += 2 * MS;
+                    pkts.push(d);
+                }
+                pkts.push(p);
+            }
+            seq = seq.next();
+            ts = ts.add(80 * s.units);
+            sent_ms += 10 * u64::from(s.units);
+        }
+        pkts.sort_by_key(|p| p.at_ns);
+        let (mut next, mut a, mut b) = (0, [0i16; FRAME], [0i16; FRAME]);
+        for tick in 0..sent_ms / PTIME_MS + 30 {
+            let now_ns = tick * PTIME_MS * MS + TICK_PHASE_NS;
+            while next < pkts.len() && pkts[next].at_ns <= now_ns {
+                let p = &pkts[next];
+                let at = Instant::from_nanos(p.at_ns);
+                let ra = fast.handle_packet(at, p.ssrc, p.seq, p.ts, p.pt, p.marker, &p.payload);
+                let rb = slow.handle_packet(at, p.ssrc, p.seq, p.ts, p.pt, p.marker, &p.payload);
+                prop_assert_eq!(ra, rb, "packet {}", next);
+                next += 1;
+            }
+            let now = Instant::from_nanos(now_ns);
+            let pa = fast.poll_frame(now, &mut a);
+            let pb = slow.poll_frame(now, &mut b);
+            prop_assert_eq!(pa, pb, "tick {}", tick);
+            prop_assert_eq!(&a[..], &b[..], "tick {}", tick);
+            prop_assert_eq!(fast.stats(), slow.stats(), "tick {}", tick);
+        }
+    }
+}
