@@ -68,7 +68,7 @@ use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ChildStdout;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -340,19 +340,26 @@ fn start_sender(ffmpeg: &Path, dir: &Path, party: Party, dest: SocketAddr) -> Ch
     ChildGuard::spawn(&name, ffmpeg, &args, &log)
 }
 
+/// The first port of the receivers' pairs: above the engines' port ranges
+/// ([`free_port_base`]: at most 22 x 1024) and below the kernel's ephemeral range
+/// (32768..), so that no socket the test or ffmpeg binds to port 0 can take a pair
+/// between the check here and ffmpeg's bind.
+const RECEIVER_PORTS: u16 = 24 * 1024;
+static NEXT_PAIR: AtomicU16 = AtomicU16::new(0);
+
 /// An even UDP port whose next port is free too: ffmpeg's RTP input binds the SDP's
-/// port and the one after it (RTCP).
+/// port and the one after it (RTCP), on every address. Each call in this test binary
+/// gets another pair.
 fn free_udp_pair() -> u16 {
-    for _ in 0..200 {
-        let Ok(first) = UdpSocket::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let port = first.local_addr().expect("local addr").port();
-        if port % 2 == 0 && port < u16::MAX && UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+    loop {
+        let n = NEXT_PAIR.fetch_add(1, Ordering::Relaxed);
+        let port = RECEIVER_PORTS + 2 * n;
+        assert!(port < 32_766, "no free pair of UDP ports for the receivers");
+        let free = |p: u16| UdpSocket::bind(("0.0.0.0", p)).is_ok();
+        if free(port) && free(port + 1) {
             return port;
         }
     }
-    panic!("no free pair of UDP ports");
 }
 
 /// What a receiving ffmpeg decoded so far: samples at [`OUT_RATE_HZ`], and after each
