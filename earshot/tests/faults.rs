@@ -1486,12 +1486,14 @@ fn engine_legs(socket: &Path) -> std::collections::BTreeSet<(String, String, u16
 }
 
 /// Creates `load-{from}..load-{to}` one after another (a bounded load), returning
-/// each acknowledged call's legs as (id, participant, port); refusals are counted.
+/// each acknowledged call's legs as (id, participant, port); refusals are counted, and
+/// `acks` counts acknowledged calls as they come (for the test to time its kills).
 async fn create_load(
     api: e2e::Api,
     pump_addr: SocketAddr,
     from: usize,
     to: usize,
+    acks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> (Vec<(String, String, u16)>, usize) {
     use proto::{ParticipantKind as K, Role as R};
     let mut acked = Vec::new();
@@ -1515,6 +1517,7 @@ async fn create_load(
                 for p in ["c", "a"] {
                     acked.push((id.clone(), p.to_string(), e2e::local_of(&inter, p).port()));
                 }
+                acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Err(_) => refused += 1,
         }
@@ -1560,9 +1563,23 @@ async fn kill_9_of_either_process_under_load_strands_no_call() {
     let target = pump.addr(Who::Customer);
     let ids: Vec<String> = (0..240).map(|i| format!("load-{i}")).collect();
 
+    // Each kill comes once 20 calls of its batch were acknowledged (not after a fixed
+    // time: on a loaded machine a fixed delay may leave nothing acknowledged to check).
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let after_acks = |n: usize| {
+        let acks = acks.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while acks.load(std::sync::atomic::Ordering::Relaxed) < n
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     // The engine dies and comes back while calls 0..120 are being created.
-    let load = tokio::spawn(create_load(api.clone(), target, 0, 120));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let load = tokio::spawn(create_load(api.clone(), target, 0, 120, acks.clone()));
+    after_acks(20).await;
     if let Some(mut engine) = procs.engine.take() {
         engine.kill9();
     }
@@ -1570,8 +1587,9 @@ async fn kill_9_of_either_process_under_load_strands_no_call() {
     let (mut acked, refused_1) = load.await.unwrap();
 
     // The sidecar dies and comes back while calls 120..240 are being created.
-    let load = tokio::spawn(create_load(api.clone(), target, 120, 240));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let before = acks.load(std::sync::atomic::Ordering::Relaxed);
+    let load = tokio::spawn(create_load(api.clone(), target, 120, 240, acks.clone()));
+    after_acks(before + 20).await;
     procs.sidecar.as_mut().unwrap().kill9();
     let (acked_2, refused_2) = load.await.unwrap();
     acked.extend(acked_2);

@@ -222,3 +222,47 @@ fn an_all_opus_barge_is_mixed_and_heard_wideband() {
     );
     no_drops(&mut sim);
 }
+
+/// A WebRTC agent on Opus over a lossy uplink (5% random loss, up to 30 ms jitter), a
+/// PCMU trunk hearing it: libopus recovers lost frames from the in-band FEC of the next
+/// packet (the phones' encoders send FEC) or conceals them, so the trunk hears the
+/// agent in at least 95% of 100 ms windows, and the engine's own account shows FEC at
+/// work on the agent's leg.
+#[test]
+fn opus_loss_is_recovered_by_fec_and_concealed() {
+    if opus_missing() {
+        return;
+    }
+    let mut sim = Sim::new("opus_fec", seed_for("opus_fec"));
+    let c = sim.add_party(PartyConfig::tone("customer", CUSTOMER_HZ));
+    let a = sim.add_party(PartyConfig {
+        uplink: earshot_tests::sim::Link::with_jitter(10, 30).lossy(0.05),
+        ..party("agent", AGENT_HZ, Codec::Opus, 111)
+    });
+    sim.set_hearing(&Hearing::call(c, a));
+    let start = sim.now();
+    sim.run_for(ms(10_000));
+    let (from, to) = (start + ms(1_000), before(sim.now(), ms(300)));
+    let (sent, lost) = sim.uplink_counts(a);
+    assert!(
+        lost * 100 > sent * 3,
+        "the network lost only {lost} of {sent}: the test would prove nothing"
+    );
+    let js = sim
+        .shard()
+        .jitter_stats(sim.leg(a))
+        .expect("configured leg");
+    assert!(
+        js.fec_ms > 0 && (js.fec_ms + js.concealed_ms) / 20 * 10 >= lost * 7,
+        "lost {lost} packets; the buffer recovered {} ms by FEC and concealed {} ms",
+        js.fec_ms,
+        js.concealed_ms
+    );
+    let r = sim.listener(c).tone_report(AGENT_HZ, from, to);
+    assert!(
+        r.detected * 100 >= r.windows * 95,
+        "the trunk hears the agent in {} of {} windows",
+        r.detected,
+        r.windows
+    );
+}
