@@ -42,6 +42,8 @@
 
 mod error;
 mod key;
+#[allow(unsafe_code)]
+mod ni;
 pub mod primitives;
 #[cfg(feature = "reference")]
 pub mod reference;

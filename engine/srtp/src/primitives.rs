@@ -65,6 +65,35 @@ pub fn aes_cm_keystream_xor(key: &[u8], iv: &[u8; 16], data: &mut [u8]) {
     }
 }
 
+/// AES-128 for counter mode on the packet path: the eleven encryption round keys used
+/// with AES-NI directly (176 octets inline), or, on CPUs without it, the `aes` crate's
+/// cipher kept out of line (its schedule is larger and that path is slow anyway).
+#[derive(Clone)]
+pub(crate) enum CmAes {
+    Ni(crate::ni::RoundKeys),
+    Soft(Box<Aes128>),
+}
+
+impl CmAes {
+    pub(crate) fn new(key: &[u8; 16]) -> Self {
+        match crate::ni::RoundKeys::new(key) {
+            Some(keys) => CmAes::Ni(keys),
+            None => CmAes::Soft(Box::new(Aes128::new(GenericArray::from_slice(key)))),
+        }
+    }
+
+    /// XORs `data` with the keystream from counter block `iv` (see [`aes_cm_xor`]).
+    pub(crate) fn xor(&self, iv: &[u8; 16], data: &mut [u8]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            CmAes::Ni(keys) => crate::ni::ctr_xor(keys, iv, data),
+            #[cfg(not(target_arch = "x86_64"))]
+            CmAes::Ni(_) => unreachable!("RoundKeys::new returns None off x86-64"),
+            CmAes::Soft(aes) => aes_cm_xor(&**aes, iv, data),
+        }
+    }
+}
+
 /// SHA-1 initial state (FIPS 180-4 section 5.3.1).
 const SHA1_IV: [u32; 5] = [
     0x6745_2301,
@@ -86,6 +115,9 @@ const SHA1_LEN: usize = 20;
 pub struct HmacSha1 {
     inner: [u32; 5],
     outer: [u32; 5],
+    /// SHA-NI present (checked once here, not per packet): [`crate::ni`] computes the
+    /// whole MAC in registers.
+    ni: bool,
 }
 
 impl HmacSha1 {
@@ -108,13 +140,21 @@ impl HmacSha1 {
         };
         let inner = state(0x36);
         let outer = state(0x5c);
-        Self { inner, outer }
+        Self {
+            inner,
+            outer,
+            ni: crate::ni::available(),
+        }
     }
 
     /// HMAC-SHA1 of `head || tail`, where `tail` is at most 55 octets (SRTP passes the
     /// 4-octet ROC there, so the packet needs no room for it).
     pub fn mac(&self, head: &[u8], tail: &[u8]) -> [u8; SHA1_LEN] {
         debug_assert!(tail.len() <= 55);
+        #[cfg(target_arch = "x86_64")]
+        if self.ni {
+            return crate::ni::hmac_sha1(&self.inner, &self.outer, head, tail);
+        }
         let mut state = self.inner;
         let full = head.len() - head.len() % SHA1_BLOCK;
         for block in head[..full].chunks_exact(SHA1_BLOCK) {

@@ -131,6 +131,12 @@ impl StreamTable {
         }
     }
 
+    /// Octets allocated for the slots.
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.slots)
+    }
+
     /// Where stream `ssrc` lives, if it is known: one scan per packet, reused by
     /// [`StreamTable::accepts`] and [`StreamTable::mark`].
     pub(crate) fn find(&self, ssrc: u32) -> Option<usize> {

@@ -74,8 +74,10 @@ pub struct SrtpSession {
     direction: Direction,
     suite: SrtpSuite,
     config: SrtpConfig,
+    /// The SRTP keys: touched by every packet, so inline.
     rtp: Transform,
-    rtcp: Transform,
+    /// The SRTCP keys: a packet every few seconds, so out of line.
+    rtcp: Box<Transform>,
     rtp_streams: StreamTable,
     rtcp_streams: StreamTable,
 }
@@ -102,7 +104,7 @@ impl SrtpSession {
             suite: key.suite(),
             config,
             rtp: Transform::new(key, Layer::Rtp),
-            rtcp: Transform::new(key, Layer::Rtcp),
+            rtcp: Box::new(Transform::new(key, Layer::Rtcp)),
             rtp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
             rtcp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
         }
@@ -122,13 +124,13 @@ impl SrtpSession {
             suite,
             config,
             rtp: Transform::from_session_keys(suite, Layer::Rtp, rtp.key, rtp.salt, rtp.auth_key),
-            rtcp: Transform::from_session_keys(
+            rtcp: Box::new(Transform::from_session_keys(
                 suite,
                 Layer::Rtcp,
                 rtcp.key,
                 rtcp.salt,
                 rtcp.auth_key,
-            ),
+            )),
             rtp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
             rtcp_streams: StreamTable::new(config.max_ssrcs, config.replay_window_packets),
         }
@@ -141,7 +143,7 @@ impl SrtpSession {
         Self {
             suite: key.suite(),
             rtp: Transform::new(key, Layer::Rtp),
-            rtcp: Transform::new(key, Layer::Rtcp),
+            rtcp: Box::new(Transform::new(key, Layer::Rtcp)),
             ..self.clone()
         }
     }
@@ -343,4 +345,37 @@ fn rtcp_ssrc(packet: &[u8]) -> Result<u32, SrtpError> {
     Ok(u32::from_be_bytes([
         packet[4], packet[5], packet[6], packet[7],
     ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes one session holds: inline plus its allocations (stream tables, the SRTCP
+    /// transform, and the GCM cipher when boxed). A leg holds two sessions.
+    fn state_bytes(session: &SrtpSession) -> (usize, usize) {
+        let heap = session.rtp_streams.heap_bytes()
+            + session.rtcp_streams.heap_bytes()
+            + core::mem::size_of::<Transform>();
+        (core::mem::size_of::<SrtpSession>(), heap)
+    }
+
+    /// The packet path's inline state stays small (docs/srtp.md, "Per-leg state"): the
+    /// bound fails if a large cipher type is put back inline.
+    #[test]
+    fn session_state_is_small() {
+        let key = MasterKey::generate(SrtpSuite::AesCm128HmacSha1_80, |b| b.fill(7));
+        let session = SrtpSession::new(Direction::Outbound, &key, SrtpConfig::default());
+        let (inline, heap) = state_bytes(&session);
+        println!(
+            "SrtpSession: {inline} octets inline + {heap} on the heap (Transform {} octets)",
+            core::mem::size_of::<Transform>()
+        );
+        assert!(inline <= 512, "SrtpSession inline {inline} octets");
+        assert!(
+            inline + heap <= 2048,
+            "SrtpSession total {} octets",
+            inline + heap
+        );
+    }
 }

@@ -4,7 +4,6 @@
 //!
 //! Every function checks before it writes: on any error the packet is untouched.
 
-use aes::Aes128;
 use aes::cipher::KeyInit;
 use aes::cipher::generic_array::GenericArray;
 use aes_gcm::{AeadInPlace, Aes128Gcm, Aes256Gcm};
@@ -13,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::error::SrtpError;
 use crate::key::MasterKey;
-use crate::primitives::{HmacSha1, KdfLabel, aes_cm_xor, derive};
+use crate::primitives::{CmAes, HmacSha1, KdfLabel, derive};
 use crate::suite::SrtpSuite;
 
 const GCM_TAG: usize = 16;
@@ -24,27 +23,30 @@ pub(crate) const RTCP_CLEAR_HEADER: usize = 8;
 
 /// The keys of one of SRTP or SRTCP for one direction.
 ///
-/// Variants differ by a few hundred octets (AES-256-GCM's schedule is the largest);
-/// they stay inline because a session holds exactly two and boxing would add a pointer
-/// chase to every packet.
+/// The AES-CM variant is what the packet path of most legs touches, so it stays inline
+/// and small (round keys, pad states, salt: about 270 octets, five cache lines). The GCM
+/// ciphers are boxed: the `aes-gcm` types hold both an AES-NI and a software schedule
+/// (over 1 KiB for AES-256-GCM), and inline they made every session that size.
+// The large variant is the hot one on purpose: boxing it would add a pointer chase (and
+// likely a cache miss) to every AES-CM packet.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum Transform {
     /// AES-128-CM encryption, HMAC-SHA1 authentication truncated to `tag_len`.
     Cm {
-        aes: Aes128,
+        aes: CmAes,
         hmac: HmacSha1,
         salt: Zeroizing<[u8; 14]>,
         tag_len: usize,
     },
     /// AES-128-GCM.
     Gcm128 {
-        aead: Aes128Gcm,
+        aead: Box<Aes128Gcm>,
         salt: Zeroizing<[u8; 12]>,
     },
     /// AES-256-GCM.
     Gcm256 {
-        aead: Aes256Gcm,
+        aead: Box<Aes256Gcm>,
         salt: Zeroizing<[u8; 12]>,
     },
 }
@@ -101,7 +103,7 @@ impl Transform {
                 let mut cm_salt = Zeroizing::new([0u8; 14]);
                 cm_salt.copy_from_slice(salt);
                 Transform::Cm {
-                    aes: Aes128::new(GenericArray::from_slice(key)),
+                    aes: CmAes::new(key.try_into().expect("AES-128 key length checked above")),
                     hmac: HmacSha1::new(auth_key),
                     salt: cm_salt,
                     tag_len: match layer {
@@ -115,12 +117,12 @@ impl Transform {
                 gcm_salt.copy_from_slice(salt);
                 if suite == SrtpSuite::AeadAes128Gcm {
                     Transform::Gcm128 {
-                        aead: Aes128Gcm::new(GenericArray::from_slice(key)),
+                        aead: Box::new(Aes128Gcm::new(GenericArray::from_slice(key))),
                         salt: gcm_salt,
                     }
                 } else {
                     Transform::Gcm256 {
-                        aead: Aes256Gcm::new(GenericArray::from_slice(key)),
+                        aead: Box::new(Aes256Gcm::new(GenericArray::from_slice(key))),
                         salt: gcm_salt,
                     }
                 }
@@ -159,16 +161,16 @@ impl Transform {
                 tag_len,
             } => {
                 let iv = cm_iv(salt, ssrc, index);
-                aes_cm_xor(aes, &iv, &mut buf[header_len..len]);
+                aes.xor(&iv, &mut buf[header_len..len]);
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let tag = hmac.mac(&buf[..len], &roc);
                 buf[len..len + tag_len].copy_from_slice(&tag[..*tag_len]);
             }
             Transform::Gcm128 { aead, salt } => {
-                gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index)
+                gcm_seal_rtp(&**aead, salt, buf, header_len, len, ssrc, index)
             }
             Transform::Gcm256 { aead, salt } => {
-                gcm_seal_rtp(aead, salt, buf, header_len, len, ssrc, index)
+                gcm_seal_rtp(&**aead, salt, buf, header_len, len, ssrc, index)
             }
         }
     }
@@ -195,13 +197,13 @@ impl Transform {
                     return Err(SrtpError::Auth);
                 }
                 let iv = cm_iv(salt, ssrc, index);
-                aes_cm_xor(aes, &iv, &mut packet[header_len..]);
+                aes.xor(&iv, &mut packet[header_len..]);
             }
             Transform::Gcm128 { aead, salt } => {
-                gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?
+                gcm_open_rtp(&**aead, salt, buf, header_len, ssrc, index)?
             }
             Transform::Gcm256 { aead, salt } => {
-                gcm_open_rtp(aead, salt, buf, header_len, ssrc, index)?
+                gcm_open_rtp(&**aead, salt, buf, header_len, ssrc, index)?
             }
         }
         Ok(end)
@@ -219,14 +221,14 @@ impl Transform {
                 tag_len,
             } => {
                 let iv = cm_iv(salt, ssrc, u64::from(index));
-                aes_cm_xor(aes, &iv, &mut buf[RTCP_CLEAR_HEADER..len]);
+                aes.xor(&iv, &mut buf[RTCP_CLEAR_HEADER..len]);
                 buf[len..len + 4].copy_from_slice(&word);
                 let tag = hmac.mac(&buf[..len + 4], &[]);
                 buf[len + 4..len + 4 + tag_len].copy_from_slice(&tag[..*tag_len]);
                 len + 4 + tag_len
             }
-            Transform::Gcm128 { aead, salt } => gcm_seal_rtcp(aead, salt, buf, len, ssrc, index),
-            Transform::Gcm256 { aead, salt } => gcm_seal_rtcp(aead, salt, buf, len, ssrc, index),
+            Transform::Gcm128 { aead, salt } => gcm_seal_rtcp(&**aead, salt, buf, len, ssrc, index),
+            Transform::Gcm256 { aead, salt } => gcm_seal_rtcp(&**aead, salt, buf, len, ssrc, index),
         }
     }
 
@@ -264,12 +266,12 @@ impl Transform {
                 let end = packet.len() - 4;
                 if encrypted {
                     let iv = cm_iv(salt, ssrc, u64::from(index));
-                    aes_cm_xor(aes, &iv, &mut packet[RTCP_CLEAR_HEADER..end]);
+                    aes.xor(&iv, &mut packet[RTCP_CLEAR_HEADER..end]);
                 }
                 Ok(end)
             }
-            Transform::Gcm128 { aead, salt } => gcm_open_rtcp(aead, salt, buf, ssrc, word),
-            Transform::Gcm256 { aead, salt } => gcm_open_rtcp(aead, salt, buf, ssrc, word),
+            Transform::Gcm128 { aead, salt } => gcm_open_rtcp(&**aead, salt, buf, ssrc, word),
+            Transform::Gcm256 { aead, salt } => gcm_open_rtcp(&**aead, salt, buf, ssrc, word),
         }
     }
 }
