@@ -86,9 +86,8 @@ impl Shard {
                 last_end = Some(end);
                 let c = &mut self.counters;
                 c.ticks += 1;
-                let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
-                let _ = c
-                    .tick_processing_ns
+                c.tick_lateness_ns.record(lateness.as_nanos().max(1));
+                c.tick_processing_ns
                     .record(end.saturating_since(start).as_nanos().max(1));
                 if lateness > self.cfg.late_tick_threshold {
                     c.late_ticks += 1;
