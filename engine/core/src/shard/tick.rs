@@ -2,7 +2,7 @@
 
 use earshot_media::mixer;
 use earshot_media::plan::LegSet;
-use earshot_media::time::Instant;
+use earshot_media::time::{Duration, Instant};
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
 use super::legs::Frame;
@@ -25,6 +25,26 @@ const _: () = assert!(WHEEL_SLOTS == 64);
 // ptime whose frame would not fit) with its header and the largest SRTP tag fits in a
 // transmit buffer, so the tick path protects without a size check.
 const _: () = assert!(rtp::HEADER_LEN + MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
+
+/// Legs the media-timeout sweep and the RTCP sweep each visit per run at most: a
+/// bounded slice of the leg table keeps one `handle_ticks` call's cost flat.
+pub(super) const SWEEP_PER_CALL: u32 = 64;
+
+/// Every leg is visited at least this often by both sweeps, however small the shard:
+/// media timeouts are seconds and RTCP intervals are randomised over seconds, so a
+/// tenth of a second late is nothing to either.
+const SWEEP_LAP: Duration = Duration::from_millis(100);
+
+/// How long after one sweep the next runs, for a shard of `max_legs`: a lap of the leg
+/// table in [`SWEEP_PER_CALL`] slices takes [`SWEEP_LAP`] (0: every call, when a shard
+/// is so large that a lap at one slice per call takes longer). A shard of a few legs
+/// then visits each a few times a second instead of at every call (every millisecond
+/// in the runtime loop); a large one sweeps as it did, one slice per call.
+fn sweep_interval(max_legs: u32) -> Duration {
+    let slice = SWEEP_PER_CALL.min(max_legs.max(1));
+    let slices_per_lap = u64::from(max_legs.max(1).div_ceil(slice));
+    Duration::from_nanos(SWEEP_LAP.as_nanos() / slices_per_lap)
+}
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
@@ -121,8 +141,11 @@ impl Shard {
             }
             self.wheel_cursor += 1;
         }
-        self.sweep_timeouts(now);
-        self.send_rtcp(now, tx);
+        if now >= self.next_sweep {
+            self.next_sweep = now + sweep_interval(self.cfg.max_legs);
+            self.sweep_timeouts(now);
+            self.send_rtcp(now, tx);
+        }
     }
 
     /// One tick of session `s`: pull a tick of PCM from every mixed input, mix every
@@ -251,7 +274,6 @@ impl Shard {
 
     fn sweep_timeouts(&mut self, now: Instant) {
         // A bounded slice of the leg table per call keeps the sweep's cost flat.
-        const SWEEP_PER_CALL: u32 = 64;
         let max = self.cfg.max_legs;
         for _ in 0..SWEEP_PER_CALL.min(max) {
             let slot = self.timeout_sweep;
@@ -270,5 +292,24 @@ impl Shard {
             let id = leg.id;
             self.push_event(ShardEvent::MediaTimeout(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lap_of_the_sweeps_takes_the_lap_or_one_slice_per_call() {
+        let lap = SWEEP_LAP.as_nanos();
+        // A small shard: all its legs in one slice, once per lap.
+        assert_eq!(sweep_interval(3).as_nanos(), lap);
+        assert_eq!(sweep_interval(64).as_nanos(), lap);
+        // Ten slices: ten runs per lap.
+        assert_eq!(sweep_interval(640).as_nanos(), lap / 10);
+        assert_eq!(sweep_interval(65).as_nanos(), lap / 2);
+        // A lap at one slice per millisecond call is longer than the lap: every call.
+        assert!(sweep_interval(30_000).as_nanos() < WHEEL_SLOT_NS);
+        assert_eq!(sweep_interval(0).as_nanos(), lap);
     }
 }
