@@ -102,11 +102,15 @@ pub fn rtcp_is_valid(packet: &[u8]) -> bool {
 /// Writes a 12-byte RTP header at the start of `buf`; returns its length.
 #[inline]
 pub fn write_header(buf: &mut [u8], pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32) -> usize {
-    buf[0] = 0x80;
-    buf[1] = (u8::from(marker) << 7) | (pt & 0x7f);
-    buf[2..4].copy_from_slice(&seq.to_be_bytes());
-    buf[4..8].copy_from_slice(&ts.to_be_bytes());
-    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    // One bounds check for the whole header (a transmit buffer always holds it).
+    let h: &mut [u8; HEADER_LEN] = buf
+        .first_chunk_mut()
+        .expect("a transmit buffer holds an RTP header");
+    h[0] = 0x80;
+    h[1] = (u8::from(marker) << 7) | (pt & 0x7f);
+    h[2..4].copy_from_slice(&seq.to_be_bytes());
+    h[4..8].copy_from_slice(&ts.to_be_bytes());
+    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
     HEADER_LEN
 }
 

@@ -5,7 +5,7 @@ use earshot_media::plan::LegSet;
 use earshot_media::time::{Duration, Instant};
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
-use super::legs::Frame;
+use super::legs::{Frame, Leg};
 use super::packet::seal_rtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
@@ -185,8 +185,8 @@ impl Shard {
         }
         mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
         // Encoded frames of shared mixes, by leader: their length, for followers to
-        // reuse in the same tick.
-        let mut encoded: [Option<usize>; MAX_SESSION_LEGS] = [None; MAX_SESSION_LEGS];
+        // reuse in the same tick (0: none; a kept frame is never empty).
+        let mut encoded = [0usize; MAX_SESSION_LEGS];
         for l in LegSet(plan.mixed_outputs().0 | sess.idle.0) {
             let leader = plan.mix_leader(l);
             let mix = if sess.idle.contains(l) {
@@ -194,11 +194,16 @@ impl Shard {
             } else {
                 &tick_out[leader][..tick]
             };
-            let Some(leg) = legs[sess.legs[l] as usize].as_mut() else {
+            let Some(Leg {
+                port,
+                remote,
+                media,
+                ..
+            }) = legs[sess.legs[l] as usize].as_mut()
+            else {
                 continue;
             };
-            let (port, remote) = (leg.port, leg.remote);
-            let Some(m) = leg.media.as_deref_mut() else {
+            let Some(m) = media.as_deref_mut() else {
                 continue;
             };
             let Some(frame) = m.accumulate(mix) else {
@@ -207,11 +212,11 @@ impl Shard {
             let talkspurt = !m.mixed_active;
             m.mixed_active = true;
             let stamp = m.out.mixed(now, talkspurt);
-            let Some(remote) = remote else { continue };
+            let Some(remote) = *remote else { continue };
             // A follower in step with its leader sends the leader's encoded bytes (the
             // plan shares a mix only between legs of one codec and ptime).
             let reuse = match encoded[leader] {
-                Some(n) if leader != l && frame == Frame::Tick => Some(n),
+                n if n > 0 && leader != l && frame == Frame::Tick => Some(n),
                 _ => None,
             };
             let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
@@ -232,7 +237,7 @@ impl Shard {
             let enc = &mut tick_enc[leader];
             let (srtp, encoder) = (&mut m.srtp, &mut m.encoder);
             let (mut len, mut payload_len) = (0, 0);
-            let sent = tx.send_with(port, remote, &mut |buf| {
+            let sent = tx.send_with(*port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
                 let payload = &mut buf[h..h + MAX_PAYLOAD_BYTES];
@@ -262,7 +267,7 @@ impl Shard {
                 continue; // The encoder refused (libopus); nothing went out.
             }
             if keep && sent {
-                encoded[l] = Some(payload_len);
+                encoded[l] = payload_len;
             }
             if sent && len > 0 {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
