@@ -286,7 +286,11 @@ mod tests {
         assert_eq!(got.max(), theirs.max());
         assert_eq!(got.min(), theirs.min());
         for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
-            assert_eq!(got.value_at_quantile(q), theirs.value_at_quantile(q), "q={q}");
+            assert_eq!(
+                got.value_at_quantile(q),
+                theirs.value_at_quantile(q),
+                "q={q}"
+            );
         }
         for v in values {
             assert_eq!(got.count_at(v), theirs.count_at(v), "value {v}");
