@@ -71,19 +71,15 @@ pub struct Counters {
     /// Loop iterations over the stall budget.
     pub stalls: u64,
     /// Tick processing time in nanoseconds.
-    pub tick_processing_ns: Histogram<u64>,
+    pub tick_processing_ns: TickHistogram,
     /// Tick start minus deadline in nanoseconds.
-    pub tick_lateness_ns: Histogram<u64>,
+    pub tick_lateness_ns: TickHistogram,
 }
 
 impl Counters {
     /// Zeroed counters; histograms cover 1 ns .. 10 s with 3 significant digits.
     pub fn new() -> Counters {
-        let h = || {
-            // Bounds are constants that hdrhistogram accepts (low >= 1, high >= 2*low,
-            // sigfig <= 5), so construction cannot fail.
-            Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("constant bounds are valid")
-        };
+        let h = TickHistogram::new;
         Counters {
             packets_in: 0,
             bytes_in: 0,
@@ -134,14 +130,113 @@ impl Counters {
         s.late_ticks = self.late_ticks;
         s.stalls = self.stalls;
         s.events_lost = self.events_lost;
-        s.tick_processing_us = percentiles_us(&self.tick_processing_ns);
-        s.tick_lateness_us = percentiles_us(&self.tick_lateness_ns);
+        s.tick_processing_us = percentiles_us(&self.tick_processing_ns.to_histogram());
+        s.tick_lateness_us = percentiles_us(&self.tick_lateness_ns.to_histogram());
     }
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters::new()
+    }
+}
+
+/// A nanosecond histogram for the tick path, with hdrhistogram's bucket layout for
+/// 1 ns .. 10 s at 3 significant digits (the layout of [`TickHistogram::to_histogram`]).
+///
+/// Recording is one index computation and one increment: hdrhistogram's own `record`
+/// also tracks min, max and a saturating total per value, and costs several times as
+/// much on a path that records twice per session tick. The control side gets a real
+/// [`Histogram`] with the same counts in the same buckets, so its percentiles, maximum
+/// and count are those hdrhistogram would have reported.
+#[derive(Clone, Debug)]
+pub struct TickHistogram {
+    counts: Box<[u64]>,
+}
+
+/// hdrhistogram's layout for 3 significant digits from a lowest value of 1: sub-buckets
+/// of 2,048 (`2 * 10^3` rounded up to a power of two), half of them per bucket after
+/// the first.
+const SUB_BUCKET_MASK: u64 = 2_047;
+const SUB_BUCKET_HALF_MAGNITUDE: u32 = 10;
+const SUB_BUCKET_HALF: usize = 1 << SUB_BUCKET_HALF_MAGNITUDE;
+/// 64 minus the unit magnitude (0) minus the sub-bucket count's magnitude (11).
+const LEADING_ZERO_BASE: u32 = 53;
+
+impl TickHistogram {
+    /// Highest value recorded; larger values are not counted, as hdrhistogram refuses
+    /// them.
+    pub const HIGHEST_NS: u64 = 10_000_000_000;
+
+    /// An empty histogram (allocates its buckets: about 200 KiB).
+    pub fn new() -> TickHistogram {
+        TickHistogram {
+            counts: vec![0; Self::template().distinct_values()].into_boxed_slice(),
+        }
+    }
+
+    /// The empty hdrhistogram whose layout this one mirrors.
+    fn template() -> Histogram<u64> {
+        // Bounds are constants that hdrhistogram accepts (low >= 1, high >= 2*low,
+        // sigfig <= 5), so construction cannot fail.
+        Histogram::new_with_bounds(1, Self::HIGHEST_NS, 3).expect("constant bounds are valid")
+    }
+
+    /// Counts one value (as hdrhistogram's `record`: 0 goes in the first bucket, a
+    /// value past the last bucket is not counted).
+    #[inline]
+    pub fn record(&mut self, value: u64) {
+        if let Some(c) = self.counts.get_mut(index_of(value)) {
+            *c += 1;
+        }
+    }
+
+    /// Values counted.
+    pub fn len(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.iter().all(|&c| c == 0)
+    }
+
+    /// The counts as an hdrhistogram (control path: allocates).
+    pub fn to_histogram(&self) -> Histogram<u64> {
+        let mut h = Self::template();
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                // The bucket's lowest value lands in the same bucket.
+                let _ = h.record_n(value_of(i), n);
+            }
+        }
+        h
+    }
+}
+
+impl Default for TickHistogram {
+    fn default() -> Self {
+        TickHistogram::new()
+    }
+}
+
+/// hdrhistogram's `index_for` for the layout above.
+#[inline]
+fn index_of(value: u64) -> usize {
+    let bucket = LEADING_ZERO_BASE - (value | SUB_BUCKET_MASK).leading_zeros();
+    let sub_bucket = (value >> bucket) as usize;
+    // Bucket 0 uses all its sub-buckets, later ones the upper half only.
+    ((bucket as usize + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub_bucket - SUB_BUCKET_HALF
+}
+
+/// The lowest value of the bucket at `index` (hdrhistogram's `value_for`).
+fn value_of(index: usize) -> u64 {
+    let bucket = (index >> SUB_BUCKET_HALF_MAGNITUDE) as i64 - 1;
+    let sub_bucket = (index & (SUB_BUCKET_HALF - 1)) + SUB_BUCKET_HALF;
+    if bucket < 0 {
+        (sub_bucket - SUB_BUCKET_HALF) as u64
+    } else {
+        (sub_bucket as u64) << bucket
     }
 }
 
@@ -155,5 +250,58 @@ pub fn percentiles_us(h: &Histogram<u64>) -> Percentiles {
         p999: us(h.value_at_quantile(0.999)),
         max: us(h.max()),
         count: h.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values around every bucket boundary, small and large, and past the top: the
+    /// histogram it hands over equals hdrhistogram fed the same values directly.
+    #[test]
+    fn tick_histogram_reports_what_hdrhistogram_would() {
+        let mut ours = TickHistogram::new();
+        let mut theirs = TickHistogram::template();
+        let mut values = vec![0u64, 1, 2, 1_023, 1_024, 2_047, 2_048, 2_049, 4_095, 4_096];
+        for shift in 0..40 {
+            for delta in [-1i64, 0, 1, 3] {
+                values.push(((1u64 << shift) as i64 + delta).max(0) as u64);
+            }
+        }
+        // A spread of tick-like values (a fixed LCG: nothing random to replay).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            values.push((x >> 40) % 5_000_000);
+        }
+        values.extend([TickHistogram::HIGHEST_NS, 20_000_000_000, u64::MAX]);
+        for &v in &values {
+            ours.record(v);
+            let _ = theirs.record(v);
+        }
+        let got = ours.to_histogram();
+        assert_eq!(got.len(), theirs.len());
+        assert_eq!(ours.len(), theirs.len());
+        assert_eq!(got.max(), theirs.max());
+        assert_eq!(got.min(), theirs.min());
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(
+                got.value_at_quantile(q),
+                theirs.value_at_quantile(q),
+                "q={q}"
+            );
+        }
+        for v in values {
+            assert_eq!(got.count_at(v), theirs.count_at(v), "value {v}");
+        }
+        assert_eq!(percentiles_us(&got), percentiles_us(&theirs));
+    }
+
+    #[test]
+    fn an_empty_tick_histogram_reports_nothing() {
+        let h = TickHistogram::new();
+        assert!(h.is_empty());
+        assert_eq!(h.to_histogram().len(), 0);
     }
 }

@@ -135,6 +135,8 @@ pub struct Shard {
     released: Vec<ReleasedPort>,
     timeout_sweep: u32,
     rtcp_sweep: u32,
+    /// When the media-timeout and RTCP sweeps next run.
+    next_sweep: Instant,
     ntp_at_zero: u64,
     /// One tick of PCM per leg of the session being ticked: mixed inputs in, mixes out.
     tick_in: Box<Frames>,
@@ -178,6 +180,7 @@ impl Shard {
             released: Vec::with_capacity(64),
             timeout_sweep: 0,
             rtcp_sweep: 0,
+            next_sweep: Instant::ZERO,
             ntp_at_zero: 0,
             tick_in: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
             tick_out: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),

@@ -50,9 +50,8 @@ impl Shard {
 
     /// Sends the RTCP reports that are due, a bounded number per call.
     pub(super) fn send_rtcp(&mut self, now: Instant, tx: &mut dyn TxSink) {
-        const PER_CALL: u32 = 64;
         let max = self.cfg.max_legs;
-        for _ in 0..PER_CALL.min(max) {
+        for _ in 0..super::tick::SWEEP_PER_CALL.min(max) {
             let slot = self.rtcp_sweep;
             self.rtcp_sweep = (self.rtcp_sweep + 1) % max;
             let Some(leg) = self.legs[slot as usize].as_mut() else {

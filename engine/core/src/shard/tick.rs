@@ -2,10 +2,10 @@
 
 use earshot_media::mixer;
 use earshot_media::plan::LegSet;
-use earshot_media::time::Instant;
+use earshot_media::time::{Duration, Instant};
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
-use super::legs::Frame;
+use super::legs::{Frame, Leg};
 use super::packet::seal_rtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
@@ -25,6 +25,26 @@ const _: () = assert!(WHEEL_SLOTS == 64);
 // ptime whose frame would not fit) with its header and the largest SRTP tag fits in a
 // transmit buffer, so the tick path protects without a size check.
 const _: () = assert!(rtp::HEADER_LEN + MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
+
+/// Legs the media-timeout sweep and the RTCP sweep each visit per run at most: a
+/// bounded slice of the leg table keeps one `handle_ticks` call's cost flat.
+pub(super) const SWEEP_PER_CALL: u32 = 64;
+
+/// Every leg is visited at least this often by both sweeps, however small the shard:
+/// media timeouts are seconds and RTCP intervals are randomised over seconds, so a
+/// tenth of a second late is nothing to either.
+const SWEEP_LAP: Duration = Duration::from_millis(100);
+
+/// How long after one sweep the next runs, for a shard of `max_legs`: a lap of the leg
+/// table in [`SWEEP_PER_CALL`] slices takes [`SWEEP_LAP`] (0: every call, when a shard
+/// is so large that a lap at one slice per call takes longer). A shard of a few legs
+/// then visits each a few times a second instead of at every call (every millisecond
+/// in the runtime loop); a large one sweeps as it did, one slice per call.
+fn sweep_interval(max_legs: u32) -> Duration {
+    let slice = SWEEP_PER_CALL.min(max_legs.max(1));
+    let slices_per_lap = u64::from(max_legs.max(1).div_ceil(slice));
+    Duration::from_nanos(SWEEP_LAP.as_nanos() / slices_per_lap)
+}
 
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
@@ -86,9 +106,8 @@ impl Shard {
                 last_end = Some(end);
                 let c = &mut self.counters;
                 c.ticks += 1;
-                let _ = c.tick_lateness_ns.record(lateness.as_nanos().max(1));
-                let _ = c
-                    .tick_processing_ns
+                c.tick_lateness_ns.record(lateness.as_nanos().max(1));
+                c.tick_processing_ns
                     .record(end.saturating_since(start).as_nanos().max(1));
                 if lateness > self.cfg.late_tick_threshold {
                     c.late_ticks += 1;
@@ -122,8 +141,11 @@ impl Shard {
             }
             self.wheel_cursor += 1;
         }
-        self.sweep_timeouts(now);
-        self.send_rtcp(now, tx);
+        if now >= self.next_sweep {
+            self.next_sweep = now + sweep_interval(self.cfg.max_legs);
+            self.sweep_timeouts(now);
+            self.send_rtcp(now, tx);
+        }
     }
 
     /// One tick of session `s`: pull a tick of PCM from every mixed input, mix every
@@ -163,8 +185,8 @@ impl Shard {
         }
         mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
         // Encoded frames of shared mixes, by leader: their length, for followers to
-        // reuse in the same tick.
-        let mut encoded: [Option<usize>; MAX_SESSION_LEGS] = [None; MAX_SESSION_LEGS];
+        // reuse in the same tick (0: none; a kept frame is never empty).
+        let mut encoded = [0usize; MAX_SESSION_LEGS];
         for l in LegSet(plan.mixed_outputs().0 | sess.idle.0) {
             let leader = plan.mix_leader(l);
             let mix = if sess.idle.contains(l) {
@@ -172,11 +194,16 @@ impl Shard {
             } else {
                 &tick_out[leader][..tick]
             };
-            let Some(leg) = legs[sess.legs[l] as usize].as_mut() else {
+            let Some(Leg {
+                port,
+                remote,
+                media,
+                ..
+            }) = legs[sess.legs[l] as usize].as_mut()
+            else {
                 continue;
             };
-            let (port, remote) = (leg.port, leg.remote);
-            let Some(m) = leg.media.as_deref_mut() else {
+            let Some(m) = media.as_deref_mut() else {
                 continue;
             };
             let Some(frame) = m.accumulate(mix) else {
@@ -185,11 +212,11 @@ impl Shard {
             let talkspurt = !m.mixed_active;
             m.mixed_active = true;
             let stamp = m.out.mixed(now, talkspurt);
-            let Some(remote) = remote else { continue };
+            let Some(remote) = *remote else { continue };
             // A follower in step with its leader sends the leader's encoded bytes (the
             // plan shares a mix only between legs of one codec and ptime).
             let reuse = match encoded[leader] {
-                Some(n) if leader != l && frame == Frame::Tick => Some(n),
+                n if n > 0 && leader != l && frame == Frame::Tick => Some(n),
                 _ => None,
             };
             let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
@@ -210,7 +237,7 @@ impl Shard {
             let enc = &mut tick_enc[leader];
             let (srtp, encoder) = (&mut m.srtp, &mut m.encoder);
             let (mut len, mut payload_len) = (0, 0);
-            let sent = tx.send_with(port, remote, &mut |buf| {
+            let sent = tx.send_with(*port, remote, &mut |buf| {
                 let h =
                     rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
                 let payload = &mut buf[h..h + MAX_PAYLOAD_BYTES];
@@ -240,7 +267,7 @@ impl Shard {
                 continue; // The encoder refused (libopus); nothing went out.
             }
             if keep && sent {
-                encoded[l] = Some(payload_len);
+                encoded[l] = payload_len;
             }
             if sent && len > 0 {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
@@ -252,7 +279,6 @@ impl Shard {
 
     fn sweep_timeouts(&mut self, now: Instant) {
         // A bounded slice of the leg table per call keeps the sweep's cost flat.
-        const SWEEP_PER_CALL: u32 = 64;
         let max = self.cfg.max_legs;
         for _ in 0..SWEEP_PER_CALL.min(max) {
             let slot = self.timeout_sweep;
@@ -271,5 +297,24 @@ impl Shard {
             let id = leg.id;
             self.push_event(ShardEvent::MediaTimeout(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lap_of_the_sweeps_takes_the_lap_or_one_slice_per_call() {
+        let lap = SWEEP_LAP.as_nanos();
+        // A small shard: all its legs in one slice, once per lap.
+        assert_eq!(sweep_interval(3).as_nanos(), lap);
+        assert_eq!(sweep_interval(64).as_nanos(), lap);
+        // Ten slices: ten runs per lap.
+        assert_eq!(sweep_interval(640).as_nanos(), lap / 10);
+        assert_eq!(sweep_interval(65).as_nanos(), lap / 2);
+        // A lap at one slice per millisecond call is longer than the lap: every call.
+        assert!(sweep_interval(30_000).as_nanos() < WHEEL_SLOT_NS);
+        assert_eq!(sweep_interval(0).as_nanos(), lap);
     }
 }
