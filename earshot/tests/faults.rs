@@ -1569,9 +1569,9 @@ async fn kill_9_of_either_process_under_load_strands_no_call() {
     let after_acks = |n: usize| {
         let acks = acks.clone();
         async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while acks.load(std::sync::atomic::Ordering::Relaxed) < n
-                && std::time::Instant::now() < deadline
+                && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
