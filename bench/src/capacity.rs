@@ -721,9 +721,10 @@ mod tests {
         assert!(r.steps.iter().all(|s| s.packets_in > 0), "{r:?}");
     }
 
-    #[test]
-    fn unknown_codecs_and_modes_are_refused_before_any_step() {
-        let mut p = SearchParams {
+    /// A one-step, one-second search of 10 plain PCMU barges: the base of the tests that
+    /// change one parameter.
+    fn tiny_search() -> SearchParams {
+        SearchParams {
             ramp: vec![10],
             step_ms: 100,
             max_seconds: 1,
@@ -731,10 +732,18 @@ mod tests {
             core: None,
             sleep_when_idle: false,
             srtp: None,
+            calls: CallShape::default(),
+        }
+    }
+
+    #[test]
+    fn unknown_codecs_and_modes_are_refused_before_any_step() {
+        let mut p = SearchParams {
             calls: CallShape {
                 codecs: vec!["pcmu".into(), "amr".into()],
                 mode: None,
             },
+            ..tiny_search()
         };
         let e = search(&p).expect_err("unknown codec");
         assert!(e.to_string().contains("amr"), "{e}");
@@ -750,14 +759,8 @@ mod tests {
     #[test]
     fn an_unknown_srtp_suite_is_refused_before_any_step() {
         let p = SearchParams {
-            ramp: vec![10],
-            step_ms: 100,
-            max_seconds: 1,
-            resolution: 5,
-            core: None,
-            sleep_when_idle: false,
             srtp: Some("aes_cm_256_hmac_sha1_80".into()),
-            calls: CallShape::default(),
+            ..tiny_search()
         };
         let e = search(&p).expect_err("unknown suite");
         assert!(e.to_string().contains("aes_cm_128_hmac_sha1_80"), "{e}");

@@ -94,7 +94,7 @@ impl LegMedia {
     /// input resampler (with `scratch` holding the tick at the decoder's rate) when the
     /// decoder runs at another rate.
     pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16], scratch: &mut [i16]) {
-        let Some(rs) = self.in_rs.as_deref_mut() else {
+        let Some(mut rs) = self.in_rs.take() else {
             return self.pull_pcm(now, dst);
         };
         // Every rate is a whole number of samples per millisecond and ticks are whole
@@ -103,8 +103,8 @@ impl LegMedia {
         let n = dst.len() * rs.from_hz() as usize / rs.to_hz() as usize;
         let pcm = &mut scratch[..n];
         self.pull_pcm(now, pcm);
-        let rs = self.in_rs.as_deref_mut().expect("checked above");
         rs.process(pcm, dst);
+        self.in_rs = Some(rs); // A pointer moved out and back: no allocation.
     }
 
     /// Writes one tick of this input's PCM at the decoder's rate into `dst`: straight
