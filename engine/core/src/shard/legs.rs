@@ -94,8 +94,12 @@ impl LegMedia {
     /// input resampler (with `scratch` holding the tick at the decoder's rate) when the
     /// decoder runs at another rate.
     pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16], scratch: &mut [i16]) {
-        let Some(mut rs) = self.in_rs.take() else {
+        // The common case (no resampler) only reads the option.
+        if self.in_rs.is_none() {
             return self.pull_pcm(now, dst);
+        }
+        let Some(mut rs) = self.in_rs.take() else {
+            return;
         };
         // Every rate is a whole number of samples per millisecond and ticks are whole
         // milliseconds, so the tick at the decoder's rate is exact and the resampler
