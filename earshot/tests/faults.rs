@@ -1286,6 +1286,7 @@ async fn a_first_packet_missed_by_the_sidecar_is_recovered_from_the_engines_stat
             leg,
             first_packet_seen: true,
             packets_in: 3,
+            stream: None,
         });
     eventually("ACTIVE from the engine's state", async || {
         server
@@ -1323,6 +1324,7 @@ async fn the_real_engine_reports_first_packets_in_its_snapshot() {
         family: earshot_engine_api::Family::V4,
         requested_port: None,
         rtcp_mux: true,
+        resume: None,
     }) else {
         panic!("allocate")
     };

@@ -29,6 +29,7 @@ pub fn add_leg(
         family,
         requested_port: None,
         rtcp_mux: true,
+        resume: None,
     })? {
         Response::Leg(info) => info,
         other => return Err(unexpected("AllocateLeg", &other)),

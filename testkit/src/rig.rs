@@ -505,6 +505,7 @@ impl<S: TxSink> ShardRig<S> {
                 family: Family::V4,
                 port,
                 rtcp_mux: true,
+                resume: None,
             };
             let Response::Leg(info) = self.shard.handle_command(now, cmd)? else {
                 return Err(RigError::UnexpectedResponse("AllocateLeg"));

@@ -34,12 +34,13 @@
 //! node fence itself; the node agent registering real engines is `earshot-node`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use earshot_engine_api::{
     BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, LegId, LegInfo,
-    Request, Response, SessionPlan,
+    LegResume, Request, Response, SessionPlan, StreamBase,
 };
 use earshot_etcd::{Etcd, absent, delete, put, value_is};
 use serde::{Deserialize, Serialize};
@@ -184,15 +185,102 @@ pub struct Failover {
     pub detected_ms: u64,
 }
 
+/// Where an interaction lives: its node and the address its legs bind (one of the
+/// node's addresses, or one it took over). Stored in `placement/{interaction}` as
+/// `node` or `node@address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Placement {
+    node: String,
+    address: Option<IpAddr>,
+}
+
+impl Placement {
+    fn parse(value: &str) -> Placement {
+        match value.rsplit_once('@') {
+            Some((node, address)) if address.parse::<IpAddr>().is_ok() => Placement {
+                node: node.to_owned(),
+                address: address.parse().ok(),
+            },
+            _ => Placement {
+                node: value.to_owned(),
+                address: None,
+            },
+        }
+    }
+
+    fn value(&self) -> String {
+        match self.address {
+            Some(a) => format!("{}@{a}", self.node),
+            None => self.node.clone(),
+        }
+    }
+}
+
+/// One leg's outbound stream as its node last reported it (`streams/{node}`, written by
+/// `earshot-node` every report interval, not under the lease: it must outlive the node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReport {
+    /// The stream's next packet as of `at_ms`.
+    pub stream: StreamBase,
+    /// RTP clock of the leg's codec, Hz.
+    pub clock_rate_hz: u32,
+    /// Packet time, ms.
+    pub ptime_ms: u32,
+}
+
+/// Everything one node reported: per (session, leg key), and when it read it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamReports {
+    /// Wall time of the engine snapshot the report comes from, ms since the epoch.
+    pub at_ms: u64,
+    /// `(session, leg_key, report)`.
+    pub legs: Vec<(String, String, StreamReport)>,
+}
+
+impl StreamReport {
+    /// Where the stream stands `elapsed_ms` after the report: the timestamp moves on
+    /// with wall time; the index moves past every packet the node can have sent since
+    /// (at most two per packet time, forwarded bursts and telephone events included,
+    /// plus a margin), so an SRTP key's keystream is never used twice.
+    pub fn extrapolated(&self, elapsed_ms: u64) -> StreamBase {
+        let ptime = u64::from(self.ptime_ms.max(1));
+        let samples = elapsed_ms.saturating_mul(u64::from(self.clock_rate_hz)) / 1000;
+        StreamBase {
+            ssrc: self.stream.ssrc,
+            index: self.stream.index + 2 * elapsed_ms / ptime + STREAM_INDEX_MARGIN,
+            timestamp: self.stream.timestamp.wrapping_add(samples as u32),
+        }
+    }
+}
+
+/// Packets added to an extrapolated index beyond two per packet time.
+const STREAM_INDEX_MARGIN: u64 = 64;
+
 #[derive(Default)]
 struct RouterState {
     nodes: BTreeMap<String, Node>,
     drained: BTreeSet<String>,
-    placements: BTreeMap<String, String>,
+    placements: BTreeMap<String, Placement>,
+    /// Which node holds each address (`addresses/held/{address}` claims, under the
+    /// holders' leases).
+    holders: BTreeMap<IpAddr, String>,
+    /// Interactions moved off a failed node whose legs are not all re-created yet:
+    /// the failed node, for its stream reports.
+    moved_from: BTreeMap<String, String>,
+    /// Stream reports of failed nodes, read once each.
+    reports: BTreeMap<String, Arc<StreamReports>>,
     /// Failed nodes (by id) and when their failure was seen.
     failed: BTreeMap<String, u64>,
     /// Interactions moved off failed nodes, not yet reported.
     moves: Vec<Failover>,
+}
+
+/// A session's node as the router reaches it.
+struct Routed {
+    number: u8,
+    client: Arc<dyn EngineApi>,
+    /// The address the session's legs bind, if it has one.
+    address: Option<IpAddr>,
 }
 
 /// The router: the core's one engine, made of every live node (module doc).
@@ -280,7 +368,20 @@ impl ClusterEngine {
             let r: Registered = serde_json::from_slice(&kv.value)?;
             self.node_up(r);
         }
+        let held = self
+            .etcd
+            .range_prefix(
+                format!("{}addresses/held/", self.prefix).as_bytes(),
+                nodes.revision,
+            )
+            .await?;
         let mut st = lock(&self.state);
+        for kv in &held.kvs {
+            if let Some(address) = held_address(&kv.key) {
+                st.holders
+                    .insert(address, String::from_utf8_lossy(&kv.value).into_owned());
+            }
+        }
         for kv in &drained.kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             if let Some(id) = key.rsplit('/').next() {
@@ -303,6 +404,11 @@ impl ClusterEngine {
             from,
             std::time::Duration::from_secs(3600),
         );
+        let mut held = self.etcd.watch(
+            format!("{}addresses/held/", self.prefix).as_bytes(),
+            from,
+            std::time::Duration::from_secs(3600),
+        );
         loop {
             tokio::select! {
                 batch = nodes.recv() => {
@@ -319,6 +425,25 @@ impl ClusterEngine {
                             self.node_up(r);
                         }
                     }
+                }
+                batch = held.recv() => {
+                    let Some(Ok(batch)) = batch else {
+                        tracing::error!("address watch ended");
+                        return;
+                    };
+                    let mut st = lock(&self.state);
+                    for change in batch.changes {
+                        let Some(address) = held_address(&change.kv.key) else { continue };
+                        if change.deleted {
+                            st.holders.remove(&address);
+                        } else {
+                            let node = String::from_utf8_lossy(&change.kv.value).into_owned();
+                            tracing::info!(%address, node_id = %node, "address held");
+                            st.holders.insert(address, node);
+                        }
+                    }
+                    // A moved interaction may have been waiting for its address.
+                    self.generation.fetch_add(1, Ordering::Relaxed);
                 }
                 batch = drains.recv() => {
                     let Some(Ok(batch)) = batch else {
@@ -385,7 +510,7 @@ impl ClusterEngine {
                 "engine node lost its lease: its calls move to survivors"
             );
             st.failed.insert(node_id.to_owned(), self.clock.now_ms());
-            st.placements.retain(|_, n| n != node_id);
+            st.placements.retain(|_, p| p.node != node_id);
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -433,18 +558,21 @@ impl ClusterEngine {
             .map(|n| (n.registered.number, Arc::clone(&n.client)))
     }
 
-    /// The node of `session`: its placement if that node lives; with `place`, a new
-    /// placement (first leg, or its node failed), agreed with every replica in etcd.
-    async fn node_for(
-        &self,
-        session: &str,
-        place: bool,
-    ) -> Result<Option<(String, u8, Arc<dyn EngineApi>)>, EngineError> {
+    /// The node of `session` and the address its legs bind: its placement if that
+    /// node lives; with `place`, a new placement (first leg, or its node failed),
+    /// agreed with every replica in etcd. An interaction whose node failed follows its
+    /// address to the survivor that took the address over (module doc); where no node
+    /// claims addresses at all, placement picks a survivor.
+    async fn node_for(&self, session: &str, place: bool) -> Result<Option<Routed>, EngineError> {
         let cached = lock(&self.state).placements.get(session).cloned();
-        if let Some(id) = cached
-            && let Some((number, client)) = self.live(&id)
+        if let Some(p) = cached
+            && let Some((number, client)) = self.live(&p.node)
         {
-            return Ok(Some((id, number, client)));
+            return Ok(Some(Routed {
+                number,
+                client,
+                address: p.address,
+            }));
         }
         let key = format!("{}placement/{session}", self.prefix);
         let etcd_err = |e: earshot_etcd::EtcdError| unavailable(format!("etcd: {e}"));
@@ -455,53 +583,54 @@ impl ClusterEngine {
             .map_err(etcd_err)?
             .kvs
             .first()
-            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            .map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value)));
         for _ in 0..8 {
-            if let Some(id) = &current
-                && let Some((number, client)) = self.live(id)
+            if let Some(p) = &current
+                && let Some((number, client)) = self.live(&p.node)
             {
                 lock(&self.state)
                     .placements
-                    .insert(session.to_owned(), id.clone());
-                return Ok(Some((id.clone(), number, client)));
+                    .insert(session.to_owned(), p.clone());
+                return Ok(Some(Routed {
+                    number,
+                    client,
+                    address: p.address,
+                }));
             }
             if !place {
                 return Ok(None);
             }
-            let nodes = self.nodes();
-            let Some(chosen) = placement::place(session, &nodes, 1) else {
-                return Err(EngineError::ResourceExhausted(
-                    "no live, non-draining engine node has room".into(),
-                ));
-            };
+            let chosen = self.choose(session, current.as_ref())?;
             let compare = match &current {
                 None => absent(key.clone()),
-                Some(old) => value_is(key.clone(), old.clone()),
+                Some(old) => value_is(key.clone(), old.value()),
             };
             let reply = self
                 .etcd
                 .txn(
                     vec![compare],
-                    vec![put(key.clone(), chosen.node_id.clone(), 0)],
+                    vec![put(key.clone(), chosen.value(), 0)],
                     vec![earshot_etcd::get(key.clone())],
                 )
                 .await
                 .map_err(etcd_err)?;
             if reply.succeeded {
                 if let Some(old) = &current {
-                    let detected_ms = lock(&self.state)
+                    let mut st = lock(&self.state);
+                    let detected_ms = st
                         .failed
-                        .get(old)
+                        .get(&old.node)
                         .copied()
                         .unwrap_or_else(|| self.clock.now_ms());
-                    lock(&self.state).moves.push(Failover {
-                        node_id: old.clone(),
+                    st.moves.push(Failover {
+                        node_id: old.node.clone(),
                         interaction_id: session.to_owned(),
-                        to_node_id: chosen.node_id.clone(),
+                        to_node_id: chosen.node.clone(),
                         detected_ms,
                     });
+                    st.moved_from.insert(session.to_owned(), old.node.clone());
                 }
-                current = Some(chosen.node_id.clone());
+                current = Some(chosen);
                 continue;
             }
             // Another replica placed it first: use theirs.
@@ -509,7 +638,7 @@ impl ClusterEngine {
                 Some(earshot_etcd::pb::response_op::Response::ResponseRange(r)) => r
                     .kvs
                     .first()
-                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                    .map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value))),
                 _ => None,
             });
         }
@@ -518,8 +647,107 @@ impl ClusterEngine {
         )))
     }
 
+    /// A new placement for `session`: its first (`current` none), or away from its
+    /// failed node.
+    fn choose(&self, session: &str, current: Option<&Placement>) -> Result<Placement, EngineError> {
+        let st = lock(&self.state);
+        if let Some(Placement {
+            address: Some(address),
+            ..
+        }) = current
+            && !st.holders.is_empty()
+        {
+            // The legs keep their address: the interaction goes where it went.
+            return match st.holders.get(address) {
+                Some(node) if st.nodes.contains_key(node) => Ok(Placement {
+                    node: node.clone(),
+                    address: Some(*address),
+                }),
+                _ => Err(unavailable(format!(
+                    "address {address} of {session} is not taken over by a live node yet"
+                ))),
+            };
+        }
+        let nodes: Vec<NodeInfo> = st
+            .nodes
+            .values()
+            .map(|n| {
+                let mut info = n.registered.info.clone();
+                info.draining |= st.drained.contains(&info.node_id);
+                info
+            })
+            .collect();
+        let Some(chosen) = placement::place(session, &nodes, 1) else {
+            return Err(EngineError::ResourceExhausted(
+                "no live, non-draining engine node has room".into(),
+            ));
+        };
+        let address = match current {
+            // A failed node's address nobody claims (nodes without address blocks):
+            // keep it in the record; the survivor binds its own.
+            Some(old) => old.address,
+            None => {
+                let held: Vec<IpAddr> = chosen
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .filter(|a| st.holders.get(a) == Some(&chosen.node_id))
+                    .collect();
+                placement::choose_address(session, &held)
+            }
+        };
+        Ok(Placement {
+            node: chosen.node_id.clone(),
+            address,
+        })
+    }
+
+    /// Where the stream of a leg of an interaction moved off a failed node stands now,
+    /// from that node's last report; `None` for any other leg.
+    async fn stream_of(&self, session: &str, leg_key: &str) -> Option<StreamBase> {
+        let (failed, cached) = {
+            let st = lock(&self.state);
+            let failed = st.moved_from.get(session)?.clone();
+            let cached = st.reports.get(&failed).cloned();
+            (failed, cached)
+        };
+        let reports = match cached {
+            Some(r) => r,
+            None => {
+                let key = format!("{}streams/{failed}", self.prefix);
+                let read = self.etcd.range(key.as_bytes(), &[], 0, 0).await;
+                let reports: StreamReports = match read {
+                    Ok(r) => r
+                        .kvs
+                        .first()
+                        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+                        .unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(node_id = %failed, error = %e, "stream reports not read: new streams");
+                        return None;
+                    }
+                };
+                let reports = Arc::new(reports);
+                lock(&self.state)
+                    .reports
+                    .insert(failed, Arc::clone(&reports));
+                reports
+            }
+        };
+        let (_, _, report) = reports
+            .legs
+            .iter()
+            .find(|(s, k, _)| s == session && k == leg_key)?;
+        let elapsed_ms = self.clock.now_ms().saturating_sub(reports.at_ms);
+        Some(report.extrapolated(elapsed_ms))
+    }
+
     async fn forget_placement(&self, session: &str) {
-        lock(&self.state).placements.remove(session);
+        {
+            let mut st = lock(&self.state);
+            st.placements.remove(session);
+            st.moved_from.remove(session);
+        }
         let key = format!("{}placement/{session}", self.prefix);
         if let Err(e) = self
             .etcd
@@ -538,20 +766,40 @@ impl ClusterEngine {
                 family,
                 requested_port,
                 rtcp_mux,
+                resume,
             } => {
-                let Some((_, number, client)) = self.node_for(&session, true).await? else {
+                let Some(routed) = self.node_for(&session, true).await? else {
                     return Err(unavailable("no node"));
                 };
-                let r = client
+                // A leg re-created on its recorded port continues the failed node's
+                // stream if its interaction moved; every leg binds its interaction's
+                // address (of the leg's family).
+                let stream = match requested_port {
+                    Some(_) => self.stream_of(&session, &leg_key).await,
+                    None => None,
+                };
+                let address = routed
+                    .address
+                    .filter(|a| a.is_ipv4() == matches!(family, earshot_engine_api::Family::V4));
+                let resume = match (address, stream) {
+                    (None, None) => resume,
+                    (address, stream) => Some(LegResume {
+                        local_ip: address.or(resume.and_then(|r| r.local_ip)),
+                        stream,
+                    }),
+                };
+                let r = routed
+                    .client
                     .call(Request::AllocateLeg {
                         session,
                         leg_key,
                         family,
                         requested_port,
                         rtcp_mux,
+                        resume,
                     })
                     .await?;
-                Ok(translate_response(number, r))
+                Ok(translate_response(routed.number, r))
             }
             Request::ConfigureLeg { leg, media } => {
                 let (number, leg) = local(leg);
@@ -570,7 +818,7 @@ impl ClusterEngine {
                 }
             }
             Request::SetSessionPlan(plan) => {
-                let Some((_, _, client)) = self.node_for(&plan.session, false).await? else {
+                let Some(Routed { client, .. }) = self.node_for(&plan.session, false).await? else {
                     return Err(EngineError::NotFound(format!(
                         "session {} is on no live node",
                         plan.session
@@ -593,7 +841,7 @@ impl ClusterEngine {
             }
             Request::RemoveSession { session } => {
                 let found = self.node_for(&session, false).await?;
-                if let Some((_, _, client)) = found {
+                if let Some(Routed { client, .. }) = found {
                     client
                         .call(Request::RemoveSession {
                             session: session.clone(),
@@ -679,6 +927,15 @@ impl ClusterEngine {
         };
         Ok(Response::Snapshot(merged))
     }
+}
+
+/// The address of an `addresses/held/{address}` key.
+fn held_address(key: &[u8]) -> Option<IpAddr> {
+    String::from_utf8_lossy(key)
+        .rsplit('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn translate_leg(number: u8, mut info: LegInfo) -> LegInfo {

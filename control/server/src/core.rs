@@ -1151,6 +1151,7 @@ impl Shared {
                 family: media.family(),
                 requested_port,
                 rtcp_mux: media.rtcp_mux,
+                resume: None,
             })
             .await?;
         match response {

@@ -35,6 +35,11 @@ pub struct NodeInfo {
     /// Set by `DrainNode`: no new interactions; existing ones stay until they end.
     #[serde(default)]
     pub draining: bool,
+    /// The node's own block of virtual addresses: each interaction placed here binds
+    /// one of them (those the node holds), and each moves to a survivor on its own when
+    /// the node fails (docs/cluster.md). Empty: legs bind the engine's address.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 impl NodeInfo {
@@ -69,6 +74,16 @@ pub fn score(node: &NodeInfo, key: &str) -> f64 {
     -node.weight / u.ln()
 }
 
+/// The address of `addresses` that `key`'s legs bind (rendezvous on the address, so
+/// that a node's interactions spread over its block); `None` if there is none.
+pub fn choose_address(key: &str, addresses: &[std::net::IpAddr]) -> Option<std::net::IpAddr> {
+    addresses
+        .iter()
+        .map(|a| (hash64(&a.to_string(), key), a))
+        .max()
+        .map(|(_, a)| *a)
+}
+
 /// The node for `key` among those that accept `legs` more legs, or `None` if none
 /// does. Ties (equal scores: practically never) go to the smaller node id so every
 /// replica agrees.
@@ -95,6 +110,7 @@ mod tests {
             legs: 0,
             weight,
             draining: false,
+            addresses: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ fn info(id: &str) -> NodeInfo {
         legs: 0,
         weight: 1.0,
         draining: false,
+        addresses: Vec::new(),
     }
 }
 

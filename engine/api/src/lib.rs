@@ -428,6 +428,10 @@ pub enum Request {
         /// instead of a pair. Must match the later [`MediaConfig::rtcp_mux`].
         #[serde(default)]
         rtcp_mux: bool,
+        /// Continue a leg another node served (cluster failover, docs/cluster.md): bind
+        /// its address and carry on its outbound stream. `None` for a new leg.
+        #[serde(default)]
+        resume: Option<LegResume>,
     },
     /// Sets or changes how a leg's media is carried.
     ConfigureLeg {
@@ -494,6 +498,32 @@ pub struct LegInfo {
     pub remote: Option<SocketAddr>,
 }
 
+/// How a leg re-created on another node carries on where the failed node's leg stopped
+/// (SPEC section 7): the same local address (a virtual address that moved to this node)
+/// and the same outbound stream, so endpoints that latch on the address or check the
+/// SSRC keep playing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub struct LegResume {
+    /// Bind this local address instead of the engine's own (bound with
+    /// `IP_FREEBIND`, so it may arrive on an interface a moment later).
+    pub local_ip: Option<IpAddr>,
+    /// The outbound stream to continue; `None`: a fresh random one.
+    pub stream: Option<StreamBase>,
+}
+
+/// An outbound RTP stream's position: what its next packet carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, Default)]
+pub struct StreamBase {
+    /// Synchronisation source.
+    pub ssrc: u32,
+    /// Extended sequence number (rollover count << 16 | sequence number) of the next
+    /// packet: for SRTP legs the packet index, which must never be used twice with one
+    /// key.
+    pub index: u64,
+    /// RTP timestamp of the next frame.
+    pub timestamp: u32,
+}
+
 /// What the engine observed on one leg, for reconciliation to recover an event the
 /// control side may have missed (a `FirstPacket` produced while no sidecar listened).
 ///
@@ -508,6 +538,11 @@ pub struct LegActivity {
     pub first_packet_seen: bool,
     /// Valid RTP packets received on the leg.
     pub packets_in: u64,
+    /// The leg's outbound stream as of the snapshot (configured legs only): what a
+    /// node taking the leg over continues from (`earshot-node` reports it to the
+    /// cluster).
+    #[serde(default)]
+    pub stream: Option<StreamBase>,
 }
 
 /// Everything the engine holds.

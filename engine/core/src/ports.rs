@@ -16,6 +16,10 @@
 //! - A port the operating system refuses to bind (another process holds it) is
 //!   [`PortPool::set_aside`]: it goes to the back of the queue and is counted, so one
 //!   foreign socket never wedges allocation.
+//! - In a cluster each node allocates new legs from its own **slice** of the range
+//!   (pair numbers `i` with `i % slices == slice`), so that a leg taken over from a
+//!   failed node, re-created on its recorded port, never meets a leg of this node on
+//!   that port. Ports outside the slice are taken only by [`PortPool::take_specific`].
 
 use std::collections::VecDeque;
 
@@ -41,11 +45,23 @@ pub struct PortPool {
     singles: VecDeque<u16>,
     /// Ports refused by the OS since the pool was built.
     set_aside: u64,
+    /// This node's slice of the range: (slice, slices).
+    slice: (u16, u16),
+    /// Free pairs and singles outside the slice (for legs taken over from other nodes).
+    foreign_pairs: VecDeque<u16>,
+    foreign_singles: VecDeque<u16>,
 }
 
 impl PortPool {
     /// A pool over `first .. first + count`; `first` even, `count` even and >= 2.
     pub fn new(first: u16, count: u16) -> PortPool {
+        PortPool::sliced(first, count, 0, 1)
+    }
+
+    /// A pool over `first .. first + count` that hands out only slice `slice` of
+    /// `slices` to new legs (see the module doc); `slice < slices`.
+    pub fn sliced(first: u16, count: u16, slice: u16, slices: u16) -> PortPool {
+        assert!(slice < slices, "slice {slice} of {slices}");
         assert!(first.is_multiple_of(2), "port ranges start on an even port");
         assert!(
             count >= 2 && count.is_multiple_of(2),
@@ -55,12 +71,31 @@ impl PortPool {
             u32::from(first) + u32::from(count) <= 65_536,
             "port range ends within 65535"
         );
+        let (own, foreign) = (0..count / 2).partition(|i| i % slices == slice);
+        let base = |v: Vec<u16>| v.into_iter().map(|i| first + 2 * i).collect();
         PortPool {
             first,
             count,
-            pairs: (0..count / 2).map(|i| first + 2 * i).collect(),
+            pairs: base(own),
             singles: VecDeque::new(),
             set_aside: 0,
+            slice: (slice, slices),
+            foreign_pairs: base(foreign),
+            foreign_singles: VecDeque::new(),
+        }
+    }
+
+    /// Whether `port` belongs to this node's slice.
+    fn own(&self, port: u16) -> bool {
+        ((port - self.first) / 2) % self.slice.1 == self.slice.0
+    }
+
+    /// The free pairs and singles `port` belongs with.
+    fn lists(&mut self, port: u16) -> (&mut VecDeque<u16>, &mut VecDeque<u16>) {
+        if self.own(port) {
+            (&mut self.pairs, &mut self.singles)
+        } else {
+            (&mut self.foreign_pairs, &mut self.foreign_singles)
         }
     }
 
@@ -79,7 +114,7 @@ impl PortPool {
         port >= self.first && u32::from(port) < u32::from(self.first) + u32::from(self.count)
     }
 
-    /// Free ports (a pair counts two).
+    /// Free ports of this node's slice (a pair counts two).
     pub fn free_ports(&self) -> usize {
         self.pairs.len() * 2 + self.singles.len()
     }
@@ -110,22 +145,22 @@ impl PortPool {
         if !rtcp_mux && !port.is_multiple_of(2) {
             return Err(PortRefusal::NotEven);
         }
-        if let Some(i) = self.singles.iter().position(|&p| p == port) {
+        let (pairs, singles) = self.lists(port);
+        if let Some(i) = singles.iter().position(|&p| p == port) {
             if !rtcp_mux {
                 return Err(PortRefusal::InUse);
             }
-            self.singles.remove(i);
+            singles.remove(i);
             return Ok(port);
         }
         let base = port & !1;
-        let i = self
-            .pairs
+        let i = pairs
             .iter()
             .position(|&p| p == base)
             .ok_or(PortRefusal::InUse)?;
-        self.pairs.remove(i);
+        pairs.remove(i);
         if rtcp_mux {
-            self.singles.push_back(port ^ 1);
+            singles.push_back(port ^ 1);
         }
         Ok(port)
     }
@@ -134,16 +169,17 @@ impl PortPool {
     /// pairs are re-formed only when both halves come back (checked here).
     pub fn give(&mut self, port: u16, rtcp_mux: bool) {
         debug_assert!(self.contains(port));
+        let (pairs, singles) = self.lists(port);
         if !rtcp_mux {
-            self.pairs.push_back(port);
+            pairs.push_back(port);
             return;
         }
         let partner = port ^ 1;
-        if let Some(i) = self.singles.iter().position(|&p| p == partner) {
-            self.singles.remove(i);
-            self.pairs.push_back(port & !1);
+        if let Some(i) = singles.iter().position(|&p| p == partner) {
+            singles.remove(i);
+            pairs.push_back(port & !1);
         } else {
-            self.singles.push_back(port);
+            singles.push_back(port);
         }
     }
 
@@ -196,6 +232,23 @@ mod tests {
         assert_ne!(pool.take(false), Some(p));
         assert_ne!(pool.take(false), Some(p));
         assert_eq!(pool.take(false), Some(p));
+    }
+
+    #[test]
+    fn a_slice_hands_out_only_its_own_pairs_and_takes_any_port_when_asked() {
+        let mut a = PortPool::sliced(10_000, 12, 0, 3);
+        let mut b = PortPool::sliced(10_000, 12, 1, 3);
+        let from_a: Vec<u16> = std::iter::from_fn(|| a.take(false)).collect();
+        let from_b: Vec<u16> = std::iter::from_fn(|| b.take(false)).collect();
+        assert_eq!(from_a, [10_000, 10_006]);
+        assert_eq!(from_b, [10_002, 10_008]);
+        // B re-creates A's leg on A's port, and gives it back to its foreign lists.
+        assert_eq!(b.take_specific(10_000, false), Ok(10_000));
+        assert_eq!(b.take_specific(10_000, true), Err(PortRefusal::InUse));
+        b.give(10_000, false);
+        assert_eq!(b.take(false), None, "a foreign port is never handed out");
+        assert_eq!(b.take_specific(10_001, true), Ok(10_001));
+        assert_eq!(b.take_specific(10_000, true), Ok(10_000));
     }
 
     #[test]

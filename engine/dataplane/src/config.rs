@@ -47,6 +47,13 @@ pub struct EngineConfig {
     /// port and mask), choose a power of two and a `port_base` aligned to it
     /// (docs/tuning.md).
     pub ports_per_shard: u32,
+    /// In a cluster: this node allocates new legs from slice `port_slice` of
+    /// `port_slices` of every shard's range (port pairs `i` with `i % port_slices ==
+    /// port_slice`), so that legs taken over from a failed node keep their ports here
+    /// (docs/cluster.md). Default 0 of 1: the whole range.
+    pub port_slice: u16,
+    /// How many slices the range is cut into (the cluster's node count, or more).
+    pub port_slices: u16,
     /// Local IPv4 address to bind legs on. Default 127.0.0.1 (loopback: safe by default).
     pub bind_v4: Option<Ipv4Addr>,
     /// Local IPv6 address to bind legs on. Default none (IPv6 legs refused).
@@ -101,6 +108,8 @@ impl Default for EngineConfig {
             cores: Vec::new(),
             port_base: 10_000,
             ports_per_shard: 20_000,
+            port_slice: 0,
+            port_slices: 1,
             bind_v4: Some(Ipv4Addr::LOCALHOST),
             bind_v6: None,
             backend: BackendKind::Auto,
@@ -158,6 +167,15 @@ impl EngineConfig {
                     "{} cores listed for {} shards",
                     self.cores.len(),
                     self.shards
+                ),
+            );
+        }
+        if self.port_slices == 0 || self.port_slice >= self.port_slices {
+            return err(
+                "port_slice",
+                format!(
+                    "slice {} of {} does not exist (0 <= port_slice < port_slices)",
+                    self.port_slice, self.port_slices
                 ),
             );
         }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +24,7 @@ use earshot_core::ports::{PortPool, PortRefusal};
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
 use earshot_engine_api::{
     BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Family, LegId,
-    Request, Response, ShardStats,
+    LegResume, Request, Response, ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
 use earshot_media::time::{Duration, WallClock};
@@ -122,7 +123,12 @@ impl Engine {
                 late_tick_threshold: Duration::from_micros(cfg.late_tick_threshold_us),
                 seed: seed.wrapping_add(i as u64),
             };
-            let pool = PortPool::new(shard_cfg.port_first, shard_cfg.port_count);
+            let pool = PortPool::sliced(
+                shard_cfg.port_first,
+                shard_cfg.port_count,
+                cfg.port_slice,
+                cfg.port_slices,
+            );
             let mut shard = Shard::new(shard_cfg, kernels);
             shard.set_ntp_at_zero(clock.ntp_at(earshot_media::time::Instant::ZERO));
             let links = ShardLinks {
@@ -325,6 +331,7 @@ impl EngineHandle {
         family: Family,
         requested: Option<u16>,
         rtcp_mux: bool,
+        ip: Option<IpAddr>,
     ) -> Result<(u16, Vec<(u16, BoundPort)>), EngineError> {
         let s = &self.shards[shard];
         self.reclaim(s);
@@ -351,7 +358,7 @@ impl EngineHandle {
                     },
                 }
             })?;
-            return match self.bind_sockets(s, port, family, rtcp_mux) {
+            return match self.bind_sockets(s, port, family, rtcp_mux, ip) {
                 Ok(bound) => Ok((port, bound)),
                 Err(e) => {
                     let busy = e.kind() == io::ErrorKind::AddrInUse;
@@ -374,7 +381,7 @@ impl EngineHandle {
                     "no free port on shard {shard}"
                 )));
             };
-            match self.bind_sockets(s, port, family, rtcp_mux) {
+            match self.bind_sockets(s, port, family, rtcp_mux, ip) {
                 Ok(bound) => return Ok((port, bound)),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                     s.ports_busy.fetch_add(1, Ordering::Relaxed);
@@ -410,10 +417,11 @@ impl EngineHandle {
         port: u16,
         family: Family,
         rtcp_mux: bool,
+        ip: Option<IpAddr>,
     ) -> io::Result<Vec<(u16, BoundPort)>> {
-        let mut bound = vec![(port, s.binder.bind(port, family)?)];
+        let mut bound = vec![(port, s.binder.bind(ip, port, family)?)];
         if !rtcp_mux {
-            bound.push((port + 1, s.binder.bind(port + 1, family)?));
+            bound.push((port + 1, s.binder.bind(ip, port + 1, family)?));
         }
         Ok(bound)
     }
@@ -425,11 +433,13 @@ impl EngineHandle {
         family: Family,
         requested_port: Option<u16>,
         rtcp_mux: bool,
+        resume: Option<LegResume>,
     ) -> Result<Response, EngineError> {
         validate_key("session", &session)?;
         validate_key("leg_key", &leg_key)?;
         let shard = self.place(&session);
-        let bound = self.bind_port(shard, family, requested_port, rtcp_mux);
+        let ip = resume.and_then(|r| r.local_ip);
+        let bound = self.bind_port(shard, family, requested_port, rtcp_mux, ip);
         let r = match bound {
             Ok((port, sockets)) => {
                 let cmd = ShardCommand::AllocateLeg {
@@ -438,6 +448,7 @@ impl EngineHandle {
                     family,
                     port,
                     rtcp_mux,
+                    resume,
                 };
                 let r = self.send_with(shard, cmd, sockets).await;
                 let used = matches!(&r, Ok(Response::Leg(info)) if info.local.port() == port);
@@ -486,8 +497,9 @@ impl EngineHandle {
                 family,
                 requested_port,
                 rtcp_mux,
+                resume,
             } => {
-                self.allocate(session, leg_key, family, requested_port, rtcp_mux)
+                self.allocate(session, leg_key, family, requested_port, rtcp_mux, resume)
                     .await
             }
             Request::ConfigureLeg { leg, media } => {

@@ -119,6 +119,7 @@ fn the_engine_serves_the_protocol_and_refuses_another_version() {
             family: Family::V4,
             requested_port: None,
             rtcp_mux: false,
+            resume: None,
         },
     )
     .unwrap();

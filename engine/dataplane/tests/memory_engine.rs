@@ -129,6 +129,7 @@ fn bad_requests_name_the_field() {
             family: Family::V4,
             requested_port: None,
             rtcp_mux: false,
+            resume: None,
         },
     )
     .unwrap_err();
@@ -144,6 +145,7 @@ fn bad_requests_name_the_field() {
             family: Family::V6,
             requested_port: None,
             rtcp_mux: false,
+            resume: None,
         },
     )
     .unwrap_err();
@@ -262,6 +264,7 @@ fn a_leg_joining_a_mixing_session_before_its_plan_does_not_disturb_the_shard() {
             family: Family::V4,
             requested_port: None,
             rtcp_mux: true,
+            resume: None,
         },
     )
     .unwrap() else {

@@ -25,6 +25,7 @@ fn allocate(engine: &Engine, key: &str, port: Option<u16>) -> Result<u16, Engine
         family: Family::V4,
         requested_port: port,
         rtcp_mux: false,
+        resume: None,
     }))?;
     match r {
         Response::Leg(info) => Ok(info.local.port()),
@@ -198,6 +199,7 @@ fn a_refused_requested_port_answers_instead_of_hanging() {
                 family: Family::V4,
                 requested_port: Some(port),
                 rtcp_mux: false,
+                resume: None,
             }))
         };
         let answers = [

@@ -147,6 +147,13 @@ impl OutputStream {
         self.next_seq
     }
 
+    /// The timestamp the next frame would carry at the pace of the frames so far (the
+    /// first timestamp before any packet).
+    pub fn next_timestamp(&self) -> RtpTs {
+        self.last_ts
+            .map_or(self.first_ts, |last| last.add(self.frame_samples))
+    }
+
     /// Samples per frame at this stream's ptime.
     pub fn frame_samples(&self) -> u32 {
         self.frame_samples

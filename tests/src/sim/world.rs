@@ -289,6 +289,7 @@ impl Sim {
             family: Family::V4,
             port,
             rtcp_mux: true,
+            resume: None,
         }) {
             Ok(Response::Leg(info)) => info,
             other => panic!("allocating {}: {other:?}", cfg.name),

@@ -1,8 +1,10 @@
 //! Legs: allocation on a port the caller bound, media configuration, removal.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Response};
+use earshot_engine_api::{
+    EngineError, Family, LegId, LegResume, MediaConfig, Response, StreamBase,
+};
 use earshot_media::codec::{Decoder, Encoder};
 use earshot_media::dsp::resample::Resampler;
 use earshot_media::jitter::{JitterBuffer, JitterConfig};
@@ -174,6 +176,21 @@ pub(super) struct Leg {
     pub(super) packets_in: u64,
     /// The leg holds a port pair (RTP and RTCP); otherwise one port, RTCP multiplexed.
     pub(super) paired: bool,
+    /// The leg's own local address (a virtual address taken over from a failed node);
+    /// `None`: the engine's.
+    pub(super) local_ip: Option<IpAddr>,
+    /// The outbound stream its first media configuration continues (failover).
+    pub(super) resume_stream: Option<StreamBase>,
+}
+
+/// What [`Shard::allocate_leg`] is asked for (the fields of `ShardCommand::AllocateLeg`).
+pub(super) struct NewLeg {
+    pub(super) session: String,
+    pub(super) leg_key: String,
+    pub(super) family: Family,
+    pub(super) port: u16,
+    pub(super) rtcp_mux: bool,
+    pub(super) resume: Option<LegResume>,
 }
 
 impl Shard {
@@ -182,12 +199,16 @@ impl Shard {
     pub(super) fn allocate_leg(
         &mut self,
         now: Instant,
-        session: String,
-        leg_key: String,
-        family: Family,
-        port: u16,
-        rtcp_mux: bool,
+        new: NewLeg,
     ) -> Result<Response, EngineError> {
+        let NewLeg {
+            session,
+            leg_key,
+            family,
+            port,
+            rtcp_mux,
+            resume,
+        } = new;
         let enabled = match family {
             Family::V4 => self.cfg.local_v4.is_some(),
             Family::V6 => self.cfg.local_v6.is_some(),
@@ -257,6 +278,8 @@ impl Shard {
             first_packet_seen: false,
             packets_in: 0,
             paired: !rtcp_mux,
+            local_ip: resume.and_then(|r| r.local_ip),
+            resume_stream: resume.and_then(|r| r.stream),
         });
         let offset = usize::from(port - self.cfg.port_first);
         self.port_table[offset] = slot;
@@ -346,6 +369,9 @@ impl Shard {
             }
             _ => {
                 fresh.srtp = srtp;
+                if let Some(base) = leg.resume_stream.take() {
+                    fresh.continue_stream(base);
+                }
                 leg.media = Some(fresh);
             }
         }
@@ -532,6 +558,42 @@ fn codec_states(
 }
 
 impl LegMedia {
+    /// Carries on the outbound stream a failed node's leg was sending: its SSRC, the
+    /// sequence number and timestamp of its next packet and, for SRTP, its packet index
+    /// (every index up to `base.index - 1` is declared used, so keystream is never
+    /// reused). The first packet carries the marker: receivers resynchronise on it.
+    pub(super) fn continue_stream(&mut self, base: StreamBase) {
+        self.out = OutputStream::new(
+            Ssrc(base.ssrc),
+            SeqNo(base.index as u16),
+            RtpTs(base.timestamp),
+            self.codec,
+            PayloadType(self.payload_type),
+            self.ptime_ms,
+        );
+        if let (Some(srtp), Some(highest)) = (self.srtp.as_deref_mut(), base.index.checked_sub(1)) {
+            srtp.resume_outbound(Ssrc(base.ssrc), highest);
+        }
+    }
+
+    /// Where the outbound stream stands: what its next packet carries.
+    pub(super) fn stream_base(&self) -> StreamBase {
+        let ssrc = self.out.ssrc();
+        let seq = u64::from(self.out.next_seq().0);
+        // An SRTP leg knows its rollover count; a plain leg's index is its sequence
+        // number (a successor continues it; rollovers do not matter without keys).
+        let index = self
+            .srtp
+            .as_deref()
+            .and_then(|s| s.outbound_highest(ssrc))
+            .map_or(seq, |h| h + 1);
+        StreamBase {
+            ssrc: ssrc.0,
+            index,
+            timestamp: self.out.next_timestamp().0,
+        }
+    }
+
     /// The highest audio rate this leg's own audio carries (a source's need).
     pub(super) fn source_rate(&self) -> SampleRate {
         match self.codec {

@@ -50,7 +50,7 @@ use earshot_media::time::{Duration, Instant};
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_SESSION_LEGS};
 
 use crate::stats::Counters;
-use legs::Leg;
+use legs::{Leg, NewLeg};
 pub use packet::ShardHandler;
 use session::Session;
 
@@ -257,7 +257,18 @@ impl Shard {
                 family,
                 port,
                 rtcp_mux,
-            } => self.allocate_leg(now, session, leg_key, family, port, rtcp_mux),
+                resume,
+            } => {
+                let new = NewLeg {
+                    session,
+                    leg_key,
+                    family,
+                    port,
+                    rtcp_mux,
+                    resume,
+                };
+                self.allocate_leg(now, new)
+            }
             ShardCommand::ConfigureLeg { leg, media } => self.configure_leg(now, leg, media),
             ShardCommand::SetSessionPlan(plan) => self.set_plan(now, plan),
             ShardCommand::RemoveLeg { leg } => {
@@ -374,6 +385,8 @@ pub enum ShardCommand {
         port: u16,
         /// One port instead of a pair.
         rtcp_mux: bool,
+        /// A leg taken over from a failed node: its address and outbound stream.
+        resume: Option<earshot_engine_api::LegResume>,
     },
     /// See [`earshot_engine_api::Request::ConfigureLeg`].
     ConfigureLeg {

@@ -16,6 +16,7 @@ impl Shard {
                     leg: leg.id,
                     first_packet_seen: leg.first_packet_seen,
                     packets_in: leg.packets_in,
+                    stream: leg.media.as_ref().map(|m| m.stream_base()),
                 });
             }
         }
@@ -50,9 +51,10 @@ impl Shard {
 
     pub(super) fn leg_info(&self, slot: u32) -> LegInfo {
         let leg = self.leg(slot);
-        let ip: IpAddr = match leg.family {
-            Family::V4 => IpAddr::V4(self.cfg.local_v4.unwrap_or(Ipv4Addr::LOCALHOST)),
-            Family::V6 => IpAddr::V6(self.cfg.local_v6.unwrap_or(Ipv6Addr::LOCALHOST)),
+        let ip: IpAddr = match (leg.local_ip, leg.family) {
+            (Some(ip), _) => ip,
+            (None, Family::V4) => IpAddr::V4(self.cfg.local_v4.unwrap_or(Ipv4Addr::LOCALHOST)),
+            (None, Family::V6) => IpAddr::V6(self.cfg.local_v6.unwrap_or(Ipv6Addr::LOCALHOST)),
         };
         // A leg allocated for rtcp-mux holds one port: RTCP shares it from the start.
         let mux = !leg.paired;

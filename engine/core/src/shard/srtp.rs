@@ -8,6 +8,7 @@
 //! jitter buffer or another leg.
 
 use earshot_engine_api::SrtpMedia;
+use earshot_media::Ssrc;
 use earshot_media::time::{Duration, Instant};
 use earshot_srtp::{Direction, SrtpConfig, SrtpError, SrtpSession};
 
@@ -69,6 +70,17 @@ impl LegSrtp {
         }
         s.keys = next.clone();
         Some(s)
+    }
+
+    /// Declares outbound indices up to `highest` used for `ssrc` (a stream continued
+    /// from a failed node: its packets continue after `highest`).
+    pub(super) fn resume_outbound(&mut self, ssrc: Ssrc, highest: u64) {
+        self.outbound.resume_rtp(ssrc, highest);
+    }
+
+    /// The highest outbound packet index protected for `ssrc`.
+    pub(super) fn outbound_highest(&self, ssrc: Ssrc) -> Option<u64> {
+        self.outbound.rtp_highest_index(ssrc)
     }
 
     /// Octets `protect_rtp` appends.

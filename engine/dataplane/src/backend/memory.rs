@@ -72,7 +72,13 @@ struct MemoryBinder {
 }
 
 impl super::PortBinder for MemoryBinder {
-    fn bind(&self, port: u16, _family: Family) -> io::Result<BoundPort> {
+    /// The in-memory network is addressed by port alone: any `ip` is accepted.
+    fn bind(
+        &self,
+        _ip: Option<std::net::IpAddr>,
+        port: u16,
+        _family: Family,
+    ) -> io::Result<BoundPort> {
         if self.bound[usize::from(port)].swap(true, Ordering::AcqRel) {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,

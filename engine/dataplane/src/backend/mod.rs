@@ -17,6 +17,7 @@
 //! only when it has nothing to do before its next deadline.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -46,8 +47,10 @@ pub enum BoundPort {
 /// a shard thread: binding is a syscall that can fail when another process holds the
 /// port, and the handle then tries another port.
 pub trait PortBinder: Send + Sync + std::fmt::Debug {
-    /// Binds `port` of `family`. `ErrorKind::AddrInUse` means another socket holds it.
-    fn bind(&self, port: u16, family: Family) -> io::Result<BoundPort>;
+    /// Binds `port` of `family` on the engine's own address, or on `ip` (a virtual
+    /// address taken over from a failed node: bound with `IP_FREEBIND`).
+    /// `ErrorKind::AddrInUse` means another socket holds it.
+    fn bind(&self, ip: Option<IpAddr>, port: u16, family: Family) -> io::Result<BoundPort>;
 }
 
 /// One shard's I/O.
@@ -65,7 +68,7 @@ pub trait Backend: Send {
 
     /// Binds and adds `port` on the calling thread (tests and tools).
     fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
-        let bound = self.binder().bind(port, family)?;
+        let bound = self.binder().bind(None, port, family)?;
         self.add_port(port, family, bound)
     }
 
@@ -106,8 +109,15 @@ pub trait Backend: Send {
 pub struct VirtualBinder;
 
 impl PortBinder for VirtualBinder {
-    fn bind(&self, _port: u16, _family: Family) -> io::Result<BoundPort> {
-        Ok(BoundPort::Virtual)
+    fn bind(&self, ip: Option<IpAddr>, _port: u16, _family: Family) -> io::Result<BoundPort> {
+        match ip {
+            None => Ok(BoundPort::Virtual),
+            // The XDP program steers the engine's own address only.
+            Some(ip) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("AF_XDP serves the engine's own address, not {ip}"),
+            )),
+        }
     }
 }
 
@@ -125,9 +135,21 @@ pub struct SocketBinder {
 }
 
 impl PortBinder for SocketBinder {
-    fn bind(&self, port: u16, family: Family) -> io::Result<BoundPort> {
-        let addr = sys::local_addr(self.bind_v4, self.bind_v6, port, family)?;
-        sys::open_udp_socket(addr, self.rcvbuf_bytes, self.sndbuf_bytes).map(BoundPort::Socket)
+    fn bind(&self, ip: Option<IpAddr>, port: u16, family: Family) -> io::Result<BoundPort> {
+        let addr = match ip {
+            Some(ip) if ip.is_ipv4() == matches!(family, Family::V4) => {
+                std::net::SocketAddr::new(ip, port)
+            }
+            Some(ip) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{ip} is not a {family:?} address"),
+                ));
+            }
+            None => sys::local_addr(self.bind_v4, self.bind_v6, port, family)?,
+        };
+        sys::open_udp_socket(addr, self.rcvbuf_bytes, self.sndbuf_bytes, ip.is_some())
+            .map(BoundPort::Socket)
     }
 }
 

@@ -138,9 +138,25 @@ pub(crate) fn open_udp_socket(
     addr: SocketAddr,
     rcvbuf_bytes: usize,
     sndbuf_bytes: usize,
+    freebind: bool,
 ) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
+    if freebind {
+        // A virtual address taken over from a failed node may reach this host's
+        // interface a moment after the leg is re-created (docs/cluster.md).
+        let level = if addr.is_ipv6() {
+            libc::SOL_IPV6
+        } else {
+            libc::SOL_IP
+        };
+        let option = if addr.is_ipv6() {
+            libc::IPV6_FREEBIND
+        } else {
+            libc::IP_FREEBIND
+        };
+        set_option(&socket, level, option, 1)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -163,13 +179,22 @@ pub(crate) fn open_udp_socket(
 }
 
 fn set_int_option(socket: &Socket, option: libc::c_int, value: usize) -> io::Result<()> {
+    set_option(socket, libc::SOL_SOCKET, option, value)
+}
+
+fn set_option(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: usize,
+) -> io::Result<()> {
     let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
     // SAFETY: `socket` is an open fd for the duration of the call; the option value is a
     // c_int on our stack and its exact size is passed.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             option,
             (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,

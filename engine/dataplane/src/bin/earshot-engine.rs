@@ -46,6 +46,11 @@ struct Args {
     /// Ports per shard (a power of two).
     #[arg(long)]
     ports_per_shard: Option<u32>,
+    /// Cluster node: allocate new legs from slice K of N of every shard's range
+    /// ("K/N"; give each node its own K), so legs taken over from a failed node keep
+    /// their ports here (docs/cluster.md).
+    #[arg(long, value_parser = parse_slice)]
+    port_slice: Option<(u16, u16)>,
     /// Unix socket of the programming API. Created 0600 (owner only) whatever the
     /// umask; an existing socket where an engine answers, or a path that is not a
     /// socket, is refused.
@@ -62,6 +67,25 @@ struct Args {
     /// Do not pin shards to cores.
     #[arg(long)]
     no_pin: bool,
+}
+
+/// Parses `--port-slice K/N`.
+fn parse_slice(text: &str) -> Result<(u16, u16), String> {
+    let (k, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not K/N"))?;
+    let k: u16 = k
+        .trim()
+        .parse()
+        .map_err(|e| format!("K in {text:?}: {e}"))?;
+    let n: u16 = n
+        .trim()
+        .parse()
+        .map_err(|e| format!("N in {text:?}: {e}"))?;
+    if n == 0 || k >= n {
+        return Err(format!("slice {k} of {n} does not exist (0 <= K < N)"));
+    }
+    Ok((k, n))
 }
 
 /// Raises the open-file soft limit to the hard limit: every leg is a socket, and 1,024
@@ -152,6 +176,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(p) = args.ports_per_shard {
         cfg.ports_per_shard = p;
+    }
+    if let Some((slice, slices)) = args.port_slice {
+        cfg.port_slice = slice;
+        cfg.port_slices = slices;
     }
     if let Some(s) = &args.socket {
         cfg.socket = s.clone();
