@@ -186,6 +186,11 @@ pub fn control_binary() -> PathBuf {
     sibling_binary("earshot-control", "earshot-control").expect("the earshot-control binary builds")
 }
 
+/// The node agent (`earshot-node`, of the control package), built if missing.
+pub fn node_binary() -> PathBuf {
+    sibling_binary("earshot-control", "earshot-node").expect("the earshot-node binary builds")
+}
+
 /// A binary of another workspace package, in this test's target dir: cargo builds only
 /// the binaries of the package under test, so others are built here when missing.
 fn sibling_binary(package: &str, bin: &str) -> Option<PathBuf> {

@@ -1,0 +1,540 @@
+//! Node failover with real processes (SPEC section 7, docs/cluster.md): a real etcd
+//! cluster (3 members on loopback), three engine nodes (`earshot-engine` on the socket
+//! backend, each with its own `earshot-node` agent and its own block of two virtual
+//! addresses), one control replica in cluster mode (`earshot-control --cluster`), and
+//! real UDP phones: calls with barging supervisors spread over the nodes. Then one
+//! node's engine and agent are killed with SIGKILL while every phone talks.
+//!
+//! What must hold, per call of the dead node, measured at the phones:
+//! - the call is not dropped and its supervision is not lost: every participant is
+//!   still there and every party hears whom it heard before (tones);
+//! - every leg comes back on the **same address and port** (the dead node's virtual
+//!   address, taken over by a survivor), with the **same SSRC** and a sequence number
+//!   that moves forward (by fewer than 1,000), so that a phone that latched on the
+//!   address and the stream keeps playing;
+//! - the media gap (the longest time a phone received nothing) is reported (p50, p99,
+//!   max) and bounded by the lease TTL plus the time to re-create the legs;
+//! - the dead node's calls go to more than one survivor, and calls on the other nodes
+//!   never stop (gap under a second).
+//!
+//! The virtual addresses are loopback aliases (all of 127/8 is local on Linux), so no
+//! interface is touched: what moves here is the claim in etcd and the sockets bound to
+//! the address (with `IP_FREEBIND`); moving an address between hosts (`ip address add`
+//! and a gratuitous ARP by the agent, `--address-device`) is not exercised here.
+//!
+//! Sizes: `EARSHOT_FAILOVER_CALLS` (default 9; the long run in docs/cluster.md uses
+//! 300). Prints SKIPPED where etcd is not installed.
+
+// Real processes and real sockets: waits and arrival stamps use the real clock.
+#![allow(clippy::disallowed_methods)]
+
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::{Api, ChildGuard};
+use earshot_control::proto;
+use earshot_etcd::testing::EtcdCluster;
+use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
+use earshot_testkit::fixtures::Role;
+use earshot_testkit::rtp::Rtp;
+
+const NODES: usize = 3;
+/// The lease TTL of the nodes (s): how long after a node dies its calls move.
+const LEASE_TTL_S: u64 = 2;
+/// How long every phone talks: the whole test.
+const TALK_PACKETS: u32 = 1_500;
+
+fn calls() -> usize {
+    std::env::var("EARSHOT_FAILOVER_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9)
+}
+
+/// Node `i`'s block of virtual addresses.
+fn block(i: usize) -> [IpAddr; 2] {
+    [
+        IpAddr::from([127, 0, 20 + i as u8, 1]),
+        IpAddr::from([127, 0, 20 + i as u8, 2]),
+    ]
+}
+
+/// One engine node: its engine and agent processes.
+struct Node {
+    id: String,
+    engine: ChildGuard,
+    agent: ChildGuard,
+}
+
+fn start_node(
+    i: usize,
+    dir: &Path,
+    bins: &Binaries,
+    etcd: &[String],
+    prefix: &str,
+    port_base: u16,
+) -> Node {
+    let id = format!("node-{i}");
+    let socket = dir.join(format!("{id}.sock"));
+    let engine_args: Vec<String> = [
+        "--backend",
+        "socket",
+        "--socket",
+        &socket.display().to_string(),
+        "--programmers",
+        "2",
+        "--port-base",
+        &port_base.to_string(),
+        "--ports-per-shard",
+        "2048",
+        "--port-slice",
+        &format!("{i}/{NODES}"),
+        "--bind-v4",
+        "127.0.0.1",
+        "--no-pin",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut engine = ChildGuard::spawn(
+        &format!("engine {id}"),
+        &bins.engine,
+        &engine_args,
+        &dir.join(format!("{id}-engine.log")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        engine.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "engine {id} never accepted:\n{}",
+            engine.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addresses: Vec<String> = block(i).iter().map(ToString::to_string).collect();
+    let agent_args: Vec<String> = [
+        "--etcd",
+        &etcd.join(","),
+        "--etcd-prefix",
+        prefix,
+        "--node-id",
+        &id,
+        "--engine-socket",
+        &socket.display().to_string(),
+        "--address",
+        &addresses.join(","),
+        "--lease-ttl",
+        &LEASE_TTL_S.to_string(),
+        "--report-interval-ms",
+        "250",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let agent = ChildGuard::spawn(
+        &format!("agent {id}"),
+        &bins.node,
+        &agent_args,
+        &dir.join(format!("{id}-agent.log")),
+    );
+    Node { id, engine, agent }
+}
+
+struct Binaries {
+    engine: PathBuf,
+    control: PathBuf,
+    node: PathBuf,
+}
+
+/// One call: a customer and an agent phone, and a barging supervisor's phone.
+struct Call {
+    id: String,
+    phones: BTreeMap<&'static str, PcmuEndpoint>,
+    /// Each participant's leg address, as the engine first gave it.
+    locals: BTreeMap<String, SocketAddr>,
+    node: String,
+}
+
+fn participant_locals(inter: &proto::Interaction) -> BTreeMap<String, SocketAddr> {
+    inter
+        .participants
+        .iter()
+        .filter(|p| p.leg.is_some())
+        .map(|p| (p.participant_id.clone(), e2e::leg_local(p.leg.as_ref())))
+        .collect()
+}
+
+fn nodes_of(inter: &proto::Interaction) -> Vec<String> {
+    let mut v: Vec<String> = inter
+        .participants
+        .iter()
+        .filter_map(|p| p.leg.as_ref().map(|l| l.node_id.clone()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+async fn wait_nodes(api: &Api, n: usize, nodes: &mut [Node]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = api
+            .engine()
+            .list_nodes(proto::ListNodesRequest {})
+            .await
+            .map(|r| r.into_inner().nodes.len())
+            .unwrap_or(0);
+        if listed == n {
+            return;
+        }
+        for node in nodes.iter_mut() {
+            node.engine.assert_running();
+            node.agent.assert_running();
+        }
+        assert!(Instant::now() < deadline, "{listed} of {n} nodes registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The RTP packets `phone` received from `from`, with their arrival times.
+fn stream_from(phone: &PcmuEndpoint, from: SocketAddr) -> Vec<(Instant, Rtp)> {
+    phone
+        .received()
+        .into_iter()
+        .filter(|a| a.from == from)
+        .filter_map(|a| Rtp::parse(&a.bytes).map(|r| (a.at, r)))
+        .collect()
+}
+
+/// The longest time between two packets `phone` received in `window`.
+fn longest_gap(phone: &PcmuEndpoint, window: &std::ops::Range<Instant>) -> Duration {
+    let times: Vec<Instant> = phone.received_in(window).iter().map(|a| a.at).collect();
+    let mut gap = times
+        .first()
+        .map_or(window.end - window.start, |t| *t - window.start);
+    for w in times.windows(2) {
+        gap = gap.max(w[1] - w[0]);
+    }
+    gap.max(times.last().map_or(Duration::ZERO, |t| window.end - *t))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_stream() {
+    let Some(etcd) = EtcdCluster::start(3).await else {
+        return;
+    };
+    let Some(engine) = e2e::engine_binary() else {
+        return;
+    };
+    let bins = Binaries {
+        engine,
+        control: e2e::control_binary(),
+        node: e2e::node_binary(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let prefix = "/failover/";
+    let endpoints = etcd.endpoints();
+    let port_base = e2e::free_port_base();
+    let mut nodes: Vec<Node> = (0..NODES)
+        .map(|i| start_node(i, dir, &bins, &endpoints, prefix, port_base))
+        .collect();
+
+    let grpc: SocketAddr = ([127, 0, 0, 1], e2e::free_tcp_port()).into();
+    let control_args: Vec<String> = [
+        "--grpc",
+        &grpc.to_string(),
+        "--etcd",
+        &endpoints.join(","),
+        "--etcd-prefix",
+        prefix,
+        "--cluster",
+        "--data-dir",
+        &dir.join("control").display().to_string(),
+        "--metrics",
+        "off",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let mut control = ChildGuard::spawn(
+        "earshot-control",
+        &bins.control,
+        &control_args,
+        &dir.join("control.log"),
+    );
+    let api = Api {
+        channel: e2e::connect_when_serving(grpc, &mut control).await,
+    };
+    wait_nodes(&api, NODES, &mut nodes).await;
+    // Every node holds its own addresses before calls are placed on them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Calls, each with a barging supervisor: everyone hears everyone.
+    let n = calls();
+    let mut all: Vec<Call> = Vec::new();
+    for k in 0..n {
+        let id = format!("call-{k}");
+        let agent_user = format!("agent-{k}");
+        let sup_user = format!("sup-{k}");
+        api.user(&agent_user, &[], proto::Presence::Available)
+            .await;
+        api.user(&sup_user, &e2e::ALL_PERMISSIONS, proto::Presence::Available)
+            .await;
+        let mut phones = BTreeMap::new();
+        for (key, ssrc) in [("c", 1), ("a", 2), ("s", 3)] {
+            phones.insert(
+                key,
+                PcmuEndpoint::loopback(0x0100_0000 * ssrc + k as u32).unwrap(),
+            );
+        }
+        use proto::{ParticipantKind as K, Role as R};
+        let inter = api
+            .interactions()
+            .create_interaction(proto::CreateInteractionRequest {
+                interaction_id: id.clone(),
+                participants: vec![
+                    e2e::spec("c", K::External, R::Customer, "", phones["c"].addr()),
+                    e2e::spec("a", K::Internal, R::Agent, &agent_user, phones["a"].addr()),
+                ],
+                actor: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}\n{}", control.log_tail()))
+            .into_inner()
+            .interaction
+            .expect("interaction");
+        api.start(
+            proto::SupervisionMode::Barge,
+            e2e::supervise(&id, &format!("barge-{k}"), &sup_user, "s", "a", phones["s"].addr()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("barge {id}: {e:?}"));
+        let inter = api.interaction(&inter.interaction_id).await;
+        let on = nodes_of(&inter);
+        assert_eq!(on.len(), 1, "{id} lives on one node: {on:?}");
+        let locals = participant_locals(&inter);
+        for (p, local) in &locals {
+            assert!(
+                block(0).contains(&local.ip())
+                    || block(1).contains(&local.ip())
+                    || block(2).contains(&local.ip()),
+                "{id}/{p} binds {local}, not a node's virtual address"
+            );
+        }
+        all.push(Call {
+            id,
+            phones,
+            locals,
+            node: on[0].clone(),
+        });
+    }
+    // Everyone talks for the whole test.
+    let mut talkers = Vec::new();
+    for call in &all {
+        for (key, role) in [("c", Role::Customer), ("a", Role::Agent), ("s", Role::Supervisor)] {
+            let to = call.locals[key];
+            talkers.push(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The victim: the node with the most calls.
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for call in &all {
+        *per_node.entry(call.node.as_str()).or_default() += 1;
+    }
+    let victim = per_node
+        .iter()
+        .max_by_key(|(_, c)| **c)
+        .map(|(id, _)| id.to_string())
+        .expect("calls were placed");
+    println!("calls per node before the failure: {per_node:?}; killing {victim}");
+    let before_kill = Instant::now();
+    let v = nodes.iter_mut().find(|n| n.id == victim).expect("victim");
+    v.engine.kill9();
+    v.agent.kill9();
+
+    // Until every phone of the victim's calls hears again, at most 20 s.
+    let moved: Vec<&Call> = all.iter().filter(|c| c.node == victim).collect();
+    let deadline = before_kill + Duration::from_secs(20);
+    loop {
+        let now = Instant::now();
+        let recent = (now - Duration::from_millis(200))..now;
+        let back = moved
+            .iter()
+            .all(|c| c.phones.values().all(|p| !p.received_in(&recent).is_empty()));
+        if back {
+            break;
+        }
+        assert!(
+            now < deadline,
+            "the dead node's calls did not come back within 20 s; control log:\n{}",
+            control.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let end = Instant::now();
+    let steady = (end - Duration::from_millis(1000))..end;
+
+    // Per call: not dropped, same addresses, on a survivor; who-hears-whom intact.
+    let mut survivors_used: Vec<String> = Vec::new();
+    for call in &all {
+        let inter = api.interaction(&call.id).await;
+        assert_eq!(
+            participant_locals(&inter),
+            call.locals,
+            "{}: legs moved to other addresses",
+            call.id
+        );
+        let on = nodes_of(&inter);
+        assert_eq!(on.len(), 1, "{} lives on one node: {on:?}", call.id);
+        assert_ne!(on[0], victim, "{} still on the dead node", call.id);
+        if call.node == victim {
+            survivors_used.push(on[0].clone());
+        }
+        let sup = api
+            .supervision()
+            .get_supervision(proto::GetSupervisionRequest {
+                supervision_id: format!("barge-{}", &call.id[5..]),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: supervision lost: {e:?}", call.id))
+            .into_inner();
+        assert_eq!(
+            sup.state,
+            proto::SupervisionState::Active as i32,
+            "{}: supervision not active after the failure",
+            call.id
+        );
+        for (listener, sources) in [
+            ("c", [Role::Agent, Role::Supervisor]),
+            ("a", [Role::Customer, Role::Supervisor]),
+            ("s", [Role::Customer, Role::Agent]),
+        ] {
+            for source in sources {
+                let report = call.phones[listener].tone_report(source.tone_hz(), &steady);
+                assert!(
+                    report.hears(),
+                    "{}: {listener} does not hear {source:?} after the failure ({:.1} dB)",
+                    call.id,
+                    report.mean_db()
+                );
+            }
+        }
+    }
+    survivors_used.sort();
+    survivors_used.dedup();
+    if moved.len() >= 4 {
+        assert!(
+            survivors_used.len() >= 2,
+            "{} moved calls all went to {survivors_used:?}",
+            moved.len()
+        );
+    }
+
+    // Per phone of a moved call: the same stream from the same address, and the gap.
+    let mut gaps = Vec::new();
+    for call in &moved {
+        for (key, phone) in &call.phones {
+            let local = call.locals[*key];
+            let stream = stream_from(phone, local);
+            let before: Vec<&(Instant, Rtp)> =
+                stream.iter().filter(|(at, _)| *at < before_kill).collect();
+            let after: Vec<&(Instant, Rtp)> =
+                stream.iter().filter(|(at, _)| *at >= before_kill).collect();
+            let (Some((_, last)), Some((_, first))) = (before.last(), after.last().and(after.first()))
+            else {
+                panic!("{}/{key}: no packets from {local} before or after", call.id);
+            };
+            // Packets still in flight at the kill count as before.
+            let resumed = after
+                .iter()
+                .find(|(_, r)| r.seq.wrapping_sub(last.seq) > 3 || r.ssrc != last.ssrc)
+                .map_or(first, |(_, r)| r);
+            assert_eq!(
+                resumed.ssrc, last.ssrc,
+                "{}/{key}: a new SSRC after the failover",
+                call.id
+            );
+            let jump = resumed.seq.wrapping_sub(last.seq);
+            assert!(
+                (1..1000).contains(&jump),
+                "{}/{key}: sequence {} -> {} (jump {jump})",
+                call.id,
+                last.seq,
+                resumed.seq
+            );
+            let foreign = phone
+                .received()
+                .iter()
+                .filter(|a| a.at >= before_kill && a.from != local)
+                .count();
+            assert_eq!(
+                foreign, 0,
+                "{}/{key}: {foreign} packets from another address",
+                call.id
+            );
+            gaps.push(longest_gap(phone, &(before_kill..end)));
+        }
+    }
+    // The other calls never stop.
+    let mut others = Vec::new();
+    for call in all.iter().filter(|c| c.node != victim) {
+        for phone in call.phones.values() {
+            others.push(longest_gap(phone, &(before_kill..end)));
+        }
+    }
+    gaps.sort();
+    others.sort();
+    println!(
+        "failover of {victim} ({} calls, to {survivors_used:?}, lease TTL {LEASE_TTL_S} s): \
+         media gap p50 {:?} p99 {:?} max {:?}; other calls' longest gap {:?}",
+        moved.len(),
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 0.99),
+        gaps.last().copied().unwrap_or_default(),
+        others.last().copied().unwrap_or_default()
+    );
+    let bound = Duration::from_secs(LEASE_TTL_S + 3);
+    assert!(
+        gaps.last().copied().unwrap_or_default() < bound,
+        "a media gap over {bound:?}: {gaps:?}"
+    );
+    assert!(
+        others.last().copied().unwrap_or_default() < Duration::from_secs(1),
+        "a call on a surviving node stopped: {others:?}"
+    );
+
+    // The timeline says what happened.
+    for call in &moved {
+        let timeline = api
+            .interactions()
+            .get_timeline(proto::GetTimelineRequest {
+                interaction_id: call.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let restored = timeline
+            .events
+            .iter()
+            .any(|e| e.kind == proto::EventKind::MediaRestored as i32);
+        assert!(restored, "{}: no MEDIA_RESTORED on the timeline", call.id);
+    }
+    drop(talkers);
+}
