@@ -55,12 +55,10 @@ fn calls() -> usize {
         .unwrap_or(9)
 }
 
-/// Node `i`'s block of virtual addresses.
-fn block(i: usize) -> [IpAddr; 2] {
-    [
-        IpAddr::from([127, 0, 20 + i as u8, 1]),
-        IpAddr::from([127, 0, 20 + i as u8, 2]),
-    ]
+/// Node `i`'s block of virtual addresses: four, so that a dead node's calls spread
+/// over the survivors address by address.
+fn block(i: usize) -> [IpAddr; 4] {
+    [1, 2, 3, 4].map(|k| IpAddr::from([127, 0, 20 + i as u8, k]))
 }
 
 /// One engine node: its engine and agent processes.
@@ -196,7 +194,10 @@ async fn wait_nodes(api: &Api, n: usize, nodes: &mut [Node]) {
             node.engine.assert_running();
             node.agent.assert_running();
         }
-        assert!(Instant::now() < deadline, "{listed} of {n} nodes registered");
+        assert!(
+            Instant::now() < deadline,
+            "{listed} of {n} nodes registered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -290,8 +291,7 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
         let id = format!("call-{k}");
         let agent_user = format!("agent-{k}");
         let sup_user = format!("sup-{k}");
-        api.user(&agent_user, &[], proto::Presence::Available)
-            .await;
+        api.user(&agent_user, &[], proto::Presence::Available).await;
         api.user(&sup_user, &e2e::ALL_PERMISSIONS, proto::Presence::Available)
             .await;
         let mut phones = BTreeMap::new();
@@ -319,7 +319,14 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
             .expect("interaction");
         api.start(
             proto::SupervisionMode::Barge,
-            e2e::supervise(&id, &format!("barge-{k}"), &sup_user, "s", "a", phones["s"].addr()),
+            e2e::supervise(
+                &id,
+                &format!("barge-{k}"),
+                &sup_user,
+                "s",
+                "a",
+                phones["s"].addr(),
+            ),
         )
         .await
         .unwrap_or_else(|e| panic!("barge {id}: {e:?}"));
@@ -345,7 +352,11 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
     // Everyone talks for the whole test.
     let mut talkers = Vec::new();
     for call in &all {
-        for (key, role) in [("c", Role::Customer), ("a", Role::Agent), ("s", Role::Supervisor)] {
+        for (key, role) in [
+            ("c", Role::Customer),
+            ("a", Role::Agent),
+            ("s", Role::Supervisor),
+        ] {
             let to = call.locals[key];
             talkers.push(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
         }
@@ -373,10 +384,14 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
     let deadline = before_kill + Duration::from_secs(20);
     loop {
         let now = Instant::now();
-        let recent = (now - Duration::from_millis(200))..now;
-        let back = moved
-            .iter()
-            .all(|c| c.phones.values().all(|p| !p.received_in(&recent).is_empty()));
+        // Only packets sent after the kill (in flight at the kill: under 100 ms).
+        let recent =
+            (now - Duration::from_millis(200)).max(before_kill + Duration::from_millis(100))..now;
+        let back = moved.iter().all(|c| {
+            c.phones
+                .values()
+                .all(|p| !p.received_in(&recent).is_empty())
+        });
         if back {
             break;
         }
@@ -457,7 +472,8 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
                 stream.iter().filter(|(at, _)| *at < before_kill).collect();
             let after: Vec<&(Instant, Rtp)> =
                 stream.iter().filter(|(at, _)| *at >= before_kill).collect();
-            let (Some((_, last)), Some((_, first))) = (before.last(), after.last().and(after.first()))
+            let (Some((_, last)), Some((_, first))) =
+                (before.last(), after.last().and(after.first()))
             else {
                 panic!("{}/{key}: no packets from {local} before or after", call.id);
             };
