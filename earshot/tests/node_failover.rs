@@ -43,8 +43,12 @@ use earshot_testkit::fixtures::Role;
 use earshot_testkit::rtp::Rtp;
 
 const NODES: usize = 3;
-/// The lease TTL of the nodes (s): how long after a node dies its calls move.
-const LEASE_TTL_S: u64 = 2;
+/// The lease TTL of the nodes (s): how long after a node dies its calls move. One
+/// second is etcd's floor with the test cluster's 500 ms election timeout.
+const LEASE_TTL_S: u64 = 1;
+/// The agents fence this long before their lease could expire: with renewals every
+/// third of the TTL, a renewal must be 400 ms late before a live node fences.
+const FENCE_MARGIN_MS: u64 = 250;
 /// How long every phone talks: the whole test.
 const TALK_PACKETS: u32 = 1_500;
 
@@ -130,6 +134,8 @@ fn start_node(
         &LEASE_TTL_S.to_string(),
         "--report-interval-ms",
         "250",
+        "--fence-margin-ms",
+        &FENCE_MARGIN_MS.to_string(),
     ]
     .iter()
     .map(ToString::to_string)
