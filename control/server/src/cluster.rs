@@ -1012,4 +1012,41 @@ mod tests {
         assert_eq!(local(g), (17, leg));
         assert_ne!(global(18, leg), g, "two nodes' equal ids differ globally");
     }
+
+    #[test]
+    fn placements_carry_the_address_and_read_the_old_form() {
+        let p = Placement::parse("node-a@10.0.0.7");
+        assert_eq!(p.node, "node-a");
+        assert_eq!(p.address, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(Placement::parse(&p.value()), p);
+        let v6 = Placement::parse("b@fd00::1");
+        assert_eq!(v6.address, Some("fd00::1".parse().unwrap()));
+        // Records written before addresses existed, and node names with an '@'.
+        assert_eq!(Placement::parse("node-a").address, None);
+        assert_eq!(Placement::parse("ops@dc1").node, "ops@dc1");
+    }
+
+    #[test]
+    fn a_reported_stream_moves_on_with_time_and_past_every_packet_sent() {
+        let report = StreamReport {
+            stream: StreamBase {
+                ssrc: 9,
+                index: (2 << 16) | 65_500,
+                timestamp: u32::MAX - 100,
+            },
+            clock_rate_hz: 8_000,
+            ptime_ms: 20,
+        };
+        let now = report.extrapolated(1_000);
+        assert_eq!(now.ssrc, 9);
+        // 50 packets a second could have gone out; twice that plus the margin is skipped.
+        assert_eq!(now.index, report.stream.index + 100 + STREAM_INDEX_MARGIN);
+        assert!(now.index >> 16 == 3, "the rollover count follows the index");
+        // 8,000 timestamp units later, across the 32-bit wrap.
+        assert_eq!(now.timestamp, (u32::MAX - 100).wrapping_add(8_000));
+        assert_eq!(
+            report.extrapolated(0).index,
+            report.stream.index + STREAM_INDEX_MARGIN
+        );
+    }
 }

@@ -118,6 +118,113 @@ fn monitor_forwards_the_primary_call_and_a_retry_returns_the_same_leg() {
     engine.shutdown();
 }
 
+/// A leg re-created on a survivor (cluster failover) binds the failed node's address
+/// and continues its outbound stream: same SSRC, the next sequence number and
+/// timestamp, and for SRTP the same rollover count, so a receiver that tracked the old
+/// stream decrypts the new one; the snapshot reports where the stream stands.
+#[test]
+fn a_leg_taken_over_continues_the_failed_node_s_stream() {
+    use earshot_engine_api::{LegResume, MasterKey, SrtpMedia, SrtpSuite, StreamBase};
+    use earshot_srtp::{Direction, SrtpConfig, SrtpError, SrtpSession};
+    use earshot_types::Ssrc;
+
+    let (engine, net) = start();
+    let suite = SrtpSuite::AesCm128HmacSha1_80;
+    let ours = MasterKey::generate(suite, |b| b.fill(0x42));
+    let theirs = MasterKey::generate(suite, |b| b.fill(0x17));
+    let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+    let address: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    // Rollover count 3, sequence number 65530: a wrap comes within the test.
+    let base = StreamBase {
+        ssrc: 0x5EED_F00D,
+        index: (3 << 16) | 65_530,
+        timestamp: 1_234_560,
+    };
+    let Response::Leg(info) = call(
+        &engine,
+        Request::AllocateLeg {
+            session: "moved".into(),
+            leg_key: "customer".into(),
+            family: Family::V4,
+            requested_port: None,
+            rtcp_mux: true,
+            resume: Some(LegResume {
+                local_ip: Some(address),
+                stream: Some(base),
+            }),
+        },
+    )
+    .unwrap() else {
+        panic!("AllocateLeg answered otherwise")
+    };
+    assert_eq!(
+        info.local.ip(),
+        address,
+        "the leg binds the taken-over address"
+    );
+    let media = MediaConfig {
+        srtp: Some(SrtpMedia::new(theirs, ours.clone()).unwrap()),
+        ..pcmu_media(Some(peer))
+    };
+    call(
+        &engine,
+        Request::ConfigureLeg {
+            leg: info.leg,
+            media,
+        },
+    )
+    .unwrap();
+    // The leg hears nobody: it sends silence at ptime. Take the first packets.
+    let mut sent = Vec::new();
+    #[allow(clippy::disallowed_methods)] // A real-thread test bounds its wait in real time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    #[allow(clippy::disallowed_methods)]
+    while sent.len() < 8 && std::time::Instant::now() < deadline {
+        match net.take_sent() {
+            Some(d) if d.peer == peer && d.payload[1] & 0x7f == 0 => sent.push(d.payload),
+            Some(_) => {}
+            None => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    assert_eq!(sent.len(), 8, "the taken-over leg sends");
+    let first = &sent[0];
+    assert_eq!(
+        u32::from_be_bytes(first[8..12].try_into().unwrap()),
+        base.ssrc
+    );
+    assert_eq!(u16::from_be_bytes(first[2..4].try_into().unwrap()), 65_530);
+    assert_eq!(
+        u32::from_be_bytes(first[4..8].try_into().unwrap()),
+        base.timestamp
+    );
+    // A receiver that knows the rollover count decrypts every packet, across the wrap.
+    let mut receiver = SrtpSession::new(Direction::Inbound, &ours, SrtpConfig::default());
+    receiver.resume_rtp(Ssrc(base.ssrc), base.index - 1);
+    for (i, packet) in sent.iter().enumerate() {
+        let mut buf = packet.clone();
+        receiver
+            .unprotect_rtp(&mut buf)
+            .unwrap_or_else(|e| panic!("packet {i} does not decrypt: {e:?}"));
+    }
+    // One that guesses rollover count 0 (a fresh stream) cannot: the index is carried.
+    let mut naive = SrtpSession::new(Direction::Inbound, &ours, SrtpConfig::default());
+    let mut buf = first.clone();
+    assert_eq!(naive.unprotect_rtp(&mut buf), Err(SrtpError::Auth));
+    // The snapshot says where the stream stands now, for the next takeover.
+    let Response::Snapshot(snap) = call(&engine, Request::Snapshot).unwrap() else {
+        panic!()
+    };
+    let now = snap.activity_of(info.leg).and_then(|a| a.stream).unwrap();
+    assert_eq!(now.ssrc, base.ssrc);
+    assert!(now.index >= base.index + 8, "{now:?}");
+    assert_eq!(
+        now.index >> 16,
+        4,
+        "the rollover count moved on at the wrap: {now:?}"
+    );
+    engine.shutdown();
+}
+
 #[test]
 fn bad_requests_name_the_field() {
     let (engine, _net) = start();
