@@ -238,27 +238,97 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_stream() {
-    let Some(etcd) = EtcdCluster::start(3).await else {
-        return;
-    };
-    let Some(engine) = e2e::engine_binary() else {
-        return;
-    };
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The running cluster and its calls.
+struct Harness {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _etcd: EtcdCluster,
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+    /// Each node's proxies to the etcd members: (node index, proxy).
+    proxies: Vec<(usize, Proxy)>,
+    control: ChildGuard,
+    api: Api,
+    calls: Vec<Call>,
+}
+
+/// A TCP proxy to one etcd member that can be cut: every connection through it is
+/// closed and new ones are refused (a node partitioned from etcd, still reachable by
+/// its callers).
+struct Proxy {
+    addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(member: &str) -> Proxy {
+        let target: SocketAddr = member
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an http://ip:port etcd endpoint");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *watch.borrow() {
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+}
+
+/// Starts etcd, the nodes, the control replica and the calls, and lets them talk for
+/// 2 s; `None` (with the reason printed) where etcd or a binary is missing.
+async fn start_cluster() -> Option<Harness> {
+    // One cluster at a time: two would share the 2-core machine and measure each other.
+    let serial = SERIAL.lock().await;
+    let etcd = EtcdCluster::start(3).await?;
+    let engine = e2e::engine_binary()?;
     let bins = Binaries {
         engine,
         control: e2e::control_binary(),
         node: e2e::node_binary(),
     };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    let dir = tmp.path().to_owned();
+    let dir = dir.as_path();
     let prefix = "/failover/";
     let endpoints = etcd.endpoints();
     let port_base = e2e::free_port_base();
-    let mut nodes: Vec<Node> = (0..NODES)
-        .map(|i| start_node(i, dir, &bins, &endpoints, prefix, port_base))
-        .collect();
+    // Each agent reaches etcd through proxies of its own, which a test can cut.
+    let mut proxies = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let mut via = Vec::new();
+        for member in &endpoints {
+            let proxy = Proxy::start(member).await;
+            via.push(proxy.url());
+            proxies.push((i, proxy));
+        }
+        nodes.push(start_node(i, dir, &bins, &via, prefix, port_base));
+    }
 
     let grpc: SocketAddr = ([127, 0, 0, 1], e2e::free_tcp_port()).into();
     let control_args: Vec<String> = [
@@ -355,8 +425,7 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
             node: on[0].clone(),
         });
     }
-    // Everyone talks for the whole test.
-    let mut talkers = Vec::new();
+    // Everyone talks for the whole test (the talk threads end on their own).
     for call in &all {
         for (key, role) in [
             ("c", Role::Customer),
@@ -364,14 +433,27 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
             ("s", Role::Supervisor),
         ] {
             let to = call.locals[key];
-            talkers.push(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
+            drop(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    Some(Harness {
+        _serial: serial,
+        _etcd: etcd,
+        _tmp: tmp,
+        nodes,
+        proxies,
+        control,
+        api,
+        calls: all,
+    })
+}
 
+/// The node with the most calls.
+fn busiest(h: &Harness) -> String {
     // The victim: the node with the most calls.
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
-    for call in &all {
+    for call in &h.calls {
         *per_node.entry(call.node.as_str()).or_default() += 1;
     }
     let victim = per_node
@@ -379,13 +461,21 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
         .max_by_key(|(_, c)| **c)
         .map(|(id, _)| id.to_string())
         .expect("calls were placed");
-    println!("calls per node before the failure: {per_node:?}; killing {victim}");
-    let before_kill = Instant::now();
-    let v = nodes.iter_mut().find(|n| n.id == victim).expect("victim");
-    v.engine.kill9();
-    v.agent.kill9();
+    println!("calls per node before the failure: {per_node:?}; failing {victim}");
+    victim
+}
 
+/// After `victim` failed at `before_kill` (`how`: what happened to it): every call is
+/// whole on a survivor, on the same addresses, with the same streams, and the gaps are
+/// bounded and reported.
+async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &str) {
     // Until every phone of the victim's calls hears again, at most 20 s.
+    let Harness {
+        control,
+        api,
+        calls: all,
+        ..
+    } = h;
     let moved: Vec<&Call> = all.iter().filter(|c| c.node == victim).collect();
     let deadline = before_kill + Duration::from_secs(20);
     loop {
@@ -448,12 +538,13 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
             ("s", [Role::Customer, Role::Agent]),
         ] {
             for source in sources {
+                // Present in most frames (a plan lost after the move would leave it
+                // out of every frame; a loaded machine drops the odd frame).
                 let report = call.phones[listener].tone_report(source.tone_hz(), &steady);
                 assert!(
-                    report.hears(),
-                    "{}: {listener} does not hear {source:?} after the failure ({:.1} dB)",
+                    report.windows >= 20 && report.detected * 4 >= report.windows * 3,
+                    "{}: {listener} does not hear {source:?} after the failure ({report:?})",
                     call.id,
-                    report.mean_db()
                 );
             }
         }
@@ -524,7 +615,7 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
     gaps.sort();
     others.sort();
     println!(
-        "failover of {victim} ({} calls, to {survivors_used:?}, lease TTL {LEASE_TTL_S} s): \
+        "{how} of {victim} ({} calls, to {survivors_used:?}, lease TTL {LEASE_TTL_S} s): \
          media gap p50 {:?} p99 {:?} max {:?}; other calls' longest gap {:?}",
         moved.len(),
         percentile(&gaps, 0.5),
@@ -558,5 +649,59 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
             .any(|e| e.kind == proto::EventKind::MediaRestored as i32);
         assert!(restored, "{}: no MEDIA_RESTORED on the timeline", call.id);
     }
-    drop(talkers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_stream() {
+    let Some(mut h) = start_cluster().await else {
+        return;
+    };
+    let victim = busiest(&h);
+    let before_kill = Instant::now();
+    let v = h.nodes.iter_mut().find(|n| n.id == victim).expect("victim");
+    v.engine.kill9();
+    v.agent.kill9();
+    check_failover(h, &victim, before_kill, "SIGKILL").await;
+}
+
+/// A node cut off from etcd but not from its callers fences itself (its agent stops
+/// every session before its lease can expire), so the survivors can bind its addresses
+/// and ports: had it gone on sending, the re-created legs could not bind them (on one
+/// host two sockets cannot hold one address and port) and the checks of the same
+/// address would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_etcd_fences_itself_and_its_calls_move() {
+    let Some(mut h) = start_cluster().await else {
+        return;
+    };
+    let victim = busiest(&h);
+    let index = h.nodes.iter().position(|n| n.id == victim).expect("victim");
+    let before_cut = Instant::now();
+    for (i, proxy) in &h.proxies {
+        if *i == index {
+            proxy.cut();
+        }
+    }
+    check_failover_fenced(&mut h, index).await;
+    check_failover(h, &victim, before_cut, "partition from etcd").await;
+}
+
+/// Waits (at most 10 s) until the cut-off node's agent says it fenced, and checks its
+/// engine process still runs: the node was cut off, not killed.
+async fn check_failover_fenced(h: &mut Harness, index: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let node = &mut h.nodes[index];
+        node.engine.assert_running();
+        if node.agent.log_tail().contains("fenced") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never fenced:\n{}",
+            node.id,
+            node.agent.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -253,6 +253,9 @@ impl StreamReport {
     }
 }
 
+/// How long placement waits for a failed node's address to be taken over.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Packets added to an extrapolated index beyond two per packet time.
 const STREAM_INDEX_MARGIN: u64 = 64;
 
@@ -600,7 +603,7 @@ impl ClusterEngine {
             if !place {
                 return Ok(None);
             }
-            let chosen = self.choose(session, current.as_ref())?;
+            let chosen = self.choose_waiting(session, current.as_ref()).await?;
             let compare = match &current {
                 None => absent(key.clone()),
                 Some(old) => value_is(key.clone(), old.value()),
@@ -645,6 +648,26 @@ impl ClusterEngine {
         Err(unavailable(format!(
             "placement of {session} keeps changing"
         )))
+    }
+
+    /// [`ClusterEngine::choose`], waiting up to [`TAKEOVER_WAIT`] for a failed node's
+    /// address to be taken over (its survivors' agents claim it within a few hundred
+    /// ms of the lease's end): a reconciliation pass that gave up at once would retry
+    /// only at its next pass, later.
+    async fn choose_waiting(
+        &self,
+        session: &str,
+        current: Option<&Placement>,
+    ) -> Result<Placement, EngineError> {
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            match self.choose(session, current) {
+                Err(EngineError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A new placement for `session`: its first (`current` none), or away from its

@@ -377,26 +377,12 @@ async fn main() -> anyhow::Result<()> {
         draining: false,
         addresses: args.addresses.iter().map(ToString::to_string).collect(),
     };
-    // The block is recorded apart from the lease: survivors must know a dead node's
-    // addresses to take them over.
+    // The block is recorded apart from the lease (survivors must know a dead node's
+    // addresses to take them over), after the first registration: whoever reads it
+    // then sees this node live and leaves its addresses to it.
     let home_key = format!("{prefix}addresses/home/{}", info.node_id);
     let block = serde_json::to_vec(&args.addresses)?;
-    loop {
-        match etcd
-            .txn(
-                vec![],
-                vec![put(home_key.clone(), block.clone(), 0)],
-                vec![],
-            )
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the address block; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let mut block_recorded = false;
     let mut addresses = Addresses {
         node_id: info.node_id.clone(),
         home: args.addresses.clone(),
@@ -417,6 +403,19 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         tracing::info!(node_id = %info.node_id, number = registration.number, lease = registration.lease, "registered");
+        if !block_recorded {
+            match etcd
+                .txn(
+                    vec![],
+                    vec![put(home_key.clone(), block.clone(), 0)],
+                    vec![],
+                )
+                .await
+            {
+                Ok(_) => block_recorded = true,
+                Err(e) => tracing::warn!(error = %e, "cannot record the address block yet"),
+            }
+        }
         let deadline = registration.keep_alive.deadline.clone();
         let mut next_report = tokio::time::Instant::now();
         let mut next_manage = tokio::time::Instant::now();
@@ -437,7 +436,7 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
             if !addresses.home.is_empty() && tokio::time::Instant::now() >= next_manage {
-                next_manage = tokio::time::Instant::now() + Duration::from_millis(100);
+                next_manage = tokio::time::Instant::now() + Duration::from_millis(50);
                 if let Err(e) = addresses
                     .manage(&etcd, &prefix, registration.lease, &legs_on)
                     .await
@@ -473,7 +472,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         // Our old lease is gone or going: start again as a new, empty registration.
         let _ = etcd.revoke(registration.lease).await;
