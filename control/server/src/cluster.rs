@@ -55,6 +55,16 @@ pub struct Registered {
     pub info: NodeInfo,
     /// Its number, 1..=255, unique among live nodes.
     pub number: u8,
+    /// The lease it is registered under: its stream reports are kept per lease
+    /// ([`streams_key`]), so that a node that fenced itself and registered again
+    /// cannot overwrite the report its survivors continue from.
+    #[serde(default)]
+    pub lease: i64,
+}
+
+/// Where a node registered under `lease` reports its streams.
+pub fn streams_key(prefix: &str, node_id: &str, lease: i64) -> String {
+    format!("{prefix}streams/{node_id}/{lease:x}")
 }
 
 /// Why registering failed.
@@ -110,6 +120,7 @@ pub async fn register(
     let registered = Registered {
         info: info.clone(),
         number,
+        lease,
     };
     update(etcd, prefix, lease, &registered).await?;
     Ok(Registration {
@@ -216,8 +227,9 @@ impl Placement {
     }
 }
 
-/// One leg's outbound stream as its node last reported it (`streams/{node}`, written by
-/// `earshot-node` every report interval, not under the lease: it must outlive the node).
+/// One leg's outbound stream as its node last reported it (`streams/{node}/{lease}`,
+/// written by `earshot-node` every report interval under a lease of its own that
+/// outlives the node's by a minute: survivors read it after the node is gone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamReport {
     /// The stream's next packet as of `at_ms`.
@@ -270,10 +282,12 @@ struct RouterState {
     /// Interactions moved off a failed node whose legs are not all re-created yet:
     /// the failed node, for its stream reports.
     moved_from: BTreeMap<String, String>,
-    /// Stream reports of failed nodes, read once each.
-    reports: BTreeMap<String, Arc<StreamReports>>,
+    /// Stream reports of failed nodes (by node and lease), read once each.
+    reports: BTreeMap<(String, i64), Arc<StreamReports>>,
     /// Failed nodes (by id) and when their failure was seen.
     failed: BTreeMap<String, u64>,
+    /// The lease each failed node was registered under (its stream reports' key).
+    failed_leases: BTreeMap<String, i64>,
     /// Interactions moved off failed nodes, not yet reported.
     moves: Vec<Failover>,
 }
@@ -507,7 +521,9 @@ impl ClusterEngine {
 
     fn node_down(&self, node_id: &str) {
         let mut st = lock(&self.state);
-        if st.nodes.remove(node_id).is_some() {
+        if let Some(node) = st.nodes.remove(node_id) {
+            st.failed_leases
+                .insert(node_id.to_owned(), node.registered.lease);
             tracing::warn!(
                 node_id,
                 "engine node lost its lease: its calls move to survivors"
@@ -728,16 +744,17 @@ impl ClusterEngine {
     /// Where the stream of a leg of an interaction moved off a failed node stands now,
     /// from that node's last report; `None` for any other leg.
     async fn stream_of(&self, session: &str, leg_key: &str) -> Option<StreamBase> {
-        let (failed, cached) = {
+        let (failed, lease, cached) = {
             let st = lock(&self.state);
             let failed = st.moved_from.get(session)?.clone();
-            let cached = st.reports.get(&failed).cloned();
-            (failed, cached)
+            let lease = st.failed_leases.get(&failed).copied().unwrap_or(0);
+            let cached = st.reports.get(&(failed.clone(), lease)).cloned();
+            (failed, lease, cached)
         };
         let reports = match cached {
             Some(r) => r,
             None => {
-                let key = format!("{}streams/{failed}", self.prefix);
+                let key = streams_key(&self.prefix, &failed, lease);
                 let read = self.etcd.range(key.as_bytes(), &[], 0, 0).await;
                 let reports: StreamReports = match read {
                     Ok(r) => r
@@ -753,7 +770,7 @@ impl ClusterEngine {
                 let reports = Arc::new(reports);
                 lock(&self.state)
                     .reports
-                    .insert(failed, Arc::clone(&reports));
+                    .insert((failed, lease), Arc::clone(&reports));
                 reports
             }
         };

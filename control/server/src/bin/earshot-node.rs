@@ -92,6 +92,10 @@ struct Args {
     claim_step_ms: u64,
 }
 
+/// How long a node's stream reports outlive it (s): survivors read them within the
+/// lease TTL plus a reconciliation pass.
+const STREAM_REPORT_TTL_S: i64 = 60;
+
 /// One call on a fresh connection (the agent calls rarely: no connection to keep).
 fn engine_call(socket: &Path, hello: Hello, request: Request) -> io::Result<Response> {
     let mut s = UnixStream::connect(socket)?;
@@ -391,7 +395,9 @@ async fn main() -> anyhow::Result<()> {
         held: BTreeSet::new(),
         unheld_since: BTreeMap::new(),
     };
-    let streams_key = format!("{prefix}streams/{}", info.node_id);
+    // Stream reports live under a lease of their own that outlives this node's by
+    // `STREAM_REPORT_TTL_S`: survivors read them after the node is gone.
+    let mut report_lease: Option<(i64, earshot_etcd::KeepAlive)> = None;
     let margin = Duration::from_millis(args.fence_margin_ms);
     loop {
         let registration = match cluster::register(&etcd, &prefix, &info, args.lease_ttl).await {
@@ -416,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "cannot record the address block yet"),
             }
         }
+        let streams_key = cluster::streams_key(&prefix, &info.node_id, registration.lease);
         let deadline = registration.keep_alive.deadline.clone();
         let mut next_report = tokio::time::Instant::now();
         let mut next_manage = tokio::time::Instant::now();
@@ -453,10 +460,27 @@ async fn main() -> anyhow::Result<()> {
                     for leg in &snap.legs {
                         *legs_on.entry(leg.local.ip()).or_default() += 1;
                     }
+                    let live = report_lease
+                        .as_ref()
+                        .is_some_and(|(_, k)| k.deadline.borrow().is_some());
+                    if !live {
+                        report_lease = match etcd.grant(STREAM_REPORT_TTL_S).await {
+                            Ok(l) => Some((l, etcd.keep_alive(l, STREAM_REPORT_TTL_S))),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no lease for stream reports");
+                                None
+                            }
+                        };
+                    }
                     let reports = stream_reports(&snap, at_ms);
-                    if let Ok(value) = serde_json::to_vec(&reports)
+                    if let (Some((lease, _)), Ok(value)) =
+                        (&report_lease, serde_json::to_vec(&reports))
                         && let Err(e) = etcd
-                            .txn(vec![], vec![put(streams_key.clone(), value, 0)], vec![])
+                            .txn(
+                                vec![],
+                                vec![put(streams_key.clone(), value, *lease)],
+                                vec![],
+                            )
                             .await
                     {
                         tracing::warn!(error = %e, "stream report failed");
@@ -464,6 +488,7 @@ async fn main() -> anyhow::Result<()> {
                     let registered = Registered {
                         info: info.clone(),
                         number: registration.number,
+                        lease: registration.lease,
                     };
                     if let Err(e) =
                         cluster::update(&etcd, &prefix, registration.lease, &registered).await
