@@ -902,6 +902,11 @@ impl ClusterEngine {
                 }
                 Ok(Response::Done)
             }
+            // Fencing is a node agent's request to its own engine, never routed.
+            Request::Fence { .. } => Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "Fence is sent by a node's agent to its own engine".into(),
+            }),
             Request::Stats => {
                 let mut out = EngineStats::default();
                 for (number, client) in self.all() {

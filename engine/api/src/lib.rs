@@ -464,6 +464,14 @@ pub enum Request {
     },
     /// Counters and latency percentiles per shard.
     Stats,
+    /// Cluster fencing (docs/cluster.md): `fenced: true` removes every session and
+    /// refuses every new leg, configuration and plan with `Unavailable` until
+    /// `fenced: false`, so that a node that lost its lease sends nothing and cannot be
+    /// programmed again while survivors take its calls over. Sent by the node's agent.
+    Fence {
+        /// Fence (true) or lift the fence (false).
+        fenced: bool,
+    },
 }
 
 /// The engine's answer to one [`Request`].

@@ -78,6 +78,8 @@ pub struct EngineHandle {
     event_rx: Mutex<futures_channel::mpsc::UnboundedReceiver<EngineEvent>>,
     /// The owner named by the last `Request::Claim` (the control side's store id).
     owner: Mutex<Option<String>>,
+    /// Fenced by the cluster agent (`Request::Fence`): programming refused.
+    fenced: AtomicBool,
     /// Events dropped on the way to the control side outside the shards (the socket
     /// server's buffer overflowed while no client was connected).
     events_lost: std::sync::atomic::AtomicU64,
@@ -188,6 +190,7 @@ impl Engine {
             }),
             backend_name,
             owner: Mutex::new(None),
+            fenced: AtomicBool::new(false),
             events_lost: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Engine { handle, threads })
@@ -490,6 +493,15 @@ impl EngineHandle {
 
     /// Applies one request.
     pub async fn request(&self, req: Request) -> Result<Response, EngineError> {
+        let programs = matches!(
+            req,
+            Request::AllocateLeg { .. } | Request::ConfigureLeg { .. } | Request::SetSessionPlan(_)
+        );
+        if programs && self.fenced.load(Ordering::Acquire) {
+            return Err(EngineError::Unavailable(
+                "this node is fenced: it lost its cluster lease".into(),
+            ));
+        }
         match req {
             Request::AllocateLeg {
                 session,
@@ -576,6 +588,23 @@ impl EngineHandle {
                 Ok(Response::Snapshot(all))
             }
             Request::Stats => self.stats().await,
+            Request::Fence { fenced } => {
+                self.fenced.store(fenced, Ordering::Release);
+                if fenced {
+                    let sessions: Vec<String> = self
+                        .placement
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .by_session
+                        .keys()
+                        .cloned()
+                        .collect();
+                    for session in sessions {
+                        Box::pin(self.request(Request::RemoveSession { session })).await?;
+                    }
+                }
+                Ok(Response::Done)
+            }
         }
     }
 

@@ -330,27 +330,13 @@ impl Addresses {
     }
 }
 
-/// Stops every session of the engine: the node sends nothing more.
-async fn fence(socket: &Path) -> io::Result<usize> {
+/// Fences the engine (`fenced`: every session removed, programming refused: the node
+/// sends nothing more and control replicas that still route to it cannot reprogram it)
+/// or lifts the fence once the node is registered again.
+async fn fence(socket: &Path, fenced: bool) -> io::Result<()> {
     let socket = socket.to_owned();
     tokio::task::spawn_blocking(move || {
-        let Response::Snapshot(s) = engine_call(&socket, Hello::observer(), Request::Snapshot)?
-        else {
-            return Err(io::Error::other("Snapshot answered otherwise"));
-        };
-        let mut sessions: Vec<String> = s.legs.iter().map(|l| l.session.clone()).collect();
-        sessions.sort();
-        sessions.dedup();
-        for session in &sessions {
-            engine_call(
-                &socket,
-                Hello::current(),
-                Request::RemoveSession {
-                    session: session.clone(),
-                },
-            )?;
-        }
-        Ok(sessions.len())
+        engine_call(&socket, Hello::current(), Request::Fence { fenced }).map(|_| ())
     })
     .await
     .map_err(io::Error::other)?
@@ -387,6 +373,7 @@ async fn main() -> anyhow::Result<()> {
     let home_key = format!("{prefix}addresses/home/{}", info.node_id);
     let block = serde_json::to_vec(&args.addresses)?;
     let mut block_recorded = false;
+    let mut registered_before = false;
     let mut addresses = Addresses {
         node_id: info.node_id.clone(),
         home: args.addresses.clone(),
@@ -409,6 +396,15 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         tracing::info!(node_id = %info.node_id, number = registration.number, lease = registration.lease, "registered");
+        // Every registration but the first follows a fence (the inner loop below ends
+        // only by fencing).
+        if registered_before {
+            match fence(&args.engine_socket, false).await {
+                Ok(()) => tracing::info!("fence lifted: registered again, as an empty node"),
+                Err(e) => tracing::error!(error = %e, "fence not lifted"),
+            }
+        }
+        registered_before = true;
         if !block_recorded {
             match etcd
                 .txn(
@@ -435,8 +431,8 @@ async fn main() -> anyhow::Result<()> {
             };
             if lost {
                 tracing::error!(node_id = %info.node_id, "lease about to expire: fencing (every session stopped)");
-                match fence(&args.engine_socket).await {
-                    Ok(n) => tracing::warn!(sessions = n, "fenced"),
+                match fence(&args.engine_socket, true).await {
+                    Ok(()) => tracing::warn!("fenced: every session stopped, programming refused"),
                     Err(e) => tracing::error!(error = %e, "fencing failed"),
                 }
                 addresses.drop_all();

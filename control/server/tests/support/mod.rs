@@ -195,6 +195,11 @@ impl FakeEngine {
                 st.owner = Some(owner);
                 Ok(Response::Done)
             }
+            // Only node agents fence, and they talk to real engines.
+            Request::Fence { .. } => Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "the fake engine is never fenced".into(),
+            }),
             Request::Stats => Ok(Response::Stats(EngineStats {
                 backend: "memory".into(),
                 shards: vec![ShardStats {
