@@ -142,7 +142,8 @@ impl Plant {
         for i in 0..n {
             // Each replica prefers a different etcd member first.
             let mut endpoints = plant.etcd.endpoints();
-            endpoints.rotate_left(i % endpoints.len());
+            let members = endpoints.len();
+            endpoints.rotate_left(i % members);
             let grpc: SocketAddr = ([127, 0, 0, 1], e2e::free_tcp_port()).into();
             let log = dir.join(format!("control-{i}.log"));
             let (child, channel) = plant.spawn_replica(i, grpc, &endpoints, &log).await;

@@ -431,7 +431,8 @@ async fn etcd_round(
     let prefix = format!("/tp-{round}/");
     let arm = Arm::start(args.calls, &dirs, |i, c| {
         let mut e = endpoints.clone();
-        e.rotate_left(i % e.len());
+        let members = e.len();
+        e.rotate_left(i % members);
         c.etcd_endpoints = e;
         c.etcd_prefix = prefix.clone();
     })
