@@ -96,7 +96,15 @@ impl Plant {
             port_base + ports_per_shard <= 32768,
             "{legs} legs do not fit below the ephemeral ports"
         );
+        // No media flows in this test (the legs send to a sink and hear nothing): the
+        // engine's media timeout (30 s by default, which ends a silent supervisor's
+        // supervision) is set beyond the test's length, so that what the checks see is
+        // the control plane's doing, not the timeout's.
+        let config = dir.join("engine.toml");
+        std::fs::write(&config, "media_timeout_s = 86400\n").expect("write engine.toml");
         let args: Vec<String> = [
+            "--config",
+            &config.display().to_string(),
             "--socket",
             &socket.display().to_string(),
             "--no-pin",

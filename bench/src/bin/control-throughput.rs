@@ -79,6 +79,8 @@ struct Phase {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// The first refusal, if any (a run with refusals measures nothing useful).
+    first_error: Option<String>,
 }
 
 /// One arm in one round.
@@ -277,26 +279,30 @@ where
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut failed = 0usize;
+            let mut first_error = None;
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
                 let t = Instant::now();
-                if op(channels[i % channels.len()].clone(), i).await.is_err() {
+                if let Err(e) = op(channels[i % channels.len()].clone(), i).await {
                     failed += 1;
+                    first_error.get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
-            (lat, failed)
+            (lat, failed, first_error)
         }));
     }
     let mut lat = Vec::with_capacity(n);
     let mut failed = 0;
+    let mut first_error = None;
     for t in tasks {
-        if let Ok((l, f)) = t.await {
+        if let Ok((l, f, e)) = t.await {
             lat.extend(l);
             failed += f;
+            first_error = first_error.or(e);
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -309,6 +315,7 @@ where
         p50_ms: quantile(&lat, 0.5),
         p99_ms: quantile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
+        first_error,
     }
 }
 
@@ -336,7 +343,10 @@ async fn run_arm(arm: &Arm, round: usize, args: &Args) -> anyhow::Result<ArmRun>
         dir.upsert_user(proto::UpsertUserRequest {
             user_id: user.clone(),
             display_name: user.clone(),
-            permissions: vec!["conversation:call:monitor".into()],
+            permissions: vec![
+                "conversation:call:monitor".into(),
+                "conversation:call:add".into(),
+            ],
         })
         .await?;
         dir.set_presence(proto::SetPresenceRequest {
