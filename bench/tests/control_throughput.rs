@@ -61,7 +61,10 @@ fn control_throughput_ci_mode_runs_both_arms() {
     assert_eq!(calls, 150.0);
     check_arm(&v, "redb", calls);
     if v["etcd"].is_null() {
-        assert!(stderr.contains("SKIPPED"), "no etcd arm and no reason: {stderr}");
+        assert!(
+            stderr.contains("SKIPPED"),
+            "no etcd arm and no reason: {stderr}"
+        );
         println!("SKIPPED: the etcd arm (no etcd binary: apt-get install etcd-server)");
         return;
     }

@@ -545,10 +545,7 @@ async fn all_events(ch: &Channel) -> Vec<proto::Event> {
 
 /// The legs the store records for calls `0..upto` (as (session, participant, port)),
 /// through `ch`, and the participant lists with a duplicate.
-async fn stored_legs(
-    ch: &Channel,
-    upto: usize,
-) -> (BTreeSet<(String, String, u16)>, Vec<String>) {
+async fn stored_legs(ch: &Channel, upto: usize) -> (BTreeSet<(String, String, u16)>, Vec<String>) {
     let mut legs = BTreeSet::new();
     let mut dups = Vec::new();
     for i in 0..upto {
@@ -597,10 +594,12 @@ async fn verify(plant: &Plant, upto: usize, acked: &Acked, tag: &str) -> Verdict
             v.duplicates.extend(dups);
             v.duplicates.extend(engine_dups);
             for m in stored.difference(&in_engine).take(10) {
-                v.engine_mismatch.push(format!("stored, not in the engine: {m:?}"));
+                v.engine_mismatch
+                    .push(format!("stored, not in the engine: {m:?}"));
             }
             for m in in_engine.difference(&stored).take(10) {
-                v.engine_mismatch.push(format!("in the engine, not stored: {m:?}"));
+                v.engine_mismatch
+                    .push(format!("in the engine, not stored: {m:?}"));
             }
             break;
         }
@@ -676,8 +675,9 @@ async fn verify(plant: &Plant, upto: usize, acked: &Acked, tag: &str) -> Verdict
         }
         for ((kind, key), n) in once {
             if n > 1 {
-                v.duplicates
-                    .push(format!("replica {r}: event kind {kind} for {key} {n} times"));
+                v.duplicates.push(format!(
+                    "replica {r}: event kind {kind} for {key} {n} times"
+                ));
             }
         }
     }
@@ -825,13 +825,24 @@ async fn control_replica_and_etcd_leader_kills_under_load_lose_nothing() {
     plant.kill_replica(1);
     running.await.unwrap();
     let v = verify(&plant, calls, &*acked.lock().await, "a").await;
-    failures.extend(report("sigkill-control-replica", 0..calls, &seen, &*acked.lock().await, &v).await);
+    failures.extend(
+        report(
+            "sigkill-control-replica",
+            0..calls,
+            &seen,
+            &*acked.lock().await,
+            &v,
+        )
+        .await,
+    );
     // The killed replica comes back and reads what the others wrote meanwhile.
     plant.restart_replica(1).await;
     let last = format!("chaos-{}", calls - 1);
     let back = get_interaction(&plant.replicas[1].channel, &last).await;
     if back.is_err() {
-        failures.push(format!("the restarted replica does not read {last}: {back:?}"));
+        failures.push(format!(
+            "the restarted replica does not read {last}: {back:?}"
+        ));
     }
 
     // (b) SIGKILL of the etcd leader once a fifth of the calls are done; restarted
@@ -858,7 +869,16 @@ async fn control_replica_and_etcd_leader_kills_under_load_lose_nothing() {
     let new_leader = plant.etcd.leader().await;
     println!("etcd leader n{leader} killed for {down_ms} ms; leader now {new_leader:?}");
     let v = verify(&plant, 2 * calls, &*acked.lock().await, "b").await;
-    failures.extend(report("sigkill-etcd-leader", calls..2 * calls, &seen, &*acked.lock().await, &v).await);
+    failures.extend(
+        report(
+            "sigkill-etcd-leader",
+            calls..2 * calls,
+            &seen,
+            &*acked.lock().await,
+            &v,
+        )
+        .await,
+    );
 
     assert!(
         failures.is_empty(),

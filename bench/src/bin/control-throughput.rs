@@ -169,15 +169,16 @@ impl Arm {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr: SocketAddr = listener.local_addr()?;
             let (tx, rx) = oneshot::channel::<()>();
-            arm.tasks.push(tokio::spawn(earshot_control::serve_with_listeners(
-                config,
-                listener,
-                None,
-                Arc::clone(&api),
-                async move {
-                    let _ = rx.await;
-                },
-            )));
+            arm.tasks
+                .push(tokio::spawn(earshot_control::serve_with_listeners(
+                    config,
+                    listener,
+                    None,
+                    Arc::clone(&api),
+                    async move {
+                        let _ = rx.await;
+                    },
+                )));
             arm.stops.push(tx);
             arm.channels.push(connect(addr).await?);
         }
@@ -216,7 +217,10 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
                 return Ok(ch);
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "{addr} did not serve within 20 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{addr} did not serve within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -329,41 +333,56 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// One round on one arm: creates, supervisors made available (untimed), monitors.
 async fn run_arm(arm: &Arm, round: usize, args: &Args) -> anyhow::Result<ArmRun> {
-    let create = timed(&arm.channels, args.calls, args.clients, move |ch, i| async move {
-        proto::interactions_client::InteractionsClient::new(ch)
-            .create_interaction(create_request(round, i))
-            .await
-            .map(|_| ())
-    })
+    let create = timed(
+        &arm.channels,
+        args.calls,
+        args.clients,
+        move |ch, i| async move {
+            proto::interactions_client::InteractionsClient::new(ch)
+                .create_interaction(create_request(round, i))
+                .await
+                .map(|_| ())
+        },
+    )
     .await;
     // Supervisors: a directory write each, not timed.
-    let setup = timed(&arm.channels, args.calls, args.clients, move |ch, i| async move {
-        let mut dir = proto::directory_client::DirectoryClient::new(ch);
-        let user = format!("sup-{round}-{i}");
-        dir.upsert_user(proto::UpsertUserRequest {
-            user_id: user.clone(),
-            display_name: user.clone(),
-            permissions: vec![
-                "conversation:call:monitor".into(),
-                "conversation:call:add".into(),
-            ],
-        })
-        .await?;
-        dir.set_presence(proto::SetPresenceRequest {
-            user_id: user,
-            presence: proto::Presence::Available as i32,
-        })
-        .await
-        .map(|_| ())
-    })
-    .await;
-    anyhow::ensure!(setup.failed == 0, "{} supervisors not set up", setup.failed);
-    let monitor = timed(&arm.channels, args.calls, args.clients, move |ch, i| async move {
-        proto::supervision_client::SupervisionClient::new(ch)
-            .start_monitor(monitor_request(round, i))
+    let setup = timed(
+        &arm.channels,
+        args.calls,
+        args.clients,
+        move |ch, i| async move {
+            let mut dir = proto::directory_client::DirectoryClient::new(ch);
+            let user = format!("sup-{round}-{i}");
+            dir.upsert_user(proto::UpsertUserRequest {
+                user_id: user.clone(),
+                display_name: user.clone(),
+                permissions: vec![
+                    "conversation:call:monitor".into(),
+                    "conversation:call:add".into(),
+                ],
+            })
+            .await?;
+            dir.set_presence(proto::SetPresenceRequest {
+                user_id: user,
+                presence: proto::Presence::Available as i32,
+            })
             .await
             .map(|_| ())
-    })
+        },
+    )
+    .await;
+    anyhow::ensure!(setup.failed == 0, "{} supervisors not set up", setup.failed);
+    let monitor = timed(
+        &arm.channels,
+        args.calls,
+        args.clients,
+        move |ch, i| async move {
+            proto::supervision_client::SupervisionClient::new(ch)
+                .start_monitor(monitor_request(round, i))
+                .await
+                .map(|_| ())
+        },
+    )
     .await;
     Ok(ArmRun { create, monitor })
 }
@@ -460,7 +479,10 @@ async fn main() -> anyhow::Result<()> {
         args.clients = 8;
         args.rounds = 1;
     }
-    anyhow::ensure!(args.calls > 0 && args.clients > 0 && args.rounds > 0, "nothing to run");
+    anyhow::ensure!(
+        args.calls > 0 && args.clients > 0 && args.rounds > 0,
+        "nothing to run"
+    );
     let root = scratch("data")?;
     // (Checked here: the harness would print its own SKIPPED on stdout, the JSON's.)
     let etcd = if earshot_etcd::testing::etcd_binary().is_some() {
@@ -492,7 +514,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&root);
     let redb_summary = summarize(&redb);
     let etcd_summary = (!etcd_runs.is_empty()).then(|| summarize(&etcd_runs));
-    let ratio = |f: &dyn Fn(&Summary) -> f64| etcd_summary.as_ref().map(|e| f(e) / f(&redb_summary));
+    let ratio =
+        |f: &dyn Fn(&Summary) -> f64| etcd_summary.as_ref().map(|e| f(e) / f(&redb_summary));
     let out = Output {
         machine: machine(),
         calls: args.calls,
