@@ -601,7 +601,22 @@ impl EtcdStore {
             )
             .await?;
         if !reply.succeeded {
-            // Another replica wrote one meanwhile: ours is not needed.
+            // Another replica wrote one meanwhile, or our own transaction went through
+            // and its reply was lost: the client retries a timed-out call on another
+            // member (during a leader change), and the retry fails the comparison our
+            // first attempt changed. Deleting our chunks then would leave the pointer
+            // naming a snapshot with none.
+            let now = self
+                .etcd
+                .range(self.key("snap/current").as_bytes(), &[], 0, 0)
+                .await?;
+            let ours = match now.kvs.first() {
+                Some(kv) => json::<SnapshotPointer>(kv)?.generation == generation,
+                None => false,
+            };
+            if ours {
+                return Ok(());
+            }
             let p = self.key(&format!("snap/{generation}/"));
             self.etcd
                 .txn(
