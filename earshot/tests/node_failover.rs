@@ -490,11 +490,32 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
     } = h;
     let moved: Vec<&Call> = all.iter().filter(|c| c.node == victim).collect();
     let deadline = before_kill + Duration::from_secs(20);
+    // First the control plane says every moved call lives elsewhere (a node cut off
+    // from etcd goes on sending until it fences, so packets alone prove nothing yet).
+    loop {
+        let mut elsewhere = true;
+        for call in &moved {
+            let on = nodes_of(&api.interaction(&call.id).await);
+            elsewhere &= !on.is_empty() && on.iter().all(|n| n != victim);
+        }
+        if elsewhere {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's calls were not moved within 20 s; control log:\n{}",
+            control.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved_at = Instant::now();
     loop {
         let now = Instant::now();
-        // Only packets sent after the kill (in flight at the kill: under 100 ms).
-        let recent =
-            (now - Duration::from_millis(200)).max(before_kill + Duration::from_millis(100))..now;
+        // Only packets sent after the move, and after the kill (in flight at the
+        // kill: under 100 ms).
+        let recent = (now - Duration::from_millis(200))
+            .max(before_kill + Duration::from_millis(100))
+            .max(moved_at)..now;
         let back = moved.iter().all(|c| {
             c.phones
                 .values()
