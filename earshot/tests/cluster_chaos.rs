@@ -37,8 +37,6 @@ use std::time::Duration;
 
 use e2e::ChildGuard;
 use earshot_control::proto;
-use earshot_engine_api::Request;
-use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
 use earshot_etcd::testing::EtcdCluster;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -130,16 +128,7 @@ impl Plant {
             &args,
             &dir.join("engine.log"),
         );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            engine.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "engine socket never accepted:\n{}",
-                engine.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        e2e::wait_until_accepting(&mut engine, &socket);
         let mut plant = Plant {
             dir: dir.to_path_buf(),
             socket,
@@ -236,40 +225,6 @@ impl Plant {
             .map(|c| format!("--- {} ---\n{}", c.name, c.log_tail()))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-/// The engine's legs as (session, leg key, local port), read by an observer client
-/// (which may read but never program).
-fn engine_legs(socket: &Path) -> Vec<(String, String, u16)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("engine socket");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write_frame(&mut s, &Hello::observer()).unwrap();
-    let hello: Hello = read_frame(&mut s).unwrap().expect("hello");
-    assert_eq!(hello.refused, None, "observer refused");
-    write_frame(
-        &mut s,
-        &ClientFrame::Call {
-            id: 1,
-            request: Request::Snapshot,
-        },
-    )
-    .unwrap();
-    loop {
-        match read_frame::<_, ServerFrame>(&mut s).expect("snapshot reply") {
-            Some(ServerFrame::Reply {
-                result: Ok(earshot_engine_api::Response::Snapshot(snap)),
-                ..
-            }) => {
-                return snap
-                    .legs
-                    .into_iter()
-                    .map(|l| (l.session, l.leg_key, l.local.port()))
-                    .collect();
-            }
-            Some(ServerFrame::Event(_)) => {}
-            other => panic!("snapshot answered {other:?}"),
-        }
     }
 }
 
@@ -578,7 +533,7 @@ async fn verify(plant: &Plant, upto: usize, acked: &Acked, tag: &str) -> Verdict
     let deadline = started + Duration::from_secs(20);
     loop {
         let (stored, dups) = stored_legs(survivor, upto).await;
-        let in_engine_list: Vec<_> = engine_legs(&plant.socket)
+        let in_engine_list: Vec<_> = e2e::engine_legs(&plant.socket)
             .into_iter()
             .filter(|(s, _, _)| s.starts_with("chaos-"))
             .collect();

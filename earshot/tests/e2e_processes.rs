@@ -758,16 +758,7 @@ impl TwoProcesses {
         let mut engine =
             ChildGuard::spawn("earshot-engine", program, args, &dir.join("engine.log"));
         // The engine is ready when its programming socket accepts.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            engine.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "engine socket never accepted:\n{}",
-                engine.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        e2e::wait_until_accepting(&mut engine, &socket);
         engine
     }
 

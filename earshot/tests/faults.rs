@@ -819,16 +819,7 @@ impl Procs {
             &self.engine_args,
             &self.dir.join("engine.log"),
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            engine.assert_running();
-            assert!(
-                std::time::Instant::now() < deadline,
-                "engine socket never accepted:\n{}",
-                engine.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        e2e::wait_until_accepting(&mut engine, &self.socket);
         self.engine = Some(engine);
     }
 
@@ -1456,37 +1447,6 @@ async fn ended_calls_leave_memory_at_once_and_the_store_after_the_retention_peri
     server.stop().await;
 }
 
-/// The engine's legs as (session, leg key, local port), read by an observer client
-/// (which may read but never program).
-fn engine_legs(socket: &Path) -> std::collections::BTreeSet<(String, String, u16)> {
-    let (mut observer, hello) = engine_hello(socket, &Hello::observer()).expect("observer");
-    assert_eq!(hello.refused, None, "observer refused");
-    write_frame(
-        &mut observer,
-        &ClientFrame::Call {
-            id: 1,
-            request: Request::Snapshot,
-        },
-    )
-    .unwrap();
-    loop {
-        match read_frame::<_, ServerFrame>(&mut observer).expect("snapshot reply") {
-            Some(ServerFrame::Reply {
-                result: Ok(earshot_engine_api::Response::Snapshot(s)),
-                ..
-            }) => {
-                return s
-                    .legs
-                    .into_iter()
-                    .map(|l| (l.session, l.leg_key, l.local.port()))
-                    .collect();
-            }
-            Some(ServerFrame::Event(_)) => {}
-            other => panic!("snapshot answered {other:?}"),
-        }
-    }
-}
-
 /// Creates `load-{from}..load-{to}` one after another (a bounded load), returning
 /// each acknowledged call's legs as (id, participant, port); refusals are counted, and
 /// `acks` counts acknowledged calls as they come (for the test to time its kills).
@@ -1611,7 +1571,7 @@ async fn kill_9_of_either_process_under_load_strands_no_call() {
     let mut in_engine = std::collections::BTreeSet::new();
     for _ in 0..75 {
         stored = stored_legs(&api, &ids).await;
-        in_engine = engine_legs(&procs.socket);
+        in_engine = e2e::engine_legs(&procs.socket).into_iter().collect();
         if stored == in_engine {
             break;
         }

@@ -120,16 +120,7 @@ fn start_node(
         &engine_args,
         &dir.join(format!("{id}-engine.log")),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        engine.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "engine {id} never accepted:\n{}",
-            engine.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    e2e::wait_until_accepting(&mut engine, &socket);
     let addresses: Vec<String> = block(i).iter().map(ToString::to_string).collect();
     let agent_args: Vec<String> = [
         "--etcd",

@@ -138,6 +138,56 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Waits (at most 15 s) until `engine`'s programming socket accepts; panics with its
+/// log if it exits first or never does.
+pub fn wait_until_accepting(engine: &mut ChildGuard, socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        engine.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "{}: socket {} never accepted:\n{}",
+            engine.name,
+            socket.display(),
+            engine.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The engine's legs as (session, leg key, local port), read by an observer client
+/// (which may read but never program).
+pub fn engine_legs(socket: &Path) -> Vec<(String, String, u16)> {
+    use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
+    use earshot_engine_api::{Request, Response};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("engine socket");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write_frame(&mut s, &Hello::observer()).unwrap();
+    let hello: Hello = read_frame(&mut s).unwrap().expect("hello");
+    assert_eq!(hello.refused, None, "observer refused");
+    let call = ClientFrame::Call {
+        id: 1,
+        request: Request::Snapshot,
+    };
+    write_frame(&mut s, &call).unwrap();
+    loop {
+        match read_frame::<_, ServerFrame>(&mut s).expect("snapshot reply") {
+            Some(ServerFrame::Reply {
+                result: Ok(Response::Snapshot(snap)),
+                ..
+            }) => {
+                return snap
+                    .legs
+                    .into_iter()
+                    .map(|l| (l.session, l.leg_key, l.local.port()))
+                    .collect();
+            }
+            Some(ServerFrame::Event(_)) => {}
+            other => panic!("snapshot answered {other:?}"),
+        }
+    }
+}
+
 /// A loopback TCP port nobody listens on right now.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
