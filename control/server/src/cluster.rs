@@ -292,6 +292,20 @@ struct RouterState {
     moves: Vec<Failover>,
 }
 
+impl RouterState {
+    /// The live nodes as placement sees them (drain marks applied).
+    fn node_infos(&self) -> Vec<NodeInfo> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let mut info = n.registered.info.clone();
+                info.draining |= self.drained.contains(&info.node_id);
+                info
+            })
+            .collect()
+    }
+}
+
 /// A session's node as the router reaches it.
 struct Routed {
     number: u8,
@@ -536,15 +550,7 @@ impl ClusterEngine {
 
     /// The live nodes as placement sees them (drain marks applied).
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        let st = lock(&self.state);
-        st.nodes
-            .values()
-            .map(|n| {
-                let mut info = n.registered.info.clone();
-                info.draining |= st.drained.contains(&info.node_id);
-                info
-            })
-            .collect()
+        lock(&self.state).node_infos()
     }
 
     /// The node that serves a leg the core knows by its (global) id.
@@ -707,15 +713,7 @@ impl ClusterEngine {
                 ))),
             };
         }
-        let nodes: Vec<NodeInfo> = st
-            .nodes
-            .values()
-            .map(|n| {
-                let mut info = n.registered.info.clone();
-                info.draining |= st.drained.contains(&info.node_id);
-                info
-            })
-            .collect();
+        let nodes = st.node_infos();
         let Some(chosen) = placement::place(session, &nodes, 1) else {
             return Err(EngineError::ResourceExhausted(
                 "no live, non-draining engine node has room".into(),
