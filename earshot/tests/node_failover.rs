@@ -3,7 +3,10 @@
 //! backend, each with its own `earshot-node` agent and its own block of two virtual
 //! addresses), one control replica in cluster mode (`earshot-control --cluster`), and
 //! real UDP phones: calls with barging supervisors spread over the nodes. Then one
-//! node's engine and agent are killed with SIGKILL while every phone talks.
+//! node's engine and agent are killed with SIGKILL while every phone talks (the
+//! survivors' agents notice it by its silence on their UDP pings and declare it dead
+//! before its lease expires: fast failure detection), or its agent is cut off from
+//! etcd while its peers still hear it (the lease path: it fences itself).
 //!
 //! What must hold, per call of the dead node, measured at the phones:
 //! - the call is not dropped and its supervision is not lost: every participant is
@@ -23,7 +26,8 @@
 //! and a gratuitous ARP by the agent, `--address-device`) is not exercised here.
 //!
 //! Sizes: `EARSHOT_FAILOVER_CALLS` (default 9; docs/cluster.md has a longer run),
-//! `EARSHOT_FAILOVER_TTL_S` (default 2). Prints SKIPPED where etcd is not installed.
+//! `EARSHOT_FAILOVER_TTL_S` (default 2). `EARSHOT_FAILOVER_LOGS=DIR` keeps every
+//! process's log in DIR. Prints SKIPPED where etcd is not installed.
 
 // Real processes and real sockets: waits and arrival stamps use the real clock.
 #![allow(clippy::disallowed_methods)]
@@ -315,7 +319,14 @@ async fn start_cluster() -> Option<Harness> {
         node: e2e::node_binary(),
     };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
+    let dir = match std::env::var_os("EARSHOT_FAILOVER_LOGS") {
+        Some(keep) => {
+            let keep = PathBuf::from(keep);
+            std::fs::create_dir_all(&keep).unwrap();
+            keep
+        }
+        None => tmp.path().to_owned(),
+    };
     let dir = dir.as_path();
     let prefix = "/failover/";
     let endpoints = etcd.endpoints();
@@ -686,6 +697,22 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
     let v = h.nodes.iter_mut().find(|n| n.id == victim).expect("victim");
     v.engine.kill9();
     v.agent.kill9();
+    // Fast failure detection (docs/cluster.md): the survivors' agents stop hearing
+    // the victim's pings, declare it dead and hand its addresses over, well before its
+    // lease would expire.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !h
+        .nodes
+        .iter()
+        .filter(|n| n.id != victim)
+        .any(|n| n.agent.log_tail().contains("peer declared dead"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no survivor declared {victim} dead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     check_failover(h, &victim, before_kill, "SIGKILL").await;
 }
 

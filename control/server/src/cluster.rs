@@ -905,6 +905,10 @@ impl ClusterEngine {
                 field: "request".into(),
                 message: "Fence is sent by a node's agent to its own engine".into(),
             }),
+            Request::Mute { .. } => Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "Mute is sent by a node's agent to its own engine".into(),
+            }),
             Request::Stats => {
                 let mut out = EngineStats::default();
                 for (number, client) in self.all() {

@@ -36,6 +36,7 @@ pub mod engine_client;
 pub mod error;
 pub mod limits;
 pub mod media;
+pub mod peers;
 pub mod placement;
 pub mod service;
 pub mod store;

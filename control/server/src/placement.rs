@@ -40,6 +40,10 @@ pub struct NodeInfo {
     /// the node fails (docs/cluster.md). Empty: legs bind the engine's address.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Where the node's agent answers its peers' liveness pings (`ip:port`; module
+    /// [`crate::peers`]). None: an agent without fast failure detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 impl NodeInfo {
@@ -111,6 +115,7 @@ mod tests {
             weight,
             draining: false,
             addresses: Vec::new(),
+            peer: None,
         }
     }
 

@@ -35,6 +35,7 @@ fn info(id: &str) -> NodeInfo {
         weight: 1.0,
         draining: false,
         addresses: Vec::new(),
+        peer: None,
     }
 }
 

@@ -472,6 +472,23 @@ pub enum Request {
         /// Fence (true) or lift the fence (false).
         fenced: bool,
     },
+    /// Cluster isolation guard (docs/cluster.md, "Fast failure detection"): `muted:
+    /// true` makes every shard send nothing while it keeps receiving, mixing and
+    /// advancing every stream; `muted: false` resumes. Sessions and programming are
+    /// untouched. Sent by the node's agent when it hears none of its peers, so that a
+    /// node its peers declare dead is already silent when they take its calls over.
+    ///
+    /// With `for_ms`, `muted: false` is a vouch that lasts `for_ms`: the engine mutes
+    /// itself when no later vouch came in time (its agent died or stalled, so nobody
+    /// keeps it from sending after its peers took its calls). Without it, resuming is
+    /// unconditional and disarms that switch.
+    Mute {
+        /// Mute (true) or resume (false).
+        muted: bool,
+        /// How long a resume holds unless renewed (ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_ms: Option<u32>,
+    },
 }
 
 /// The engine's answer to one [`Request`].

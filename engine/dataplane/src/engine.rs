@@ -80,6 +80,11 @@ pub struct EngineHandle {
     owner: Mutex<Option<String>>,
     /// Fenced by the cluster agent (`Request::Fence`): programming refused.
     fenced: AtomicBool,
+    /// Muted by the cluster agent (`Request::Mute`): every shard sends nothing.
+    muted: Arc<AtomicBool>,
+    /// Until when the agent's last vouch lets the shards send (engine clock, ns).
+    send_until_ns: Arc<AtomicU64>,
+    clock: Clock,
     /// Events dropped on the way to the control side outside the shards (the socket
     /// server's buffer overflowed while no client was connected).
     events_lost: std::sync::atomic::AtomicU64,
@@ -104,6 +109,8 @@ impl Engine {
         let kernels = MixKernels::detect();
         let clock = Clock::new();
         let stop = Arc::new(AtomicBool::new(false));
+        let muted = Arc::new(AtomicBool::new(false));
+        let send_until_ns = Arc::new(AtomicU64::new(u64::MAX));
         let seed = if cfg.seed == 0 { os_seed() } else { cfg.seed };
         let mut shards = Vec::new();
         let mut threads = Vec::new();
@@ -140,6 +147,8 @@ impl Engine {
                 released: Arc::new(ArrayQueue::new(usize::from(pool.count()).max(1))),
                 alive: Arc::new(AtomicBool::new(true)),
                 core: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+                muted: muted.clone(),
+                send_until_ns: send_until_ns.clone(),
             };
             let core = if cfg.pin {
                 Some(cfg.cores.get(i).copied().unwrap_or(i))
@@ -191,6 +200,9 @@ impl Engine {
             backend_name,
             owner: Mutex::new(None),
             fenced: AtomicBool::new(false),
+            muted,
+            send_until_ns,
+            clock,
             events_lost: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(Engine { handle, threads })
@@ -588,6 +600,19 @@ impl EngineHandle {
                 Ok(Response::Snapshot(all))
             }
             Request::Stats => self.stats().await,
+            Request::Mute { muted, for_ms } => {
+                let until = match for_ms {
+                    Some(ms) if !muted => self
+                        .clock
+                        .now()
+                        .as_nanos()
+                        .saturating_add(u64::from(ms) * 1_000_000),
+                    _ => u64::MAX,
+                };
+                self.send_until_ns.store(until, Ordering::Release);
+                self.muted.store(muted, Ordering::Release);
+                Ok(Response::Done)
+            }
             Request::Fence { fenced } => {
                 self.fenced.store(fenced, Ordering::Release);
                 if fenced {

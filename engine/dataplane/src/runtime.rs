@@ -11,11 +11,17 @@
 //! 4. flush the batched sends; move the shard's events to the engine's event queue;
 //! 5. if nothing arrived, wait on the backend until the next deadline (at most 1 ms, so
 //!    that commands are picked up promptly).
+//!
+//! While the engine is muted (`Request::Mute`, sent by a cluster agent that hears no
+//! peer, or past the last vouch of an agent that stopped vouching) the shard runs exactly as before, but everything it sends is built into a
+//! scratch buffer and discarded: receiving, jitter buffers, mixing and stream state stay
+//! current, so unmuting continues every stream where it would have been.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use earshot_core::shard::{ReleasedPort, Shard, ShardCommand, ShardEvent, ShardHandler};
 use earshot_engine_api::{EngineError, Response};
 use earshot_types::time::Duration;
@@ -53,6 +59,11 @@ pub struct ShardLinks {
     /// The CPU the shard thread runs on, as the kernel reports it after pinning (-1
     /// unknown).
     pub core: Arc<std::sync::atomic::AtomicI64>,
+    /// Engine-wide: send nothing (every shard shares this flag).
+    pub muted: Arc<AtomicBool>,
+    /// Engine-wide: send nothing after this instant (nanoseconds of the engine clock;
+    /// `u64::MAX`: no deadline), unless the agent vouches again (`Request::Mute`).
+    pub send_until_ns: Arc<AtomicU64>,
 }
 
 /// Loop parameters from the configuration.
@@ -113,15 +124,20 @@ pub fn run(
         }
         // Receive until the backend runs dry, at most RECV_BATCHES batches, so a burst is
         // absorbed before the ticks run but cannot starve them: a due tick ends it.
+        let muted = links.muted.load(Ordering::Relaxed)
+            || now.as_nanos() > links.send_until_ns.load(Ordering::Relaxed);
         let mut received = 0;
         for _ in 0..RECV_BATCHES {
             let mut handler = ShardHandler {
                 shard: &mut shard,
                 now,
             };
-            let n = backend
-                .poll_recv(params.recv_batch, &mut handler)
-                .unwrap_or(0);
+            let n = if muted {
+                backend.poll_recv(params.recv_batch, &mut Muted(&mut handler))
+            } else {
+                backend.poll_recv(params.recv_batch, &mut handler)
+            }
+            .unwrap_or(0);
             received += n;
             if n < params.recv_batch || shard.poll_deadline().is_some_and(|d| d <= clock.now()) {
                 break;
@@ -129,7 +145,11 @@ pub fn run(
         }
         let now = clock.now();
         if shard.poll_deadline().is_some_and(|d| d <= now) {
-            shard.handle_ticks(now, backend.tx(), &now_fn);
+            if muted {
+                shard.handle_ticks(now, &mut Discard::default(), &now_fn);
+            } else {
+                shard.handle_ticks(now, backend.tx(), &now_fn);
+            }
         }
         let _ = backend.flush();
         while let Some(e) = shard.poll_event() {
@@ -220,6 +240,41 @@ fn release_ports(shard: &mut Shard, backend: &mut dyn Backend, links: &ShardLink
         }
         // The queue holds as many entries as the shard has ports: it cannot be full.
         let _ = links.released.push(r);
+    }
+}
+
+/// A receive handler whose sends are discarded (the engine is muted).
+struct Muted<'h, 'a>(&'h mut ShardHandler<'a>);
+
+impl PacketHandler for Muted<'_, '_> {
+    fn handle_datagram(&mut self, dgram: Datagram<'_>, _tx: &mut dyn TxSink) {
+        self.0.handle_datagram(dgram, &mut Discard::default());
+    }
+}
+
+/// Builds each datagram into a scratch buffer and drops it: the shard's state moves on
+/// exactly as if it had been sent.
+struct Discard {
+    scratch: [u8; MAX_UDP_PAYLOAD],
+}
+
+impl Default for Discard {
+    fn default() -> Self {
+        Discard {
+            scratch: [0; MAX_UDP_PAYLOAD],
+        }
+    }
+}
+
+impl TxSink for Discard {
+    fn send_with(
+        &mut self,
+        _src_port: u16,
+        _dst: std::net::SocketAddr,
+        build: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> bool {
+        build(&mut self.scratch);
+        true
     }
 }
 

@@ -385,3 +385,64 @@ fn a_leg_joining_a_mixing_session_before_its_plan_does_not_disturb_the_shard() {
     assert!(stats.shards[0].ticks > 0, "the barge session ticked");
     engine.shutdown();
 }
+
+/// Datagrams the engine sends within `window` of real time (after dropping whatever
+/// was queued before).
+#[allow(clippy::disallowed_methods)] // A real-thread test counts in real time.
+fn sent_within(net: &MemoryNet, window: std::time::Duration) -> usize {
+    while net.take_sent().is_some() {}
+    let deadline = std::time::Instant::now() + window;
+    let mut n = 0;
+    while std::time::Instant::now() < deadline {
+        if net.take_sent().is_some() {
+            n += 1;
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    n
+}
+
+/// Cluster isolation guard (`Request::Mute`, docs/cluster.md): a muted engine sends
+/// nothing; a resume with `for_ms` is a vouch that lapses on its own, so an engine
+/// whose agent died goes silent; a resume without it holds.
+#[test]
+#[allow(clippy::disallowed_methods)] // Real threads: waits are real time.
+fn a_muted_engine_sends_nothing_and_a_lapsed_vouch_silences_it() {
+    let (engine, net) = start();
+    let (pc, pa, ps): (SocketAddr, SocketAddr, SocketAddr) = (
+        "10.0.0.1:4000".parse().unwrap(),
+        "10.0.0.2:4000".parse().unwrap(),
+        "10.0.0.3:4000".parse().unwrap(),
+    );
+    let (c, _) = leg(&engine, "customer", pc);
+    let (a, _) = leg(&engine, "agent", pa);
+    let (s, _) = leg(&engine, "supervisor", ps);
+    let plan = Supervision::Barge.plan("call-1", &[c, a, s], true);
+    call(&engine, Request::SetSessionPlan(plan)).unwrap();
+    let window = std::time::Duration::from_millis(200);
+    // Three mixed outputs every 20 ms: about 30 in 200 ms.
+    assert!(sent_within(&net, window) >= 10, "a barge sends to everyone");
+
+    let mute = |muted, for_ms| call(&engine, Request::Mute { muted, for_ms }).unwrap();
+    mute(true, None);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(sent_within(&net, window), 0, "muted: nothing sent");
+    let Response::Snapshot(snap) = call(&engine, Request::Snapshot).unwrap() else {
+        panic!()
+    };
+    assert_eq!(snap.legs.len(), 3, "muting keeps every leg");
+
+    mute(false, None);
+    assert!(sent_within(&net, window) >= 10, "resumed");
+
+    // A vouch for 300 ms: sending goes on, then stops by itself.
+    mute(false, Some(300));
+    assert!(sent_within(&net, std::time::Duration::from_millis(100)) >= 3);
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(sent_within(&net, window), 0, "the vouch lapsed: silent");
+    // A new vouch resumes.
+    mute(false, Some(10_000));
+    assert!(sent_within(&net, window) >= 10, "vouched again");
+    engine.shutdown();
+}

@@ -22,7 +22,12 @@
 //!    With `--address-device` it brings each held address up on that interface (`ip
 //!    address add`, then a gratuitous ARP with `arping` where installed) and down when it
 //!    lets it go (fenced, or a taken-over address whose own node is back and whose legs
-//!    here have all ended).
+//!    here have all ended);
+//! 6. **detects dead peers fast** (module `earshot_control::peers`): it pings every
+//!    other node's agent over UDP; a node that every live peer has not heard for
+//!    `--suspect-after-ms` is declared dead and its lease revoked, so its calls move
+//!    well before its TTL; and a node that hears none of its peers mutes its engine
+//!    (`Request::Mute`) before they could declare it dead.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -34,11 +39,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use earshot_control::cluster::{self, Registered, StreamReport, StreamReports};
+use earshot_control::peers::{self, GuardTimes, PeerMessage, PeerTracker};
 use earshot_control::placement::{self, NodeInfo};
 use earshot_engine_api::EngineSnapshot;
 use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
 use earshot_engine_api::{EngineError, Request, Response};
-use earshot_etcd::{Etcd, absent, delete, put};
+use earshot_etcd::{Etcd, absent, delete, put, value_is};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// The agent of one engine node in an earshot cluster.
 #[derive(Debug, Parser)]
@@ -90,6 +98,15 @@ struct Args {
     /// the first did not (ms).
     #[arg(long, default_value_t = 300)]
     claim_step_ms: u64,
+    /// Where this agent answers its peers' liveness pings (`ip:port`; port 0 picks
+    /// one). Default: the media address, any port.
+    #[arg(long)]
+    peer_listen: Option<std::net::SocketAddr>,
+    /// A peer that answers no ping for this long is suspected; once every other live
+    /// node suspects it, it is declared dead and its lease revoked (ms). 0 turns fast
+    /// failure detection off (nodes then move only when their lease expires).
+    #[arg(long, default_value_t = 400)]
+    suspect_after_ms: u64,
 }
 
 /// How long a node's stream reports outlive it (s): survivors read them within the
@@ -164,7 +181,6 @@ fn wall_ms() -> u64 {
 /// The virtual addresses this node holds, and what it knows of everyone's.
 struct Addresses {
     node_id: String,
-    home: Vec<IpAddr>,
     device: Option<String>,
     claim_step: Duration,
     /// Held by this node now.
@@ -197,23 +213,31 @@ impl Addresses {
         }
     }
 
-    /// Claims `address` under `lease`; true if this node holds it now.
-    async fn claim(&mut self, etcd: &Etcd, prefix: &str, lease: i64, address: IpAddr) -> bool {
-        let key = format!("{prefix}addresses/held/{address}");
-        let won = etcd
-            .txn(
-                vec![absent(key.clone())],
-                vec![put(key, self.node_id.clone(), lease)],
-                vec![],
-            )
-            .await
-            .is_ok_and(|r| r.succeeded);
-        if won {
-            tracing::info!(%address, "address claimed");
-            self.ip("add", address);
-            self.held.insert(address);
+    /// Claims `wanted` under `lease`, all at once (one compare-and-put each: etcd
+    /// picks one holder per address); what is won comes up on the device.
+    async fn claim(&mut self, etcd: &Etcd, prefix: &str, lease: i64, wanted: Vec<IpAddr>) {
+        let mut claims = tokio::task::JoinSet::new();
+        for address in wanted {
+            let (etcd, key, me) = (
+                etcd.clone(),
+                format!("{prefix}addresses/held/{address}"),
+                self.node_id.clone(),
+            );
+            claims.spawn(async move {
+                let won = etcd
+                    .txn(vec![absent(key.clone())], vec![put(key, me, lease)], vec![])
+                    .await
+                    .is_ok_and(|r| r.succeeded);
+                (address, won)
+            });
         }
-        won
+        while let Some(Ok((address, won))) = claims.join_next().await {
+            if won {
+                tracing::info!(%address, "address claimed");
+                self.ip("add", address);
+                self.held.insert(address);
+            }
+        }
     }
 
     /// Lets `address` go: down on the device, claim deleted.
@@ -245,9 +269,19 @@ impl Addresses {
         lease: i64,
         legs_on: &BTreeMap<IpAddr, usize>,
     ) -> Result<(), earshot_etcd::EtcdError> {
-        let nodes = etcd
-            .range_prefix(format!("{prefix}nodes/").as_bytes(), 0)
-            .await?;
+        let (nodes_prefix, homes_prefix, held_prefix) = (
+            format!("{prefix}nodes/"),
+            format!("{prefix}addresses/home/"),
+            format!("{prefix}addresses/held/"),
+        );
+        // One round trip: the three reads at once (each linearizable on its own; a
+        // claim decided on a slightly stale view is settled by compare-and-put).
+        let (nodes, homes, held) = tokio::join!(
+            etcd.range_prefix(nodes_prefix.as_bytes(), 0),
+            etcd.range_prefix(homes_prefix.as_bytes(), 0),
+            etcd.range_prefix(held_prefix.as_bytes(), 0),
+        );
+        let (nodes, homes, held) = (nodes?, homes?, held?);
         let live: Vec<NodeInfo> = nodes
             .kvs
             .iter()
@@ -255,18 +289,6 @@ impl Addresses {
             .map(|r| r.info)
             .filter(|n| !n.draining)
             .collect();
-        let homes = etcd
-            .range_prefix(
-                format!("{prefix}addresses/home/").as_bytes(),
-                nodes.revision,
-            )
-            .await?;
-        let held = etcd
-            .range_prefix(
-                format!("{prefix}addresses/held/").as_bytes(),
-                nodes.revision,
-            )
-            .await?;
         let holders: BTreeMap<IpAddr, String> = held
             .kvs
             .iter()
@@ -276,9 +298,17 @@ impl Addresses {
                 Some((address, String::from_utf8_lossy(&kv.value).into_owned()))
             })
             .collect();
-        // What etcd says we hold (a claim can be lost with a lease).
+        // What etcd says we hold: a claim can be lost with a lease, and a survivor
+        // that declared a peer dead may have handed us its addresses.
         self.held.retain(|a| holders.get(a) == Some(&self.node_id));
+        for (address, holder) in &holders {
+            if *holder == self.node_id && self.held.insert(*address) {
+                tracing::info!(%address, "address handed over to this node");
+                self.ip("add", *address);
+            }
+        }
         let now = tokio::time::Instant::now();
+        let mut wanted = Vec::new();
         for kv in &homes.kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let owner = key.rsplit('/').next().unwrap_or_default().to_owned();
@@ -300,7 +330,7 @@ impl Addresses {
                     continue;
                 }
                 if owner == self.node_id {
-                    self.claim(etcd, prefix, lease, address).await;
+                    wanted.push(address);
                     continue;
                 }
                 if owner_lives {
@@ -322,11 +352,36 @@ impl Addresses {
                     continue;
                 };
                 if now >= since + self.claim_step * rank as u32 {
-                    self.claim(etcd, prefix, lease, address).await;
+                    wanted.push(address);
                 }
             }
         }
+        if !wanted.is_empty() {
+            self.claim(etcd, prefix, lease, wanted).await;
+        }
         Ok(())
+    }
+}
+
+/// Claims and releases virtual addresses every 25 ms while registered under `lease`.
+async fn manage_addresses(
+    etcd: Etcd,
+    prefix: String,
+    lease: i64,
+    addresses: Arc<tokio::sync::Mutex<Addresses>>,
+    legs_on: Arc<Mutex<BTreeMap<IpAddr, usize>>>,
+) {
+    loop {
+        let on = legs_on.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(e) = addresses
+            .lock()
+            .await
+            .manage(&etcd, &prefix, lease, &on)
+            .await
+        {
+            tracing::warn!(error = %e, "address pass failed");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -340,6 +395,314 @@ async fn fence(socket: &Path, fenced: bool) -> io::Result<()> {
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// Mutes the engine's output, or vouches for it for `vouch` (`Request::Mute`).
+async fn mute(socket: &Path, muted: bool, vouch: Duration) -> io::Result<()> {
+    let socket = socket.to_owned();
+    let for_ms = (!muted).then(|| u32::try_from(vouch.as_millis()).unwrap_or(u32::MAX));
+    tokio::task::spawn_blocking(move || {
+        engine_call(&socket, Hello::current(), Request::Mute { muted, for_ms }).map(|_| ())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// What etcd last told the guard about this node itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct SelfView {
+    /// Nobody suspected this node as of a read that is valid until then.
+    cleared_until: Option<tokio::time::Instant>,
+    /// A peer suspects this node (as of the last read).
+    suspected: bool,
+    /// When etcd last showed this node's registration under its current lease.
+    registration_seen: Option<tokio::time::Instant>,
+}
+
+/// Every [`peers::PING_INTERVAL`]: decides from what this node hears now (and what
+/// etcd last said) whether it must be silent, and tells the engine, either "mute" or
+/// "send for the next `suspect_after`". So the engine goes silent on its own when this
+/// agent dies or stalls, and whenever this node hears no peer while etcd does not clear
+/// it. Once muted it stays muted until etcd shows its registration alive again.
+async fn vouch(
+    socket: PathBuf,
+    tracker: Arc<Mutex<PeerTracker>>,
+    view: Arc<Mutex<SelfView>>,
+    muted_flag: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let times = tracker.lock().unwrap_or_else(|e| e.into_inner()).times();
+    let mut muted = false;
+    let mut muted_at = tokio::time::Instant::now();
+    let mut applied: Option<bool> = None;
+    let mut tick = tokio::time::interval(peers::PING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let isolated = tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .isolated(now);
+        let v = *view.lock().unwrap_or_else(|e| e.into_inner());
+        let cleared = !v.suspected && v.cleared_until.is_some_and(|c| now < c);
+        let must = (isolated && !cleared) || v.suspected;
+        if must && !muted {
+            muted = true;
+            muted_at = now;
+        } else if muted && !must && v.registration_seen.is_some_and(|t| t > muted_at) {
+            muted = false;
+        }
+        muted_flag.store(muted, std::sync::atomic::Ordering::Relaxed);
+        // A vouch lasts `suspect_after`: past it the engine is silent, before any peer
+        // could have declared this node dead (`suspect_after + confirm`).
+        match mute(&socket, muted, times.suspect_after).await {
+            Ok(()) => {
+                if applied != Some(muted) {
+                    if muted {
+                        tracing::error!(
+                            isolated,
+                            suspected = v.suspected,
+                            "engine output muted: no peer answers, or a peer suspects this node"
+                        );
+                    } else if applied.is_some() {
+                        tracing::warn!("engine output resumed");
+                    }
+                }
+                applied = Some(muted);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, muted, "cannot reach the engine to mute or vouch")
+            }
+        }
+    }
+}
+
+/// Answers peers' pings and pings every live peer each [`peers::PING_INTERVAL`]. Runs
+/// apart from everything that waits on etcd, so a slow etcd never makes this node
+/// look dead to its peers.
+async fn ping_peers(socket: tokio::net::UdpSocket, me: String, tracker: Arc<Mutex<PeerTracker>>) {
+    let mut buf = [0u8; 512];
+    let mut seq = 0u64;
+    let mut tick = tokio::time::interval(peers::PING_INTERVAL / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut odd = false;
+    loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                match PeerMessage::decode(&buf[..n]) {
+                    Some(PeerMessage::Ping { seq, .. }) => {
+                        let pong = PeerMessage::Pong { from: me.clone(), seq }.encode();
+                        let _ = socket.send_to(&pong, from).await;
+                    }
+                    Some(PeerMessage::Pong { from, .. }) => {
+                        let now = tokio::time::Instant::now();
+                        tracker.lock().unwrap_or_else(|e| e.into_inner()).heard(now, &from);
+                    }
+                    None => {}
+                }
+            }
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let targets: Vec<std::net::SocketAddr> = {
+                    let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    t.tick(now);
+                    t.targets().collect()
+                };
+                odd = !odd;
+                if odd {
+                    seq += 1;
+                    let ping = PeerMessage::Ping { from: me.clone(), seq }.encode();
+                    for to in targets {
+                        let _ = socket.send_to(&ping, to).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A bounded etcd call: the guard must decide on time even when etcd does not answer.
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, earshot_etcd::EtcdError>>,
+) -> Option<T> {
+    tokio::time::timeout(Duration::from_millis(250), f)
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// The fast failure detector's etcd side (module `earshot_control::peers`), every
+/// [`peers::PING_INTERVAL`]: live peers, suspicions recorded and withdrawn, whether a
+/// peer suspects this node, verdicts and lease revocations.
+async fn guard_peers(
+    etcd: Etcd,
+    prefix: String,
+    me: String,
+    tracker: Arc<Mutex<PeerTracker>>,
+    lease: watch::Receiver<Option<i64>>,
+    view: Arc<Mutex<SelfView>>,
+    muted: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let times = tracker.lock().unwrap_or_else(|e| e.into_inner()).times();
+    let mut marked: BTreeSet<(String, i64)> = BTreeSet::new();
+    let mut unanimous_since: BTreeMap<(String, i64), tokio::time::Instant> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(peers::PING_INTERVAL / 2).await;
+        let Some(my_lease) = *lease.borrow() else {
+            continue;
+        };
+        let asked = tokio::time::Instant::now();
+        // Who lives (and whether we do), and does anyone suspect us: one round trip.
+        let nodes_prefix = format!("{prefix}nodes/");
+        let against_prefix = peers::suspicions_of(&prefix, &me, my_lease);
+        let (nodes, against) = tokio::join!(
+            bounded(etcd.range_prefix(nodes_prefix.as_bytes(), 0)),
+            bounded(etcd.range_prefix(against_prefix.as_bytes(), 0)),
+        );
+        if let Some(r) = against {
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            v.suspected = !r.kvs.is_empty();
+            if r.kvs.is_empty() {
+                v.cleared_until = Some(asked + times.clear_for);
+            }
+        }
+        let Some(nodes) = nodes else { continue };
+        let mut others: Vec<String> = Vec::new();
+        let mut live = Vec::new();
+        let mut all_have_peer = true;
+        for r in nodes
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Registered>(&kv.value).ok())
+        {
+            if r.info.node_id == me {
+                if r.lease == my_lease {
+                    view.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .registration_seen = Some(asked);
+                }
+                continue;
+            }
+            others.push(r.info.node_id.clone());
+            match r.info.peer.as_deref().and_then(|p| p.parse().ok()) {
+                Some(addr) => live.push((r.info.node_id, addr, r.lease)),
+                None => all_have_peer = false,
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let suspects = {
+            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            t.set_peers(asked, live);
+            t.suspects(now)
+        };
+        // Our suspicions, under our lease (they go with us), withdrawn when heard again.
+        let mut ops = Vec::new();
+        for s in &suspects {
+            if !marked.contains(s) {
+                tracing::warn!(peer = %s.0, "peer answers no ping: suspected");
+                ops.push(put(
+                    peers::suspicion_key(&prefix, &s.0, s.1, &me),
+                    me.clone(),
+                    my_lease,
+                ));
+            }
+        }
+        for m in &marked {
+            if !suspects.contains(m) {
+                tracing::info!(peer = %m.0, "suspicion withdrawn (peer heard again, or gone)");
+                ops.push(delete(
+                    peers::suspicion_key(&prefix, &m.0, m.1, &me),
+                    Vec::new(),
+                ));
+            }
+        }
+        if !ops.is_empty() && bounded(etcd.txn(vec![], ops, vec![])).await.is_some() {
+            marked = suspects.iter().cloned().collect();
+        }
+        // Verdicts: a peer every other live node suspects, for `confirm`; never while
+        // this node is muted itself.
+        if !all_have_peer || muted.load(std::sync::atomic::Ordering::Relaxed) {
+            unanimous_since.clear();
+            continue;
+        }
+        unanimous_since.retain(|k, _| suspects.contains(k));
+        for (node, node_lease) in &suspects {
+            let of = peers::suspicions_of(&prefix, node, *node_lease);
+            let Some(r) = bounded(etcd.range_prefix(of.as_bytes(), 0)).await else {
+                continue;
+            };
+            let suspecters: Vec<String> = r
+                .kvs
+                .iter()
+                .filter_map(|kv| {
+                    String::from_utf8_lossy(&kv.key)
+                        .strip_prefix(&of)
+                        .map(str::to_owned)
+                })
+                .collect();
+            let required = others
+                .iter()
+                .filter(|id| *id != node)
+                .map(String::as_str)
+                .chain(std::iter::once(me.as_str()));
+            let key = (node.clone(), *node_lease);
+            if !peers::unanimous(&suspecters, required) {
+                unanimous_since.remove(&key);
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let since = *unanimous_since.entry(key).or_insert(now);
+            if now.saturating_duration_since(since) < times.confirm {
+                continue;
+            }
+            // Of two nodes that cannot hear each other, the first verdict wins: no
+            // verdict may name the node recording one. The same transaction removes the
+            // dead node's registration and hands each address it held to the survivor
+            // that rendezvous hashing ranks first (under that survivor's lease), so
+            // control replicas re-create its calls at once; its lease is revoked after.
+            let survivors: Vec<(NodeInfo, i64)> = nodes
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Registered>(&kv.value).ok())
+                .filter(|r| r.info.node_id != *node && !r.info.draining)
+                .map(|r| (r.info, r.lease))
+                .collect();
+            let held_prefix = format!("{prefix}addresses/held/");
+            let Some(held) = bounded(etcd.range_prefix(held_prefix.as_bytes(), 0)).await else {
+                continue;
+            };
+            let verdict = peers::verdict_key(&prefix, node, *node_lease);
+            let mut compares = vec![
+                absent(peers::verdict_key(&prefix, &me, my_lease)),
+                absent(verdict.clone()),
+            ];
+            let mut ops = vec![
+                put(verdict, me.clone(), my_lease),
+                delete(format!("{prefix}nodes/{node}"), Vec::new()),
+            ];
+            for kv in held.kvs.iter().filter(|kv| kv.value == node.as_bytes()) {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                let address = key.rsplit('/').next().unwrap_or_default().to_owned();
+                let Some((heir, heir_lease)) = survivors.iter().max_by(|a, b| {
+                    placement::score(&a.0, &address)
+                        .total_cmp(&placement::score(&b.0, &address))
+                        .then_with(|| b.0.node_id.cmp(&a.0.node_id))
+                }) else {
+                    continue;
+                };
+                compares.push(value_is(key.clone(), node.clone()));
+                ops.push(put(key, heir.node_id.clone(), *heir_lease));
+            }
+            let recorded = bounded(etcd.txn(compares, ops, vec![])).await;
+            if recorded.is_some_and(|v| v.succeeded) {
+                tracing::error!(peer = %node, "peer declared dead: its calls and addresses move");
+                if bounded(etcd.revoke(*node_lease)).await.is_none() {
+                    tracing::warn!(peer = %node, "dead peer's lease not revoked yet (it expires)");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -366,7 +729,38 @@ async fn main() -> anyhow::Result<()> {
         weight: args.weight.unwrap_or(f64::from(args.shards)),
         draining: false,
         addresses: args.addresses.iter().map(ToString::to_string).collect(),
+        peer: None,
     };
+    // Fast failure detection: a UDP socket for peers' pings, its address registered.
+    let (lease_tx, lease_rx) = watch::channel(None::<i64>);
+    if args.suspect_after_ms > 0 {
+        let listen = match args.peer_listen {
+            Some(a) => a,
+            None => std::net::SocketAddr::new(args.media_address.parse()?, 0),
+        };
+        let socket = tokio::net::UdpSocket::bind(listen).await?;
+        info.peer = Some(socket.local_addr()?.to_string());
+        let times = GuardTimes::from_suspect_after(Duration::from_millis(args.suspect_after_ms));
+        let tracker = Arc::new(Mutex::new(PeerTracker::new(times)));
+        let view = Arc::new(Mutex::new(SelfView::default()));
+        let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(ping_peers(socket, info.node_id.clone(), tracker.clone()));
+        tokio::spawn(vouch(
+            args.engine_socket.clone(),
+            tracker.clone(),
+            view.clone(),
+            muted.clone(),
+        ));
+        tokio::spawn(guard_peers(
+            etcd.clone(),
+            prefix.clone(),
+            info.node_id.clone(),
+            tracker,
+            lease_rx,
+            view,
+            muted,
+        ));
+    }
     // The block is recorded apart from the lease (survivors must know a dead node's
     // addresses to take them over), after the first registration: whoever reads it
     // then sees this node live and leaves its addresses to it.
@@ -374,14 +768,13 @@ async fn main() -> anyhow::Result<()> {
     let block = serde_json::to_vec(&args.addresses)?;
     let mut block_recorded = false;
     let mut registered_before = false;
-    let mut addresses = Addresses {
+    let addresses = Arc::new(tokio::sync::Mutex::new(Addresses {
         node_id: info.node_id.clone(),
-        home: args.addresses.clone(),
         device: args.address_device.clone(),
         claim_step: Duration::from_millis(args.claim_step_ms),
         held: BTreeSet::new(),
         unheld_since: BTreeMap::new(),
-    };
+    }));
     // Stream reports live under a lease of their own that outlives this node's by
     // `STREAM_REPORT_TTL_S`: survivors read them after the node is gone.
     let mut report_lease: Option<(i64, earshot_etcd::KeepAlive)> = None;
@@ -396,6 +789,7 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         tracing::info!(node_id = %info.node_id, number = registration.number, lease = registration.lease, "registered");
+        let _ = lease_tx.send(Some(registration.lease));
         // Every registration but the first follows a fence (the inner loop below ends
         // only by fencing).
         if registered_before {
@@ -421,8 +815,18 @@ async fn main() -> anyhow::Result<()> {
         let streams_key = cluster::streams_key(&prefix, &info.node_id, registration.lease);
         let deadline = registration.keep_alive.deadline.clone();
         let mut next_report = tokio::time::Instant::now();
-        let mut next_manage = tokio::time::Instant::now();
-        let mut legs_on: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let legs_on: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
+        // Addresses are managed in a task of their own, so that a claim never waits
+        // behind a load report.
+        let manager = (!args.addresses.is_empty()).then(|| {
+            tokio::spawn(manage_addresses(
+                etcd.clone(),
+                prefix.clone(),
+                registration.lease,
+                addresses.clone(),
+                legs_on.clone(),
+            ))
+        });
         loop {
             // The lease is known to live until `deadline`; fence `margin` before it.
             let lost = match *deadline.borrow() {
@@ -435,26 +839,23 @@ async fn main() -> anyhow::Result<()> {
                     Ok(()) => tracing::warn!("fenced: every session stopped, programming refused"),
                     Err(e) => tracing::error!(error = %e, "fencing failed"),
                 }
-                addresses.drop_all();
-                break;
-            }
-            if !addresses.home.is_empty() && tokio::time::Instant::now() >= next_manage {
-                next_manage = tokio::time::Instant::now() + Duration::from_millis(50);
-                if let Err(e) = addresses
-                    .manage(&etcd, &prefix, registration.lease, &legs_on)
-                    .await
-                {
-                    tracing::warn!(error = %e, "address pass failed");
+                if let Some(m) = &manager {
+                    m.abort();
                 }
+                addresses.lock().await.drop_all();
+                break;
             }
             if tokio::time::Instant::now() >= next_report {
                 next_report += Duration::from_millis(args.report_interval_ms);
                 let at_ms = wall_ms();
                 if let Ok(snap) = snapshot(&args.engine_socket).await {
                     info.legs = snap.legs.len() as u64;
-                    legs_on.clear();
-                    for leg in &snap.legs {
-                        *legs_on.entry(leg.local.ip()).or_default() += 1;
+                    {
+                        let mut on = legs_on.lock().unwrap_or_else(|e| e.into_inner());
+                        on.clear();
+                        for leg in &snap.legs {
+                            *on.entry(leg.local.ip()).or_default() += 1;
+                        }
                     }
                     let live = report_lease
                         .as_ref()
@@ -496,6 +897,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         // Our old lease is gone or going: start again as a new, empty registration.
+        let _ = lease_tx.send(None);
         let _ = etcd.revoke(registration.lease).await;
         info.legs = 0;
     }

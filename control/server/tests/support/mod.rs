@@ -200,6 +200,10 @@ impl FakeEngine {
                 field: "request".into(),
                 message: "the fake engine is never fenced".into(),
             }),
+            Request::Mute { .. } => Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "the fake engine is never muted".into(),
+            }),
             Request::Stats => Ok(Response::Stats(EngineStats {
                 backend: "memory".into(),
                 shards: vec![ShardStats {
