@@ -1811,7 +1811,7 @@ impl Shared {
                 }
             }
             let programmed = self.program(core, id, current, attempt).await;
-            self.store.unlock(guard).await;
+            self.store.unlock_in_background(guard);
             match programmed {
                 Ok(sent) => {
                     report.plans_sent += usize::from(sent);

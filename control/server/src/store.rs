@@ -346,6 +346,14 @@ impl Store {
         }
     }
 
+    /// Releases a lock taken with [`Store::lock`] without waiting for the answer
+    /// ([`etcd::EtcdStore::unlock_in_background`]).
+    pub fn unlock_in_background(&self, guard: Option<etcd::LockGuard>) {
+        if let (Store::Etcd(s), Some(g)) = (self, guard) {
+            s.unlock_in_background(g);
+        }
+    }
+
     /// Replaces the snapshot and deletes the journal it covers.
     pub async fn write_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         match self {

@@ -423,7 +423,8 @@ struct SelfView {
 /// etcd last said) whether it must be silent, and tells the engine, either "mute" or
 /// "send for the next `suspect_after`". So the engine goes silent on its own when this
 /// agent dies or stalls, and whenever this node hears no peer while etcd does not clear
-/// it. Once muted it stays muted until etcd shows its registration alive again.
+/// it. Once muted (a lapsed vouch included) it stays muted until etcd shows its
+/// registration alive again: a node declared dead meanwhile never resumes.
 async fn vouch(
     socket: PathBuf,
     tracker: Arc<Mutex<PeerTracker>>,
@@ -434,6 +435,7 @@ async fn vouch(
     let mut muted = false;
     let mut muted_at = tokio::time::Instant::now();
     let mut applied: Option<bool> = None;
+    let mut last_vouch: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(peers::PING_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -446,6 +448,15 @@ async fn vouch(
         let v = *view.lock().unwrap_or_else(|e| e.into_inner());
         let cleared = !v.suspected && v.cleared_until.is_some_and(|c| now < c);
         let must = (isolated && !cleared) || v.suspected;
+        if let Some(lapsed) = last_vouch.map(|t| t + times.suspect_after)
+            && !muted
+            && now >= lapsed
+        {
+            // This agent did not vouch in time (it stalled): the engine muted itself
+            // then, and the peers may have declared this node dead meanwhile.
+            muted = true;
+            muted_at = lapsed;
+        }
         if must && !muted {
             muted = true;
             muted_at = now;
@@ -457,6 +468,9 @@ async fn vouch(
         // could have declared this node dead (`suspect_after + confirm`).
         match mute(&socket, muted, times.suspect_after).await {
             Ok(()) => {
+                if !muted {
+                    last_vouch = Some(now);
+                }
                 if applied != Some(muted) {
                     if muted {
                         tracing::error!(

@@ -103,6 +103,23 @@ pub const REPLICA_LEASE_TTL_S: i64 = 5;
 /// (ABORTED, retry): a mutation holds it for a few store and engine round trips.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Deletes a lock's key if it is still the one we took.
+async fn release(etcd: &Etcd, guard: LockGuard) {
+    let result = etcd
+        .txn(
+            vec![earshot_etcd::mod_revision_is(
+                guard.key.clone(),
+                guard.revision,
+            )],
+            vec![delete(guard.key.clone(), Vec::new())],
+            vec![],
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(key = %guard.key, error = %e, "lock not released; it expires with the lease");
+    }
+}
+
 /// A lock held in etcd ([`EtcdStore::lock`]).
 #[derive(Debug)]
 pub struct LockGuard {
@@ -229,10 +246,22 @@ impl EtcdStore {
             if let Some(kv) = holder
                 && kv.value == self.replica.as_bytes()
             {
-                return Ok(LockGuard {
-                    key,
-                    revision: kv.mod_revision,
-                });
+                // Ours (a release that failed, or one still on its way: see
+                // `unlock_in_background`). Take it afresh, so that a release of the
+                // old revision landing later cannot delete it under us.
+                let retaken = self
+                    .etcd
+                    .txn(
+                        vec![earshot_etcd::mod_revision_is(key.clone(), kv.mod_revision)],
+                        vec![put(key.clone(), self.replica.clone(), lease)],
+                        vec![],
+                    )
+                    .await?;
+                if retaken.succeeded {
+                    let revision = retaken.header.as_ref().map_or(0, |h| h.revision);
+                    return Ok(LockGuard { key, revision });
+                }
+                continue;
             }
             if started.elapsed() > LOCK_WAIT {
                 return Err(StoreError::Locked(name.to_owned()));
@@ -245,20 +274,16 @@ impl EtcdStore {
     /// Releases a lock (if it is still the one taken: a lock lost with the lease and
     /// taken by another replica since is left alone).
     pub async fn unlock(&self, guard: LockGuard) {
-        let result = self
-            .etcd
-            .txn(
-                vec![earshot_etcd::mod_revision_is(
-                    guard.key.clone(),
-                    guard.revision,
-                )],
-                vec![delete(guard.key.clone(), Vec::new())],
-                vec![],
-            )
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(key = %guard.key, error = %e, "lock not released; it expires with the lease");
-        }
+        release(&self.etcd, guard).await;
+    }
+
+    /// Releases a lock without waiting for etcd's answer: the reconciler's pass over
+    /// many interactions (a failed node's calls) then pays one write per interaction
+    /// on its path instead of two. A later `lock` of ours finds the key ours if the
+    /// release has not landed yet; another replica waits for it as for any lock.
+    pub fn unlock_in_background(&self, guard: LockGuard) {
+        let etcd = self.etcd.clone();
+        tokio::spawn(async move { release(&etcd, guard).await });
     }
 
     /// The client, for the cluster's own keys (nodes, placement) beside the store's.
