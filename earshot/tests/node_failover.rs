@@ -26,6 +26,7 @@
 //! and a gratuitous ARP by the agent, `--address-device`) is not exercised here.
 //!
 //! Sizes: `EARSHOT_FAILOVER_CALLS` (default 9; docs/cluster.md has a longer run),
+//! `EARSHOT_FAILOVER_BULK_CALLS` (default 0: silent calls that only scale the move),
 //! `EARSHOT_FAILOVER_TTL_S` (default 2). `EARSHOT_FAILOVER_LOGS=DIR` keeps every
 //! process's log in DIR. Prints SKIPPED where etcd is not installed.
 
@@ -75,6 +76,25 @@ fn calls() -> usize {
         .unwrap_or(9)
 }
 
+/// Bulk calls (`EARSHOT_FAILOVER_BULK_CALLS`, default 0): plain customer-agent calls
+/// whose phones are one silent sink, created before the measured calls. Nothing flows
+/// on them, but each is re-created on failover like any other: they measure how the
+/// move scales (hundreds of calls on the failed node) without hundreds of real phones
+/// on two cores. The measured calls' ids sort after theirs, so the reconciler reaches
+/// them last: their gap is the whole move's.
+fn bulk_calls() -> usize {
+    std::env::var("EARSHOT_FAILOVER_BULK_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ports per shard: room in every node's own slice for its share of all the calls,
+/// and for a dead node's share on top.
+fn ports_per_shard() -> usize {
+    2_048 + 4 * bulk_calls()
+}
+
 /// Node `i`'s block of virtual addresses: four, so that a dead node's calls spread
 /// over the survivors address by address.
 fn block(i: usize) -> [IpAddr; 4] {
@@ -108,7 +128,7 @@ fn start_node(
         "--port-base",
         &port_base.to_string(),
         "--ports-per-shard",
-        "2048",
+        &ports_per_shard().to_string(),
         "--port-slice",
         &format!("{i}/{NODES}"),
         "--bind-v4",
@@ -249,6 +269,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The running cluster and its calls.
 struct Harness {
+    _sink: std::net::UdpSocket,
     _serial: tokio::sync::MutexGuard<'static, ()>,
     _etcd: EtcdCluster,
     _tmp: tempfile::TempDir,
@@ -374,6 +395,26 @@ async fn start_cluster() -> Option<Harness> {
     // Every node holds its own addresses before calls are placed on them.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Bulk calls first (see `bulk_calls`), to one sink that reads nothing.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    for k in 0..bulk_calls() {
+        let agent_user = format!("bulk-agent-{k}");
+        api.user(&agent_user, &[], proto::Presence::Available).await;
+        use proto::{ParticipantKind as K, Role as R};
+        api.interactions()
+            .create_interaction(proto::CreateInteractionRequest {
+                interaction_id: format!("bulk-{k:05}"),
+                participants: vec![
+                    e2e::spec("c", K::External, R::Customer, "", sink_addr),
+                    e2e::spec("a", K::Internal, R::Agent, &agent_user, sink_addr),
+                ],
+                actor: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create bulk-{k}: {e:?}\n{}", control.log_tail()));
+    }
+
     // Calls, each with a barging supervisor: everyone hears everyone.
     let n = calls();
     let mut all: Vec<Call> = Vec::new();
@@ -452,6 +493,7 @@ async fn start_cluster() -> Option<Harness> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     Some(Harness {
+        _sink: sink,
         _serial: serial,
         _etcd: etcd,
         _tmp: tmp,
@@ -491,7 +533,7 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
         ..
     } = h;
     let moved: Vec<&Call> = all.iter().filter(|c| c.node == victim).collect();
-    let deadline = before_kill + Duration::from_secs(20);
+    let deadline = before_kill + Duration::from_secs(20 + bulk_calls() as u64 / 50);
     // First the control plane says every moved call lives elsewhere (a node cut off
     // from etcd goes on sending until it fences, so packets alone prove nothing yet).
     loop {

@@ -1785,31 +1785,58 @@ impl Shared {
             .iter()
             .map(|p| (p.session.as_str(), p))
             .collect();
+        // With a shared store another replica may be programming an interaction right
+        // now: touch one only if it differs, and then under its lock. The locks are
+        // taken all at once (a failed node's hundreds of calls cost one etcd round
+        // trip, not one each), then one catch-up covers them all.
+        let mut locked: BTreeMap<String, Option<crate::store::etcd::LockGuard>> = BTreeMap::new();
+        if patient {
+            let mut locks = tokio::task::JoinSet::new();
+            for id in &live {
+                if failed.contains_key(id) {
+                    continue;
+                }
+                if !Self::needs_programming(core, id, plans.get(id.as_str()).copied()) {
+                    self.mark_in_sync(core, id);
+                    continue;
+                }
+                let (store, id) = (self.store.clone(), id.clone());
+                locks.spawn(async move {
+                    let guard = store.lock(&id).await;
+                    (id, guard)
+                });
+            }
+            while let Some(joined) = locks.join_next().await {
+                match joined {
+                    Ok((id, Ok(guard))) => {
+                        locked.insert(id, guard);
+                    }
+                    Ok((id, Err(e))) => {
+                        tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lock task failed"),
+                }
+            }
+            if !locked.is_empty()
+                && let Err(e) = self.catch_up(core).await
+            {
+                for guard in std::mem::take(&mut locked).into_values() {
+                    self.store.unlock_in_background(guard);
+                }
+                return Err(e);
+            }
+        }
         for id in &live {
             if failed.contains_key(id) {
                 continue;
             }
             let current = plans.get(id.as_str()).copied();
-            // With a shared store another replica may be programming this interaction
-            // right now: touch it only if it differs, and then under its lock.
-            let mut guard = None;
-            if patient {
-                if !Self::needs_programming(core, id, current) {
-                    self.mark_in_sync(core, id);
-                    continue;
-                }
-                match self.store.lock(id).await {
-                    Ok(g) => guard = g,
-                    Err(e) => {
-                        tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
-                        continue;
-                    }
-                }
-                if let Err(e) = self.catch_up(core).await {
-                    self.store.unlock(guard).await;
-                    return Err(e);
-                }
-            }
+            let guard = match locked.remove(id) {
+                Some(guard) => guard,
+                // In sync, or busy on another replica.
+                None if patient => continue,
+                None => None,
+            };
             let programmed = self.program(core, id, current, attempt).await;
             self.store.unlock_in_background(guard);
             match programmed {
@@ -1817,7 +1844,12 @@ impl Shared {
                     report.plans_sent += usize::from(sent);
                     self.mark_in_sync(core, id);
                 }
-                Err(r) if r.unavailable() => return Err(r.error),
+                Err(r) if r.unavailable() => {
+                    for guard in std::mem::take(&mut locked).into_values() {
+                        self.store.unlock_in_background(guard);
+                    }
+                    return Err(r.error);
+                }
                 Err(r) => {
                     failed.insert(id.clone(), r);
                 }
