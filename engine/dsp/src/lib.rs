@@ -19,10 +19,12 @@
 //! - G.711 encode and decode have SIMD variants too, tested bit-identical to the
 //!   table-driven reference and chosen once per process ([`g711::kernels`]), with the
 //!   same `EARSHOT_FORCE_SCALAR=1` override.
-//! - Unsafe code exists only in the SIMD modules of [`mix`] and [`g711`], fenced per
-//!   module, with a `SAFETY` comment on every block.
+//! - Unsafe code exists only in the SIMD modules of [`mix`] and [`g711`] and in
+//!   [`prefetch`] (one hint instruction), fenced per module, with a `SAFETY` comment on
+//!   every block.
 
 pub mod g711;
 pub mod g722;
 pub mod mix;
+pub mod prefetch;
 pub mod resample;

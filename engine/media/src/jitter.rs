@@ -500,6 +500,21 @@ impl JitterBuffer {
         }
     }
 
+    /// Hints that the next poll is coming: prefetches the ring slots and payload bytes
+    /// of the frame at the head (what [`JitterBuffer::poll_frame`] reads first), for a
+    /// caller that knows this buffer is polled soon and has other work meanwhile.
+    #[inline]
+    pub fn prefetch_head(&self) {
+        use crate::dsp::prefetch::{LINE_BYTES, read};
+        let (head, units) = (self.head_idx, self.frame_units);
+        if let Some(slots) = self.slots.get(head..) {
+            read(slots, 1);
+        }
+        if let Some(bytes) = self.payload.get(head * self.unit_bytes..) {
+            read(bytes, (units * self.unit_bytes).div_ceil(LINE_BYTES) + 1);
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &JitterConfig {
         &self.cfg

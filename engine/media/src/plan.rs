@@ -205,22 +205,27 @@ pub enum OutputPlan {
 }
 
 /// The plan of a whole session: one [`OutputPlan`] per leg plus per-source lookups.
+///
+/// Laid out in declaration order (`repr(C)`): the per-session masks and per-leg lookups
+/// first, then the outputs, so that a session of a few legs reads its plan from the
+/// first [`SessionPlan::HOT_BYTES`] (what a caller may prefetch).
 #[derive(Clone, PartialEq, Eq)]
+#[repr(C)]
 pub struct SessionPlan {
     legs: usize,
-    outputs: [OutputPlan; MAX_SESSION_LEGS],
     /// Bit `s` set when some listener mixes source `s`.
     mixed_inputs: u16,
-    /// `forward_targets[s]`: bit `l` set when listener `l` forwards source `s`.
-    forward_targets: [u16; MAX_SESSION_LEGS],
     /// Bit `l` set when listener `l` mixes.
     mixed_outputs: u16,
+    /// Bit `l` set when `l` leads a mix that some later listener shares.
+    shared: u16,
     /// `leaders[l]`: the first listener whose mix is the same as `l`'s (same sources,
     /// same gains, same format); `l` itself when none comes before. Listeners that share
     /// a leader share one mix and one encode.
     leaders: [u8; MAX_SESSION_LEGS],
-    /// Bit `l` set when `l` leads a mix that some later listener shares.
-    shared: u16,
+    /// `forward_targets[s]`: bit `l` set when listener `l` forwards source `s`.
+    forward_targets: [u16; MAX_SESSION_LEGS],
+    outputs: [OutputPlan; MAX_SESSION_LEGS],
 }
 
 impl core::fmt::Debug for SessionPlan {
@@ -230,6 +235,11 @@ impl core::fmt::Debug for SessionPlan {
 }
 
 impl SessionPlan {
+    /// Bytes from the start of a plan that a session of up to four legs reads (the
+    /// lookups and the first four outputs).
+    pub const HOT_BYTES: usize =
+        std::mem::offset_of!(SessionPlan, outputs) + 4 * std::mem::size_of::<OutputPlan>();
+
     /// Builds the plan of every listener from the gains and the legs' formats.
     ///
     /// Panics if `legs.len()` differs from `matrix.legs()` (a programmer error on the

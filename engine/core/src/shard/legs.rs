@@ -28,58 +28,76 @@ pub(super) const RTCP_INTERVAL: earshot_media::time::Duration =
 
 /// What a configured leg carries: its format, buffers and streams. Built on the control
 /// path when the leg is configured.
+///
+/// Laid out in declaration order (`repr(C)`): what the packet path and the tick read
+/// first (up to and including the jitter buffer: [`LegMedia::HOT_BYTES`], which the tick
+/// wheel prefetches for the sessions due next), then what the control path, RTCP and
+/// the rarer tick cases read.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct LegMedia {
-    pub(super) codec: Codec,
-    pub(super) payload_type: u8,
-    pub(super) ptime_ms: u32,
-    /// Samples in one frame of the leg's ptime at the jitter buffer's decoding rate.
-    pub(super) frame_samples: usize,
-    /// The rate of the session's mix as this leg was last set up for it.
-    pub(super) mix_rate: SampleRate,
-    /// Samples in one frame of the leg's ptime at the mix rate (what a listener's
-    /// ticks accumulate before one frame is encoded).
-    pub(super) mix_frame_samples: usize,
-    /// The leg's encoder; its PCM rate is the codec's own, or the mix rate for Opus.
-    pub(super) encoder: Encoder,
+    /// SRTP/SRTCP sessions when the leg is encrypted; `None` for plain RTP.
+    pub(super) srtp: Option<Box<LegSrtp>>,
     /// Decoded PCM to the mix rate, when the decoder runs at another rate.
     pub(super) in_rs: Option<Box<Resampler>>,
     /// The mix to the encoder's rate, when the encoder runs at another rate.
     pub(super) out_rs: Option<Box<Resampler>>,
+    /// Samples in one frame of the leg's ptime at the jitter buffer's decoding rate.
+    pub(super) frame_samples: usize,
+    /// Samples in one frame of the leg's ptime at the mix rate (what a listener's
+    /// ticks accumulate before one frame is encoded).
+    pub(super) mix_frame_samples: usize,
+    pub(super) in_len: usize,
+    pub(super) out_len: usize,
+    /// Payload octets sent, for the sender report.
+    pub(super) octets_sent: u32,
+    pub(super) packets_sent: u32,
+    pub(super) payload_type: u8,
     pub(super) te_pt: Option<u8>,
     pub(super) rtcp_mux: bool,
     pub(super) report_first_packet: bool,
-    /// While the leg hears nobody, send it silence at its ptime (the default) rather
-    /// than nothing.
-    pub(super) send_idle: bool,
-    pub(super) config: MediaConfig,
-    pub(super) jitter: JitterBuffer,
-    pub(super) out: OutputStream,
-    /// Linear PCM pulled from the jitter buffer, not yet consumed by ticks.
-    pub(super) in_pcm: Box<[i16; 2 * MAX_FRAME_SAMPLES]>,
-    pub(super) in_len: usize,
-    /// Mixed PCM accumulated toward one output frame.
-    pub(super) out_pcm: Box<[i16; MAX_FRAME_SAMPLES]>,
-    pub(super) out_len: usize,
     /// Whether this output sent a mixed frame at its previous tick (marker logic).
     pub(super) mixed_active: bool,
     /// Whether the jitter buffer is in use (some listener mixes this input).
     pub(super) jitter_live: bool,
-    /// Source timestamp of the telephone event being relayed, and its output timestamp.
-    pub(super) dtmf_out_ts: Option<(RtpTs, RtpTs)>,
+    /// The only source address the leg hears from, if any (`config.strict_source`,
+    /// kept here for the packet path).
+    pub(super) strict_source: Option<IpAddr>,
+    pub(super) rx_ssrc: Option<Ssrc>,
     /// Reception statistics for RTCP report blocks (RFC 3550 A.1, A.3, A.8).
     pub(super) rx_seq: SeqTracker,
     pub(super) rx_jitter: JitterEstimator,
-    pub(super) rx_ssrc: Option<Ssrc>,
+    pub(super) out: OutputStream,
+    /// The leg's encoder; its PCM rate is the codec's own, or the mix rate for Opus.
+    pub(super) encoder: Encoder,
+    pub(super) jitter: JitterBuffer,
+    // Cold from here on.
+    pub(super) codec: Codec,
+    pub(super) ptime_ms: u32,
+    /// The rate of the session's mix as this leg was last set up for it.
+    pub(super) mix_rate: SampleRate,
+    /// While the leg hears nobody, send it silence at its ptime (the default) rather
+    /// than nothing.
+    pub(super) send_idle: bool,
+    /// Linear PCM pulled from the jitter buffer, not yet consumed by ticks (`in_len`
+    /// samples): two frames at the decoder's rate ([`LegMedia::fit_staging`]).
+    pub(super) in_pcm: Box<[i16]>,
+    /// Mixed PCM accumulated toward one output frame (`out_len` samples): one frame at
+    /// the mix rate.
+    pub(super) out_pcm: Box<[i16]>,
+    /// Source timestamp of the telephone event being relayed, and its output timestamp.
+    pub(super) dtmf_out_ts: Option<(RtpTs, RtpTs)>,
     /// Middle 32 bits of the NTP time of the last SR received, and when it arrived.
     pub(super) last_sr: Option<(u32, Instant)>,
-    /// Payload octets sent, for the sender report.
-    pub(super) octets_sent: u32,
-    pub(super) packets_sent: u32,
     /// When this leg next sends RTCP.
     pub(super) next_rtcp: Instant,
-    /// SRTP/SRTCP sessions when the leg is encrypted; `None` for plain RTP.
-    pub(super) srtp: Option<Box<LegSrtp>>,
+    pub(super) config: MediaConfig,
+}
+
+impl LegMedia {
+    /// Bytes from the start of a leg's media state that the packet path and the tick
+    /// read (everything up to the cold part).
+    pub(super) const HOT_BYTES: usize = std::mem::offset_of!(LegMedia, codec);
 }
 
 /// Where a mixed output's frame to send is.
@@ -154,33 +172,43 @@ impl LegMedia {
 }
 
 /// One participant's RTP stream each way, on its own local port.
+///
+/// Laid out in declaration order (`repr(C)`): the packet path's and the tick's fields
+/// first (within the first cache line or two of the entry), the control path's after.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Leg {
-    pub(super) id: LegId,
-    pub(super) key: String,
-    pub(super) session: u32,
-    /// Position in the session's leg list (the hear matrix index).
-    pub(super) index: u8,
-    pub(super) port: u16,
-    pub(super) family: Family,
+    pub(super) media: Option<Box<LegMedia>>,
     /// Where the leg sends: configured, or learned from the first valid packet.
     pub(super) remote: Option<SocketAddr>,
+    pub(super) last_rx: Instant,
+    /// Valid RTP packets received.
+    pub(super) packets_in: u64,
+    pub(super) id: LegId,
+    pub(super) session: u32,
+    pub(super) port: u16,
+    /// Position in the session's leg list (the hear matrix index).
+    pub(super) index: u8,
     /// The remote was learned from a packet (symmetric RTP); it stays locked across
     /// reconfigurations that do not name a remote.
     pub(super) latched: bool,
-    pub(super) media: Option<Box<LegMedia>>,
-    pub(super) last_rx: Instant,
     pub(super) timed_out: bool,
     pub(super) first_packet_seen: bool,
-    /// Valid RTP packets received.
-    pub(super) packets_in: u64,
     /// The leg holds a port pair (RTP and RTCP); otherwise one port, RTCP multiplexed.
     pub(super) paired: bool,
+    pub(super) family: Family,
+    // Cold from here on.
+    pub(super) key: String,
     /// The leg's own local address (a virtual address taken over from a failed node);
     /// `None`: the engine's.
     pub(super) local_ip: Option<IpAddr>,
     /// The outbound stream its first media configuration continues (failover).
     pub(super) resume_stream: Option<StreamBase>,
+}
+
+impl Leg {
+    /// Bytes from the start of a leg that the packet path and the tick read.
+    pub(super) const HOT_BYTES: usize = std::mem::offset_of!(Leg, key);
 }
 
 /// What [`Shard::allocate_leg`] is asked for (the fields of `ShardCommand::AllocateLeg`).
@@ -364,6 +392,7 @@ impl Shard {
                 m.rtcp_mux = media.rtcp_mux;
                 m.report_first_packet = media.report_first_packet;
                 m.send_idle = !media.quiet_when_unheard;
+                m.strict_source = media.strict_source;
                 m.srtp = srtp;
                 m.config = media;
             }
@@ -428,6 +457,7 @@ impl Shard {
             rtcp_mux: media.rtcp_mux,
             report_first_packet: media.report_first_packet,
             send_idle: !media.quiet_when_unheard,
+            strict_source: media.strict_source,
             jitter,
             out: OutputStream::new(
                 ssrc,
@@ -438,9 +468,9 @@ impl Shard {
                 media.ptime_ms,
             ),
             config: media.clone(),
-            in_pcm: Box::new([0; 2 * MAX_FRAME_SAMPLES]),
+            in_pcm: Box::default(),
             in_len: 0,
-            out_pcm: Box::new([0; MAX_FRAME_SAMPLES]),
+            out_pcm: Box::default(),
             out_len: 0,
             mixed_active: false,
             jitter_live: false,
@@ -455,6 +485,7 @@ impl Shard {
             srtp: None,
         });
         m.fit_resamplers();
+        m.fit_staging();
         Ok(m)
     }
 
@@ -633,6 +664,24 @@ impl LegMedia {
             }
         }
         self.fit_resamplers();
+        self.fit_staging();
+    }
+
+    /// Sizes the staging buffers to this leg's frames: `in_pcm` holds two frames at the
+    /// decoder's rate (what [`LegMedia::pull_tick`] can leave over plus one poll), and
+    /// `out_pcm` one frame at the mix rate. Sized to the leg rather than to the longest
+    /// frame of any codec, so that a leg's state stays a few compact allocations (at
+    /// thousands of sessions per core, sparse state costs cache and TLB misses).
+    /// Control path: allocates when a size changes.
+    fn fit_staging(&mut self) {
+        let (in_len, out_len) = (2 * self.frame_samples, self.mix_frame_samples);
+        debug_assert!(in_len <= 2 * MAX_FRAME_SAMPLES && out_len <= MAX_FRAME_SAMPLES);
+        if self.in_pcm.len() != in_len {
+            self.in_pcm = vec![0; in_len].into_boxed_slice();
+        }
+        if self.out_pcm.len() != out_len {
+            self.out_pcm = vec![0; out_len].into_boxed_slice();
+        }
     }
 
     /// Builds the resamplers the codec states' rates and the mix rate need (none when

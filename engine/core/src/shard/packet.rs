@@ -45,11 +45,7 @@ impl Shard {
         };
         // A strict source is the only address this leg hears from, RTP or RTCP, before
         // or after it has learned its remote.
-        if media
-            .config
-            .strict_source
-            .is_some_and(|ip| ip != remote.ip())
-        {
+        if media.strict_source.is_some_and(|ip| ip != remote.ip()) {
             return self.counters.drop(DropReason::WrongSource);
         }
         // RTCP: on port+1, or multiplexed (RFC 5761: second byte 192..=223, which SRTCP

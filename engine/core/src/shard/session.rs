@@ -9,34 +9,46 @@ use super::tick::{WHEEL_SLOT_NS, WHEEL_SLOTS};
 use super::{NO_SLOT, Shard};
 
 /// The engine's view of one interaction: the legs that may hear each other.
+///
+/// Laid out in declaration order (`repr(C)`), what the tick and the packet path read
+/// first: the leg slots, the schedule and the media plan (whose own hot part leads),
+/// then what only the control path reads (the hear matrix, the API plan, the key).
+/// [`Session::hot`] is that leading part, which the tick wheel prefetches for the
+/// sessions due next.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Session {
-    pub(super) key: String,
     pub(super) legs: [u32; MAX_SESSION_LEGS],
     pub(super) len: usize,
-    pub(super) api_plan: ApiPlan,
-    pub(super) plan: SessionPlan,
-    /// Bit per leg index: never receives telephone events.
-    pub(super) no_dtmf: u16,
-    pub(super) matrix: HearMatrix,
+    /// Next session in the same wheel slot, or NO_SLOT.
+    pub(super) wheel_next: u32,
+    pub(super) scheduled: bool,
     /// Whether the session ticks: some output mixes, or idles.
     pub(super) mixing: bool,
     /// Configured outputs that hear nobody and still get a stream of silence at their
     /// ptime, so their endpoints do not take the call for dead (SPEC section 5).
     pub(super) idle: LegSet,
+    pub(super) next_tick: Instant,
+    pub(super) tick_period: Duration,
+    /// Samples of one tick at the mix rate.
+    pub(super) tick_samples: usize,
     /// The rate the session mixes at (SPEC section 5): the highest rate that some
     /// listener both hears from a source and plays.
     pub(super) mix_rate: SampleRate,
-    /// Samples of one tick at the mix rate.
-    pub(super) tick_samples: usize,
-    pub(super) tick_period: Duration,
-    pub(super) next_tick: Instant,
-    /// Next session in the same wheel slot, or NO_SLOT.
-    pub(super) wheel_next: u32,
-    pub(super) scheduled: bool,
+    /// Bit per leg index: never receives telephone events.
+    pub(super) no_dtmf: u16,
+    pub(super) plan: SessionPlan,
+    pub(super) matrix: HearMatrix,
+    pub(super) api_plan: ApiPlan,
+    pub(super) key: String,
 }
 
 impl Session {
+    /// Bytes from the start of the session that a tick of a session of up to four legs
+    /// reads: everything before the plan, and the plan's hot part.
+    pub(super) const HOT_BYTES: usize =
+        std::mem::offset_of!(Session, plan) + SessionPlan::HOT_BYTES;
+
     /// An empty session: no legs, an empty plan, not ticking.
     pub(super) fn new(key: &str, now: Instant) -> Session {
         Session {
