@@ -39,6 +39,17 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Starts `program args...` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> ChildGuard {
+        Self::spawn_with_env(name, program, args, log, &[])
+    }
+
+    /// [`ChildGuard::spawn`] with extra environment variables `env`.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> ChildGuard {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -48,6 +59,7 @@ impl ChildGuard {
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -323,6 +335,15 @@ pub fn engine_toml(dir: &Path, port_base: u16, backend: &str) -> PathBuf {
 /// loopback with the I/O `backend`, a fresh data directory under `dir` and a free port
 /// range, and connects to it once it serves.
 pub async fn start_earshot(dir: &Path, backend: &str) -> (ChildGuard, Api) {
+    start_earshot_with_env(dir, backend, &[]).await
+}
+
+/// [`start_earshot`] with extra environment variables for the process.
+pub async fn start_earshot_with_env(
+    dir: &Path,
+    backend: &str,
+    env: &[(&str, &str)],
+) -> (ChildGuard, Api) {
     let program = PathBuf::from(env!("CARGO_BIN_EXE_earshot"));
     let grpc: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
     let args = vec![
@@ -338,7 +359,8 @@ pub async fn start_earshot(dir: &Path, backend: &str) -> (ChildGuard, Api) {
         "--metrics".into(),
         "off".into(),
     ];
-    let mut child = ChildGuard::spawn("earshot", &program, &args, &dir.join("earshot.log"));
+    let mut child =
+        ChildGuard::spawn_with_env("earshot", &program, &args, &dir.join("earshot.log"), env);
     let channel = connect_when_serving(grpc, &mut child).await;
     (child, Api { channel })
 }
@@ -675,6 +697,19 @@ pub struct SrtpCounts {
     pub rtcp_sent: u64,
     /// Packets libsrtp could not protect for sending.
     pub protect_failed: u64,
+    /// After [`Pump::add_rx_key`]: SRTP packets that only the previous receive key
+    /// (the one replaced) authenticated and decrypted...
+    pub rtp_ok_previous: u64,
+    /// ...SRTCP compounds that only the previous receive key decrypted...
+    pub rtcp_ok_previous: u64,
+    /// ...and when the last of either arrived.
+    pub last_ok_previous: Option<Instant>,
+    /// SRTP packets the current receive key decrypted since [`Pump::add_rx_key`].
+    pub rtp_ok_since_rx_key: u64,
+    /// When the endpoint started protecting with the key of [`Pump::switch_tx_at`].
+    pub tx_switched_at: Option<Instant>,
+    /// How many sender reports it had sent (`Pump::sr_sent`) when it switched.
+    pub sr_sent_before_switch: usize,
 }
 
 /// How often an SRTP endpoint sends an SRTCP sender report.
@@ -700,6 +735,14 @@ struct Talker {
     secure: bool,
     /// Its libsrtp sessions once it has keys.
     srtp: Option<SrtpEndpoint>,
+    /// A re-keyed endpoint's previous receive session, tried when the current one
+    /// refuses a packet (a phone accepts both keys while the re-key settles).
+    rx_previous: Option<RefSession>,
+    /// A send session to switch to at the given time (the phone's re-key).
+    tx_next: Option<(Instant, RefSession)>,
+    /// The RTCP compounds the current receive session decrypted since the last
+    /// [`Pump::add_rx_key`].
+    rtcp_since_rx_key: Vec<Vec<u8>>,
     counts: SrtpCounts,
     /// The RTCP compounds it received, decrypted (SRTP endpoints only).
     rtcp: Vec<Vec<u8>>,
@@ -732,6 +775,7 @@ impl Talker {
         if self.secure && self.srtp.is_none() {
             return;
         }
+        self.switch_tx_if_due();
         let mut p = self.next_packet();
         self.packets_sent = self.packets_sent.wrapping_add(1);
         self.octets_sent = self.octets_sent.wrapping_add(FRAME_SAMPLES as u32);
@@ -752,6 +796,7 @@ impl Talker {
 
     /// An SRTP endpoint's SRTCP sender report (SR and SDES CNAME), when one is due.
     fn send_report_if_due(&mut self, dest: SocketAddr, epoch: Instant, now: Instant) {
+        self.switch_tx_if_due();
         let Some(srtp) = self.srtp.as_mut() else {
             return;
         };
@@ -782,6 +827,22 @@ impl Talker {
         }
     }
 
+    /// Protects with the session of [`Pump::switch_tx_at`] from its time on.
+    fn switch_tx_if_due(&mut self) {
+        let due = self
+            .tx_next
+            .as_ref()
+            .is_some_and(|(at, _)| Instant::now() >= *at);
+        if !due {
+            return;
+        }
+        if let (Some((_, tx)), Some(srtp)) = (self.tx_next.take(), self.srtp.as_mut()) {
+            srtp.tx = tx;
+            self.counts.tx_switched_at = Some(Instant::now());
+            self.counts.sr_sent_before_switch = self.sr_ntp_mid.len();
+        }
+    }
+
     fn drain(&mut self) {
         let mut buf = [0u8; 2048];
         loop {
@@ -808,18 +869,46 @@ impl Talker {
             self.counts.before_keys += 1;
             return;
         };
-        let unprotected = if is_rtcp {
+        // libsrtp may have touched a packet it refused: the previous key gets a copy.
+        let copy = self.rx_previous.as_ref().map(|_| packet.to_vec());
+        let mut unprotected = if is_rtcp {
             srtp.rx.unprotect_rtcp(packet)
         } else {
             srtp.rx.unprotect_rtp(packet)
         };
+        let mut by_previous = false;
+        if let (Err(_), Some(previous), Some(copy)) = (unprotected, self.rx_previous.as_mut(), copy)
+        {
+            packet.copy_from_slice(&copy);
+            let again = if is_rtcp {
+                previous.unprotect_rtcp(packet)
+            } else {
+                previous.unprotect_rtp(packet)
+            };
+            if again.is_ok() {
+                unprotected = again;
+                by_previous = true;
+                self.counts.last_ok_previous = Some(Instant::now());
+                if is_rtcp {
+                    self.counts.rtcp_ok_previous += 1;
+                } else {
+                    self.counts.rtp_ok_previous += 1;
+                }
+            }
+        }
         match (unprotected, is_rtcp) {
             (Ok(len), true) => {
                 self.counts.rtcp_ok += 1;
                 self.rtcp.push(packet[..len].to_vec());
+                if !by_previous {
+                    self.rtcp_since_rx_key.push(packet[..len].to_vec());
+                }
             }
             (Ok(len), false) => {
                 self.counts.rtp_ok += 1;
+                if !by_previous {
+                    self.counts.rtp_ok_since_rx_key += 1;
+                }
                 if len >= 12 {
                     self.received.push((Instant::now(), packet[..len].to_vec()));
                 }
@@ -923,6 +1012,9 @@ impl Pump {
                     received: Vec::new(),
                     secure: false,
                     srtp: None,
+                    rx_previous: None,
+                    tx_next: None,
+                    rtcp_since_rx_key: Vec::new(),
                     counts: SrtpCounts::default(),
                     rtcp: Vec::new(),
                     sr_ntp_mid: Vec::new(),
@@ -998,6 +1090,43 @@ impl Pump {
         assert!(t.secure, "{who:?} is not an SRTP endpoint");
         t.srtp = srtp;
         t.next_sr = Instant::now();
+    }
+
+    /// Re-keys what an SRTP endpoint with keys receives: `rx` becomes its receive
+    /// session and the one it replaces is still tried on what `rx` refuses (counted as
+    /// `rtp_ok_previous` / `rtcp_ok_previous`), until [`Pump::drop_previous_rx`].
+    pub fn add_rx_key(&self, who: Who, rx: RefSession) {
+        let mut ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut ts[who.idx()];
+        let srtp = t
+            .srtp
+            .as_mut()
+            .unwrap_or_else(|| panic!("{who:?} has no SRTP keys to replace"));
+        t.rx_previous = Some(std::mem::replace(&mut srtp.rx, rx));
+        t.counts.rtp_ok_since_rx_key = 0;
+        t.rtcp_since_rx_key.clear();
+    }
+
+    /// Forgets the receive session [`Pump::add_rx_key`] replaced.
+    pub fn drop_previous_rx(&self, who: Who) {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()].rx_previous = None;
+    }
+
+    /// Re-keys what an SRTP endpoint sends: it protects with `tx` from `at` on (SRTP and
+    /// SRTCP), and with its current session until then.
+    pub fn switch_tx_at(&self, who: Who, tx: RefSession, at: Instant) {
+        let mut ts = self.talkers.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut ts[who.idx()];
+        assert!(t.srtp.is_some(), "{who:?} has no SRTP keys to replace");
+        t.tx_next = Some((at, tx));
+    }
+
+    /// The RTCP compounds an SRTP endpoint's current receive session decrypted since
+    /// the last [`Pump::add_rx_key`].
+    pub fn rtcp_since_rx_key(&self, who: Who) -> Vec<Vec<u8>> {
+        self.talkers.lock().unwrap_or_else(|e| e.into_inner())[who.idx()]
+            .rtcp_since_rx_key
+            .clone()
     }
 
     /// What an SRTP endpoint's libsrtp sessions did so far.

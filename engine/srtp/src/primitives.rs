@@ -8,7 +8,7 @@
 use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, BlockSizeUser, KeyInit};
-use aes::{Aes128, Aes256};
+use aes::{Aes128, Aes128Enc, Aes256, Aes256Enc};
 use sha1::digest::consts::U64;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -79,6 +79,15 @@ impl CmAes {
         match crate::ni::RoundKeys::new(key) {
             Some(keys) => CmAes::Ni(keys),
             None => CmAes::Soft(Box::new(Aes128::new(GenericArray::from_slice(key)))),
+        }
+    }
+
+    /// Octets this cipher keeps on the heap (the software schedule, off the NI path).
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
+        match self {
+            CmAes::Ni(_) => 0,
+            CmAes::Soft(aes) => core::mem::size_of_val(&**aes),
         }
     }
 
@@ -228,6 +237,56 @@ pub enum KdfLabel {
     RtcpSalt = 0x05,
 }
 
+/// The key derivation function of one master key (RFC 3711 section 4.3.1 with key
+/// derivation rate 0): the AES key schedule is expanded once and serves all six labels
+/// of a session (SRTP and SRTCP, key, salt and authentication key). Encryption-only
+/// schedules, wiped on drop (`aes`'s `zeroize` feature).
+pub(crate) struct Kdf<'a> {
+    master: &'a MasterKey,
+    prf: Prf,
+}
+
+// A stack temporary of the control path (one per session set-up): boxing the smaller
+// variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Prf {
+    Aes128(Aes128Enc),
+    Aes256(Aes256Enc),
+}
+
+impl<'a> Kdf<'a> {
+    pub(crate) fn new(master: &'a MasterKey) -> Self {
+        let key = master.key();
+        let prf = match master.suite() {
+            SrtpSuite::AeadAes256Gcm => Prf::Aes256(Aes256Enc::new(GenericArray::from_slice(key))),
+            SrtpSuite::AesCm128HmacSha1_80
+            | SrtpSuite::AesCm128HmacSha1_32
+            | SrtpSuite::AeadAes128Gcm => {
+                Prf::Aes128(Aes128Enc::new(GenericArray::from_slice(key)))
+            }
+        };
+        Self { master, prf }
+    }
+
+    /// The suite of the master key.
+    pub(crate) fn suite(&self) -> SrtpSuite {
+        self.master.suite()
+    }
+
+    /// Fills `out` with the session key material for `label`: the AES-CM keystream
+    /// under the master key starting at `(master_salt XOR (label << 48)) * 2^16`.
+    pub(crate) fn derive(&self, label: KdfLabel, out: &mut [u8]) {
+        let mut iv = Zeroizing::new([0u8; 16]);
+        iv[..self.master.salt().len()].copy_from_slice(self.master.salt());
+        iv[7] ^= label as u8;
+        out.fill(0);
+        match &self.prf {
+            Prf::Aes128(aes) => aes_cm_xor(aes, &iv, out),
+            Prf::Aes256(aes) => aes_cm_xor(aes, &iv, out),
+        }
+    }
+}
+
 /// Fills `out` with the session key material for `label` (RFC 3711 section 4.3.1 with
 /// key derivation rate 0, so r = 0): the AES-CM keystream under the master key starting
 /// at `(master_salt XOR (label << 48)) * 2^16`.
@@ -236,19 +295,5 @@ pub enum KdfLabel {
 /// placed in the leftmost octets of the 112-bit field with two zero octets after it (as
 /// libsrtp does); AES-256 is the PRF for 256-bit master keys (RFC 6188).
 pub fn derive(master: &MasterKey, label: KdfLabel, out: &mut [u8]) {
-    let mut iv = Zeroizing::new([0u8; 16]);
-    iv[..master.salt().len()].copy_from_slice(master.salt());
-    iv[7] ^= label as u8;
-    out.fill(0);
-    let key = master.key();
-    match master.suite() {
-        SrtpSuite::AeadAes256Gcm => {
-            aes_cm_xor(&Aes256::new(GenericArray::from_slice(key)), &iv, out);
-        }
-        SrtpSuite::AesCm128HmacSha1_80
-        | SrtpSuite::AesCm128HmacSha1_32
-        | SrtpSuite::AeadAes128Gcm => {
-            aes_cm_xor(&Aes128::new(GenericArray::from_slice(key)), &iv, out);
-        }
-    }
+    Kdf::new(master).derive(label, out);
 }

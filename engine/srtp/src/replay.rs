@@ -5,7 +5,6 @@
 pub const MAX_REPLAY_WINDOW: u16 = 1024;
 /// Smallest replay window RFC 3711 section 3.3.2 allows.
 pub const MIN_REPLAY_WINDOW: u16 = 64;
-const WORDS: usize = MAX_REPLAY_WINDOW as usize / 64;
 
 /// The SRTP packet index `2^16 * ROC + SEQ` that a received or sent sequence number
 /// most likely has, given the highest index of its stream so far (RFC 3711 appendix A).
@@ -28,70 +27,44 @@ pub(crate) fn estimate_index(highest: u64, seq: u16) -> Option<u64> {
     Some(v << 16 | seq)
 }
 
-/// The highest index seen and which of the `size` indices at and below it were seen:
-/// bit k of the bitmap is index `highest - k`.
-#[derive(Clone, Debug)]
-pub(crate) struct ReplayWindow {
-    highest: u64,
-    bits: [u64; WORDS],
-}
-
-impl ReplayWindow {
-    /// A window whose only seen index is `index`.
-    fn first(index: u64) -> Self {
-        let mut bits = [0; WORDS];
-        bits[0] = 1;
-        Self {
-            highest: index,
-            bits,
-        }
-    }
-
-    /// A window in which `highest` and everything below it counts as seen.
-    fn full(highest: u64) -> Self {
-        Self {
-            highest,
-            bits: [u64::MAX; WORDS],
-        }
-    }
-
-    pub(crate) fn highest(&self) -> u64 {
-        self.highest
-    }
-
-    /// True when `index` is new: above the highest, or inside the window and unseen.
-    fn accepts(&self, index: u64, size: u64) -> bool {
-        if index > self.highest {
+/// The replay bitmap of one stream, over the words its window uses: bit k is index
+/// `highest - k`. Free functions over a slice, so that a table keeps the bitmaps of all
+/// its streams in one allocation sized by the configured window (two words each for the
+/// default 128) rather than inline at the largest window.
+mod bitmap {
+    /// True when `index` is new: above `highest`, or inside the window and unseen.
+    pub(super) fn accepts(highest: u64, bits: &[u64], index: u64, size: u64) -> bool {
+        if index > highest {
             return true;
         }
-        let delta = self.highest - index;
+        let delta = highest - index;
         if delta >= size {
             return false;
         }
-        self.bits[(delta / 64) as usize] & (1 << (delta % 64)) == 0
+        bits[(delta / 64) as usize] & (1 << (delta % 64)) == 0
     }
 
-    /// Records `index` as seen (the caller checked `accepts` and authenticated it).
-    fn mark(&mut self, index: u64, size: u64) {
-        if index > self.highest {
-            self.shift(index - self.highest, size);
-            self.highest = index;
-            self.bits[0] |= 1;
+    /// Records `index` as seen (the caller checked `accepts` and authenticated it);
+    /// returns the new highest index.
+    pub(super) fn mark(highest: u64, bits: &mut [u64], index: u64, size: u64) -> u64 {
+        if index > highest {
+            shift(bits, index - highest, size);
+            bits[0] |= 1;
+            index
         } else {
-            let delta = self.highest - index;
-            self.bits[(delta / 64) as usize] |= 1 << (delta % 64);
+            let delta = highest - index;
+            bits[(delta / 64) as usize] |= 1 << (delta % 64);
+            highest
         }
     }
 
-    /// Moves every bit k to k + by, dropping those that leave the first `size` bits
-    /// (only the words a window of `size` uses are touched: two for the default 128).
-    fn shift(&mut self, by: u64, size: u64) {
-        let used = size.div_ceil(64) as usize;
-        let bits = &mut self.bits[..used];
+    /// Moves every bit k to k + by, dropping those that leave the first `size` bits.
+    fn shift(bits: &mut [u64], by: u64, size: u64) {
         if by >= size {
             bits.fill(0);
             return;
         }
+        let used = bits.len();
         let words = (by / 64) as usize;
         let shift = (by % 64) as u32;
         for i in (0..used).rev() {
@@ -106,54 +79,92 @@ impl ReplayWindow {
     }
 }
 
-#[derive(Clone, Debug)]
+/// One stream's index state (its bitmap lives in the table's `bits`).
+#[derive(Clone, Copy, Debug)]
 struct Slot {
-    ssrc: u32,
+    /// The highest index seen (SRTP: `2^16 * ROC + SEQ`; SRTCP: the 31-bit index).
+    highest: u64,
+    /// When the stream was last used, in table ticks (least recently used goes first).
     last_used: u64,
-    window: ReplayWindow,
+    ssrc: u32,
+    live: bool,
 }
+
+const EMPTY: Slot = Slot {
+    highest: 0,
+    last_used: 0,
+    ssrc: 0,
+    live: false,
+};
 
 /// A fixed number of streams by SSRC, allocated once; when full, a new authenticated
 /// SSRC evicts the least recently used one. Lookups scan: the table holds a handful.
+///
+/// Layout: the slots (24 octets each) and, in a second allocation, each slot's bitmap
+/// of `window_size / 64` words: 160 octets for the default 4 streams and 128-packet
+/// window (a bitmap sized for the largest window inline in every slot was 640).
 #[derive(Clone, Debug)]
 pub(crate) struct StreamTable {
-    slots: Box<[Option<Slot>]>,
-    window_size: u64,
+    slots: Box<[Slot]>,
+    bits: Box<[u64]>,
     tick: u64,
+    /// Bitmap words per slot (`window_size / 64`), kept to spare a division per packet.
+    words: u32,
+    window_size: u32,
 }
 
 impl StreamTable {
     pub(crate) fn new(capacity: usize, window_size: u16) -> Self {
+        let window_size = window_size.clamp(MIN_REPLAY_WINDOW, MAX_REPLAY_WINDOW);
+        let capacity = capacity.max(1);
+        let words = usize::from(window_size).div_ceil(64);
         Self {
-            slots: vec![None; capacity.max(1)].into_boxed_slice(),
-            window_size: u64::from(window_size.clamp(MIN_REPLAY_WINDOW, MAX_REPLAY_WINDOW)),
+            slots: vec![EMPTY; capacity].into_boxed_slice(),
+            bits: vec![0; capacity * words].into_boxed_slice(),
+            words: words as u32,
+            window_size: u32::from(window_size),
             tick: 0,
         }
     }
 
-    /// Octets allocated for the slots.
+    /// Octets allocated for the slots and their bitmaps.
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
-        core::mem::size_of_val(&*self.slots)
+        core::mem::size_of_val(&*self.slots) + core::mem::size_of_val(&*self.bits)
+    }
+
+    fn bitmap(&self, slot: usize) -> &[u64] {
+        let w = self.words as usize;
+        &self.bits[slot * w..(slot + 1) * w]
+    }
+
+    fn bitmap_mut(&mut self, slot: usize) -> &mut [u64] {
+        let w = self.words as usize;
+        &mut self.bits[slot * w..(slot + 1) * w]
     }
 
     /// Where stream `ssrc` lives, if it is known: one scan per packet, reused by
     /// [`StreamTable::accepts`] and [`StreamTable::mark`].
     pub(crate) fn find(&self, ssrc: u32) -> Option<usize> {
-        self.slots
-            .iter()
-            .position(|s| s.as_ref().is_some_and(|s| s.ssrc == ssrc))
+        self.slots.iter().position(|s| s.live && s.ssrc == ssrc)
     }
 
-    pub(crate) fn window(&self, slot: Option<usize>) -> Option<&ReplayWindow> {
-        slot.and_then(|i| self.slots[i].as_ref()).map(|s| &s.window)
+    /// The highest index of the stream in `slot` (`None`: an unknown stream).
+    pub(crate) fn highest(&self, slot: Option<usize>) -> Option<u64> {
+        slot.map(|i| self.slots[i].highest)
     }
 
     /// True when `index` of the stream in `slot` has not been seen (an unknown stream,
     /// `None`, has seen nothing).
     pub(crate) fn accepts(&self, slot: Option<usize>, index: u64) -> bool {
-        self.window(slot)
-            .is_none_or(|w| w.accepts(index, self.window_size))
+        slot.is_none_or(|i| {
+            bitmap::accepts(
+                self.slots[i].highest,
+                self.bitmap(i),
+                index,
+                u64::from(self.window_size),
+            )
+        })
     }
 
     /// Records `index` for the stream in `slot`, or creates stream `ssrc` (evicting the
@@ -161,58 +172,58 @@ impl StreamTable {
     pub(crate) fn mark(&mut self, slot: Option<usize>, ssrc: u32, index: u64) {
         self.tick += 1;
         let tick = self.tick;
-        let size = self.window_size;
-        if let Some(s) = slot.and_then(|i| self.slots[i].as_mut()) {
-            debug_assert_eq!(s.ssrc, ssrc);
-            s.window.mark(index, size);
+        let size = u64::from(self.window_size);
+        if let Some(i) = slot {
+            debug_assert_eq!(self.slots[i].ssrc, ssrc);
+            let highest = self.slots[i].highest;
+            let highest = bitmap::mark(highest, self.bitmap_mut(i), index, size);
+            let s = &mut self.slots[i];
+            s.highest = highest;
             s.last_used = tick;
             return;
         }
-        self.put(Slot {
-            ssrc,
+        let i = self.victim();
+        self.slots[i] = Slot {
+            highest: index,
             last_used: tick,
-            window: ReplayWindow::first(index),
-        });
+            ssrc,
+            live: true,
+        };
+        let bits = self.bitmap_mut(i);
+        bits.fill(0);
+        bits[0] = 1;
     }
 
     /// Sets stream `ssrc` to "everything up to and including `highest` was seen".
     pub(crate) fn resume(&mut self, ssrc: u32, highest: u64) {
         self.tick += 1;
-        let slot = Slot {
-            ssrc,
+        let i = self.find(ssrc).unwrap_or_else(|| self.victim());
+        self.slots[i] = Slot {
+            highest,
             last_used: self.tick,
-            window: ReplayWindow::full(highest),
+            ssrc,
+            live: true,
         };
-        if let Some(existing) = self.slots.iter_mut().flatten().find(|s| s.ssrc == ssrc) {
-            *existing = slot;
-        } else {
-            self.put(slot);
-        }
+        self.bitmap_mut(i).fill(u64::MAX);
     }
 
-    fn put(&mut self, slot: Slot) {
-        let victim = self
-            .slots
-            .iter()
-            .position(Option::is_none)
-            .unwrap_or_else(|| {
-                // Full: the least recently used stream goes.
-                let mut oldest = 0;
-                for (i, s) in self.slots.iter().enumerate() {
-                    if s.as_ref().map_or(0, |s| s.last_used)
-                        < self.slots[oldest].as_ref().map_or(0, |s| s.last_used)
-                    {
-                        oldest = i;
-                    }
-                }
-                oldest
-            });
-        self.slots[victim] = Some(slot);
+    /// A free slot, or the least recently used one when full.
+    fn victim(&self) -> usize {
+        if let Some(free) = self.slots.iter().position(|s| !s.live) {
+            return free;
+        }
+        let mut oldest = 0;
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.last_used < self.slots[oldest].last_used {
+                oldest = i;
+            }
+        }
+        oldest
     }
 
     /// Number of streams held.
     pub(crate) fn len(&self) -> usize {
-        self.slots.iter().flatten().count()
+        self.slots.iter().filter(|s| s.live).count()
     }
 }
 
@@ -235,21 +246,51 @@ mod tests {
     #[test]
     fn window_accepts_each_index_once_and_forgets_beyond_size() {
         let size = 128;
-        let mut w = ReplayWindow::first(1000);
-        assert!(!w.accepts(1000, size));
-        assert!(w.accepts(999, size));
-        w.mark(999, size);
-        assert!(!w.accepts(999, size));
-        w.mark(1200, size);
-        assert!(!w.accepts(1200, size));
-        assert!(w.accepts(1100, size));
+        let mut t = StreamTable::new(1, size as u16);
+        t.mark(None, 7, 1000);
+        let s = t.find(7);
+        assert!(!t.accepts(s, 1000));
+        assert!(t.accepts(s, 999));
+        t.mark(s, 7, 999);
+        assert!(!t.accepts(s, 999));
+        t.mark(s, 7, 1200);
+        assert!(!t.accepts(s, 1200));
+        assert!(t.accepts(s, 1100));
         assert!(
-            !w.accepts(1072, size),
+            !t.accepts(s, 1072),
             "1200 - 1072 = 128 is outside a 128 window"
         );
-        assert!(w.accepts(1073, size));
-        w.mark(1073, size);
-        w.mark(1201, size);
-        assert!(!w.accepts(1073, size), "shifted bit still remembered");
+        assert!(t.accepts(s, 1073));
+        t.mark(s, 7, 1073);
+        t.mark(s, 7, 1201);
+        assert!(!t.accepts(s, 1073), "shifted bit still remembered");
+        assert_eq!(t.highest(s), Some(1201));
+    }
+
+    /// Streams do not share bitmap words: marks in one slot never show in another, and
+    /// a slot reused for a new SSRC starts clean.
+    #[test]
+    fn slots_keep_their_own_bitmaps() {
+        let mut t = StreamTable::new(2, 256);
+        t.mark(None, 1, 500);
+        t.mark(None, 2, 500);
+        let (a, b) = (t.find(1), t.find(2));
+        for i in (300..500).step_by(3) {
+            t.mark(a, 1, i);
+        }
+        for i in 300..500 {
+            assert_eq!(t.accepts(a, i), (i - 300) % 3 != 0, "a {i}");
+            assert!(t.accepts(b, i), "b {i}");
+        }
+        // A third SSRC evicts the least recently used (2) and starts clean.
+        t.mark(None, 3, 400);
+        assert_eq!(t.find(2), None);
+        let c = t.find(3);
+        assert!(!t.accepts(c, 400));
+        assert!(t.accepts(c, 399) && t.accepts(c, 300));
+        assert!(!t.accepts(a, 498) && t.accepts(a, 497), "a unchanged");
+        t.resume(1, 10_000);
+        assert!(!t.accepts(t.find(1), 10_000 - 255));
+        assert!(t.accepts(c, 399), "resume touches only its slot");
     }
 }

@@ -11,8 +11,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::SrtpError;
-use crate::key::MasterKey;
-use crate::primitives::{CmAes, HmacSha1, KdfLabel, derive};
+use crate::primitives::{CmAes, HmacSha1, Kdf, KdfLabel};
 use crate::suite::SrtpSuite;
 
 const GCM_TAG: usize = 16;
@@ -24,7 +23,7 @@ pub(crate) const RTCP_CLEAR_HEADER: usize = 8;
 /// The keys of one of SRTP or SRTCP for one direction.
 ///
 /// The AES-CM variant is what the packet path of most legs touches, so it stays inline
-/// and small (round keys, pad states, salt: about 270 octets, five cache lines). The GCM
+/// and small (round keys, pad states, salt, tag length: 256 octets, four cache lines). The GCM
 /// ciphers are boxed: the `aes-gcm` types hold both an AES-NI and a software schedule
 /// (over 1 KiB for AES-256-GCM), and inline they made every session that size.
 // The large variant is the hot one on purpose: boxing it would add a pointer chase (and
@@ -37,7 +36,8 @@ pub(crate) enum Transform {
         aes: CmAes,
         hmac: HmacSha1,
         salt: Zeroizing<[u8; 14]>,
-        tag_len: usize,
+        /// Octets of tag (10 or 4): a `u8` so that the variant packs into 256 octets.
+        tag_len: u8,
     },
     /// AES-128-GCM.
     Gcm128 {
@@ -59,8 +59,9 @@ pub(crate) enum Layer {
 }
 
 impl Transform {
-    pub(crate) fn new(master: &MasterKey, layer: Layer) -> Self {
-        let suite = master.suite();
+    /// The transform of `layer` keyed by the session keys `kdf` derives.
+    pub(crate) fn new(kdf: &Kdf<'_>, layer: Layer) -> Self {
+        let suite = kdf.suite();
         let (enc, auth, salt_label) = match layer {
             Layer::Rtp => (
                 KdfLabel::RtpEncryption,
@@ -78,10 +79,10 @@ impl Transform {
         let mut salt = Zeroizing::new([0u8; 14]);
         let key = &mut key[..suite.key_len()];
         let salt = &mut salt[..suite.salt_len()];
-        derive(master, enc, key);
-        derive(master, salt_label, salt);
+        kdf.derive(enc, key);
+        kdf.derive(salt_label, salt);
         if !suite.is_aead() {
-            derive(master, auth, &mut auth_key[..]);
+            kdf.derive(auth, &mut auth_key[..]);
         }
         Self::from_session_keys(suite, layer, key, salt, &auth_key[..])
     }
@@ -109,7 +110,7 @@ impl Transform {
                     tag_len: match layer {
                         Layer::Rtp => suite.rtp_tag_len(),
                         Layer::Rtcp => suite.rtcp_tag_len(),
-                    },
+                    } as u8,
                 }
             }
             SrtpSuite::AeadAes128Gcm | SrtpSuite::AeadAes256Gcm => {
@@ -133,7 +134,7 @@ impl Transform {
     /// Octets appended to an SRTP packet.
     pub(crate) fn rtp_tag_len(&self) -> usize {
         match self {
-            Transform::Cm { tag_len, .. } => *tag_len,
+            Transform::Cm { tag_len, .. } => usize::from(*tag_len),
             Transform::Gcm128 { .. } | Transform::Gcm256 { .. } => GCM_TAG,
         }
     }
@@ -160,11 +161,12 @@ impl Transform {
                 salt,
                 tag_len,
             } => {
+                let tag_len = usize::from(*tag_len);
                 let iv = cm_iv(salt, ssrc, index);
                 aes.xor(&iv, &mut buf[header_len..len]);
                 let roc = ((index >> 16) as u32).to_be_bytes();
                 let tag = hmac.mac(&buf[..len], &roc);
-                buf[len..len + tag_len].copy_from_slice(&tag[..*tag_len]);
+                buf[len..len + tag_len].copy_from_slice(&tag[..tag_len]);
             }
             Transform::Gcm128 { aead, salt } => {
                 gcm_seal_rtp(&**aead, salt, buf, header_len, len, ssrc, index)
@@ -220,11 +222,12 @@ impl Transform {
                 salt,
                 tag_len,
             } => {
+                let tag_len = usize::from(*tag_len);
                 let iv = cm_iv(salt, ssrc, u64::from(index));
                 aes.xor(&iv, &mut buf[RTCP_CLEAR_HEADER..len]);
                 buf[len..len + 4].copy_from_slice(&word);
                 let tag = hmac.mac(&buf[..len + 4], &[]);
-                buf[len + 4..len + 4 + tag_len].copy_from_slice(&tag[..*tag_len]);
+                buf[len + 4..len + 4 + tag_len].copy_from_slice(&tag[..tag_len]);
                 len + 4 + tag_len
             }
             Transform::Gcm128 { aead, salt } => gcm_seal_rtcp(&**aead, salt, buf, len, ssrc, index),
@@ -235,7 +238,7 @@ impl Transform {
     /// Where the SRTCP index word sits in a protected packet of `len` octets.
     pub(crate) fn rtcp_word_at(&self, len: usize) -> usize {
         match self {
-            Transform::Cm { tag_len, .. } => len - tag_len - 4,
+            Transform::Cm { tag_len, .. } => len - usize::from(*tag_len) - 4,
             Transform::Gcm128 { .. } | Transform::Gcm256 { .. } => len - 4,
         }
     }
@@ -258,9 +261,10 @@ impl Transform {
                 salt,
                 tag_len,
             } => {
+                let tag_len = usize::from(*tag_len);
                 let (packet, tag) = buf.split_at_mut(len - tag_len);
                 let expected = hmac.mac(packet, &[]);
-                if !bool::from(expected[..*tag_len].ct_eq(tag)) {
+                if !bool::from(expected[..tag_len].ct_eq(tag)) {
                     return Err(SrtpError::Auth);
                 }
                 let end = packet.len() - 4;

@@ -292,3 +292,63 @@ fn rekey_without_a_gap() {
         "old session takes the straggler"
     );
 }
+
+fn protected_rtcp(tx: &mut SrtpSession, ssrc: u32, seed: u64) -> Vec<u8> {
+    let plain = rtcp_packet(&mut Rng::new(seed), ssrc, 1);
+    let mut buf = with_room(&plain, tx.suite().rtcp_overhead());
+    let n = tx.protect_rtcp(&mut buf, plain.len()).expect("protect");
+    buf.truncate(n);
+    buf
+}
+
+/// SRTCP across a re-key: a remote that re-creates its context for the new key (its
+/// SRTCP index starts again, as with a fresh libsrtp session) is accepted by the
+/// re-keyed inbound session, whose replay protection still works for the new key; a
+/// remote that carries its index on is accepted too; our re-keyed outbound session
+/// carries its SRTCP index on (never restarts it).
+#[test]
+fn rekey_srtcp_index_restart_and_carry_on() {
+    let suite = SrtpSuite::AesCm128HmacSha1_80;
+    let (mut old_tx, mut old_rx, _) = pair(suite, SrtpConfig::default());
+    for seed in 0..20 {
+        assert!(
+            old_rx
+                .unprotect_rtcp(&mut protected_rtcp(&mut old_tx, 0x42, seed))
+                .is_ok()
+        );
+    }
+    let mut rng = Rng::new(78);
+    let new_key = MasterKey::generate(suite, |b| rng.fill(b));
+
+    // Ours: the index continues.
+    let mut carried_tx = old_tx.rekeyed(&new_key);
+    assert_eq!(carried_tx.rtcp_highest_index(Ssrc(0x42)), Some(19));
+    let p = protected_rtcp(&mut carried_tx, 0x42, 100);
+    assert_eq!(carried_tx.rtcp_highest_index(Ssrc(0x42)), Some(20));
+
+    // A remote that carried its index on: accepted.
+    let mut rx = old_rx.rekeyed(&new_key);
+    assert!(rx.unprotect_rtcp(&mut p.clone()).is_ok(), "carried index");
+
+    // A remote with a fresh context: its index starts again, and is accepted...
+    let mut fresh_tx = SrtpSession::new(Direction::Outbound, &new_key, SrtpConfig::default());
+    let mut rx = old_rx.rekeyed(&new_key);
+    let first = protected_rtcp(&mut fresh_tx, 0x42, 200);
+    assert!(
+        rx.unprotect_rtcp(&mut first.clone()).is_ok(),
+        "restarted index 0"
+    );
+    for seed in 201..205 {
+        let mut p = protected_rtcp(&mut fresh_tx, 0x42, seed);
+        assert!(rx.unprotect_rtcp(&mut p).is_ok(), "restarted index");
+    }
+    // ...while a replay under the new key is still refused, and an old-key packet
+    // does not authenticate.
+    assert_eq!(
+        rx.unprotect_rtcp(&mut first.clone()),
+        Err(SrtpError::Replay)
+    );
+    let old = protected_rtcp(&mut old_tx, 0x42, 300);
+    assert_eq!(rx.unprotect_rtcp(&mut old.clone()), Err(SrtpError::Auth));
+    assert!(old_rx.unprotect_rtcp(&mut old.clone()).is_ok());
+}
