@@ -20,7 +20,7 @@ use crate::stats::DropReason;
 pub(super) const REKEY_OVERLAP: Duration = Duration::from_secs(2);
 
 /// A leg's SRTP state. Boxed in [`super::legs::LegMedia`]: the two sessions hold both
-/// transforms' key schedules (about 6.6 KiB together).
+/// transforms' key schedules (about 1.9 KiB together for AES-CM, 4.9-5.9 KiB for GCM).
 #[derive(Debug)]
 pub(super) struct LegSrtp {
     /// The keys in force, to tell at a reconfiguration which of them changed.
