@@ -977,6 +977,37 @@ async fn a_second_programming_client_is_refused_and_the_first_keeps_the_events()
         matches!(reply, Some(ServerFrame::Reply { result: Err(_), .. })),
         "an observer cannot program: {reply:?}"
     );
+    // A node agent is welcome too (no programming slot taken), may mute and resume,
+    // may not program, and (kept connected below) takes none of the sidecar's events.
+    let (mut agent, hello) = engine_hello(&procs.socket, &Hello::agent()).expect("agent");
+    assert_eq!(hello.refused, None, "an agent takes no programming slot");
+    for (id, request, allowed) in [
+        (
+            1,
+            Request::Mute {
+                muted: false,
+                for_ms: None,
+            },
+            true,
+        ),
+        (
+            2,
+            Request::RemoveSession {
+                session: "call-x".into(),
+            },
+            false,
+        ),
+    ] {
+        write_frame(&mut agent, &ClientFrame::Call { id, request }).unwrap();
+        let reply: Option<ServerFrame> = read_frame(&mut agent).unwrap();
+        match reply {
+            Some(ServerFrame::Reply { id: got, result }) => {
+                assert_eq!(got, id);
+                assert_eq!(result.is_ok(), allowed, "agent request {id}: {result:?}");
+            }
+            other => panic!("agent request {id}: {other:?}"),
+        }
+    }
     // The sidecar still programs the engine and still gets its events (a ringing
     // supervisor's first packet).
     let pump = e2e::Pump::start();

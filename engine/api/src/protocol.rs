@@ -28,6 +28,11 @@ pub enum ClientRole {
     /// Reads `Snapshot` and `Stats` only, receives no events; any number at a time
     /// (monitoring tools, benchmarks, `earshot-engine` tests).
     Observe,
+    /// A cluster node's agent (`earshot-node`): an observer that may also send `Fence`
+    /// and `Mute`. Receives no events and never takes a programming client's place,
+    /// so its frequent short connections (a vouch every 50 ms) cannot take the event
+    /// stream or drain the backlog meant for a control replica.
+    Agent,
 }
 
 /// The first frame in each direction.
@@ -64,6 +69,14 @@ impl Hello {
     pub fn observer() -> Hello {
         Hello {
             role: ClientRole::Observe,
+            ..Hello::current()
+        }
+    }
+
+    /// A node agent's hello ([`ClientRole::Agent`]).
+    pub fn agent() -> Hello {
+        Hello {
+            role: ClientRole::Agent,
             ..Hello::current()
         }
     }

@@ -12,7 +12,9 @@
 //!   control replica (`--programmers N`): the replicas serialise their work on each
 //!   interaction themselves (docs/cluster.md). Events go to the programming client
 //!   connected longest, and to the next one when it leaves. Observers ([`ClientRole::Observe`]) may call
-//!   `Snapshot` and `Stats` only and get no events; any number may connect.
+//!   `Snapshot` and `Stats` only and get no events; any number may connect. A cluster
+//!   node's agent ([`ClientRole::Agent`]) is an observer that may also send `Fence` and
+//!   `Mute`.
 //! - **No event is lost silently.** Events go to the programming client; while none is
 //!   connected they wait in a bounded buffer ([`EVENT_BACKLOG`]) and are delivered, in
 //!   order, to the next programming client right after its handshake. Beyond the bound
@@ -357,7 +359,7 @@ fn serve_connection(
     } else {
         write_frame(&mut w, &Hello::current())?;
     }
-    let served = serve_calls(&mut reader, &mut w, engine, hub, programmer);
+    let served = serve_calls(&mut reader, &mut w, engine, hub, hello.role);
     if programmer {
         let mut h = lock(hub);
         h.programmers.retain(|(p, _)| *p != id);
@@ -370,12 +372,26 @@ fn serve_calls(
     w: &mut UnixStream,
     engine: &EngineHandle,
     hub: &SharedHub,
-    programmer: bool,
+    role: ClientRole,
 ) -> io::Result<()> {
+    let programmer = role == ClientRole::Program;
     while let Some(frame) = read_frame::<_, ClientFrame>(reader)? {
         let ClientFrame::Call { id, request } = frame;
-        let result = if programmer || matches!(request, Request::Snapshot | Request::Stats) {
+        let allowed = match role {
+            ClientRole::Program => true,
+            ClientRole::Observe => matches!(request, Request::Snapshot | Request::Stats),
+            ClientRole::Agent => matches!(
+                request,
+                Request::Snapshot | Request::Stats | Request::Fence { .. } | Request::Mute { .. }
+            ),
+        };
+        let result = if allowed {
             block_on(engine.call(request))
+        } else if role == ClientRole::Agent {
+            Err(EngineError::InvalidArgument {
+                field: "request".into(),
+                message: "a node agent may only ask for Snapshot, Stats, Fence and Mute".into(),
+            })
         } else {
             Err(EngineError::InvalidArgument {
                 field: "request".into(),

@@ -1,7 +1,8 @@
 //! `earshot-node`: the agent of one engine node in a cluster (docs/cluster.md).
 //!
 //! Runs beside an `earshot-engine` (started with `--programmers N`, N the number of
-//! control replicas plus one for this agent) and:
+//! control replicas; the agent connects as `ClientRole::Agent`, which takes no
+//! programming slot and no events) and:
 //! 1. **registers** the node in etcd under a lease (`nodes/{node_id}`: engine socket,
 //!    media address, shards, capacity) and a node number;
 //! 2. **reports its load** (legs held, read from the engine as an observer) every
@@ -391,7 +392,7 @@ async fn manage_addresses(
 async fn fence(socket: &Path, fenced: bool) -> io::Result<()> {
     let socket = socket.to_owned();
     tokio::task::spawn_blocking(move || {
-        engine_call(&socket, Hello::current(), Request::Fence { fenced }).map(|_| ())
+        engine_call(&socket, Hello::agent(), Request::Fence { fenced }).map(|_| ())
     })
     .await
     .map_err(io::Error::other)?
@@ -402,7 +403,7 @@ async fn mute(socket: &Path, muted: bool, vouch: Duration) -> io::Result<()> {
     let socket = socket.to_owned();
     let for_ms = (!muted).then(|| u32::try_from(vouch.as_millis()).unwrap_or(u32::MAX));
     tokio::task::spawn_blocking(move || {
-        engine_call(&socket, Hello::current(), Request::Mute { muted, for_ms }).map(|_| ())
+        engine_call(&socket, Hello::agent(), Request::Mute { muted, for_ms }).map(|_| ())
     })
     .await
     .map_err(io::Error::other)?
