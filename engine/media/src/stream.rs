@@ -104,6 +104,14 @@ pub struct OutputStream {
     origin: Option<(RtpTs, Instant)>,
     marker_pending: bool,
     source: Option<SourceMap>,
+    /// Longest step between two ticks over which wall time moves the stream's ideal
+    /// timestamp by at most one frame: `frame_samples` at the clock rate, rounded down.
+    frame_ns: u64,
+    /// While ticking steadily: the tick `now` of the last mixed frame, and a lower bound
+    /// of how far (samples) that frame was behind the ideal timestamp, which was less
+    /// than a frame. See [`OutputStream::mixed`]; `None` after anything else stamped,
+    /// skipped or re-anchored.
+    steady: Option<(Instant, i64)>,
     stats: StreamStats,
 }
 
@@ -121,11 +129,14 @@ impl OutputStream {
         ptime_ms: u32,
     ) -> Self {
         assert!(ptime_ms > 0, "ptime must be positive");
+        let frame_samples = codec.rtp_units_per_frame(ptime_ms);
         OutputStream {
             ssrc,
             pt: payload_type,
             clock_rate_hz: codec.rtp_clock_hz(),
-            frame_samples: codec.rtp_units_per_frame(ptime_ms),
+            frame_samples,
+            frame_ns: u64::from(frame_samples) * 1_000_000_000 / u64::from(codec.rtp_clock_hz()),
+            steady: None,
             next_seq: first_seq,
             first_ts,
             last_ts: None,
@@ -170,6 +181,7 @@ impl OutputStream {
     pub fn mixed(&mut self, now: Instant, talkspurt_start: bool) -> Stamp {
         // Leaving a forwarded source is a switch: the receiver should resync.
         let switching = self.source.is_some() || self.marker_pending;
+        let steady = self.steady.take();
         let ts = match self.last_ts {
             None => self.start(now),
             // A switch re-anchors on wall time (see `reanchor`), so that alternating
@@ -178,18 +190,37 @@ impl OutputStream {
             Some(last) => {
                 let next = last.add(self.frame_samples);
                 let frame = i64::from(self.frame_samples);
-                // Whole frames between where ticking puts us and where time does;
-                // truncation toward zero leaves sub-frame tick jitter alone.
-                let behind = i64::from(self.ideal_ts(now).delta(next));
-                if behind < frame {
-                    // Less than a frame behind, or ahead of wall time (a fast forwarded
-                    // source, or forwarded packets that arrived early): never go
-                    // backwards; the lead stays constant while ticking and shrinks at
-                    // the next switch that comes late enough. The usual tick: no
-                    // division.
-                    next
-                } else {
-                    next.add((behind / frame * frame) as u32)
+                // Ticking steadily: the previous frame was less than a frame behind the
+                // ideal timestamp, and at most `frame_ns` of wall time moved the ideal
+                // by at most a frame while this frame moves by exactly one, so this
+                // frame is no further behind than that one: `next` without computing
+                // the ideal timestamp. The lower bound only keeps the wrapping
+                // difference exact (it drops by at most a frame per tick).
+                match steady {
+                    Some((at, low))
+                        if now.saturating_since(at).as_nanos() <= self.frame_ns
+                            && low - frame > i64::from(i32::MIN) =>
+                    {
+                        self.steady = Some((now, low - frame));
+                        next
+                    }
+                    _ => {
+                        // Whole frames between where ticking puts us and where time
+                        // does; truncation toward zero leaves sub-frame tick jitter
+                        // alone.
+                        let behind = i64::from(self.ideal_ts(now).delta(next));
+                        if behind < frame {
+                            // Less than a frame behind, or ahead of wall time (a fast
+                            // forwarded source, or forwarded packets that arrived
+                            // early): never go backwards; the lead stays constant
+                            // while ticking and shrinks at the next switch that comes
+                            // late enough. The usual tick: no division.
+                            self.steady = Some((now, behind));
+                            next
+                        } else {
+                            next.add((behind / frame * frame) as u32)
+                        }
+                    }
                 }
             }
         };
@@ -202,6 +233,7 @@ impl OutputStream {
     /// by one frame, the sequence number does not, and the next packet carries the
     /// marker. Also ends any forwarded source's mapping.
     pub fn skip_silent_tick(&mut self) {
+        self.steady = None;
         if let Some(last) = self.last_ts {
             self.last_ts = Some(last.add(self.frame_samples));
         }
@@ -226,6 +258,7 @@ impl OutputStream {
         src_ts: RtpTs,
         src_marker: bool,
     ) -> Option<Stamp> {
+        self.steady = None;
         if let Some(map) = self.source.filter(|m| m.ssrc == src_ssrc) {
             let seq_delta = src_seq.delta(map.last_seq);
             if seq_delta <= 0 {
@@ -270,6 +303,7 @@ impl OutputStream {
     /// wall time puts the stream, never before its last packet. Every packet of the
     /// event then carries this timestamp through [`OutputStream::event`].
     pub fn event_timestamp(&mut self, now: Instant) -> RtpTs {
+        self.steady = None;
         match self.last_ts {
             None => {
                 let ts = self.start(now);
