@@ -141,6 +141,7 @@ impl LegMedia {
     /// Writes one tick of this input's PCM at the decoder's rate into `dst`: straight
     /// from the jitter buffer when a tick is a whole frame, else through `in_pcm`, which
     /// keeps what a frame longer than the tick leaves over for the next ticks.
+    #[inline]
     fn pull_pcm(&mut self, now: Instant, dst: &mut [i16]) {
         let (tick, fs) = (dst.len(), self.frame_samples);
         if self.in_len == 0 && tick == fs {
