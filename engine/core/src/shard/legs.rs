@@ -120,6 +120,7 @@ impl LegMedia {
     /// Writes one tick of this input's PCM at the mix rate into `dst`, through the
     /// input resampler (with `scratch` holding the tick at the decoder's rate) when the
     /// decoder runs at another rate.
+    #[inline]
     pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16], scratch: &mut [i16]) {
         // The common case (no resampler) only reads the option.
         if self.in_rs.is_none() {
