@@ -561,8 +561,72 @@ mod tests {
         ts0: u32,
     }
 
+    /// One step of the steady-ticking comparison: how far the clock moves, and what
+    /// the stream is asked to do then.
+    fn steady_step() -> impl Strategy<Value = (i64, u8)> {
+        let frame_ns = PTIME_MS as i64 * 1_000_000;
+        (
+            prop_oneof![
+                4 => Just(frame_ns),
+                2 => (frame_ns - 3_000_000)..frame_ns,
+                2 => (frame_ns + 1)..(frame_ns + 3_000_000),
+                1 => Just(0i64),
+                1 => (-5_000_000i64)..0,
+                1 => frame_ns..40 * frame_ns,
+            ],
+            // Mostly mixed ticks; now and then a silent tick, a forwarded packet or a
+            // telephone event.
+            prop_oneof![12 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The steady-ticking shortcut of `mixed` (no ideal timestamp while the clock
+        /// moves at most a frame per tick) stamps exactly what computing the ideal
+        /// timestamp at every tick stamps, whatever the clock and the other calls do.
+        #[test]
+        fn steady_ticks_stamp_as_the_full_computation_does(
+            steps in prop::collection::vec(steady_step(), 1..400),
+            first_ts in any::<u32>(),
+            start_ms in 0u64..10_000,
+        ) {
+            let new = || OutputStream::new(
+                Ssrc(7), SeqNo(1), RtpTs(first_ts), Codec::Pcmu, PayloadType::PCMU, 20,
+            );
+            let (mut fast, mut full) = (new(), new());
+            let mut now = start_ms as i64 * 1_000_000;
+            let mut src_seq = 100u16;
+            for (i, (step, what)) in steps.into_iter().enumerate() {
+                now = (now + step).max(0);
+                let at = Instant::from_nanos(now as u64);
+                // The reference never keeps the shortcut's state.
+                full.steady = None;
+                let (a, b) = match what {
+                    0 => (Some(fast.mixed(at, i % 7 == 0)), Some(full.mixed(at, i % 7 == 0))),
+                    1 => {
+                        fast.skip_silent_tick();
+                        full.skip_silent_tick();
+                        (None, None)
+                    }
+                    2 => {
+                        src_seq = src_seq.wrapping_add(1);
+                        let ts = RtpTs(u32::from(src_seq).wrapping_mul(FRAME));
+                        (
+                            fast.forward(at, Ssrc(9), SeqNo(src_seq), ts, false),
+                            full.forward(at, Ssrc(9), SeqNo(src_seq), ts, false),
+                        )
+                    }
+                    _ => {
+                        let (x, y) = (fast.event_timestamp(at), full.event_timestamp(at));
+                        (Some(fast.event(x, true)), Some(full.event(y, true)))
+                    }
+                };
+                prop_assert_eq!(a, b, "step {} at {} ns", i, now);
+                prop_assert_eq!(fast.next_timestamp(), full.next_timestamp());
+            }
+        }
 
         #[test]
         fn seq_and_ts_stay_continuous_through_any_sequence_of_switches(
