@@ -270,6 +270,7 @@ impl Encoder {
 
     /// Encodes one frame of `pcm` into `out`; returns the payload length (0 when libopus
     /// refuses, which the caller treats as nothing to send).
+    #[inline]
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
         match self {
             Encoder::G711(_, kernel) => {

@@ -1175,7 +1175,11 @@ impl JitterBuffer {
         self.last_slot = head + units - 1;
         self.last_saved = false;
         self.played_audio();
-        self.slots[head..head + units].fill(Slot::Empty);
+        // A 20 ms frame is two slots: two stores, where `fill` calls memset.
+        match &mut self.slots[head..head + units] {
+            [a, b] => (*a, *b) = (Slot::Empty, Slot::Empty),
+            run => run.fill(Slot::Empty),
+        }
         self.stored -= units;
         // head + units <= len (checked above).
         self.head_idx = if head + units == self.slots.len() {

@@ -104,6 +104,14 @@ pub struct OutputStream {
     origin: Option<(RtpTs, Instant)>,
     marker_pending: bool,
     source: Option<SourceMap>,
+    /// Longest step between two ticks over which wall time moves the stream's ideal
+    /// timestamp by at most one frame: `frame_samples` at the clock rate, rounded down.
+    frame_ns: u64,
+    /// While ticking steadily: the tick `now` of the last mixed frame, and a lower bound
+    /// of how far (samples) that frame was behind the ideal timestamp, which was less
+    /// than a frame. See [`OutputStream::mixed`]; `None` after anything else stamped,
+    /// skipped or re-anchored.
+    steady: Option<(Instant, i64)>,
     stats: StreamStats,
 }
 
@@ -121,11 +129,14 @@ impl OutputStream {
         ptime_ms: u32,
     ) -> Self {
         assert!(ptime_ms > 0, "ptime must be positive");
+        let frame_samples = codec.rtp_units_per_frame(ptime_ms);
         OutputStream {
             ssrc,
             pt: payload_type,
             clock_rate_hz: codec.rtp_clock_hz(),
-            frame_samples: codec.rtp_units_per_frame(ptime_ms),
+            frame_samples,
+            frame_ns: u64::from(frame_samples) * 1_000_000_000 / u64::from(codec.rtp_clock_hz()),
+            steady: None,
             next_seq: first_seq,
             first_ts,
             last_ts: None,
@@ -170,6 +181,7 @@ impl OutputStream {
     pub fn mixed(&mut self, now: Instant, talkspurt_start: bool) -> Stamp {
         // Leaving a forwarded source is a switch: the receiver should resync.
         let switching = self.source.is_some() || self.marker_pending;
+        let steady = self.steady.take();
         let ts = match self.last_ts {
             None => self.start(now),
             // A switch re-anchors on wall time (see `reanchor`), so that alternating
@@ -178,18 +190,37 @@ impl OutputStream {
             Some(last) => {
                 let next = last.add(self.frame_samples);
                 let frame = i64::from(self.frame_samples);
-                // Whole frames between where ticking puts us and where time does;
-                // truncation toward zero leaves sub-frame tick jitter alone.
-                let behind = i64::from(self.ideal_ts(now).delta(next));
-                if behind < frame {
-                    // Less than a frame behind, or ahead of wall time (a fast forwarded
-                    // source, or forwarded packets that arrived early): never go
-                    // backwards; the lead stays constant while ticking and shrinks at
-                    // the next switch that comes late enough. The usual tick: no
-                    // division.
-                    next
-                } else {
-                    next.add((behind / frame * frame) as u32)
+                // Ticking steadily: the previous frame was less than a frame behind the
+                // ideal timestamp, and at most `frame_ns` of wall time moved the ideal
+                // by at most a frame while this frame moves by exactly one, so this
+                // frame is no further behind than that one: `next` without computing
+                // the ideal timestamp. The lower bound only keeps the wrapping
+                // difference exact (it drops by at most a frame per tick).
+                match steady {
+                    Some((at, low))
+                        if now.saturating_since(at).as_nanos() <= self.frame_ns
+                            && low - frame > i64::from(i32::MIN) =>
+                    {
+                        self.steady = Some((now, low - frame));
+                        next
+                    }
+                    _ => {
+                        // Whole frames between where ticking puts us and where time
+                        // does; truncation toward zero leaves sub-frame tick jitter
+                        // alone.
+                        let behind = i64::from(self.ideal_ts(now).delta(next));
+                        if behind < frame {
+                            // Less than a frame behind, or ahead of wall time (a fast
+                            // forwarded source, or forwarded packets that arrived
+                            // early): never go backwards; the lead stays constant
+                            // while ticking and shrinks at the next switch that comes
+                            // late enough. The usual tick: no division.
+                            self.steady = Some((now, behind));
+                            next
+                        } else {
+                            next.add((behind / frame * frame) as u32)
+                        }
+                    }
                 }
             }
         };
@@ -202,6 +233,7 @@ impl OutputStream {
     /// by one frame, the sequence number does not, and the next packet carries the
     /// marker. Also ends any forwarded source's mapping.
     pub fn skip_silent_tick(&mut self) {
+        self.steady = None;
         if let Some(last) = self.last_ts {
             self.last_ts = Some(last.add(self.frame_samples));
         }
@@ -226,6 +258,7 @@ impl OutputStream {
         src_ts: RtpTs,
         src_marker: bool,
     ) -> Option<Stamp> {
+        self.steady = None;
         if let Some(map) = self.source.filter(|m| m.ssrc == src_ssrc) {
             let seq_delta = src_seq.delta(map.last_seq);
             if seq_delta <= 0 {
@@ -270,6 +303,7 @@ impl OutputStream {
     /// wall time puts the stream, never before its last packet. Every packet of the
     /// event then carries this timestamp through [`OutputStream::event`].
     pub fn event_timestamp(&mut self, now: Instant) -> RtpTs {
+        self.steady = None;
         match self.last_ts {
             None => {
                 let ts = self.start(now);
@@ -527,8 +561,72 @@ mod tests {
         ts0: u32,
     }
 
+    /// One step of the steady-ticking comparison: how far the clock moves, and what
+    /// the stream is asked to do then.
+    fn steady_step() -> impl Strategy<Value = (i64, u8)> {
+        let frame_ns = PTIME_MS as i64 * 1_000_000;
+        (
+            prop_oneof![
+                4 => Just(frame_ns),
+                2 => (frame_ns - 3_000_000)..frame_ns,
+                2 => (frame_ns + 1)..(frame_ns + 3_000_000),
+                1 => Just(0i64),
+                1 => (-5_000_000i64)..0,
+                1 => frame_ns..40 * frame_ns,
+            ],
+            // Mostly mixed ticks; now and then a silent tick, a forwarded packet or a
+            // telephone event.
+            prop_oneof![12 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The steady-ticking shortcut of `mixed` (no ideal timestamp while the clock
+        /// moves at most a frame per tick) stamps exactly what computing the ideal
+        /// timestamp at every tick stamps, whatever the clock and the other calls do.
+        #[test]
+        fn steady_ticks_stamp_as_the_full_computation_does(
+            steps in prop::collection::vec(steady_step(), 1..400),
+            first_ts in any::<u32>(),
+            start_ms in 0u64..10_000,
+        ) {
+            let new = || OutputStream::new(
+                Ssrc(7), SeqNo(1), RtpTs(first_ts), Codec::Pcmu, PayloadType::PCMU, 20,
+            );
+            let (mut fast, mut full) = (new(), new());
+            let mut now = start_ms as i64 * 1_000_000;
+            let mut src_seq = 100u16;
+            for (i, (step, what)) in steps.into_iter().enumerate() {
+                now = (now + step).max(0);
+                let at = Instant::from_nanos(now as u64);
+                // The reference never keeps the shortcut's state.
+                full.steady = None;
+                let (a, b) = match what {
+                    0 => (Some(fast.mixed(at, i % 7 == 0)), Some(full.mixed(at, i % 7 == 0))),
+                    1 => {
+                        fast.skip_silent_tick();
+                        full.skip_silent_tick();
+                        (None, None)
+                    }
+                    2 => {
+                        src_seq = src_seq.wrapping_add(1);
+                        let ts = RtpTs(u32::from(src_seq).wrapping_mul(FRAME));
+                        (
+                            fast.forward(at, Ssrc(9), SeqNo(src_seq), ts, false),
+                            full.forward(at, Ssrc(9), SeqNo(src_seq), ts, false),
+                        )
+                    }
+                    _ => {
+                        let (x, y) = (fast.event_timestamp(at), full.event_timestamp(at));
+                        (Some(fast.event(x, true)), Some(full.event(y, true)))
+                    }
+                };
+                prop_assert_eq!(a, b, "step {} at {} ns", i, now);
+                prop_assert_eq!(fast.next_timestamp(), full.next_timestamp());
+            }
+        }
 
         #[test]
         fn seq_and_ts_stay_continuous_through_any_sequence_of_switches(

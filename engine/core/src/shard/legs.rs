@@ -8,6 +8,7 @@ use earshot_engine_api::{
 use earshot_media::codec::{Decoder, Encoder};
 use earshot_media::dsp::resample::Resampler;
 use earshot_media::jitter::{JitterBuffer, JitterConfig};
+use earshot_media::plan::LegSet;
 use earshot_media::stream::OutputStream;
 use earshot_media::time::Instant;
 use earshot_media::wire::seq::{JitterEstimator, SeqTracker};
@@ -58,8 +59,14 @@ pub(super) struct LegMedia {
     pub(super) report_first_packet: bool,
     /// Whether this output sent a mixed frame at its previous tick (marker logic).
     pub(super) mixed_active: bool,
-    /// Whether the jitter buffer is in use (some listener mixes this input).
+    /// Whether the jitter buffer is in use (some listener mixes this input): the
+    /// session plan's `is_mixed_input` for this leg, kept here by
+    /// [`Shard::rebuild_plan`] so that the packet path does not look the plan up.
     pub(super) jitter_live: bool,
+    /// The listeners that forward this leg's packets: the session plan's
+    /// `forward_targets` for this leg, kept here by [`Shard::rebuild_plan`] (the only
+    /// place a plan is set) for the packet path.
+    pub(super) forward_to: LegSet,
     /// The only source address the leg hears from, if any (`config.strict_source`,
     /// kept here for the packet path).
     pub(super) strict_source: Option<IpAddr>,
@@ -113,6 +120,7 @@ impl LegMedia {
     /// Writes one tick of this input's PCM at the mix rate into `dst`, through the
     /// input resampler (with `scratch` holding the tick at the decoder's rate) when the
     /// decoder runs at another rate.
+    #[inline]
     pub(super) fn pull_tick(&mut self, now: Instant, dst: &mut [i16], scratch: &mut [i16]) {
         // The common case (no resampler) only reads the option.
         if self.in_rs.is_none() {
@@ -134,6 +142,7 @@ impl LegMedia {
     /// Writes one tick of this input's PCM at the decoder's rate into `dst`: straight
     /// from the jitter buffer when a tick is a whole frame, else through `in_pcm`, which
     /// keeps what a frame longer than the tick leaves over for the next ticks.
+    #[inline]
     fn pull_pcm(&mut self, now: Instant, dst: &mut [i16]) {
         let (tick, fs) = (dst.len(), self.frame_samples);
         if self.in_len == 0 && tick == fs {
@@ -474,6 +483,7 @@ impl Shard {
             out_len: 0,
             mixed_active: false,
             jitter_live: false,
+            forward_to: LegSet(0),
             dtmf_out_ts: None,
             rx_seq: SeqTracker::new(),
             rx_jitter: JitterEstimator::new(),

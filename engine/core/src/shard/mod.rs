@@ -147,6 +147,10 @@ pub struct Shard {
     tick_rs: Box<[i16; MAX_FRAME_SAMPLES]>,
     /// Time of the first iteration: the wheel's origin.
     started: Option<Instant>,
+    /// The packet path's last conversion of `now` to an RTP clock: `(now, clock_hz,
+    /// units)`. A receive batch shares one `now`; a clock of 0 Hz (no codec has one)
+    /// matches nothing before the first packet.
+    last_arrival: (Instant, u32, u32),
 }
 
 impl Shard {
@@ -187,6 +191,7 @@ impl Shard {
             tick_enc: Box::new([[0; MAX_FRAME_SAMPLES]; MAX_SESSION_LEGS]),
             tick_rs: Box::new([0; MAX_FRAME_SAMPLES]),
             started: None,
+            last_arrival: (Instant::ZERO, 0, 0),
             cfg,
         }
     }

@@ -101,12 +101,24 @@ impl Shard {
         }
         media.rx_seq.handle_seq(SeqNo(view.seq));
         // `now` on the leg's RTP clock, for these statistics and the jitter buffer (built
-        // for the leg's codec) alike; the buffer keeps the clock rate at hand.
-        let arrival = rtp_units(now, media.jitter.clock_hz());
+        // for the leg's codec) alike; the buffer keeps the clock rate at hand. A batch of
+        // packets shares one `now` and most legs one clock: the last conversion is kept.
+        let clock_hz = media.jitter.clock_hz();
+        let arrival = match self.last_arrival {
+            (at, hz, units) if at == now && hz == clock_hz => units,
+            _ => {
+                let units = rtp_units(now, clock_hz);
+                self.last_arrival = (now, clock_hz, units);
+                units
+            }
+        };
         if !is_event {
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
         let report_first = media.report_first_packet;
+        // Who forwards and whether anyone mixes this source: the plan's answers, kept on
+        // the leg when the plan was built (no session or plan lookup per packet).
+        let (targets, mixed) = (media.forward_to, media.jitter_live);
         let id = leg.id;
         let (s, src_index) = (leg.session, usize::from(leg.index));
         let mut event = None;
@@ -129,17 +141,14 @@ impl Shard {
         if is_event {
             return self.forward_event(now, s, src_index, &view, payload, tx);
         }
-        // The session and leg tables are indexed here rather than through
-        // `Shard::session` and `Shard::leg_mut`, which are not inlined (a call each, on
-        // every packet).
-        let sess = self.sessions[s as usize]
-            .as_ref()
-            .expect("a live leg belongs to a live session");
-        let targets = sess.plan.forward_targets(src_index);
-        let mixed = sess.plan.is_mixed_input(src_index);
-        // Forward to every listener whose plan forwards this source.
+        // Forward to every listener whose plan forwards this source. The session table is
+        // indexed here rather than through `Shard::session`, which is not inlined (a call
+        // on every packet).
         if !targets.is_empty() {
-            let legs = sess.legs;
+            let legs = self.sessions[s as usize]
+                .as_ref()
+                .expect("a live leg belongs to a live session")
+                .legs;
             for l in targets {
                 self.forward_audio(now, legs[l], &view, payload, tx);
             }

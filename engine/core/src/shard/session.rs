@@ -224,7 +224,9 @@ impl Shard {
             let sess = self.session(s);
             let mixed_out = i < sess.plan.legs()
                 && (matches!(sess.plan.output(i), OutputPlan::Mix(_)) || sess.idle.contains(i));
+            let forward_to = self.session(s).plan.forward_targets(i);
             if let Some(m) = self.leg_mut(legs[i]).media.as_mut() {
+                m.forward_to = forward_to;
                 m.set_mix_rate(mix_rate);
                 if !mixed_input && (m.in_len > 0 || m.jitter_live) {
                     // Nobody mixes this input now: its jitter buffer is neither fed nor

@@ -26,6 +26,8 @@ const _: () = assert!(WHEEL_SLOTS == 64);
 // ptime whose frame would not fit) with its header and the largest SRTP tag fits in a
 // transmit buffer, so the tick path protects without a size check.
 const _: () = assert!(rtp::HEADER_LEN + MAX_PAYLOAD_BYTES + 16 <= crate::io::MAX_UDP_PAYLOAD);
+// Encoded lengths of shared mixes are kept as u16 in `run_tick`.
+const _: () = assert!(MAX_PAYLOAD_BYTES <= u16::MAX as usize);
 
 /// Legs the media-timeout sweep and the RTCP sweep each visit per run at most: a
 /// bounded slice of the leg table keeps one `handle_ticks` call's cost flat.
@@ -188,7 +190,7 @@ impl Shard {
         mixer::mix_session(plan, kernels, tick, tick_in, tick_out);
         // Encoded frames of shared mixes, by leader: their length, for followers to
         // reuse in the same tick (0: none; a kept frame is never empty).
-        let mut encoded = [0usize; MAX_SESSION_LEGS];
+        let mut encoded = [0u16; MAX_SESSION_LEGS];
         for l in LegSet(plan.mixed_outputs().0 | sess.idle.0) {
             let leader = plan.mix_leader(l);
             let mix = if sess.idle.contains(l) {
@@ -217,7 +219,7 @@ impl Shard {
             let Some(remote) = *remote else { continue };
             // A follower in step with its leader sends the leader's encoded bytes (the
             // plan shares a mix only between legs of one codec and ptime).
-            let reuse = match encoded[leader] {
+            let reuse = match usize::from(encoded[leader]) {
                 n if n > 0 && leader != l && frame == Frame::Tick => Some(n),
                 _ => None,
             };
@@ -269,7 +271,8 @@ impl Shard {
                 continue; // The encoder refused (libopus); nothing went out.
             }
             if keep && sent {
-                encoded[l] = payload_len;
+                // A payload is at most MAX_PAYLOAD_BYTES (asserted below u16::MAX).
+                encoded[l] = payload_len as u16;
             }
             if sent && len > 0 {
                 m.packets_sent = m.packets_sent.wrapping_add(1);
