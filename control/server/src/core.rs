@@ -1785,47 +1785,12 @@ impl Shared {
             .iter()
             .map(|p| (p.session.as_str(), p))
             .collect();
-        // With a shared store another replica may be programming an interaction right
-        // now: touch one only if it differs, and then under its lock. The locks are
-        // taken all at once (a failed node's hundreds of calls cost one etcd round
-        // trip, not one each), then one catch-up covers them all.
-        let mut locked: BTreeMap<String, Option<crate::store::etcd::LockGuard>> = BTreeMap::new();
-        if patient {
-            let mut locks = tokio::task::JoinSet::new();
-            for id in &live {
-                if failed.contains_key(id) {
-                    continue;
-                }
-                if !Self::needs_programming(core, id, plans.get(id.as_str()).copied()) {
-                    self.mark_in_sync(core, id);
-                    continue;
-                }
-                let (store, id) = (self.store.clone(), id.clone());
-                locks.spawn(async move {
-                    let guard = store.lock(&id).await;
-                    (id, guard)
-                });
-            }
-            while let Some(joined) = locks.join_next().await {
-                match joined {
-                    Ok((id, Ok(guard))) => {
-                        locked.insert(id, guard);
-                    }
-                    Ok((id, Err(e))) => {
-                        tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "lock task failed"),
-                }
-            }
-            if !locked.is_empty()
-                && let Err(e) = self.catch_up(core).await
-            {
-                for guard in std::mem::take(&mut locked).into_values() {
-                    self.store.unlock_in_background(guard);
-                }
-                return Err(e);
-            }
-        }
+        let mut locked = if patient {
+            self.lock_for_programming(core, &live, &failed, &plans)
+                .await?
+        } else {
+            BTreeMap::new()
+        };
         for id in &live {
             if failed.contains_key(id) {
                 continue;
@@ -1862,6 +1827,56 @@ impl Shared {
         // Out-of-sync marks of interactions that ended or vanished.
         core.out_of_sync.retain(|id, _| live_set.contains(id));
         Ok(())
+    }
+
+    /// With a shared store another replica may be programming an interaction right
+    /// now: the reconciler touches one only if it differs, and then under its lock.
+    /// The locks of a pass are taken all at once (a failed node's hundreds of calls
+    /// cost one etcd round trip, not one each), then one catch-up covers them all.
+    /// Interactions in sync are marked so; busy ones are left for the next pass.
+    async fn lock_for_programming(
+        &self,
+        core: &mut Core,
+        live: &[String],
+        failed: &BTreeMap<String, Refused>,
+        plans: &BTreeMap<&str, &SessionPlan>,
+    ) -> Result<BTreeMap<String, Option<crate::store::etcd::LockGuard>>, ApiError> {
+        let mut locked = BTreeMap::new();
+        let mut locks = tokio::task::JoinSet::new();
+        for id in live {
+            if failed.contains_key(id) {
+                continue;
+            }
+            if !Self::needs_programming(core, id, plans.get(id.as_str()).copied()) {
+                self.mark_in_sync(core, id);
+                continue;
+            }
+            let (store, id) = (self.store.clone(), id.clone());
+            locks.spawn(async move {
+                let guard = store.lock(&id).await;
+                (id, guard)
+            });
+        }
+        while let Some(joined) = locks.join_next().await {
+            match joined {
+                Ok((id, Ok(guard))) => {
+                    locked.insert(id, guard);
+                }
+                Ok((id, Err(e))) => {
+                    tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
+                }
+                Err(e) => tracing::warn!(error = %e, "lock task failed"),
+            }
+        }
+        if !locked.is_empty()
+            && let Err(e) = self.catch_up(core).await
+        {
+            for guard in locked.into_values() {
+                self.store.unlock_in_background(guard);
+            }
+            return Err(e);
+        }
+        Ok(locked)
     }
 
     /// Applies the `FirstPacket` the engine saw while no sidecar listened: a ringing
