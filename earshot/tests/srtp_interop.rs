@@ -49,32 +49,6 @@ const FIRST_REPORT: Duration = Duration::from_secs(5);
 /// ...and the wait for it stops this much later (loopback delivery, a loaded machine).
 const REPORT_SLACK: Duration = Duration::from_millis(2500);
 
-/// libsrtp, or `None` after printing why the test skips.
-fn libsrtp() -> Option<&'static LibSrtp> {
-    match LibSrtp::load() {
-        Ok(lib) => Some(lib),
-        Err(e) => {
-            println!("SKIPPED: libsrtp2 not installed ({e})");
-            None
-        }
-    }
-}
-
-/// Key material for an endpoint: deterministic per `seed`, so a failure replays (a
-/// splitmix64 stream; the test is about interoperability, not key quality).
-fn key_bytes(suite: SrtpSuite, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..suite.master_len())
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
-
 /// The SDES key parameter of `key_and_salt` (RFC 4568 section 6.1), with a lifetime as
 /// phones often send it.
 fn to_sdes(key_and_salt: &[u8]) -> String {

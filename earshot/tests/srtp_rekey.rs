@@ -67,31 +67,6 @@ const GAP_TOLERANCE: Duration = Duration::from_millis(120);
 /// by 0.5..1.5): waiting this long after the switch sees at least one report.
 const REPORT_WAIT: Duration = Duration::from_secs(12);
 
-/// libsrtp, or `None` after printing why the test skips.
-fn libsrtp() -> Option<&'static LibSrtp> {
-    match LibSrtp::load() {
-        Ok(lib) => Some(lib),
-        Err(e) => {
-            println!("SKIPPED: libsrtp2 not installed ({e})");
-            None
-        }
-    }
-}
-
-/// Key material: deterministic per `seed` (a splitmix64 stream), so a failure replays.
-fn key_bytes(suite: SrtpSuite, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..suite.master_len())
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) as u8
-        })
-        .collect()
-}
-
 fn to_sdes(key_and_salt: &[u8]) -> String {
     format!(
         "inline:{}",

@@ -20,7 +20,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use earshot_control::proto;
-use earshot_srtp::reference::{MAX_TRAILER_LEN, RefSession};
+use earshot_srtp::SrtpSuite;
+use earshot_srtp::reference::{LibSrtp, MAX_TRAILER_LEN, RefSession};
 use tonic::transport::Channel;
 
 // ----------------------------------------------------------------------------------
@@ -1300,4 +1301,31 @@ fn ulaw_round_trip_is_close_and_zero_is_canonical() {
         let err = (i32::from(x) - i32::from(y)).abs();
         assert!(err <= i32::from(x).abs() / 16 + 8, "{x} -> {y}");
     }
+}
+
+/// libsrtp, or `None` after printing why the test skips.
+pub fn libsrtp() -> Option<&'static LibSrtp> {
+    match LibSrtp::load() {
+        Ok(lib) => Some(lib),
+        Err(e) => {
+            println!("SKIPPED: libsrtp2 not installed ({e})");
+            None
+        }
+    }
+}
+
+/// SRTP key material (key || salt) for an endpoint: deterministic per `seed`, so a
+/// failure replays (a splitmix64 stream; the tests are about interoperability, not key
+/// quality).
+pub fn key_bytes(suite: SrtpSuite, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..suite.master_len())
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as u8
+        })
+        .collect()
 }
