@@ -20,10 +20,17 @@
 //! - the dead node's calls go to more than one survivor, and calls on the other nodes
 //!   never stop (gap under a second).
 //!
-//! The virtual addresses are loopback aliases (all of 127/8 is local on Linux), so no
-//! interface is touched: what moves here is the claim in etcd and the sockets bound to
-//! the address (with `IP_FREEBIND`); moving an address between hosts (`ip address add`
-//! and a gratuitous ARP by the agent, `--address-device`) is not exercised here.
+//! Two topologies:
+//! - **one host** (the first two tests): every process on this host's loopback, and the
+//!   virtual addresses are loopback aliases (all of 127/8 is local on Linux), so what
+//!   moves is the claim in etcd and the sockets bound to the address (`IP_FREEBIND`);
+//! - **hosts on a LAN** (`a_killed_host_s_addresses_move_to_a_survivor_on_the_lan`,
+//!   root): each node on a host of its own (a network namespace joined to a bridge by
+//!   a veth pair), with etcd, the control replica and the phones on the LAN's
+//!   namespace. The victim's host is killed and taken off the network, and each of its
+//!   addresses really moves: the survivor's agent brings it up on its interface
+//!   (`--address-device`) and announces it with a gratuitous ARP, and the phones,
+//!   which only ever send to the address, reach the survivor.
 //!
 //! Sizes: `EARSHOT_FAILOVER_CALLS` (default 9; docs/cluster.md has a longer run),
 //! `EARSHOT_FAILOVER_BULK_CALLS` (default 0: silent calls that only scale the move),
@@ -45,6 +52,7 @@ use earshot_control::proto;
 use earshot_etcd::testing::EtcdCluster;
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::Role;
+use earshot_testkit::netns::{self, Netns};
 use earshot_testkit::rtp::Rtp;
 
 const NODES: usize = 3;
@@ -95,10 +103,118 @@ fn ports_per_shard() -> usize {
     2_048 + 4 * bulk_calls()
 }
 
-/// Node `i`'s block of virtual addresses: four, so that a dead node's calls spread
-/// over the survivors address by address.
-fn block(i: usize) -> [IpAddr; 4] {
-    [1, 2, 3, 4].map(|k| IpAddr::from([127, 0, 20 + i as u8, k]))
+/// Where the processes run.
+#[derive(Clone, Copy)]
+enum Topology<'a> {
+    /// Everything on this host's loopback.
+    OneHost,
+    /// Each node on a host of its own, everything else on the LAN (see [`Lan`]).
+    Lan(&'a Lan),
+}
+
+impl Topology<'_> {
+    /// Node `i`'s block of virtual addresses: four, so that a dead node's calls spread
+    /// over the survivors address by address.
+    fn block(self, i: usize) -> [IpAddr; 4] {
+        match self {
+            Topology::OneHost => [1, 2, 3, 4].map(|k| IpAddr::from([127, 0, 20 + i as u8, k])),
+            Topology::Lan(_) => {
+                [1, 2, 3, 4].map(|k| IpAddr::from([10, 77, 0, 100 + 4 * i as u8 + k]))
+            }
+        }
+    }
+
+    /// Node `i`'s own address (its engine's and its agent's).
+    fn node_address(self, i: usize) -> IpAddr {
+        match self {
+            Topology::OneHost => IpAddr::from([127, 0, 0, 1]),
+            Topology::Lan(_) => Lan::host_address(i),
+        }
+    }
+
+    /// The address of the phones, the etcd proxies and the bulk calls' sink.
+    fn caller_address(self) -> IpAddr {
+        match self {
+            Topology::OneHost => IpAddr::from([127, 0, 0, 1]),
+            Topology::Lan(_) => Lan::BRIDGE_ADDRESS,
+        }
+    }
+
+    /// How node `i` runs `binary args`: directly, or inside its host's namespace.
+    fn on_node(self, i: usize, binary: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+        match self {
+            Topology::OneHost => (binary.to_owned(), args),
+            Topology::Lan(lan) => {
+                // `ip netns exec` execs the binary, so its pid is the node's process.
+                let mut all = vec![
+                    "netns".to_string(),
+                    "exec".into(),
+                    lan.hosts[i].name().into(),
+                    binary.display().to_string(),
+                ];
+                all.extend(args);
+                (PathBuf::from("ip"), all)
+            }
+        }
+    }
+}
+
+/// A LAN of hosts: namespace `lan` holds a bridge (`br0`, 10.77.0.254/24) and runs
+/// etcd, the control replica, the agents' etcd proxies and every phone; node `i`'s host
+/// is a namespace of its own joined to the bridge by a veth pair (`eth0`, 10.77.0.11+i),
+/// on which its agent brings the virtual addresses it holds up and down. Everything is
+/// deleted on drop.
+struct Lan {
+    lan: Netns,
+    hosts: Vec<Netns>,
+}
+
+impl Lan {
+    const BRIDGE_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 254));
+
+    fn host_address(i: usize) -> IpAddr {
+        IpAddr::from([10, 77, 0, 11 + i as u8])
+    }
+
+    fn new(n: usize) -> std::io::Result<Lan> {
+        let lan = Netns::new("esfo", "lan")?;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["address", "add", "10.77.0.254/24", "dev", "br0"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let host = Netns::new("esfo", &format!("host{i}"))?;
+            let port = format!("host{i}");
+            lan.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host.name(),
+            ])?;
+            lan.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            let own = format!("{}/24", Lan::host_address(i));
+            host.ip(&["address", "add", &own, "dev", "eth0"])?;
+            host.ip(&["link", "set", "eth0", "up"])?;
+            hosts.push(host);
+        }
+        Ok(Lan { lan, hosts })
+    }
+
+    /// The addresses configured on host `i`'s `eth0`.
+    fn addresses_of(&self, i: usize) -> Vec<IpAddr> {
+        let out = self.hosts[i]
+            .ip(&["-o", "-4", "address", "show", "dev", "eth0"])
+            .unwrap_or_default();
+        out.split_whitespace()
+            .filter_map(|w| w.split('/').next()?.parse().ok())
+            .collect()
+    }
 }
 
 /// One engine node: its engine and agent processes.
@@ -109,6 +225,7 @@ struct Node {
 }
 
 fn start_node(
+    topology: Topology<'_>,
     i: usize,
     dir: &Path,
     bins: &Binaries,
@@ -132,21 +249,22 @@ fn start_node(
         "--port-slice",
         &format!("{i}/{NODES}"),
         "--bind-v4",
-        "127.0.0.1",
+        &topology.node_address(i).to_string(),
         "--no-pin",
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
+    let (program, args) = topology.on_node(i, &bins.engine, engine_args);
     let mut engine = ChildGuard::spawn(
         &format!("engine {id}"),
-        &bins.engine,
-        &engine_args,
+        &program,
+        &args,
         &dir.join(format!("{id}-engine.log")),
     );
     e2e::wait_until_accepting(&mut engine, &socket);
-    let addresses: Vec<String> = block(i).iter().map(ToString::to_string).collect();
-    let agent_args: Vec<String> = [
+    let addresses: Vec<String> = topology.block(i).iter().map(ToString::to_string).collect();
+    let mut agent_args: Vec<String> = [
         "--etcd",
         &etcd.join(","),
         "--etcd-prefix",
@@ -163,14 +281,20 @@ fn start_node(
         "250",
         "--fence-margin-ms",
         &fence_margin_ms().to_string(),
+        "--media-address",
+        &topology.node_address(i).to_string(),
     ]
     .iter()
     .map(ToString::to_string)
     .collect();
+    if let Topology::Lan(_) = topology {
+        agent_args.extend(["--address-device".to_string(), "eth0".into()]);
+    }
+    let (program, args) = topology.on_node(i, &bins.node, agent_args);
     let agent = ChildGuard::spawn(
         &format!("agent {id}"),
-        &bins.node,
-        &agent_args,
+        &program,
+        &args,
         &dir.join(format!("{id}-agent.log")),
     );
     Node { id, engine, agent }
@@ -290,12 +414,13 @@ struct Proxy {
 }
 
 impl Proxy {
-    async fn start(member: &str) -> Proxy {
+    /// A proxy to `member` listening on `ip` (any port).
+    async fn start(member: &str, ip: IpAddr) -> Proxy {
         let target: SocketAddr = member
             .trim_start_matches("http://")
             .parse()
             .expect("an http://ip:port etcd endpoint");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -329,7 +454,7 @@ impl Proxy {
 
 /// Starts etcd, the nodes, the control replica and the calls, and lets them talk for
 /// 2 s; `None` (with the reason printed) where etcd or a binary is missing.
-async fn start_cluster() -> Option<Harness> {
+async fn start_cluster(topology: Topology<'_>) -> Option<Harness> {
     // One cluster at a time: two would share the 2-core machine and measure each other.
     let serial = SERIAL.lock().await;
     let etcd = EtcdCluster::start(3).await?;
@@ -358,11 +483,11 @@ async fn start_cluster() -> Option<Harness> {
     for i in 0..NODES {
         let mut via = Vec::new();
         for member in &endpoints {
-            let proxy = Proxy::start(member).await;
+            let proxy = Proxy::start(member, topology.caller_address()).await;
             via.push(proxy.url());
             proxies.push((i, proxy));
         }
-        nodes.push(start_node(i, dir, &bins, &via, prefix, port_base));
+        nodes.push(start_node(topology, i, dir, &bins, &via, prefix, port_base));
     }
 
     let grpc: SocketAddr = ([127, 0, 0, 1], e2e::free_tcp_port()).into();
@@ -396,7 +521,7 @@ async fn start_cluster() -> Option<Harness> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Bulk calls first (see `bulk_calls`), to one sink that reads nothing.
-    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink = std::net::UdpSocket::bind((topology.caller_address(), 0)).unwrap();
     let sink_addr = sink.local_addr().unwrap();
     for k in 0..bulk_calls() {
         let agent_user = format!("bulk-agent-{k}");
@@ -427,10 +552,9 @@ async fn start_cluster() -> Option<Harness> {
             .await;
         let mut phones = BTreeMap::new();
         for (key, ssrc) in [("c", 1), ("a", 2), ("s", 3)] {
-            phones.insert(
-                key,
-                PcmuEndpoint::loopback(0x0100_0000 * ssrc + k as u32).unwrap(),
-            );
+            let ssrc = 0x0100_0000 * ssrc + k as u32;
+            let at = SocketAddr::new(topology.caller_address(), 0);
+            phones.insert(key, PcmuEndpoint::bind(at, ssrc).unwrap());
         }
         use proto::{ParticipantKind as K, Role as R};
         let inter = api
@@ -467,9 +591,7 @@ async fn start_cluster() -> Option<Harness> {
         let locals = participant_locals(&inter);
         for (p, local) in &locals {
             assert!(
-                block(0).contains(&local.ip())
-                    || block(1).contains(&local.ip())
-                    || block(2).contains(&local.ip()),
+                (0..NODES).any(|i| topology.block(i).contains(&local.ip())),
                 "{id}/{p} binds {local}, not a node's virtual address"
             );
         }
@@ -731,14 +853,50 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_stream() {
-    let Some(mut h) = start_cluster().await else {
+    kill_the_busiest_node(Topology::OneHost).await;
+}
+
+/// The same failure with every node on a host of its own (see [`Lan`]): the victim's
+/// engine and agent are killed and its host leaves the network (its link goes down, so
+/// nothing there answers ARP for its addresses any more). Each of its addresses must
+/// come up on a survivor's interface, and the phones on the LAN, which keep sending to
+/// the same address, must reach the survivor (the gratuitous ARP moved it).
+#[test]
+fn a_killed_host_s_addresses_move_to_a_survivor_on_the_lan() {
+    const NAME: &str = "a_killed_host_s_addresses_move_to_a_survivor_on_the_lan";
+    if !netns::require_root(NAME) || !netns::require_tool(NAME, "arping") {
+        return;
+    }
+    let lan = Lan::new(NODES).expect("the LAN's namespaces");
+    // Runtime threads start inside the LAN's namespace, so every socket the test opens
+    // (gRPC, proxies, phones) and every process it spawns is on the LAN.
+    lan.lan.run(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(kill_the_busiest_node(Topology::Lan(&lan)));
+    });
+}
+
+/// SIGKILLs the engine and agent of the node with the most calls (and takes its host
+/// off the LAN), waits until a survivor declares it dead, and checks the failover.
+async fn kill_the_busiest_node(topology: Topology<'_>) {
+    let Some(mut h) = start_cluster(topology).await else {
         return;
     };
     let victim = busiest(&h);
+    let index = h.nodes.iter().position(|n| n.id == victim).expect("victim");
     let before_kill = Instant::now();
-    let v = h.nodes.iter_mut().find(|n| n.id == victim).expect("victim");
+    let v = &mut h.nodes[index];
     v.engine.kill9();
     v.agent.kill9();
+    if let Topology::Lan(lan) = topology {
+        lan.hosts[index]
+            .ip(&["link", "set", "eth0", "down"])
+            .expect("the victim's host leaves the LAN");
+    }
     // Fast failure detection (docs/cluster.md): the survivors' agents stop hearing
     // the victim's pings, declare it dead and hand its addresses over, well before its
     // lease would expire.
@@ -755,7 +913,27 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let moved: Vec<IpAddr> = h
+        .calls
+        .iter()
+        .filter(|c| c.node == victim)
+        .flat_map(|c| c.locals.values().map(SocketAddr::ip))
+        .collect();
     check_failover(h, &victim, before_kill, "SIGKILL").await;
+    if let Topology::Lan(lan) = topology {
+        // The phones heard the moved calls again (checked above) only because each
+        // address now lives on a survivor's interface.
+        for address in moved {
+            let on: Vec<usize> = (0..NODES)
+                .filter(|&i| i != index && lan.addresses_of(i).contains(&address))
+                .collect();
+            assert_eq!(
+                on.len(),
+                1,
+                "{address} of the dead host is up on survivors {on:?}, not on exactly one"
+            );
+        }
+    }
 }
 
 /// A node cut off from etcd but not from its callers fences itself (its agent stops
@@ -765,7 +943,7 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
 /// address would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_etcd_fences_itself_and_its_calls_move() {
-    let Some(mut h) = start_cluster().await else {
+    let Some(mut h) = start_cluster(Topology::OneHost).await else {
         return;
     };
     let victim = busiest(&h);

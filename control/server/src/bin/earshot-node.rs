@@ -207,10 +207,20 @@ impl Addresses {
         }
         if verb == "add" && address.is_ipv4() {
             // Tell the segment the address lives here now (best effort: arping may be
-            // missing; neighbours then learn it at their next ARP).
-            let _ = std::process::Command::new("arping")
+            // missing; neighbours then learn it at their next ARP). It runs for about a
+            // second (two announcements), so it is not waited for here: a blocked
+            // runtime thread would delay the peers' pings and the vouch.
+            let announce = std::process::Command::new("arping")
                 .args(["-U", "-c", "2", "-w", "1", "-I", dev, &address.to_string()])
-                .output();
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match announce {
+                Ok(mut child) => {
+                    tokio::task::spawn_blocking(move || child.wait());
+                }
+                Err(e) => tracing::warn!(%address, error = %e, "arping not run"),
+            }
         }
     }
 
@@ -301,7 +311,18 @@ impl Addresses {
             .collect();
         // What etcd says we hold: a claim can be lost with a lease, and a survivor
         // that declared a peer dead may have handed us its addresses.
-        self.held.retain(|a| holders.get(a) == Some(&self.node_id));
+        let lost: Vec<IpAddr> = self
+            .held
+            .iter()
+            .filter(|a| holders.get(*a) != Some(&self.node_id))
+            .copied()
+            .collect();
+        for address in lost {
+            // Held by someone else now (or by nobody): it must not stay up here too.
+            tracing::warn!(%address, "address no longer held by this node");
+            self.ip("del", address);
+            self.held.remove(&address);
+        }
         for (address, holder) in &holders {
             if *holder == self.node_id && self.held.insert(*address) {
                 tracing::info!(%address, "address handed over to this node");
