@@ -4,13 +4,15 @@
 # kubernetes-validate, so no cluster and no network are needed), strictly (unknown
 # fields are errors), plus the Prometheus scrape configuration the ConfigMap carries.
 #
-#   pip install kubernetes-validate pyyaml      # CI: .ci/run
+#   pip install kubernetes-validate pyyaml      # CI: .ci/run (in a virtualenv)
 #   deploy/validate.sh [KUBERNETES_VERSION]     # default 1.30.0
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version="${1:-1.30.0}"
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
     echo "SKIPPED: kubernetes-validate is not installed (pip install kubernetes-validate)"
+    # CI sets EARSHOT_REQUIRE_VALIDATE=1: there a skip is a failure.
+    [ "${EARSHOT_REQUIRE_VALIDATE:-0}" = 1 ] && exit 1
     exit 0
 fi
 status=0
