@@ -24,7 +24,7 @@ use earshot_engine::clock::Clock;
 use earshot_engine::config::EngineConfig;
 use earshot_engine::core::stats::percentiles_us;
 use earshot_engine::engine::Engine;
-use earshot_engine_api::{EngineApi, Family, LegId, Percentiles, Request, Response};
+use earshot_engine_api::{EngineApi, IpFamily, LegId, Percentiles, Request, Response};
 use earshot_media::Codec;
 use earshot_testkit::fixtures::{all_hear_all, pcmu_media, plan};
 use earshot_testkit::g711::tone_frame;
@@ -315,7 +315,7 @@ pub(crate) fn program_sessions(
         let mut ids: Vec<LegId> = Vec::with_capacity(legs_per);
         for k in 0..legs_per {
             let media = pcmu_media(Some(SocketAddr::V4(peer)));
-            let info = add_leg(&mut call, &session, &format!("p{k}"), Family::V4, media)?;
+            let info = add_leg(&mut call, &session, &format!("p{k}"), IpFamily::V4, media)?;
             ids.push(info.leg);
             match info.local {
                 SocketAddr::V4(a) => targets.push(a),

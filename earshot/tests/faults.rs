@@ -1343,7 +1343,7 @@ async fn the_real_engine_reports_first_packets_in_its_snapshot() {
     let Ok(earshot_engine_api::Response::Leg(info)) = engine.request(Request::AllocateLeg {
         session: "s".into(),
         leg_key: "k".into(),
-        family: earshot_engine_api::Family::V4,
+        family: earshot_engine_api::IpFamily::V4,
         requested_port: None,
         rtcp_mux: true,
         resume: None,

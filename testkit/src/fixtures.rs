@@ -172,7 +172,7 @@ pub fn plan(
             .map(|&(listener, source)| Edge {
                 listener: legs[listener],
                 source: legs[source],
-                gain: Gain::UNITY.0,
+                gain: Gain::UNITY,
             })
             .collect(),
         no_dtmf: no_dtmf.iter().map(|&i| legs[i]).collect(),
@@ -237,7 +237,7 @@ mod tests {
         let legs = [LegId(10), LegId(11), LegId(12)];
         let p = Supervision::Monitor.plan("s", &legs, true);
         assert_eq!(p.edges.len(), 4);
-        assert!(p.edges.iter().all(|e| e.gain == Gain::UNITY.0));
+        assert!(p.edges.iter().all(|e| e.gain == Gain::UNITY));
         assert!(
             p.edges
                 .iter()

@@ -4,7 +4,7 @@
 //! `EngineApi`), so this module needs no data plane.
 
 use earshot_engine_api::{
-    EngineError, Family, LegInfo, MediaConfig, Request, Response, SessionPlan,
+    EngineError, IpFamily, LegInfo, MediaConfig, Request, Response, SessionPlan,
 };
 
 /// One request to an engine, answered.
@@ -20,7 +20,7 @@ pub fn add_leg(
     call: Call<'_>,
     session: &str,
     leg_key: &str,
-    family: Family,
+    family: IpFamily,
     media: MediaConfig,
 ) -> Result<LegInfo, EngineError> {
     let info = match call(Request::AllocateLeg {
@@ -75,7 +75,7 @@ mod tests {
                 _ => Response::Done,
             })
         };
-        let info = add_leg(&mut engine, "s", "k", Family::V4, pcmu_media(None)).unwrap();
+        let info = add_leg(&mut engine, "s", "k", IpFamily::V4, pcmu_media(None)).unwrap();
         assert_eq!(info.leg, LegId(7));
         set_plan(
             &mut engine,
@@ -87,9 +87,9 @@ mod tests {
         let mut refusing = |_: Request| -> Result<Response, EngineError> {
             Err(EngineError::Unavailable("down".into()))
         };
-        assert!(add_leg(&mut refusing, "s", "k", Family::V4, pcmu_media(None)).is_err());
+        assert!(add_leg(&mut refusing, "s", "k", IpFamily::V4, pcmu_media(None)).is_err());
         let mut odd = |_: Request| -> Result<Response, EngineError> { Ok(Response::Done) };
-        let err = add_leg(&mut odd, "s", "k", Family::V4, pcmu_media(None)).unwrap_err();
+        let err = add_leg(&mut odd, "s", "k", IpFamily::V4, pcmu_media(None)).unwrap_err();
         assert!(matches!(err, EngineError::Internal(_)), "{err:?}");
     }
 }

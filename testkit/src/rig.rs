@@ -31,7 +31,8 @@ use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig};
 use earshot_dsp::mix::MixKernels;
 use earshot_engine_api::{
-    EngineError, Family, LegId, MasterKey, MediaConfig, Response, ShardStats, SrtpMedia, SrtpSuite,
+    EngineError, IpFamily, LegId, MasterKey, MediaConfig, Response, ShardStats, SrtpMedia,
+    SrtpSuite,
 };
 use earshot_srtp::{Direction, SrtpConfig, SrtpSession};
 use earshot_types::Codec;
@@ -502,7 +503,7 @@ impl<S: TxSink> ShardRig<S> {
             let cmd = ShardCommand::AllocateLeg {
                 session: session.into(),
                 leg_key: format!("p{party}"),
-                family: Family::V4,
+                family: IpFamily::V4,
                 port,
                 rtcp_mux: true,
                 resume: None,

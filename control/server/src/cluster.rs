@@ -818,7 +818,7 @@ impl ClusterEngine {
                 };
                 let address = routed
                     .address
-                    .filter(|a| a.is_ipv4() == matches!(family, earshot_engine_api::Family::V4));
+                    .filter(|a| a.is_ipv4() == matches!(family, earshot_engine_api::IpFamily::V4));
                 let resume = match (address, stream) {
                     (None, None) => resume,
                     (address, stream) => Some(LegResume {

@@ -1216,7 +1216,7 @@ impl Shared {
                 plan.edges.push(Edge {
                     listener: l,
                     source: s,
-                    gain: Gain::UNITY.0,
+                    gain: Gain::UNITY,
                 });
             }
         }

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use earshot_engine_api::srtp::{parse_key, parse_suite};
 use earshot_engine_api::{
-    Codec, Family, MasterKey, MediaConfig, MediaError, OpusParams, SampleRate, SrtpMedia,
+    Codec, IpFamily, MasterKey, MediaConfig, MediaError, OpusParams, SampleRate, SrtpMedia,
 };
 use serde::{Deserialize, Serialize};
 
@@ -240,11 +240,8 @@ impl MediaSpec {
 
     /// The address family of the local port to allocate: that of the remote, IPv4 when
     /// it is to be learned.
-    pub fn family(&self) -> Family {
-        match self.remote {
-            Some(SocketAddr::V6(_)) => Family::V6,
-            _ => Family::V4,
-        }
+    pub fn family(&self) -> IpFamily {
+        self.remote.map_or(IpFamily::V4, |r| IpFamily::of(r.ip()))
     }
 
     /// The engine's configuration for this leg.
@@ -695,9 +692,9 @@ mod tests {
         let mut m = pcmu();
         m.remote = String::new();
         let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
-        assert_eq!((spec.remote, spec.family()), (None, Family::V4));
+        assert_eq!((spec.remote, spec.family()), (None, IpFamily::V4));
         m.remote = "[::1]:5000".into();
         let spec = MediaSpec::from_proto("media", Some(&m)).unwrap();
-        assert_eq!(spec.family(), Family::V6);
+        assert_eq!(spec.family(), IpFamily::V6);
     }
 }

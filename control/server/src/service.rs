@@ -239,7 +239,7 @@ fn prepare_update(
     }
     let leg_is_v6 = core
         .leg(interaction_id, participant_id)
-        .map_or(current.family() == earshot_engine_api::Family::V6, |r| {
+        .map_or(current.family() == earshot_engine_api::IpFamily::V6, |r| {
             r.local.is_ipv6()
         });
     if next.remote.is_some_and(|r| r.is_ipv6() != leg_is_v6) {

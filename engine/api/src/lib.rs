@@ -34,7 +34,7 @@ use std::pin::Pin;
 use serde::{Deserialize, Serialize};
 
 pub use earshot_types::{
-    Codec, Gain, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS, PTIMES_MS, PayloadType, SampleRate,
+    Codec, Gain, IpFamily, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS, PTIMES_MS, PayloadType, SampleRate,
 };
 pub use srtp::{MasterKey, SrtpMedia, SrtpSuite};
 
@@ -78,16 +78,6 @@ impl fmt::Display for LegId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
     }
-}
-
-/// IP family of a leg's local address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, Default)]
-pub enum Family {
-    /// IPv4.
-    #[default]
-    V4,
-    /// IPv6.
-    V6,
 }
 
 /// How a leg's media is carried (SPEC section 3, `message Media`).
@@ -393,8 +383,8 @@ pub struct Edge {
     pub listener: LegId,
     /// The leg that is heard.
     pub source: LegId,
-    /// Q12 gain (4096 = unity).
-    pub gain: u16,
+    /// How loud the listener hears the source (Q12; on the wire a number, 4096 = unity).
+    pub gain: Gain,
 }
 
 /// The whole hear relation of one session, replacing the previous one atomically.
@@ -420,7 +410,7 @@ pub enum Request {
         /// The caller's name for the leg (the participant id), unique in the session.
         leg_key: String,
         /// Local address family.
-        family: Family,
+        family: IpFamily,
         /// Ask for this local port (used when reprogramming a restarted engine so that
         /// legs keep their ports); refused if taken or outside the shard's range.
         requested_port: Option<u16>,
@@ -784,6 +774,27 @@ mod tests {
             strict_source: None,
             quiet_when_unheard: false,
         }
+    }
+
+    /// Typed at the seam, unchanged on the wire: a plan's gain is the bare Q12 number
+    /// and a family its variant name, as before they had types of their own.
+    #[test]
+    fn typed_gain_and_family_keep_their_wire_form() {
+        let edge = Edge {
+            listener: LegId(1),
+            source: LegId(2),
+            gain: Gain::UNITY,
+        };
+        let json = serde_json::to_value(edge).unwrap();
+        assert_eq!(json["gain"], serde_json::json!(4096));
+        let back: Edge = serde_json::from_str(r#"{"listener":1,"source":2,"gain":2048}"#).unwrap();
+        assert_eq!(back.gain, Gain(2048));
+        assert_eq!(serde_json::to_value(IpFamily::V6).unwrap(), "V6");
+        assert_eq!(IpFamily::of([10, 0, 0, 1].into()), IpFamily::V4);
+        assert_eq!(
+            IpFamily::of(std::net::Ipv6Addr::LOCALHOST.into()),
+            IpFamily::V6
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crossbeam_queue::ArrayQueue;
 use earshot_core::ports::{PortPool, PortRefusal};
 use earshot_core::shard::{Shard, ShardCommand, ShardConfig, ShardEvent};
 use earshot_engine_api::{
-    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, Family, LegId,
+    BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, IpFamily, LegId,
     LegResume, Request, Response, ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
@@ -343,7 +343,7 @@ impl EngineHandle {
     fn bind_port(
         &self,
         shard: usize,
-        family: Family,
+        family: IpFamily,
         requested: Option<u16>,
         rtcp_mux: bool,
         ip: Option<IpAddr>,
@@ -430,7 +430,7 @@ impl EngineHandle {
         &self,
         s: &ShardPort,
         port: u16,
-        family: Family,
+        family: IpFamily,
         rtcp_mux: bool,
         ip: Option<IpAddr>,
     ) -> io::Result<Vec<(u16, BoundPort)>> {
@@ -445,7 +445,7 @@ impl EngineHandle {
         &self,
         session: String,
         leg_key: String,
-        family: Family,
+        family: IpFamily,
         requested_port: Option<u16>,
         rtcp_mux: bool,
         resume: Option<LegResume>,

@@ -37,7 +37,7 @@ use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
 use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
-use earshot_engine_api::{Family, LegId, LegInfo, Request, Response};
+use earshot_engine_api::{IpFamily, LegId, LegInfo, Request, Response};
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::netns::{VethConfig, VethPair, require_root};
@@ -228,7 +228,7 @@ fn forwarded_pair(
             &mut call,
             session,
             &remote.to_string(),
-            Family::V4,
+            IpFamily::V4,
             pcmu_media(Some(remote)),
         )
         .expect("leg allocated and configured")

@@ -26,7 +26,7 @@ use earshot_engine::backend::{Backend, Factory};
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
-use earshot_engine_api::{Family, LegId, LegInfo, Request, Response};
+use earshot_engine_api::{IpFamily, LegId, LegInfo, Request, Response};
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::handler::Echo;
@@ -87,7 +87,7 @@ fn request(engine: &Engine, req: Request) -> Response {
 fn allocate_legs(
     engine: &Engine,
     session: &str,
-    family: Family,
+    family: IpFamily,
     remotes: &[SocketAddr],
 ) -> Vec<LegInfo> {
     let mut call = |r| block_on(engine.handle().request(r));
@@ -175,11 +175,11 @@ fn monitor_then_barge_over_af_xdp_on_veth_hear_the_right_tones_both_families_and
     let sessions = [
         (
             "s-v4",
-            allocate_legs(&engine, "s-v4", Family::V4, &remotes[..3]),
+            allocate_legs(&engine, "s-v4", IpFamily::V4, &remotes[..3]),
         ),
         (
             "s-v6",
-            allocate_legs(&engine, "s-v6", Family::V6, &remotes[3..]),
+            allocate_legs(&engine, "s-v6", IpFamily::V6, &remotes[3..]),
         ),
     ];
     let locals: Vec<SocketAddr> = sessions
@@ -354,7 +354,7 @@ fn datagrams_on_another_shards_queue_are_handed_over_and_answered_by_the_owner()
     for (shard, backend) in backends.iter_mut().enumerate() {
         for k in 0..PORTS_EACH {
             let port = cfg.shard_port_first(shard) + 2 * k;
-            backend.open_port(port, Family::V4).expect("open port");
+            backend.open_port(port, IpFamily::V4).expect("open port");
             ports.push(port);
         }
     }

@@ -45,7 +45,7 @@ use earshot_engine::backend::uring::{UringBackend, UringConfig};
 use earshot_engine::backend::{Backend, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 use earshot_engine::clock::Clock;
 use earshot_engine::config::{BackendKind, EngineConfig};
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_testkit::handler::Echo;
 use earshot_testkit::netns::{VethConfig, VethPair, require_root};
 use earshot_types::time::{Duration, Instant};
@@ -146,13 +146,13 @@ trait Harness {
     fn kind(&self) -> Kind;
     fn backend(&mut self) -> &mut dyn Backend;
     /// A port of this backend's range that is free to open now.
-    fn fresh_port(&mut self, family: Family) -> u16;
+    fn fresh_port(&mut self, family: IpFamily) -> u16;
     /// The address clients reach `port` of `family` at.
-    fn local(&self, port: u16, family: Family) -> SocketAddr;
-    fn client(&mut self, family: Family) -> Box<dyn Client>;
+    fn local(&self, port: u16, family: IpFamily) -> SocketAddr;
+    fn client(&mut self, family: IpFamily) -> Box<dyn Client>;
     /// A port that someone else holds, and the guard that holds it, if the backend's
     /// ports can be held by others at all.
-    fn held_port(&mut self, family: Family) -> Option<(u16, Box<dyn Any>)>;
+    fn held_port(&mut self, family: IpFamily) -> Option<(u16, Box<dyn Any>)>;
     /// Datagrams the backend accepted but dropped for a full pool outside its own
     /// counters (the memory network's outbound queue).
     fn dropped_outside(&self) -> u64 {
@@ -187,7 +187,7 @@ fn settle(h: &mut dyn Harness, handler: &mut dyn PacketHandler, for_ms: u64) {
 }
 
 /// Opens a fresh port of `family`, retrying when another process took it meanwhile.
-fn open(h: &mut dyn Harness, family: Family) -> (u16, SocketAddr) {
+fn open(h: &mut dyn Harness, family: IpFamily) -> (u16, SocketAddr) {
     for _ in 0..20 {
         let port = h.fresh_port(family);
         if h.backend().open_port(port, family).is_ok() {
@@ -330,7 +330,7 @@ fn assert_echoes(
 // ---------------------------------------------------------------------------------------
 // The checks.
 
-fn echoes_a_batch_in_place(h: &mut dyn Harness, family: Family) {
+fn echoes_a_batch_in_place(h: &mut dyn Harness, family: IpFamily) {
     let kind = h.kind();
     let (_, target) = open(h, family);
     let client = h.client(family);
@@ -350,17 +350,17 @@ fn echoes_a_batch_in_place(h: &mut dyn Harness, family: Family) {
 }
 
 fn check_echo_v4(h: &mut dyn Harness) {
-    echoes_a_batch_in_place(h, Family::V4);
+    echoes_a_batch_in_place(h, IpFamily::V4);
 }
 
 fn check_echo_v6(h: &mut dyn Harness) {
-    echoes_a_batch_in_place(h, Family::V6);
+    echoes_a_batch_in_place(h, IpFamily::V6);
 }
 
 fn check_many_ports(h: &mut dyn Harness) {
     let kind = h.kind();
-    let targets: Vec<SocketAddr> = (0..16).map(|_| open(h, Family::V4).1).collect();
-    let client = h.client(Family::V4);
+    let targets: Vec<SocketAddr> = (0..16).map(|_| open(h, IpFamily::V4).1).collect();
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), targets[0]);
     let (got, echo) = drive_echo(h, client.as_ref(), &targets, 20);
     assert_echoes(kind, &got, &echo, client.addr(), &targets, 20);
@@ -372,8 +372,8 @@ fn check_many_ports(h: &mut dyn Harness) {
 
 fn check_close_and_add_again(h: &mut dyn Harness) {
     let kind = h.kind();
-    let (port, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (port, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
     let (got, _) = drive_echo(h, client.as_ref(), &[target], 10);
     assert_eq!(got.len(), 10, "{kind:?}: the port works before closing");
@@ -391,7 +391,7 @@ fn check_close_and_add_again(h: &mut dyn Harness) {
     client.recv_all();
     // The same port again: the new one delivers, nothing stale does.
     h.backend()
-        .open_port(port, Family::V4)
+        .open_port(port, IpFamily::V4)
         .unwrap_or_else(|e| panic!("{kind:?}: port {port} could not be added again: {e}"));
     let (got, echo) = drive_echo(h, client.as_ref(), &[target], 10);
     assert_echoes(kind, &got, &echo, client.addr(), &[target], 10);
@@ -436,8 +436,8 @@ impl PacketHandler for FullAndCancelled {
 
 fn check_sink_lends_max_and_zero_cancels(h: &mut dyn Harness) {
     let kind = h.kind();
-    let (port, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (port, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
     // Inside a receive batch.
     let mut handler = FullAndCancelled::default();
@@ -526,8 +526,8 @@ impl PacketHandler for Burst {
 fn check_full_pool_counts(h: &mut dyn Harness) {
     let kind = h.kind();
     let profile = kind.profile();
-    let (_, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (_, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
     let before: Vec<(&str, u64)> = h.backend().counters();
     let at_start = |name: &str| before.iter().find(|(n, _)| *n == name).map_or(0, |c| c.1);
@@ -590,8 +590,8 @@ fn check_full_pool_counts(h: &mut dyn Harness) {
 
 fn check_oversize_never_truncated(h: &mut dyn Harness) {
     let kind = h.kind();
-    let (_, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (_, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
     let oversize_before = counter(h.backend(), "rx_oversize");
     client.send(&[7u8; MAX_UDP_PAYLOAD + 1], target);
@@ -640,28 +640,28 @@ fn check_oversize_never_truncated(h: &mut dyn Harness) {
 fn check_open_errors(h: &mut dyn Harness) {
     let kind = h.kind();
     let profile = kind.profile();
-    let (port, _) = open(h, Family::V4);
-    let err = h.backend().open_port(port, Family::V4).unwrap_err();
+    let (port, _) = open(h, IpFamily::V4);
+    let err = h.backend().open_port(port, IpFamily::V4).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{kind:?}: {err}");
-    if let Some((held, _guard)) = h.held_port(Family::V4) {
-        let err = h.backend().open_port(held, Family::V4).unwrap_err();
+    if let Some((held, _guard)) = h.held_port(IpFamily::V4) {
+        let err = h.backend().open_port(held, IpFamily::V4).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{kind:?}: {err}");
     }
     if profile.refuses_port_zero {
-        let err = h.backend().open_port(0, Family::V4).unwrap_err();
+        let err = h.backend().open_port(0, IpFamily::V4).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{kind:?}: {err}");
     }
     // A refused open leaves the port usable.
-    let (_, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (_, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
 }
 
 fn check_family_without_address(h: &mut dyn Harness) {
     let kind = h.kind();
     assert!(kind.profile().needs_family_address);
-    let port = h.fresh_port(Family::V6);
-    let err = h.backend().open_port(port, Family::V6).unwrap_err();
+    let port = h.fresh_port(IpFamily::V6);
+    let err = h.backend().open_port(port, IpFamily::V6).unwrap_err();
     assert_eq!(
         err.kind(),
         io::ErrorKind::AddrNotAvailable,
@@ -673,7 +673,7 @@ fn check_unopened_source(h: &mut dyn Harness) {
     let kind = h.kind();
     assert!(kind.profile().refuses_unopened_source);
     let before = counter(h.backend(), "tx_no_port");
-    let port = h.fresh_port(Family::V4);
+    let port = h.fresh_port(IpFamily::V4);
     let ok = h
         .backend()
         .tx()
@@ -684,8 +684,8 @@ fn check_unopened_source(h: &mut dyn Harness) {
 
 fn check_wait(h: &mut dyn Harness) {
     let kind = h.kind();
-    let (_, target) = open(h, Family::V4);
-    let client = h.client(Family::V4);
+    let (_, target) = open(h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     warm_up(h, client.as_ref(), target);
     let t0 = StdInstant::now();
     let now = h.now();
@@ -763,10 +763,10 @@ impl Client for UdpClient {
     }
 }
 
-fn loopback(family: Family) -> IpAddr {
+fn loopback(family: IpFamily) -> IpAddr {
     match family {
-        Family::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Family::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpFamily::V4 => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpFamily::V6 => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
 
@@ -784,16 +784,16 @@ impl Harness for KernelHarness {
     fn backend(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()
     }
-    fn fresh_port(&mut self, family: Family) -> u16 {
+    fn fresh_port(&mut self, family: IpFamily) -> u16 {
         free_port(loopback(family))
     }
-    fn local(&self, port: u16, family: Family) -> SocketAddr {
+    fn local(&self, port: u16, family: IpFamily) -> SocketAddr {
         SocketAddr::new(loopback(family), port)
     }
-    fn client(&mut self, family: Family) -> Box<dyn Client> {
+    fn client(&mut self, family: IpFamily) -> Box<dyn Client> {
         Box::new(UdpClient::bind(loopback(family)))
     }
-    fn held_port(&mut self, family: Family) -> Option<(u16, Box<dyn Any>)> {
+    fn held_port(&mut self, family: IpFamily) -> Option<(u16, Box<dyn Any>)> {
         let s = UdpSocket::bind(SocketAddr::new(loopback(family), 0)).expect("holder socket");
         let port = s.local_addr().expect("holder address").port();
         Some((port, Box::new(s)))
@@ -875,9 +875,9 @@ impl Client for MemClient {
             stash.drain(..).partition(|d| d.peer == self.addr);
         *stash = others;
         let family = if self.addr.is_ipv4() {
-            Family::V4
+            IpFamily::V4
         } else {
-            Family::V6
+            IpFamily::V6
         };
         mine.into_iter()
             .map(|d| (SocketAddr::new(loopback(family), d.engine_port), d.payload))
@@ -892,18 +892,18 @@ impl Harness for MemoryHarness {
     fn backend(&mut self) -> &mut dyn Backend {
         &mut self.backend
     }
-    fn fresh_port(&mut self, _family: Family) -> u16 {
+    fn fresh_port(&mut self, _family: IpFamily) -> u16 {
         self.next_port += 2;
         self.next_port
     }
-    fn local(&self, port: u16, family: Family) -> SocketAddr {
+    fn local(&self, port: u16, family: IpFamily) -> SocketAddr {
         SocketAddr::new(loopback(family), port)
     }
-    fn client(&mut self, family: Family) -> Box<dyn Client> {
+    fn client(&mut self, family: IpFamily) -> Box<dyn Client> {
         self.next_client += 1;
         let ip = match family {
-            Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.next_client as u8)),
-            Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.next_client)),
+            IpFamily::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, self.next_client as u8)),
+            IpFamily::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, self.next_client)),
         };
         Box::new(MemClient {
             addr: SocketAddr::new(ip, 5004),
@@ -911,7 +911,7 @@ impl Harness for MemoryHarness {
             stash: self.stash.clone(),
         })
     }
-    fn held_port(&mut self, family: Family) -> Option<(u16, Box<dyn Any>)> {
+    fn held_port(&mut self, family: IpFamily) -> Option<(u16, Box<dyn Any>)> {
         let port = self.fresh_port(family);
         assert!(self.net.hold_port(port));
         Some((port, Box::new(())))
@@ -958,26 +958,26 @@ impl Harness for XdpHarness<'_> {
     fn backend(&mut self) -> &mut dyn Backend {
         self.backend.as_mut()
     }
-    fn fresh_port(&mut self, _family: Family) -> u16 {
+    fn fresh_port(&mut self, _family: IpFamily) -> u16 {
         self.next_port += 2;
         assert!(u32::from(self.next_port - self.port_base) < XDP_PORTS);
         self.next_port
     }
-    fn local(&self, port: u16, family: Family) -> SocketAddr {
+    fn local(&self, port: u16, family: IpFamily) -> SocketAddr {
         let ip = self
             .pair
-            .addr_a(family == Family::V6)
+            .addr_a(family == IpFamily::V6)
             .expect("the pair has both families");
         SocketAddr::new(ip, port)
     }
-    fn client(&mut self, family: Family) -> Box<dyn Client> {
+    fn client(&mut self, family: IpFamily) -> Box<dyn Client> {
         let ip = self
             .pair
-            .addr_b(family == Family::V6)
+            .addr_b(family == IpFamily::V6)
             .expect("the pair has both families");
         Box::new(self.pair.b.run(move || UdpClient::bind(ip)))
     }
-    fn held_port(&mut self, _family: Family) -> Option<(u16, Box<dyn Any>)> {
+    fn held_port(&mut self, _family: IpFamily) -> Option<(u16, Box<dyn Any>)> {
         // The XDP program steers the range to the socket: no port can be held by others.
         None
     }
@@ -1220,8 +1220,8 @@ fn io_uring_few_buffers_end_multishot_receives_which_are_rearmed() {
         backend: Box::new(b),
         clock: Clock::new(),
     };
-    let (_, target) = open(&mut h, Family::V4);
-    let client = h.client(Family::V4);
+    let (_, target) = open(&mut h, IpFamily::V4);
+    let client = h.client(IpFamily::V4);
     let (got, _) = drive_echo(&mut h, client.as_ref(), &[target], 400);
     let rearms = counter(h.backend(), "rx_rearms");
     assert!(rearms > 0, "{:?}", h.backend().counters());
@@ -1244,11 +1244,11 @@ fn io_uring_transmit_slots_all_come_back_from_the_kernel() {
             return;
         };
         let port = (0..20)
-            .map(|_| free_port(loopback(Family::V4)))
-            .find(|&p| b.open_port(p, Family::V4).is_ok())
+            .map(|_| free_port(loopback(IpFamily::V4)))
+            .find(|&p| b.open_port(p, IpFamily::V4).is_ok())
             .expect("a free port");
-        let target = SocketAddr::new(loopback(Family::V4), port);
-        let client = UdpClient::bind(loopback(Family::V4));
+        let target = SocketAddr::new(loopback(IpFamily::V4), port);
+        let client = UdpClient::bind(loopback(IpFamily::V4));
         let clock = Clock::new();
         let mut echo = Echo::default();
         for seq in 0..200u32 {

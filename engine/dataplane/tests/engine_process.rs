@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use earshot_engine_api::protocol::{ClientFrame, Hello, ServerFrame, read_frame, write_frame};
-use earshot_engine_api::{Family, Request, Response};
+use earshot_engine_api::{IpFamily, Request, Response};
 
 struct Engine {
     child: Child,
@@ -116,7 +116,7 @@ fn the_engine_serves_the_protocol_and_refuses_another_version() {
         Request::AllocateLeg {
             session: "call-1".into(),
             leg_key: "customer".into(),
-            family: Family::V4,
+            family: IpFamily::V4,
             requested_port: None,
             rtcp_mux: false,
             resume: None,

@@ -8,7 +8,7 @@ use earshot_engine::backend::memory::{MemDatagram, MemoryBackend, MemoryNet};
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
-use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Request, Response};
+use earshot_engine_api::{EngineError, IpFamily, LegId, MediaConfig, Request, Response};
 use earshot_testkit::fixtures::{Supervision, pcmu_media};
 use earshot_testkit::program::add_leg;
 use earshot_testkit::rtp::RtpHeader;
@@ -41,7 +41,7 @@ fn leg(engine: &Engine, key: &str, peer: SocketAddr) -> (LegId, u16) {
         telephone_event_pt: Some(101),
         ..pcmu_media(Some(peer))
     };
-    let info = add_leg(&mut |r| call(engine, r), "call-1", key, Family::V4, media)
+    let info = add_leg(&mut |r| call(engine, r), "call-1", key, IpFamily::V4, media)
         .expect("leg allocated and configured");
     (info.leg, info.local.port())
 }
@@ -145,7 +145,7 @@ fn a_leg_taken_over_continues_the_failed_node_s_stream() {
         Request::AllocateLeg {
             session: "moved".into(),
             leg_key: "customer".into(),
-            family: Family::V4,
+            family: IpFamily::V4,
             requested_port: None,
             rtcp_mux: true,
             resume: Some(LegResume {
@@ -233,7 +233,7 @@ fn bad_requests_name_the_field() {
         Request::AllocateLeg {
             session: "bad key!".into(),
             leg_key: "x".into(),
-            family: Family::V4,
+            family: IpFamily::V4,
             requested_port: None,
             rtcp_mux: false,
             resume: None,
@@ -249,7 +249,7 @@ fn bad_requests_name_the_field() {
         Request::AllocateLeg {
             session: "s".into(),
             leg_key: "x".into(),
-            family: Family::V6,
+            family: IpFamily::V6,
             requested_port: None,
             rtcp_mux: false,
             resume: None,
@@ -277,7 +277,7 @@ impl earshot_engine::backend::Backend for PanickingBackend {
     fn add_port(
         &mut self,
         port: u16,
-        family: Family,
+        family: IpFamily,
         bound: earshot_engine::backend::BoundPort,
     ) -> std::io::Result<()> {
         self.0.add_port(port, family, bound)
@@ -368,7 +368,7 @@ fn a_leg_joining_a_mixing_session_before_its_plan_does_not_disturb_the_shard() {
         Request::AllocateLeg {
             session: "call-1".into(),
             leg_key: "specialist".into(),
-            family: Family::V4,
+            family: IpFamily::V4,
             requested_port: None,
             rtcp_mux: true,
             resume: None,

@@ -15,14 +15,14 @@ use earshot_engine::backend::{Backend, socket::SocketBackend, socket::SocketConf
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::{BIND_ATTEMPTS, Engine};
 use earshot_engine::server::block_on;
-use earshot_engine_api::{EngineError, Family, Request, Response};
+use earshot_engine_api::{EngineError, IpFamily, Request, Response};
 
 fn allocate(engine: &Engine, key: &str, port: Option<u16>) -> Result<u16, EngineError> {
     let r = block_on(engine.handle().request(Request::AllocateLeg {
         // One session per leg: a session holds at most 16 legs.
         session: format!("call-{key}"),
         leg_key: key.into(),
-        family: Family::V4,
+        family: IpFamily::V4,
         requested_port: port,
         rtcp_mux: false,
         resume: None,
@@ -196,7 +196,7 @@ fn a_refused_requested_port_answers_instead_of_hanging() {
             block_on(handle.request(Request::AllocateLeg {
                 session: format!("call-{key}"),
                 leg_key: key.into(),
-                family: Family::V4,
+                family: IpFamily::V4,
                 requested_port: Some(port),
                 rtcp_mux: false,
                 resume: None,

@@ -19,7 +19,7 @@ use earshot_engine::backend::Factory;
 use earshot_engine::config::{BackendKind, EngineConfig};
 use earshot_engine::engine::Engine;
 use earshot_engine::server::block_on;
-use earshot_engine_api::{EngineError, Family, LegId, MediaConfig, Request, Response};
+use earshot_engine_api::{EngineError, IpFamily, LegId, MediaConfig, Request, Response};
 use earshot_testkit::endpoint::{PcmuEndpoint, Talk};
 use earshot_testkit::fixtures::{Role, Supervision, pcmu_media};
 use earshot_testkit::g711;
@@ -60,7 +60,7 @@ fn allocate(engine: &Engine, who: Role, remote: SocketAddr) -> (LegId, SocketAdd
         &mut |r| call(engine, r),
         SESSION,
         who.key(),
-        Family::V4,
+        IpFamily::V4,
         media,
     )
     .expect("leg allocated and configured");

@@ -223,11 +223,40 @@ pub const MAX_FRAME_SAMPLES: usize = 2_880;
 /// The most legs one session mixes (issue 3).
 pub const MAX_SESSION_LEGS: usize = 16;
 
+/// The IP family of an address: which of a node's addresses a leg binds, which
+/// header an AF_XDP frame carries.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum IpFamily {
+    /// IPv4.
+    #[default]
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of `address`.
+    pub const fn of(address: std::net::IpAddr) -> IpFamily {
+        match address {
+            std::net::IpAddr::V4(_) => IpFamily::V4,
+            std::net::IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
 /// Linear gain in Q12 fixed point: 4096 is unity, 0 is mute, 65535 is almost 16x.
 ///
 /// Mixing multiplies each 16-bit sample by the gain in 32 bits and shifts right by 12
 /// (arithmetic shift, rounding toward minus infinity), so unity gain is exact.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+///
+/// With the `serde` feature it serialises as the bare Q12 number (4096 for unity).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct Gain(pub u16);
 
 impl Gain {

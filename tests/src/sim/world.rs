@@ -22,7 +22,7 @@ use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD};
 use earshot_core::ports::PortPool;
 use earshot_core::shard::{Shard, ShardCommand, ShardEvent};
 use earshot_engine_api::{
-    Edge, EngineError, Family, LegId, MasterKey, MediaConfig, Response, SessionPlan, ShardStats,
+    Edge, EngineError, IpFamily, LegId, MasterKey, MediaConfig, Response, SessionPlan, ShardStats,
     SrtpMedia, SrtpSuite,
 };
 use earshot_media::Gain;
@@ -286,7 +286,7 @@ impl Sim {
         let leg = match self.command(ShardCommand::AllocateLeg {
             session: SESSION.into(),
             leg_key: cfg.name.clone(),
-            family: Family::V4,
+            family: IpFamily::V4,
             port,
             rtcp_mux: true,
             resume: None,
@@ -431,7 +431,7 @@ impl Sim {
                     edges.push(Edge {
                         listener: self.parties[l].leg,
                         source: self.parties[s].leg,
-                        gain: Gain::UNITY.0,
+                        gain: Gain::UNITY,
                     });
                 }
             }

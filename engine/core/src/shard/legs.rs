@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use earshot_engine_api::{
-    EngineError, Family, LegId, LegResume, MediaConfig, Response, StreamBase,
+    EngineError, IpFamily, LegId, LegResume, MediaConfig, Response, StreamBase,
 };
 use earshot_media::codec::{Decoder, Encoder};
 use earshot_media::dsp::resample::Resampler;
@@ -205,7 +205,7 @@ pub(super) struct Leg {
     pub(super) first_packet_seen: bool,
     /// The leg holds a port pair (RTP and RTCP); otherwise one port, RTCP multiplexed.
     pub(super) paired: bool,
-    pub(super) family: Family,
+    pub(super) family: IpFamily,
     // Cold from here on.
     pub(super) key: String,
     /// The leg's own local address (a virtual address taken over from a failed node);
@@ -224,7 +224,7 @@ impl Leg {
 pub(super) struct NewLeg {
     pub(super) session: String,
     pub(super) leg_key: String,
-    pub(super) family: Family,
+    pub(super) family: IpFamily,
     pub(super) port: u16,
     pub(super) rtcp_mux: bool,
     pub(super) resume: Option<LegResume>,
@@ -247,8 +247,8 @@ impl Shard {
             resume,
         } = new;
         let enabled = match family {
-            Family::V4 => self.cfg.local_v4.is_some(),
-            Family::V6 => self.cfg.local_v6.is_some(),
+            IpFamily::V4 => self.cfg.local_v4.is_some(),
+            IpFamily::V6 => self.cfg.local_v6.is_some(),
         };
         if !enabled {
             return Err(EngineError::InvalidArgument {

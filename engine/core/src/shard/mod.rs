@@ -40,7 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use earshot_engine_api::{
-    EngineError, EngineSnapshot, Family, LegId, MediaConfig, Response, SessionPlan as ApiPlan,
+    EngineError, EngineSnapshot, IpFamily, LegId, MediaConfig, Response, SessionPlan as ApiPlan,
     ShardStats,
 };
 use earshot_media::dsp::mix::MixKernels;
@@ -104,7 +104,7 @@ pub struct ReleasedPort {
     /// Whether the leg also held `port + 1` for RTCP (no rtcp-mux).
     pub paired: bool,
     /// The leg's address family.
-    pub family: Family,
+    pub family: IpFamily,
 }
 
 /// Events held for the control side at most; beyond, they are counted as lost.
@@ -384,8 +384,8 @@ pub enum ShardCommand {
         session: String,
         /// Leg key.
         leg_key: String,
-        /// Family.
-        family: Family,
+        /// IpFamily.
+        family: IpFamily,
         /// The leg's RTP port, in this shard's range and unused.
         port: u16,
         /// One port instead of a pair.

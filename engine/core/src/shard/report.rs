@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use earshot_engine_api::{EngineSnapshot, Family, LegActivity, LegInfo, ShardStats};
+use earshot_engine_api::{EngineSnapshot, IpFamily, LegActivity, LegInfo, ShardStats};
 use earshot_media::plan::OutputPlan;
 
 use super::Shard;
@@ -53,8 +53,8 @@ impl Shard {
         let leg = self.leg(slot);
         let ip: IpAddr = match (leg.local_ip, leg.family) {
             (Some(ip), _) => ip,
-            (None, Family::V4) => IpAddr::V4(self.cfg.local_v4.unwrap_or(Ipv4Addr::LOCALHOST)),
-            (None, Family::V6) => IpAddr::V6(self.cfg.local_v6.unwrap_or(Ipv6Addr::LOCALHOST)),
+            (None, IpFamily::V4) => IpAddr::V4(self.cfg.local_v4.unwrap_or(Ipv4Addr::LOCALHOST)),
+            (None, IpFamily::V6) => IpAddr::V6(self.cfg.local_v6.unwrap_or(Ipv6Addr::LOCALHOST)),
         };
         // A leg allocated for rtcp-mux holds one port: RTCP shares it from the start.
         let mux = !leg.paired;

@@ -3,7 +3,7 @@
 use earshot_engine_api::{EngineError, Response, SessionPlan as ApiPlan};
 use earshot_media::plan::{HearMatrix, LegFormat, LegSet, OutputPlan, SessionPlan};
 use earshot_media::time::{Duration, Instant};
-use earshot_media::{Codec, Gain, MAX_SESSION_LEGS, SampleRate};
+use earshot_media::{Codec, MAX_SESSION_LEGS, SampleRate};
 
 use super::tick::{WHEEL_SLOT_NS, WHEEL_SLOTS};
 use super::{NO_SLOT, Shard};
@@ -146,7 +146,7 @@ impl Shard {
             if configured[l] && configured[src] {
                 // set_plan refused self-edges and the indices come from this session, so
                 // the matrix cannot refuse this edge.
-                let _ = matrix.set(l, src, Gain(e.gain));
+                let _ = matrix.set(l, src, e.gain);
             }
         }
         let plan = SessionPlan::build(&matrix, &formats[..n]);

@@ -57,7 +57,7 @@ use earshot_afxdp::{
     AfXdpError, AttachMode, AttachedMode, NeighborReader, NeighborTable, XdpCounters, XdpFilter,
     XdpProgram, XskConfig, XskMode, XskSocket, XskTx,
 };
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_types::time::Instant;
 
 use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
@@ -287,14 +287,14 @@ impl PortSet {
         }
     }
 
-    fn bits(&mut self, family: Family) -> &mut [u64] {
+    fn bits(&mut self, family: IpFamily) -> &mut [u64] {
         match family {
-            Family::V4 => &mut self.v4,
-            Family::V6 => &mut self.v6,
+            IpFamily::V4 => &mut self.v4,
+            IpFamily::V6 => &mut self.v6,
         }
     }
 
-    fn set(&mut self, port: u16, family: Family, open: bool) {
+    fn set(&mut self, port: u16, family: IpFamily, open: bool) {
         let (word, bit) = (usize::from(port) / 64, port % 64);
         let bits = self.bits(family);
         if open {
@@ -304,19 +304,12 @@ impl PortSet {
         }
     }
 
-    fn is_open(&self, port: u16, family: Family) -> bool {
+    fn is_open(&self, port: u16, family: IpFamily) -> bool {
         let bits = match family {
-            Family::V4 => &self.v4,
-            Family::V6 => &self.v6,
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
         };
         bits[usize::from(port) / 64] & (1 << (port % 64)) != 0
-    }
-}
-
-fn family_of(addr: IpAddr) -> Family {
-    match addr {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
     }
 }
 
@@ -601,7 +594,7 @@ impl TxPath {
                     outcome = TxOutcome::TooBig;
                     0
                 }
-                // Family mismatch cannot happen: src_ip was chosen by dst's family.
+                // A family mismatch cannot happen: src_ip was chosen by dst's family.
                 Err(_) => 0,
             }
         });
@@ -697,7 +690,7 @@ fn classify(
             payload: udp.payload,
         };
     }
-    if !ports.is_open(local_port, family_of(udp.dst.ip())) {
+    if !ports.is_open(local_port, IpFamily::of(udp.dst.ip())) {
         stats.rx_closed_port += 1;
         return Verdict::Drop;
     }
@@ -738,7 +731,10 @@ impl AfXdpBackend {
                 break;
             };
             n += 1;
-            if !self.ports.is_open(h.local_port, family_of(h.remote.ip())) {
+            if !self
+                .ports
+                .is_open(h.local_port, IpFamily::of(h.remote.ip()))
+            {
                 self.stats.rx_closed_port += 1;
                 continue;
             }
@@ -808,7 +804,7 @@ impl Backend for AfXdpBackend {
         std::sync::Arc::new(super::VirtualBinder)
     }
 
-    fn add_port(&mut self, port: u16, family: Family, _bound: BoundPort) -> io::Result<()> {
+    fn add_port(&mut self, port: u16, family: IpFamily, _bound: BoundPort) -> io::Result<()> {
         if self.own.owner(port) != Some(self.shard) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -816,8 +812,8 @@ impl Backend for AfXdpBackend {
             ));
         }
         let bound = match family {
-            Family::V4 => self.own.bind_v4.is_some(),
-            Family::V6 => self.own.bind_v6.is_some(),
+            IpFamily::V4 => self.own.bind_v4.is_some(),
+            IpFamily::V6 => self.own.bind_v6.is_some(),
         };
         if !bound {
             return Err(io::Error::new(
@@ -837,8 +833,8 @@ impl Backend for AfXdpBackend {
 
     fn close_port(&mut self, port: u16) {
         // Frames for it still in the RX ring or a handover queue are dropped on arrival.
-        self.ports.set(port, Family::V4, false);
-        self.ports.set(port, Family::V6, false);
+        self.ports.set(port, IpFamily::V4, false);
+        self.ports.set(port, IpFamily::V6, false);
     }
 
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize> {
@@ -1001,7 +997,7 @@ mod tests {
     fn frames_are_delivered_handed_over_or_dropped_by_reason() {
         let own = ownership();
         let mut ports = PortSet::new();
-        ports.set(32770, Family::V4, true);
+        ports.set(32770, IpFamily::V4, true);
         let mut stats = AfXdpStats::default();
         let frame = v4_frame("10.0.0.1", 32770, b"rtp");
         match classify(&own, &ports, 0, &frame, &mut stats) {
@@ -1064,13 +1060,13 @@ mod tests {
     #[test]
     fn port_set_tracks_each_family_separately() {
         let mut ports = PortSet::new();
-        ports.set(65535, Family::V6, true);
-        ports.set(0, Family::V4, true);
-        assert!(ports.is_open(65535, Family::V6));
-        assert!(!ports.is_open(65535, Family::V4));
-        assert!(ports.is_open(0, Family::V4));
-        ports.set(65535, Family::V6, false);
-        assert!(!ports.is_open(65535, Family::V6));
+        ports.set(65535, IpFamily::V6, true);
+        ports.set(0, IpFamily::V4, true);
+        assert!(ports.is_open(65535, IpFamily::V6));
+        assert!(!ports.is_open(65535, IpFamily::V4));
+        assert!(ports.is_open(0, IpFamily::V4));
+        ports.set(65535, IpFamily::V6, false);
+        assert!(!ports.is_open(65535, IpFamily::V6));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_types::time::Instant;
 
 use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
@@ -77,7 +77,7 @@ impl super::PortBinder for MemoryBinder {
         &self,
         _ip: Option<std::net::IpAddr>,
         port: u16,
-        _family: Family,
+        _family: IpFamily,
     ) -> io::Result<BoundPort> {
         if self.bound[usize::from(port)].swap(true, Ordering::AcqRel) {
             return Err(io::Error::new(
@@ -188,7 +188,7 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn add_port(&mut self, port: u16, _family: Family, _bound: BoundPort) -> io::Result<()> {
+    fn add_port(&mut self, port: u16, _family: IpFamily, _bound: BoundPort) -> io::Result<()> {
         let slot = &mut self.open[usize::from(port)];
         if *slot {
             return Err(io::Error::new(

@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 pub use earshot_core::io::{Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_types::time::Instant;
 
 #[cfg(target_os = "linux")]
@@ -50,7 +50,7 @@ pub trait PortBinder: Send + Sync + std::fmt::Debug {
     /// Binds `port` of `family` on the engine's own address, or on `ip` (a virtual
     /// address taken over from a failed node: bound with `IP_FREEBIND`).
     /// `ErrorKind::AddrInUse` means another socket holds it.
-    fn bind(&self, ip: Option<IpAddr>, port: u16, family: Family) -> io::Result<BoundPort>;
+    fn bind(&self, ip: Option<IpAddr>, port: u16, family: IpFamily) -> io::Result<BoundPort>;
 }
 
 /// One shard's I/O.
@@ -64,10 +64,10 @@ pub trait Backend: Send {
     /// Starts receiving on local `port` (RTP, or RTCP on port+1) of `family`, through
     /// `bound` (from this backend's [`Backend::binder`]). Called on the shard thread when
     /// a leg is added: it may make a cheap syscall (epoll_ctl, an SQE), never a bind.
-    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()>;
+    fn add_port(&mut self, port: u16, family: IpFamily, bound: BoundPort) -> io::Result<()>;
 
     /// Binds and adds `port` on the calling thread (tests and tools).
-    fn open_port(&mut self, port: u16, family: Family) -> io::Result<()> {
+    fn open_port(&mut self, port: u16, family: IpFamily) -> io::Result<()> {
         let bound = self.binder().bind(None, port, family)?;
         self.add_port(port, family, bound)
     }
@@ -109,7 +109,7 @@ pub trait Backend: Send {
 pub struct VirtualBinder;
 
 impl PortBinder for VirtualBinder {
-    fn bind(&self, ip: Option<IpAddr>, _port: u16, _family: Family) -> io::Result<BoundPort> {
+    fn bind(&self, ip: Option<IpAddr>, _port: u16, _family: IpFamily) -> io::Result<BoundPort> {
         match ip {
             None => Ok(BoundPort::Virtual),
             // The XDP program steers the engine's own address only.
@@ -135,9 +135,9 @@ pub struct SocketBinder {
 }
 
 impl PortBinder for SocketBinder {
-    fn bind(&self, ip: Option<IpAddr>, port: u16, family: Family) -> io::Result<BoundPort> {
+    fn bind(&self, ip: Option<IpAddr>, port: u16, family: IpFamily) -> io::Result<BoundPort> {
         let addr = match ip {
-            Some(ip) if ip.is_ipv4() == matches!(family, Family::V4) => {
+            Some(ip) if ip.is_ipv4() == matches!(family, IpFamily::V4) => {
                 std::net::SocketAddr::new(ip, port)
             }
             Some(ip) => {

@@ -35,13 +35,13 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_types::time::Instant;
 
 pub use super::sys::IoCounters;
 use super::sys::{
     self, Epoll, SOCKADDR_BYTES, SockAddrBytes, decode_sockaddr, empty_msghdr, encode_sockaddr,
-    family_of, port_index,
+    port_index,
 };
 use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 
@@ -302,7 +302,7 @@ impl TxSink for TxBatch {
         dst: SocketAddr,
         build: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> bool {
-        let Some(fd) = self.ports[port_index(src_port, family_of(&dst))]
+        let Some(fd) = self.ports[port_index(src_port, IpFamily::of(dst.ip()))]
             .as_ref()
             .map(|fd| fd.as_raw_fd())
         else {
@@ -345,7 +345,7 @@ impl TxSink for TxBatch {
 }
 
 /// Packs a port and family into epoll's per-fd data.
-fn epoll_data(port: u16, family: Family) -> u64 {
+fn epoll_data(port: u16, family: IpFamily) -> u64 {
     port_index(port, family) as u64
 }
 
@@ -392,7 +392,7 @@ impl SocketBackend {
         self.tx.ports.iter().filter(|p| p.is_some()).count()
     }
 
-    fn close_one(&mut self, port: u16, family: Family) {
+    fn close_one(&mut self, port: u16, family: IpFamily) {
         if let Some(fd) = self.tx.ports[port_index(port, family)].take() {
             // Closing also removes it from the set; deleting first keeps the set exact
             // even if the fd were duplicated elsewhere.
@@ -420,7 +420,7 @@ impl Backend for SocketBackend {
         })
     }
 
-    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()> {
+    fn add_port(&mut self, port: u16, family: IpFamily, bound: BoundPort) -> io::Result<()> {
         let slot = port_index(port, family);
         if self.tx.ports[slot].is_some() {
             return Err(io::Error::new(
@@ -445,8 +445,8 @@ impl Backend for SocketBackend {
         if self.tx.len > 0 {
             self.tx.flush();
         }
-        self.close_one(port, Family::V4);
-        self.close_one(port, Family::V6);
+        self.close_one(port, IpFamily::V4);
+        self.close_one(port, IpFamily::V6);
     }
 
     fn poll_recv(&mut self, max: usize, handler: &mut dyn PacketHandler) -> io::Result<usize> {

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bytes reserved for a peer address: a `sockaddr_in6`, the larger of the two families.
@@ -82,21 +82,13 @@ pub(crate) fn decode_sockaddr(b: &[u8]) -> Option<SocketAddr> {
     }
 }
 
-/// The family of a peer address.
-pub(crate) fn family_of(addr: &SocketAddr) -> Family {
-    match addr {
-        SocketAddr::V4(_) => Family::V4,
-        SocketAddr::V6(_) => Family::V6,
-    }
-}
-
 /// Index of `(port, family)` in the dense per-backend port tables: a shard's ports are
 /// looked up once per packet, so a flat array beats hashing.
-pub(crate) const fn port_index(port: u16, family: Family) -> usize {
+pub(crate) const fn port_index(port: u16, family: IpFamily) -> usize {
     (port as usize) * 2
         + match family {
-            Family::V4 => 0,
-            Family::V6 => 1,
+            IpFamily::V4 => 0,
+            IpFamily::V6 => 1,
         }
 }
 
@@ -109,7 +101,7 @@ pub(crate) fn local_addr(
     bind_v4: Option<Ipv4Addr>,
     bind_v6: Option<Ipv6Addr>,
     port: u16,
-    family: Family,
+    family: IpFamily,
 ) -> io::Result<SocketAddr> {
     if port == 0 {
         return Err(io::Error::new(
@@ -118,8 +110,8 @@ pub(crate) fn local_addr(
         ));
     }
     let ip = match family {
-        Family::V4 => bind_v4.map(IpAddr::V4),
-        Family::V6 => bind_v6.map(IpAddr::V6),
+        IpFamily::V4 => bind_v4.map(IpAddr::V4),
+        IpFamily::V6 => bind_v6.map(IpAddr::V6),
     };
     ip.map(|ip| SocketAddr::new(ip, port)).ok_or_else(|| {
         io::Error::new(

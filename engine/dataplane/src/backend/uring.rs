@@ -48,7 +48,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_types::time::Instant;
 use io_uring::types::{BufRingEntry, Fd, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -56,7 +56,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 pub use super::sys::IoCounters;
 use super::sys::{
     self, MmapRegion, SOCKADDR_BYTES, SockAddrBytes, decode_sockaddr, empty_msghdr,
-    encode_sockaddr, family_of, port_index,
+    encode_sockaddr, port_index,
 };
 use super::{Backend, BoundPort, Datagram, MAX_UDP_PAYLOAD, PacketHandler, TxSink};
 
@@ -377,7 +377,7 @@ impl TxSink for UringTx {
         dst: SocketAddr,
         build: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> bool {
-        let Some(fd) = self.ports[port_index(src_port, family_of(&dst))]
+        let Some(fd) = self.ports[port_index(src_port, IpFamily::of(dst.ip()))]
             .fd
             .as_ref()
             .map(|fd| fd.as_raw_fd())
@@ -815,7 +815,7 @@ impl Backend for UringBackend {
         })
     }
 
-    fn add_port(&mut self, port: u16, family: Family, bound: BoundPort) -> io::Result<()> {
+    fn add_port(&mut self, port: u16, family: IpFamily, bound: BoundPort) -> io::Result<()> {
         let index = port_index(port, family);
         if self.tx.ports[index].fd.is_some() {
             return Err(io::Error::new(
@@ -843,7 +843,7 @@ impl Backend for UringBackend {
         // Queued sends name the socket by raw fd: submit them before the number can be
         // reused by another socket.
         self.queue_sends();
-        for family in [Family::V4, Family::V6] {
+        for family in [IpFamily::V4, IpFamily::V6] {
             let index = port_index(port, family);
             let entry = &mut self.tx.ports[index];
             let Some(fd) = entry.fd.take() else {
