@@ -330,11 +330,13 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes a metric family's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Appends the engine metrics for `stats` in the text exposition format.
 pub fn render_engine(stats: &EngineStats, out: &mut String) {
-    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     header(
         out,
         "earshot_engine_up",
@@ -353,13 +355,20 @@ pub fn render_engine(stats: &EngineStats, out: &mut String) {
         "earshot_engine_info{{backend=\"{}\"}} 1",
         escape(&stats.backend)
     );
-    type Simple = (
+    render_per_shard(stats, out);
+    render_labelled(stats, out);
+    render_tick_summaries(stats, out);
+}
+
+/// One value per shard: `name{shard="N"} value`.
+fn render_per_shard(stats: &EngineStats, out: &mut String) {
+    type PerShard = (
         &'static str,
         &'static str,
         &'static str,
         fn(&ShardStats) -> u64,
     );
-    let simple: [Simple; 8] = [
+    let families: [PerShard; 8] = [
         ("earshot_legs", "gauge", "Legs allocated.", |s| s.legs),
         (
             "earshot_sessions",
@@ -401,96 +410,80 @@ pub fn render_engine(stats: &EngineStats, out: &mut String) {
             |s| u64::from(s.core.is_some()),
         ),
     ];
-    for (name, kind, help, value) in simple {
+    for (name, kind, help, value) in families {
         header(out, name, kind, help);
         for s in &stats.shards {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
         }
     }
-    header(
-        out,
-        "earshot_sessions_by_mode",
-        "gauge",
-        "Sessions by mix mode.",
+}
+
+/// Values per shard and one more label: `name{shard="N",label="value"} n`.
+fn render_labelled(stats: &EngineStats, out: &mut String) {
+    type Labelled = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&ShardStats) -> Vec<(&str, u64)>,
     );
-    for s in &stats.shards {
-        for (mode, n) in &s.sessions_by_mode {
-            let _ = writeln!(
-                out,
-                "earshot_sessions_by_mode{{shard=\"{}\",mode=\"{}\"}} {n}",
-                s.shard,
-                escape(mode)
-            );
+    fn pairs(v: &[(String, u64)]) -> Vec<(&str, u64)> {
+        v.iter().map(|(k, n)| (k.as_str(), *n)).collect()
+    }
+    let families: [Labelled; 5] = [
+        (
+            "earshot_sessions_by_mode",
+            "gauge",
+            "Sessions by mix mode.",
+            "mode",
+            |s| pairs(&s.sessions_by_mode),
+        ),
+        (
+            "earshot_packets_total",
+            "counter",
+            "Datagrams received (in) and sent (out).",
+            "direction",
+            |s| vec![("in", s.packets_in), ("out", s.packets_out)],
+        ),
+        (
+            "earshot_bytes_total",
+            "counter",
+            "UDP payload bytes received (in) and sent (out).",
+            "direction",
+            |s| vec![("in", s.bytes_in), ("out", s.bytes_out)],
+        ),
+        (
+            "earshot_drops_total",
+            "counter",
+            "Datagrams dropped, by reason.",
+            "reason",
+            |s| pairs(&s.drops),
+        ),
+        (
+            "earshot_backend_counter_total",
+            "counter",
+            "The I/O backend's own counters.",
+            "counter",
+            |s| pairs(&s.backend_counters),
+        ),
+    ];
+    for (name, kind, help, label, values) in families {
+        header(out, name, kind, help);
+        for s in &stats.shards {
+            for (value, n) in values(s) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{}\",{label}=\"{}\"}} {n}",
+                    s.shard,
+                    escape(value)
+                );
+            }
         }
     }
-    header(
-        out,
-        "earshot_packets_total",
-        "counter",
-        "Datagrams received (in) and sent (out).",
-    );
-    for s in &stats.shards {
-        let _ = writeln!(
-            out,
-            "earshot_packets_total{{shard=\"{}\",direction=\"in\"}} {}",
-            s.shard, s.packets_in
-        );
-        let _ = writeln!(
-            out,
-            "earshot_packets_total{{shard=\"{}\",direction=\"out\"}} {}",
-            s.shard, s.packets_out
-        );
-    }
-    header(
-        out,
-        "earshot_bytes_total",
-        "counter",
-        "UDP payload bytes received (in) and sent (out).",
-    );
-    for s in &stats.shards {
-        let _ = writeln!(
-            out,
-            "earshot_bytes_total{{shard=\"{}\",direction=\"in\"}} {}",
-            s.shard, s.bytes_in
-        );
-        let _ = writeln!(
-            out,
-            "earshot_bytes_total{{shard=\"{}\",direction=\"out\"}} {}",
-            s.shard, s.bytes_out
-        );
-    }
-    header(
-        out,
-        "earshot_drops_total",
-        "counter",
-        "Datagrams dropped, by reason.",
-    );
-    for s in &stats.shards {
-        for (reason, n) in &s.drops {
-            let _ = writeln!(
-                out,
-                "earshot_drops_total{{shard=\"{}\",reason=\"{}\"}} {n}",
-                s.shard,
-                escape(reason)
-            );
-        }
-    }
-    header(
-        out,
-        "earshot_backend_counter_total",
-        "counter",
-        "The I/O backend's own counters.",
-    );
-    for s in &stats.shards {
-        for (counter, n) in &s.backend_counters {
-            let _ = writeln!(
-                out,
-                "earshot_backend_counter_total{{shard=\"{}\",counter=\"{}\"}} {n}",
-                s.shard,
-                escape(counter)
-            );
-        }
-    }
+}
+
+/// The tick processing and lateness percentiles as summaries, with their maxima.
+fn render_tick_summaries(stats: &EngineStats, out: &mut String) {
     type Summary = (&'static str, &'static str, fn(&ShardStats) -> Percentiles);
     let summaries: [Summary; 2] = [
         ("earshot_tick_processing", "Tick processing time.", |s| {
