@@ -179,39 +179,82 @@ pub struct ParticipantArgs {
     pub remote: Option<String>,
 }
 
+/// `interactions create`: the participants named by flags, then `--with` specs.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Interaction id.
+    #[arg(long)]
+    pub id: String,
+    /// Customer participant id (EXTERNAL, CUSTOMER).
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Customer's RTP address.
+    #[arg(long)]
+    pub customer_remote: Option<String>,
+    /// Agent participant id (INTERNAL, AGENT).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Agent's directory user.
+    #[arg(long)]
+    pub agent_user: Option<String>,
+    /// Agent's RTP address.
+    #[arg(long)]
+    pub agent_remote: Option<String>,
+    /// More participants: `id=P,kind=internal,role=other,user=U,remote=IP:PORT`
+    /// (repeatable; kind, role, user, remote optional).
+    #[arg(long = "with")]
+    pub with: Vec<String>,
+    /// Timeline actor.
+    #[arg(long, default_value = "")]
+    pub actor: String,
+    #[command(flatten)]
+    pub media: MediaArgs,
+}
+
+impl CreateArgs {
+    /// The CreateInteraction request these flags describe.
+    fn request(&self) -> anyhow::Result<proto::CreateInteractionRequest> {
+        let mut participants = Vec::new();
+        if let Some(c) = &self.customer {
+            participants.push(spec(
+                &ParticipantArgs {
+                    participant_id: c.clone(),
+                    kind: "external".into(),
+                    role: "customer".into(),
+                    user: None,
+                    remote: self.customer_remote.clone(),
+                },
+                &self.media,
+            )?);
+        }
+        if let Some(a) = &self.agent {
+            participants.push(spec(
+                &ParticipantArgs {
+                    participant_id: a.clone(),
+                    kind: "internal".into(),
+                    role: "agent".into(),
+                    user: self.agent_user.clone(),
+                    remote: self.agent_remote.clone(),
+                },
+                &self.media,
+            )?);
+        }
+        for w in &self.with {
+            participants.push(parse_spec(w, &self.media)?);
+        }
+        Ok(proto::CreateInteractionRequest {
+            interaction_id: self.id.clone(),
+            participants,
+            actor: self.actor.clone(),
+        })
+    }
+}
+
 /// Interactions service commands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum InteractionsCmd {
     /// CreateInteraction: a customer and an agent (and/or --with SPEC participants).
-    Create {
-        /// Interaction id.
-        #[arg(long)]
-        id: String,
-        /// Customer participant id (EXTERNAL, CUSTOMER).
-        #[arg(long)]
-        customer: Option<String>,
-        /// Customer's RTP address.
-        #[arg(long)]
-        customer_remote: Option<String>,
-        /// Agent participant id (INTERNAL, AGENT).
-        #[arg(long)]
-        agent: Option<String>,
-        /// Agent's directory user.
-        #[arg(long)]
-        agent_user: Option<String>,
-        /// Agent's RTP address.
-        #[arg(long)]
-        agent_remote: Option<String>,
-        /// More participants: `id=P,kind=internal,role=other,user=U,remote=IP:PORT`
-        /// (repeatable; kind, role, user, remote optional).
-        #[arg(long = "with")]
-        with: Vec<String>,
-        /// Timeline actor.
-        #[arg(long, default_value = "")]
-        actor: String,
-        #[command(flatten)]
-        media: MediaArgs,
-    },
+    Create(CreateArgs),
     /// GetInteraction.
     Get {
         /// Interaction id.
@@ -888,54 +931,8 @@ async fn run_interactions(
 ) -> anyhow::Result<()> {
     use InteractionsCmd as C;
     match cmd {
-        C::Create {
-            id,
-            customer,
-            customer_remote,
-            agent,
-            agent_user,
-            agent_remote,
-            with,
-            actor,
-            media,
-        } => {
-            let mut participants = Vec::new();
-            if let Some(c) = customer {
-                participants.push(spec(
-                    &ParticipantArgs {
-                        participant_id: c.clone(),
-                        kind: "external".into(),
-                        role: "customer".into(),
-                        user: None,
-                        remote: customer_remote.clone(),
-                    },
-                    media,
-                )?);
-            }
-            if let Some(a) = agent {
-                participants.push(spec(
-                    &ParticipantArgs {
-                        participant_id: a.clone(),
-                        kind: "internal".into(),
-                        role: "agent".into(),
-                        user: agent_user.clone(),
-                        remote: agent_remote.clone(),
-                    },
-                    media,
-                )?);
-            }
-            for w in with {
-                participants.push(parse_spec(w, media)?);
-            }
-            printer.print(
-                &i.create_interaction(proto::CreateInteractionRequest {
-                    interaction_id: id.clone(),
-                    participants,
-                    actor: actor.clone(),
-                })
-                .await?
-                .into_inner(),
-            )
+        C::Create(create) => {
+            printer.print(&i.create_interaction(create.request()?).await?.into_inner())
         }
         C::Get { id } => printer.print(
             &i.get_interaction(proto::GetInteractionRequest {
