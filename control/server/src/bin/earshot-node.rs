@@ -692,51 +692,166 @@ async fn guard_peers(
             if now.saturating_duration_since(since) < times.confirm {
                 continue;
             }
-            // Of two nodes that cannot hear each other, the first verdict wins: no
-            // verdict may name the node recording one. The same transaction removes the
-            // dead node's registration and hands each address it held to the survivor
-            // that rendezvous hashing ranks first (under that survivor's lease), so
-            // control replicas re-create its calls at once; its lease is revoked after.
-            let survivors: Vec<(NodeInfo, i64)> = nodes
-                .kvs
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<Registered>(&kv.value).ok())
-                .filter(|r| r.info.node_id != *node && !r.info.draining)
-                .map(|r| (r.info, r.lease))
-                .collect();
-            let held_prefix = format!("{prefix}addresses/held/");
-            let Some(held) = bounded(etcd.range_prefix(held_prefix.as_bytes(), 0)).await else {
-                continue;
-            };
-            let verdict = peers::verdict_key(&prefix, node, *node_lease);
-            let mut compares = vec![
-                absent(peers::verdict_key(&prefix, &me, my_lease)),
-                absent(verdict.clone()),
-            ];
-            let mut ops = vec![
-                put(verdict, me.clone(), my_lease),
-                delete(format!("{prefix}nodes/{node}"), Vec::new()),
-            ];
-            for kv in held.kvs.iter().filter(|kv| kv.value == node.as_bytes()) {
-                let key = String::from_utf8_lossy(&kv.key).into_owned();
-                let address = key.rsplit('/').next().unwrap_or_default().to_owned();
-                let Some((heir, heir_lease)) = survivors.iter().max_by(|a, b| {
-                    placement::score(&a.0, &address)
-                        .total_cmp(&placement::score(&b.0, &address))
-                        .then_with(|| b.0.node_id.cmp(&a.0.node_id))
-                }) else {
-                    continue;
-                };
-                compares.push(value_is(key.clone(), node.clone()));
-                ops.push(put(key, heir.node_id.clone(), *heir_lease));
+            declare_dead(&etcd, &prefix, (&me, my_lease), (node, *node_lease), &nodes).await;
+        }
+    }
+}
+
+/// Records the verdict that `node` (under `node_lease`) is dead, in one transaction.
+async fn declare_dead(
+    etcd: &Etcd,
+    prefix: &str,
+    (me, my_lease): (&str, i64),
+    (node, node_lease): (&str, i64),
+    nodes: &earshot_etcd::Range,
+) {
+    // Of two nodes that cannot hear each other, the first verdict wins: no
+    // verdict may name the node recording one. The same transaction removes the
+    // dead node's registration and hands each address it held to the survivor
+    // that rendezvous hashing ranks first (under that survivor's lease), so
+    // control replicas re-create its calls at once; its lease is revoked after.
+    let survivors: Vec<(NodeInfo, i64)> = nodes
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Registered>(&kv.value).ok())
+        .filter(|r| r.info.node_id != node && !r.info.draining)
+        .map(|r| (r.info, r.lease))
+        .collect();
+    let held_prefix = format!("{prefix}addresses/held/");
+    let Some(held) = bounded(etcd.range_prefix(held_prefix.as_bytes(), 0)).await else {
+        return;
+    };
+    let verdict = peers::verdict_key(prefix, node, node_lease);
+    let mut compares = vec![
+        absent(peers::verdict_key(prefix, me, my_lease)),
+        absent(verdict.clone()),
+    ];
+    let mut ops = vec![
+        put(verdict, me.to_owned(), my_lease),
+        delete(format!("{prefix}nodes/{node}"), Vec::new()),
+    ];
+    for kv in held.kvs.iter().filter(|kv| kv.value == node.as_bytes()) {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let address = key.rsplit('/').next().unwrap_or_default().to_owned();
+        let Some((heir, heir_lease)) = survivors.iter().max_by(|a, b| {
+            placement::score(&a.0, &address)
+                .total_cmp(&placement::score(&b.0, &address))
+                .then_with(|| b.0.node_id.cmp(&a.0.node_id))
+        }) else {
+            continue;
+        };
+        compares.push(value_is(key.clone(), node.to_owned()));
+        ops.push(put(key, heir.node_id.clone(), *heir_lease));
+    }
+    let recorded = bounded(etcd.txn(compares, ops, vec![])).await;
+    if recorded.is_some_and(|v| v.succeeded) {
+        tracing::error!(peer = %node, "peer declared dead: its calls and addresses move");
+        if bounded(etcd.revoke(node_lease)).await.is_none() {
+            tracing::warn!(peer = %node, "dead peer's lease not revoked yet (it expires)");
+        }
+    }
+}
+
+/// Fast failure detection (docs/cluster.md): binds the socket that answers the peers'
+/// pings (its address goes into `info`), then starts the tasks that ping the peers,
+/// vouch for this node's engine and judge the peers.
+async fn start_failure_detection(
+    args: &Args,
+    etcd: &Etcd,
+    prefix: &str,
+    info: &mut NodeInfo,
+    lease: watch::Receiver<Option<i64>>,
+) -> anyhow::Result<()> {
+    let listen = match args.peer_listen {
+        Some(a) => a,
+        None => std::net::SocketAddr::new(args.media_address.parse()?, 0),
+    };
+    let socket = tokio::net::UdpSocket::bind(listen).await?;
+    info.peer = Some(socket.local_addr()?.to_string());
+    let times = GuardTimes::from_suspect_after(Duration::from_millis(args.suspect_after_ms));
+    let tracker = Arc::new(Mutex::new(PeerTracker::new(times)));
+    let view = Arc::new(Mutex::new(SelfView::default()));
+    let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(ping_peers(socket, info.node_id.clone(), tracker.clone()));
+    tokio::spawn(vouch(
+        args.engine_socket.clone(),
+        tracker.clone(),
+        view.clone(),
+        muted.clone(),
+    ));
+    tokio::spawn(guard_peers(
+        etcd.clone(),
+        prefix.to_owned(),
+        info.node_id.clone(),
+        tracker,
+        lease,
+        view,
+        muted,
+    ));
+    Ok(())
+}
+
+/// The load and stream reports: the engine's snapshot, read every report interval,
+/// becomes the node's leg count (in its registration), the legs per address (for the
+/// address manager) and the streams a survivor continues from.
+#[derive(Default)]
+struct Reporter {
+    /// The stream reports' own lease, which outlives the node's by
+    /// `STREAM_REPORT_TTL_S`: survivors read them after the node is gone.
+    lease: Option<(i64, earshot_etcd::KeepAlive)>,
+}
+
+impl Reporter {
+    async fn report(
+        &mut self,
+        etcd: &Etcd,
+        prefix: &str,
+        engine_socket: &Path,
+        info: &mut NodeInfo,
+        registration: &cluster::Registration,
+        legs_on: &Mutex<BTreeMap<IpAddr, usize>>,
+    ) {
+        let at_ms = wall_ms();
+        let Ok(snap) = snapshot(engine_socket).await else {
+            return;
+        };
+        info.legs = snap.legs.len() as u64;
+        {
+            let mut on = legs_on.lock().unwrap_or_else(|e| e.into_inner());
+            on.clear();
+            for leg in &snap.legs {
+                *on.entry(leg.local.ip()).or_default() += 1;
             }
-            let recorded = bounded(etcd.txn(compares, ops, vec![])).await;
-            if recorded.is_some_and(|v| v.succeeded) {
-                tracing::error!(peer = %node, "peer declared dead: its calls and addresses move");
-                if bounded(etcd.revoke(*node_lease)).await.is_none() {
-                    tracing::warn!(peer = %node, "dead peer's lease not revoked yet (it expires)");
+        }
+        let live = self
+            .lease
+            .as_ref()
+            .is_some_and(|(_, k)| k.deadline.borrow().is_some());
+        if !live {
+            self.lease = match etcd.grant(STREAM_REPORT_TTL_S).await {
+                Ok(l) => Some((l, etcd.keep_alive(l, STREAM_REPORT_TTL_S))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lease for stream reports");
+                    None
                 }
-            }
+            };
+        }
+        let streams_key = cluster::streams_key(prefix, &info.node_id, registration.lease);
+        let reports = stream_reports(&snap, at_ms);
+        if let (Some((lease, _)), Ok(value)) = (&self.lease, serde_json::to_vec(&reports))
+            && let Err(e) = etcd
+                .txn(vec![], vec![put(streams_key, value, *lease)], vec![])
+                .await
+        {
+            tracing::warn!(error = %e, "stream report failed");
+        }
+        let registered = Registered {
+            info: info.clone(),
+            number: registration.number,
+            lease: registration.lease,
+        };
+        if let Err(e) = cluster::update(etcd, prefix, registration.lease, &registered).await {
+            tracing::warn!(error = %e, "load report failed");
         }
     }
 }
@@ -770,32 +885,7 @@ async fn main() -> anyhow::Result<()> {
     // Fast failure detection: a UDP socket for peers' pings, its address registered.
     let (lease_tx, lease_rx) = watch::channel(None::<i64>);
     if args.suspect_after_ms > 0 {
-        let listen = match args.peer_listen {
-            Some(a) => a,
-            None => std::net::SocketAddr::new(args.media_address.parse()?, 0),
-        };
-        let socket = tokio::net::UdpSocket::bind(listen).await?;
-        info.peer = Some(socket.local_addr()?.to_string());
-        let times = GuardTimes::from_suspect_after(Duration::from_millis(args.suspect_after_ms));
-        let tracker = Arc::new(Mutex::new(PeerTracker::new(times)));
-        let view = Arc::new(Mutex::new(SelfView::default()));
-        let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(ping_peers(socket, info.node_id.clone(), tracker.clone()));
-        tokio::spawn(vouch(
-            args.engine_socket.clone(),
-            tracker.clone(),
-            view.clone(),
-            muted.clone(),
-        ));
-        tokio::spawn(guard_peers(
-            etcd.clone(),
-            prefix.clone(),
-            info.node_id.clone(),
-            tracker,
-            lease_rx,
-            view,
-            muted,
-        ));
+        start_failure_detection(&args, &etcd, &prefix, &mut info, lease_rx).await?;
     }
     // The block is recorded apart from the lease (survivors must know a dead node's
     // addresses to take them over), after the first registration: whoever reads it
@@ -811,9 +901,7 @@ async fn main() -> anyhow::Result<()> {
         held: BTreeSet::new(),
         unheld_since: BTreeMap::new(),
     }));
-    // Stream reports live under a lease of their own that outlives this node's by
-    // `STREAM_REPORT_TTL_S`: survivors read them after the node is gone.
-    let mut report_lease: Option<(i64, earshot_etcd::KeepAlive)> = None;
+    let mut reporter = Reporter::default();
     let margin = Duration::from_millis(args.fence_margin_ms);
     loop {
         let registration = match cluster::register(&etcd, &prefix, &info, args.lease_ttl).await {
@@ -848,7 +936,6 @@ async fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "cannot record the address block yet"),
             }
         }
-        let streams_key = cluster::streams_key(&prefix, &info.node_id, registration.lease);
         let deadline = registration.keep_alive.deadline.clone();
         let mut next_report = tokio::time::Instant::now();
         let legs_on: Arc<Mutex<BTreeMap<IpAddr, usize>>> = Arc::default();
@@ -883,52 +970,16 @@ async fn main() -> anyhow::Result<()> {
             }
             if tokio::time::Instant::now() >= next_report {
                 next_report += Duration::from_millis(args.report_interval_ms);
-                let at_ms = wall_ms();
-                if let Ok(snap) = snapshot(&args.engine_socket).await {
-                    info.legs = snap.legs.len() as u64;
-                    {
-                        let mut on = legs_on.lock().unwrap_or_else(|e| e.into_inner());
-                        on.clear();
-                        for leg in &snap.legs {
-                            *on.entry(leg.local.ip()).or_default() += 1;
-                        }
-                    }
-                    let live = report_lease
-                        .as_ref()
-                        .is_some_and(|(_, k)| k.deadline.borrow().is_some());
-                    if !live {
-                        report_lease = match etcd.grant(STREAM_REPORT_TTL_S).await {
-                            Ok(l) => Some((l, etcd.keep_alive(l, STREAM_REPORT_TTL_S))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "no lease for stream reports");
-                                None
-                            }
-                        };
-                    }
-                    let reports = stream_reports(&snap, at_ms);
-                    if let (Some((lease, _)), Ok(value)) =
-                        (&report_lease, serde_json::to_vec(&reports))
-                        && let Err(e) = etcd
-                            .txn(
-                                vec![],
-                                vec![put(streams_key.clone(), value, *lease)],
-                                vec![],
-                            )
-                            .await
-                    {
-                        tracing::warn!(error = %e, "stream report failed");
-                    }
-                    let registered = Registered {
-                        info: info.clone(),
-                        number: registration.number,
-                        lease: registration.lease,
-                    };
-                    if let Err(e) =
-                        cluster::update(&etcd, &prefix, registration.lease, &registered).await
-                    {
-                        tracing::warn!(error = %e, "load report failed");
-                    }
-                }
+                reporter
+                    .report(
+                        &etcd,
+                        &prefix,
+                        &args.engine_socket,
+                        &mut info,
+                        &registration,
+                        &legs_on,
+                    )
+                    .await;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
