@@ -128,8 +128,16 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         .into_inner();
     assert_eq!(listed.nodes.len(), 3, "every registered node is listed");
 
-    // Placement: every call whole on one node, spread over the nodes.
     let calls = 30;
+    check_placement(&server, &nodes, calls).await;
+    check_supervisor_joins_the_call_s_node(&server, &nodes).await;
+    check_drain(&server, &nodes, calls).await;
+    check_failover(&server, &etcd, &mut nodes, calls + 20).await;
+    server.stop().await;
+}
+
+/// Placement: every call whole on one node, spread over the nodes.
+async fn check_placement(server: &TestServer, nodes: &Nodes, calls: usize) {
     for k in 0..calls {
         server
             .interactions()
@@ -148,8 +156,10 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         3,
         "spread over all three nodes: {per_node:?}"
     );
+}
 
-    // A supervisor's leg joins its interaction's node; the response names the node.
+/// A supervisor's leg joins its interaction's node; the response names the node.
+async fn check_supervisor_joins_the_call_s_node(server: &TestServer, nodes: &Nodes) {
     add_supervisor(&server, "sup-1").await;
     let started = server
         .supervision()
@@ -175,8 +185,11 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
             p.participant_id
         );
     }
+}
 
-    // DrainNode: nothing new on the drained node; its calls stay.
+/// DrainNode: nothing new on the drained node (`calls` more are created); its calls
+/// stay.
+async fn check_drain(server: &TestServer, nodes: &Nodes, calls: usize) {
     let drained = "n1";
     let before: BTreeSet<String> = (0..calls)
         .map(|k| format!("call-{k}"))
@@ -243,11 +256,14 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
         })
         .await
         .unwrap();
+}
 
-    // Failover: n2's lease ends (as when it dies); its calls move to the survivors,
-    // each whole, spread, with NODE_FAILED and MEDIA_RESTORED on their timelines.
+/// Failover: n2's lease ends (as when it dies); its calls (of `calls`) move to the
+/// survivors, each whole, spread, with NODE_FAILED and MEDIA_RESTORED on their
+/// timelines.
+async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, calls: usize) {
     let failed = "n2";
-    let on_failed: Vec<String> = (0..calls + 20)
+    let on_failed: Vec<String> = (0..calls)
         .map(|k| format!("call-{k}"))
         .filter(|c| node_of_session(&nodes, c).as_deref() == Some(failed))
         .collect();
@@ -316,5 +332,4 @@ async fn calls_live_whole_on_one_node_and_drain_and_failover_move_them_right() {
             );
         }
     }
-    server.stop().await;
 }
