@@ -147,7 +147,7 @@ async fn check_placement(server: &TestServer, nodes: &Nodes, calls: usize) {
     }
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for k in 0..calls {
-        let node = node_of_session(&nodes, &format!("call-{k}")).expect("placed");
+        let node = node_of_session(nodes, &format!("call-{k}")).expect("placed");
         *per_node.entry(node).or_default() += 1;
     }
     println!("placement of {calls} calls: {per_node:?}");
@@ -160,14 +160,14 @@ async fn check_placement(server: &TestServer, nodes: &Nodes, calls: usize) {
 
 /// A supervisor's leg joins its interaction's node; the response names the node.
 async fn check_supervisor_joins_the_call_s_node(server: &TestServer, nodes: &Nodes) {
-    add_supervisor(&server, "sup-1").await;
+    add_supervisor(server, "sup-1").await;
     let started = server
         .supervision()
         .start_monitor(supervise("call-0", "s-0", "sup-1", "sup-leg", "a", 25000))
         .await
         .unwrap();
     let _ = started;
-    let home = node_of_session(&nodes, "call-0").unwrap();
+    let home = node_of_session(nodes, "call-0").unwrap();
     assert!(nodes.engines[&home].leg("call-0", "sup-leg").is_some());
     let view = server
         .interactions()
@@ -193,7 +193,7 @@ async fn check_drain(server: &TestServer, nodes: &Nodes, calls: usize) {
     let drained = "n1";
     let before: BTreeSet<String> = (0..calls)
         .map(|k| format!("call-{k}"))
-        .filter(|c| node_of_session(&nodes, c).as_deref() == Some(drained))
+        .filter(|c| node_of_session(nodes, c).as_deref() == Some(drained))
         .collect();
     server
         .engine()
@@ -236,14 +236,14 @@ async fn check_drain(server: &TestServer, nodes: &Nodes, calls: usize) {
             .await
             .unwrap();
         assert_ne!(
-            node_of_session(&nodes, &id).as_deref(),
+            node_of_session(nodes, &id).as_deref(),
             Some(drained),
             "{id} placed on a draining node"
         );
     }
     for c in &before {
         assert_eq!(
-            node_of_session(&nodes, c).as_deref(),
+            node_of_session(nodes, c).as_deref(),
             Some(drained),
             "{c} stayed"
         );
@@ -265,7 +265,7 @@ async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, cal
     let failed = "n2";
     let on_failed: Vec<String> = (0..calls)
         .map(|k| format!("call-{k}"))
-        .filter(|c| node_of_session(&nodes, c).as_deref() == Some(failed))
+        .filter(|c| node_of_session(nodes, c).as_deref() == Some(failed))
         .collect();
     assert!(!on_failed.is_empty());
     let lease = nodes.leases.remove(failed).unwrap();
@@ -277,7 +277,7 @@ async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, cal
     eventually("every call of the failed node runs on a survivor", || {
         let ok = on_failed
             .iter()
-            .all(|c| node_of_session(&nodes, c).is_some_and(|n| n != failed));
+            .all(|c| node_of_session(nodes, c).is_some_and(|n| n != failed));
         async move { ok }
     })
     .await;
@@ -285,7 +285,7 @@ async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, cal
     let mut moved_to: BTreeMap<String, usize> = BTreeMap::new();
     for c in &on_failed {
         *moved_to
-            .entry(node_of_session(&nodes, c).unwrap())
+            .entry(node_of_session(nodes, c).unwrap())
             .or_default() += 1;
     }
     println!("{} calls of {failed} moved: {moved_to:?}", on_failed.len());
@@ -323,7 +323,7 @@ async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, cal
             .await
             .unwrap()
             .into_inner();
-        let now = node_of_session(&nodes, c).unwrap();
+        let now = node_of_session(nodes, c).unwrap();
         for p in &view.participants {
             assert_eq!(
                 p.leg.as_ref().unwrap().node_id,
