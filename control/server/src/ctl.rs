@@ -814,112 +814,122 @@ pub async fn run_async(args: CtlArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CtlCommand::Supervision(cmd) => {
-            let s = &mut supervision;
-            match cmd {
-                SupervisionCmd::Monitor(a) => {
-                    let req = start_request(s, a).await?;
-                    printer.print(&s.start_monitor(req).await?.into_inner())
-                }
-                SupervisionCmd::Coach(a) => {
-                    let req = start_request(s, a).await?;
-                    printer.print(&s.start_coach(req).await?.into_inner())
-                }
-                SupervisionCmd::Barge(a) => {
-                    let req = start_request(s, a).await?;
-                    printer.print(&s.start_barge(req).await?.into_inner())
-                }
-                SupervisionCmd::Stop {
-                    id,
-                    interaction,
-                    supervisor_user,
-                    actor,
-                } => {
-                    let supervision_id = match (id, interaction, supervisor_user) {
-                        (Some(id), _, _) => id.clone(),
-                        (None, Some(i), Some(u)) => s
-                            .list_supervisions(proto::ListSupervisionsRequest {
-                                interaction_id: i.clone(),
-                                supervisor_user_id: u.clone(),
-                                include_ended: false,
-                            })
-                            .await?
-                            .into_inner()
-                            .supervisions
-                            .first()
-                            .map(|x| x.supervision_id.clone())
-                            .with_context(|| format!("{u} supervises nothing live in {i}"))?,
-                        _ => anyhow::bail!("--id, or --interaction and --supervisor-user"),
-                    };
-                    printer.print(
-                        &s.stop_supervision(proto::StopSupervisionRequest {
-                            supervision_id,
-                            actor: actor.clone(),
-                        })
-                        .await?
-                        .into_inner(),
-                    )
-                }
-                SupervisionCmd::Get { id } => printer.print(
-                    &s.get_supervision(proto::GetSupervisionRequest {
-                        supervision_id: id.clone(),
-                    })
-                    .await?
-                    .into_inner(),
-                ),
-                SupervisionCmd::List {
-                    interaction,
-                    supervisor_user,
-                    include_ended,
-                } => printer.print(
-                    &s.list_supervisions(proto::ListSupervisionsRequest {
-                        interaction_id: interaction.clone().unwrap_or_default(),
-                        supervisor_user_id: supervisor_user.clone().unwrap_or_default(),
-                        include_ended: *include_ended,
-                    })
-                    .await?
-                    .into_inner(),
-                ),
-            }
-        }
-        CtlCommand::Directory(cmd) => {
-            let d = &mut directory;
-            match cmd {
-                DirectoryCmd::UpsertUser {
-                    user,
-                    name,
-                    permissions,
-                } => printer.print(
-                    &d.upsert_user(proto::UpsertUserRequest {
-                        user_id: user.clone(),
-                        display_name: name.clone(),
-                        permissions: permissions.clone(),
-                    })
-                    .await?
-                    .into_inner(),
-                ),
-                DirectoryCmd::SetPresence { user, presence: p } => printer.print(
-                    &d.set_presence(proto::SetPresenceRequest {
-                        user_id: user.clone(),
-                        presence: presence(p)? as i32,
-                    })
-                    .await?
-                    .into_inner(),
-                ),
-                DirectoryCmd::GetUser { user } => printer.print(
-                    &d.get_user(proto::GetUserRequest {
-                        user_id: user.clone(),
-                    })
-                    .await?
-                    .into_inner(),
-                ),
-            }
-        }
+        CtlCommand::Supervision(cmd) => run_supervision(&mut supervision, cmd, &printer).await,
+        CtlCommand::Directory(cmd) => run_directory(&mut directory, cmd, &printer).await,
         CtlCommand::Engine(EngineCmd::Stats) => printer.print(
             &engine
                 .get_stats(proto::GetStatsRequest {})
                 .await?
                 .into_inner(),
+        ),
+    }
+}
+
+async fn run_supervision(
+    s: &mut proto::supervision_client::SupervisionClient<Svc>,
+    cmd: &SupervisionCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    match cmd {
+        SupervisionCmd::Monitor(a) => {
+            let req = start_request(s, a).await?;
+            printer.print(&s.start_monitor(req).await?.into_inner())
+        }
+        SupervisionCmd::Coach(a) => {
+            let req = start_request(s, a).await?;
+            printer.print(&s.start_coach(req).await?.into_inner())
+        }
+        SupervisionCmd::Barge(a) => {
+            let req = start_request(s, a).await?;
+            printer.print(&s.start_barge(req).await?.into_inner())
+        }
+        SupervisionCmd::Stop {
+            id,
+            interaction,
+            supervisor_user,
+            actor,
+        } => {
+            let supervision_id = match (id, interaction, supervisor_user) {
+                (Some(id), _, _) => id.clone(),
+                (None, Some(i), Some(u)) => s
+                    .list_supervisions(proto::ListSupervisionsRequest {
+                        interaction_id: i.clone(),
+                        supervisor_user_id: u.clone(),
+                        include_ended: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .supervisions
+                    .first()
+                    .map(|x| x.supervision_id.clone())
+                    .with_context(|| format!("{u} supervises nothing live in {i}"))?,
+                _ => anyhow::bail!("--id, or --interaction and --supervisor-user"),
+            };
+            printer.print(
+                &s.stop_supervision(proto::StopSupervisionRequest {
+                    supervision_id,
+                    actor: actor.clone(),
+                })
+                .await?
+                .into_inner(),
+            )
+        }
+        SupervisionCmd::Get { id } => printer.print(
+            &s.get_supervision(proto::GetSupervisionRequest {
+                supervision_id: id.clone(),
+            })
+            .await?
+            .into_inner(),
+        ),
+        SupervisionCmd::List {
+            interaction,
+            supervisor_user,
+            include_ended,
+        } => printer.print(
+            &s.list_supervisions(proto::ListSupervisionsRequest {
+                interaction_id: interaction.clone().unwrap_or_default(),
+                supervisor_user_id: supervisor_user.clone().unwrap_or_default(),
+                include_ended: *include_ended,
+            })
+            .await?
+            .into_inner(),
+        ),
+    }
+}
+
+async fn run_directory(
+    d: &mut proto::directory_client::DirectoryClient<Svc>,
+    cmd: &DirectoryCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    match cmd {
+        DirectoryCmd::UpsertUser {
+            user,
+            name,
+            permissions,
+        } => printer.print(
+            &d.upsert_user(proto::UpsertUserRequest {
+                user_id: user.clone(),
+                display_name: name.clone(),
+                permissions: permissions.clone(),
+            })
+            .await?
+            .into_inner(),
+        ),
+        DirectoryCmd::SetPresence { user, presence: p } => printer.print(
+            &d.set_presence(proto::SetPresenceRequest {
+                user_id: user.clone(),
+                presence: presence(p)? as i32,
+            })
+            .await?
+            .into_inner(),
+        ),
+        DirectoryCmd::GetUser { user } => printer.print(
+            &d.get_user(proto::GetUserRequest {
+                user_id: user.clone(),
+            })
+            .await?
+            .into_inner(),
         ),
     }
 }
