@@ -176,14 +176,15 @@ impl Lan {
         IpAddr::from([10, 77, 0, 11 + i as u8])
     }
 
-    fn new(n: usize) -> std::io::Result<Lan> {
-        let lan = Netns::new("esfo", "lan")?;
+    /// `tag` keeps the namespaces of two tests of one process apart.
+    fn new(tag: &str, n: usize) -> std::io::Result<Lan> {
+        let lan = Netns::new("esfo", &format!("{tag}lan"))?;
         lan.ip(&["link", "add", "br0", "type", "bridge"])?;
         lan.ip(&["address", "add", "10.77.0.254/24", "dev", "br0"])?;
         lan.ip(&["link", "set", "br0", "up"])?;
         let mut hosts = Vec::new();
         for i in 0..n {
-            let host = Netns::new("esfo", &format!("host{i}"))?;
+            let host = Netns::new("esfo", &format!("{tag}host{i}"))?;
             let port = format!("host{i}");
             lan.ip(&[
                 "link",
@@ -867,7 +868,7 @@ fn a_killed_host_s_addresses_move_to_a_survivor_on_the_lan() {
     if !netns::require_root(NAME) || !netns::require_tool(NAME, "arping") {
         return;
     }
-    let lan = Lan::new(NODES).expect("the LAN's namespaces");
+    let lan = Lan::new("k", NODES).expect("the LAN's namespaces");
     // Runtime threads start inside the LAN's namespace, so every socket the test opens
     // (gRPC, proxies, phones) and every process it spawns is on the LAN.
     lan.lan.run(|| {
@@ -913,26 +914,13 @@ async fn kill_the_busiest_node(topology: Topology<'_>) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let moved: Vec<IpAddr> = h
-        .calls
-        .iter()
-        .filter(|c| c.node == victim)
-        .flat_map(|c| c.locals.values().map(SocketAddr::ip))
-        .collect();
+    let moved = moved_addresses(&h, &victim);
     check_failover(h, &victim, before_kill, "SIGKILL").await;
     if let Topology::Lan(lan) = topology {
         // The phones heard the moved calls again (checked above) only because each
-        // address now lives on a survivor's interface.
-        for address in moved {
-            let on: Vec<usize> = (0..NODES)
-                .filter(|&i| i != index && lan.addresses_of(i).contains(&address))
-                .collect();
-            assert_eq!(
-                on.len(),
-                1,
-                "{address} of the dead host is up on survivors {on:?}, not on exactly one"
-            );
-        }
+        // address now lives on a survivor's interface (the dead host, off the link,
+        // still has them configured: nobody runs there).
+        check_addresses_moved(lan, index, &moved, false);
     }
 }
 
@@ -943,7 +931,33 @@ async fn kill_the_busiest_node(topology: Topology<'_>) {
 /// address would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_etcd_fences_itself_and_its_calls_move() {
-    let Some(mut h) = start_cluster(Topology::OneHost).await else {
+    cut_the_busiest_node_off_etcd(Topology::OneHost).await;
+}
+
+/// The same partition on a LAN of hosts: the cut-off host stays on the link, so it must
+/// also take its addresses down when it fences; had it kept one, two hosts would
+/// answer ARP for it and the phones' packets could go to either.
+#[test]
+fn a_host_cut_off_from_etcd_gives_its_addresses_up_on_the_lan() {
+    const NAME: &str = "a_host_cut_off_from_etcd_gives_its_addresses_up_on_the_lan";
+    if !netns::require_root(NAME) || !netns::require_tool(NAME, "arping") {
+        return;
+    }
+    let lan = Lan::new("p", NODES).expect("the LAN's namespaces");
+    lan.lan.run(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(cut_the_busiest_node_off_etcd(Topology::Lan(&lan)));
+    });
+}
+
+/// Cuts the agent of the node with the most calls off etcd (its engine and its callers
+/// still reach each other), waits until it fences, and checks the failover.
+async fn cut_the_busiest_node_off_etcd(topology: Topology<'_>) {
+    let Some(mut h) = start_cluster(topology).await else {
         return;
     };
     let victim = busiest(&h);
@@ -955,7 +969,34 @@ async fn a_node_cut_off_from_etcd_fences_itself_and_its_calls_move() {
         }
     }
     check_failover_fenced(&mut h, index).await;
+    let moved = moved_addresses(&h, &victim);
     check_failover(h, &victim, before_cut, "partition from etcd").await;
+    if let Topology::Lan(lan) = topology {
+        check_addresses_moved(lan, index, &moved, true);
+    }
+}
+
+/// The addresses of `victim`'s calls' legs.
+fn moved_addresses(h: &Harness, victim: &str) -> Vec<IpAddr> {
+    h.calls
+        .iter()
+        .filter(|c| c.node == victim)
+        .flat_map(|c| c.locals.values().map(SocketAddr::ip))
+        .collect()
+}
+
+/// Each of `moved` is up on exactly one survivor, and (if `gave_up`: the failed host
+/// `index` still runs) no longer on the failed host.
+fn check_addresses_moved(lan: &Lan, index: usize, moved: &[IpAddr], gave_up: bool) {
+    for address in moved {
+        let on: Vec<usize> = (0..NODES)
+            .filter(|&i| (gave_up || i != index) && lan.addresses_of(i).contains(address))
+            .collect();
+        assert!(
+            on.len() == 1 && on[0] != index,
+            "{address} of host {index} is up on hosts {on:?}: not on exactly one survivor"
+        );
+    }
 }
 
 /// Waits (at most 10 s) until the cut-off node's agent says it fenced, and checks its
