@@ -72,6 +72,9 @@ pub struct UdpParams {
     /// Milliseconds per step of a stepped run (default 60,000, SPEC section 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_ms: Option<u64>,
+    /// Stepped runs: the shard thread runs `SCHED_FIFO` (see [`crate::udp_ramp`]).
+    #[serde(default)]
+    pub shard_fifo: bool,
 }
 
 /// One measured run against one system under test.

@@ -58,7 +58,10 @@ fn the_ci_sized_udp_ramp_records_every_step_without_drops() {
         assert_eq!(num(step, "drops"), 0.0, "{step}");
         assert_eq!(num(step, "send_failures"), 0.0, "{step}");
         let (sent, got) = (num(step, "sent_pps"), num(step, "engine_in_pps"));
-        assert!(sent > 0.0 && got >= 0.99 * sent, "received {got} of {sent}: {step}");
+        assert!(
+            sent > 0.0 && got >= 0.99 * sent,
+            "received {got} of {sent}: {step}"
+        );
         // Every tick mixes one frame for each of a session's three legs.
         let ticks = num(step, "ticks");
         assert!(ticks > 0.0, "{step}");
@@ -67,9 +70,15 @@ fn the_ci_sized_udp_ramp_records_every_step_without_drops() {
         // The figures are there and plausible; their size is not asserted.
         let late = num(step, "late_ticks");
         assert!(late <= ticks, "{step}");
-        assert!((num(step, "late_tick_share") - late / ticks).abs() < 1e-9, "{step}");
+        assert!(
+            (num(step, "late_tick_share") - late / ticks).abs() < 1e-9,
+            "{step}"
+        );
         let busy = num(step, "shard_busy_share");
-        assert!(busy > 0.0 && busy <= 1.05, "shard busy share {busy}: {step}");
+        assert!(
+            busy > 0.0 && busy <= 1.05,
+            "shard busy share {busy}: {step}"
+        );
         assert!(num(step, "cpu_us_per_packet") > 0.0, "{step}");
         assert!(num(step, "core_busy_share") >= 0.0, "{step}");
         assert!(step["tick_lateness_us"]["p99"].is_number(), "{step}");

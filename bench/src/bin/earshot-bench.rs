@@ -81,6 +81,10 @@ enum Cmd {
         /// Milliseconds per step of a stepped run (default 60000).
         #[arg(long)]
         step_ms: Option<u64>,
+        /// Stepped run: the shard thread runs SCHED_FIFO, out of reach of other
+        /// processes on its core (needs root or CAP_SYS_NICE).
+        #[arg(long)]
+        shard_fifo: bool,
         /// Result name (default: the scenario file's stem).
         #[arg(long)]
         name: Option<String>,
@@ -211,6 +215,7 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             rate_pps,
             ramp,
             step_ms,
+            shard_fifo,
             name,
         } => {
             let named = scenario::load(&file)?;
@@ -232,12 +237,21 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             if step_ms.is_some() {
                 p.step_ms = step_ms;
             }
+            p.shard_fifo |= shard_fifo;
             let name = name.unwrap_or(named.name);
             if !p.ramp.is_empty() {
                 let r = udp_ramp::ramp(&p)?;
                 println!(
-                    "udp-ramp ({}): generator max {:.0} pps; largest passing session count {:?}; in {:.1} s",
-                    p.backend, r.generator_max_pps, r.max_sessions_passed, r.elapsed_s
+                    "udp-ramp ({}{}): generator max {:.0} pps; largest passing session count {:?}; in {:.1} s",
+                    p.backend,
+                    if p.shard_fifo {
+                        ", shard SCHED_FIFO"
+                    } else {
+                        ""
+                    },
+                    r.generator_max_pps,
+                    r.max_sessions_passed,
+                    r.elapsed_s
                 );
                 for s in &r.steps {
                     println!("udp-ramp: {}", udp_ramp::step_line(s));
