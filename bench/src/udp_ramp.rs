@@ -33,7 +33,7 @@
 use earshot_engine::backend::Factory;
 use earshot_engine::clock::Clock;
 use earshot_engine::engine::Engine;
-use earshot_engine_api::{EngineApi, Percentiles, Request, Response, ShardStats};
+use earshot_engine_api::{EngineApi, EngineError, Percentiles, Request, Response, ShardStats};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
@@ -300,6 +300,32 @@ fn measure(
     })
 }
 
+/// Setup attempts of a step whose ports are still held (below).
+const SETUP_ATTEMPTS: u32 = 10;
+
+/// [`run_step`], retried after a second while the engine finds its ports held: the
+/// previous step's sockets close with its io_uring ring, whose requests the kernel
+/// cancels in the background, so the next step can find them still bound.
+fn run_step_when_ports_free(
+    p: &UdpParams,
+    sessions: u32,
+    step_ms: u64,
+) -> Result<RampStep, BenchError> {
+    let mut attempt = 1;
+    loop {
+        match run_step(p, sessions, step_ms) {
+            Err(BenchError::Engine(EngineError::ResourceExhausted(why)))
+                if attempt < SETUP_ATTEMPTS =>
+            {
+                eprintln!("udp-ramp: {sessions} sessions: {why}; again in 1 s");
+                std::thread::park_timeout(std::time::Duration::from_secs(1));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs every step of `p.ramp` (the generator's ceiling first), stopping after a
 /// saturated step.
 pub fn ramp(p: &UdpParams) -> Result<RampResult, BenchError> {
@@ -309,7 +335,7 @@ pub fn ramp(p: &UdpParams) -> Result<RampResult, BenchError> {
     eprintln!("udp-ramp: generator max {generator_max_pps:.0} pps");
     let mut steps = Vec::new();
     for &n in &p.ramp {
-        let r = run_step(p, n, step_ms)?;
+        let r = run_step_when_ports_free(p, n, step_ms)?;
         eprintln!("udp-ramp: {}", step_line(&r));
         let saturated =
             r.shard_busy_share.is_some_and(|b| b >= 0.98) || r.engine_in_pps < 0.95 * r.sent_pps;
