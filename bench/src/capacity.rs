@@ -143,8 +143,10 @@ pub fn parse_srtp(id: Option<&str>) -> Result<Option<SrtpSuite>, BenchError> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StallRecord {
     /// Longest gap between two iterations of the feeding loop (not counting its own
-    /// sleeps), in microseconds: time the thread was not running at all.
-    pub loop_gap_max_us: u64,
+    /// sleeps), in microseconds: time the thread was not running at all. Absent where
+    /// no feeding loop of ours ran the shard (the real-UDP runs: see their `stalls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_gap_max_us: Option<u64>,
     /// Time the thread waited runnable for a CPU during the step, in milliseconds
     /// (`/proc/thread-self/schedstat`; `None` where unreadable).
     pub run_delay_ms: Option<f64>,
@@ -208,40 +210,86 @@ fn thread_cpu_ns() -> Option<u64> {
     (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// Nanoseconds the calling thread has waited runnable for a CPU.
-fn thread_run_delay_ns() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    s.split_whitespace().nth(1)?.parse().ok()
+/// Which thread a [`MachineProbe`] watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The thread that calls the probe.
+    Current,
+    /// Another thread of this process, by its kernel task id (`/proc/self/task/<tid>`).
+    Task(i32),
+}
+
+impl Watched {
+    /// Field `n` of the thread's schedstat: 0 CPU time, 1 runnable wait, nanoseconds.
+    fn schedstat(self, n: usize) -> Option<u64> {
+        let path = match self {
+            Watched::Current => "/proc/thread-self/schedstat".to_string(),
+            Watched::Task(tid) => format!("/proc/self/task/{tid}/schedstat"),
+        };
+        let s = std::fs::read_to_string(path).ok()?;
+        s.split_whitespace().nth(n)?.parse().ok()
+    }
+
+    /// The thread's CPU time in nanoseconds.
+    fn cpu_ns(self) -> Option<u64> {
+        match self {
+            Watched::Current => thread_cpu_ns(),
+            Watched::Task(_) => self.schedstat(0),
+        }
+    }
+
+    /// Nanoseconds the thread has waited runnable for a CPU.
+    fn run_delay_ns(self) -> Option<u64> {
+        self.schedstat(1)
+    }
+}
+
+/// What a [`MachineProbe`] saw between its start and finish.
+#[derive(Clone, Debug)]
+pub(crate) struct Probed {
+    /// CPU time the watched thread used, nanoseconds.
+    pub(crate) cpu_ns: Option<u64>,
+    /// That CPU time over the wall time.
+    pub(crate) cpu_share: Option<f64>,
+    /// Share of the core's time busy with anything (this thread, others, interrupts).
+    pub(crate) core_busy_share: Option<f64>,
+    /// The stall record, without a loop gap (only a feeding loop can measure that).
+    pub(crate) stall: StallRecord,
 }
 
 /// What the machine did to one step, measured from before and after.
-struct MachineProbe {
+pub(crate) struct MachineProbe {
     core: Option<usize>,
+    thread: Watched,
     cpu_ns: Option<u64>,
     run_delay_ns: Option<u64>,
     times: Option<CoreTimes>,
 }
 
 impl MachineProbe {
-    fn start(core: Option<usize>) -> MachineProbe {
+    /// Starts watching `thread` and `core` (its line of `/proc/stat`; all cores for
+    /// `None`).
+    pub(crate) fn start(core: Option<usize>, thread: Watched) -> MachineProbe {
         MachineProbe {
             core,
-            cpu_ns: thread_cpu_ns(),
-            run_delay_ns: thread_run_delay_ns(),
+            thread,
+            cpu_ns: thread.cpu_ns(),
+            run_delay_ns: thread.run_delay_ns(),
             times: CoreTimes::read(core),
         }
     }
 
-    /// (thread CPU share, stall record without the loop gap) over `wall_ns`.
-    fn finish(self, wall_ns: u64) -> (Option<f64>, StallRecord) {
+    /// What happened over the `wall_ns` since the start.
+    pub(crate) fn finish(self, wall_ns: u64) -> Probed {
         let wall = wall_ns.max(1) as f64;
-        let cpu_share = self
+        let cpu_ns = self
             .cpu_ns
-            .zip(thread_cpu_ns())
-            .map(|(a, b)| b.saturating_sub(a) as f64 / wall);
+            .zip(self.thread.cpu_ns())
+            .map(|(a, b)| b.saturating_sub(a));
+        let cpu_share = cpu_ns.map(|ns| ns as f64 / wall);
         let run_delay_ms = self
             .run_delay_ns
-            .zip(thread_run_delay_ns())
+            .zip(self.thread.run_delay_ns())
             .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6);
         let shares = self
             .times
@@ -250,15 +298,17 @@ impl MachineProbe {
         let other = shares
             .zip(cpu_share)
             .map(|((busy, _), mine)| (busy - mine).max(0.0));
-        (
+        Probed {
+            cpu_ns,
             cpu_share,
-            StallRecord {
-                loop_gap_max_us: 0,
+            core_busy_share: shares.map(|(busy, _)| busy),
+            stall: StallRecord {
+                loop_gap_max_us: None,
                 run_delay_ms,
                 steal_share: shares.map(|(_, s)| s),
                 other_load_share: other,
             },
-        )
+        }
     }
 }
 
@@ -304,7 +354,7 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
     // their staggered phases within the first period.
     let clock = Clock::new();
     let now_fn = || clock.now();
-    let probe = MachineProbe::start(p.core);
+    let probe = MachineProbe::start(p.core, Watched::Current);
     let end_ns = p.step_ms * 1_000_000;
     let spacing_ns = PERIOD_NS / legs.max(1) as u64;
     let mut next: u64 = 0;
@@ -351,8 +401,9 @@ pub fn run_step(p: &StepParams) -> Result<StepResult, BenchError> {
         last_end = end;
     }
     let wall_ns = clock.now().as_nanos();
-    let (thread_cpu_share, mut stall) = probe.finish(wall_ns);
-    stall.loop_gap_max_us = gap_max_ns / 1000;
+    let probed = probe.finish(wall_ns);
+    let (thread_cpu_share, mut stall) = (probed.cpu_share, probed.stall);
+    stall.loop_gap_max_us = Some(gap_max_ns / 1000);
     let stats = rig.stats(clock.now())?;
     let drops = stats.drops.iter().map(|(_, n)| n).sum();
     let passed = stats.late_ticks == 0 && feed_lag_max_ns < PERIOD_NS;
@@ -444,7 +495,9 @@ pub fn step_line(r: &StepResult) -> String {
         100.0 * r.busy_fraction,
         opt(r.thread_cpu_share, 100.0),
         r.projected_sessions,
-        r.stall.loop_gap_max_us,
+        r.stall
+            .loop_gap_max_us
+            .map_or_else(|| "?".into(), |g| g.to_string()),
         opt(r.stall.run_delay_ms, 1.0),
         opt(r.stall.steal_share, 100.0),
         opt(r.stall.other_load_share, 100.0),
@@ -601,7 +654,10 @@ mod tests {
             cpu > 0.5 || r.stall.run_delay_ms.unwrap_or(0.0) > 50.0,
             "the spinning thread was neither running nor waiting: {r:?}"
         );
-        assert!(r.stall.loop_gap_max_us < 200_000, "{r:?}");
+        assert!(
+            r.stall.loop_gap_max_us.is_some_and(|g| g < 200_000),
+            "{r:?}"
+        );
         println!("{}", step_line(&r));
     }
 

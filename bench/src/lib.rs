@@ -9,6 +9,8 @@
 //!   with the machine's stall record beside each;
 //! - [`udp`]: the same engine behind real UDP on loopback, against a bare batched UDP
 //!   reflector measured in the same run (the kernel's ceiling, SPEC section 6);
+//! - [`udp_ramp`]: barge capacity through real UDP, in steps, each with the shard's
+//!   busy share, late ticks and CPU per packet beside the machine's stall record;
 //! - [`veth`]: AF_XDP vs io_uring vs sockets across a veth pair between two network
 //!   namespaces, with a socket and an AF_XDP reflector as baselines (needs root);
 //! - [`machine`]: per-core busy and stolen time from `/proc/stat`, reported beside
@@ -28,6 +30,7 @@ pub mod machine;
 pub mod net;
 pub mod scenario;
 pub mod udp;
+pub mod udp_ramp;
 #[cfg(target_os = "linux")]
 pub mod veth;
 

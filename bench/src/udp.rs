@@ -65,6 +65,16 @@ pub struct UdpParams {
     pub sut_core: usize,
     /// Core of the generator (sender and receiver threads).
     pub gen_core: usize,
+    /// Session counts of a stepped capacity run ([`crate::udp_ramp`]); empty: the
+    /// one-count comparison ([`compare`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ramp: Vec<u32>,
+    /// Milliseconds per step of a stepped run (default 60,000, SPEC section 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ms: Option<u64>,
+    /// Stepped runs: the shard thread runs `SCHED_FIFO` (see [`crate::udp_ramp`]).
+    #[serde(default)]
+    pub shard_fifo: bool,
 }
 
 /// One measured run against one system under test.
@@ -228,11 +238,11 @@ pub(crate) fn generate(
     })
 }
 
-fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
-fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
+pub(crate) fn local_v4(sock: &UdpSocket) -> Result<SocketAddrV4, BenchError> {
     match sock.local_addr()? {
         SocketAddr::V4(a) => Ok(a),
         SocketAddr::V6(_) => Err(std::io::Error::other("expected an IPv4 socket").into()),
@@ -292,7 +302,7 @@ fn run_result(target: &str, g: &GenReport, sut_in: u64, sut_out: u64, lat: bool)
     }
 }
 
-fn block_on_call(api: &dyn EngineApi, req: Request) -> Result<Response, BenchError> {
+pub(crate) fn block_on_call(api: &dyn EngineApi, req: Request) -> Result<Response, BenchError> {
     Ok(pollster::block_on(api.call(req))?)
 }
 
@@ -336,6 +346,30 @@ fn engine_counts(api: &dyn EngineApi) -> Result<(String, u64, u64), BenchError> 
         .iter()
         .fold((0, 0), |(i, o), s| (i + s.packets_in, o + s.packets_out));
     Ok((stats.backend, i, o))
+}
+
+/// One shard pinned to `core` on `backend` (no fallback), room for `sessions` barges.
+pub(crate) fn engine_config(
+    backend: &str,
+    core: usize,
+    sessions: u32,
+) -> Result<EngineConfig, BenchError> {
+    Ok(EngineConfig {
+        shards: 1,
+        pin: true,
+        cores: vec![core],
+        backend: parse_kind(backend)?,
+        fallback: false,
+        max_legs_per_shard: (sessions * 3).max(16),
+        max_sessions_per_shard: sessions.max(1),
+        seed: 1,
+        // Below the kernel's ephemeral range (32768..60999), where the generator's own
+        // sockets live.
+        port_base: 16384,
+        ports_per_shard: 16384,
+        socket: std::env::temp_dir().join("earshot-bench-unused.sock"),
+        ..EngineConfig::default()
+    })
 }
 
 /// Runs the three measurements of the module docs.
@@ -394,22 +428,7 @@ pub fn compare(p: &UdpParams) -> Result<UdpResult, BenchError> {
     eprintln!("udp: reflector {reflector:?}");
 
     // 3. The engine.
-    let cfg = EngineConfig {
-        shards: 1,
-        pin: true,
-        cores: vec![p.sut_core],
-        backend: parse_kind(&p.backend)?,
-        fallback: false,
-        max_legs_per_shard: (p.sessions * 3).max(16),
-        max_sessions_per_shard: p.sessions.max(1),
-        seed: 1,
-        // Below the kernel's ephemeral range (32768..60999), where the generator's own
-        // sockets live.
-        port_base: 16384,
-        ports_per_shard: 16384,
-        socket: std::env::temp_dir().join("earshot-bench-unused.sock"),
-        ..EngineConfig::default()
-    };
+    let cfg = engine_config(&p.backend, p.sut_core, p.sessions)?;
     let mut factory = Factory::new(&cfg)?;
     let engine = Engine::start(&cfg, |i| factory.open(i))?;
     let api = engine.handle();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use earshot_bench::capacity::{self, SearchParams};
 use earshot_bench::scenario::{self, Scenario};
-use earshot_bench::udp;
+use earshot_bench::{udp, udp_ramp};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -74,6 +74,17 @@ enum Cmd {
         /// Override the offered rate (0: unlimited).
         #[arg(long)]
         rate_pps: Option<u64>,
+        /// A stepped barge capacity run through these session counts (comma-separated)
+        /// instead of the one-count comparison.
+        #[arg(long, value_delimiter = ',')]
+        ramp: Option<Vec<u32>>,
+        /// Milliseconds per step of a stepped run (default 60000).
+        #[arg(long)]
+        step_ms: Option<u64>,
+        /// Stepped run: the shard thread runs SCHED_FIFO, out of reach of other
+        /// processes on its core (needs root or CAP_SYS_NICE).
+        #[arg(long)]
+        shard_fifo: bool,
         /// Result name (default: the scenario file's stem).
         #[arg(long)]
         name: Option<String>,
@@ -202,6 +213,9 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             backend,
             duration_ms,
             rate_pps,
+            ramp,
+            step_ms,
+            shard_fifo,
             name,
         } => {
             let named = scenario::load(&file)?;
@@ -217,6 +231,34 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
             if let Some(r) = rate_pps {
                 p.rate_pps = r;
             }
+            if let Some(r) = ramp {
+                p.ramp = r;
+            }
+            if step_ms.is_some() {
+                p.step_ms = step_ms;
+            }
+            p.shard_fifo |= shard_fifo;
+            let name = name.unwrap_or(named.name);
+            if !p.ramp.is_empty() {
+                let r = udp_ramp::ramp(&p)?;
+                println!(
+                    "udp-ramp ({}{}): generator max {:.0} pps; largest passing session count {:?}; in {:.1} s",
+                    p.backend,
+                    if p.shard_fifo {
+                        ", shard SCHED_FIFO"
+                    } else {
+                        ""
+                    },
+                    r.generator_max_pps,
+                    r.max_sessions_passed,
+                    r.elapsed_s
+                );
+                for s in &r.steps {
+                    println!("udp-ramp: {}", udp_ramp::step_line(s));
+                }
+                scenario::write_run(&cli.results, &name, &p, &r)?;
+                return Ok(());
+            }
             let r = udp::compare(&p)?;
             println!(
                 "udp: generator max {:.0} pps; reflector out {:.0} pps; {} out {:.0} pps; ratio out {:.3} in {:.3}",
@@ -227,7 +269,6 @@ fn run(cli: Cli) -> Result<(), earshot_bench::BenchError> {
                 r.ratio_out,
                 r.ratio_in
             );
-            let name = name.unwrap_or(named.name);
             scenario::write_run(&cli.results, &name, &p, &r)?;
         }
         Cmd::Veth {
