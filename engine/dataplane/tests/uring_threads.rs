@@ -11,7 +11,7 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use earshot_engine::backend::Backend;
 use earshot_engine::backend::uring::{UringBackend, UringConfig};
 use earshot_engine::clock::Clock;
-use earshot_engine_api::Family;
+use earshot_engine_api::IpFamily;
 use earshot_testkit::handler::Echo;
 use earshot_types::time::Duration;
 
@@ -44,7 +44,7 @@ fn a_backend_built_on_one_thread_receives_and_echoes_on_another() {
     let sender = client.try_clone().expect("clone client");
     let worker = std::thread::spawn(move || {
         let mut backend = backend;
-        backend.open_port(port, Family::V4).expect("open a port");
+        backend.open_port(port, IpFamily::V4).expect("open a port");
         // Datagrams start once the port is open; the worker must wake for them.
         for i in 0..N {
             sender
