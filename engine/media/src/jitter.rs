@@ -686,10 +686,12 @@ impl JitterBuffer {
             self.store(offset, false, units, payload);
             return true;
         }
-        self.slots[first..first + units].fill(Slot::Audio {
-            len: ub as u16,
-            span: 1,
-        });
+        // A 20 ms packet is two slots: two stores, where `fill` runs a loop.
+        let whole = self.whole_slot;
+        match &mut self.slots[first..first + units] {
+            [a, b] => (*a, *b) = (whole, whole),
+            run => run.fill(whole),
+        }
         self.payload[first * ub..(first + units) * ub].copy_from_slice(payload);
         self.stored += units;
         self.newest_ts = internal.add((units - 1) as u32 * self.unit_ts);
