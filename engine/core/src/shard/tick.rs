@@ -273,11 +273,15 @@ impl Shard {
             let Some(remote) = *remote else { continue };
             // A follower in step with its leader sends the leader's encoded bytes (the
             // plan shares a mix only between legs of one codec and ptime).
-            let reuse = match usize::from(encoded[leader]) {
-                n if n > 0 && leader != l && frame == Frame::Tick => Some(n),
-                _ => None,
+            // A leader of its own mix (the common case) neither reuses nor keeps.
+            let (reuse, keep) = if leader == l {
+                (None, frame == Frame::Tick && plan.is_shared_mix(l))
+            } else {
+                match usize::from(encoded[leader]) {
+                    n if n > 0 && frame == Frame::Tick => (Some(n), false),
+                    _ => (None, false),
+                }
             };
-            let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
             let pcm = match frame {
                 Frame::Tick => mix,
                 Frame::Staged => &m.out_pcm[..m.mix_frame_samples],
