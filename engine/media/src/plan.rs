@@ -588,7 +588,11 @@ mod tests {
         // S mixes customer and agent at unity; 4 has a gain; 3 is a follower.
         assert_eq!(p.unity_pair(S), Some((C, A)));
         assert_eq!((p.unity_pair(3), p.unity_pair(4)), (None, None));
-        assert_eq!((p.unity_pair(C), p.unity_pair(15)), (None, None), "forwarding");
+        assert_eq!(
+            (p.unity_pair(C), p.unity_pair(15)),
+            (None, None),
+            "forwarding"
+        );
         // The same sources in another format cannot share the encode.
         let mut formats = [PCMU20; 5];
         formats[3].ptime_ms = 30;

@@ -9,8 +9,8 @@ use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
 use super::legs::{Frame, Leg, LegMedia};
 use super::packet::seal_rtp;
-use super::srtp::LegSrtp;
 use super::session::Session;
+use super::srtp::LegSrtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
 use crate::rtp;

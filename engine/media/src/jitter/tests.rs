@@ -774,5 +774,8 @@ fn the_target_is_what_recomputing_it_at_every_packet_gives() {
         }
     }
     // Both regimes were exercised: long settled stretches and a moving target.
-    assert!(settled_runs > 500 && changes > 50, "{settled_runs} {changes}");
+    assert!(
+        settled_runs > 500 && changes > 50,
+        "{settled_runs} {changes}"
+    );
 }
