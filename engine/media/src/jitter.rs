@@ -349,6 +349,10 @@ pub struct JitterBuffer {
     /// `jitter_q4 >> 4` and the same in microseconds.
     jitter_cached: (u32, i64),
     target_us: i64,
+    /// `target_us` is the clamped P + 4 x jitter for the current `jitter_cached.0` and
+    /// `packet_us`, so recomputing it would change nothing (the steady state): the
+    /// packet path then skips it. Cleared when either input moves.
+    target_settled: bool,
     level_avg_us: i64,
     level_avg_valid: bool,
     adjust_wait: u32,
@@ -482,6 +486,7 @@ impl JitterBuffer {
             prev_transit: None,
             jitter_q4: 0,
             jitter_cached: (0, 0),
+            target_settled: false,
             target_us: i64::from(cfg.min_depth_ms.max(cfg.ptime_ms).min(cfg.max_depth_ms)) * 1_000,
             level_avg_us: 0,
             level_avg_valid: false,
@@ -686,10 +691,12 @@ impl JitterBuffer {
             self.store(offset, false, units, payload);
             return true;
         }
-        self.slots[first..first + units].fill(Slot::Audio {
-            len: ub as u16,
-            span: 1,
-        });
+        // A 20 ms packet is two slots: two stores, where `fill` runs a loop.
+        let whole = self.whole_slot;
+        match &mut self.slots[first..first + units] {
+            [a, b] => (*a, *b) = (whole, whole),
+            run => run.fill(whole),
+        }
         self.payload[first * ub..(first + units) * ub].copy_from_slice(payload);
         self.stored += units;
         self.newest_ts = internal.add((units - 1) as u32 * self.unit_ts);
@@ -817,7 +824,11 @@ impl JitterBuffer {
     /// the peer sends, not what it negotiated.
     fn note_packet(&mut self, noise: bool, units: usize) {
         if !noise {
-            self.packet_us = units as i64 * UNIT_US;
+            let packet_us = units as i64 * UNIT_US;
+            if packet_us != self.packet_us {
+                self.target_settled = false;
+            }
+            self.packet_us = packet_us;
             self.packet_units = units;
             self.packet_bytes = units * self.unit_bytes;
         }
@@ -1026,6 +1037,11 @@ impl JitterBuffer {
         let jitter = self.jitter_q4 >> 4;
         if jitter != self.jitter_cached.0 {
             self.jitter_cached = (jitter, i64::from(jitter) * 1_000_000 / i64::from(clock));
+            self.target_settled = false;
+        }
+        if self.target_settled {
+            // Same inputs as when the target last reached them: it stays.
+            return;
         }
         let jitter_us = self.jitter_cached.1;
         let raw = (self.packet_us + 4 * jitter_us).clamp(
@@ -1038,6 +1054,7 @@ impl JitterBuffer {
         } else {
             self.target_us - (self.target_us - raw + 63) / 64
         };
+        self.target_settled = self.target_us == raw;
     }
 
     /// Writes one frame of the leg's ptime ([`JitterBuffer::frame_samples`]) into the
@@ -1160,11 +1177,15 @@ impl JitterBuffer {
         let (head, ub) = (self.head_idx, self.unit_bytes);
         // A stateless decoder means a fixed-rate codec, whose slots hold single units.
         let whole = self.whole_slot;
-        if !self.run_decode
-            || self.phase == Phase::Idle
-            || head + units > self.slots.len()
-            || self.slots[head..head + units].iter().any(|s| *s != whole)
-        {
+        if !self.run_decode || self.phase == Phase::Idle || head + units > self.slots.len() {
+            return None;
+        }
+        // A 20 ms frame is two slots: two comparisons, without a loop.
+        let all_whole = match &self.slots[head..head + units] {
+            [a, b] => *a == whole && *b == whole,
+            run => run.iter().all(|s| *s == whole),
+        };
+        if !all_whole {
             return None;
         }
         self.decoder.decode(

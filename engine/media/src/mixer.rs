@@ -29,29 +29,17 @@ pub fn mix_session(
     outputs: &mut Frames,
 ) {
     assert!(samples <= MAX_FRAME_SAMPLES, "a tick fits a frame");
-    for listener in plan.mixed_outputs() {
-        if plan.mix_leader(listener) != listener {
+    for listener in plan.mix_leaders() {
+        let out = &mut outputs[listener][..samples];
+        // The commonest mix (a listener in a three-party call: two sources at unity
+        // gain, known from the plan) has its own kernel.
+        if let Some((a, b)) = plan.unity_pair(listener) {
+            (kernels.pair)(out, &inputs[a][..samples], &inputs[b][..samples]);
             continue;
         }
         let OutputPlan::Mix(sources) = plan.output(listener) else {
             continue;
         };
-        let out = &mut outputs[listener][..samples];
-        // Exactly two sources, asked of the iterator (a count of the set's bits is a
-        // software popcount on the baseline x86-64 target).
-        let mut pair = sources.iter();
-        if let (Some(a), Some(b), None) = (pair.next(), pair.next(), pair.next())
-            && a.gain == Gain::UNITY
-            && b.gain == Gain::UNITY
-        {
-            // The commonest mix (a listener in a three-party call) has its own kernel.
-            (kernels.pair)(
-                out,
-                &inputs[a.source][..samples],
-                &inputs[b.source][..samples],
-            );
-            continue;
-        }
         let mut frames: [&[i16]; MAX_SESSION_LEGS] = [&[]; MAX_SESSION_LEGS];
         let mut gains = [Gain::MUTE; MAX_SESSION_LEGS];
         let mut n = 0;

@@ -219,6 +219,11 @@ pub struct SessionPlan {
     mixed_outputs: u16,
     /// Bit `l` set when `l` leads a mix that some later listener shares.
     shared: u16,
+    /// Bit `l` set when listener `l` mixes and leads its mix (only leaders are mixed).
+    mix_leaders: u16,
+    /// Bit `l` set when leader `l`'s mix is exactly two sources at unity gain (the
+    /// commonest mix: a listener in a three-party call), which has its own kernel.
+    unity_pairs: u16,
     /// `leaders[l]`: the first listener whose mix is the same as `l`'s (same sources,
     /// same gains, same format); `l` itself when none comes before. Listeners that share
     /// a leader share one mix and one encode.
@@ -258,6 +263,8 @@ impl SessionPlan {
             mixed_outputs: 0,
             leaders: core::array::from_fn(|l| l as u8),
             shared: 0,
+            mix_leaders: 0,
+            unity_pairs: 0,
         };
         for (listener, format) in legs.iter().enumerate() {
             let mut sources = MixSources::EMPTY;
@@ -286,6 +293,11 @@ impl SessionPlan {
                     }) {
                         plan.leaders[listener] = leader as u8;
                         plan.shared |= 1 << leader;
+                    } else {
+                        plan.mix_leaders |= 1 << listener;
+                        if sources.len() == 2 && sources.iter().all(|s| s.gain == Gain::UNITY) {
+                            plan.unity_pairs |= 1 << listener;
+                        }
                     }
                     OutputPlan::Mix(sources)
                 }
@@ -313,6 +325,26 @@ impl SessionPlan {
     /// The sources that some listener mixes, in ascending order.
     pub fn mixed_inputs(&self) -> LegSet {
         LegSet(self.mixed_inputs)
+    }
+
+    /// The listeners that mix and lead their mix (the mixes to compute), ascending.
+    pub fn mix_leaders(&self) -> LegSet {
+        LegSet(self.mix_leaders)
+    }
+
+    /// The two sources of leader `listener`'s mix when it is exactly two sources at
+    /// unity gain, in ascending order; `None` for any other output.
+    pub fn unity_pair(&self, listener: LegIndex) -> Option<(LegIndex, LegIndex)> {
+        if listener >= MAX_SESSION_LEGS || self.unity_pairs & (1 << listener) == 0 {
+            return None;
+        }
+        let OutputPlan::Mix(sources) = &self.outputs[listener] else {
+            return None;
+        };
+        let set = sources.set.0;
+        let a = set.trailing_zeros() as LegIndex;
+        let b = (set & (set - 1)).trailing_zeros() as LegIndex;
+        Some((a, b))
     }
 
     /// The first listener whose mix equals `listener`'s (itself if none comes before):
@@ -552,6 +584,15 @@ mod tests {
         assert!(p.is_shared_mix(S) && !p.is_shared_mix(3) && !p.is_shared_mix(4));
         assert_eq!(p.mix_leader(4), 4, "different gains, different mix");
         assert_eq!(p.mixed_outputs().collect::<Vec<_>>(), [S, 3, 4]);
+        assert_eq!(p.mix_leaders().collect::<Vec<_>>(), [S, 4], "3 follows S");
+        // S mixes customer and agent at unity; 4 has a gain; 3 is a follower.
+        assert_eq!(p.unity_pair(S), Some((C, A)));
+        assert_eq!((p.unity_pair(3), p.unity_pair(4)), (None, None));
+        assert_eq!(
+            (p.unity_pair(C), p.unity_pair(15)),
+            (None, None),
+            "forwarding"
+        );
         // The same sources in another format cannot share the encode.
         let mut formats = [PCMU20; 5];
         formats[3].ptime_ms = 30;

@@ -115,10 +115,30 @@ impl Shard {
         if !is_event {
             media.rx_jitter.handle_arrival(arrival, RtpTs(view.ts));
         }
+        // Buffer for the mix if anyone mixes this source (never an event: those are
+        // forwarded only). Done here, while the leg's media is at hand: nothing below
+        // (events, forwarding to other legs) reads or changes this buffer.
+        if media.jitter_live && !is_event {
+            let r = media.jitter.handle_packet_at(
+                now,
+                arrival,
+                Ssrc(view.ssrc),
+                SeqNo(view.seq),
+                RtpTs(view.ts),
+                PayloadType(view.payload_type),
+                view.marker,
+                view.payload(payload),
+            );
+            if let Err(drop) = r
+                && let Some(reason) = jitter_drop_reason(&drop)
+            {
+                self.counters.drop(reason);
+            }
+        }
         let report_first = media.report_first_packet;
-        // Who forwards and whether anyone mixes this source: the plan's answers, kept on
-        // the leg when the plan was built (no session or plan lookup per packet).
-        let (targets, mixed) = (media.forward_to, media.jitter_live);
+        // Who forwards this source: the plan's answer, kept on the leg when the plan was
+        // built (no session or plan lookup per packet).
+        let targets = media.forward_to;
         let id = leg.id;
         let (s, src_index) = (leg.session, usize::from(leg.index));
         let mut event = None;
@@ -151,28 +171,6 @@ impl Shard {
                 .legs;
             for l in targets {
                 self.forward_audio(now, legs[l], &view, payload, tx);
-            }
-        }
-        // Buffer for the mix if anyone mixes this source.
-        if mixed {
-            let media = self.legs[slot as usize]
-                .as_mut()
-                .and_then(|l| l.media.as_mut())
-                .expect("checked above");
-            let r = media.jitter.handle_packet_at(
-                now,
-                arrival,
-                Ssrc(view.ssrc),
-                SeqNo(view.seq),
-                RtpTs(view.ts),
-                PayloadType(view.payload_type),
-                view.marker,
-                view.payload(payload),
-            );
-            if let Err(drop) = r {
-                if let Some(reason) = jitter_drop_reason(&drop) {
-                    self.counters.drop(reason);
-                }
             }
         }
     }

@@ -1,13 +1,16 @@
 //! Ticks: every mixing session, once per period, pulls, mixes, encodes and sends.
 
+use earshot_media::codec::Encoder;
 use earshot_media::mixer;
 use earshot_media::plan::LegSet;
+use earshot_media::stream::Stamp;
 use earshot_media::time::{Duration, Instant};
 use earshot_media::{MAX_FRAME_SAMPLES, MAX_PAYLOAD_BYTES, MAX_SESSION_LEGS};
 
 use super::legs::{Frame, Leg, LegMedia};
 use super::packet::seal_rtp;
 use super::session::Session;
+use super::srtp::LegSrtp;
 use super::{NO_SLOT, Shard, ShardEvent};
 use crate::io::TxSink;
 use crate::rtp;
@@ -47,6 +50,57 @@ fn sweep_interval(max_legs: u32) -> Duration {
     let slice = SWEEP_PER_CALL.min(max_legs.max(1));
     let slices_per_lap = u64::from(max_legs.max(1).div_ceil(slice));
     Duration::from_nanos(SWEEP_LAP.as_nanos() / slices_per_lap)
+}
+
+/// One mixed frame for [`TxSink::send_with`] to build in the transmit buffer: the RTP
+/// header, the payload (encoded from `pcm`, or a leader's clear bytes reused) and SRTP.
+/// Afterwards it holds what was built.
+struct MixedFrame<'a> {
+    pt: u8,
+    stamp: Stamp,
+    pcm: &'a [i16],
+    /// Reuse the first `n` bytes of `enc` (a follower in step with its leader).
+    reuse: Option<usize>,
+    /// Keep the clear payload in `enc` for followers (a leader of a shared mix).
+    keep: bool,
+    enc: &'a mut [u8],
+    encoder: &'a mut Encoder,
+    srtp: &'a mut Option<Box<LegSrtp>>,
+    /// Payload octets written (0: the encoder refused, nothing to send).
+    payload_len: usize,
+    /// Datagram length (0: nothing to send, or SRTP protection failed).
+    len: usize,
+}
+
+impl MixedFrame<'_> {
+    /// Writes the packet into `buf` (a transmit buffer of `MAX_UDP_PAYLOAD` octets);
+    /// returns its length.
+    #[inline(always)]
+    fn build(&mut self, buf: &mut [u8]) -> usize {
+        let s = &self.stamp;
+        let h = rtp::write_header(buf, self.pt, s.marker, s.seq.0, s.ts.0, s.ssrc.0);
+        let payload = &mut buf[h..h + MAX_PAYLOAD_BYTES];
+        self.payload_len = match self.reuse {
+            Some(n) => {
+                payload[..n].copy_from_slice(&self.enc[..n]);
+                n
+            }
+            None => {
+                let n = self.encoder.encode(self.pcm, payload);
+                if self.keep {
+                    // Followers reuse the clear payload; each protects with its own key.
+                    self.enc[..n].copy_from_slice(&payload[..n]);
+                }
+                n
+            }
+        };
+        if self.payload_len == 0 {
+            return 0; // The encoder refused: nothing to send.
+        }
+        // A frame plus header and tag fits (asserted at the top of the file).
+        self.len = seal_rtp(self.srtp, buf, h + self.payload_len);
+        self.len
+    }
 }
 
 impl Shard {
@@ -219,11 +273,15 @@ impl Shard {
             let Some(remote) = *remote else { continue };
             // A follower in step with its leader sends the leader's encoded bytes (the
             // plan shares a mix only between legs of one codec and ptime).
-            let reuse = match usize::from(encoded[leader]) {
-                n if n > 0 && leader != l && frame == Frame::Tick => Some(n),
-                _ => None,
+            // A leader of its own mix (the common case) neither reuses nor keeps.
+            let (reuse, keep) = if leader == l {
+                (None, frame == Frame::Tick && plan.is_shared_mix(l))
+            } else {
+                match usize::from(encoded[leader]) {
+                    n if n > 0 && frame == Frame::Tick => (Some(n), false),
+                    _ => (None, false),
+                }
             };
-            let keep = leader == l && plan.is_shared_mix(l) && frame == Frame::Tick;
             let pcm = match frame {
                 Frame::Tick => mix,
                 Frame::Staged => &m.out_pcm[..m.mix_frame_samples],
@@ -237,36 +295,22 @@ impl Shard {
                 }
                 _ => pcm,
             };
-            let pt = m.payload_type;
-            let enc = &mut tick_enc[leader];
-            let (srtp, encoder) = (&mut m.srtp, &mut m.encoder);
-            let (mut len, mut payload_len) = (0, 0);
-            let sent = tx.send_with(*port, remote, &mut |buf| {
-                let h =
-                    rtp::write_header(buf, pt, stamp.marker, stamp.seq.0, stamp.ts.0, stamp.ssrc.0);
-                let payload = &mut buf[h..h + MAX_PAYLOAD_BYTES];
-                payload_len = match reuse {
-                    Some(n) => {
-                        payload[..n].copy_from_slice(&enc[..n]);
-                        n
-                    }
-                    None => {
-                        let n = encoder.encode(pcm, payload);
-                        if keep {
-                            // Followers reuse the clear payload; each protects with its
-                            // own key.
-                            enc[..n].copy_from_slice(&payload[..n]);
-                        }
-                        n
-                    }
-                };
-                if payload_len == 0 {
-                    return 0; // The encoder refused: nothing to send.
-                }
-                // A frame plus header and tag fits (asserted at the top of the file).
-                len = seal_rtp(srtp, buf, h + payload_len);
-                len
-            });
+            // Everything the build closure needs in one place: the closure captures one
+            // reference instead of a dozen.
+            let mut out = MixedFrame {
+                pt: m.payload_type,
+                stamp,
+                pcm,
+                reuse,
+                keep,
+                enc: &mut tick_enc[leader],
+                encoder: &mut m.encoder,
+                srtp: &mut m.srtp,
+                payload_len: 0,
+                len: 0,
+            };
+            let sent = tx.send_with(*port, remote, &mut |buf| out.build(buf));
+            let (len, payload_len) = (out.len, out.payload_len);
             if sent && payload_len == 0 {
                 continue; // The encoder refused (libopus); nothing went out.
             }

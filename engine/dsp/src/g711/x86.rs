@@ -54,37 +54,86 @@
 
 use super::{alaw_decode_scalar, alaw_encode_scalar, ulaw_decode_scalar, ulaw_encode_scalar};
 use core::arch::x86_64::*;
+use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Samples per step of every body here: one 256-bit vector of codes, or of 16-bit
 /// samples twice (AVX2) or once (AVX-512).
 const CHUNK: usize = 32;
 
+/// What [`avx2_detected`] and [`avx512_detected`] last found, for the wrappers' hot
+/// path: [`UNKNOWN`] until one is asked, then [`PRESENT`] or [`ABSENT`] as
+/// `is_x86_feature_detected!` said. Nothing else writes them.
+static AVX2: AtomicU8 = AtomicU8::new(UNKNOWN);
+static AVX512: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const ABSENT: u8 = 1;
+const PRESENT: u8 = 2;
+
+/// Remembers a detection result in `cell`; returns it.
+fn remember(cell: &AtomicU8, present: bool) -> bool {
+    cell.store(if present { PRESENT } else { ABSENT }, Ordering::Relaxed);
+    present
+}
+
 /// True when this CPU runs the AVX2 bodies.
 pub(super) fn avx2_detected() -> bool {
-    is_x86_feature_detected!("avx2")
+    remember(&AVX2, is_x86_feature_detected!("avx2"))
 }
 
 /// True when this CPU runs the AVX-512 bodies: they use AVX-512F and BW, and AVX2 for
 /// the byte-level half of decoding.
 pub(super) fn avx512_detected() -> bool {
-    avx2_detected() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    remember(
+        &AVX512,
+        avx2_detected()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw"),
+    )
+}
+
+/// [`avx2_detected`] returned true before: one load, no call.
+#[inline(always)]
+fn avx2_known() -> bool {
+    AVX2.load(Ordering::Relaxed) == PRESENT
+}
+
+/// [`avx512_detected`] returned true before: one load, no call.
+#[inline(always)]
+fn avx512_known() -> bool {
+    AVX512.load(Ordering::Relaxed) == PRESENT
 }
 
 /// The common shape of every wrapper: trim to the shorter slice, run `body` if the CPU
 /// has the feature and there is at least one chunk, otherwise the scalar reference.
+/// The hot path asks only the remembered detection (`$known`): with no call left in
+/// it, the wrapper saves no registers and tail-calls the body. Anything else (detection
+/// not asked yet, no such feature, a short slice) takes the out-of-line `slow` path.
 macro_rules! wrapper {
-    ($(#[$doc:meta])* $name:ident, $src:ty, $dst:ty, $detected:ident, $body:ident, $scalar:ident) => {
+    ($(#[$doc:meta])* $name:ident, $src:ty, $dst:ty, $detected:ident, $known:ident, $body:ident, $scalar:ident) => {
         $(#[$doc])*
         pub(super) fn $name(src: &[$src], dst: &mut [$dst]) {
+            #[cold]
+            #[inline(never)]
+            fn slow(src: &[$src], dst: &mut [$dst]) {
+                if src.len() >= CHUNK && $detected() {
+                    // SAFETY: `$detected` checks exactly the features the body is
+                    // compiled for (each invocation below pairs them), and it returned
+                    // true on this CPU just above; `src` and `dst` are equally long and
+                    // at least one chunk.
+                    unsafe { $body(src, dst) }
+                } else {
+                    $scalar(src, dst)
+                }
+            }
             let n = src.len().min(dst.len());
             let (src, dst) = (&src[..n], &mut dst[..n]);
-            if n >= CHUNK && $detected() {
-                // SAFETY: `$detected` checks exactly the features the body is compiled for
-                // (each invocation below pairs them), and it returned true on this CPU
-                // just above; `src` and `dst` are equally long and at least one chunk.
+            if n >= CHUNK && $known() {
+                // SAFETY: `$known` is true only after `$detected`, which checks exactly
+                // the features the body is compiled for, returned true on this CPU (see
+                // `remember`); `src` and `dst` are equally long and at least one chunk.
                 unsafe { $body(src, dst) }
             } else {
-                $scalar(src, dst)
+                slow(src, dst)
             }
         }
     };
@@ -92,35 +141,35 @@ macro_rules! wrapper {
 
 wrapper!(
     /// mu-law encoder, AVX2: 32 samples per step.
-    ulaw_encode_avx2, i16, u8, avx2_detected, ulaw_encode_body_avx2, ulaw_encode_scalar
+    ulaw_encode_avx2, i16, u8, avx2_detected, avx2_known, ulaw_encode_body_avx2, ulaw_encode_scalar
 );
 wrapper!(
     /// A-law encoder, AVX2: 32 samples per step.
-    alaw_encode_avx2, i16, u8, avx2_detected, alaw_encode_body_avx2, alaw_encode_scalar
+    alaw_encode_avx2, i16, u8, avx2_detected, avx2_known, alaw_encode_body_avx2, alaw_encode_scalar
 );
 wrapper!(
     /// mu-law decoder, AVX2: 32 codes per step.
-    ulaw_decode_avx2, u8, i16, avx2_detected, ulaw_decode_body_avx2, ulaw_decode_scalar
+    ulaw_decode_avx2, u8, i16, avx2_detected, avx2_known, ulaw_decode_body_avx2, ulaw_decode_scalar
 );
 wrapper!(
     /// A-law decoder, AVX2: 32 codes per step.
-    alaw_decode_avx2, u8, i16, avx2_detected, alaw_decode_body_avx2, alaw_decode_scalar
+    alaw_decode_avx2, u8, i16, avx2_detected, avx2_known, alaw_decode_body_avx2, alaw_decode_scalar
 );
 wrapper!(
     /// mu-law encoder, AVX-512: 32 samples per step in one 512-bit vector.
-    ulaw_encode_avx512, i16, u8, avx512_detected, ulaw_encode_body_avx512, ulaw_encode_scalar
+    ulaw_encode_avx512, i16, u8, avx512_detected, avx512_known, ulaw_encode_body_avx512, ulaw_encode_scalar
 );
 wrapper!(
     /// A-law encoder, AVX-512: 32 samples per step in one 512-bit vector.
-    alaw_encode_avx512, i16, u8, avx512_detected, alaw_encode_body_avx512, alaw_encode_scalar
+    alaw_encode_avx512, i16, u8, avx512_detected, avx512_known, alaw_encode_body_avx512, alaw_encode_scalar
 );
 wrapper!(
     /// mu-law decoder, AVX-512: byte work in 256 bits, 16-bit work in 512.
-    ulaw_decode_avx512, u8, i16, avx512_detected, ulaw_decode_body_avx512, ulaw_decode_scalar
+    ulaw_decode_avx512, u8, i16, avx512_detected, avx512_known, ulaw_decode_body_avx512, ulaw_decode_scalar
 );
 wrapper!(
     /// A-law decoder, AVX-512: byte work in 256 bits, 16-bit work in 512.
-    alaw_decode_avx512, u8, i16, avx512_detected, alaw_decode_body_avx512, alaw_decode_scalar
+    alaw_decode_avx512, u8, i16, avx512_detected, avx512_known, alaw_decode_body_avx512, alaw_decode_scalar
 );
 
 /// Calls `body` with the start of every chunk of a slice of `n` samples: 0, 32, 64, ...,
@@ -481,4 +530,42 @@ unsafe fn ulaw_decode_body_avx512(src: &[u8], dst: &mut [i16]) {
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
 unsafe fn alaw_decode_body_avx512(src: &[u8], dst: &mut [i16]) {
     decode_body_avx512(src, dst, 0, |c| alaw_factors_avx2(c));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wrappers' remembered detection: before it is known a call takes the slow
+    /// path (which detects and remembers), after it the hot one; both give the scalar
+    /// reference's output, and what is remembered is what the CPU has.
+    #[test]
+    fn a_wrapper_gives_the_reference_before_and_after_detection_is_remembered() {
+        let codes: Vec<u8> = (0..160u32).map(|i| (i * 37 % 256) as u8).collect();
+        let mut reference = vec![0i16; 160];
+        ulaw_decode_scalar(&codes, &mut reference);
+        let pcm = reference.clone();
+        let mut encoded = vec![0u8; 160];
+        ulaw_encode_scalar(&pcm, &mut encoded);
+        for round in 0..2 {
+            if round == 0 {
+                // Forget: the next call detects again (other tests' calls in the
+                // meantime only take the slow path).
+                AVX2.store(UNKNOWN, Ordering::Relaxed);
+            }
+            let mut out = vec![0i16; 160];
+            ulaw_decode_avx2(&codes, &mut out);
+            assert_eq!(out, reference, "decode, round {round}");
+            let mut bytes = vec![0u8; 160];
+            ulaw_encode_avx2(&pcm, &mut bytes);
+            assert_eq!(bytes, encoded, "encode, round {round}");
+            let expected = if is_x86_feature_detected!("avx2") {
+                PRESENT
+            } else {
+                ABSENT
+            };
+            assert_eq!(AVX2.load(Ordering::Relaxed), expected, "round {round}");
+            assert_eq!(avx2_known(), expected == PRESENT);
+        }
+    }
 }

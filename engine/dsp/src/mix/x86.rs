@@ -73,12 +73,19 @@ pub(super) fn pair_avx2_kernel(out: &mut [i16], a: &[i16], b: &[i16]) {
         a.len() == out.len() && b.len() == out.len(),
         "every input is one output frame long"
     );
-    let done = if avx2_detected() {
+    if avx2_detected() {
         // SAFETY: AVX2 was detected on this CPU just above.
-        unsafe { pair_avx2(out, a, b, 0) }
+        unsafe { pair_avx2_whole(out, a, b) }
     } else {
-        0
-    };
+        pair_from(out, a, b, 0);
+    }
+}
+
+/// [`pair_avx2`] over the whole frame, then the scalar tail if any: the wrapper's last
+/// act is this call, so it saves and restores nothing around it (a tail call).
+#[target_feature(enable = "avx2")]
+fn pair_avx2_whole(out: &mut [i16], a: &[i16], b: &[i16]) {
+    let done = pair_avx2(out, a, b, 0);
     // A frame of whole 16-sample steps (every ptime at every rate) has no scalar tail.
     if done < out.len() {
         pair_from(out, a, b, done);

@@ -712,3 +712,70 @@ proptest! {
         }
     }
 }
+
+/// The packet path skips recomputing the target while its inputs are unchanged and it
+/// has reached them (`target_settled`); the target must still be exactly what
+/// recomputing it at every packet gives (RFC 3550 A.8 estimate, clamp(P + 4 x jitter),
+/// grow at once, shrink by 1/64 of the gap), through steady arrival (settled), jitter
+/// (moving), calm again (shrinking, then settled) and a change of packet duration.
+#[test]
+fn the_target_is_what_recomputing_it_at_every_packet_gives() {
+    let mut jb = buffer();
+    let mut r = SeedRng::new(7);
+    // (packets, units per packet, max arrival delay in ms) per phase.
+    let phases = [(200u64, 2u32, 0u64), (300, 2, 15), (800, 2, 0), (200, 4, 0)];
+    let (mut seq, mut ts, mut sent_ns) = (SeqNo(1000), RtpTs(50_000), 0u64);
+    let (mut q4, mut prev_transit, mut target) = (0u32, None::<u32>, 20_000i64);
+    let (mut settled_runs, mut changes, mut last) = (0u32, 0u32, target);
+    let mut tick = 0u64;
+    let mut out = [0i16; 2 * FRAME];
+    for (n, units, jitter_ms) in phases {
+        for _ in 0..n {
+            let delay = if jitter_ms == 0 {
+                0
+            } else {
+                u64::from(r.next_u32()) % (jitter_ms * MS)
+            };
+            let at_ns = sent_ns + delay;
+            // Poll every tick up to this arrival, as the engine does.
+            while tick * PTIME_MS * MS + TICK_PHASE_NS <= at_ns {
+                let now = Instant::from_nanos(tick * PTIME_MS * MS + TICK_PHASE_NS);
+                jb.poll_frame(now, &mut out);
+                tick += 1;
+            }
+            let bytes = vec![0xff; 80 * units as usize];
+            let at = Instant::from_nanos(at_ns);
+            let res = jb.handle_packet(at, Ssrc(1), seq, ts, PayloadType::PCMU, false, &bytes);
+            assert!(res.is_ok(), "packet {seq:?}: {res:?}");
+            // The model: every accepted packet updates the estimate and the target.
+            let transit = rtp_units(at, 8_000).wrapping_sub(ts.0);
+            if let Some(p) = prev_transit {
+                let d = (transit.wrapping_sub(p) as i32).unsigned_abs().min(8_000);
+                q4 = q4 + d - ((q4 + 8) >> 4);
+            }
+            prev_transit = Some(transit);
+            let jitter_us = i64::from(q4 >> 4) * 1_000_000 / 8_000;
+            let raw = (i64::from(units) * 10_000 + 4 * jitter_us).clamp(20_000, 200_000);
+            target = if raw >= target {
+                raw
+            } else {
+                target - (target - raw + 63) / 64
+            };
+            assert_eq!(jb.stats().target_depth_us, target as u64, "packet {seq:?}");
+            if target == last {
+                settled_runs += 1;
+            } else {
+                changes += 1;
+            }
+            last = target;
+            seq = seq.next();
+            ts = ts.add(80 * units);
+            sent_ns += u64::from(units) * 10 * MS;
+        }
+    }
+    // Both regimes were exercised: long settled stretches and a moving target.
+    assert!(
+        settled_runs > 500 && changes > 50,
+        "{settled_runs} {changes}"
+    );
+}
