@@ -425,6 +425,42 @@ fn engine_event(
     }
 }
 
+/// Where a reconciliation pass spent its time: milliseconds per step, in order
+/// (logged when the pass changed the engine; wall-clock ms, which is what a
+/// failover's media gap is made of).
+#[derive(Debug, Default)]
+struct Laps {
+    steps: Vec<(&'static str, u64)>,
+    last_ms: u64,
+}
+
+impl Laps {
+    fn start(now_ms: u64) -> Laps {
+        Laps {
+            steps: Vec::new(),
+            last_ms: now_ms,
+        }
+    }
+
+    /// Ends the step `name` at `now_ms`.
+    fn lap(&mut self, name: &'static str, now_ms: u64) {
+        self.steps
+            .push((name, now_ms.saturating_sub(self.last_ms)));
+        self.last_ms = now_ms;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.steps.iter().map(|(_, ms)| ms).sum();
+        write!(f, "{total} ms:")?;
+        for (name, ms) in &self.steps {
+            write!(f, " {name} {ms}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Shared {
     /// The engine node serving `leg` (cluster mode).
     fn node_of(&self, leg: earshot_engine_api::LegId) -> Option<String> {
@@ -1533,39 +1569,58 @@ impl Shared {
     }
 
     async fn reconcile_locked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+        let mut laps = Laps::start(self.clock.now_ms());
         // One replica at a time repairs an engine, from the latest state.
         let guard = self
             .store
             .lock("reconcile")
             .await
             .map_err(ApiError::store)?;
+        laps.lap("lock", self.clock.now_ms());
         let result = async {
             self.catch_up(core).await?;
-            self.reconcile_unlocked(core).await
+            laps.lap("catch_up", self.clock.now_ms());
+            self.reconcile_unlocked(core, &mut laps).await
         }
         .await;
         self.store.unlock(guard).await;
         result
     }
 
-    async fn reconcile_unlocked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+    async fn reconcile_unlocked(
+        &self,
+        core: &mut Core,
+        laps: &mut Laps,
+    ) -> Result<ReconcileReport, ApiError> {
         let epoch = self.engine.0.connection_epoch();
         let snapshot = self.snapshot_of_engine().await?;
         self.claim(&snapshot).await?;
+        laps.lap("snapshot", self.clock.now_ms());
         let mut report = ReconcileReport::default();
         let mut attempt = Attempt::default();
         let result = self
-            .reconcile_pass(core, &snapshot, &mut report, &mut attempt)
+            .reconcile_pass(core, &snapshot, &mut report, &mut attempt, laps)
             .await;
         // Record what the engine acknowledged, even when the pass stopped early.
         let (puts, deletes) = attempt.leg_changes(core);
         self.commit_side(core, &[], &puts, &deletes)
             .await
             .map_err(ApiError::store)?;
+        laps.lap("commit", self.clock.now_ms());
         result?;
         self.report_failovers(core).await;
+        laps.lap("failover_events", self.clock.now_ms());
         self.recover_first_packets(core, &snapshot, &mut report)
             .await;
+        laps.lap("first_packets", self.clock.now_ms());
+        if report.legs_allocated + report.plans_sent + report.legs_removed > 0 {
+            tracing::info!(
+                legs_allocated = report.legs_allocated,
+                plans_sent = report.plans_sent,
+                legs_removed = report.legs_removed,
+                "reconciliation pass took {laps}"
+            );
+        }
         self.metrics
             .sidecar
             .interactions_out_of_sync
@@ -1583,6 +1638,7 @@ impl Shared {
         snapshot: &EngineSnapshot,
         report: &mut ReconcileReport,
         attempt: &mut Attempt,
+        laps: &mut Laps,
     ) -> Result<(), ApiError> {
         let live = core.live_interactions();
         let live_set: BTreeSet<&String> = live.iter().collect();
@@ -1667,6 +1723,7 @@ impl Shared {
             }
         }
 
+        laps.lap("strays", self.clock.now_ms());
         // Phase A: every recorded leg the engine lacks, on its recorded port, before
         // any fresh allocation (so no recorded port is handed to another leg).
         let mut failed: BTreeMap<String, Refused> = BTreeMap::new();
@@ -1715,6 +1772,7 @@ impl Shared {
                 }
             }
         }
+        laps.lap("phase_a", self.clock.now_ms());
         // Phase B: legs whose port is truly gone get a new one (the old record is
         // replaced only now that its replacement exists) and an event naming them.
         for key in lost {
@@ -1778,6 +1836,7 @@ impl Shared {
                 }
             }
         }
+        laps.lap("phase_b", self.clock.now_ms());
         // Phase C: every live interaction on its own (fresh legs, configurations,
         // plans); a refusal marks that one and the pass goes on.
         let plans: BTreeMap<&str, &SessionPlan> = snapshot
@@ -1791,6 +1850,7 @@ impl Shared {
         } else {
             BTreeMap::new()
         };
+        laps.lap("locks", self.clock.now_ms());
         for id in &live {
             if failed.contains_key(id) {
                 continue;
@@ -1820,10 +1880,12 @@ impl Shared {
                 }
             }
         }
+        laps.lap("phase_c", self.clock.now_ms());
         report.failed = failed.len();
         for (id, refused) in &failed {
             self.mark_failed(core, id, refused).await;
         }
+        laps.lap("failed", self.clock.now_ms());
         // Out-of-sync marks of interactions that ended or vanished.
         core.out_of_sync.retain(|id, _| live_set.contains(id));
         Ok(())
