@@ -492,7 +492,7 @@ fn plan_of(
 /// its phases A and B allocate at once): enough to keep every survivor's engine
 /// connection and etcd busy after a node failure, few enough not to flood an
 /// engine's command queues or etcd.
-const PASS_IN_FLIGHT: usize = 64;
+const PASS_IN_FLIGHT: usize = 256;
 
 /// What programming one interaction takes, read from [`Core`] under its lock
 /// ([`Shared::work_for`]), so that the engine calls can run without it, many
@@ -1942,9 +1942,24 @@ impl Shared {
             .filter(|k| desired.contains(*k) && !engine_legs.contains_key(*k))
             .cloned()
             .collect();
+        // The interactions with legs to re-create will be programmed: their locks are
+        // taken meanwhile.
+        let mut early = Locking::default();
+        if patient {
+            for id in missing.iter().map(|k| &k.0).collect::<BTreeSet<_>>() {
+                early.start(&self.store, id);
+            }
+        }
         let lost = self
             .allocate_again(core, missing, true, report, &mut failed, attempt)
-            .await?;
+            .await;
+        let lost = match lost {
+            Ok(lost) => lost,
+            Err(e) => {
+                release(&self.store, early).await;
+                return Err(e);
+            }
+        };
         laps.lap("phase_a", self.clock.now_ms());
         // Phase B: legs whose port is truly gone get a new one (the old record is
         // replaced only now that its replacement exists) and an event naming them.
@@ -1952,8 +1967,13 @@ impl Shared {
             .into_iter()
             .filter(|k| !failed.contains_key(&k.0))
             .collect();
-        self.allocate_again(core, lost, false, report, &mut failed, attempt)
-            .await?;
+        if let Err(e) = self
+            .allocate_again(core, lost, false, report, &mut failed, attempt)
+            .await
+        {
+            release(&self.store, early).await;
+            return Err(e);
+        }
         laps.lap("phase_b", self.clock.now_ms());
         // Phase C: every live interaction on its own (fresh legs, configurations,
         // plans), many at once; a refusal marks that one and the pass goes on.
@@ -1963,7 +1983,7 @@ impl Shared {
             .map(|p| (p.session.as_str(), p))
             .collect();
         let locked = if patient {
-            self.lock_for_programming(core, &live, &failed, &plans)
+            self.lock_for_programming(core, &live, &failed, &plans, early)
                 .await?
         } else {
             BTreeMap::new()
@@ -2025,10 +2045,13 @@ impl Shared {
                 .push((key, media.clone(), port));
         }
         let programmer = self.programmer();
-        let results = run_bounded(per_interaction.into_values().collect(), |legs| {
-            programmer.clone().allocate_all(legs)
-        })
-        .await;
+        let mut groups: Vec<_> = per_interaction.into_values().collect();
+        // One interaction first: the cluster router reads what it keeps about a failed
+        // node (its last stream report) on the first leg re-created from it and caches
+        // it, so the others do not all read and decode it at once.
+        let rest = groups.split_off(groups.len().min(1));
+        let mut results = run_bounded(groups, |legs| programmer.clone().allocate_all(legs)).await;
+        results.extend(run_bounded(rest, |legs| programmer.clone().allocate_all(legs)).await);
         let mut lost = Vec::new();
         let mut events = Vec::new();
         let mut unavailable = None;
@@ -2162,16 +2185,19 @@ impl Shared {
     /// now: the reconciler touches one only if it differs, and then under its lock.
     /// The locks of a pass are taken all at once (a failed node's hundreds of calls
     /// cost one etcd round trip, not one each), then one catch-up covers them all.
-    /// Interactions in sync are marked so; busy ones are left for the next pass.
+    /// `early` holds the locks already being taken (those of interactions with legs to
+    /// re-create, taken while phase A runs); the locks of interactions that need
+    /// nothing after all, or failed, are released. Interactions in sync are marked so;
+    /// busy ones are left for the next pass.
     async fn lock_for_programming(
         &self,
         core: &mut Core,
         live: &[String],
         failed: &BTreeMap<String, Refused>,
         plans: &BTreeMap<&str, &SessionPlan>,
+        mut early: Locking,
     ) -> Result<BTreeMap<String, Option<crate::store::etcd::LockGuard>>, ApiError> {
-        let mut locked = BTreeMap::new();
-        let mut locks = tokio::task::JoinSet::new();
+        let mut wanted = BTreeSet::new();
         for id in live {
             if failed.contains_key(id) {
                 continue;
@@ -2180,17 +2206,18 @@ impl Shared {
                 self.mark_in_sync(core, id);
                 continue;
             }
-            let (store, id) = (self.store.clone(), id.clone());
-            locks.spawn(async move {
-                let guard = store.lock(&id).await;
-                (id, guard)
-            });
+            if !early.ids.contains(id) {
+                early.start(&self.store, id);
+            }
+            wanted.insert(id.clone());
         }
-        while let Some(joined) = locks.join_next().await {
+        let mut locked = BTreeMap::new();
+        while let Some(joined) = early.tasks.join_next().await {
             match joined {
-                Ok((id, Ok(guard))) => {
+                Ok((id, Ok(guard))) if wanted.contains(&id) => {
                     locked.insert(id, guard);
                 }
+                Ok((_, Ok(guard))) => self.store.unlock_in_background(guard),
                 Ok((id, Err(e))) => {
                     tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
                 }
@@ -2288,6 +2315,37 @@ impl Shared {
         };
         drop(self.mutate(command, None, |_| Ok(Vec::new())).await?);
         Ok(())
+    }
+}
+
+/// Interaction locks being taken by a reconciliation pass, one task each.
+#[derive(Default)]
+struct Locking {
+    ids: BTreeSet<String>,
+    tasks: tokio::task::JoinSet<(
+        String,
+        Result<Option<crate::store::etcd::LockGuard>, StoreError>,
+    )>,
+}
+
+impl Locking {
+    /// Starts taking the lock of `id`.
+    fn start(&mut self, store: &Arc<Store>, id: &str) {
+        let (store, id) = (Arc::clone(store), id.to_owned());
+        self.ids.insert(id.clone());
+        self.tasks.spawn(async move {
+            let guard = store.lock(&id).await;
+            (id, guard)
+        });
+    }
+}
+
+/// Waits for the locks being taken and releases them (a pass that stopped early).
+async fn release(store: &Store, mut locking: Locking) {
+    while let Some(joined) = locking.tasks.join_next().await {
+        if let Ok((_, Ok(guard))) = joined {
+            store.unlock_in_background(guard);
+        }
     }
 }
 
