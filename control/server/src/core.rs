@@ -444,8 +444,7 @@ impl Laps {
 
     /// Ends the step `name` at `now_ms`.
     fn lap(&mut self, name: &'static str, now_ms: u64) {
-        self.steps
-            .push((name, now_ms.saturating_sub(self.last_ms)));
+        self.steps.push((name, now_ms.saturating_sub(self.last_ms)));
         self.last_ms = now_ms;
     }
 }
@@ -629,7 +628,11 @@ impl Programmer {
         done
     }
 
-    async fn program_live(&self, work: ProgramWork, done: &mut Programmed) -> Result<bool, Refused> {
+    async fn program_live(
+        &self,
+        work: ProgramWork,
+        done: &mut Programmed,
+    ) -> Result<bool, Refused> {
         let ProgramWork {
             relation,
             wanted,
@@ -1477,9 +1480,7 @@ impl Shared {
     /// leg records.
     fn plan_for(core: &Core, interaction_id: &str) -> SessionPlan {
         match core.rules.hear_relation(interaction_id) {
-            Some(relation) => plan_of(&relation, |p| {
-                core.leg(interaction_id, p).map(|r| r.leg)
-            }),
+            Some(relation) => plan_of(&relation, |p| core.leg(interaction_id, p).map(|r| r.leg)),
             None => SessionPlan {
                 session: interaction_id.to_owned(),
                 ..SessionPlan::default()
@@ -2059,7 +2060,8 @@ impl Shared {
             match result {
                 Ok(info) => {
                     attempt.touch(core, &key);
-                    core.legs.insert(key.clone(), self.programmer().record_of(&info));
+                    core.legs
+                        .insert(key.clone(), self.programmer().record_of(&info));
                     report.legs_allocated += 1;
                     if !on_recorded_port && let Some(old) = old_local.get(&key) {
                         events.push(self.port_lost(&key, *old, info.local, report));
