@@ -43,7 +43,7 @@
 //! truly gone get a new one and a `LEG_PORT_LOST` event, plans that differ are sent
 //! again. Each interaction is handled on its own: a refusal marks that one
 //! `PROGRAMMING_FAILED` and the pass goes on. Interactions are handled many at once (a failed
-//! node's hundreds of calls in parallel, [`PASS_IN_FLIGHT`]), each in order, and their
+//! node's hundreds of calls in parallel, up to `PASS_IN_FLIGHT`), each in order, and their
 //! results are applied to the state afterwards in a fixed order. A first packet the engine saw while no
 //! sidecar listened (a ringing supervisor that answered) is recovered from the
 //! engine's per-leg activity. A mutation reconciles first whenever the engine
