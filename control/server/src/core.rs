@@ -42,7 +42,9 @@
 //! allocation, so no recorded port is ever handed to another leg), legs whose port is
 //! truly gone get a new one and a `LEG_PORT_LOST` event, plans that differ are sent
 //! again. Each interaction is handled on its own: a refusal marks that one
-//! `PROGRAMMING_FAILED` and the pass goes on. A first packet the engine saw while no
+//! `PROGRAMMING_FAILED` and the pass goes on. Interactions are handled many at once (a failed
+//! node's hundreds of calls in parallel, up to `PASS_IN_FLIGHT`), each in order, and their
+//! results are applied to the state afterwards in a fixed order. A first packet the engine saw while no
 //! sidecar listened (a ringing supervisor that answered) is recovered from the
 //! engine's per-leg activity. A mutation reconciles first whenever the engine
 //! connection was re-established since the last pass, so a fresh allocation can never
@@ -422,6 +424,304 @@ fn engine_event(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+    }
+}
+
+/// Where a reconciliation pass spent its time: milliseconds per step, in order
+/// (logged when the pass changed the engine; wall-clock ms, which is what a
+/// failover's media gap is made of).
+#[derive(Debug, Default)]
+struct Laps {
+    steps: Vec<(&'static str, u64)>,
+    last_ms: u64,
+}
+
+impl Laps {
+    fn start(now_ms: u64) -> Laps {
+        Laps {
+            steps: Vec::new(),
+            last_ms: now_ms,
+        }
+    }
+
+    /// Ends the step `name` at `now_ms`.
+    fn lap(&mut self, name: &'static str, now_ms: u64) {
+        self.steps.push((name, now_ms.saturating_sub(self.last_ms)));
+        self.last_ms = now_ms;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.steps.iter().map(|(_, ms)| ms).sum();
+        write!(f, "{total} ms:")?;
+        for (name, ms) in &self.steps {
+            write!(f, " {name} {ms}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The plan for `relation`, with `leg_of` naming each participant's engine leg.
+fn plan_of(
+    relation: &earshot_rules::HearRelation,
+    leg_of: impl Fn(&str) -> Option<earshot_engine_api::LegId>,
+) -> SessionPlan {
+    let mut plan = SessionPlan {
+        session: relation.interaction_id.clone(),
+        ..SessionPlan::default()
+    };
+    for (listener, source) in &relation.edges {
+        if let (Some(l), Some(s)) = (leg_of(listener), leg_of(source)) {
+            plan.edges.push(Edge {
+                listener: l,
+                source: s,
+                gain: Gain::UNITY,
+            });
+        }
+    }
+    // The rules decide who never receives telephone events (SPEC section 5).
+    for participant in &relation.no_dtmf {
+        if let Some(leg) = leg_of(participant) {
+            plan.no_dtmf.push(leg);
+        }
+    }
+    normalized(plan)
+}
+
+/// Interactions a reconciliation pass programs at once (and interactions whose legs
+/// its phases A and B allocate at once): enough to keep every survivor's engine
+/// connection and etcd busy after a node failure, few enough not to flood an
+/// engine's command queues or etcd.
+const PASS_IN_FLIGHT: usize = 256;
+
+/// What programming one interaction takes, read from [`Core`] under its lock
+/// ([`Shared::work_for`]), so that the engine calls can run without it, many
+/// interactions at once.
+#[derive(Debug)]
+enum Work {
+    /// Nothing (an unknown interaction, or one without a hear relation).
+    Nothing,
+    /// An ended interaction: its session goes, and its leg records with it.
+    End {
+        interaction_id: String,
+        legs: Vec<LegKey>,
+    },
+    /// A live one.
+    Program(Box<ProgramWork>),
+}
+
+/// [`Work::Program`].
+#[derive(Debug)]
+struct ProgramWork {
+    relation: earshot_rules::HearRelation,
+    /// Every leg of the relation with its media and the configuration it must have,
+    /// in the relation's order.
+    wanted: Vec<(LegKey, MediaSpec, MediaConfig)>,
+    /// The interaction's leg records as they are.
+    records: BTreeMap<LegKey, LegRecord>,
+    /// The plan the engine holds, when known (an identical one is not sent again).
+    current_plan: Option<SessionPlan>,
+}
+
+/// What [`Programmer::program`] did: the leg record changes in the order they were
+/// made (`None`: removed), whether the plan was sent, and the result.
+#[derive(Debug)]
+struct Programmed {
+    changes: Vec<(LegKey, Option<LegRecord>)>,
+    plan_sent: bool,
+    result: Result<bool, Refused>,
+}
+
+/// The engine side of programming, detached from [`Core`]: it only calls the
+/// engine, so a reconciliation pass runs many at once (one task per interaction)
+/// and applies their results to the core afterwards, in a fixed order.
+#[derive(Clone)]
+struct Programmer {
+    engine: Arc<dyn EngineApi>,
+    cluster: Option<Arc<crate::cluster::ClusterEngine>>,
+}
+
+impl Programmer {
+    async fn call(&self, request: Request) -> Result<Response, ApiError> {
+        self.engine.call(request).await.map_err(ApiError::from)
+    }
+
+    async fn allocate(
+        &self,
+        key: &LegKey,
+        media: &MediaSpec,
+        requested_port: Option<u16>,
+    ) -> Result<LegInfo, ApiError> {
+        let response = self
+            .call(Request::AllocateLeg {
+                session: key.0.clone(),
+                leg_key: key.1.clone(),
+                family: media.family(),
+                requested_port,
+                rtcp_mux: media.rtcp_mux,
+                resume: None,
+            })
+            .await?;
+        match response {
+            Response::Leg(info) => Ok(info),
+            other => Err(EngineError::Internal(format!("AllocateLeg answered {other:?}")).into()),
+        }
+    }
+
+    /// The record of a freshly allocated leg (not configured yet).
+    fn record_of(&self, info: &LegInfo) -> LegRecord {
+        LegRecord {
+            leg: info.leg,
+            local: info.local,
+            local_rtcp: info.local_rtcp,
+            configured: None,
+            node: self.cluster.as_ref().and_then(|c| c.node_of(info.leg)),
+        }
+    }
+
+    /// Allocates one interaction's legs in order (each on the port given, or a fresh
+    /// one), stopping at the first failure other than a lost port (`requested_port`).
+    async fn allocate_all(
+        self,
+        legs: Vec<(LegKey, MediaSpec, Option<u16>)>,
+    ) -> Vec<(LegKey, Result<LegInfo, ApiError>)> {
+        let mut out = Vec::with_capacity(legs.len());
+        for (key, media, port) in legs {
+            let r = self.allocate(&key, &media, port).await;
+            let stop = r
+                .as_ref()
+                .is_err_and(|e| e.field.as_deref() != Some("requested_port"));
+            out.push((key, r));
+            if stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Brings the engine in line with one interaction's desired state (module doc,
+    /// step 3): allocate what is missing, configure what differs, send the plan, and
+    /// only then remove the legs of participants that left (nothing after that can be
+    /// refused).
+    async fn program(self, work: Work) -> Programmed {
+        let mut done = Programmed {
+            changes: Vec::new(),
+            plan_sent: false,
+            result: Ok(false),
+        };
+        done.result = match work {
+            Work::Nothing => Ok(false),
+            Work::End {
+                interaction_id,
+                legs,
+            } => self
+                .call(Request::RemoveSession {
+                    session: interaction_id,
+                })
+                .await
+                .map(|_| {
+                    done.changes.extend(legs.into_iter().map(|k| (k, None)));
+                    false
+                })
+                .map_err(Refused::of(None)),
+            Work::Program(work) => self.program_live(*work, &mut done).await,
+        };
+        done
+    }
+
+    async fn program_live(
+        &self,
+        work: ProgramWork,
+        done: &mut Programmed,
+    ) -> Result<bool, Refused> {
+        let ProgramWork {
+            relation,
+            wanted,
+            mut records,
+            current_plan,
+        } = work;
+        // 1. Legs of the relation: allocate what is missing, configure what differs.
+        for (key, media, want) in wanted {
+            let mut record = match records.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let info = self
+                        .allocate(&key, &media, None)
+                        .await
+                        .map_err(Refused::of(Some(key.1.as_str())))?;
+                    let record = self.record_of(&info);
+                    records.insert(key.clone(), record.clone());
+                    done.changes.push((key.clone(), Some(record.clone())));
+                    record
+                }
+            };
+            if record.configured.as_ref() != Some(&want) {
+                self.call(Request::ConfigureLeg {
+                    leg: record.leg,
+                    media: want.clone(),
+                })
+                .await
+                .map_err(Refused::of(Some(key.1.as_str())))?;
+                record.configured = Some(want);
+                records.insert(key.clone(), record.clone());
+                done.changes.push((key, Some(record)));
+            }
+        }
+        // 2. The plan.
+        let plan = plan_of(&relation, |p| {
+            records
+                .get(&(relation.interaction_id.clone(), p.to_owned()))
+                .map(|r| r.leg)
+        });
+        let mut sent = false;
+        if !records.is_empty() && current_plan.is_none_or(|c| normalized(c) != plan) {
+            self.call(Request::SetSessionPlan(plan))
+                .await
+                .map_err(Refused::of(None))?;
+            done.plan_sent = true;
+            sent = true;
+        }
+        // 3. Legs of participants that left, last.
+        for (key, record) in records {
+            if relation.legs.contains(&key.1) {
+                continue;
+            }
+            self.call(Request::RemoveLeg { leg: record.leg })
+                .await
+                .map_err(Refused::of(None))?;
+            done.changes.push((key, None));
+        }
+        Ok(sent)
+    }
+}
+
+/// Runs `job` on every input, at most [`PASS_IN_FLIGHT`] at once, each in its own
+/// task; the outputs come back in the order of the inputs (`None`: the task did not
+/// finish, which only a runtime shutting down does; a panic is passed on).
+async fn run_bounded<I, F, Fut>(inputs: Vec<I>, job: F) -> Vec<Option<Fut::Output>>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let mut out: Vec<Option<Fut::Output>> = (0..inputs.len()).map(|_| None).collect();
+    let mut inputs = inputs.into_iter().enumerate();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PASS_IN_FLIGHT {
+            let Some((index, input)) = inputs.next() else {
+                break;
+            };
+            let fut = job(input);
+            running.spawn(async move { (index, fut.await) });
+        }
+        match running.join_next().await {
+            Some(Ok((index, output))) => out[index] = Some(output),
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(e)) => tracing::warn!(error = %e, "programming task cancelled"),
+            None => return out,
+        }
     }
 }
 
@@ -1138,28 +1438,6 @@ impl Shared {
         }
     }
 
-    async fn allocate(
-        &self,
-        key: &LegKey,
-        media: &MediaSpec,
-        requested_port: Option<u16>,
-    ) -> Result<LegInfo, ApiError> {
-        let response = self
-            .call(Request::AllocateLeg {
-                session: key.0.clone(),
-                leg_key: key.1.clone(),
-                family: media.family(),
-                requested_port,
-                rtcp_mux: media.rtcp_mux,
-                resume: None,
-            })
-            .await?;
-        match response {
-            Response::Leg(info) => Ok(info),
-            other => Err(EngineError::Internal(format!("AllocateLeg answered {other:?}")).into()),
-        }
-    }
-
     /// Whether [`Shared::program`] would change anything in the engine for
     /// `interaction_id` (no engine call): a leg missing or configured otherwise, a
     /// plan that differs, a leg of a participant that left, or an ended call.
@@ -1203,30 +1481,13 @@ impl Shared {
     /// The plan the engine should hold for `interaction_id`, from the rules and the
     /// leg records.
     fn plan_for(core: &Core, interaction_id: &str) -> SessionPlan {
-        let mut plan = SessionPlan {
-            session: interaction_id.to_owned(),
-            ..SessionPlan::default()
-        };
-        let Some(relation) = core.rules.hear_relation(interaction_id) else {
-            return plan;
-        };
-        let leg_of = |p: &str| core.leg(interaction_id, p).map(|r| r.leg);
-        for (listener, source) in &relation.edges {
-            if let (Some(l), Some(s)) = (leg_of(listener), leg_of(source)) {
-                plan.edges.push(Edge {
-                    listener: l,
-                    source: s,
-                    gain: Gain::UNITY,
-                });
-            }
+        match core.rules.hear_relation(interaction_id) {
+            Some(relation) => plan_of(&relation, |p| core.leg(interaction_id, p).map(|r| r.leg)),
+            None => SessionPlan {
+                session: interaction_id.to_owned(),
+                ..SessionPlan::default()
+            },
         }
-        // The rules decide who never receives telephone events (SPEC section 5).
-        for participant in &relation.no_dtmf {
-            if let Some(leg) = leg_of(participant) {
-                plan.no_dtmf.push(leg);
-            }
-        }
-        normalized(plan)
     }
 
     /// Brings the engine in line with one interaction's desired state (module doc,
@@ -1239,99 +1500,86 @@ impl Shared {
         current_plan: Option<&SessionPlan>,
         attempt: &mut Attempt,
     ) -> Result<bool, Refused> {
+        let work = Self::work_for(core, interaction_id, current_plan);
+        let done = self.programmer().program(work).await;
+        self.apply_programmed(core, interaction_id, done, attempt)
+    }
+
+    /// The engine side of programming, detached from the core ([`Programmer`]).
+    fn programmer(&self) -> Programmer {
+        Programmer {
+            engine: Arc::clone(&self.engine.0),
+            cluster: self.cluster.clone(),
+        }
+    }
+
+    /// What programming `interaction_id` takes, read from the state (no engine call).
+    fn work_for(core: &Core, interaction_id: &str, current_plan: Option<&SessionPlan>) -> Work {
         let Some(interaction) = core.rules.interaction(interaction_id) else {
-            return Ok(false);
+            return Work::Nothing;
         };
         if interaction.is_ended() {
-            self.call(Request::RemoveSession {
-                session: interaction_id.to_owned(),
-            })
-            .await
-            .map_err(Refused::of(None))?;
-            for key in core.legs_of(interaction_id) {
-                attempt.touch(core, &key);
-                core.legs.remove(&key);
-            }
-            return Ok(false);
+            return Work::End {
+                interaction_id: interaction_id.to_owned(),
+                legs: core.legs_of(interaction_id),
+            };
         }
         let Some(relation) = core.rules.hear_relation(interaction_id) else {
-            return Ok(false);
+            return Work::Nothing;
         };
         // Ringing supervisor phones report their first packet (CONNECTING until then).
-        let connecting: BTreeSet<String> = interaction
+        let connecting: BTreeSet<&str> = interaction
             .participants
             .iter()
             .filter(|p| p.state == ParticipantState::Connecting)
-            .map(|p| p.participant_id.clone())
+            .map(|p| p.participant_id.as_str())
             .collect();
-
-        // 1. Legs of the relation: allocate what is missing, configure what differs.
+        let mut wanted = Vec::new();
         for participant_id in &relation.legs {
             let key = (interaction_id.to_owned(), participant_id.clone());
             let Some(media) = core.media.get(&key).cloned() else {
                 tracing::error!(?key, "participant without media; leg not programmed");
                 continue;
             };
-            let refused = Refused::of(Some(participant_id.as_str()));
-            let want = media.engine_config(connecting.contains(participant_id));
-            let mut record = match core.legs.get(&key) {
-                Some(r) => r.clone(),
-                None => {
-                    let info = self
-                        .allocate(&key, &media, None)
-                        .await
-                        .map_err(Refused::of(Some(participant_id.as_str())))?;
-                    let record = LegRecord {
-                        leg: info.leg,
-                        local: info.local,
-                        local_rtcp: info.local_rtcp,
-                        configured: None,
-                        node: self.node_of(info.leg),
-                    };
-                    attempt.touch(core, &key);
-                    core.legs.insert(key.clone(), record.clone());
-                    record
-                }
-            };
-            if record.configured.as_ref() != Some(&want) {
-                self.call(Request::ConfigureLeg {
-                    leg: record.leg,
-                    media: want.clone(),
-                })
-                .await
-                .map_err(refused)?;
-                attempt.touch(core, &key);
-                record.configured = Some(want);
-                core.legs.insert(key, record);
-            }
+            let want = media.engine_config(connecting.contains(participant_id.as_str()));
+            wanted.push((key, media, want));
         }
+        let records = core
+            .legs_of(interaction_id)
+            .into_iter()
+            .filter_map(|k| core.legs.get(&k).cloned().map(|r| (k, r)))
+            .collect();
+        Work::Program(Box::new(ProgramWork {
+            relation,
+            wanted,
+            records,
+            current_plan: current_plan.cloned(),
+        }))
+    }
 
-        // 2. The plan.
-        let plan = Self::plan_for(core, interaction_id);
-        let mut sent = false;
-        let has_legs = !core.legs_of(interaction_id).is_empty();
-        if has_legs && current_plan.is_none_or(|c| normalized(c.clone()) != plan) {
-            self.call(Request::SetSessionPlan(plan))
-                .await
-                .map_err(Refused::of(None))?;
-            attempt.plans_sent.insert(interaction_id.to_owned());
-            sent = true;
-        }
-
-        // 3. Legs of participants that left, last: nothing after this can be refused.
-        for key in core.legs_of(interaction_id) {
-            if relation.legs.contains(&key.1) {
-                continue;
-            }
-            if let Some(rec) = core.legs.get(&key) {
-                self.call(Request::RemoveLeg { leg: rec.leg })
-                    .await
-                    .map_err(Refused::of(None))?;
-            }
+    /// Applies what [`Programmer::program`] did to the leg records (each change
+    /// remembered in `attempt`, also those made before a refusal: the engine has them).
+    fn apply_programmed(
+        &self,
+        core: &mut Core,
+        interaction_id: &str,
+        done: Programmed,
+        attempt: &mut Attempt,
+    ) -> Result<bool, Refused> {
+        for (key, record) in done.changes {
             attempt.touch(core, &key);
-            core.legs.remove(&key);
+            match record {
+                Some(r) => core.legs.insert(key, r),
+                None => core.legs.remove(&key),
+            };
         }
-        Ok(sent)
+        if done.plan_sent {
+            attempt.plans_sent.insert(interaction_id.to_owned());
+        }
+        if done.result.as_ref().is_err_and(Refused::unavailable) {
+            self.needs_reconcile.store(true, Ordering::Relaxed);
+        }
+        done.result
     }
 
     /// Puts the rules, the media map, the leg records and the engine back as they were
@@ -1533,39 +1781,58 @@ impl Shared {
     }
 
     async fn reconcile_locked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+        let mut laps = Laps::start(self.clock.now_ms());
         // One replica at a time repairs an engine, from the latest state.
         let guard = self
             .store
             .lock("reconcile")
             .await
             .map_err(ApiError::store)?;
+        laps.lap("lock", self.clock.now_ms());
         let result = async {
             self.catch_up(core).await?;
-            self.reconcile_unlocked(core).await
+            laps.lap("catch_up", self.clock.now_ms());
+            self.reconcile_unlocked(core, &mut laps).await
         }
         .await;
         self.store.unlock(guard).await;
         result
     }
 
-    async fn reconcile_unlocked(&self, core: &mut Core) -> Result<ReconcileReport, ApiError> {
+    async fn reconcile_unlocked(
+        &self,
+        core: &mut Core,
+        laps: &mut Laps,
+    ) -> Result<ReconcileReport, ApiError> {
         let epoch = self.engine.0.connection_epoch();
         let snapshot = self.snapshot_of_engine().await?;
         self.claim(&snapshot).await?;
+        laps.lap("snapshot", self.clock.now_ms());
         let mut report = ReconcileReport::default();
         let mut attempt = Attempt::default();
         let result = self
-            .reconcile_pass(core, &snapshot, &mut report, &mut attempt)
+            .reconcile_pass(core, &snapshot, &mut report, &mut attempt, laps)
             .await;
         // Record what the engine acknowledged, even when the pass stopped early.
         let (puts, deletes) = attempt.leg_changes(core);
         self.commit_side(core, &[], &puts, &deletes)
             .await
             .map_err(ApiError::store)?;
+        laps.lap("commit", self.clock.now_ms());
         result?;
         self.report_failovers(core).await;
+        laps.lap("failover_events", self.clock.now_ms());
         self.recover_first_packets(core, &snapshot, &mut report)
             .await;
+        laps.lap("first_packets", self.clock.now_ms());
+        if report.legs_allocated + report.plans_sent + report.legs_removed > 0 {
+            tracing::info!(
+                legs_allocated = report.legs_allocated,
+                plans_sent = report.plans_sent,
+                legs_removed = report.legs_removed,
+                "reconciliation pass took {laps}"
+            );
+        }
         self.metrics
             .sidecar
             .interactions_out_of_sync
@@ -1583,6 +1850,7 @@ impl Shared {
         snapshot: &EngineSnapshot,
         report: &mut ReconcileReport,
         attempt: &mut Attempt,
+        laps: &mut Laps,
     ) -> Result<(), ApiError> {
         let live = core.live_interactions();
         let live_set: BTreeSet<&String> = live.iter().collect();
@@ -1667,131 +1935,218 @@ impl Shared {
             }
         }
 
+        laps.lap("strays", self.clock.now_ms());
         // Phase A: every recorded leg the engine lacks, on its recorded port, before
         // any fresh allocation (so no recorded port is handed to another leg).
         let mut failed: BTreeMap<String, Refused> = BTreeMap::new();
-        let mut lost: Vec<LegKey> = Vec::new();
         let missing: Vec<LegKey> = core
             .legs
             .keys()
             .filter(|k| desired.contains(*k) && !engine_legs.contains_key(*k))
             .cloned()
             .collect();
-        for key in missing {
-            if failed.contains_key(&key.0) {
-                continue;
-            }
-            let (Some(record), Some(media)) =
-                (core.legs.get(&key).cloned(), core.media.get(&key).cloned())
-            else {
-                continue;
-            };
-            match self.allocate(&key, &media, Some(record.local.port())).await {
-                Ok(info) => {
-                    attempt.touch(core, &key);
-                    core.legs.insert(
-                        key,
-                        LegRecord {
-                            leg: info.leg,
-                            local: info.local,
-                            local_rtcp: info.local_rtcp,
-                            configured: None,
-                            node: self.node_of(info.leg),
-                        },
-                    );
-                    report.legs_allocated += 1;
-                }
-                Err(e) if e.code == Code::Unavailable => return Err(e),
-                Err(e) if e.field.as_deref() == Some("requested_port") => lost.push(key),
-                Err(error) => {
-                    let id = key.0.clone();
-                    failed.insert(
-                        id,
-                        Refused {
-                            error,
-                            participant: Some(key.1),
-                        },
-                    );
-                }
+        // The interactions with legs to re-create will be programmed: their locks are
+        // taken meanwhile.
+        let mut early = Locking::default();
+        if patient {
+            for id in missing.iter().map(|k| &k.0).collect::<BTreeSet<_>>() {
+                early.start(&self.store, id);
             }
         }
+        let lost = self
+            .allocate_again(core, missing, true, report, &mut failed, attempt)
+            .await;
+        let lost = match lost {
+            Ok(lost) => lost,
+            Err(e) => {
+                release(&self.store, early).await;
+                return Err(e);
+            }
+        };
+        laps.lap("phase_a", self.clock.now_ms());
         // Phase B: legs whose port is truly gone get a new one (the old record is
         // replaced only now that its replacement exists) and an event naming them.
-        for key in lost {
-            if failed.contains_key(&key.0) {
-                continue;
-            }
-            let (Some(old), Some(media)) =
-                (core.legs.get(&key).cloned(), core.media.get(&key).cloned())
-            else {
-                continue;
-            };
-            match self.allocate(&key, &media, None).await {
-                Ok(info) => {
-                    attempt.touch(core, &key);
-                    core.legs.insert(
-                        key.clone(),
-                        LegRecord {
-                            leg: info.leg,
-                            local: info.local,
-                            local_rtcp: info.local_rtcp,
-                            configured: None,
-                            node: self.node_of(info.leg),
-                        },
-                    );
-                    report.legs_allocated += 1;
-                    report.ports_lost += 1;
-                    self.metrics
-                        .sidecar
-                        .legs_port_lost
-                        .fetch_add(1, Ordering::Relaxed);
-                    let (old_local, new_local) = (old.local.to_string(), info.local.to_string());
-                    tracing::warn!(
-                        interaction_id = %key.0,
-                        participant_id = %key.1,
-                        %old_local,
-                        %new_local,
-                        "a leg's recorded port is gone; it has a new local port"
-                    );
-                    let event = engine_event(
-                        EventKind::LegPortLost,
-                        &key.0,
-                        self.clock.now_ms(),
-                        &[
-                            ("participant_id", &key.1),
-                            ("old_local", &old_local),
-                            ("new_local", &new_local),
-                        ],
-                    );
-                    self.record_events(core, &[event]).await;
-                }
-                Err(e) if e.code == Code::Unavailable => return Err(e),
-                Err(error) => {
-                    let id = key.0.clone();
-                    failed.insert(
-                        id,
-                        Refused {
-                            error,
-                            participant: Some(key.1),
-                        },
-                    );
-                }
-            }
+        let lost = lost
+            .into_iter()
+            .filter(|k| !failed.contains_key(&k.0))
+            .collect();
+        if let Err(e) = self
+            .allocate_again(core, lost, false, report, &mut failed, attempt)
+            .await
+        {
+            release(&self.store, early).await;
+            return Err(e);
         }
+        laps.lap("phase_b", self.clock.now_ms());
         // Phase C: every live interaction on its own (fresh legs, configurations,
-        // plans); a refusal marks that one and the pass goes on.
+        // plans), many at once; a refusal marks that one and the pass goes on.
         let plans: BTreeMap<&str, &SessionPlan> = snapshot
             .plans
             .iter()
             .map(|p| (p.session.as_str(), p))
             .collect();
-        let mut locked = if patient {
-            self.lock_for_programming(core, &live, &failed, &plans)
+        let locked = if patient {
+            self.lock_for_programming(core, &live, &failed, &plans, early)
                 .await?
         } else {
             BTreeMap::new()
         };
-        for id in &live {
+        laps.lap("locks", self.clock.now_ms());
+        let verdicts = self
+            .program_all(core, &plans, &live, locked, &failed, attempt)
+            .await;
+        for (id, verdict) in verdicts {
+            match verdict {
+                Ok(sent) => {
+                    report.plans_sent += usize::from(sent);
+                    self.mark_in_sync(core, &id);
+                }
+                Err(r) if r.unavailable() => return Err(r.error),
+                Err(r) => {
+                    failed.insert(id, r);
+                }
+            }
+        }
+        laps.lap("phase_c", self.clock.now_ms());
+        report.failed = failed.len();
+        for (id, refused) in &failed {
+            self.mark_failed(core, id, refused).await;
+        }
+        laps.lap("failed", self.clock.now_ms());
+        // Out-of-sync marks of interactions that ended or vanished.
+        core.out_of_sync.retain(|id, _| live_set.contains(id));
+        Ok(())
+    }
+
+    /// Re-creates the legs `keys` the engine lacks (reconciliation phases A and B),
+    /// many interactions at once and each interaction's legs in order; the results are
+    /// applied in key order. Phase A (`on_recorded_port`) asks for each leg's recorded
+    /// port and returns the legs whose port is gone; phase B gives those a new port and
+    /// records `LEG_PORT_LOST`. A refusal marks its interaction `failed`; UNAVAILABLE
+    /// ends the pass (after recording what the engine did acknowledge).
+    async fn allocate_again(
+        &self,
+        core: &mut Core,
+        keys: Vec<LegKey>,
+        on_recorded_port: bool,
+        report: &mut ReconcileReport,
+        failed: &mut BTreeMap<String, Refused>,
+        attempt: &mut Attempt,
+    ) -> Result<Vec<LegKey>, ApiError> {
+        let mut per_interaction: BTreeMap<String, Vec<(LegKey, MediaSpec, Option<u16>)>> =
+            BTreeMap::new();
+        let mut old_local = BTreeMap::new();
+        for key in keys {
+            let (Some(record), Some(media)) = (core.legs.get(&key), core.media.get(&key)) else {
+                continue;
+            };
+            let port = on_recorded_port.then(|| record.local.port());
+            old_local.insert(key.clone(), record.local);
+            per_interaction
+                .entry(key.0.clone())
+                .or_default()
+                .push((key, media.clone(), port));
+        }
+        let programmer = self.programmer();
+        let mut groups: Vec<_> = per_interaction.into_values().collect();
+        // One interaction first: the cluster router reads what it keeps about a failed
+        // node (its last stream report) on the first leg re-created from it and caches
+        // it, so the others do not all read and decode it at once.
+        let rest = groups.split_off(groups.len().min(1));
+        let mut results = run_bounded(groups, |legs| programmer.clone().allocate_all(legs)).await;
+        results.extend(run_bounded(rest, |legs| programmer.clone().allocate_all(legs)).await);
+        let mut lost = Vec::new();
+        let mut events = Vec::new();
+        let mut unavailable = None;
+        for (key, result) in results.into_iter().flatten().flatten() {
+            match result {
+                Ok(info) => {
+                    attempt.touch(core, &key);
+                    core.legs
+                        .insert(key.clone(), self.programmer().record_of(&info));
+                    report.legs_allocated += 1;
+                    if !on_recorded_port && let Some(old) = old_local.get(&key) {
+                        events.push(self.port_lost(&key, *old, info.local, report));
+                    }
+                }
+                Err(e) if e.code == Code::Unavailable => {
+                    unavailable.get_or_insert(e);
+                }
+                Err(e) if on_recorded_port && e.field.as_deref() == Some("requested_port") => {
+                    lost.push(key);
+                }
+                Err(error) => {
+                    failed.entry(key.0.clone()).or_insert(Refused {
+                        error,
+                        participant: Some(key.1),
+                    });
+                }
+            }
+        }
+        if !events.is_empty() {
+            self.record_events(core, &events).await;
+        }
+        match unavailable {
+            Some(e) => {
+                self.needs_reconcile.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+            None => Ok(lost),
+        }
+    }
+
+    /// Counts and logs a leg re-created on a new port; returns its `LEG_PORT_LOST`.
+    fn port_lost(
+        &self,
+        key: &LegKey,
+        old: std::net::SocketAddr,
+        new: std::net::SocketAddr,
+        report: &mut ReconcileReport,
+    ) -> Event {
+        report.ports_lost += 1;
+        self.metrics
+            .sidecar
+            .legs_port_lost
+            .fetch_add(1, Ordering::Relaxed);
+        let (old_local, new_local) = (old.to_string(), new.to_string());
+        tracing::warn!(
+            interaction_id = %key.0,
+            participant_id = %key.1,
+            %old_local,
+            %new_local,
+            "a leg's recorded port is gone; it has a new local port"
+        );
+        engine_event(
+            EventKind::LegPortLost,
+            &key.0,
+            self.clock.now_ms(),
+            &[
+                ("participant_id", &key.1),
+                ("old_local", &old_local),
+                ("new_local", &new_local),
+            ],
+        )
+    }
+
+    /// Reconciliation phase C: programs every live interaction that differs (with a
+    /// shared store, only those in `locked`, whose locks are released here), many at
+    /// once; applies every result in `live` order (the engine has what it
+    /// acknowledged, even past an UNAVAILABLE) and returns each interaction's verdict
+    /// in that order.
+    async fn program_all(
+        &self,
+        core: &mut Core,
+        plans: &BTreeMap<&str, &SessionPlan>,
+        live: &[String],
+        mut locked: BTreeMap<String, Option<crate::store::etcd::LockGuard>>,
+        failed: &BTreeMap<String, Refused>,
+        attempt: &mut Attempt,
+    ) -> Vec<(String, Result<bool, Refused>)> {
+        let patient = self.store.is_shared();
+        let mut ids = Vec::new();
+        let mut guards = Vec::new();
+        let mut works = Vec::new();
+        for id in live {
             if failed.contains_key(id) {
                 continue;
             }
@@ -1800,49 +2155,53 @@ impl Shared {
                 Some(guard) => guard,
                 // In sync, or busy on another replica.
                 None if patient => continue,
+                None if !Self::needs_programming(core, id, current) => {
+                    self.mark_in_sync(core, id);
+                    continue;
+                }
                 None => None,
             };
-            let programmed = self.program(core, id, current, attempt).await;
+            works.push(Self::work_for(core, id, current));
+            ids.push(id.clone());
+            guards.push(guard);
+        }
+        let programmer = self.programmer();
+        let results = run_bounded(works, |work| programmer.clone().program(work)).await;
+        let mut verdicts = Vec::with_capacity(ids.len());
+        for ((id, done), guard) in ids.into_iter().zip(results).zip(guards) {
+            let verdict = match done {
+                Some(done) => self.apply_programmed(core, &id, done, attempt),
+                None => Err(Refused {
+                    error: EngineError::Unavailable("programming task cancelled".into()).into(),
+                    participant: None,
+                }),
+            };
             self.store.unlock_in_background(guard);
-            match programmed {
-                Ok(sent) => {
-                    report.plans_sent += usize::from(sent);
-                    self.mark_in_sync(core, id);
-                }
-                Err(r) if r.unavailable() => {
-                    for guard in std::mem::take(&mut locked).into_values() {
-                        self.store.unlock_in_background(guard);
-                    }
-                    return Err(r.error);
-                }
-                Err(r) => {
-                    failed.insert(id.clone(), r);
-                }
-            }
+            verdicts.push((id, verdict));
         }
-        report.failed = failed.len();
-        for (id, refused) in &failed {
-            self.mark_failed(core, id, refused).await;
+        for guard in locked.into_values() {
+            self.store.unlock_in_background(guard);
         }
-        // Out-of-sync marks of interactions that ended or vanished.
-        core.out_of_sync.retain(|id, _| live_set.contains(id));
-        Ok(())
+        verdicts
     }
 
     /// With a shared store another replica may be programming an interaction right
     /// now: the reconciler touches one only if it differs, and then under its lock.
     /// The locks of a pass are taken all at once (a failed node's hundreds of calls
     /// cost one etcd round trip, not one each), then one catch-up covers them all.
-    /// Interactions in sync are marked so; busy ones are left for the next pass.
+    /// `early` holds the locks already being taken (those of interactions with legs to
+    /// re-create, taken while phase A runs); the locks of interactions that need
+    /// nothing after all, or failed, are released. Interactions in sync are marked so;
+    /// busy ones are left for the next pass.
     async fn lock_for_programming(
         &self,
         core: &mut Core,
         live: &[String],
         failed: &BTreeMap<String, Refused>,
         plans: &BTreeMap<&str, &SessionPlan>,
+        mut early: Locking,
     ) -> Result<BTreeMap<String, Option<crate::store::etcd::LockGuard>>, ApiError> {
-        let mut locked = BTreeMap::new();
-        let mut locks = tokio::task::JoinSet::new();
+        let mut wanted = BTreeSet::new();
         for id in live {
             if failed.contains_key(id) {
                 continue;
@@ -1851,17 +2210,18 @@ impl Shared {
                 self.mark_in_sync(core, id);
                 continue;
             }
-            let (store, id) = (self.store.clone(), id.clone());
-            locks.spawn(async move {
-                let guard = store.lock(&id).await;
-                (id, guard)
-            });
+            if !early.ids.contains(id) {
+                early.start(&self.store, id);
+            }
+            wanted.insert(id.clone());
         }
-        while let Some(joined) = locks.join_next().await {
+        let mut locked = BTreeMap::new();
+        while let Some(joined) = early.tasks.join_next().await {
             match joined {
-                Ok((id, Ok(guard))) => {
+                Ok((id, Ok(guard))) if wanted.contains(&id) => {
                     locked.insert(id, guard);
                 }
+                Ok((_, Ok(guard))) => self.store.unlock_in_background(guard),
                 Ok((id, Err(e))) => {
                     tracing::debug!(interaction_id = %id, error = %e, "busy; next pass");
                 }
@@ -1959,6 +2319,37 @@ impl Shared {
         };
         drop(self.mutate(command, None, |_| Ok(Vec::new())).await?);
         Ok(())
+    }
+}
+
+/// Interaction locks being taken by a reconciliation pass, one task each.
+#[derive(Default)]
+struct Locking {
+    ids: BTreeSet<String>,
+    tasks: tokio::task::JoinSet<(
+        String,
+        Result<Option<crate::store::etcd::LockGuard>, StoreError>,
+    )>,
+}
+
+impl Locking {
+    /// Starts taking the lock of `id`.
+    fn start(&mut self, store: &Arc<Store>, id: &str) {
+        let (store, id) = (Arc::clone(store), id.to_owned());
+        self.ids.insert(id.clone());
+        self.tasks.spawn(async move {
+            let guard = store.lock(&id).await;
+            (id, guard)
+        });
+    }
+}
+
+/// Waits for the locks being taken and releases them (a pass that stopped early).
+async fn release(store: &Store, mut locking: Locking) {
+    while let Some(joined) = locking.tasks.join_next().await {
+        if let Ok((_, Ok(guard))) = joined {
+            store.unlock_in_background(guard);
+        }
     }
 }
 

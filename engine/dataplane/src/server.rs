@@ -1,8 +1,10 @@
 //! The programming API on a local Unix socket, for a separate `earshot-control` process.
 //!
 //! Framing and messages are `earshot_engine_api::protocol` (documented in
-//! `docs/engine-protocol.md`). Each connection is served by its own thread; requests
-//! are applied in order per connection.
+//! `docs/engine-protocol.md`). Each connection is served by its own thread (and one
+//! that answers its calls): requests reach the shards in order per connection, up to
+//! [`CALLS_IN_FLIGHT`] at once, and each reply is sent as soon as its request is
+//! applied (so replies can overtake each other; the id matches them).
 //!
 //! ## Contract
 //! - **One programming client** (by default). A client whose hello asks for
@@ -367,6 +369,24 @@ fn serve_connection(
     served
 }
 
+/// Calls of one connection handed to the engine without waiting for the previous
+/// replies: enough to let a shard apply a reconciliation's requests many per loop
+/// iteration (its `commands_per_iteration`), far below a shard's command queue.
+pub const CALLS_IN_FLIGHT: usize = 64;
+
+/// One call being answered: its correlation id and the engine's future.
+type InFlight<'a> = (
+    u64,
+    earshot_engine_api::BoxFuture<'a, Result<earshot_engine_api::Response, EngineError>>,
+);
+
+/// Serves one connection's calls, pipelined: this thread reads calls and hands them,
+/// in arrival order, to an answering thread that starts each on the engine at once
+/// (its first poll puts the command on its shard's queue, so the shards see a
+/// connection's commands in the order they were sent: per leg and per session
+/// nothing is reordered) and writes each reply when it is ready, at most
+/// [`CALLS_IN_FLIGHT`] at a time. Replies may therefore overtake each other; each
+/// carries its call's id.
 fn serve_calls(
     reader: &mut UnixStream,
     w: &mut UnixStream,
@@ -374,7 +394,30 @@ fn serve_calls(
     hub: &SharedHub,
     role: ClientRole,
 ) -> io::Result<()> {
-    let programmer = role == ClientRole::Program;
+    let (calls, inbox) = std::sync::mpsc::sync_channel::<InFlight<'_>>(CALLS_IN_FLIGHT);
+    thread::scope(|scope| {
+        let answerer = scope.spawn(move || answer_calls(&inbox, w, hub, role));
+        let answering = answerer.thread().clone();
+        let read = read_calls(reader, engine, role, &calls, &answering);
+        // No more calls: the answering thread finishes those in flight and ends.
+        drop(calls);
+        answering.unpark();
+        let answered = answerer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.and(answered)
+    })
+}
+
+/// Reads calls until the stream ends and hands each (as an engine future) to the
+/// answering thread, which it wakes.
+fn read_calls<'a>(
+    reader: &mut UnixStream,
+    engine: &'a EngineHandle,
+    role: ClientRole,
+    calls: &std::sync::mpsc::SyncSender<InFlight<'a>>,
+    answering: &Thread,
+) -> io::Result<()> {
     while let Some(frame) = read_frame::<_, ClientFrame>(reader)? {
         let ClientFrame::Call { id, request } = frame;
         let allowed = match role {
@@ -385,29 +428,90 @@ fn serve_calls(
                 Request::Snapshot | Request::Stats | Request::Fence { .. } | Request::Mute { .. }
             ),
         };
-        let result = if allowed {
-            block_on(engine.call(request))
+        let call = if allowed {
+            engine.call(request)
         } else if role == ClientRole::Agent {
-            Err(EngineError::InvalidArgument {
-                field: "request".into(),
-                message: "a node agent may only ask for Snapshot, Stats, Fence and Mute".into(),
-            })
+            refused("a node agent may only ask for Snapshot, Stats, Fence and Mute")
         } else {
-            Err(EngineError::InvalidArgument {
-                field: "request".into(),
-                message: "an observer may only ask for Snapshot and Stats".into(),
-            })
+            refused("an observer may only ask for Snapshot and Stats")
         };
-        let reply = ServerFrame::Reply { id, result };
-        if programmer {
-            // Replies and events share the stream: write under the hub lock.
-            let _h = lock(hub);
-            write_frame(w, &reply)?;
-        } else {
-            write_frame(w, &reply)?;
+        if calls.send((id, call)).is_err() {
+            // The answering thread stopped (its socket failed): it reports why.
+            return Ok(());
         }
+        answering.unpark();
     }
     Ok(())
+}
+
+fn refused(
+    message: &'static str,
+) -> earshot_engine_api::BoxFuture<'static, Result<earshot_engine_api::Response, EngineError>> {
+    Box::pin(std::future::ready(Err(EngineError::InvalidArgument {
+        field: "request".into(),
+        message: message.into(),
+    })))
+}
+
+/// Starts the calls handed over, in order, and writes each reply when its future is
+/// ready; ends when the reader has stopped and nothing is in flight.
+fn answer_calls(
+    inbox: &std::sync::mpsc::Receiver<InFlight<'_>>,
+    w: &mut UnixStream,
+    hub: &SharedHub,
+    role: ClientRole,
+) -> io::Result<()> {
+    use std::sync::mpsc::TryRecvError;
+    let programmer = role == ClientRole::Program;
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut in_flight: Vec<InFlight<'_>> = Vec::with_capacity(CALLS_IN_FLIGHT);
+    let mut reading = true;
+    loop {
+        while reading && in_flight.len() < CALLS_IN_FLIGHT {
+            let next = if in_flight.is_empty() {
+                // Nothing to answer: wait for the next call.
+                inbox.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                inbox.try_recv()
+            };
+            match next {
+                Ok(call) => in_flight.push(call),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => reading = false,
+            }
+        }
+        // Poll in arrival order: a new call's first poll hands it to its shard.
+        let mut i = 0;
+        while i < in_flight.len() {
+            let Poll::Ready(result) = in_flight[i].1.as_mut().poll(&mut cx) else {
+                i += 1;
+                continue;
+            };
+            let (id, _) = in_flight.remove(i);
+            let reply = ServerFrame::Reply { id, result };
+            let written = if programmer {
+                // Replies and events share the stream: write under the hub lock.
+                let _h = lock(hub);
+                write_frame(w, &reply)
+            } else {
+                write_frame(w, &reply)
+            };
+            if let Err(e) = written {
+                // Unblock the reader too: this connection is over.
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                return Err(e);
+            }
+        }
+        if !reading && in_flight.is_empty() {
+            return Ok(());
+        }
+        if in_flight.is_empty() {
+            continue;
+        }
+        // Woken by a future that can progress, or by the reader with a new call.
+        thread::park();
+    }
 }
 
 struct ThreadWaker(Thread);
