@@ -321,6 +321,8 @@ pub struct ClusterEngine {
     connect: Connector,
     state: Mutex<RouterState>,
     generation: AtomicU64,
+    /// Poked with every `generation` change: wakes the reconciler at once.
+    changed: tokio::sync::Notify,
     clock: Arc<dyn crate::Clock>,
     events_tx: mpsc::UnboundedSender<EngineEvent>,
     events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<EngineEvent>>,
@@ -376,6 +378,7 @@ impl ClusterEngine {
             connect,
             state: Mutex::new(RouterState::default()),
             generation: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
             clock,
             events_tx,
             events_rx: tokio::sync::Mutex::new(events_rx),
@@ -474,7 +477,7 @@ impl ClusterEngine {
                         }
                     }
                     // A moved interaction may have been waiting for its address.
-                    self.generation.fetch_add(1, Ordering::Relaxed);
+                    self.bump();
                 }
                 batch = drains.recv() => {
                     let Some(Ok(batch)) = batch else {
@@ -530,7 +533,14 @@ impl ClusterEngine {
                 events,
             },
         );
+        self.bump();
+    }
+
+    /// A node joined or left, or an address moved: the epoch changes and the
+    /// reconciler wakes (a stored permit if it is busy: it runs again right after).
+    fn bump(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     fn node_down(&self, node_id: &str) {
@@ -544,7 +554,7 @@ impl ClusterEngine {
             );
             st.failed.insert(node_id.to_owned(), self.clock.now_ms());
             st.placements.retain(|_, p| p.node != node_id);
-            self.generation.fetch_add(1, Ordering::Relaxed);
+            self.bump();
         }
     }
 
@@ -1035,6 +1045,10 @@ impl EngineApi for ClusterEngine {
 
     /// Changes whenever a node joins or leaves, or any node's connection was
     /// re-established: the core then reconciles before anything else.
+    fn epoch_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.changed.notified())
+    }
+
     fn connection_epoch(&self) -> u64 {
         let nodes: u64 = self
             .all()

@@ -466,8 +466,14 @@ async fn run_pruner(shared: Arc<Shared>, retention: Duration) {
 async fn run_reconciler(shared: Arc<Shared>, interval: Duration, retry: Duration) {
     let mut since_ms: u128 = 0;
     loop {
-        tokio::time::sleep(retry).await;
-        since_ms += retry.as_millis();
+        // Every `retry`, or at once when the engine says its epoch changed (a cluster
+        // node failed: its calls are re-created without waiting out the tick).
+        let slept = tokio::time::Instant::now();
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            () = shared.engine.0.epoch_changed() => {}
+        }
+        since_ms += slept.elapsed().as_millis();
         // A changed engine epoch (an engine reconnected; in a cluster, a node joined or
         // failed) is repaired at the next retry tick, not the next interval.
         let epoch_changed =

@@ -753,6 +753,13 @@ pub trait EngineApi: Send + Sync {
     fn connection_epoch(&self) -> u64 {
         0
     }
+
+    /// Resolves when [`EngineApi::connection_epoch`] may have changed (a cluster's node
+    /// joined or failed), so the reconciler repairs at once instead of at its next
+    /// tick. Default: never; the reconciler also compares the epoch every tick.
+    fn epoch_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 #[cfg(test)]

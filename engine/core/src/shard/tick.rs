@@ -103,6 +103,14 @@ impl MixedFrame<'_> {
     }
 }
 
+/// The first tick at `next`'s phase (a whole number of `period`s after it) that is no
+/// more than one period before `now`: the missed ticks are skipped, the phase is kept.
+fn skip_missed(next: Instant, period: Duration, now: Instant) -> Instant {
+    let period_ns = period.as_nanos().max(1);
+    let missed = now.saturating_since(next).as_nanos() / period_ns;
+    Instant::from_nanos(next.as_nanos() + missed * period_ns)
+}
+
 impl Shard {
     /// When the shard next needs [`Shard::handle_ticks`], if any session ticks.
     pub fn poll_deadline(&self) -> Option<Instant> {
@@ -174,10 +182,13 @@ impl Shard {
                     && sess.mixing
                 {
                     sess.next_tick += sess.tick_period;
-                    // A shard that fell more than a period behind skips ahead rather
-                    // than bursting to catch up.
+                    // A shard that fell more than a period behind skips the missed
+                    // periods rather than bursting to catch up, and keeps the session's
+                    // phase: resetting to `now` would put every session a stall delayed
+                    // into the same wheel slot for good, and their ticks would queue
+                    // behind one another at every period after it.
                     if sess.next_tick + sess.tick_period < now {
-                        sess.next_tick = now;
+                        sess.next_tick = skip_missed(sess.next_tick, sess.tick_period, now);
                     }
                     self.schedule(s);
                 }
@@ -391,6 +402,37 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_that_fell_behind_skips_whole_periods_and_keeps_its_phase() {
+        let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
+        let period = Duration::from_millis(20);
+        // Phase 7 ms; the shard stalled until 95.5 ms: the next tick is at 87 ms (due
+        // now, at its phase), not at 95.5 ms.
+        let next = skip_missed(ms(7), period, Instant::from_nanos(95_500_000));
+        assert_eq!(next, ms(87));
+        assert_eq!(next.as_nanos() % period.as_nanos(), ms(7).as_nanos());
+        // Exactly whole periods late: due now.
+        assert_eq!(skip_missed(ms(7), period, ms(67)), ms(67));
+        // Not late at all: unchanged.
+        assert_eq!(skip_missed(ms(7), period, ms(5)), ms(7));
+    }
+
+    /// Many sessions delayed by one stall stay spread over the wheel afterwards: the
+    /// phases they had before the stall are the phases they have after it.
+    #[test]
+    fn a_stall_does_not_gather_staggered_sessions_into_one_slot() {
+        let period = Duration::from_millis(20);
+        let stalled_until = Instant::from_nanos(1_000_000_000 + 63_400_000);
+        let slots: std::collections::BTreeSet<u64> = (0..20u64)
+            .map(|phase| {
+                let next = Instant::from_nanos(1_000_000_000 + phase * WHEEL_SLOT_NS);
+                let after = skip_missed(next, period, stalled_until);
+                (after.as_nanos() / WHEEL_SLOT_NS) % 20
+            })
+            .collect();
+        assert_eq!(slots.len(), 20, "phases collapsed: {slots:?}");
+    }
 
     #[test]
     fn a_lap_of_the_sweeps_takes_the_lap_or_one_slice_per_call() {
