@@ -103,11 +103,14 @@ impl MixedFrame<'_> {
     }
 }
 
-/// The first tick at `next`'s phase (a whole number of `period`s after it) that is no
-/// more than one period before `now`: the missed ticks are skipped, the phase is kept.
-fn skip_missed(next: Instant, period: Duration, now: Instant) -> Instant {
+/// The first tick at `next`'s phase (a whole number of `period`s after it) later than
+/// `now`: the missed ticks are skipped, the phase is kept.
+fn next_after(next: Instant, period: Duration, now: Instant) -> Instant {
+    if next > now {
+        return next;
+    }
     let period_ns = period.as_nanos().max(1);
-    let missed = now.saturating_since(next).as_nanos() / period_ns;
+    let missed = now.saturating_since(next).as_nanos() / period_ns + 1;
     Instant::from_nanos(next.as_nanos() + missed * period_ns)
 }
 
@@ -182,13 +185,15 @@ impl Shard {
                     && sess.mixing
                 {
                     sess.next_tick += sess.tick_period;
-                    // A shard that fell more than a period behind skips the missed
-                    // periods rather than bursting to catch up, and keeps the session's
-                    // phase: resetting to `now` would put every session a stall delayed
-                    // into the same wheel slot for good, and their ticks would queue
-                    // behind one another at every period after it.
-                    if sess.next_tick + sess.tick_period < now {
-                        sess.next_tick = skip_missed(sess.next_tick, sess.tick_period, now);
+                    // A shard that fell a period or more behind skips the missed ticks
+                    // rather than bursting to catch up, and keeps the session's phase.
+                    // The next tick must lie ahead of `now`: one already past would go
+                    // into a wheel slot the cursor has left, and wait a whole lap of the
+                    // wheel (64 ms) there. (Resetting the tick to `now` instead, as
+                    // before, gathered every session a stall delayed into one slot for
+                    // good.)
+                    if sess.next_tick <= now {
+                        sess.next_tick = next_after(sess.next_tick, sess.tick_period, now);
                     }
                     self.schedule(s);
                 }
@@ -407,19 +412,19 @@ mod tests {
     fn a_session_that_fell_behind_skips_whole_periods_and_keeps_its_phase() {
         let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
         let period = Duration::from_millis(20);
-        // Phase 7 ms; the shard stalled until 95.5 ms: the next tick is at 87 ms (due
-        // now, at its phase), not at 95.5 ms.
-        let next = skip_missed(ms(7), period, Instant::from_nanos(95_500_000));
-        assert_eq!(next, ms(87));
-        assert_eq!(next.as_nanos() % period.as_nanos(), ms(7).as_nanos());
-        // Exactly whole periods late: due now.
-        assert_eq!(skip_missed(ms(7), period, ms(67)), ms(67));
-        // Not late at all: unchanged.
-        assert_eq!(skip_missed(ms(7), period, ms(5)), ms(7));
+        // Phase 7 ms; the shard stalled until 95.5 ms: the next tick is at 107 ms (the
+        // first at its phase after now), not at 95.5 ms, and not in the past.
+        let next = next_after(ms(7), period, Instant::from_nanos(95_500_000));
+        assert_eq!(next, ms(107));
+        // Exactly whole periods late: the next period.
+        assert_eq!(next_after(ms(7), period, ms(67)), ms(87));
+        // Still ahead: unchanged.
+        assert_eq!(next_after(ms(7), period, ms(5)), ms(7));
     }
 
     /// Many sessions delayed by one stall stay spread over the wheel afterwards: the
-    /// phases they had before the stall are the phases they have after it.
+    /// phases they had before the stall are the phases they have after it, and every
+    /// next tick is ahead of the wheel's cursor.
     #[test]
     fn a_stall_does_not_gather_staggered_sessions_into_one_slot() {
         let period = Duration::from_millis(20);
@@ -427,7 +432,8 @@ mod tests {
         let slots: std::collections::BTreeSet<u64> = (0..20u64)
             .map(|phase| {
                 let next = Instant::from_nanos(1_000_000_000 + phase * WHEEL_SLOT_NS);
-                let after = skip_missed(next, period, stalled_until);
+                let after = next_after(next, period, stalled_until);
+                assert!(after > stalled_until && after <= stalled_until + period);
                 (after.as_nanos() / WHEEL_SLOT_NS) % 20
             })
             .collect();
