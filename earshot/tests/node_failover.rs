@@ -521,7 +521,40 @@ async fn start_cluster(topology: Topology<'_>) -> Option<Harness> {
     // Every node holds its own addresses before calls are placed on them.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Bulk calls first (see `bulk_calls`), to one sink that reads nothing.
+    let sink = create_bulk_calls(&api, &control, topology).await;
+    let all = place_calls(&api, &control, topology).await;
+    // Everyone talks for the whole test (the talk threads end on their own).
+    for call in &all {
+        for (key, role) in [
+            ("c", Role::Customer),
+            ("a", Role::Agent),
+            ("s", Role::Supervisor),
+        ] {
+            let to = call.locals[key];
+            drop(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Some(Harness {
+        _sink: sink,
+        _serial: serial,
+        _etcd: etcd,
+        _tmp: tmp,
+        nodes,
+        proxies,
+        control,
+        api,
+        calls: all,
+    })
+}
+
+/// The bulk calls (see [`bulk_calls`]), all to one sink that reads nothing (returned:
+/// it must live as long as the calls).
+async fn create_bulk_calls(
+    api: &Api,
+    control: &ChildGuard,
+    topology: Topology<'_>,
+) -> std::net::UdpSocket {
     let sink = std::net::UdpSocket::bind((topology.caller_address(), 0)).unwrap();
     let sink_addr = sink.local_addr().unwrap();
     for k in 0..bulk_calls() {
@@ -541,7 +574,12 @@ async fn start_cluster(topology: Topology<'_>) -> Option<Harness> {
             .unwrap_or_else(|e| panic!("create bulk-{k}: {e:?}\n{}", control.log_tail()));
     }
 
-    // Calls, each with a barging supervisor: everyone hears everyone.
+    sink
+}
+
+/// The measured calls, each with a barging supervisor (everyone hears everyone), each
+/// whole on one node and bound to a node's virtual address.
+async fn place_calls(api: &Api, control: &ChildGuard, topology: Topology<'_>) -> Vec<Call> {
     let n = calls();
     let mut all: Vec<Call> = Vec::new();
     for k in 0..n {
@@ -603,29 +641,7 @@ async fn start_cluster(topology: Topology<'_>) -> Option<Harness> {
             node: on[0].clone(),
         });
     }
-    // Everyone talks for the whole test (the talk threads end on their own).
-    for call in &all {
-        for (key, role) in [
-            ("c", Role::Customer),
-            ("a", Role::Agent),
-            ("s", Role::Supervisor),
-        ] {
-            let to = call.locals[key];
-            drop(call.phones[key].talk(to, Talk::tone(role.tone(), TALK_PACKETS)));
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Some(Harness {
-        _sink: sink,
-        _serial: serial,
-        _etcd: etcd,
-        _tmp: tmp,
-        nodes,
-        proxies,
-        control,
-        api,
-        calls: all,
-    })
+    all
 }
 
 /// The node with the most calls.
@@ -648,7 +664,6 @@ fn busiest(h: &Harness) -> String {
 /// whole on a survivor, on the same addresses, with the same streams, and the gaps are
 /// bounded and reported.
 async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &str) {
-    // Until every phone of the victim's calls hears again, at most 20 s.
     let Harness {
         control,
         api,
@@ -656,12 +671,65 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
         ..
     } = h;
     let moved: Vec<&Call> = all.iter().filter(|c| c.node == victim).collect();
+    wait_until_moved_and_heard(&api, &control, &moved, victim, before_kill).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let end = Instant::now();
+    let survivors_used = check_calls_whole(&api, &all, victim, end).await;
+    if moved.len() >= 4 {
+        assert!(
+            survivors_used.len() >= 2,
+            "{} moved calls all went to {survivors_used:?}",
+            moved.len()
+        );
+    }
+    let mut gaps = check_streams_continue(&moved, before_kill, end);
+    // The other calls never stop.
+    let mut others = Vec::new();
+    for call in all.iter().filter(|c| c.node != victim) {
+        for phone in call.phones.values() {
+            others.push(longest_gap(phone, &(before_kill..end)));
+        }
+    }
+    gaps.sort();
+    others.sort();
+    println!(
+        "{how} of {victim} ({} calls, to {survivors_used:?}, lease TTL {} s): \
+         media gap p50 {:?} p99 {:?} max {:?}; other calls' longest gap {:?}",
+        moved.len(),
+        lease_ttl_s(),
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 0.99),
+        gaps.last().copied().unwrap_or_default(),
+        others.last().copied().unwrap_or_default()
+    );
+    let bound = Duration::from_secs(lease_ttl_s() + 3);
+    assert!(
+        gaps.last().copied().unwrap_or_default() < bound,
+        "a media gap over {bound:?}: {gaps:?}"
+    );
+    assert!(
+        others.last().copied().unwrap_or_default() < Duration::from_secs(1),
+        "a call on a surviving node stopped: {others:?}"
+    );
+
+    check_timelines(&api, &moved).await;
+}
+
+/// Until the control plane says every moved call lives elsewhere (a node cut off from
+/// etcd goes on sending until it fences, so packets alone prove nothing yet), then
+/// until every phone of the moved calls hears again: at most 20 s (plus time for bulk
+/// calls).
+async fn wait_until_moved_and_heard(
+    api: &Api,
+    control: &ChildGuard,
+    moved: &[&Call],
+    victim: &str,
+    before_kill: Instant,
+) {
     let deadline = before_kill + Duration::from_secs(20 + bulk_calls() as u64 / 50);
-    // First the control plane says every moved call lives elsewhere (a node cut off
-    // from etcd goes on sending until it fences, so packets alone prove nothing yet).
     loop {
         let mut elsewhere = true;
-        for call in &moved {
+        for call in moved {
             let on = nodes_of(&api.interaction(&call.id).await);
             elsewhere &= !on.is_empty() && on.iter().all(|n| n != victim);
         }
@@ -698,13 +766,15 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let end = Instant::now();
-    let steady = (end - Duration::from_millis(1000))..end;
+}
 
-    // Per call: not dropped, same addresses, on a survivor; who-hears-whom intact.
+/// Per call: not dropped, same addresses, on a survivor, supervision active,
+/// who-hears-whom intact over the last second before `end`. Returns the survivors the
+/// failed node's calls went to.
+async fn check_calls_whole(api: &Api, all: &[Call], victim: &str, end: Instant) -> Vec<String> {
+    let steady = (end - Duration::from_millis(1000))..end;
     let mut survivors_used: Vec<String> = Vec::new();
-    for call in &all {
+    for call in all {
         let inter = api.interaction(&call.id).await;
         assert_eq!(
             participant_locals(&inter),
@@ -751,17 +821,14 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
     }
     survivors_used.sort();
     survivors_used.dedup();
-    if moved.len() >= 4 {
-        assert!(
-            survivors_used.len() >= 2,
-            "{} moved calls all went to {survivors_used:?}",
-            moved.len()
-        );
-    }
+    survivors_used
+}
 
-    // Per phone of a moved call: the same stream from the same address, and the gap.
+/// Per phone of a moved call: the same stream (SSRC, sequence moving on) from the same
+/// address, and nothing from anywhere else. Returns each phone's longest gap.
+fn check_streams_continue(moved: &[&Call], before_kill: Instant, end: Instant) -> Vec<Duration> {
     let mut gaps = Vec::new();
-    for call in &moved {
+    for call in moved {
         for (key, phone) in &call.phones {
             let local = call.locals[*key];
             let stream = stream_from(phone, local);
@@ -805,37 +872,12 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
             gaps.push(longest_gap(phone, &(before_kill..end)));
         }
     }
-    // The other calls never stop.
-    let mut others = Vec::new();
-    for call in all.iter().filter(|c| c.node != victim) {
-        for phone in call.phones.values() {
-            others.push(longest_gap(phone, &(before_kill..end)));
-        }
-    }
-    gaps.sort();
-    others.sort();
-    println!(
-        "{how} of {victim} ({} calls, to {survivors_used:?}, lease TTL {} s): \
-         media gap p50 {:?} p99 {:?} max {:?}; other calls' longest gap {:?}",
-        moved.len(),
-        lease_ttl_s(),
-        percentile(&gaps, 0.5),
-        percentile(&gaps, 0.99),
-        gaps.last().copied().unwrap_or_default(),
-        others.last().copied().unwrap_or_default()
-    );
-    let bound = Duration::from_secs(lease_ttl_s() + 3);
-    assert!(
-        gaps.last().copied().unwrap_or_default() < bound,
-        "a media gap over {bound:?}: {gaps:?}"
-    );
-    assert!(
-        others.last().copied().unwrap_or_default() < Duration::from_secs(1),
-        "a call on a surviving node stopped: {others:?}"
-    );
+    gaps
+}
 
-    // The timeline says what happened.
-    for call in &moved {
+/// The timeline of every moved call says what happened.
+async fn check_timelines(api: &Api, moved: &[&Call]) {
+    for call in moved {
         let timeline = api
             .interactions()
             .get_timeline(proto::GetTimelineRequest {
