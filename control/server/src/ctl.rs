@@ -1005,6 +1005,25 @@ async fn run_interactions(
             .await?
             .into_inner(),
         ),
+        C::Timeline { interaction } => printer.print(
+            &i.get_timeline(proto::GetTimelineRequest {
+                interaction_id: interaction.clone(),
+            })
+            .await?
+            .into_inner(),
+        ),
+        _ => run_call_control(i, cmd, printer).await,
+    }
+}
+
+/// The call-control verbs of `interactions` (media, hold, consult, transfer, conference).
+async fn run_call_control(
+    i: &mut proto::interactions_client::InteractionsClient<Svc>,
+    cmd: &InteractionsCmd,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    use InteractionsCmd as C;
+    match cmd {
         C::UpdateMedia {
             interaction,
             participant,
@@ -1112,13 +1131,7 @@ async fn run_interactions(
             .await?
             .into_inner(),
         ),
-        C::Timeline { interaction } => printer.print(
-            &i.get_timeline(proto::GetTimelineRequest {
-                interaction_id: interaction.clone(),
-            })
-            .await?
-            .into_inner(),
-        ),
+        other => anyhow::bail!("not a call-control command: {other:?}"),
     }
 }
 
