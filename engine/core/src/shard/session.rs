@@ -272,7 +272,11 @@ impl Shard {
         let sess = self.sessions[s as usize]
             .as_mut()
             .expect("scheduling a live session");
-        let slot = ((sess.next_tick.as_nanos() / WHEEL_SLOT_NS) % WHEEL_SLOTS as u64) as usize;
+        // A deadline the wheel's cursor has already passed (a session that starts mixing
+        // on a packet stamped before the last tick run) goes into the cursor's slot,
+        // which the next run visits first: in its own slot it would wait a whole lap.
+        let at = (sess.next_tick.as_nanos() / WHEEL_SLOT_NS).max(self.wheel_cursor);
+        let slot = (at % WHEEL_SLOTS as u64) as usize;
         sess.wheel_next = self.wheel[slot];
         sess.scheduled = true;
         self.wheel[slot] = s;
