@@ -290,6 +290,10 @@ struct RouterState {
     failed_leases: BTreeMap<String, i64>,
     /// Interactions moved off failed nodes, not yet reported.
     moves: Vec<Failover>,
+    /// The placements failed nodes held, as this router last knew them: the compare
+    /// value that moves each one with a single transaction (no read first). A stale
+    /// one only makes that transaction fail and return the current value.
+    orphaned: BTreeMap<String, Placement>,
 }
 
 impl RouterState {
@@ -553,7 +557,17 @@ impl ClusterEngine {
                 "engine node lost its lease: its calls move to survivors"
             );
             st.failed.insert(node_id.to_owned(), self.clock.now_ms());
-            st.placements.retain(|_, p| p.node != node_id);
+            let gone: Vec<String> = st
+                .placements
+                .iter()
+                .filter(|(_, p)| p.node == node_id)
+                .map(|(session, _)| session.clone())
+                .collect();
+            for session in gone {
+                if let Some(p) = st.placements.remove(&session) {
+                    st.orphaned.insert(session, p);
+                }
+            }
             self.bump();
         }
     }
@@ -611,14 +625,24 @@ impl ClusterEngine {
         }
         let key = format!("{}placement/{session}", self.prefix);
         let etcd_err = |e: earshot_etcd::EtcdError| unavailable(format!("etcd: {e}"));
-        let mut current = self
-            .etcd
-            .range(key.as_bytes(), &[], 0, 0)
-            .await
-            .map_err(etcd_err)?
-            .kvs
-            .first()
-            .map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value)));
+        // An interaction of a failed node is moved with one transaction that compares
+        // the placement it had (a failed node's hundreds of calls then cost one etcd
+        // round trip each, not two); any other is read first.
+        // Not if its node lives again (it re-registered): another replica may have
+        // moved the interaction meanwhile, so etcd is asked.
+        let orphaned = lock(&self.state).orphaned.remove(session);
+        let orphaned = orphaned.filter(|p| self.live(&p.node).is_none());
+        let mut current = match orphaned {
+            Some(p) => Some(p),
+            None => self
+                .etcd
+                .range(key.as_bytes(), &[], 0, 0)
+                .await
+                .map_err(etcd_err)?
+                .kvs
+                .first()
+                .map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value))),
+        };
         for _ in 0..8 {
             if let Some(p) = &current
                 && let Some((number, client)) = self.live(&p.node)
@@ -794,6 +818,7 @@ impl ClusterEngine {
         {
             let mut st = lock(&self.state);
             st.placements.remove(session);
+            st.orphaned.remove(session);
             st.moved_from.remove(session);
         }
         let key = format!("{}placement/{session}", self.prefix);
