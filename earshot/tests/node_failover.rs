@@ -906,20 +906,46 @@ async fn a_killed_node_s_calls_continue_on_survivors_on_the_same_address_and_str
 /// the same address, must reach the survivor (the gratuitous ARP moved it).
 #[test]
 fn a_killed_host_s_addresses_move_to_a_survivor_on_the_lan() {
-    const NAME: &str = "a_killed_host_s_addresses_move_to_a_survivor_on_the_lan";
-    if !netns::require_root(NAME) || !netns::require_tool(NAME, "arping") {
+    on_the_lan(
+        "a_killed_host_s_addresses_move_to_a_survivor_on_the_lan",
+        Failure::Kill,
+    );
+}
+
+/// How the busiest node fails.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// [`kill_the_busiest_node`].
+    Kill,
+    /// [`cut_the_busiest_node_off_etcd`].
+    CutOffEtcd,
+}
+
+/// Runs `failure` on a LAN of hosts built for it (root and `arping` needed, else the
+/// test named `name` says why it skips).
+fn on_the_lan(name: &str, failure: Failure) {
+    if !netns::require_root(name) || !netns::require_tool(name, "arping") {
         return;
     }
-    let lan = Lan::new("k", NODES).expect("the LAN's namespaces");
+    // Two tests of one process must not share namespace names.
+    let tag = match failure {
+        Failure::Kill => "k",
+        Failure::CutOffEtcd => "p",
+    };
+    let lan = Lan::new(tag, NODES).expect("the LAN's namespaces");
     // Runtime threads start inside the LAN's namespace, so every socket the test opens
     // (gRPC, proxies, phones) and every process it spawns is on the LAN.
     lan.lan.run(|| {
-        tokio::runtime::Builder::new_multi_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .expect("a runtime")
-            .block_on(kill_the_busiest_node(Topology::Lan(&lan)));
+            .expect("a runtime");
+        let topology = Topology::Lan(&lan);
+        match failure {
+            Failure::Kill => runtime.block_on(kill_the_busiest_node(topology)),
+            Failure::CutOffEtcd => runtime.block_on(cut_the_busiest_node_off_etcd(topology)),
+        }
     });
 }
 
@@ -981,19 +1007,10 @@ async fn a_node_cut_off_from_etcd_fences_itself_and_its_calls_move() {
 /// answer ARP for it and the phones' packets could go to either.
 #[test]
 fn a_host_cut_off_from_etcd_gives_its_addresses_up_on_the_lan() {
-    const NAME: &str = "a_host_cut_off_from_etcd_gives_its_addresses_up_on_the_lan";
-    if !netns::require_root(NAME) || !netns::require_tool(NAME, "arping") {
-        return;
-    }
-    let lan = Lan::new("p", NODES).expect("the LAN's namespaces");
-    lan.lan.run(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(cut_the_busiest_node_off_etcd(Topology::Lan(&lan)));
-    });
+    on_the_lan(
+        "a_host_cut_off_from_etcd_gives_its_addresses_up_on_the_lan",
+        Failure::CutOffEtcd,
+    );
 }
 
 /// Cuts the agent of the node with the most calls off etcd (its engine and its callers
