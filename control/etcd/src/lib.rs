@@ -27,6 +27,7 @@
 //!   with [`EtcdError::Compacted`] and the caller re-reads.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod testing;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub use batch::{PutBatcher, PutOutcome};
 pub use pb::{Compare, KeyValue, RequestOp, ResponseOp, TxnResponse};
 
 /// Why an etcd call failed.

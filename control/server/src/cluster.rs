@@ -42,7 +42,7 @@ use earshot_engine_api::{
     BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, LegId, LegInfo,
     LegResume, Request, Response, SessionPlan, StreamBase,
 };
-use earshot_etcd::{Etcd, absent, delete, put, value_is};
+use earshot_etcd::{Etcd, PutBatcher, PutOutcome, absent, delete, put};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -321,6 +321,9 @@ struct Routed {
 /// The router: the core's one engine, made of every live node (module doc).
 pub struct ClusterEngine {
     etcd: Etcd,
+    /// Placement writes, many per transaction (a failed node's interactions move in a
+    /// few commits, not one each).
+    placements: PutBatcher,
     prefix: String,
     connect: Connector,
     state: Mutex<RouterState>,
@@ -377,6 +380,7 @@ impl ClusterEngine {
     ) -> Result<Arc<ClusterEngine>, ClusterError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let engine = Arc::new(ClusterEngine {
+            placements: PutBatcher::start(etcd.clone()),
             etcd,
             prefix: prefix.to_owned(),
             connect,
@@ -625,9 +629,9 @@ impl ClusterEngine {
         }
         let key = format!("{}placement/{session}", self.prefix);
         let etcd_err = |e: earshot_etcd::EtcdError| unavailable(format!("etcd: {e}"));
-        // An interaction of a failed node is moved with one transaction that compares
-        // the placement it had (a failed node's hundreds of calls then cost one etcd
-        // round trip each, not two); any other is read first.
+        // An interaction of a failed node is moved with a put that compares the
+        // placement it had (no read first), batched with the others' (a failed node's
+        // hundreds of calls then cost a few etcd commits); any other is read first.
         // Not if its node lives again (it re-registered): another replica may have
         // moved the interaction meanwhile, so etcd is asked.
         let orphaned = lock(&self.state).orphaned.remove(session);
@@ -660,50 +664,48 @@ impl ClusterEngine {
                 return Ok(None);
             }
             let chosen = self.choose_waiting(session, current.as_ref()).await?;
-            let compare = match &current {
-                None => absent(key.clone()),
-                Some(old) => value_is(key.clone(), old.value()),
-            };
-            let reply = self
-                .etcd
-                .txn(
-                    vec![compare],
-                    vec![put(key.clone(), chosen.value(), 0)],
-                    vec![earshot_etcd::get(key.clone())],
+            let outcome = self
+                .placements
+                .put_if(
+                    key.clone(),
+                    current.as_ref().map(|old| old.value().into_bytes()),
+                    chosen.value(),
                 )
                 .await
                 .map_err(etcd_err)?;
-            if reply.succeeded {
-                if let Some(old) = &current {
-                    let mut st = lock(&self.state);
-                    let detected_ms = st
-                        .failed
-                        .get(&old.node)
-                        .copied()
-                        .unwrap_or_else(|| self.clock.now_ms());
-                    st.moves.push(Failover {
-                        node_id: old.node.clone(),
-                        interaction_id: session.to_owned(),
-                        to_node_id: chosen.node.clone(),
-                        detected_ms,
-                    });
-                    st.moved_from.insert(session.to_owned(), old.node.clone());
+            match outcome {
+                PutOutcome::Written => {
+                    if let Some(old) = &current {
+                        self.record_move(session, old, &chosen);
+                    }
+                    current = Some(chosen);
                 }
-                current = Some(chosen);
-                continue;
+                // Another replica placed it first: use theirs.
+                PutOutcome::Current(theirs) => {
+                    current = theirs.map(|v| Placement::parse(&String::from_utf8_lossy(&v)));
+                }
             }
-            // Another replica placed it first: use theirs.
-            current = reply.responses.first().and_then(|r| match &r.response {
-                Some(earshot_etcd::pb::response_op::Response::ResponseRange(r)) => r
-                    .kvs
-                    .first()
-                    .map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value))),
-                _ => None,
-            });
         }
         Err(unavailable(format!(
             "placement of {session} keeps changing"
         )))
+    }
+
+    /// Notes `session` moved off its failed node (`old`) to `chosen`.
+    fn record_move(&self, session: &str, old: &Placement, chosen: &Placement) {
+        let mut st = lock(&self.state);
+        let detected_ms = st
+            .failed
+            .get(&old.node)
+            .copied()
+            .unwrap_or_else(|| self.clock.now_ms());
+        st.moves.push(Failover {
+            node_id: old.node.clone(),
+            interaction_id: session.to_owned(),
+            to_node_id: chosen.node.clone(),
+            detected_ms,
+        });
+        st.moved_from.insert(session.to_owned(), old.node.clone());
     }
 
     /// [`ClusterEngine::choose`], waiting up to [`TAKEOVER_WAIT`] for a failed node's

@@ -167,3 +167,97 @@ fn sigterm_stops_the_engine_cleanly() {
         "the API socket is removed on a clean stop"
     );
 }
+
+/// Calls sent back to back on one connection, many more than the engine answers at once
+/// ([`earshot_engine::server::CALLS_IN_FLIGHT`]): each is answered exactly once,
+/// under its own id, and each session's calls take effect in the order they were sent
+/// (a session's second leg, its removal and its leg again).
+#[test]
+fn calls_sent_without_waiting_are_each_answered_once_and_in_order_per_session() {
+    const SESSIONS: u64 = 100;
+    let engine = start(28672);
+    let mut c = connect(&engine.socket);
+    write_frame(&mut c, &Hello::current()).unwrap();
+    let _: Hello = read_frame(&mut c).unwrap().unwrap();
+    let allocate = |session: u64, leg_key: &str| Request::AllocateLeg {
+        session: format!("call-{session}"),
+        leg_key: leg_key.into(),
+        family: IpFamily::V4,
+        requested_port: None,
+        rtcp_mux: true,
+        resume: None,
+    };
+    let mut calls = Vec::new();
+    for s in 0..SESSIONS {
+        calls.push(allocate(s, "a"));
+        calls.push(allocate(s, "b"));
+        calls.push(Request::RemoveSession {
+            session: format!("call-{s}"),
+        });
+        calls.push(allocate(s, "a"));
+    }
+    let total = calls.len() as u64;
+    // Written from a thread of its own, so that neither side waits on a full buffer.
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for (id, request) in (1..).zip(calls) {
+            write_frame(&mut w, &ClientFrame::Call { id, request }).unwrap();
+        }
+        w.flush().unwrap();
+    });
+    let mut results = std::collections::BTreeMap::new();
+    while (results.len() as u64) < total {
+        match read_frame::<_, ServerFrame>(&mut c).unwrap().unwrap() {
+            ServerFrame::Reply { id, result } => {
+                assert!(
+                    results.insert(id, result).is_none(),
+                    "call {id} answered twice"
+                );
+            }
+            ServerFrame::Event(_) => {}
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        results.keys().copied().collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "every call answered, under its own id"
+    );
+    for (id, result) in &results {
+        assert!(result.is_ok(), "call {id}: {result:?}");
+    }
+    // In order per session: the leg allocated after the removal is a fresh one, and
+    // only it remains. Out of order, a removal would have run before or between the
+    // allocations and left more legs, or the last allocation would have returned a
+    // removed leg.
+    for s in 0..SESSIONS {
+        let leg = |id: u64| match &results[&id] {
+            Ok(Response::Leg(info)) => info.leg,
+            other => panic!("call {id}: {other:?}"),
+        };
+        let (first, again) = (leg(s * 4 + 1), leg(s * 4 + 4));
+        assert_ne!(
+            first, again,
+            "session {s}: its leg after the removal is new"
+        );
+    }
+    write_frame(
+        &mut c,
+        &ClientFrame::Call {
+            id: total + 1,
+            request: Request::Stats,
+        },
+    )
+    .unwrap();
+    let stats = loop {
+        match read_frame::<_, ServerFrame>(&mut c).unwrap().unwrap() {
+            ServerFrame::Reply { result, .. } => break result,
+            ServerFrame::Event(_) => {}
+        }
+    };
+    let Ok(Response::Stats(stats)) = stats else {
+        panic!("{stats:?}")
+    };
+    let legs: u64 = stats.shards.iter().map(|s| s.legs).sum();
+    assert_eq!(legs, SESSIONS, "one leg per session remains");
+}
