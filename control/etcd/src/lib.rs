@@ -5,7 +5,9 @@
 //! watch, and engine nodes register under leases. This crate is the client for exactly
 //! that: [`Etcd::range`], [`Etcd::txn`] (with put and delete-range operations),
 //! [`Etcd::watch`], and leases ([`Etcd::grant`], [`Etcd::keep_alive`],
-//! [`Etcd::revoke`]), plus [`Etcd::status`] (which member leads) for tests and tools.
+//! [`Etcd::revoke`]), plus [`Etcd::status`] (which member leads) for tests and tools, and
+//! [`WriteBatcher`]: conditional writes that share transactions (a failed node's placements
+//! and locks take a few commits).
 //!
 //! The gRPC stubs are generated from a vendored subset of etcd's own protobuf files
 //! (`proto/etcd.proto`, same names and field numbers) with protox, so the workspace
@@ -43,7 +45,7 @@ pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 
-pub use batch::{PutBatcher, PutOutcome};
+pub use batch::{Expect, Write, WriteBatcher, WriteOutcome};
 pub use pb::{Compare, KeyValue, RequestOp, ResponseOp, TxnResponse};
 
 /// Why an etcd call failed.

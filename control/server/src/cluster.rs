@@ -42,7 +42,7 @@ use earshot_engine_api::{
     BoxFuture, EngineApi, EngineError, EngineEvent, EngineSnapshot, EngineStats, LegId, LegInfo,
     LegResume, Request, Response, SessionPlan, StreamBase,
 };
-use earshot_etcd::{Etcd, PutBatcher, PutOutcome, absent, delete, put};
+use earshot_etcd::{Etcd, Expect, Write, WriteBatcher, WriteOutcome, absent, delete, put};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -323,7 +323,7 @@ pub struct ClusterEngine {
     etcd: Etcd,
     /// Placement writes, many per transaction (a failed node's interactions move in a
     /// few commits, not one each).
-    placements: PutBatcher,
+    placements: WriteBatcher,
     prefix: String,
     connect: Connector,
     state: Mutex<RouterState>,
@@ -380,7 +380,7 @@ impl ClusterEngine {
     ) -> Result<Arc<ClusterEngine>, ClusterError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let engine = Arc::new(ClusterEngine {
-            placements: PutBatcher::start(etcd.clone()),
+            placements: WriteBatcher::start(etcd.clone()),
             etcd,
             prefix: prefix.to_owned(),
             connect,
@@ -664,25 +664,30 @@ impl ClusterEngine {
                 return Ok(None);
             }
             let chosen = self.choose_waiting(session, current.as_ref()).await?;
+            let expect = match &current {
+                None => Expect::Absent,
+                Some(old) => Expect::Value(old.value().into_bytes()),
+            };
+            let write = Write::Put {
+                value: chosen.value().into_bytes(),
+                lease: 0,
+            };
             let outcome = self
                 .placements
-                .put_if(
-                    key.clone(),
-                    current.as_ref().map(|old| old.value().into_bytes()),
-                    chosen.value(),
-                )
+                .write_if(key.clone(), expect, write)
                 .await
                 .map_err(etcd_err)?;
             match outcome {
-                PutOutcome::Written => {
+                WriteOutcome::Written { .. } => {
                     if let Some(old) = &current {
                         self.record_move(session, old, &chosen);
                     }
                     current = Some(chosen);
                 }
                 // Another replica placed it first: use theirs.
-                PutOutcome::Current(theirs) => {
-                    current = theirs.map(|v| Placement::parse(&String::from_utf8_lossy(&v)));
+                WriteOutcome::Current(theirs) => {
+                    current =
+                        theirs.map(|kv| Placement::parse(&String::from_utf8_lossy(&kv.value)));
                 }
             }
         }

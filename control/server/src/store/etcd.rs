@@ -31,7 +31,10 @@
 
 use std::sync::Mutex;
 
-use earshot_etcd::{Etcd, KeyValue, absent, delete, get, prefix_end, put, value_is};
+use earshot_etcd::{
+    Etcd, Expect, KeyValue, Write, WriteBatcher, WriteOutcome, absent, delete, get, prefix_end,
+    put, value_is,
+};
 use earshot_rules::Event;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +96,9 @@ pub struct EtcdStore {
     /// This replica's lease, kept alive while the process lives: every lock it holds
     /// is attached to it, so a replica that dies releases its locks within the TTL.
     lease: tokio::sync::Mutex<Option<(i64, earshot_etcd::KeepAlive)>>,
+    /// Lock takes and releases, many per transaction (a reconciliation pass takes
+    /// the locks of a failed node's hundreds of interactions at once).
+    locks: WriteBatcher,
 }
 
 /// TTL of a replica's lease, in seconds: how long the locks of a replica that died
@@ -104,15 +110,12 @@ pub const REPLICA_LEASE_TTL_S: i64 = 5;
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Deletes a lock's key if it is still the one we took.
-async fn release(etcd: &Etcd, guard: LockGuard) {
-    let result = etcd
-        .txn(
-            vec![earshot_etcd::mod_revision_is(
-                guard.key.clone(),
-                guard.revision,
-            )],
-            vec![delete(guard.key.clone(), Vec::new())],
-            vec![],
+async fn release(locks: &WriteBatcher, guard: LockGuard) {
+    let result = locks
+        .write_if(
+            guard.key.clone(),
+            Expect::ModRevision(guard.revision),
+            Write::Delete,
         )
         .await;
     if let Err(e) = result {
@@ -179,6 +182,7 @@ impl EtcdStore {
             let kv = r.kvs.first().ok_or_else(|| bad("meta/store_id"))?;
             String::from_utf8(kv.value.clone()).map_err(|_| bad("meta/store_id"))?
         };
+        let etcd_for_locks = etcd.clone();
         Ok(EtcdStore {
             etcd,
             prefix,
@@ -188,6 +192,7 @@ impl EtcdStore {
             head: Mutex::new(None),
             replica: format!("replica-{:016x}", random_id()),
             lease: tokio::sync::Mutex::new(None),
+            locks: WriteBatcher::start(etcd_for_locks),
         })
     }
 
@@ -213,68 +218,59 @@ impl EtcdStore {
         let key = self.key(&format!("locks/{name}"));
         let started = tokio::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(1);
+        // `Absent` first; a key found holding our own name (a release that failed, or
+        // one still on its way: see `unlock_in_background`) is taken afresh, so that a
+        // release of the old revision landing later cannot delete it under us.
+        let mut expect = Expect::Absent;
         loop {
             let lease = self.replica_lease().await?;
-            let reply = self
-                .etcd
-                .txn(
-                    vec![absent(key.clone())],
-                    vec![put(key.clone(), self.replica.clone(), lease)],
-                    vec![get(key.clone())],
-                )
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
+            let write = Write::Put {
+                value: self.replica.clone().into_bytes(),
+                lease,
+            };
+            let outcome = match self
+                .locks
+                .write_if(key.clone(), expect.clone(), write)
+                .await
+            {
+                Ok(o) => o,
                 Err(earshot_etcd::EtcdError::Refused(why)) if why.contains("lease not found") => {
-                    // The lease expired (etcd unreachable for a while): take a new one.
-                    *self.lease.lock().await = None;
+                    // The lease expired (etcd unreachable for a while): take a new one
+                    // (once: the other locks of the batch met the same error).
+                    let mut held = self.lease.lock().await;
+                    if held.as_ref().is_some_and(|(id, _)| *id == lease) {
+                        *held = None;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            let revision = reply.header.as_ref().map_or(0, |h| h.revision);
-            if reply.succeeded {
-                return Ok(LockGuard { key, revision });
-            }
-            // Ours already (a release that failed)? Then it is ours to use.
-            let holder = reply.responses.first().and_then(|r| match &r.response {
-                Some(earshot_etcd::pb::response_op::Response::ResponseRange(r)) => {
-                    r.kvs.first().cloned()
+            let holder = match outcome {
+                WriteOutcome::Written { revision } => return Ok(LockGuard { key, revision }),
+                WriteOutcome::Current(holder) => holder,
+            };
+            expect = match holder {
+                Some(kv) if kv.value == self.replica.as_bytes() => {
+                    Expect::ModRevision(kv.mod_revision)
                 }
-                _ => None,
-            });
-            if let Some(kv) = holder
-                && kv.value == self.replica.as_bytes()
-            {
-                // Ours (a release that failed, or one still on its way: see
-                // `unlock_in_background`). Take it afresh, so that a release of the
-                // old revision landing later cannot delete it under us.
-                let retaken = self
-                    .etcd
-                    .txn(
-                        vec![earshot_etcd::mod_revision_is(key.clone(), kv.mod_revision)],
-                        vec![put(key.clone(), self.replica.clone(), lease)],
-                        vec![],
-                    )
-                    .await?;
-                if retaken.succeeded {
-                    let revision = retaken.header.as_ref().map_or(0, |h| h.revision);
-                    return Ok(LockGuard { key, revision });
+                // Released meanwhile: take it at once.
+                None => Expect::Absent,
+                Some(_) => {
+                    if started.elapsed() > LOCK_WAIT {
+                        return Err(StoreError::Locked(name.to_owned()));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                    Expect::Absent
                 }
-                continue;
-            }
-            if started.elapsed() > LOCK_WAIT {
-                return Err(StoreError::Locked(name.to_owned()));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            };
         }
     }
 
     /// Releases a lock (if it is still the one taken: a lock lost with the lease and
     /// taken by another replica since is left alone).
     pub async fn unlock(&self, guard: LockGuard) {
-        release(&self.etcd, guard).await;
+        release(&self.locks, guard).await;
     }
 
     /// Releases a lock without waiting for etcd's answer: the reconciler's pass over
@@ -282,8 +278,8 @@ impl EtcdStore {
     /// on its path instead of two. A later `lock` of ours finds the key ours if the
     /// release has not landed yet; another replica waits for it as for any lock.
     pub fn unlock_in_background(&self, guard: LockGuard) {
-        let etcd = self.etcd.clone();
-        tokio::spawn(async move { release(&etcd, guard).await });
+        let locks = self.locks.clone();
+        tokio::spawn(async move { release(&locks, guard).await });
     }
 
     /// The client, for the cluster's own keys (nodes, placement) beside the store's.
