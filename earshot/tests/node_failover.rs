@@ -279,7 +279,7 @@ fn start_node(
         "--lease-ttl",
         &lease_ttl_s().to_string(),
         "--report-interval-ms",
-        "250",
+        "1000",
         "--fence-margin-ms",
         &fence_margin_ms().to_string(),
         "--media-address",

@@ -6,8 +6,10 @@
 //! plus etcd's own expiry sweep later. Agents therefore also ping each other over UDP
 //! every [`PING_INTERVAL`]. A node that answers none of its peers' pings for
 //! [`GuardTimes::suspect_after`] is *suspected* by each of them (`suspects/{node}@{lease}/
-//! {suspecter}` in etcd, under the suspecter's lease). When every other live node has
-//! suspected it for [`GuardTimes::confirm`], one of them records the verdict
+//! {suspecter}` in etcd, under the suspecter's lease). When every other live node
+//! suspects it, and a node's own suspicion has stood in etcd for
+//! [`GuardTimes::confirm`] (the suspected node mutes on seeing any suspicion of it, so
+//! the window runs from that write), that node records the verdict
 //! (`dead/{node}@{lease}`, only if no verdict names the recorder itself: of two nodes
 //! that cannot hear each other, exactly one survives) and revokes the dead node's lease.
 //! From there failover runs exactly as after an expiry.
@@ -47,7 +49,8 @@ pub struct GuardTimes {
     pub suspect_after: Duration,
     /// Hearing no peer this long mutes this node (unless etcd cleared it).
     pub isolated_after: Duration,
-    /// Every live node must have suspected a peer this long before it is declared dead.
+    /// How long the declaring node's own suspicion of a peer must have stood in etcd
+    /// (with every other live node suspecting it too) before the peer is declared dead.
     pub confirm: Duration,
     /// How long etcd's "nobody suspects you" vetoes muting.
     pub clear_for: Duration,

@@ -582,7 +582,11 @@ async fn guard_peers(
 ) {
     let times = tracker.lock().unwrap_or_else(|e| e.into_inner()).times();
     let mut marked: BTreeSet<(String, i64)> = BTreeSet::new();
-    let mut unanimous_since: BTreeMap<(String, i64), tokio::time::Instant> = BTreeMap::new();
+    // When each of our suspicions was in etcd (the suspected node mutes on seeing
+    // any suspicion of it), and since when this node could judge at all (not muted,
+    // every peer reachable): the confirmation runs from the later of the two.
+    let mut written_at: BTreeMap<(String, i64), tokio::time::Instant> = BTreeMap::new();
+    let mut judging_since = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(peers::PING_INTERVAL / 2).await;
         let Some(my_lease) = *lease.borrow() else {
@@ -654,15 +658,19 @@ async fn guard_peers(
             }
         }
         if !ops.is_empty() && bounded(etcd.txn(vec![], ops, vec![])).await.is_some() {
+            let written = tokio::time::Instant::now();
+            for s in &suspects {
+                written_at.entry(s.clone()).or_insert(written);
+            }
             marked = suspects.iter().cloned().collect();
         }
-        // Verdicts: a peer every other live node suspects, for `confirm`; never while
-        // this node is muted itself.
+        written_at.retain(|k, _| marked.contains(k));
+        // Verdicts: a peer every other live node suspects, once our own suspicion has
+        // stood in etcd for `confirm`; never while this node is muted itself.
         if !all_have_peer || muted.load(std::sync::atomic::Ordering::Relaxed) {
-            unanimous_since.clear();
+            judging_since = tokio::time::Instant::now();
             continue;
         }
-        unanimous_since.retain(|k, _| suspects.contains(k));
         for (node, node_lease) in &suspects {
             let of = peers::suspicions_of(&prefix, node, *node_lease);
             let Some(r) = bounded(etcd.range_prefix(of.as_bytes(), 0)).await else {
@@ -682,14 +690,14 @@ async fn guard_peers(
                 .filter(|id| *id != node)
                 .map(String::as_str)
                 .chain(std::iter::once(me.as_str()));
-            let key = (node.clone(), *node_lease);
             if !peers::unanimous(&suspecters, required) {
-                unanimous_since.remove(&key);
                 continue;
             }
-            let now = tokio::time::Instant::now();
-            let since = *unanimous_since.entry(key).or_insert(now);
-            if now.saturating_duration_since(since) < times.confirm {
+            let Some(written) = written_at.get(&(node.clone(), *node_lease)) else {
+                continue;
+            };
+            let since = (*written).max(judging_since);
+            if tokio::time::Instant::now().saturating_duration_since(since) < times.confirm {
                 continue;
             }
             declare_dead(&etcd, &prefix, (&me, my_lease), (node, *node_lease), &nodes).await;
