@@ -271,6 +271,27 @@ const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Packets added to an extrapolated index beyond two per packet time.
 const STREAM_INDEX_MARGIN: u64 = 64;
 
+/// A failed node's stream reports, by `(session, leg_key)`: every re-created leg looks
+/// its stream up (a failed node's thousands of legs, each found at once).
+#[derive(Debug, Default)]
+struct ReportIndex {
+    at_ms: u64,
+    legs: std::collections::HashMap<(String, String), StreamReport>,
+}
+
+impl From<StreamReports> for ReportIndex {
+    fn from(r: StreamReports) -> ReportIndex {
+        ReportIndex {
+            at_ms: r.at_ms,
+            legs: r
+                .legs
+                .into_iter()
+                .map(|(session, leg_key, report)| ((session, leg_key), report))
+                .collect(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct RouterState {
     nodes: BTreeMap<String, Node>,
@@ -283,7 +304,7 @@ struct RouterState {
     /// the failed node, for its stream reports.
     moved_from: BTreeMap<String, String>,
     /// Stream reports of failed nodes (by node and lease), read once each.
-    reports: BTreeMap<(String, i64), Arc<StreamReports>>,
+    reports: BTreeMap<(String, i64), Arc<ReportIndex>>,
     /// Failed nodes (by id) and when their failure was seen.
     failed: BTreeMap<String, u64>,
     /// The lease each failed node was registered under (its stream reports' key).
@@ -806,17 +827,16 @@ impl ClusterEngine {
                         return None;
                     }
                 };
-                let reports = Arc::new(reports);
+                let reports = Arc::new(ReportIndex::from(reports));
                 lock(&self.state)
                     .reports
                     .insert((failed, lease), Arc::clone(&reports));
                 reports
             }
         };
-        let (_, _, report) = reports
+        let report = reports
             .legs
-            .iter()
-            .find(|(s, k, _)| s == session && k == leg_key)?;
+            .get(&(session.to_owned(), leg_key.to_owned()))?;
         let elapsed_ms = self.clock.now_ms().saturating_sub(reports.at_ms);
         Some(report.extrapolated(elapsed_ms))
     }
