@@ -713,6 +713,26 @@ async fn check_failover(h: Harness, victim: &str, before_kill: Instant, how: &st
     );
 
     check_timelines(&api, &moved).await;
+    check_bulk_calls_whole(&api, victim).await;
+}
+
+/// Every bulk call (those the failed node held among them) lives on, whole, on one
+/// surviving node: none was dropped by the move.
+async fn check_bulk_calls_whole(api: &Api, victim: &str) {
+    for k in 0..bulk_calls() {
+        let id = format!("bulk-{k:05}");
+        let inter = api.interaction(&id).await;
+        let on = nodes_of(&inter);
+        let legs = inter
+            .participants
+            .iter()
+            .filter(|p| p.leg.is_some())
+            .count();
+        assert!(
+            on.len() == 1 && on[0] != victim && legs == 2,
+            "{id} after the failover: legs {legs} on {on:?} (victim {victim})"
+        );
+    }
 }
 
 /// Until the control plane says every moved call lives elsewhere (a node cut off from
