@@ -3,11 +3,11 @@
 //! A failed engine node's hundreds of interactions are each moved with a put that
 //! compares the old placement, under a lock taken with a put that compares the key's
 //! absence and released with a delete that compares its revision. One transaction per
-//! write costs one raft commit each (about 180 ms for a thousand on this machine's
+//! write costs one raft commit each (170-211 ms for a thousand on this machine's
 //! 3-member test cluster, 256 at a time); a [`WriteBatcher`] sends the writes that queued
 //! while one transaction was in flight together in the next, at most [`MAX_BATCH`]
 //! (etcd's default `--max-txn-ops`), so a lone write still goes at once and a thousand
-//! go in about eight commits (about 20 ms).
+//! go in about eight commits (29-42 ms; `examples/batch_timing.rs`).
 //!
 //! The batch is one transaction: every comparison holds, or nothing is written. When
 //! one fails, the failure branch reads every key back, and each write learns its own
