@@ -29,9 +29,13 @@
 //! port, on the node placement now picks among the survivors (each interaction on its
 //! own, so they spread), and the core records `NODE_FAILED` and `MEDIA_RESTORED`.
 //!
-//! What this does not do yet (docs/cluster.md): move the failed node's virtual address
-//! to the survivor, continue SSRC and sequence numbers on the new legs, and make the
-//! node fence itself; the node agent registering real engines is `earshot-node`.
+//! The rest of a move happens around the router (docs/cluster.md, "Node failover"):
+//! the node agents (`earshot-node`) detect the failure, fence or mute the failed node
+//! and hand its virtual addresses to survivors; the router places each moved
+//! interaction where its address went, and re-creates its legs with the failed node's
+//! last stream report (same SSRC, sequence and timestamp moving on). Placement writes
+//! share transactions ([`earshot_etcd::WriteBatcher`]), so a failed node's hundreds of
+//! interactions move in a few etcd commits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
