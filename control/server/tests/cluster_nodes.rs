@@ -333,3 +333,73 @@ async fn check_failover(server: &TestServer, etcd: &Etcd, nodes: &mut Nodes, cal
         }
     }
 }
+
+/// The supervision rules hold across replicas and nodes (SPEC 7): two replicas share
+/// one etcd and three nodes. A supervisor monitoring a call on one node through one
+/// replica is refused a call on another node through the other replica
+/// (`SUPERVISOR_BUSY`); an agent coached through one replica cannot get a second coach
+/// through the other (`COACH_ALREADY_ACTIVE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_hold_across_replicas_and_nodes() {
+    let Some(etcd_cluster) = EtcdCluster::start(1).await else {
+        return;
+    };
+    let etcd = Etcd::new(&etcd_cluster.endpoints()).unwrap();
+    let nodes = nodes(&etcd, &["n1", "n2", "n3"]).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = control(&etcd_cluster, &nodes, dir_a.path()).await;
+    let b = control(&etcd_cluster, &nodes, dir_b.path()).await;
+    // Calls through both replicas until two live on different nodes.
+    let mut placed: Vec<(String, String)> = Vec::new();
+    for k in 0..12 {
+        let id = format!("x-{k}");
+        let replica = if k % 2 == 0 { &a } else { &b };
+        replica
+            .interactions()
+            .create_interaction(create_call(&id))
+            .await
+            .unwrap();
+        let node = node_of_session(&nodes, &id).expect("placed");
+        placed.push((id, node));
+    }
+    let (p, p_node) = placed[0].clone();
+    let (q, q_node) = placed
+        .iter()
+        .find(|(_, n)| *n != p_node)
+        .cloned()
+        .expect("12 calls on three nodes are not all on one");
+    for user in ["sup-1", "sup-2", "sup-3"] {
+        add_supervisor(&a, user).await;
+    }
+
+    a.supervision()
+        .start_monitor(supervise(&p, "s-1", "sup-1", "sup-1-leg", "a", 25000))
+        .await
+        .unwrap();
+    let busy = b
+        .supervision()
+        .start_monitor(supervise(&q, "s-2", "sup-1", "sup-1-leg", "a", 25002))
+        .await
+        .expect_err("a supervisor busy on one node's call, through the other replica");
+    assert_eq!(reason_of(&busy).0, "SUPERVISOR_BUSY");
+
+    b.supervision()
+        .start_coach(supervise(&q, "c-1", "sup-2", "sup-2-leg", "a", 25004))
+        .await
+        .unwrap();
+    let second = a
+        .supervision()
+        .start_coach(supervise(&q, "c-2", "sup-3", "sup-3-leg", "a", 25006))
+        .await
+        .expect_err("a second coach of the agent, through the other replica");
+    assert_eq!(reason_of(&second).0, "COACH_ALREADY_ACTIVE");
+    // The legs that were granted live on their calls' nodes; the refused ones nowhere.
+    assert!(nodes.engines[&p_node].leg(&p, "sup-1-leg").is_some());
+    assert!(nodes.engines[&q_node].leg(&q, "sup-2-leg").is_some());
+    for engine in nodes.engines.values() {
+        assert!(engine.leg(&q, "sup-1-leg").is_none());
+        assert!(engine.leg(&q, "sup-3-leg").is_none());
+    }
+    a.stop().await;
+    b.stop().await;
+}
