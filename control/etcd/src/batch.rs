@@ -96,10 +96,8 @@ struct Pending {
     reply: oneshot::Sender<Result<WriteOutcome, EtcdError>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<Pending>,
-}
+/// Writes waiting for the next batch, oldest first.
+type Queue = VecDeque<Pending>;
 
 /// Conditional puts sent in shared transactions (module doc). Cheap to clone; the
 /// sending task ends when the last clone is dropped.
@@ -144,7 +142,7 @@ impl WriteBatcher {
         change: Write,
     ) -> Result<WriteOutcome, EtcdError> {
         let (reply, outcome) = oneshot::channel();
-        lock(&self.shared.queue).waiting.push_back(Pending {
+        lock(&self.shared.queue).push_back(Pending {
             key: key.into(),
             expect,
             change,
@@ -164,7 +162,7 @@ fn take_batch(queue: &Mutex<Queue>) -> Vec<Pending> {
     let mut batch = Vec::new();
     let mut later = VecDeque::new();
     while batch.len() < MAX_BATCH {
-        let Some(p) = q.waiting.pop_front() else {
+        let Some(p) = q.pop_front() else {
             break;
         };
         if keys.insert(p.key.clone()) {
@@ -175,7 +173,7 @@ fn take_batch(queue: &Mutex<Queue>) -> Vec<Pending> {
     }
     // Puts held back keep their place ahead of everything queued after them.
     while let Some(p) = later.pop_back() {
-        q.waiting.push_front(p);
+        q.push_front(p);
     }
     batch
 }
@@ -195,7 +193,7 @@ async fn send_batches(etcd: Etcd, shared: std::sync::Weak<Shared>) {
         let retry = send(&etcd, batch).await;
         let mut q = lock(&s.queue);
         for p in retry.into_iter().rev() {
-            q.waiting.push_front(p);
+            q.push_front(p);
         }
     }
 }
@@ -348,7 +346,7 @@ mod tests {
         for key in ["a", "b", "a", "c", "a"] {
             let (reply, rx) = oneshot::channel();
             replies.push(rx);
-            lock(&queue).waiting.push_back(Pending {
+            lock(&queue).push_back(Pending {
                 key: key.into(),
                 expect: Expect::Absent,
                 change: Write::Delete,

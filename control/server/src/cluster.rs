@@ -37,7 +37,7 @@
 //! share transactions ([`earshot_etcd::WriteBatcher`]), so a failed node's hundreds of
 //! interactions move in a few etcd commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -275,23 +275,23 @@ const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Packets added to an extrapolated index beyond two per packet time.
 const STREAM_INDEX_MARGIN: u64 = 64;
 
-/// A failed node's stream reports, by `(session, leg_key)`: every re-created leg looks
+/// A failed node's stream reports, by session and leg key: every re-created leg looks
 /// its stream up (a failed node's thousands of legs, each found at once).
 #[derive(Debug, Default)]
 struct ReportIndex {
     at_ms: u64,
-    legs: std::collections::HashMap<(String, String), StreamReport>,
+    legs: HashMap<String, HashMap<String, StreamReport>>,
 }
 
 impl From<StreamReports> for ReportIndex {
     fn from(r: StreamReports) -> ReportIndex {
+        let mut legs: HashMap<String, HashMap<String, StreamReport>> = HashMap::new();
+        for (session, leg_key, report) in r.legs {
+            legs.entry(session).or_default().insert(leg_key, report);
+        }
         ReportIndex {
             at_ms: r.at_ms,
-            legs: r
-                .legs
-                .into_iter()
-                .map(|(session, leg_key, report)| ((session, leg_key), report))
-                .collect(),
+            legs,
         }
     }
 }
@@ -838,9 +838,7 @@ impl ClusterEngine {
                 reports
             }
         };
-        let report = reports
-            .legs
-            .get(&(session.to_owned(), leg_key.to_owned()))?;
+        let report = reports.legs.get(session)?.get(leg_key)?;
         let elapsed_ms = self.clock.now_ms().saturating_sub(reports.at_ms);
         Some(report.extrapolated(elapsed_ms))
     }
